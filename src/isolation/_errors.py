@@ -1,0 +1,271 @@
+"""Every error :mod:`isolation` raises, in one tree.
+
+Each error also inherits the builtin whose meaning it shares, so existing
+``except LookupError`` or ``except TimeoutError`` blocks keep working::
+
+    IsolationError(Exception)
+    ├── UsageError(TypeError)                 an API called the wrong way
+    ├── ConfigurationError(ValueError)        a bad setting or argument value
+    ├── UnsupportedBackendError(RuntimeError) an asyncio-only part used under trio
+    ├── CrossContextAccessError(PermissionError)
+    │                                         an object used outside the scope that owns it
+    ├── ContextError                          who is asking, and until when
+    │   ├── NoContextError(LookupError)       no scope is bound here
+    │   ├── ScopeEndedError                   code outlived its scope (fail closed)
+    │   ├── InvalidContextError(ValueError)   a field failed validation
+    │   ├── ContextSwitchError                another principal inside a bound scope
+    │   └── ContextExpiredError(TimeoutError) the deadline passed
+    ├── TokenError(ValueError)                a token to carry a context was refused
+    │   ├── MalformedTokenError
+    │   ├── TokenSignatureError
+    │   ├── TokenExpiredError
+    │   ├── TokenPurposeError
+    │   └── TokenReplayedError
+    ├── FactoryError                          what is built per scope
+    │   └── SharedStateError                  mutable state reachable from two principals
+    ├── SessionError                          database sessions
+    │   ├── PoolExhaustedError(TimeoutError)
+    │   └── SessionInUseError(RuntimeError)
+    └── EventError                            the event router
+        ├── ConnectionClosedError
+        ├── ConnectionLimitError
+        ├── QueueFullError
+        ├── EventTooLargeError(ValueError)
+        └── BackendUnavailableError(ConnectionError)
+
+Messages render from fields in ``__str__`` and end with what to do. They never
+contain token material; user ids pass through the redaction hook of
+:mod:`isolation.logging`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "BackendUnavailableError",
+    "ConfigurationError",
+    "ConnectionClosedError",
+    "ConnectionLimitError",
+    "ContextError",
+    "ContextExpiredError",
+    "ContextSwitchError",
+    "CrossContextAccessError",
+    "EventError",
+    "EventTooLargeError",
+    "FactoryError",
+    "InvalidContextError",
+    "IsolationError",
+    "MalformedTokenError",
+    "NoContextError",
+    "PoolExhaustedError",
+    "QueueFullError",
+    "ScopeEndedError",
+    "SessionError",
+    "SessionInUseError",
+    "SharedStateError",
+    "TokenError",
+    "TokenExpiredError",
+    "TokenPurposeError",
+    "TokenReplayedError",
+    "TokenSignatureError",
+    "UnsupportedBackendError",
+    "UsageError",
+]
+
+
+def _rebuild(cls: type[IsolationError], state: dict[str, Any]) -> IsolationError:
+    err = cls.__new__(cls)
+    err.__dict__.update(state)
+    Exception.__init__(err, state.get("message", ""))
+    return err
+
+
+class IsolationError(Exception):
+    """The base of every error :mod:`isolation` raises.
+
+    Args:
+        message: What went wrong, naming the values involved.
+        hint: What to do about it; defaults to the class's ``hint``.
+    """
+
+    hint: ClassVar[str] = ""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if hint is not None:
+            self.hint = hint  # type: ignore[misc]  # an instance may override the class hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}. {self.hint}"
+        return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Subclasses take keyword-only fields, so the default (cls, args) fails.
+        return (_rebuild, (type(self), dict(self.__dict__)))
+
+
+class UsageError(IsolationError, TypeError):
+    """An API of :mod:`isolation` was called the wrong way."""
+
+
+class ConfigurationError(IsolationError, ValueError):
+    """A setting or argument has a value :mod:`isolation` cannot accept."""
+
+
+class UnsupportedBackendError(IsolationError, RuntimeError):
+    """An asyncio-only part (sessions, Redis) was used under another event loop."""
+
+    hint = "Run this part under asyncio, or use the in-memory alternative"
+
+
+class CrossContextAccessError(IsolationError, PermissionError):
+    """An object was used outside the scope that owns it."""
+
+    hint = "Build the object inside the scope that uses it; never keep it across requests"
+
+
+class ContextError(IsolationError):
+    """Who is asking, and until when: the base of the context errors."""
+
+
+class NoContextError(ContextError, LookupError):
+    """No scope is bound where a user context is required."""
+
+    hint = "Run this code inside `with isolation.scope(ctx):` or `async with isolation.scope(ctx):`"
+
+
+class ScopeEndedError(ContextError):
+    """Code still runs in a copy of a scope that has ended (an escaped task or thread).
+
+    This is deliberately not a :class:`NoContextError`: the work started on behalf
+    of a user outlived that user's request, and must not silently continue
+    unauthenticated either.
+    """
+
+    hint = (
+        "Await the work before the scope ends (use a task group), "
+        "or give it its own scope, for example from a token"
+    )
+
+
+class InvalidContextError(ContextError, ValueError):
+    """A field of a :class:`~isolation.UserContext` failed validation.
+
+    Attributes:
+        field: The field name, for example ``"user_id"`` or ``"roles"``.
+        rule: The rule broken, for example ``"must not be empty"``.
+        value_prefix: A short ``repr()`` of the start of the bad value.
+    """
+
+    def __init__(self, *, field: str, rule: str, value_prefix: str) -> None:
+        self.field = field
+        self.rule = rule
+        self.value_prefix = value_prefix
+        super().__init__(
+            f"invalid {field}: {rule} (got {value_prefix})",
+            hint="Validate input at the edge and refuse the request",
+        )
+
+
+class ContextSwitchError(ContextError):
+    """A scope for another principal was entered while one is bound."""
+
+    hint = (
+        "Run work for another user in its own scope outside this one, "
+        "or pass allow_switch=True if this is deliberate"
+    )
+
+
+class ContextExpiredError(ContextError, TimeoutError):
+    """The context's deadline passed: the work inside was cancelled, nothing committed."""
+
+    hint = "Give the request a longer ttl, or do less inside one scope"
+
+
+class TokenError(IsolationError, ValueError):
+    """A token carrying a context was refused."""
+
+
+class MalformedTokenError(TokenError):
+    """The token is not a well-formed token of this library (or is too large)."""
+
+
+class TokenSignatureError(TokenError):
+    """The token's signature does not verify with any of the given keys."""
+
+
+class TokenExpiredError(TokenError):
+    """The token's expiry has passed."""
+
+
+class TokenPurposeError(TokenError):
+    """The token was made for another purpose."""
+
+
+class TokenReplayedError(TokenError):
+    """A single-use token (a ticket) was presented a second time."""
+
+
+class FactoryError(IsolationError):
+    """What is built per scope: the base of the factory errors."""
+
+
+class SharedStateError(FactoryError):
+    """Mutable state is reachable from the instances of two principals.
+
+    Attributes:
+        principals: The two principals, as ``(tenant_id, user_id)`` pairs.
+        paths: The attribute path on each side, for example ``(("Engine", "cache"),) * 2``.
+    """
+
+    hint = "Build the shared object per scope, or declare it with isolation.shareable(obj)"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        principals: tuple[tuple[str | None, str], ...] = (),
+        paths: tuple[tuple[str, ...], ...] = (),
+    ) -> None:
+        self.principals = principals
+        self.paths = paths
+        super().__init__(message)
+
+
+class SessionError(IsolationError):
+    """Database sessions: the base of the session errors."""
+
+
+class PoolExhaustedError(SessionError, TimeoutError):
+    """No connection could be admitted within the acquire timeout."""
+
+
+class SessionInUseError(SessionError, RuntimeError):
+    """Another task of the same scope is inside a session block."""
+
+
+class EventError(IsolationError):
+    """The event router: the base of the event errors."""
+
+
+class ConnectionClosedError(EventError):
+    """The connection is closed."""
+
+
+class ConnectionLimitError(EventError):
+    """The principal has as many open connections as allowed."""
+
+
+class QueueFullError(EventError):
+    """The connection's queue is full and its policy refuses more."""
+
+
+class EventTooLargeError(EventError, ValueError):
+    """The event is larger than the router accepts."""
+
+
+class BackendUnavailableError(EventError, ConnectionError):
+    """The event backend (for example Redis) cannot be reached."""

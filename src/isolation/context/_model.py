@@ -1,0 +1,225 @@
+"""``UserContext``: who is asking, and until when.
+
+A context is immutable, validated at construction, and there is no other way to
+make one: ``copy`` returns the same object, pickling is refused (use
+:mod:`isolation.tokens` to carry a context across processes), and
+``attrs.evolve`` goes through the same validating constructor.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, NoReturn, final
+
+import attrs
+
+from isolation import _clock
+from isolation._errors import InvalidContextError, UsageError
+from isolation._redact import redact
+from isolation.context._validate import (
+    check_attributes,
+    check_roles,
+    check_text,
+    check_timestamp,
+    check_ttl,
+)
+
+__all__ = ["Attributes", "Principal", "UserContext", "new_request_id"]
+
+Principal = tuple[str | None, str]
+"""The identity of a user: ``(tenant_id, user_id)``."""
+
+
+def new_request_id() -> str:
+    """Return 128 random bits as 32 lowercase hex characters (also a valid trace id)."""
+    return os.urandom(16).hex()
+
+
+@final
+class Attributes(Mapping[str, str]):
+    """A read-only, hashable mapping of ``str`` to ``str``, copied at construction."""
+
+    __slots__ = ("_data", "_hash")
+
+    def __init__(self, data: Mapping[str, str] | None = None) -> None:
+        self._data: dict[str, str] = dict(data) if data else {}
+        self._hash: int | None = None
+
+    def __getitem__(self, key: str) -> str:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            self._hash = hash(frozenset(self._data.items()))
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Attributes):
+            return self._data == other._data
+        if isinstance(other, Mapping):
+            return self._data == dict(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"Attributes({self._data!r})"
+
+    def __copy__(self) -> Attributes:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Attributes:
+        return self
+
+
+_NO_ATTRIBUTES = Attributes()
+
+
+def _user_id(value: Any) -> str:
+    return check_text("user_id", value)
+
+
+def _tenant_id(value: Any) -> str | None:
+    return None if value is None else check_text("tenant_id", value)
+
+
+def _roles(value: Any) -> frozenset[str]:
+    if type(value) is frozenset and not value:
+        return value
+    return check_roles(value)
+
+
+def _attributes(value: Any) -> Attributes:
+    if value is None or value is _NO_ATTRIBUTES:
+        return _NO_ATTRIBUTES
+    if isinstance(value, Attributes):
+        return value
+    checked = check_attributes(value)
+    return Attributes(checked) if checked else _NO_ATTRIBUTES
+
+
+def _issued_at(value: Any) -> float:
+    return check_timestamp("issued_at", value)
+
+
+def _expires_at(value: Any) -> float | None:
+    return None if value is None else check_timestamp("expires_at", value)
+
+
+_EMPTY_ROLES: frozenset[str] = frozenset()
+
+
+@final
+@attrs.frozen(kw_only=True, weakref_slot=True, repr=False)
+class UserContext:
+    """Who is asking, and until when: immutable, validated, hashable.
+
+    The identity of a user is the pair ``(tenant_id, user_id)``, available as
+    :attr:`principal`: the same user id in two tenants is two users everywhere
+    in the library. ``request_id`` is always generated (128 random bits) and is
+    never restored from outside.
+
+    Build one with :meth:`new`; the keyword constructor validates the same way.
+
+    Raises:
+        InvalidContextError: A field broke a rule; the error names the field
+            and the rule.
+    """
+
+    user_id: str = attrs.field(converter=_user_id)
+    tenant_id: str | None = attrs.field(default=None, converter=_tenant_id)
+    roles: frozenset[str] = attrs.field(default=_EMPTY_ROLES, converter=_roles)
+    attributes: Attributes = attrs.field(default=_NO_ATTRIBUTES, converter=_attributes)
+    issued_at: float = attrs.field(
+        factory=lambda: _clock._now(), converter=_issued_at, eq=False
+    )
+    expires_at: float | None = attrs.field(default=None, converter=_expires_at)
+    request_id: str = attrs.field(init=False, factory=new_request_id)
+
+    def __attrs_post_init__(self) -> None:
+        if self.expires_at is not None and self.expires_at < self.issued_at:
+            raise InvalidContextError(
+                field="expires_at",
+                rule="must not be before issued_at",
+                value_prefix=repr(self.expires_at),
+            )
+
+    @classmethod
+    def new(
+        cls,
+        user_id: str,
+        *,
+        tenant_id: str | None = None,
+        ttl: float | None = None,
+        roles: Iterable[str] = (),
+        attributes: Mapping[str, str] | None = None,
+    ) -> UserContext:
+        """Make a context for ``user_id``, optionally expiring ``ttl`` seconds from now.
+
+        Args:
+            user_id: The user's id within its tenant.
+            tenant_id: The tenant, or ``None`` for a single-tenant service.
+            ttl: Seconds until the context expires: finite and positive.
+            roles: The user's roles.
+            attributes: Extra ``str`` to ``str`` facts, copied.
+        """
+        issued = _clock._now()
+        expires = None if ttl is None else issued + check_ttl(ttl)
+        return cls(
+            user_id=user_id,
+            tenant_id=tenant_id,
+            roles=_EMPTY_ROLES if roles == () else roles,
+            attributes=attributes,
+            issued_at=issued,
+            expires_at=expires,
+        )
+
+    @property
+    def principal(self) -> Principal:
+        """The identity of the user: ``(tenant_id, user_id)``."""
+        return (self.tenant_id, self.user_id)
+
+    @property
+    def expired(self) -> bool:
+        """Whether the deadline has passed (by the library's clock)."""
+        return self.expires_at is not None and _clock._now() >= self.expires_at
+
+    def remaining(self) -> float:
+        """Seconds until the deadline, clamped at 0; ``math.inf`` without one."""
+        if self.expires_at is None:
+            return math.inf
+        return max(0.0, self.expires_at - _clock._now())
+
+    def __repr__(self) -> str:
+        tenant = "None" if self.tenant_id is None else repr(redact(self.tenant_id))
+        return (
+            f"isolation.UserContext(user_id={redact(self.user_id)!r}, tenant_id={tenant}, "
+            f"request_id={self.request_id!r}, roles={sorted(self.roles)!r}, "
+            f"expires_at={self.expires_at!r})"
+        )
+
+    def __copy__(self) -> UserContext:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> UserContext:
+        return self
+
+    def __reduce_ex__(self, protocol: Any) -> NoReturn:
+        raise UsageError(
+            "a UserContext cannot be pickled: it would restore a context without "
+            "validation and with an old request_id",
+            hint="Carry it across processes with isolation.tokens.dumps() and loads()",
+        )
+
+    def __reduce__(self) -> NoReturn:
+        self.__reduce_ex__(None)
+
+
+UserContext.__module__ = "isolation"
+Attributes.__module__ = "isolation"

@@ -1,0 +1,538 @@
+"""``Scope``: the one place a user context is bound, with a deadline and finalizers.
+
+One :class:`~contextvars.ContextVar` holds the current scope; the scope holds
+the context. Context operations never await, so one ``scope(ctx)`` object
+serves both ``with`` and ``async with``. A scope is entered once.
+
+Rules, in the order :meth:`Scope._bind` applies them:
+
+* the same context object nested inside its own scope is re-entrant: the inner
+  block gets the enclosing scope;
+* a new context of the same principal opens a **child scope** (fresh per-scope
+  values, the earliest deadline of the two);
+* another principal is refused with :class:`ContextSwitchError` unless
+  ``allow_switch=True``;
+* a copied context whose scope has ended is not bound: anything may be entered
+  there, but :func:`current_context` refuses with :class:`ScopeEndedError`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import threading
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar, Token
+from types import TracebackType
+from typing import Any, Final, Literal, final
+
+import anyio
+import attrs
+
+from isolation import _clock
+from isolation._errors import (
+    ConfigurationError,
+    ContextExpiredError,
+    ContextSwitchError,
+    NoContextError,
+    ScopeEndedError,
+    UsageError,
+)
+from isolation._redact import redact_principal
+from isolation.context._model import UserContext
+
+__all__ = [
+    "DEFAULT_CLEANUP_TIMEOUT",
+    "Finalizer",
+    "Scope",
+    "ScopeStats",
+    "current_context",
+    "current_context_or_none",
+    "current_scope",
+    "scope_stats",
+]
+
+logger = logging.getLogger("isolation.context")
+
+Finalizer = Callable[[BaseException | None], Awaitable[None] | None]
+
+DEFAULT_CLEANUP_TIMEOUT: Final = 5.0
+"""Seconds each finalizer may take, shielded from cancellation, before it is abandoned."""
+
+_current: ContextVar[Scope | None] = ContextVar("isolation.scope", default=None)
+
+_NEW: Final = 0
+_ACTIVE: Final = 1
+_ENDED: Final = 2
+
+_counter_lock = threading.Lock()
+_counts = {"finalizer_failures": 0, "escapes_detected": 0, "expired": 0}
+
+
+def _bump(name: str) -> None:
+    with _counter_lock:
+        _counts[name] += 1
+
+
+@attrs.frozen(kw_only=True)
+class ScopeStats:
+    """Process-wide counters of the context core (a snapshot).
+
+    Attributes:
+        finalizer_failures: Finalizers that raised or overran their cleanup time.
+        escapes_detected: Reads of a context from a scope that had ended.
+        expired: Scopes that ended by their deadline.
+    """
+
+    finalizer_failures: int
+    escapes_detected: int
+    expired: int
+
+
+def scope_stats() -> ScopeStats:
+    """Return a snapshot of the context core's counters."""
+    with _counter_lock:
+        return ScopeStats(**_counts)
+
+
+def _is_async_callable(fn: object) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - a callable object with `async def __call__`
+    )
+
+
+@final
+class Scope:
+    """A bound user context with a deadline and finalizers; ``with`` or ``async with``.
+
+    ``isolation.scope`` is this class. Inside the block, :func:`current_context`
+    returns ``ctx`` and :func:`current_scope` the scope, in this task, its child
+    tasks and the threads started through :func:`isolation.to_thread`.
+
+    In ``async with``, the context's deadline cancels the body (an anyio cancel
+    scope) and the block then **raises** :class:`ContextExpiredError`: it never
+    exits silently, so nothing after it commits expired work. In ``with``, the
+    deadline is checked on entry and on exit. Finalizers registered with
+    :meth:`on_close` run at exit in reverse order, shielded from cancellation,
+    each bounded by ``cleanup_timeout`` seconds.
+
+    Args:
+        ctx: The context to bind.
+        allow_switch: Allow entering this scope while another principal's is
+            bound (the new scope is then a root, not a child).
+        cleanup_timeout: Seconds each finalizer may run at exit.
+
+    Raises:
+        ContextSwitchError: Another principal's scope is bound here.
+        ContextExpiredError: The context (or the enclosing one) has expired.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_allow_switch",
+        "_async",
+        "_cancel_scope",
+        "_cleanup_timeout",
+        "_ctx",
+        "_data",
+        "_deadline",
+        "_fast",
+        "_finalizers",
+        "_lock",
+        "_parent",
+        "_reentered",
+        "_state",
+        "_token",
+    )
+
+    def __init__(
+        self,
+        ctx: UserContext,
+        *,
+        allow_switch: bool = False,
+        cleanup_timeout: float = DEFAULT_CLEANUP_TIMEOUT,
+    ) -> None:
+        if type(ctx) is not UserContext:
+            raise UsageError(
+                f"scope() takes an isolation.UserContext, got {type(ctx).__name__}",
+                hint="Build one with isolation.UserContext.new(user_id)",
+            )
+        if cleanup_timeout != DEFAULT_CLEANUP_TIMEOUT and not (
+            isinstance(cleanup_timeout, int | float) and 0 < cleanup_timeout < math.inf
+        ):
+            raise ConfigurationError(
+                f"cleanup_timeout must be finite and > 0 seconds, got {cleanup_timeout!r}"
+            )
+        self._ctx = ctx
+        self._allow_switch = allow_switch
+        self._cleanup_timeout = cleanup_timeout
+        self._state = _NEW
+        self._parent: Scope | None = None
+        self._reentered: Scope | None = None
+        self._token: Token[Scope | None] | None = None
+        self._deadline: float | None = None
+        # The context while active with no deadline: the fast path of current_context().
+        self._fast: UserContext | None = None
+        self._finalizers: list[Finalizer] | None = None
+        self._cancel_scope: anyio.CancelScope | None = None
+        self._async = False
+        # Per-scope values (ContextLocal, scoped instances), made on first use.
+        self._data: dict[object, Any] | None = None
+        self._lock: threading.RLock | None = None
+
+    # -- what a scope tells -------------------------------------------------
+
+    @property
+    def context(self) -> UserContext:
+        """The bound context."""
+        return self._ctx
+
+    @property
+    def parent(self) -> Scope | None:
+        """The enclosing scope of the same principal, or ``None`` for a root scope."""
+        return self._parent
+
+    @property
+    def active(self) -> bool:
+        """Whether the scope has been entered and has not ended."""
+        return self._state == _ACTIVE
+
+    @property
+    def ended(self) -> bool:
+        """Whether the scope has ended."""
+        return self._state == _ENDED
+
+    @property
+    def deadline(self) -> float | None:
+        """Epoch seconds when the scope expires: the earliest of its context's and its parent's."""
+        return self._deadline
+
+    def remaining(self) -> float:
+        """Seconds until the deadline, clamped at 0; ``math.inf`` without one."""
+        if self._deadline is None:
+            return math.inf
+        return max(0.0, self._deadline - _clock._now())
+
+    def __repr__(self) -> str:
+        state = ("new", "active", "ended")[self._state]
+        return f"<isolation.Scope {redact_principal(self._ctx.principal)} {state}>"
+
+    # -- finalizers ---------------------------------------------------------
+
+    def on_close(self, fn: Finalizer) -> Finalizer:
+        """Run ``fn(exc)`` when the scope exits; returns ``fn`` so it works as a decorator.
+
+        ``exc`` is the body's exception (the :class:`ContextExpiredError` on
+        expiry, the cancellation on an outside cancel) or ``None``. Finalizers
+        run in reverse order of registration, all of them, shielded from
+        cancellation. ``async`` finalizers need an ``async with`` scope.
+
+        Raises:
+            UsageError: The scope is not active, or ``fn`` is async on a sync scope.
+        """
+        if self._state != _ACTIVE:
+            raise UsageError(f"on_close() on a scope that is not active: {self!r}")
+        if not callable(fn):
+            raise UsageError(f"on_close() takes a callable, got {type(fn).__name__}")
+        if not self._async and _is_async_callable(fn):
+            raise UsageError(
+                "an async finalizer needs an `async with` scope",
+                hint="Enter the scope with `async with`, or register a sync finalizer",
+            )
+        if self._finalizers is None:
+            self._finalizers = [fn]
+        else:
+            self._finalizers.append(fn)
+        return fn
+
+    # -- entering and leaving -------------------------------------------------
+
+    def _bind(self) -> Scope | None:
+        """Bind this scope, or return the enclosing one when re-entered."""
+        if self._state != _NEW:
+            raise UsageError(f"a Scope is entered once; {self!r} was entered before")
+        ctx = self._ctx
+        deadline = ctx.expires_at
+        outer = _current.get()
+        if outer is not None and outer._state == _ACTIVE:
+            if outer._ctx is ctx:
+                outer._check_deadline()
+                self._reentered = outer
+                self._state = _ACTIVE
+                return outer
+            if outer._ctx.user_id == ctx.user_id and outer._ctx.tenant_id == ctx.tenant_id:
+                self._parent = outer
+            elif not self._allow_switch:
+                raise ContextSwitchError(
+                    f"cannot enter a scope for {redact_principal(ctx.principal)} inside the "
+                    f"scope of {redact_principal(outer._ctx.principal)}"
+                )
+            if outer._deadline is not None and (deadline is None or outer._deadline < deadline):
+                deadline = outer._deadline
+        if deadline is not None and _clock._now() >= deadline:
+            _bump("expired")
+            raise ContextExpiredError(
+                f"the context of {redact_principal(ctx.principal)} has expired"
+            )
+        self._deadline = deadline
+        if deadline is None:
+            self._fast = ctx
+        self._token = _current.set(self)
+        self._state = _ACTIVE
+        return None
+
+    def _check_deadline(self) -> None:
+        if self._deadline is not None and _clock._now() >= self._deadline:
+            raise ContextExpiredError(
+                f"the context of {redact_principal(self._ctx.principal)} has expired"
+            )
+
+    def _unbind(self) -> None:
+        token, self._token = self._token, None
+        self._state = _ENDED
+        self._fast = None
+        self._finalizers = None
+        self._data = None
+        self._cancel_scope = None
+        if token is not None:
+            _current.reset(token)
+
+    def __enter__(self) -> Scope:
+        outer = self._bind()
+        return self if outer is None else outer
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Literal[False]:
+        if self._reentered is not None:
+            self._state = _ENDED
+            return False
+        expired: ContextExpiredError | None = None
+        if exc is None and self._deadline is not None and _clock._now() >= self._deadline:
+            expired = self._expired_error()
+        try:
+            if self._finalizers:
+                self._run_sync_finalizers(exc if expired is None else expired)
+        finally:
+            self._unbind()
+        if expired is not None:
+            raise expired
+        return False
+
+    async def __aenter__(self) -> Scope:
+        self._async = True
+        outer = self._bind()
+        if outer is not None:
+            return outer
+        if self._deadline is not None:
+            try:
+                self._arm_deadline()
+            except BaseException:
+                self._unbind()
+                raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Literal[False]:
+        if self._reentered is not None:
+            self._state = _ENDED
+            return False
+        expired: ContextExpiredError | None = None
+        cancel_scope = self._cancel_scope
+        if cancel_scope is not None:
+            clock = _clock.get_clock()
+            if isinstance(clock, _clock.FakeClock):
+                clock._unwatch(self)
+            try:
+                cancel_scope.__exit__(exc_type, exc, tb)
+            except BaseException as raised:  # the cancel scope re-raised: keep what it gives
+                exc = raised
+            timed_out = cancel_scope.cancel_called or _clock._now() >= self._deadline  # type: ignore[operator]
+            if timed_out and (
+                exc is None
+                or cancel_scope.cancelled_caught
+                or isinstance(exc, anyio.get_cancelled_exc_class())
+            ):
+                expired = self._expired_error()
+        elif exc is None and self._deadline is not None and _clock._now() >= self._deadline:
+            expired = self._expired_error()
+        try:
+            if self._finalizers:
+                await self._run_async_finalizers(exc if expired is None else expired)
+        finally:
+            self._unbind()
+        if expired is not None:
+            raise expired from exc
+        return False
+
+    def _expired_error(self) -> ContextExpiredError:
+        _bump("expired")
+        return ContextExpiredError(
+            f"the context of {redact_principal(self._ctx.principal)} expired inside its "
+            "scope; the work was cancelled"
+        )
+
+    def _arm_deadline(self) -> None:
+        assert self._deadline is not None
+        clock = _clock.get_clock()
+        cancel_scope = anyio.CancelScope()
+        cancel_scope.__enter__()
+        self._cancel_scope = cancel_scope
+        if isinstance(clock, _clock.FakeClock):
+            clock._watch(self)
+        else:
+            cancel_scope.deadline = anyio.current_time() + (self._deadline - _clock._now())
+
+    def _clock_moved(self) -> None:
+        """Called by a FakeClock that moved: cancel the body if the deadline passed."""
+        cancel_scope = self._cancel_scope
+        if (
+            cancel_scope is not None
+            and self._deadline is not None
+            and _clock._now() >= self._deadline
+        ):
+            cancel_scope.cancel()
+
+    # -- finalizers at exit -----------------------------------------------------
+
+    def _run_sync_finalizers(self, exc: BaseException | None) -> None:
+        failures: list[BaseException] = []
+        for fn in reversed(self._finalizers or ()):
+            try:
+                result = fn(exc)
+                if inspect.isawaitable(result):
+                    if inspect.iscoroutine(result):
+                        result.close()
+                    raise UsageError("a finalizer of a sync scope returned an awaitable")
+            except Exception as failure:
+                failures.append(failure)
+        self._report_failures(failures, exc)
+
+    async def _run_async_finalizers(self, exc: BaseException | None) -> None:
+        failures: list[BaseException] = []
+        for fn in reversed(self._finalizers or ()):
+            with anyio.move_on_after(self._cleanup_timeout, shield=True) as bound:
+                try:
+                    result = fn(exc)
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception as failure:
+                    failures.append(failure)
+            if bound.cancelled_caught:
+                failures.append(
+                    TimeoutError(
+                        f"finalizer {getattr(fn, '__qualname__', fn)!r} overran its "
+                        f"cleanup time of {self._cleanup_timeout} s"
+                    )
+                )
+        self._report_failures(failures, exc)
+
+    def _report_failures(self, failures: list[BaseException], exc: BaseException | None) -> None:
+        if not failures:
+            return
+        for failure in failures:
+            _bump("finalizer_failures")
+            logger.error(
+                "finalizer failed at scope exit",
+                exc_info=failure,
+                extra={"event": "finalizer_failed", "request_id": self._ctx.request_id},
+            )
+        if exc is not None:
+            for failure in failures:
+                exc.add_note(f"isolation: a finalizer of this scope failed: {failure!r}")
+            return
+        first = failures[0]
+        # Chain the later failures behind the first, so none is lost from the traceback.
+        link = first
+        for later in failures[1:]:
+            if link.__context__ is None:
+                link.__context__ = later
+            link = later
+        raise first
+
+    # -- per-scope storage (ContextLocal, scoped factories) ---------------------
+
+    def _storage(self) -> tuple[dict[object, Any], threading.RLock]:
+        """Return this scope's storage and lock, creating them once (thread-safe)."""
+        data, lock = self._data, self._lock
+        if data is not None and lock is not None:
+            return data, lock
+        with _storage_lock:
+            if self._state == _ENDED:
+                raise ScopeEndedError(f"{self!r} has ended")
+            if self._lock is None:
+                self._lock = threading.RLock()
+            if self._data is None:
+                self._data = {}
+            return self._data, self._lock
+
+
+_storage_lock = threading.Lock()
+
+
+def _ended(scope: Scope) -> ScopeEndedError:
+    _bump("escapes_detected")
+    return ScopeEndedError(
+        f"the scope of {redact_principal(scope._ctx.principal)} has ended, but code "
+        "still runs in a copy of it"
+    )
+
+
+def current_scope() -> Scope:
+    """Return the bound scope.
+
+    Raises:
+        NoContextError: No scope is bound here.
+        ScopeEndedError: The scope bound here has ended (the caller escaped it).
+        ContextExpiredError: The scope's deadline has passed.
+    """
+    scope = _current.get()
+    if scope is None:
+        raise NoContextError("no isolation scope is bound here")
+    if scope._state != _ACTIVE:
+        raise _ended(scope)
+    scope._check_deadline()
+    return scope
+
+
+def current_context() -> UserContext:
+    """Return the bound user context.
+
+    Raises:
+        NoContextError: No scope is bound here.
+        ScopeEndedError: The scope bound here has ended (the caller escaped it).
+        ContextExpiredError: The context's deadline has passed.
+    """
+    scope = _current.get()
+    if scope is not None:
+        ctx = scope._fast
+        if ctx is not None:
+            return ctx
+    return current_scope()._ctx
+
+
+def current_context_or_none() -> UserContext | None:
+    """Return the bound user context, or ``None`` when no scope is bound.
+
+    Fails closed like :func:`current_context` for a scope that has ended or
+    expired: those raise, never return ``None``.
+    """
+    scope = _current.get()
+    if scope is None:
+        return None
+    ctx = scope._fast
+    if ctx is not None:
+        return ctx
+    return current_scope()._ctx
+
+
+Scope.__module__ = "isolation"
+ScopeStats.__module__ = "isolation"

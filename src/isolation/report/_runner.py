@@ -1,0 +1,244 @@
+"""Run the registered checks against the library and, on request, their mutants."""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Final, Literal
+
+import anyio
+import attrs
+
+from isolation.report._registry import Backend, Check, FailureMode, ModeRegistry, Settings
+
+__all__ = ["CheckResult", "ModeResult", "Report", "run_check", "run_report"]
+
+logger = logging.getLogger("isolation.report")
+
+Status = Literal["passed", "failed", "not_run"]
+
+EXIT_OK: Final = 0
+EXIT_VIOLATION: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_NOT_RUN: Final = 3
+EXIT_MUTANT_MISSED: Final = 4
+
+_MAX_DETAILS = 5
+
+
+@attrs.frozen(kw_only=True)
+class CheckResult:
+    """What one check found."""
+
+    name: str
+    backend: str
+    status: Status
+    violations: int
+    details: tuple[str, ...]
+    seconds: float
+    reason: str | None = None
+    mutant_caught: bool | None = None
+    mutant_details: tuple[str, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class ModeResult:
+    """What the checks of one mode found, together."""
+
+    id: int
+    name: str
+    status: Status
+    violations: int
+    details: tuple[str, ...]
+    seconds: float
+    checks: tuple[CheckResult, ...]
+    reason: str | None = None
+    mutant_caught: bool | None = None
+
+    @property
+    def passed(self) -> bool | None:
+        """``True``/``False``, or ``None`` when the mode did not run."""
+        return None if self.status == "not_run" else self.status == "passed"
+
+
+@attrs.frozen(kw_only=True)
+class Report:
+    """The result of a run over every mode."""
+
+    modes: tuple[ModeResult, ...]
+    check_mutants: bool
+
+    @property
+    def exit_code(self) -> int:
+        """1 a violation, else 4 a mutant not caught, else 3 some mode not run, else 0."""
+        if any(mode.status == "failed" for mode in self.modes):
+            return EXIT_VIOLATION
+        if self.check_mutants and any(mode.mutant_caught is False for mode in self.modes):
+            return EXIT_MUTANT_MISSED
+        if any(mode.status == "not_run" for mode in self.modes):
+            return EXIT_NOT_RUN
+        return EXIT_OK
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as the ``--json`` object."""
+        modes = []
+        for mode in self.modes:
+            entry: dict[str, Any] = {
+                "id": mode.id,
+                "name": mode.name,
+                "status": mode.status,
+                "violations": mode.violations,
+                "details": list(mode.details),
+                "passed": mode.passed,
+                "seconds": round(mode.seconds, 3),
+                "checks": [
+                    {
+                        "name": check.name,
+                        "backend": check.backend,
+                        "status": check.status,
+                        "violations": check.violations,
+                        "seconds": round(check.seconds, 3),
+                        **({"reason": check.reason} if check.reason else {}),
+                        **(
+                            {"mutant_caught": check.mutant_caught}
+                            if self.check_mutants
+                            else {}
+                        ),
+                    }
+                    for check in mode.checks
+                ],
+            }
+            if mode.reason:
+                entry["reason"] = mode.reason
+            if self.check_mutants:
+                entry["mutant_caught"] = mode.mutant_caught
+            modes.append(entry)
+        return {"modes": modes, "exit_code": self.exit_code}
+
+
+def _missing_requirement(check: Check) -> str | None:
+    for module in check.requires:
+        if importlib.util.find_spec(module) is None:
+            return f"needs {module!r}, which is not installed (pip install 'isolation[report]')"
+    return None
+
+
+def _unavailable_backend(check: Check, settings: Settings) -> str | None:
+    if check.backend is Backend.POSTGRES and not settings.postgres_url:
+        return "no PostgreSQL URL given (--postgres)"
+    if check.backend is Backend.REDIS and not settings.redis_url:
+        return "no Redis URL given (--redis)"
+    return None
+
+
+def run_check(
+    check: Check, settings: Settings, *, target: Literal["library", "mutant"] = "library"
+) -> list[str]:
+    """Run ``check`` against the library's subject or its mutant; return the violations.
+
+    A check that crashes reports the crash as its one violation: for the library
+    that is a failure, and for a mutant it is not counted as caught (see
+    :func:`run_report`).
+    """
+    subject = (check.library if target == "library" else check.mutant)()
+    if inspect.iscoroutinefunction(check.run):
+        run: Callable[..., Any] = check.run
+        return list(anyio.run(run, subject, settings, backend="asyncio"))
+    return list(check.run(subject, settings))  # type: ignore[arg-type]
+
+
+def _run_one(
+    check: Check, settings: Settings, check_mutants: bool, progress: Callable[[str], None]
+) -> CheckResult:
+    reason = _missing_requirement(check) or _unavailable_backend(check, settings)
+    if reason is not None:
+        return CheckResult(
+            name=check.name,
+            backend=str(check.backend),
+            status="not_run",
+            violations=0,
+            details=(),
+            seconds=0.0,
+            reason=reason,
+        )
+    started = time.perf_counter()
+    try:
+        violations = run_check(check, settings)
+    except Exception as exc:
+        logger.exception("check %s crashed", check.name, extra={"event": "check_crashed"})
+        violations = [f"the check crashed: {type(exc).__name__}: {exc}"]
+    seconds = time.perf_counter() - started
+    caught: bool | None = None
+    mutant_details: tuple[str, ...] = ()
+    if check_mutants:
+        progress(f"  mutant of {check.name} ...")
+        try:
+            found = run_check(check, settings, target="mutant")
+            caught = bool(found)
+            mutant_details = tuple(found[:_MAX_DETAILS])
+        except Exception as exc:
+            logger.exception("mutant run of %s crashed", check.name)
+            caught = False
+            mutant_details = (f"the check crashed on the mutant: {type(exc).__name__}",)
+    return CheckResult(
+        name=check.name,
+        backend=str(check.backend),
+        status="failed" if violations else "passed",
+        violations=len(violations),
+        details=tuple(v[:300] for v in violations[:_MAX_DETAILS]),
+        seconds=seconds,
+        mutant_caught=caught,
+        mutant_details=mutant_details,
+    )
+
+
+def _summarise(mode: FailureMode, results: Sequence[CheckResult], seconds: float) -> ModeResult:
+    ran = [r for r in results if r.status != "not_run"]
+    if not mode.checks:
+        status: Status = "not_run"
+        reason: str | None = "no check registered yet: this mode is not delivered"
+    elif not ran:
+        status = "not_run"
+        reason = "; ".join(sorted({r.reason or "" for r in results}))
+    else:
+        status = "failed" if any(r.status == "failed" for r in ran) else "passed"
+        reason = None
+    caught_values = [r.mutant_caught for r in ran if r.mutant_caught is not None]
+    return ModeResult(
+        id=mode.id,
+        name=mode.name,
+        status=status,
+        violations=sum(r.violations for r in ran),
+        details=tuple(d for r in ran for d in r.details)[:_MAX_DETAILS],
+        seconds=seconds,
+        checks=tuple(results),
+        reason=reason,
+        mutant_caught=all(caught_values) if caught_values else None,
+    )
+
+
+def run_report(
+    registry: ModeRegistry,
+    settings: Settings | None = None,
+    *,
+    check_mutants: bool = False,
+    modes: Sequence[int] | None = None,
+    progress: Callable[[str], None] = lambda line: None,
+) -> Report:
+    """Run every registered check (of ``modes``, if given) and return the report."""
+    settings = settings or Settings()
+    results = []
+    for mode in registry.modes():
+        if modes is not None and mode.id not in modes:
+            continue
+        progress(f"mode {mode.id}: {mode.name}")
+        started = time.perf_counter()
+        checks = []
+        for check in mode.checks:
+            progress(f"  {check.name} on {check.backend} ...")
+            checks.append(_run_one(check, settings, check_mutants, progress))
+        results.append(_summarise(mode, checks, time.perf_counter() - started))
+    return Report(modes=tuple(results), check_mutants=check_mutants)

@@ -1,0 +1,27 @@
+"""The registered checks of each failure mode, one module per mode or part.
+
+Each module defines ``register(registry)``. Modules import optional extras only
+inside their checks, so the registry loads with no extra installed and a
+missing extra shows as "not run" with its reason.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from isolation.report._registry import ModeRegistry
+
+__all__ = ["MODULES", "default_registry"]
+
+MODULES = (
+    "isolation.report.modes.fm06_lifetime",
+    "isolation.report.modes.fm08_validation",
+)
+
+
+def default_registry() -> ModeRegistry:
+    """A registry with the sixteen modes and every check the library delivers."""
+    registry = ModeRegistry()
+    for name in MODULES:
+        importlib.import_module(name).register(registry)
+    return registry

@@ -1,0 +1,126 @@
+"""Hypothesis strategies for user ids, tenant ids and contexts, hostile ones included.
+
+Needs the ``testing`` extra (Hypothesis). Hostile ids cover what attackers and
+broken clients send: bidi controls, zero-width characters, lone surrogates,
+private-use and unassigned code points, line and paragraph separators, control
+characters, padding white space, over-long and 1 MiB strings, and non-strings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from hypothesis import strategies as st
+
+from isolation.context._validate import MAX_ATTRIBUTE_VALUE_LENGTH, MAX_ID_LENGTH
+
+__all__ = [
+    "HOSTILE_CHARACTERS",
+    "hostile_ids",
+    "invalid_context_kwargs",
+    "tenant_ids",
+    "user_ids",
+    "valid_context_kwargs",
+]
+
+HOSTILE_CHARACTERS: Mapping[str, tuple[str, ...]] = {
+    "bidi": ("\u202e", "\u202d", "\u2066", "\u2067", "\u2069", "\u200f", "\u061c"),
+    "zero_width": ("\u200b", "\u200c", "\u200d", "\u2060", "\ufeff"),
+    "lone_surrogate": ("\ud800", "\udbff", "\udc00", "\udfff"),
+    "private_use": ("\ue000", "\uf8ff", "\U000f0000"),
+    "unassigned": ("\u0378", "\U000e0080", "\uffff"),
+    "separator": ("\u2028", "\u2029"),
+    "control": ("\x00", "\x07", "\x1b", "\x7f", "\x85", "\n", "\t"),
+}
+"""Characters the validation refuses anywhere in an id, by class."""
+
+_SAFE_ALPHABET = st.characters(
+    codec="utf-8",
+    exclude_categories=("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"),
+)
+
+
+def user_ids() -> st.SearchStrategy[str]:
+    """Valid user ids: short printable text, including non-ASCII, already NFC."""
+    import unicodedata
+
+    return (
+        st.text(_SAFE_ALPHABET, min_size=1, max_size=40)
+        .map(lambda s: unicodedata.normalize("NFC", s))
+        .filter(lambda s: 0 < len(s) <= MAX_ID_LENGTH)
+    )
+
+
+def tenant_ids() -> st.SearchStrategy[str | None]:
+    """Valid tenant ids, or ``None``."""
+    return st.none() | user_ids()
+
+
+def hostile_ids(max_length: int = MAX_ID_LENGTH) -> st.SearchStrategy[Any]:
+    """Ids the validation must refuse, one hostile class at a time.
+
+    Args:
+        max_length: The length limit of the field; longer strings are generated.
+    """
+    characters = st.sampled_from([c for chars in HOSTILE_CHARACTERS.values() for c in chars])
+    planted = st.builds(
+        lambda prefix, char, suffix: prefix + char + suffix,
+        st.text("abc", max_size=4),
+        characters,
+        st.text("xyz", max_size=4),
+    )
+    return st.one_of(
+        planted,
+        st.just(""),
+        st.sampled_from([" alice", "alice ", "\u3000alice", "alice\u00a0", " "]),
+        st.integers(max_length + 1, max_length * 3).map(lambda n: "a" * n),
+        st.just("a" * (1 << 20)),  # 1 MiB
+        st.sampled_from([None, 0, 1.5, b"alice", ["alice"], object()]),
+    )
+
+
+def valid_context_kwargs() -> st.SearchStrategy[dict[str, Any]]:
+    """Keyword arguments that ``UserContext.new`` must accept."""
+    return st.fixed_dictionaries(
+        {"user_id": user_ids()},
+        optional={
+            "tenant_id": tenant_ids(),
+            "ttl": st.floats(0.001, 86_400.0),
+            "roles": st.frozensets(user_ids(), max_size=3),
+            "attributes": st.dictionaries(user_ids(), user_ids(), max_size=3),
+        },
+    )
+
+
+def invalid_context_kwargs() -> st.SearchStrategy[dict[str, Any]]:
+    """Keyword arguments that ``UserContext.new`` must refuse: one field broken."""
+    bad_ttl = st.sampled_from([0, -1.0, float("nan"), float("inf"), float("-inf"), "10", True])
+    return st.one_of(
+        st.fixed_dictionaries({"user_id": hostile_ids()}),
+        st.fixed_dictionaries({"user_id": user_ids(), "tenant_id": hostile_ids().filter(bool)}),
+        st.fixed_dictionaries({"user_id": user_ids(), "ttl": bad_ttl}),
+        st.fixed_dictionaries(
+            {"user_id": user_ids(), "roles": st.lists(hostile_ids(), min_size=1, max_size=2)}
+        ),
+        st.fixed_dictionaries({"user_id": user_ids(), "roles": st.just("admin")}),
+        st.fixed_dictionaries(
+            {
+                "user_id": user_ids(),
+                "attributes": st.one_of(
+                    st.dictionaries(hostile_ids().filter(_hashable), user_ids(), min_size=1, max_size=1),
+                    st.dictionaries(
+                        user_ids(), hostile_ids(MAX_ATTRIBUTE_VALUE_LENGTH), min_size=1, max_size=1
+                    ),
+                ),
+            }
+        ),
+    )
+
+
+def _hashable(value: object) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True

@@ -38,7 +38,11 @@ from isolation._errors import TokenReplayedError as TokenReplayedError
 from isolation._errors import TokenSignatureError as TokenSignatureError
 from isolation._errors import UnsupportedBackendError as UnsupportedBackendError
 from isolation._errors import UsageError as UsageError
+from isolation import tokens as tokens
+from isolation.context._local import ContextLocal as ContextLocal
 from isolation.context._model import Attributes as Attributes
+from isolation.context._propagation import ContextThreadPoolExecutor as ContextThreadPoolExecutor
+from isolation.context._propagation import to_thread as to_thread
 from isolation.context._model import UserContext as UserContext
 from isolation.context._scope import Scope as Scope
 from isolation.context._scope import ScopeStats as ScopeStats
@@ -61,7 +65,9 @@ __all__ = [
     "ConnectionLimitError",
     "ContextError",
     "ContextExpiredError",
+    "ContextLocal",
     "ContextSwitchError",
+    "ContextThreadPoolExecutor",
     "CrossContextAccessError",
     "EventError",
     "EventTooLargeError",
@@ -91,4 +97,6 @@ __all__ = [
     "current_scope",
     "scope",
     "scope_stats",
+    "to_thread",
+    "tokens",
 ]

@@ -35,9 +35,10 @@ def get_logger(part: str) -> logging.Logger:
 class ContextFilter(logging.Filter):
     """Stamp ``user_id``, ``tenant_id`` and ``request_id`` on each record.
 
-    Outside a scope (or in a scope that has ended or expired) the fields are
-    ``"-"``, so format strings that use them never fail. Ids go through the
-    redaction hook. Attach it to a handler::
+    Outside a scope (or in a copy of a scope that has ended) the fields are
+    ``"-"``, so format strings that use them never fail. A scope past its
+    deadline but still exiting (its finalizers) keeps its ids, so cleanup lines
+    stay attributable. Ids go through the redaction hook. Attach it to a handler::
 
         handler.addFilter(isolation.logging.ContextFilter())
     """

@@ -98,8 +98,7 @@ def _roles(value: Any) -> frozenset[str]:
 def _attributes(value: Any) -> Attributes:
     if value is None or value is _NO_ATTRIBUTES:
         return _NO_ATTRIBUTES
-    if isinstance(value, Attributes):
-        return value
+    # An `Attributes` is checked like any mapping: anyone can build one unchecked.
     checked = check_attributes(value)
     return Attributes(checked) if checked else _NO_ATTRIBUTES
 

@@ -22,7 +22,7 @@ import inspect
 import logging
 import math
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any, Final, Literal, final
@@ -181,6 +181,29 @@ class Scope:
         self._data: dict[object, Any] | None = None
         self._lock: threading.RLock | None = None
 
+    @classmethod
+    def from_token(
+        cls,
+        token: str | bytes,
+        *,
+        keys: Sequence[bytes],
+        purpose: str,
+        allow_switch: bool = False,
+        cleanup_timeout: float = DEFAULT_CLEANUP_TIMEOUT,
+    ) -> Scope:
+        """Open a scope for the context in a signed token: how a worker runs a user's job.
+
+        The context is verified and re-validated by :func:`isolation.tokens.loads`
+        (any :class:`~isolation.TokenError` propagates) and gets a new request id.
+        """
+        from isolation.tokens import loads
+
+        return cls(
+            loads(token, keys=keys, purpose=purpose),
+            allow_switch=allow_switch,
+            cleanup_timeout=cleanup_timeout,
+        )
+
     # -- what a scope tells -------------------------------------------------
 
     @property
@@ -233,6 +256,9 @@ class Scope:
         """
         if self._state != _ACTIVE:
             raise UsageError(f"on_close() on a scope that is not active: {self!r}")
+        if self._reentered is not None:
+            # A re-entered scope is the enclosing one: its exit runs nothing of its own.
+            return self._reentered.on_close(fn)
         if not callable(fn):
             raise UsageError(f"on_close() takes a callable, got {type(fn).__name__}")
         if not self._async and _is_async_callable(fn):
@@ -498,7 +524,11 @@ def current_scope() -> Scope:
     if scope is None:
         raise NoContextError("no isolation scope is bound here")
     if scope._state != _ACTIVE:
-        raise _ended(scope)
+        error = _ended(scope)
+        # Work left running after its deadline (a thread abandoned on cancel)
+        # learns that the context expired, as the issue's contract says.
+        scope._check_deadline()
+        raise error
     scope._check_deadline()
     return scope
 

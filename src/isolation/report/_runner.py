@@ -121,7 +121,11 @@ class Report:
 
 def _missing_requirement(check: Check) -> str | None:
     for module in check.requires:
-        if importlib.util.find_spec(module) is None:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a blocking import hook, or a half-imported module
+            found = False
+        if not found:
             return f"needs {module!r}, which is not installed (pip install 'isolation[report]')"
     return None
 

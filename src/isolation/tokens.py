@@ -1,0 +1,291 @@
+"""Signed tokens that carry a :class:`~isolation.UserContext` across processes.
+
+A token is four dot-separated ASCII fields::
+
+    iso1.<purpose, base64url>.<payload, base64url JSON>.<signature, base64url>
+
+* ``iso1`` is the version tag.
+* The **purpose** (for example ``"ws-connect"`` or ``"job"``) is written in
+  clear and checked first, so a token made for one purpose is refused for any
+  other with :class:`~isolation.TokenPurposeError`; it also selects the signing
+  key: HMAC-SHA256 over ``iso1.<purpose>.<payload>`` with a key derived from the
+  secret and the purpose, so a signature never verifies for another purpose.
+* The **payload** is JSON (never pickle): user and tenant ids, roles,
+  attributes, the context's own deadline, the token's expiry and the request id
+  of the context that made it.
+
+Every token expires: at the earlier of the context's ``expires_at`` and
+``now + ttl``, or :data:`DEFAULT_TTL` seconds from now when neither is given,
+checked with :data:`LEEWAY` seconds of tolerance for clock skew. ``loads``
+re-validates the context through ``UserContext``'s constructor and gives it a
+**new** ``request_id``; the original travels as the attribute
+``parent_request_id``.
+
+Keys: random secrets of at least :data:`MIN_KEY_BYTES` bytes (``os.urandom(32)``,
+kept in your secret store). ``dumps`` signs with one key; ``loads`` accepts a
+sequence of keys, so rotation is: add the new key to every verifier's list,
+then sign with it, then drop the old key once its tokens have expired.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import math
+import os
+import re
+from collections.abc import Sequence
+from typing import Any, Final
+
+from isolation import _clock
+from isolation._errors import (
+    ConfigurationError,
+    ContextExpiredError,
+    InvalidContextError,
+    MalformedTokenError,
+    TokenExpiredError,
+    TokenPurposeError,
+    TokenSignatureError,
+    UsageError,
+)
+from isolation._redact import redact_principal
+from isolation.context._model import UserContext
+from isolation.context._validate import check_ttl
+
+__all__ = [
+    "DEFAULT_TTL",
+    "LEEWAY",
+    "MAX_TOKEN_BYTES",
+    "MIN_KEY_BYTES",
+    "VERSION",
+    "dumps",
+    "generate_key",
+    "loads",
+]
+
+VERSION: Final = "iso1"
+"""The version tag every token starts with."""
+DEFAULT_TTL: Final = 900.0
+"""Seconds a token lives when neither the context nor the caller sets a shorter time."""
+LEEWAY: Final = 1.0
+"""Seconds of clock skew tolerated when checking a token's expiry."""
+MAX_TOKEN_BYTES: Final = 16 * 1024
+"""Longest token accepted (and produced), in bytes."""
+MIN_KEY_BYTES: Final = 32
+"""Shortest key accepted, in bytes."""
+
+PARENT_REQUEST_ID: Final = "parent_request_id"
+
+_PURPOSE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+_B64_RE = re.compile(r"[A-Za-z0-9_-]*")
+_DERIVE_LABEL = b"isolation.tokens/" + VERSION.encode() + b"/"
+
+
+def _b64encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64decode(text: str, what: str) -> bytes:
+    if not _B64_RE.fullmatch(text) or len(text) % 4 == 1:
+        raise MalformedTokenError(f"the token's {what} is not base64url")
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):  # pragma: no cover - the regex admits only valid text
+        raise MalformedTokenError(f"the token's {what} is not base64url") from None
+
+
+def _check_purpose(purpose: object) -> str:
+    if not isinstance(purpose, str) or not _PURPOSE_RE.fullmatch(purpose):
+        raise ConfigurationError(
+            f"purpose must be 1 to 64 characters of [A-Za-z0-9._:-], got {purpose!r:.40}"
+        )
+    return purpose
+
+
+def _check_key(key: object, name: str = "key") -> bytes:
+    if not isinstance(key, bytes):
+        raise ConfigurationError(f"{name} must be bytes, got {type(key).__name__}")
+    if len(key) < MIN_KEY_BYTES:
+        raise ConfigurationError(
+            f"{name} must be at least {MIN_KEY_BYTES} bytes, got {len(key)}",
+            hint="Generate one with os.urandom(32) and keep it in your secret store",
+        )
+    return key
+
+
+def _check_keys(keys: object) -> tuple[bytes, ...]:
+    if isinstance(keys, bytes | bytearray | str):
+        raise ConfigurationError(
+            "keys must be a sequence of keys, not a single key",
+            hint="Pass keys=[key] (the list is how keys rotate)",
+        )
+    if not isinstance(keys, Sequence) or not keys:
+        raise ConfigurationError("keys must be a non-empty sequence of bytes")
+    return tuple(_check_key(key, f"keys[{i}]") for i, key in enumerate(keys))
+
+
+def _signature(key: bytes, purpose: str, signed: bytes) -> str:
+    derived = hmac.new(key, _DERIVE_LABEL + purpose.encode("ascii"), hashlib.sha256).digest()
+    return _b64encode(hmac.new(derived, signed, hashlib.sha256).digest())
+
+
+def dumps(ctx: UserContext, *, key: bytes, purpose: str, ttl: float | None = None) -> str:
+    """Sign ``ctx`` into a token for ``purpose``, valid until the earlier of its deadline and ``ttl``.
+
+    Args:
+        ctx: The context to carry.
+        key: The signing secret, at least 32 bytes.
+        purpose: What the token is for, for example ``"job"`` or ``"ws-connect"``.
+        ttl: Seconds the token lives at most; :data:`DEFAULT_TTL` when neither
+            this nor the context's deadline is set.
+
+    Raises:
+        ContextExpiredError: ``ctx`` has already expired.
+        ConfigurationError: A bad key, purpose or ttl.
+    """
+    if type(ctx) is not UserContext:
+        raise UsageError(f"dumps() takes an isolation.UserContext, got {type(ctx).__name__}")
+    _check_key(key)
+    _check_purpose(purpose)
+    now = _clock._now()
+    expires = math.inf if ctx.expires_at is None else ctx.expires_at
+    if ttl is not None:
+        expires = min(expires, now + check_ttl(ttl))
+    elif ctx.expires_at is None:
+        expires = now + DEFAULT_TTL
+    if expires <= now:
+        raise ContextExpiredError(
+            f"the context of {redact_principal(ctx.principal)} has expired; "
+            "it cannot be put in a token"
+        )
+    payload = {
+        "u": ctx.user_id,
+        "t": ctx.tenant_id,
+        "r": sorted(ctx.roles),
+        "a": dict(ctx.attributes),
+        "ce": ctx.expires_at,
+        "exp": expires,
+        "iat": now,
+        "rid": ctx.request_id,
+    }
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    head = f"{VERSION}.{_b64encode(purpose.encode('ascii'))}.{_b64encode(body.encode('ascii'))}"
+    token = f"{head}.{_signature(key, purpose, head.encode('ascii'))}"
+    if len(token) > MAX_TOKEN_BYTES:
+        raise ConfigurationError(
+            f"the token would be {len(token)} bytes, more than {MAX_TOKEN_BYTES}",
+            hint="Carry fewer or shorter attributes",
+        )
+    return token
+
+
+def loads(token: str | bytes, *, keys: Sequence[bytes], purpose: str) -> UserContext:
+    """Verify ``token`` and return a new, re-validated context from it.
+
+    The context gets a new ``request_id``; the one of the context that made the
+    token is in ``attributes["parent_request_id"]``.
+
+    Raises:
+        MalformedTokenError: Not a token of this library, too large, or its
+            payload does not make a valid context.
+        TokenPurposeError: Made for another purpose.
+        TokenSignatureError: No key in ``keys`` verifies it (tampered or foreign).
+        TokenExpiredError: Its expiry has passed.
+        ConfigurationError: Bad ``keys`` or ``purpose`` arguments.
+    """
+    verifying = _check_keys(keys)
+    _check_purpose(purpose)
+    if isinstance(token, bytes):
+        if len(token) > MAX_TOKEN_BYTES:
+            raise MalformedTokenError(f"the token is larger than {MAX_TOKEN_BYTES} bytes")
+        try:
+            token = token.decode("ascii")
+        except UnicodeDecodeError:
+            raise MalformedTokenError("the token is not ASCII") from None
+    if not isinstance(token, str):
+        raise MalformedTokenError(f"a token is a str, got {type(token).__name__}")
+    if len(token) > MAX_TOKEN_BYTES:
+        raise MalformedTokenError(f"the token is larger than {MAX_TOKEN_BYTES} bytes")
+    parts = token.split(".")
+    if len(parts) != 4 or parts[0] != VERSION:
+        raise MalformedTokenError(f"not an {VERSION} token")
+    _, purpose_part, payload_part, signature = parts
+    try:
+        token_purpose = _b64decode(purpose_part, "purpose").decode("ascii")
+    except UnicodeDecodeError:
+        raise MalformedTokenError("the token's purpose is not ASCII") from None
+    if not hmac.compare_digest(token_purpose.encode("ascii"), purpose.encode("ascii")):
+        raise TokenPurposeError(
+            f"the token was made for purpose {token_purpose!r:.70}, not {purpose!r}",
+            hint="Each purpose needs its own token; never reuse one across purposes",
+        )
+    signed = token[: len(token) - len(signature) - 1].encode("ascii")
+    # Compare the signature as text, in constant time, against each key: a
+    # lenient base64 decode of the signature would let edited text pass.
+    matched = False
+    for candidate in verifying:
+        matched |= hmac.compare_digest(
+            _signature(candidate, purpose, signed).encode("ascii"), signature.encode("ascii")
+        )
+    if not matched:
+        raise TokenSignatureError(
+            "the token's signature does not verify with any of the keys given",
+            hint="It was tampered with, or signed with a key that is not in keys",
+        )
+    try:
+        payload = json.loads(_b64decode(payload_part, "payload"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise MalformedTokenError("the token's payload is not JSON") from None
+    return _context_from(payload)
+
+
+def _context_from(payload: Any) -> UserContext:
+    if not isinstance(payload, dict):
+        raise MalformedTokenError("the token's payload is not a JSON object")
+    expires = payload.get("exp")
+    if isinstance(expires, bool) or not isinstance(expires, int | float):
+        raise MalformedTokenError("the token has no expiry")
+    if _clock._now() > expires + LEEWAY:
+        raise TokenExpiredError("the token has expired", hint="Ask for a new token")
+    context_expires = payload.get("ce")
+    if (
+        isinstance(context_expires, int | float)
+        and not isinstance(context_expires, bool)
+        and context_expires <= _clock._now()
+    ):
+        raise TokenExpiredError("the context in the token has expired", hint="Ask for a new token")
+    attributes = payload.get("a")
+    if not isinstance(attributes, dict):
+        raise MalformedTokenError("the token's attributes are not an object")
+    parent = payload.get("rid")
+    if not isinstance(parent, str):
+        raise MalformedTokenError("the token has no request id")
+    try:
+        return UserContext(
+            user_id=payload.get("u"),
+            tenant_id=payload.get("t"),
+            roles=_list(payload.get("r")),
+            attributes={**attributes, PARENT_REQUEST_ID: parent},
+            expires_at=context_expires,
+            issued_at=_clock._now(),
+        )
+    except InvalidContextError as exc:
+        raise MalformedTokenError(
+            f"the token's context is invalid: {exc.field} {exc.rule}",
+            hint="It was signed with a valid key: check what the signing side accepts",
+        ) from exc
+
+
+def _list(value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise MalformedTokenError("the token's roles are not a list")
+    return value
+
+
+def generate_key() -> bytes:
+    """Return a new random 32-byte key (``os.urandom``)."""
+    return os.urandom(MIN_KEY_BYTES)
+

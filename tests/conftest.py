@@ -31,6 +31,24 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 REQUIRE_SERVICES = os.environ.get("ISOLATION_REQUIRE_SERVICES") == "1"
 
+COVERAGE_FLOOR = 90.0
+"""Branch coverage of the package that a run with ISOLATION_REQUIRE_SERVICES=1 must reach."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Enforce COVERAGE_FLOOR when services are required and pytest-cov measures the run.
+
+    pytest-cov reads its options before this conftest loads, from its own copy of
+    the namespace, so the floor is set on the plugin (registered as ``_cov``).
+    An explicit ``--cov-fail-under`` wins.
+    """
+    plugin = config.pluginmanager.get_plugin("_cov")
+    options = getattr(plugin, "options", None)
+    if not REQUIRE_SERVICES or options is None or getattr(options, "no_cov", False):
+        return
+    if not getattr(options, "cov_fail_under", None):
+        options.cov_fail_under = COVERAGE_FLOOR
+
 
 def _service_url(variable: str) -> str:
     url = os.environ.get(variable)

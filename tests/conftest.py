@@ -29,6 +29,8 @@ settings.register_profile(
 settings.register_profile("dev", max_examples=100, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+pytest_plugins = ["pytester"]
+
 REQUIRE_SERVICES = os.environ.get("ISOLATION_REQUIRE_SERVICES") == "1"
 
 COVERAGE_FLOOR = 90.0

@@ -124,3 +124,6 @@ class FakeClock:
 
     def __repr__(self) -> str:
         return f"FakeClock({self._t!r})"
+
+
+Clock.__module__ = "isolation"

@@ -269,3 +269,9 @@ class EventTooLargeError(EventError, ValueError):
 
 class BackendUnavailableError(EventError, ConnectionError):
     """The event backend (for example Redis) cannot be reached."""
+
+
+# Every error prints and pickles under its public path, `isolation.X`.
+for _name in __all__:
+    globals()[_name].__module__ = "isolation"
+del _name

@@ -112,6 +112,7 @@ def _expires_at(value: Any) -> float | None:
 
 
 _EMPTY_ROLES: frozenset[str] = frozenset()
+_set = object.__setattr__
 
 
 @final
@@ -168,16 +169,18 @@ class UserContext:
             roles: The user's roles.
             attributes: Extra ``str`` to ``str`` facts, copied.
         """
+        # The same checks as the keyword constructor, without its generic
+        # machinery: this is the per-request hot path.
         issued = _clock._now()
-        expires = None if ttl is None else issued + check_ttl(ttl)
-        return cls(
-            user_id=user_id,
-            tenant_id=tenant_id,
-            roles=_EMPTY_ROLES if roles == () else roles,
-            attributes=attributes,
-            issued_at=issued,
-            expires_at=expires,
-        )
+        self = object.__new__(cls)
+        _set(self, "user_id", check_text("user_id", user_id))
+        _set(self, "tenant_id", None if tenant_id is None else check_text("tenant_id", tenant_id))
+        _set(self, "roles", _EMPTY_ROLES if roles == () else check_roles(roles))
+        _set(self, "attributes", _attributes(attributes))
+        _set(self, "issued_at", issued)
+        _set(self, "expires_at", None if ttl is None else issued + check_ttl(ttl))
+        _set(self, "request_id", os.urandom(16).hex())
+        return self
 
     @property
     def principal(self) -> Principal:

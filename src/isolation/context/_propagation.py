@@ -42,3 +42,6 @@ class ContextThreadPoolExecutor(ThreadPoolExecutor):
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         context = contextvars.copy_context()
         return super().submit(context.run, fn, *args, **kwargs)  # type: ignore[arg-type]
+
+
+ContextThreadPoolExecutor.__module__ = "isolation"

@@ -31,6 +31,7 @@ import anyio
 import attrs
 
 from isolation import _clock
+from isolation._counters import Counter, register_gauge
 from isolation._errors import (
     ConfigurationError,
     ContextExpiredError,
@@ -68,6 +69,11 @@ _ENDED: Final = 2
 
 _counter_lock = threading.Lock()
 _counts = {"finalizer_failures": 0, "escapes_detected": 0, "expired": 0}
+
+
+_opened = Counter()
+_closed = Counter()
+register_gauge("scopes", lambda: _opened.value - _closed.value)
 
 
 def _bump(name: str) -> None:
@@ -143,6 +149,7 @@ class Scope:
         "_parent",
         "_reentered",
         "_state",
+        "_timed",
         "_token",
     )
 
@@ -174,6 +181,8 @@ class Scope:
         self._deadline: float | None = None
         # The context while active with no deadline: the fast path of current_context().
         self._fast: UserContext | None = None
+        # The deadline while active with one: the fast path's expiry check.
+        self._timed: float | None = None
         self._finalizers: list[Finalizer] | None = None
         self._cancel_scope: anyio.CancelScope | None = None
         self._async = False
@@ -304,8 +313,11 @@ class Scope:
         self._deadline = deadline
         if deadline is None:
             self._fast = ctx
+        else:
+            self._timed = deadline
         self._token = _current.set(self)
         self._state = _ACTIVE
+        _opened.increment()
         return None
 
     def _check_deadline(self) -> None:
@@ -318,10 +330,12 @@ class Scope:
         token, self._token = self._token, None
         self._state = _ENDED
         self._fast = None
+        self._timed = None
         self._finalizers = None
         self._data = None
         self._cancel_scope = None
         if token is not None:
+            _closed.increment()
             _current.reset(token)
 
     def __enter__(self) -> Scope:
@@ -546,6 +560,9 @@ def current_context() -> UserContext:
         ctx = scope._fast
         if ctx is not None:
             return ctx
+        timed = scope._timed
+        if timed is not None and _clock._now() < timed:
+            return scope._ctx
     return current_scope()._ctx
 
 
@@ -561,6 +578,9 @@ def current_context_or_none() -> UserContext | None:
     ctx = scope._fast
     if ctx is not None:
         return ctx
+    timed = scope._timed
+    if timed is not None and _clock._now() < timed:
+        return scope._ctx
     return current_scope()._ctx
 
 

@@ -22,8 +22,8 @@ from isolation.report._runner import run_report as run_report
 from isolation.report.modes import default_registry as default_registry
 
 __all__ = [
-    "CATALOG",
     "Backend",
+    "CATALOG",
     "Check",
     "CheckResult",
     "FailureMode",

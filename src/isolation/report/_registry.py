@@ -153,3 +153,8 @@ class ModeRegistry:
             if mode.id == mode_id:
                 return mode
         raise ConfigurationError(f"no failure mode {mode_id!r} in this registry")
+
+
+for _cls in (Backend, Check, FailureMode, ModeRegistry, Settings):
+    _cls.__module__ = "isolation.report"
+del _cls

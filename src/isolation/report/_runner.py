@@ -246,3 +246,8 @@ def run_report(
             checks.append(_run_one(check, settings, check_mutants, progress))
         results.append(_summarise(mode, checks, time.perf_counter() - started))
     return Report(modes=tuple(results), check_mutants=check_mutants)
+
+
+for _cls in (CheckResult, ModeResult, Report):
+    _cls.__module__ = "isolation.report"
+del _cls

@@ -1,12 +1,52 @@
-"""Tools to test your own service for isolation (extra ``testing`` for strategies).
+"""Tools to test your own service for isolation (extra ``testing``).
 
-:class:`FakeClock` needs nothing beyond the core. The Hypothesis strategies live
-in :mod:`isolation.testing.strategies` and need the ``testing`` extra.
+* :class:`FakeClock` and :func:`use_clock` (core only): expire contexts,
+  tokens and connections without sleeping.
+* :class:`AsyncRuleBasedStateMachine` (Hypothesis): state machines whose rules
+  may be ``async def``, on one event loop.
+* :mod:`isolation.testing.strategies` (Hypothesis): ids, hostile ids, contexts.
+* :func:`assert_exactly_once`: a factory runs once per scope under threads and tasks.
+
+Names that need Hypothesis load on first use, so ``import isolation.testing``
+works without it.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from isolation._clock import FakeClock as FakeClock
 from isolation._clock import use_clock as use_clock
+from isolation.testing._assertions import assert_exactly_once as assert_exactly_once
 
-__all__ = ["FakeClock", "use_clock"]
+if TYPE_CHECKING:
+    from isolation.testing import strategies as strategies
+    from isolation.testing._machine import AsyncRuleBasedStateMachine as AsyncRuleBasedStateMachine
+
+__all__ = [
+    "AsyncRuleBasedStateMachine",
+    "FakeClock",
+    "assert_exactly_once",
+    "strategies",
+    "use_clock",
+]
+
+_LAZY = {
+    "AsyncRuleBasedStateMachine": ("isolation.testing._machine", "AsyncRuleBasedStateMachine"),
+    "strategies": ("isolation.testing.strategies", None),
+}
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name, attribute = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'isolation.testing' has no attribute {name!r}") from None
+    module = importlib.import_module(module_name)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value
+    return value
+
 
 FakeClock.__module__ = "isolation.testing"

@@ -1,0 +1,52 @@
+"""Assertions for users' own factories: exactly-once creation per scope."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from isolation.context._model import UserContext
+from isolation.context._propagation import ContextThreadPoolExecutor
+from isolation.context._scope import Scope
+
+__all__ = ["assert_exactly_once"]
+
+
+def assert_exactly_once(
+    factory: Callable[[], Any],
+    *,
+    scopes: int = 20,
+    threads: int = 10,
+    count_calls: Callable[[], int],
+) -> None:
+    """Assert that ``factory()`` called from ``threads`` threads at once yields one instance per scope.
+
+    In each of ``scopes`` scopes, ``threads`` threads call ``factory()`` at the
+    same moment (a barrier releases them together, through an executor that
+    carries the scope); every call in a scope must return the same object, and
+    ``count_calls()`` — your count of how often the underlying factory really
+    ran — must have grown by exactly ``scopes``.
+
+    Raises:
+        AssertionError: Naming the scope and what was seen.
+    """
+    before = count_calls()
+    with ContextThreadPoolExecutor(threads) as pool:
+        for i in range(scopes):
+            barrier = threading.Barrier(threads, timeout=60)
+
+            def call() -> Any:
+                barrier.wait()
+                return factory()
+
+            with Scope(UserContext.new(f"exactly-once-{i}")):
+                results = [f.result(timeout=60) for f in [pool.submit(call) for _ in range(threads)]]
+            distinct = {id(r) for r in results}
+            if len(distinct) != 1:
+                raise AssertionError(
+                    f"scope {i}: {threads} concurrent calls returned {len(distinct)} different instances"
+                )
+    ran = count_calls() - before
+    if ran != scopes:
+        raise AssertionError(f"the factory ran {ran} times for {scopes} scopes (expected {scopes})")

@@ -149,3 +149,6 @@ class AsyncRuleBasedStateMachine(RuleBasedStateMachine):
                 self._host.result()  # re-raises what a background task raised
             finally:
                 self._portal_cm.__exit__(None, None, None)
+
+
+AsyncRuleBasedStateMachine.__module__ = "isolation.testing"

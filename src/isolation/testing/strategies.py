@@ -9,16 +9,22 @@ characters, padding white space, over-long and 1 MiB strings, and non-strings.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from hypothesis import strategies as st
 
+from isolation.context._model import UserContext
 from isolation.context._validate import MAX_ATTRIBUTE_VALUE_LENGTH, MAX_ID_LENGTH
 
 __all__ = [
     "HOSTILE_CHARACTERS",
+    "LOOKALIKES",
+    "contexts",
     "hostile_ids",
+    "interleavings",
     "invalid_context_kwargs",
+    "lookalike_pairs",
+    "principals",
     "tenant_ids",
     "user_ids",
     "valid_context_kwargs",
@@ -124,3 +130,51 @@ def _hashable(value: object) -> bool:
     except TypeError:
         return False
     return True
+
+
+T = TypeVar("T")
+
+LOOKALIKES: tuple[tuple[str, str], ...] = (
+    ("alice", "Alice"),  # case: two users
+    ("alice", "ALICE"),
+    ("alice", "\u0430lice"),  # Cyrillic a: two users
+    ("alice", "\uff41lice"),  # fullwidth a (NFKC folds it, NFC does not): two users
+    ("file", "\ufb01le"),  # the fi ligature: two users
+    ("straße", "strasse"),
+    ("\u00e9lodie", "e\u0301lodie"),  # NFC makes these ONE user
+    ("\u212bngstr\u00f6m", "\u00c5ngstr\u00f6m"),  # Angstrom sign vs A-ring: NFC makes them one
+)
+"""Pairs of ids that look alike. After NFC, pairs that normalise equal are one user."""
+
+
+def lookalike_pairs() -> st.SearchStrategy[tuple[str, str]]:
+    """Pairs of valid ids that differ only by case, script or normalisation."""
+    return st.sampled_from(LOOKALIKES)
+
+
+def contexts() -> st.SearchStrategy[UserContext]:
+    """Valid contexts, built through ``UserContext.new`` (so always validated)."""
+    return valid_context_kwargs().map(lambda kwargs: UserContext.new(**kwargs))
+
+
+def principals(
+    *, min_size: int = 2, max_size: int = 8
+) -> st.SearchStrategy[list[tuple[str | None, str]]]:
+    """Distinct ``(tenant_id, user_id)`` pairs, often the same user id in two tenants."""
+    same_id_two_tenants = st.builds(
+        lambda user, t1, t2: [(t1, user), (t2, user)],
+        user_ids(),
+        user_ids(),
+        user_ids(),
+    ).filter(lambda pair: pair[0] != pair[1])
+    extra = st.lists(st.tuples(tenant_ids(), user_ids()), max_size=max_size)
+    return st.builds(lambda a, b: list(dict.fromkeys(a + b)), same_id_two_tenants, extra).filter(
+        lambda ps: min_size <= len(ps) <= max_size
+    )
+
+
+def interleavings(
+    actors: int, operations: st.SearchStrategy[T], *, max_size: int = 50
+) -> st.SearchStrategy[list[tuple[int, T]]]:
+    """Sequences of ``(actor index, operation)``: who does what, in which order."""
+    return st.lists(st.tuples(st.integers(0, actors - 1), operations), max_size=max_size)

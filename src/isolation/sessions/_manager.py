@@ -1,0 +1,990 @@
+"""``SessionManager``: one SQLAlchemy ``AsyncSession`` per user scope, admitted and bounded.
+
+The hot path of a request is: find the scope's session in the scope's own
+storage (made once per scope, with a finalizer as the backstop), take an
+admission slot (two integer comparisons when there is room), run the user's
+block, then commit or roll back and close **shielded**, and give the slot back.
+The decisions live in ``_lifecycle.py`` and ``_admission.py`` (pure); this
+module is the asyncio face over them and the SQLAlchemy events that refuse a
+session used from the wrong scope or task before any SQL is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import math
+import time
+import types
+import warnings
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, Literal, final
+
+import anyio
+import attrs
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, AsyncSessionTransaction
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
+from sqlalchemy.pool import QueuePool, SingletonThreadPool, StaticPool
+
+from isolation import _clock
+from isolation._errors import (
+    ConfigurationError,
+    ContextExpiredError,
+    CrossContextAccessError,
+    PoolExhaustedError,
+    ScopeEndedError,
+    SessionError,
+    SessionInUseError,
+    UnsupportedBackendError,
+    UsageError,
+)
+from isolation._redact import redact_principal
+from isolation.context import _scope
+from isolation.context._scope import DEFAULT_CLEANUP_TIMEOUT, Scope, current_scope
+from isolation.sessions._admission import Admission, Waiter
+from isolation.sessions._lifecycle import (
+    Cleanup,
+    Outcome,
+    after_cleanup,
+    nested_outcome,
+    outermost_outcome,
+)
+from isolation.sessions._tenancy import Tenancy
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+__all__ = ["SessionManager", "SessionStats"]
+
+logger = logging.getLogger("isolation.sessions")
+
+Principal = tuple[str | None, str]
+
+DEFAULT_ACQUIRE_TIMEOUT: Final = 10.0
+DEFAULT_HOLD_WARNING: Final = 30.0
+DEFAULT_CLOSE_TIMEOUT: Final = 10.0
+_UNBOUNDED_PER_USER: Final = 5
+
+_SET_CONFIG: Any = None
+
+
+def _set_config_statement() -> Any:
+    global _SET_CONFIG
+    if _SET_CONFIG is None:
+        from isolation.sessions.postgres import SET_CONFIG_SQL
+
+        _SET_CONFIG = text(SET_CONFIG_SQL)
+    return _SET_CONFIG
+
+
+@attrs.frozen(kw_only=True)
+class SessionStats:
+    """A snapshot of a :class:`SessionManager`'s sessions and counters.
+
+    Attributes:
+        open_sessions: Sessions owned by scopes that have not ended yet.
+        open_sessions_by_principal: The same, per ``(tenant_id, user_id)``.
+        checked_out: Admission slots in use: blocks that hold (or may take)
+            one connection each.
+        commits: Outermost blocks that committed.
+        rollbacks: Outermost blocks that rolled back (errors, cancellations,
+            expiry), plus sessions the scope's finalizer cut off.
+        leaks: Sessions garbage-collected without being closed (each also
+            emitted a ``ResourceWarning``).
+        exhausted: :class:`~isolation.PoolExhaustedError` raised.
+        hold_warnings: Blocks the watchdog saw held past ``hold_warning``.
+        dirty_returns: Connections the row-level security return check found
+            with settings left on them (each was invalidated).
+    """
+
+    open_sessions: int
+    open_sessions_by_principal: Mapping[Principal, int] = attrs.field(hash=False)
+    checked_out: int
+    commits: int
+    rollbacks: int
+    leaks: int
+    exhausted: int
+    hold_warnings: int
+    dirty_returns: int
+
+
+@final
+class _Owner:
+    """Who a session belongs to, and which task is inside its block right now.
+
+    Referenced by the session, never referencing it back, and holding its scope
+    weakly: nothing here keeps an ended scope alive.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "admitted",
+        "closed",
+        "depth",
+        "poisoned",
+        "principal",
+        "rls",
+        "scope_ref",
+        "started",
+        "task",
+        "tenancy",
+        "warned",
+    )
+
+    def __init__(
+        self, scope: Scope, principal: Principal, tenancy: Tenancy | None, rls: bool
+    ) -> None:
+        self.scope_ref = weakref.ref(scope)
+        self.principal = principal
+        self.tenancy = tenancy
+        self.rls = rls
+        self.task: asyncio.Task[Any] | None = None
+        self.depth = 0
+        self.admitted = False
+        self.closed = False
+        self.poisoned = False
+        self.started = 0.0
+        self.warned = False
+
+    def guard(self) -> None:
+        """Refuse use from another scope, after the scope ended, outside a block, or by
+        another task: called by SQLAlchemy's events before any SQL is sent."""
+        current = _scope._current.get()
+        if current is None or current is not self.scope_ref():
+            where = (
+                "with no scope bound"
+                if current is None
+                else f"from another scope (of {redact_principal(current._ctx.principal)})"
+            )
+            raise CrossContextAccessError(
+                f"a database session of {redact_principal(self.principal)} was used {where}",
+                hint=(
+                    "Never keep a session across requests or hand it to other code; "
+                    "open `async with manager.session()` in the scope that uses it"
+                ),
+            )
+        if self.closed:
+            raise ScopeEndedError(
+                f"a database session of {redact_principal(self.principal)} was used after "
+                "its scope ended"
+            )
+        task = self.task
+        if task is None:
+            raise UsageError(
+                f"the database session of {redact_principal(self.principal)} was used "
+                "outside its `async with manager.session()` block",
+                hint="Do the database work inside the block; objects stay readable after it",
+            )
+        if task is not asyncio.current_task():
+            raise _in_use(self.principal)
+
+
+def _in_use(principal: Principal) -> SessionInUseError:
+    return SessionInUseError(
+        f"another task of the scope of {redact_principal(principal)} is inside a session "
+        "block: one AsyncSession must not be used by two tasks at once",
+        hint=(
+            "Use sequential blocks, or run each concurrent task in its own child scope "
+            "(async with isolation.scope(UserContext.new(...same user...))) with its own session"
+        ),
+    )
+
+
+class _OwnedSession(Session):
+    """The sync ``Session`` behind every managed ``AsyncSession``: it knows its owner."""
+
+    _isolation_owner: _Owner | None = None
+
+
+@event.listens_for(_OwnedSession, "do_orm_execute")
+def _on_execute(state: ORMExecuteState) -> None:
+    owner: _Owner | None = state.session._isolation_owner  # type: ignore[attr-defined]
+    if owner is None:
+        return
+    owner.guard()
+    tenancy = owner.tenancy
+    if tenancy is not None:
+        tenancy.apply(state, owner.principal)
+
+
+@event.listens_for(_OwnedSession, "before_flush")
+def _on_flush(session: Session, flush_context: Any, instances: Any) -> None:
+    owner: _Owner | None = session._isolation_owner  # type: ignore[attr-defined]
+    if owner is None:
+        return
+    owner.guard()
+    tenancy = owner.tenancy
+    if tenancy is not None:
+        tenancy.check_flush(session, owner.principal)
+
+
+@event.listens_for(_OwnedSession, "after_begin")
+def _on_begin(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
+    owner: _Owner | None = session._isolation_owner  # type: ignore[attr-defined]
+    if owner is None:
+        return
+    owner.guard()
+    if owner.rls:
+        if connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+            raise ConfigurationError(
+                "row_level_security=True refuses an AUTOCOMMIT connection: "
+                "transaction-local settings would last one statement",
+                hint="Do not set isolation_level='AUTOCOMMIT' on managed sessions",
+            )
+        tenant, user = owner.principal
+        connection.execute(
+            _set_config_statement(), {"user_id": user, "tenant_id": "" if tenant is None else tenant}
+        )
+
+
+def _running_task() -> asyncio.Task[Any]:
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:
+        task = None
+    if task is None:
+        raise UnsupportedBackendError(
+            "isolation.sessions runs on asyncio only (SQLAlchemy's asyncio layer), and no "
+            "asyncio task is running here"
+        )
+    return task
+
+
+@final
+class _Held:
+    """A scope's session: kept in the scope's storage, closed by the scope's finalizer."""
+
+    __slots__ = ("__weakref__", "manager", "owner", "session")
+
+    def __init__(self, manager: SessionManager, owner: _Owner, session: AsyncSession) -> None:
+        self.manager = manager
+        self.owner = owner
+        self.session = session
+
+    async def finalize(self, exc: BaseException | None) -> None:
+        """The backstop at scope exit: cut off a block still running, count the close."""
+        owner = self.owner
+        if owner.closed:
+            return
+        owner.closed = True
+        manager = self.manager
+        try:
+            if owner.admitted:
+                # A block is still open (a task that escaped the scope, or a block never
+                # exited): its connection may be mid-operation in another task, so it is
+                # invalidated rather than rolled back politely, and its work is lost.
+                manager._rollbacks += 1
+                try:
+                    await self.session.invalidate()
+                finally:
+                    manager._release(owner)
+            elif self.session.in_transaction():
+                await self.session.rollback()
+                await self.session.close()
+        finally:
+            manager._closed(owner)
+
+    def __del__(self) -> None:
+        owner = self.owner
+        if owner.closed:
+            return
+        owner.closed = True
+        manager = self.manager
+        manager._leaks += 1
+        manager._closed(owner)
+        if owner.admitted:
+            manager._release_from_anywhere(owner)
+        warnings.warn(
+            f"a database session of {redact_principal(owner.principal)} was garbage-collected "
+            "without being closed; its scope's finalizer never ran",
+            ResourceWarning,
+            stacklevel=1,
+        )
+
+
+@final
+class _Block:
+    """One ``async with manager.session()`` block (single use)."""
+
+    __slots__ = ("_held", "_manager", "_nested")
+
+    def __init__(self, manager: SessionManager) -> None:
+        self._manager = manager
+        self._held: _Held | None = None
+        self._nested: AsyncSessionTransaction | None = None
+
+    async def __aenter__(self) -> AsyncSession:
+        manager = self._manager
+        task = _running_task()
+        scope = current_scope()
+        if manager._closing:
+            raise UsageError(
+                "this SessionManager is closed", hint="Open sessions before aclose() is called"
+            )
+        data, _lock = scope._storage()
+        held: _Held | None = data.get(manager)
+        if held is None:
+            held = manager._new_held(scope)
+            data[manager] = held
+        owner = held.owner
+        if owner.depth:
+            if owner.task is not task:
+                raise _in_use(owner.principal)
+            owner.depth += 1
+            try:
+                self._nested = await held.session.begin_nested()
+            except BaseException:
+                owner.depth -= 1
+                raise
+            self._held = held
+            return held.session
+        # Claim the block before awaiting admission: a second task of this scope that
+        # arrives meanwhile is refused, deterministically.
+        owner.task = task
+        owner.depth = 1
+        try:
+            if manager._check_pending:
+                await manager._run_startup_checks()
+            await manager._admit(owner)
+        except BaseException:
+            owner.task = None
+            owner.depth = 0
+            raise
+        self._held = held
+        return held.session
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Literal[False]:
+        held = self._held
+        if held is None:
+            return False
+        self._held = None
+        nested = self._nested
+        if nested is not None:
+            held.owner.depth -= 1
+            await held.manager._end_nested(held, nested, exc)
+        else:
+            await held.manager._end_outermost(held, exc)
+        return False
+
+
+def _pool_capacity(engine: AsyncEngine) -> int | None:
+    pool = engine.sync_engine.pool
+    if isinstance(pool, StaticPool | SingletonThreadPool):
+        return 1
+    if isinstance(pool, QueuePool):
+        overflow = int(getattr(pool, "_max_overflow", 0))
+        if overflow < 0:
+            return None
+        return int(pool.size()) + overflow
+    return None
+
+
+def _positive(name: str, value: object, *, allow_inf: bool = False) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not value > 0
+        or (math.isinf(value) and not allow_inf)
+        or math.isnan(value)
+    ):
+        raise ConfigurationError(f"{name} must be a number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+@final
+class SessionManager:
+    """One SQLAlchemy ``AsyncSession`` per user scope, with admission and clean endings.
+
+    ``async with manager.session() as s`` yields an ``AsyncSession`` **owned by
+    the current scope**: nested blocks in the same scope get the same session
+    (a nested block is a SAVEPOINT), another scope never does. The outermost
+    block commits on a clean exit and rolls back on any exception, cancellation
+    or expiry, then closes and returns the connection; the commit runs
+    shielded, bounded by the scope's cleanup time. The scope's finalizer is the
+    backstop for anything still open when the scope ends.
+
+    Every session is admitted first: at most ``per_user_limit`` concurrent
+    blocks per principal, and at most as many in total as the engine's pool
+    holds, so SQLAlchemy's own ``pool_timeout`` never fires. A wait past
+    ``acquire_timeout`` raises :class:`~isolation.PoolExhaustedError`.
+
+    It works as constructed. ``async with manager`` (or :meth:`start` and
+    :meth:`aclose`) also runs the startup checks up front and the hold
+    watchdog. **asyncio only** (SQLAlchemy's asyncio layer).
+
+    Args:
+        engine: The ``AsyncEngine`` to take connections from.
+        per_user_limit: Concurrent blocks one principal may hold. Default: a
+            quarter of the pool's capacity (at least 1), or 5 for an
+            unbounded pool.
+        acquire_timeout: Seconds a block may wait for admission, at both
+            bounds together. Default 10.
+        hold_warning: Seconds after which the watchdog logs and counts a block
+            still open. Default 30.
+        row_level_security: Bind the principal to every transaction with
+            transaction-local ``set_config`` for PostgreSQL policies (see
+            :mod:`isolation.sessions.postgres`). Default ``False``.
+        rls_tables: Tables the startup check verifies besides those of
+            :meth:`protect` (``"schema.table"`` or ``"table"``).
+        max_sessions: The global bound. Default: the pool's size plus its
+            overflow (none for an unbounded pool).
+        return_check: Fraction of connection returns on which the
+            row-level security settings are checked to be empty (0 to 1).
+            Default 1 in Python's development mode (``-X dev``), else 0.
+        close_timeout: Seconds :meth:`aclose` waits for open blocks. Default 10.
+        watchdog_interval: Seconds between watchdog passes. Default
+            ``min(hold_warning / 2, 5)``.
+
+    Raises:
+        ConfigurationError: A bad argument value.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_admission",
+        "_check_error",
+        "_check_lock",
+        "_check_pending",
+        "_close_timeout",
+        "_closing",
+        "_commits",
+        "_dirty_returns",
+        "_engine",
+        "_exhausted",
+        "_hold_warning",
+        "_hold_warnings",
+        "_holding",
+        "_idle",
+        "_leaks",
+        "_loop",
+        "_open",
+        "_open_by_principal",
+        "_remove_return_check",
+        "_return_check",
+        "_rls",
+        "_rls_tables",
+        "_rollbacks",
+        "_tenancy",
+        "_timeout",
+        "_watchdog",
+        "_watchdog_interval",
+    )
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        per_user_limit: int | None = None,
+        acquire_timeout: float = DEFAULT_ACQUIRE_TIMEOUT,
+        hold_warning: float = DEFAULT_HOLD_WARNING,
+        row_level_security: bool = False,
+        rls_tables: Iterable[str] = (),
+        max_sessions: int | None = None,
+        return_check: float | None = None,
+        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+        watchdog_interval: float | None = None,
+    ) -> None:
+        if not isinstance(engine, AsyncEngine):
+            raise UsageError(
+                f"SessionManager takes an sqlalchemy AsyncEngine, got {type(engine).__name__}",
+                hint="Build one with sqlalchemy.ext.asyncio.create_async_engine(url)",
+            )
+        capacity = _pool_capacity(engine)
+        if max_sessions is not None:
+            if isinstance(max_sessions, bool) or not isinstance(max_sessions, int) or max_sessions < 1:
+                raise ConfigurationError(f"max_sessions must be an int >= 1, got {max_sessions!r}")
+            capacity = max_sessions if capacity is None else min(capacity, max_sessions)
+        if per_user_limit is None:
+            per_user_limit = _UNBOUNDED_PER_USER if capacity is None else max(1, capacity // 4)
+        elif (
+            isinstance(per_user_limit, bool)
+            or not isinstance(per_user_limit, int)
+            or per_user_limit < 1
+        ):
+            raise ConfigurationError(f"per_user_limit must be an int >= 1, got {per_user_limit!r}")
+        if return_check is None:
+            import sys
+
+            return_check = 1.0 if sys.flags.dev_mode else 0.0
+        elif not isinstance(return_check, int | float) or not 0.0 <= return_check <= 1.0:
+            raise ConfigurationError(f"return_check must be between 0 and 1, got {return_check!r}")
+        self._engine = engine
+        self._timeout = _positive("acquire_timeout", acquire_timeout)
+        self._hold_warning = _positive("hold_warning", hold_warning)
+        self._close_timeout = _positive("close_timeout", close_timeout)
+        self._watchdog_interval = (
+            min(self._hold_warning / 2, 5.0)
+            if watchdog_interval is None
+            else _positive("watchdog_interval", watchdog_interval)
+        )
+        self._admission = Admission(capacity, per_user_limit)
+        self._rls = bool(row_level_security)
+        self._rls_tables = tuple(rls_tables)
+        if isinstance(rls_tables, str):
+            raise ConfigurationError("rls_tables takes a list of table names, not one string")
+        self._return_check = float(return_check)
+        self._remove_return_check: Callable[[], None] | None = None
+        self._tenancy: Tenancy | None = None
+        self._check_pending = self._rls
+        self._check_error: BaseException | None = None
+        self._check_lock: asyncio.Lock | None = None
+        self._closing = False
+        self._holding: set[_Owner] = set()
+        self._idle: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._open = 0
+        self._open_by_principal: dict[Principal, int] = {}
+        self._commits = 0
+        self._rollbacks = 0
+        self._leaks = 0
+        self._exhausted = 0
+        self._hold_warnings = 0
+        self._dirty_returns = 0
+        if self._rls and self._return_check > 0:
+            from isolation.sessions.postgres import install_return_check
+
+            self._remove_return_check = install_return_check(
+                engine, self._return_check, self._dirty_return
+            )
+
+    def __repr__(self) -> str:
+        adm = self._admission
+        return (
+            f"<isolation.sessions.SessionManager {adm.in_use}/{adm.capacity or 'unbounded'} "
+            f"checked out, per user {adm.per_principal}>"
+        )
+
+    # -- public face ----------------------------------------------------------
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine the sessions take connections from."""
+        return self._engine
+
+    @property
+    def per_user_limit(self) -> int:
+        """Concurrent blocks one principal may hold."""
+        return self._admission.per_principal
+
+    @property
+    def max_sessions(self) -> int | None:
+        """The global bound (``None``: unbounded)."""
+        return self._admission.capacity
+
+    def session(self) -> _Block:
+        """Open the current scope's session: ``async with manager.session() as s``.
+
+        Raises (on entering the block):
+            NoContextError: No scope is bound (fail closed).
+            ContextExpiredError: The scope's deadline has passed.
+            SessionInUseError: Another task of this scope is inside a block.
+            PoolExhaustedError: No admission within ``acquire_timeout``.
+            UnsupportedBackendError: Not running under asyncio.
+            UsageError: The scope was entered with a sync ``with``, or the
+                manager is closed.
+        """
+        return _Block(self)
+
+    def protect(
+        self,
+        model: type[Any],
+        *,
+        user_column: object | None = None,
+        tenant_column: object | None = None,
+    ) -> None:
+        """Filter ``model`` to the current principal in every ORM statement of these sessions.
+
+        ORM selects, updates and deletes get ``with_loader_criteria`` on the
+        owner columns (both when both are given); new rows are stamped with the
+        principal; flushing a row of another principal, or changing a row's
+        owner, raises :class:`~isolation.CrossContextAccessError`. With
+        ``user_column`` alone, a context that has a ``tenant_id`` is refused.
+        Raw ``text()`` SQL is not rewritten: use row-level security on
+        PostgreSQL for that.
+
+        Args:
+            model: A mapped ORM class.
+            user_column: The attribute (or its name) holding the user id.
+            tenant_column: The attribute (or its name) holding the tenant id.
+
+        Raises:
+            ConfigurationError: Neither column given, or not a mapped column.
+        """
+        if self._tenancy is None:
+            tenancy = Tenancy()
+            tenancy.protect(model, user_column, tenant_column)
+            self._tenancy = tenancy
+        else:
+            self._tenancy.protect(model, user_column, tenant_column)
+        if self._rls:
+            self._check_pending = True
+
+    def stats(self) -> SessionStats:
+        """Return a frozen snapshot of the sessions and counters."""
+        return SessionStats(
+            open_sessions=self._open,
+            open_sessions_by_principal=types.MappingProxyType(dict(self._open_by_principal)),
+            checked_out=self._admission.in_use,
+            commits=self._commits,
+            rollbacks=self._rollbacks,
+            leaks=self._leaks,
+            exhausted=self._exhausted,
+            hold_warnings=self._hold_warnings,
+            dirty_returns=self._dirty_returns,
+        )
+
+    async def start(self) -> None:
+        """Run the startup checks now and start the hold watchdog.
+
+        Raises:
+            ConfigurationError: Row-level security would not restrict the role.
+            UnsupportedBackendError: Not running under asyncio.
+        """
+        _running_task()
+        self._loop = asyncio.get_running_loop()
+        if self._check_pending:
+            await self._run_startup_checks()
+        if self._watchdog is None:
+            # A fresh context: the watchdog must not keep the caller's scope alive.
+            self._watchdog = self._loop.create_task(
+                self._watch(), context=contextvars.Context()
+            )
+
+    async def aclose(self) -> None:
+        """Stop admitting, wait up to ``close_timeout`` for open blocks, stop the watchdog."""
+        self._closing = True
+        if self._admission.in_use:
+            idle = self._idle = asyncio.Event()
+            with anyio.move_on_after(self._close_timeout) as bound:
+                await idle.wait()
+            if bound.cancelled_caught:
+                logger.warning(
+                    "SessionManager closed with %d blocks still open",
+                    self._admission.in_use,
+                    extra={"event": "close_timeout", "open_blocks": self._admission.in_use},
+                )
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            watchdog.cancel()
+            with anyio.CancelScope(shield=True):
+                try:
+                    await watchdog
+                except asyncio.CancelledError:
+                    pass
+        if self._remove_return_check is not None:
+            self._remove_return_check()
+            self._remove_return_check = None
+
+    async def __aenter__(self) -> SessionManager:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- sessions of scopes -----------------------------------------------------
+
+    def _new_held(self, scope: Scope) -> _Held:
+        if not scope._async:
+            raise UsageError(
+                "sessions need an `async with isolation.scope(ctx)` scope: their cleanup awaits",
+                hint="Enter the scope with `async with`, not `with`",
+            )
+        principal = scope._ctx.principal
+        owner = _Owner(scope, principal, self._tenancy, self._rls)
+        session = AsyncSession(
+            self._engine, sync_session_class=_OwnedSession, expire_on_commit=False
+        )
+        session.sync_session._isolation_owner = owner  # type: ignore[attr-defined]
+        held = _Held(self, owner, session)
+        scope.on_close(held.finalize)
+        self._open += 1
+        self._open_by_principal[principal] = self._open_by_principal.get(principal, 0) + 1
+        return held
+
+    def _closed(self, owner: _Owner) -> None:
+        self._open -= 1
+        principal = owner.principal
+        left = self._open_by_principal.get(principal, 0) - 1
+        if left > 0:
+            self._open_by_principal[principal] = left
+        else:
+            self._open_by_principal.pop(principal, None)
+
+    # -- admission ------------------------------------------------------------------
+
+    async def _admit(self, owner: _Owner) -> None:
+        admission = self._admission
+        principal = owner.principal
+        if not admission.try_admit(principal):
+            await self._wait_for_slot(principal)
+        owner.admitted = True
+        owner.started = _clock._now()
+        owner.warned = False
+        self._holding.add(owner)
+
+    async def _wait_for_slot(self, principal: Principal) -> None:
+        admission = self._admission
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter = Waiter(principal, future)
+        admission.enqueue(waiter)
+        started = time.monotonic()
+        try:
+            with anyio.move_on_after(self._timeout):
+                await future
+                return
+        except BaseException:
+            # Cancelled (the scope's deadline, or from outside) while waiting.
+            if not admission.withdraw(waiter):
+                self._release_principal(principal)
+            raise
+        if not admission.withdraw(waiter):
+            return  # granted in the same instant the timeout fired: keep it
+        self._exhausted += 1
+        waited = time.monotonic() - started
+        held = admission.held_by(principal)
+        if held >= admission.per_principal:
+            which = f"it holds {held} sessions, its per-user limit of {admission.per_principal}"
+        else:
+            which = f"all {admission.capacity} connections of the pool are in use"
+        raise PoolExhaustedError(
+            f"no database session for {redact_principal(principal)} after waiting "
+            f"{waited:.3f} s (acquire_timeout {self._timeout:g} s): {which}",
+            hint=(
+                "End session blocks before slow awaits (streaming, calls to other services), "
+                "raise per_user_limit or the pool size, or retry later"
+            ),
+        )
+
+    def _release(self, owner: _Owner) -> None:
+        owner.admitted = False
+        self._holding.discard(owner)
+        self._release_principal(owner.principal)
+
+    def _release_principal(self, principal: Principal) -> None:
+        for waiter in self._admission.release(principal):
+            future: asyncio.Future[None] = waiter.token  # type: ignore[assignment]
+            if not future.done():
+                future.set_result(None)
+        if not self._admission.in_use and self._idle is not None:
+            self._idle.set()
+
+    def _release_from_anywhere(self, owner: _Owner) -> None:
+        """Release from ``__del__``, which may run outside the loop's thread."""
+        loop = self._loop
+        try:
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(self._release, owner)
+            else:
+                self._release(owner)
+        except Exception:  # noqa: S110 - the loop is gone; nothing waits on it any more
+            pass
+
+    # -- ending blocks ----------------------------------------------------------------
+
+    async def _end_nested(
+        self, held: _Held, nested: AsyncSessionTransaction, exc: BaseException | None
+    ) -> None:
+        if nested_outcome(exc) is Outcome.COMMIT and not held.owner.closed:
+            try:
+                if nested.is_active:
+                    await nested.commit()
+                return
+            except BaseException:
+                await self._rollback_nested(held, nested)
+                raise
+        await self._rollback_nested(held, nested)
+
+    async def _rollback_nested(self, held: _Held, nested: AsyncSessionTransaction) -> None:
+        error: BaseException | None = None
+        with anyio.move_on_after(self._cleanup_time(held), shield=True) as bound:
+            try:
+                if nested.is_active:
+                    await nested.rollback()
+            except Exception as failure:
+                error = failure
+        if bound.cancelled_caught or error is not None:
+            # The savepoint's work may still be in the transaction: never commit it.
+            held.owner.poisoned = True
+            logger.error(
+                "rolling back a nested session block failed; the whole transaction will roll back",
+                exc_info=error,
+                extra={"event": "savepoint_rollback_failed"},
+            )
+
+    @staticmethod
+    def _cleanup_time(held: _Held) -> float:
+        scope = held.owner.scope_ref()
+        return DEFAULT_CLEANUP_TIMEOUT if scope is None else scope._cleanup_timeout
+
+    async def _end_outermost(self, held: _Held, exc: BaseException | None) -> None:
+        owner = held.owner
+        if not owner.admitted:
+            # The scope's finalizer already cut this block off.
+            owner.depth = 0
+            owner.task = None
+            if exc is None:
+                raise ScopeEndedError(
+                    f"the scope of {redact_principal(owner.principal)} ended while its session "
+                    "block ran; the block's work was rolled back"
+                )
+            return
+        scope = owner.scope_ref()
+        expired = scope is None or (
+            scope._deadline is not None and _clock._now() >= scope._deadline
+        )
+        cancel_scope = None if scope is None else scope._cancel_scope
+        cancelled = cancel_scope is not None and cancel_scope.cancel_called
+        outcome = outermost_outcome(
+            exc, expired=expired, cancelled=cancelled, scope_closed=owner.closed
+        )
+        poisoned = owner.poisoned
+        if poisoned:
+            outcome = Outcome.ROLLBACK
+        session = held.session
+        committed = False
+        commit_error: Exception | None = None
+        cleanup_error: BaseException | None = None
+        finished = False
+        try:
+            with anyio.move_on_after(self._cleanup_time(held), shield=True):
+                try:
+                    if outcome is Outcome.COMMIT:
+                        try:
+                            await session.commit()
+                            committed = True
+                        except Exception as failure:
+                            commit_error = failure
+                    if not committed:
+                        await session.rollback()
+                    await session.close()
+                    finished = True
+                except Exception as failure:
+                    cleanup_error = failure
+                    finished = True
+            if after_cleanup(finished=finished, error=cleanup_error) is Cleanup.INVALIDATE or (
+                cleanup_error is not None
+            ):
+                await self._invalidate(held, cleanup_error, finished=finished)
+        except BaseException as interrupt:
+            # Not a cancellation (we were shielded): KeyboardInterrupt or similar.
+            await self._invalidate(held, interrupt, finished=False)
+            raise
+        finally:
+            owner.depth = 0
+            owner.task = None
+            owner.poisoned = False
+            if committed:
+                self._commits += 1
+            else:
+                self._rollbacks += 1
+            self._release(owner)
+        if commit_error is not None:
+            raise commit_error
+        if not finished:
+            raise SessionError(
+                f"{'commit' if outcome is Outcome.COMMIT else 'rollback'} of the session of "
+                f"{redact_principal(owner.principal)} did not finish within the cleanup time; "
+                "the connection was invalidated"
+                + ("; the commit's outcome is unknown" if outcome is Outcome.COMMIT else ""),
+                hint="Give the scope a longer cleanup_timeout, or keep transactions short",
+            )
+        if exc is None and not committed:
+            if poisoned:
+                raise SessionError(
+                    "a nested session block could not be rolled back, so the whole "
+                    "transaction was rolled back",
+                    hint="See the logged error of the nested block",
+                )
+            if owner.closed:
+                raise ScopeEndedError(
+                    f"the scope of {redact_principal(owner.principal)} ended while its "
+                    "session block ran; the block's work was rolled back"
+                )
+            raise ContextExpiredError(
+                f"the context of {redact_principal(owner.principal)} expired inside a session "
+                "block; its work was rolled back"
+            )
+
+    async def _invalidate(
+        self, held: _Held, error: BaseException | None, *, finished: bool
+    ) -> None:
+        logger.error(
+            "a session's cleanup %s; its connection is invalidated, never reused",
+            "was cut short" if not finished else "failed",
+            exc_info=error,
+            extra={"event": "session_invalidated"},
+        )
+        with anyio.move_on_after(self._cleanup_time(held), shield=True):
+            try:
+                await held.session.invalidate()
+            except Exception:
+                logger.exception("invalidating a session's connection failed")
+
+    # -- startup checks and the watchdog --------------------------------------------------
+
+    async def _run_startup_checks(self) -> None:
+        if self._check_error is not None and not self._check_pending:
+            raise self._check_error
+        if self._check_lock is None:
+            self._check_lock = asyncio.Lock()
+        async with self._check_lock:
+            if not self._check_pending:
+                if self._check_error is not None:
+                    raise self._check_error
+                return
+            if self._rls:
+                from isolation.sessions.postgres import check_role
+
+                tables = set(self._rls_tables)
+                if self._tenancy is not None:
+                    tables.update(table.fullname for table in self._tenancy.tables)
+                try:
+                    await check_role(self._engine, tables)
+                except ConfigurationError as refused:
+                    self._check_error = refused
+                    self._check_pending = False
+                    raise
+            self._check_error = None
+            self._check_pending = False
+
+    async def _watch(self) -> None:
+        while True:
+            await anyio.sleep(self._watchdog_interval)
+            self._check_holds()
+
+    def _check_holds(self) -> int:
+        """One watchdog pass: log and count blocks held past ``hold_warning``."""
+        now = _clock._now()
+        found = 0
+        for owner in list(self._holding):
+            if owner.warned or now - owner.started < self._hold_warning:
+                continue
+            owner.warned = True
+            found += 1
+            self._hold_warnings += 1
+            logger.warning(
+                "a session block of %s has been open for %.1f s (hold_warning %g s)",
+                redact_principal(owner.principal),
+                now - owner.started,
+                self._hold_warning,
+                extra={"event": "session_held", "held_seconds": now - owner.started},
+            )
+        return found
+
+    def _dirty_return(self, values: tuple[Any, Any]) -> None:
+        self._dirty_returns += 1
+
+
+SessionManager.__module__ = "isolation.sessions"
+SessionStats.__module__ = "isolation.sessions"

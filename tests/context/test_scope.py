@@ -429,6 +429,18 @@ class TestAsyncDeadline:
         fake_clock.advance(100)  # a later advance must not touch the ended scope
 
     @pytest.mark.anyio
+    async def test_clock_moving_short_of_the_deadline(self, fake_clock: FakeClock) -> None:
+        """Advancing the clock short of the deadline cancels nothing; readers see the user."""
+        ctx = alice(ttl=10)
+        async with scope(ctx) as s:
+            fake_clock.advance(9)
+            await anyio.lowlevel.checkpoint()
+            assert current_context() is ctx
+            assert current_context_or_none() is ctx
+            assert current_scope() is s
+            assert s.remaining() == 1.0
+
+    @pytest.mark.anyio
     async def test_deadline_without_fake_clock_reaches_no_further(self) -> None:
         """With the system clock, a scope that ends in time is not expired."""
         async with scope(alice(ttl=60)) as s:
@@ -789,6 +801,18 @@ class TestAsyncFinalizers:
                 s.on_close(failing_b)
         assert ran == ["b", "a"]
         assert str(info.value.__context__) == "a"
+
+
+class TestStorage:
+    def test_per_scope_storage(self) -> None:
+        """Each scope gets its own storage, made once, and refuses it after the end."""
+        with scope(alice()) as parent:
+            data, lock = parent._storage()
+            assert parent._storage() == (data, lock)
+            with scope(alice()) as child:
+                assert child._storage()[0] is not data
+        with pytest.raises(ScopeEndedError):
+            parent._storage()
 
 
 class TestStats:

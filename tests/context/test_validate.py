@@ -15,6 +15,7 @@ from isolation.context._validate import (
     MAX_ATTRIBUTES,
     MAX_ID_LENGTH,
     MAX_ROLES,
+    check_attributes,
 )
 from isolation.testing.strategies import (
     HOSTILE_CHARACTERS,
@@ -257,6 +258,11 @@ class TestAttributes:
         assert len(UserContext.new("a", attributes=many).attributes) == MAX_ATTRIBUTES
         with pytest.raises(InvalidContextError):
             UserContext.new("a", attributes={**many, "extra": "v"})
+
+    def test_none_is_empty(self) -> None:
+        """No attributes is an empty mapping."""
+        assert check_attributes(None) == {}
+        assert UserContext.new("a", attributes=None).attributes == {}
 
     def test_normalised_and_colliding_keys_refused(self) -> None:
         """Keys and values are NFC-normalised; two keys equal after NFC are refused."""

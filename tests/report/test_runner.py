@@ -179,8 +179,15 @@ class TestRunReport:
         self, make_check: CheckFactory, make_registry: RegistryFactory
     ) -> None:
         """A dotted requirement whose parent is missing counts as missing, not as a crash."""
-        registry = make_registry({3: [make_check("needs", requires=("isolation_no_such.sub",))]})
-        assert run_report(registry).modes[2].status == "not_run"
+        registry = make_registry(
+            {
+                3: [make_check("needs", requires=("isolation_no_such.sub",))],
+                4: [make_check("has", requires=("json", "json.decoder"))],
+            }
+        )
+        report = run_report(registry)
+        assert report.modes[2].status == "not_run"
+        assert report.modes[3].status == "passed"
 
     @pytest.mark.parametrize(
         ("backend", "reason"),

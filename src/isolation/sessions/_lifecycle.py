@@ -65,7 +65,7 @@ def after_cleanup(*, finished: bool, error: BaseException | None) -> Cleanup:
     """
     if not finished:
         return Cleanup.INVALIDATE
-    if error is not None and not isinstance(error, Exception):
-        # A cancellation or another BaseException interrupted the driver mid-call.
+    if error is not None:
+        # The driver failed or was interrupted mid-call: the connection's state is unknown.
         return Cleanup.INVALIDATE
     return Cleanup.RETURN

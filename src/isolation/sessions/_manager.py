@@ -700,6 +700,8 @@ class SessionManager:
                 "sessions need an `async with isolation.scope(ctx)` scope: their cleanup awaits",
                 hint="Enter the scope with `async with`, not `with`",
             )
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
         principal = scope._ctx.principal
         owner = _Owner(scope, principal, self._tenancy, self._rls)
         session = AsyncSession(
@@ -872,9 +874,7 @@ class SessionManager:
                 except Exception as failure:
                     cleanup_error = failure
                     finished = True
-            if after_cleanup(finished=finished, error=cleanup_error) is Cleanup.INVALIDATE or (
-                cleanup_error is not None
-            ):
+            if after_cleanup(finished=finished, error=cleanup_error) is Cleanup.INVALIDATE:
                 await self._invalidate(held, cleanup_error, finished=finished)
         except BaseException as interrupt:
             # Not a cancellation (we were shielded): KeyboardInterrupt or similar.

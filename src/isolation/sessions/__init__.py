@@ -1,0 +1,13 @@
+"""Database sessions bound to the user's scope (extra ``sqlalchemy``; asyncio only).
+
+:class:`SessionManager` gives each scope one SQLAlchemy ``AsyncSession``,
+admits it under a global bound and a per-user limit, commits or rolls it back
+at the end of its block, and filters protected ORM models to the current
+principal. Row-level security on PostgreSQL lives in
+:mod:`isolation.sessions.postgres` (extra ``postgres``).
+"""
+
+from isolation.sessions._manager import SessionManager as SessionManager
+from isolation.sessions._manager import SessionStats as SessionStats
+
+__all__ = ["SessionManager", "SessionStats"]

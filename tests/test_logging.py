@@ -72,7 +72,7 @@ class TestContextFilter:
         """Cleanup log lines of an expired scope stay attributable to its request."""
         ctx = UserContext.new("alice", ttl=1)
         stamped: list[tuple[str, str, str]] = []
-        with pytest.raises(ContextExpiredError), scope(ctx) as s:
+        with pytest.raises(ContextExpiredError), scope(ctx) as s:  # noqa: PT012 - exit raises
             s.on_close(lambda exc: stamped.append(fields(stamp())))
             fake_clock.advance(1)
         assert stamped == [("alice", "-", ctx.request_id)]
@@ -89,7 +89,9 @@ class TestContextFilter:
 
 
 class TestLoggers:
-    @pytest.mark.parametrize("part", ["context", "factories", "sessions", "events", "report", "tokens"])
+    @pytest.mark.parametrize(
+        "part", ["context", "factories", "sessions", "events", "report", "tokens"]
+    )
     def test_named_loggers(self, part: str) -> None:
         """Each part logs under isolation.<part>."""
         assert ilog.get_logger(part).name == f"isolation.{part}"
@@ -149,11 +151,12 @@ class TestRedaction:
     def test_redactor_applies_to_switch_error(self) -> None:
         """ContextSwitchError names both principals through the redactor."""
         ilog.set_redactor(ilog.hmac_redactor(KEY))
-        with scope(UserContext.new("alice@example.com", tenant_id="acme")):
-            with pytest.raises(ContextSwitchError) as info, scope(
-                UserContext.new("bob@example.com", tenant_id="acme")
-            ):
-                pass
+        with (
+            scope(UserContext.new("alice@example.com", tenant_id="acme")),
+            pytest.raises(ContextSwitchError) as info,
+            scope(UserContext.new("bob@example.com", tenant_id="acme")),
+        ):
+            pass
         message = str(info.value)
         assert "example.com" not in message
         assert "acme" not in message

@@ -150,7 +150,7 @@ class TestPrincipal:
         b = UserContext.new("alice", tenant_id="acme")
         assert a.principal == b.principal
         assert a != b
-        assert a == a  # noqa: PLR0124 - reflexive equality is the point
+        assert a == a
 
 
 class TestImmutable:

@@ -1,5 +1,9 @@
 """Scope: binding, switch refusal, child scopes, deadlines, escape detection, finalizers."""
 
+# A scope's exit is what raises (expiry, finalizer failures), so the body belongs
+# inside the `pytest.raises` block.
+# ruff: noqa: PT012
+
 from __future__ import annotations
 
 import asyncio
@@ -32,7 +36,11 @@ from isolation import (
 )
 from isolation.testing import FakeClock
 
-READERS: tuple[Callable[[], object], ...] = (current_context, current_context_or_none, current_scope)
+READERS: tuple[Callable[[], object], ...] = (
+    current_context,
+    current_context_or_none,
+    current_scope,
+)
 
 
 def alice(**kwargs: Any) -> UserContext:
@@ -170,7 +178,10 @@ class TestSwitch:
     def test_same_user_id_other_tenant_refused(self) -> None:
         """The same user id in another tenant is another principal: refused."""
         with scope(UserContext.new("alice", tenant_id="acme")):
-            with pytest.raises(ContextSwitchError), scope(UserContext.new("alice", tenant_id="globex")):
+            with (
+                pytest.raises(ContextSwitchError),
+                scope(UserContext.new("alice", tenant_id="globex")),
+            ):
                 pass
             with pytest.raises(ContextSwitchError), scope(UserContext.new("alice")):
                 pass
@@ -688,11 +699,14 @@ class TestFinalizers:
         """Body raised: its exception propagates, finalizer failures are notes, logs, counts."""
         ctx = alice()
         before = scope_stats().finalizer_failures
-        with caplog.at_level(logging.ERROR, logger="isolation.context"):
-            with pytest.raises(ValueError, match="body") as info, scope(ctx) as s:
-                s.on_close(lambda exc: (_ for _ in ()).throw(RuntimeError("f1")))
-                s.on_close(lambda exc: (_ for _ in ()).throw(OSError("f2")))
-                raise ValueError("body")
+        with (
+            caplog.at_level(logging.ERROR, logger="isolation.context"),
+            pytest.raises(ValueError, match="body") as info,
+            scope(ctx) as s,
+        ):
+            s.on_close(lambda exc: (_ for _ in ()).throw(RuntimeError("f1")))
+            s.on_close(lambda exc: (_ for _ in ()).throw(OSError("f2")))
+            raise ValueError("body")
         notes = info.value.__notes__
         assert len(notes) == 2
         assert "OSError('f2')" in notes[0]

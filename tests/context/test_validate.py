@@ -79,7 +79,9 @@ class TestIds:
         assert info.value.field == field
         assert "white space" in info.value.rule
 
-    @pytest.mark.parametrize("value", ["alice smith", "alice\u00a0smith", "jos\u00e9", "\u7530\u4e2d"])
+    @pytest.mark.parametrize(
+        "value", ["alice smith", "alice\u00a0smith", "jos\u00e9", "\u7530\u4e2d"]
+    )
     def test_inner_space_and_non_ascii_accepted(self, value: str) -> None:
         """Inner spaces (Zs) and non-ASCII letters are fine in the middle of an id."""
         assert UserContext.new(value).user_id == value
@@ -182,9 +184,10 @@ class TestErrorFields:
         """Only the first 16 characters are quoted, with an ellipsis."""
         with pytest.raises(InvalidContextError) as info:
             UserContext.new("\u202e" + "b" * 300)
-        assert info.value.value_prefix == repr("\u202e" + "b" * 15).replace(
-            "\u202e", "\\u202e"
-        ) + "..."
+        assert (
+            info.value.value_prefix
+            == repr("\u202e" + "b" * 15).replace("\u202e", "\\u202e") + "..."
+        )
 
 
 class TestRoles:

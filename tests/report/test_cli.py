@@ -97,7 +97,7 @@ class TestTableOutput:
         use_registry: Callable[[ModeRegistry], None],
         all_passing: ModeRegistry,
     ) -> None:
-        """stdout: a header, rows 1..16 each starting with its number, a summary; progress on stderr."""
+        """stdout: a header, rows 1..16 led by their number, a summary; progress on stderr."""
         use_registry(all_passing)
         assert main(["report"]) == 0
         out, err = capsys.readouterr()
@@ -159,7 +159,9 @@ class TestExitCodes:
         make_registry: RegistryFactory,
     ) -> None:
         """4 with --check-mutants when a mutant is not caught; 0 without the flag."""
-        use_registry(make_registry(passing_except(make_check, m12=make_check("blind", mutant_found=()))))
+        use_registry(
+            make_registry(passing_except(make_check, m12=make_check("blind", mutant_found=())))
+        )
         assert main(["report"]) == 0
         assert main(["report", "--check-mutants"]) == 4
         assert "MISSED" in capsys.readouterr().out
@@ -228,7 +230,9 @@ class TestExitCodes:
         assert "--mode takes 1 to 16" in err
 
     @pytest.mark.parametrize("argv", [["report", "--nope"], ["report", "--mode", "x"], ["nope"]])
-    def test_two_for_bad_arguments(self, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    def test_two_for_bad_arguments(
+        self, capsys: pytest.CaptureFixture[str], argv: list[str]
+    ) -> None:
         """2 for arguments argparse refuses."""
         with pytest.raises(SystemExit) as info:
             main(argv)

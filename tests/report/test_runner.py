@@ -104,7 +104,9 @@ class TestRunReport:
 
     def test_violation(self, make_check: CheckFactory, make_registry: RegistryFactory) -> None:
         """A check that finds a violation fails its mode: exit 1, with the details."""
-        registry = make_registry({2: [make_check("ok"), make_check("leaks", found=["leak 1", "leak 2"])]})
+        registry = make_registry(
+            {2: [make_check("ok"), make_check("leaks", found=["leak 1", "leak 2"])]}
+        )
         report = run_report(registry)
         mode = report.modes[1]
         assert mode.status == "failed"
@@ -114,7 +116,9 @@ class TestRunReport:
         assert [c.status for c in mode.checks] == ["passed", "failed"]
         assert report.exit_code == 1
 
-    def test_details_bounded(self, make_check: CheckFactory, make_registry: RegistryFactory) -> None:
+    def test_details_bounded(
+        self, make_check: CheckFactory, make_registry: RegistryFactory
+    ) -> None:
         """Details are a few short lines: at most five, each cut at 300 characters."""
         found = [f"{i}:" + "x" * 1000 for i in range(20)]
         report = run_report(make_registry({1: [make_check(found=found)]}))
@@ -145,15 +149,21 @@ class TestRunReport:
         assert "crashed on the mutant" in report.modes[6].checks[0].mutant_details[0]
         assert report.exit_code == 4
 
-    def test_exit_code_precedence(self, make_check: CheckFactory, make_registry: RegistryFactory) -> None:
+    def test_exit_code_precedence(
+        self, make_check: CheckFactory, make_registry: RegistryFactory
+    ) -> None:
         """1 a violation, else 4 a mutant not caught, else 3 some mode not run."""
-        failing = make_registry({1: [make_check("v", found=["x"])], 2: [make_check("m", mutant_found=())]})
+        failing = make_registry(
+            {1: [make_check("v", found=["x"])], 2: [make_check("m", mutant_found=())]}
+        )
         assert run_report(failing, check_mutants=True).exit_code == 1
         missed = make_registry({2: [make_check("m", mutant_found=())]})
         assert run_report(missed, check_mutants=True).exit_code == 4
         assert run_report(missed).exit_code == 3
 
-    def test_missing_requirement(self, make_check: CheckFactory, make_registry: RegistryFactory) -> None:
+    def test_missing_requirement(
+        self, make_check: CheckFactory, make_registry: RegistryFactory
+    ) -> None:
         """A check needing a module that is not installed is not_run, naming the module."""
         registry = make_registry(
             {
@@ -260,7 +270,16 @@ class TestJson:
         modes = data["modes"]
         assert [m["id"] for m in modes] == list(range(1, 17))
         for mode in modes:
-            assert {"id", "name", "status", "violations", "details", "passed", "seconds", "checks"} <= set(mode)
+            assert {
+                "id",
+                "name",
+                "status",
+                "violations",
+                "details",
+                "passed",
+                "seconds",
+                "checks",
+            } <= set(mode)
             assert "mutant_caught" not in mode
             assert isinstance(mode["seconds"], float)
             for check in mode["checks"]:
@@ -273,10 +292,15 @@ class TestJson:
         assert "reason" in modes[3]
         assert "reason" not in modes[0]
 
-    def test_mutants_and_reasons(self, make_check: CheckFactory, make_registry: RegistryFactory) -> None:
+    def test_mutants_and_reasons(
+        self, make_check: CheckFactory, make_registry: RegistryFactory
+    ) -> None:
         """With check_mutants, modes and checks carry mutant_caught; not-run checks a reason."""
         registry = make_registry(
-            {1: [make_check("ok"), make_check("pg", backend=Backend.POSTGRES)], 2: [make_check("m", mutant_found=())]}
+            {
+                1: [make_check("ok"), make_check("pg", backend=Backend.POSTGRES)],
+                2: [make_check("m", mutant_found=())],
+            }
         )
         data = run_report(registry, check_mutants=True).to_json()
         one, two = data["modes"][0], data["modes"][1]

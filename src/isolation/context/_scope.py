@@ -103,6 +103,9 @@ def scope_stats() -> ScopeStats:
 
 
 def _is_async_callable(fn: object) -> bool:
+    code = getattr(fn, "__code__", None)
+    if code is not None:  # functions, lambdas, bound methods: one flag test
+        return bool(code.co_flags & inspect.CO_COROUTINE)
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
         getattr(fn, "__call__", None)  # noqa: B004 - a callable object with `async def __call__`
     )
@@ -448,7 +451,7 @@ class Scope:
         for fn in reversed(self._finalizers or ()):
             try:
                 result = fn(exc)
-                if inspect.isawaitable(result):
+                if result is not None and inspect.isawaitable(result):
                     if inspect.iscoroutine(result):
                         result.close()
                     raise UsageError("a finalizer of a sync scope returned an awaitable")

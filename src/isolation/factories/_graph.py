@@ -1,0 +1,626 @@
+"""The shared-state walk: which mutable objects an instance reaches, and by what path.
+
+Pure code: no scopes, no threads, no locks, so it is property-tested on its own.
+:func:`walk` visits, breadth first and with bounds, what an instance reaches:
+instance ``__dict__`` and ``__slots__``, **class-level attributes** (the
+commonest hidden sharing: ``class Engine: cache = {}``), dict values, list,
+tuple, deque and set items, attrs and dataclass fields, a bound method's
+``__self__``, a ``functools.partial``'s parts, and a function's default
+arguments and closure cells. It returns every *mutable* object reached with
+its shortest path (ties broken by name), which the index of live scopes
+compares between users.
+
+Not walked (neither entered nor compared): immutable atoms (``None``, numbers,
+strings, bytes, dates, ...), types, modules, functions as such, enum members,
+``logging.Logger``, event loops, executors and synchronisation primitives, the
+library's own ``UserContext`` and ``Scope``, and anything declared with
+:func:`isolation.shareable`. Tuples, frozensets and frozen attrs or dataclass
+instances are entered but not compared themselves (they cannot change; what
+they hold can). Objects of C extension types without a ``__dict__`` (a NumPy
+array, a lock) are opaque: not entered and not compared, except as the root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import datetime
+import decimal
+import enum
+import fractions
+import functools
+import io
+import logging
+import operator
+import pathlib
+import re
+import threading
+import types
+import uuid
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any, Final, final
+
+from isolation._redact import redact
+from isolation.factories import _shareable
+
+__all__ = [
+    "DEFAULT_MAX_DEPTH",
+    "DEFAULT_MAX_OBJECTS",
+    "MIN_MAX_DEPTH",
+    "MIN_MAX_OBJECTS",
+    "Path",
+    "WalkResult",
+    "WalkTruncatedWarning",
+    "render_path",
+    "walk",
+]
+
+DEFAULT_MAX_DEPTH: Final = 10
+"""Edges from the instance the walk follows by default."""
+
+DEFAULT_MAX_OBJECTS: Final = 10_000
+"""Objects the walk visits by default before it stops."""
+
+MIN_MAX_DEPTH: Final = 1
+MIN_MAX_OBJECTS: Final = 1
+
+Path = tuple[str, ...]
+"""An attribute path: the root's type name, then one label per edge, e.g. ``("Engine", "cache")``."""
+
+
+class WalkTruncatedWarning(UserWarning):
+    """The shared-state walk of an instance stopped at a bound: objects beyond it were not compared."""
+
+
+WalkTruncatedWarning.__module__ = "isolation"
+
+# -- how each type is walked ------------------------------------------------------
+
+_SKIP: Final = 0  # not entered, not compared
+_OPAQUE: Final = 1  # not entered, not compared (compared only as the root)
+_DICT: Final = 2
+_SEQ: Final = 3  # list, deque
+_SET: Final = 4
+_TUPLE: Final = 5  # entered, not compared
+_FROZENSET: Final = 6  # entered, not compared
+_OBJECT: Final = 7
+_FROZEN_OBJECT: Final = 8  # entered, not compared
+_FUNCTION: Final = 9  # defaults and closure cells entered, not compared
+_METHOD: Final = 10  # __self__ entered, not compared
+_PARTIAL: Final = 11
+_MAPPINGPROXY: Final = 12  # entered, not compared
+_MUTABLE_ATOM: Final = 13  # compared, nothing inside to enter
+_LOCAL: Final = 14  # threading.local: its __dict__ is the current thread's
+
+_COMPARED: Final = frozenset({_DICT, _SEQ, _SET, _OBJECT, _PARTIAL, _MUTABLE_ATOM, _LOCAL})
+
+# Edge kinds, rendered into path labels only when a path is asked for.
+_E_ROOT: Final = 0
+_E_ATTR: Final = 1
+_E_KEY: Final = 2  # a dict value, by its key
+_E_INDEX: Final = 3
+_E_MEMBER: Final = 4  # a set member
+_E_DEFAULT: Final = 5
+_E_CLOSURE: Final = 6
+_E_DICT_KEY: Final = 7  # a dict key that is itself walked
+
+_ATOMS: Final[frozenset[type]] = frozenset(
+    {
+        type(None),
+        type(Ellipsis),
+        type(NotImplemented),
+        bool,
+        int,
+        float,
+        complex,
+        str,
+        bytes,
+        range,
+        slice,
+        decimal.Decimal,
+        fractions.Fraction,
+        datetime.date,
+        datetime.datetime,
+        datetime.time,
+        datetime.timedelta,
+        datetime.timezone,
+        uuid.UUID,
+        re.Pattern,
+        pathlib.PurePosixPath,
+        pathlib.PureWindowsPath,
+        pathlib.PosixPath,
+        pathlib.WindowsPath,
+        memoryview,
+        types.ModuleType,
+        types.BuiltinFunctionType,
+        types.BuiltinMethodType,
+        types.MethodWrapperType,
+        types.WrapperDescriptorType,
+        types.MethodDescriptorType,
+        types.ClassMethodDescriptorType,
+        types.GetSetDescriptorType,
+        types.MemberDescriptorType,
+        types.CodeType,
+        types.FrameType,
+        types.TracebackType,
+        types.GeneratorType,
+        types.CoroutineType,
+        types.AsyncGeneratorType,
+        types.CellType,
+        property,
+        staticmethod,
+        classmethod,
+    }
+)
+
+
+def _infrastructure() -> tuple[type, ...]:
+    # Shared on purpose by every user, and holding no user's data of their own.
+    from isolation.context._model import Attributes, UserContext
+    from isolation.context._scope import Scope
+
+    return (
+        logging.Logger,
+        logging.PlaceHolder,
+        logging.Manager,
+        asyncio.AbstractEventLoop,
+        asyncio.Lock,
+        asyncio.Event,
+        asyncio.Condition,
+        asyncio.Semaphore,
+        concurrent.futures.Executor,
+        io.IOBase,
+        threading.Thread,
+        threading.Condition,
+        threading.Event,
+        threading.Semaphore,
+        threading.Barrier,
+        enum.Enum,
+        type,
+        UserContext,
+        Attributes,
+        Scope,
+    )
+
+
+_INFRA: tuple[type, ...] | None = None
+_WEAKREF_TYPES: Final = (weakref.ref, weakref.ProxyType, weakref.CallableProxyType)
+_LOCK_TYPES: Final = (type(threading.Lock()), type(threading.RLock()))
+
+
+def _frozen(cls: type) -> bool:
+    params = getattr(cls, "__dataclass_params__", None)
+    if params is not None and getattr(params, "frozen", False):
+        return True
+    if getattr(cls, "__attrs_attrs__", None) is not None:
+        return getattr(cls.__setattr__, "__name__", "") == "_frozen_setattrs"
+    return False
+
+
+def _is_atom_value(value: object) -> bool:
+    return type(value) in _ATOMS or isinstance(value, type)
+
+
+class _TypeInfo:
+    """How instances of one type are walked (computed once per walk)."""
+
+    __slots__ = ("class_edges", "has_dict", "kind", "slots")
+
+    def __init__(
+        self,
+        kind: int,
+        *,
+        has_dict: bool = False,
+        slots: tuple[tuple[str, Any], ...] = (),
+        class_edges: tuple[tuple[str, object], ...] = (),
+    ) -> None:
+        self.kind = kind
+        self.has_dict = has_dict
+        self.slots = slots
+        self.class_edges = class_edges
+
+
+_SKIP_INFO: Final = _TypeInfo(_SKIP)
+_OPAQUE_INFO: Final = _TypeInfo(_OPAQUE)
+
+
+def _slots_of(cls: type) -> tuple[tuple[str, Any], ...]:
+    found: list[tuple[str, Any]] = []
+    seen: set[str] = set()
+    for klass in cls.__mro__:
+        names = klass.__dict__.get("__slots__", ())
+        if isinstance(names, str):
+            names = (names,)
+        for name in names:
+            if name in ("__dict__", "__weakref__") or name in seen:
+                continue
+            seen.add(name)
+            stored = name
+            if name.startswith("__") and not name.endswith("__"):
+                stored = f"_{klass.__name__.lstrip('_')}{name}"  # name mangling
+            descriptor = klass.__dict__.get(stored)
+            if isinstance(descriptor, types.MemberDescriptorType):
+                found.append((name, descriptor))
+    return tuple(found)
+
+
+def _has_mutable_defaults(fn: types.FunctionType) -> bool:
+    defaults = fn.__defaults__ or ()
+    kwdefaults = fn.__kwdefaults__ or {}
+    return any(not _is_atom_value(v) for v in defaults) or any(
+        not _is_atom_value(v) for v in kwdefaults.values()
+    )
+
+
+def _class_edges(cls: type) -> tuple[tuple[str, object], ...]:
+    """Class-level attributes worth walking: data, and methods with mutable defaults."""
+    edges: list[tuple[str, object]] = []
+    seen: set[str] = set()
+    for klass in cls.__mro__:
+        if klass is object or klass.__module__ == "builtins":
+            continue
+        for name, value in list(klass.__dict__.items()):
+            if name in seen:
+                continue
+            seen.add(name)
+            if name.startswith("__") and name.endswith("__"):
+                continue
+            if isinstance(value, types.FunctionType):
+                if _has_mutable_defaults(value):
+                    edges.append((name, value))
+                continue
+            if _is_atom_value(value) or isinstance(
+                value, property | staticmethod | classmethod | functools.cached_property
+            ):
+                continue
+            edges.append((name, value))
+    return tuple(edges)
+
+
+def _classify(cls: type) -> _TypeInfo:
+    global _INFRA
+    if cls in _ATOMS or issubclass(cls, type):
+        return _SKIP_INFO
+    if _INFRA is None:
+        _INFRA = _infrastructure()
+    if issubclass(cls, _INFRA) or _shareable.is_shareable_type(cls):
+        return _SKIP_INFO
+    if cls.__module__ in ("typing", "typing_extensions") or issubclass(cls, _WEAKREF_TYPES):
+        return _SKIP_INFO
+    kind: int
+    if cls is types.FunctionType:
+        return _TypeInfo(_FUNCTION)
+    if cls is types.MethodType:
+        return _TypeInfo(_METHOD)
+    if issubclass(cls, threading.local):
+        return _TypeInfo(_LOCAL, class_edges=_class_edges(cls))
+    if issubclass(cls, functools.partial):
+        kind = _PARTIAL
+    elif issubclass(cls, dict):
+        kind = _DICT
+    elif issubclass(cls, list | collections.deque):
+        kind = _SEQ
+    elif issubclass(cls, set):
+        kind = _SET
+    elif issubclass(cls, tuple):
+        kind = _TUPLE
+    elif issubclass(cls, frozenset):
+        kind = _FROZENSET
+    elif cls is types.MappingProxyType:
+        return _TypeInfo(_MAPPINGPROXY)
+    elif issubclass(cls, bytearray) or cls.__module__ == "array":
+        return _TypeInfo(_MUTABLE_ATOM)
+    elif cls in _LOCK_TYPES:
+        return _OPAQUE_INFO
+    else:
+        has_dict = cls.__dictoffset__ != 0
+        slots = _slots_of(cls)
+        if not has_dict and not slots:
+            if all("__slots__" in klass.__dict__ for klass in cls.__mro__[:-1]):
+                return _SKIP_INFO  # a Python class with `__slots__ = ()`: no state at all
+            return _OPAQUE_INFO
+        kind = _FROZEN_OBJECT if _frozen(cls) else _OBJECT
+        return _TypeInfo(kind, has_dict=has_dict, slots=slots, class_edges=_class_edges(cls))
+    # Subclasses of the builtin containers may carry attributes too; a tuple
+    # subclass (a namedtuple) keeps only metadata at class level.
+    if cls.__module__ == "builtins":
+        return _TypeInfo(kind)
+    return _TypeInfo(
+        kind,
+        has_dict=cls.__dictoffset__ != 0,
+        slots=_slots_of(cls),
+        class_edges=() if kind in (_TUPLE, _FROZENSET) else _class_edges(cls),
+    )
+
+
+# -- the result ---------------------------------------------------------------
+
+
+@final
+class WalkResult:
+    """What one walk reached: the mutable objects, each with its shortest path.
+
+    Holds a strong reference to every object it visited, so that the ids it
+    reports stay valid for as long as the result lives.
+
+    Attributes:
+        root: The instance walked.
+        mutable: Ids of the mutable objects reached, in breadth-first order
+            (so the first one found in another walk is the shallowest shared one).
+        visited: Objects visited, mutable or not.
+        depth: The greatest depth reached, in edges from the root.
+        truncated: ``None``, or why the walk stopped before the end.
+    """
+
+    __slots__ = ("_nodes", "depth", "mutable", "root", "truncated", "visited")
+
+    def __init__(
+        self,
+        root: object,
+        nodes: dict[int, tuple[object, int, int, object]],
+        mutable: list[int],
+        depth: int,
+        truncated: str | None,
+    ) -> None:
+        self.root = root
+        self._nodes = nodes
+        self.mutable = mutable
+        self.visited = len(nodes)
+        self.depth = depth
+        self.truncated = truncated
+
+    def __contains__(self, oid: object) -> bool:
+        return oid in self._nodes
+
+    def obj(self, oid: int) -> object:
+        """The object with id ``oid`` reached by this walk."""
+        return self._nodes[oid][0]
+
+    def path(self, oid: int) -> Path:
+        """The shortest path (ties broken by name) from the root to the object ``oid``."""
+        labels: list[str] = []
+        nodes = self._nodes
+        while True:
+            obj, parent, edge, key = nodes[oid]
+            labels.append(_label(obj, edge, key))
+            if parent < 0:
+                break
+            oid = parent
+        labels.reverse()
+        return tuple(labels)
+
+    def __repr__(self) -> str:
+        more = f", truncated: {self.truncated}" if self.truncated else ""
+        return (
+            f"<WalkResult of {type(self.root).__name__}: {len(self.mutable)} mutable of "
+            f"{self.visited} visited, depth {self.depth}{more}>"
+        )
+
+
+def _key_label(key: object) -> str:
+    if type(key) is str:
+        shown = redact(key)
+        if len(shown) > 40:
+            shown = shown[:40] + "..."
+        return repr(shown)
+    if type(key) in (int, bool, float, type(None)) or isinstance(key, enum.Enum):
+        return repr(key)
+    return f"<{type(key).__name__}>"
+
+
+def _label(obj: object, edge: int, key: object) -> str:
+    if edge == _E_ROOT:
+        return type(obj).__name__
+    if edge == _E_ATTR:
+        return str(key)
+    if edge == _E_KEY:
+        return f"[{_key_label(key)}]"
+    if edge == _E_INDEX:
+        return f"[{key}]"
+    if edge == _E_MEMBER:
+        return f"{{{type(obj).__name__}}}"
+    if edge == _E_DEFAULT:
+        return f"<default {key}>"
+    if edge == _E_CLOSURE:
+        return f"<closure {key}>"
+    return f"<key {type(obj).__name__}>"
+
+
+def render_path(path: Path) -> str:
+    """Render a path as Python-like text: ``Engine.cache['k'][0]``."""
+    if not path:
+        return "?"
+    parts = [path[0]]
+    for label in path[1:]:
+        parts.append(label if label[:1] == "[" else f".{label}")
+    return "".join(parts)
+
+
+# -- the walk --------------------------------------------------------------------
+
+_by_key = operator.itemgetter(0)
+
+
+def _sorted_items(items: list[tuple[Any, object]]) -> list[tuple[Any, object]]:
+    try:
+        items.sort(key=_by_key)
+    except TypeError:
+        items.sort(key=lambda item: (type(item[0]).__name__, repr(item[0])))
+    return items
+
+
+def _read_dict(obj: object) -> dict[str, object] | None:
+    try:
+        found = object.__getattribute__(obj, "__dict__")
+    except Exception:
+        return None
+    return found if type(found) is dict else None
+
+
+def _attributes(obj: object, info: _TypeInfo) -> list[tuple[str, object]]:
+    items: list[tuple[str, object]] = []
+    names: set[str] | None = None
+    if info.has_dict or info.kind == _LOCAL:
+        found = _read_dict(obj)
+        if found:
+            snapshot = list(found.items())
+            names = {name for name, _ in snapshot}
+            items.extend(
+                (name, value)
+                for name, value in snapshot
+                if type(value) not in _ATOMS and name != "__isolation_owner__"
+            )
+    for name, descriptor in info.slots:
+        try:
+            value = descriptor.__get__(obj, type(obj))
+        except AttributeError:
+            continue
+        if names is None:
+            names = set()
+        names.add(name)
+        if type(value) not in _ATOMS and name != "__isolation_owner__":
+            items.append((name, value))
+    for name, value in info.class_edges:
+        if names is None or name not in names:
+            items.append((name, value))
+    return _sorted_items(items)
+
+
+def _function_edges(fn: types.FunctionType) -> Iterator[tuple[int, object, object]]:
+    code = fn.__code__
+    defaults = fn.__defaults__
+    if defaults:
+        names = code.co_varnames[code.co_argcount - len(defaults) : code.co_argcount]
+        pairs = sorted(zip(names, defaults, strict=True), key=_by_key)
+        for name, value in pairs:
+            yield _E_DEFAULT, name, value
+    if fn.__kwdefaults__:
+        for name, value in sorted(fn.__kwdefaults__.items(), key=_by_key):
+            yield _E_DEFAULT, name, value
+    if fn.__closure__:
+        cells = sorted(zip(code.co_freevars, fn.__closure__, strict=True), key=_by_key)
+        for name, cell in cells:
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            yield _E_CLOSURE, name, value
+
+
+def _edges(obj: object, info: _TypeInfo) -> Iterator[tuple[int, object, object]]:
+    """``(edge kind, key, child)`` for each child of ``obj``, in walk order."""
+    kind = info.kind
+    if kind == _DICT or kind == _MAPPINGPROXY:
+        mapping: Any = obj
+        snapshot = list(mapping.items())
+        keys = [k for k, _ in snapshot if not (type(k) in _ATOMS or isinstance(k, type))]
+        values = [(k, v) for k, v in snapshot if type(v) not in _ATOMS]
+        for key, value in _sorted_items(values):
+            yield _E_KEY, key, value
+        for key in keys:
+            yield _E_DICT_KEY, None, key
+    elif kind in (_SEQ, _TUPLE):
+        sequence: Any = obj
+        for index, value in enumerate(list(sequence)):
+            if type(value) not in _ATOMS:
+                yield _E_INDEX, index, value
+    elif kind in (_SET, _FROZENSET):
+        members: Any = obj
+        found = [m for m in list(members) if type(m) not in _ATOMS]
+        found.sort(key=lambda m: type(m).__name__)
+        for member in found:
+            yield _E_MEMBER, None, member
+    elif kind == _FUNCTION:
+        fn: Any = obj
+        yield from _function_edges(fn)
+        return
+    elif kind == _METHOD:
+        method: Any = obj
+        yield _E_ATTR, "__self__", method.__self__
+        return
+    elif kind == _PARTIAL:
+        partial: Any = obj
+        yield _E_ATTR, "args", partial.args
+        yield _E_ATTR, "func", partial.func
+        yield _E_ATTR, "keywords", partial.keywords
+    if info.has_dict or info.slots or info.class_edges or kind == _LOCAL:
+        for name, value in _attributes(obj, info):
+            yield _E_ATTR, name, value
+
+
+def walk(
+    root: object,
+    *,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    max_objects: int = DEFAULT_MAX_OBJECTS,
+    is_shareable: Callable[[object], bool] | None = None,
+) -> WalkResult:
+    """Walk what ``root`` reaches, breadth first and bounded; return the mutable objects.
+
+    Args:
+        root: The instance to walk. It is always compared (the same object
+            handed to two users is refused), unless it is an atom, a type or
+            declared shareable.
+        max_depth: Edges from ``root`` the walk follows.
+        max_objects: Objects the walk visits before it stops.
+        is_shareable: An extra test: objects for which it returns true are
+            treated as declared with :func:`isolation.shareable`.
+
+    Returns:
+        The :class:`WalkResult`; ``truncated`` says whether a bound was hit.
+    """
+    infos: dict[type, _TypeInfo] = {}
+    declared = _shareable.declared_shareable
+    any_declared = bool(_shareable._strong or _shareable._weak)
+
+    def info_of(cls: type) -> _TypeInfo:
+        info = infos.get(cls)
+        if info is None:
+            info = infos[cls] = _classify(cls)
+        return info
+
+    def skipped(obj: object) -> bool:
+        if any_declared and declared(obj):
+            return True
+        return is_shareable is not None and is_shareable(obj)
+
+    nodes: dict[int, tuple[object, int, int, object]] = {}
+    mutable: list[int] = []
+    root_info = info_of(type(root))
+    if root_info.kind == _SKIP or skipped(root):
+        return WalkResult(root, nodes, mutable, 0, None)
+    nodes[id(root)] = (root, -1, _E_ROOT, None)
+    mutable.append(id(root))
+    queue: collections.deque[tuple[object, _TypeInfo, int]] = collections.deque()
+    if root_info.kind != _OPAQUE:
+        queue.append((root, root_info, 0))
+    deepest = 0
+    truncated: str | None = None
+    while queue:
+        obj, info, depth = queue.popleft()
+        parent = id(obj)
+        child_depth = depth + 1
+        for edge, key, child in _edges(obj, info):
+            cid = id(child)
+            if cid in nodes:
+                continue
+            child_info = info_of(type(child))
+            kind = child_info.kind
+            if kind == _SKIP or skipped(child):
+                continue
+            if child_depth > max_depth:
+                truncated = truncated or f"the depth bound of {max_depth} edges"
+                continue
+            if len(nodes) >= max_objects:
+                truncated = f"the bound of {max_objects} objects"
+                queue.clear()
+                break
+            nodes[cid] = (child, parent, edge, key)
+            deepest = max(deepest, child_depth)
+            if kind in _COMPARED:
+                mutable.append(cid)
+            if kind != _OPAQUE and kind != _MUTABLE_ATOM:
+                queue.append((child, child_info, child_depth))
+    return WalkResult(root, nodes, mutable, deepest, truncated)

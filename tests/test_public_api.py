@@ -161,14 +161,36 @@ def test_every_error_is_public_and_an_isolation_error(error: type[BaseException]
     assert error.__module__ == "isolation"
 
 
+def _sample(annotation: object) -> object:
+    """A picklable placeholder for a required field, by its (string) annotation."""
+    text = str(annotation)
+    if text.startswith("int"):
+        return 3
+    if text.startswith(("tuple", "Sequence")):
+        return ()
+    return "value"
+
+
 def _instance(error: type[BaseException]) -> BaseException:
-    if error is isolation.InvalidContextError:
-        return error(field="user_id", rule="must not be empty", value_prefix="''")
+    """An instance with every field set: known values, placeholders for the rest."""
     if error is isolation.SharedStateError:
         return error(
             "shared", principals=(("acme", "alice"), (None, "bob")), paths=(("A", "b"), ("C",))
         )
-    return error("something went wrong", hint="do this")
+    args: list[object] = []
+    kwargs: dict[str, object] = {}
+    for param in inspect.signature(error).parameters.values():
+        if param.name == "hint":
+            kwargs["hint"] = "do this"
+        elif param.default is not inspect.Parameter.empty:
+            continue
+        elif param.name == "message":
+            args.append("something went wrong")
+        elif param.kind is inspect.Parameter.KEYWORD_ONLY:
+            kwargs[param.name] = _sample(param.annotation)
+        else:
+            args.append(_sample(param.annotation))
+    return error(*args, **kwargs)
 
 
 @pytest.mark.parametrize("error", ERRORS, ids=lambda e: e.__name__)

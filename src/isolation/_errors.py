@@ -40,7 +40,11 @@ contain token material; user ids pass through the redaction hook of
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from isolation.events import CloseReason, Connection, PublishResult
 
 __all__ = [
     "BackendUnavailableError",
@@ -252,15 +256,50 @@ class EventError(IsolationError):
 
 
 class ConnectionClosedError(EventError):
-    """The connection is closed."""
+    """The connection (or the whole router) is closed.
+
+    Attributes:
+        reason: Why, an :class:`isolation.events.CloseReason`.
+    """
+
+    hint = "Open a new connection; a closed one is never reopened"
+
+    def __init__(self, message: str, *, reason: CloseReason, hint: str | None = None) -> None:
+        self.reason = reason
+        super().__init__(message, hint=hint)
 
 
 class ConnectionLimitError(EventError):
-    """The principal has as many open connections as allowed."""
+    """The principal has as many open connections as allowed.
+
+    Attributes:
+        limit: The router's ``max_connections_per_user``.
+    """
+
+    hint = "Close a connection of this user first, or raise max_connections_per_user"
+
+    def __init__(self, message: str, *, limit: int) -> None:
+        self.limit = limit
+        super().__init__(message)
 
 
 class QueueFullError(EventError):
-    """The connection's queue is full and its policy refuses more."""
+    """A ``BLOCK`` publish waited ``publish_timeout`` and some queues were still full.
+
+    Attributes:
+        result: The partial :class:`isolation.events.PublishResult`: the
+            connections with room got the event, the timed-out ones count as dropped.
+        connections: The connections that timed out.
+    """
+
+    hint = "Consume faster, raise queue_size or publish_timeout, or choose another Overflow policy"
+
+    def __init__(
+        self, message: str, *, result: PublishResult, connections: Sequence[Connection]
+    ) -> None:
+        self.result = result
+        self.connections = tuple(connections)
+        super().__init__(message)
 
 
 class EventTooLargeError(EventError, ValueError):

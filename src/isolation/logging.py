@@ -70,7 +70,8 @@ def hmac_redactor(key: bytes, *, prefix: str = "u:", length: int = 16) -> Redact
         prefix: Put before each hash, so redacted ids are recognisable.
         length: Hex characters kept of the HMAC-SHA256 digest (8 to 64).
     """
-    if not isinstance(key, bytes) or len(key) < 16:
+    given: object = key  # checked at run time too: callers need not be type-checked
+    if not isinstance(given, bytes) or len(given) < 16:
         raise ConfigurationError("hmac_redactor() needs a key of at least 16 bytes")
     if not 8 <= length <= 64:
         raise ConfigurationError(f"hmac_redactor() length must be 8 to 64, got {length}")

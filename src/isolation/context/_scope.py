@@ -25,13 +25,14 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar, Token
 from types import TracebackType
-from typing import Any, Final, Literal, final
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, final
 
 import anyio
 import attrs
 
 from isolation import _clock
 from isolation._counters import Counter, register_gauge
+from isolation._lifetime import Lifetime
 from isolation._errors import (
     ConfigurationError,
     ContextExpiredError,
@@ -42,6 +43,9 @@ from isolation._errors import (
 )
 from isolation._redact import redact_principal
 from isolation.context._model import UserContext
+
+if TYPE_CHECKING:
+    from isolation.factories._registry import Registry
 
 __all__ = [
     "DEFAULT_CLEANUP_TIMEOUT",
@@ -55,6 +59,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger("isolation.context")
+
+T = TypeVar("T")
 
 Finalizer = Callable[[BaseException | None], Awaitable[None] | None]
 
@@ -148,9 +154,11 @@ class Scope:
         "_deadline",
         "_fast",
         "_finalizers",
+        "_lifetime",
         "_lock",
         "_parent",
         "_reentered",
+        "_registry",
         "_state",
         "_timed",
         "_token",
@@ -160,6 +168,8 @@ class Scope:
         self,
         ctx: UserContext,
         *,
+        registry: Registry | None = None,
+        lifetime: Lifetime = Lifetime.REQUEST,
         allow_switch: bool = False,
         cleanup_timeout: float = DEFAULT_CLEANUP_TIMEOUT,
     ) -> None:
@@ -168,6 +178,11 @@ class Scope:
                 f"scope() takes an isolation.UserContext, got {type(ctx).__name__}",
                 hint="Build one with isolation.UserContext.new(user_id)",
             )
+        if lifetime is not Lifetime.REQUEST and lifetime is not Lifetime.CONNECTION:
+            raise UsageError(
+                f"a scope's lifetime is Lifetime.REQUEST or Lifetime.CONNECTION, got {lifetime!r}",
+                hint="APP products live in the Registry, not in a scope",
+            )
         if cleanup_timeout != DEFAULT_CLEANUP_TIMEOUT and not (
             isinstance(cleanup_timeout, int | float) and 0 < cleanup_timeout < math.inf
         ):
@@ -175,6 +190,8 @@ class Scope:
                 f"cleanup_timeout must be finite and > 0 seconds, got {cleanup_timeout!r}"
             )
         self._ctx = ctx
+        self._registry = registry
+        self._lifetime = lifetime
         self._allow_switch = allow_switch
         self._cleanup_timeout = cleanup_timeout
         self._state = _NEW
@@ -200,6 +217,8 @@ class Scope:
         *,
         keys: Sequence[bytes],
         purpose: str,
+        registry: Registry | None = None,
+        lifetime: Lifetime = Lifetime.REQUEST,
         allow_switch: bool = False,
         cleanup_timeout: float = DEFAULT_CLEANUP_TIMEOUT,
     ) -> Scope:
@@ -212,6 +231,8 @@ class Scope:
 
         return cls(
             loads(token, keys=keys, purpose=purpose),
+            registry=registry,
+            lifetime=lifetime,
             allow_switch=allow_switch,
             cleanup_timeout=cleanup_timeout,
         )
@@ -222,6 +243,16 @@ class Scope:
     def context(self) -> UserContext:
         """The bound context."""
         return self._ctx
+
+    @property
+    def lifetime(self) -> Lifetime:
+        """``Lifetime.REQUEST`` or ``Lifetime.CONNECTION``."""
+        return self._lifetime
+
+    @property
+    def registry(self) -> Registry | None:
+        """The registry whose products this scope resolves, if any."""
+        return self._registry
 
     @property
     def parent(self) -> Scope | None:
@@ -252,6 +283,34 @@ class Scope:
     def __repr__(self) -> str:
         state = ("new", "active", "ended")[self._state]
         return f"<isolation.Scope {redact_principal(self._ctx.principal)} {state}>"
+
+    # -- products of the registry ---------------------------------------------
+
+    def get(self, key: type[T]) -> T:
+        """Return this scope's product of type ``key`` from its registry.
+
+        Raises:
+            UsageError: No registry, no provider for ``key``, or an async
+                provider (use :meth:`aget`).
+            CrossContextAccessError: Called from outside this scope.
+        """
+        registry = self._registry
+        if registry is None:
+            raise UsageError("this scope has no registry", hint="Pass registry= to isolation.scope()")
+        from isolation.factories._registry import check_in_scope
+
+        check_in_scope(self)
+        return registry._get(self, key)  # type: ignore[no-any-return]
+
+    async def aget(self, key: type[T]) -> T:
+        """Return this scope's product of type ``key``; sync and async providers alike."""
+        registry = self._registry
+        if registry is None:
+            raise UsageError("this scope has no registry", hint="Pass registry= to isolation.scope()")
+        from isolation.factories._registry import check_in_scope
+
+        check_in_scope(self)
+        return await registry._aget(self, key)  # type: ignore[no-any-return]
 
     # -- finalizers ---------------------------------------------------------
 
@@ -294,13 +353,25 @@ class Scope:
         deadline = ctx.expires_at
         outer = _current.get()
         if outer is not None and outer._state == _ACTIVE:
-            if outer._ctx is ctx:
+            if self._lifetime > outer._lifetime:
+                raise UsageError(
+                    f"a {self._lifetime.name} scope cannot be entered inside a "
+                    f"{outer._lifetime.name} scope",
+                    hint="Enter the longer-lived scope first (a connection holds requests)",
+                )
+            if (
+                outer._ctx is ctx
+                and outer._lifetime == self._lifetime
+                and (self._registry is None or self._registry is outer._registry)
+            ):
                 outer._check_deadline()
                 self._reentered = outer
                 self._state = _ACTIVE
                 return outer
             if outer._ctx.user_id == ctx.user_id and outer._ctx.tenant_id == ctx.tenant_id:
                 self._parent = outer
+                if self._registry is None:
+                    self._registry = outer._registry
             elif not self._allow_switch:
                 raise ContextSwitchError(
                     f"cannot enter a scope for {redact_principal(ctx.principal)} inside the "

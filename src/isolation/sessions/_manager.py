@@ -423,9 +423,9 @@ class SessionManager:
 
     Args:
         engine: The ``AsyncEngine`` to take connections from.
-        per_user_limit: Concurrent blocks one principal may hold. Default: a
-            quarter of the pool's capacity (at least 1), or 5 for an
-            unbounded pool.
+        per_user_limit: Concurrent blocks one principal may hold (a child
+            scope's block counts too). Default: a quarter of the global bound,
+            at least 2 (at most the bound), or 5 without a global bound.
         acquire_timeout: Seconds a block may wait for admission, at both
             bounds together. Default 10.
         hold_warning: Seconds after which the watchdog logs and counts a block
@@ -504,7 +504,11 @@ class SessionManager:
                 raise ConfigurationError(f"max_sessions must be an int >= 1, got {max_sessions!r}")
             capacity = max_sessions if capacity is None else min(capacity, max_sessions)
         if per_user_limit is None:
-            per_user_limit = _UNBOUNDED_PER_USER if capacity is None else max(1, capacity // 4)
+            per_user_limit = (
+                _UNBOUNDED_PER_USER
+                if capacity is None
+                else min(capacity, max(2, capacity // 4))
+            )
         elif (
             isinstance(per_user_limit, bool)
             or not isinstance(per_user_limit, int)

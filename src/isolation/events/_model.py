@@ -1,0 +1,371 @@
+"""The values of the event router: events, results, reasons, policies and statistics.
+
+All immutable. :class:`Event` is the one value made on the hot path (one per
+connection per publish, since ``seq`` is per connection), so it is a slotted
+class with a fast private constructor rather than an ``attrs`` class: building
+it costs about a fifth of an ``attrs`` frozen class with seven fields.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from typing import Any, Final, NoReturn, final
+
+import attrs
+
+from isolation._errors import UsageError
+from isolation._redact import redact
+
+__all__ = [
+    "GAP",
+    "MESSAGE",
+    "CloseReason",
+    "ConnectionState",
+    "ConnectionStats",
+    "Envelope",
+    "Event",
+    "Overflow",
+    "PrincipalStats",
+    "PublishResult",
+    "RouterStats",
+    "make_event",
+]
+
+MESSAGE: Final = "message"
+"""The default ``kind`` of an event."""
+GAP: Final = "gap"
+"""The reserved ``kind`` of an event that tells the consumer it may have missed events."""
+
+
+class Overflow(enum.StrEnum):
+    """What a connection does with an event when its queue is full.
+
+    The policy is the router's, applied per connection: one slow tab never
+    changes what another tab of the same user gets.
+    """
+
+    BLOCK = "block"
+    """The publisher waits for room, at most ``publish_timeout`` (then ``QueueFullError``)."""
+    DROP_OLDEST = "drop_oldest"
+    """The oldest queued event is dropped to make room: the consumer keeps the newest."""
+    DROP_NEWEST = "drop_newest"
+    """The new event is dropped: the consumer keeps the oldest."""
+    DISCONNECT = "disconnect"
+    """The connection is closed with ``CloseReason.OVERFLOW``; its backlog is dropped."""
+
+
+class CloseReason(enum.StrEnum):
+    """Why a connection closed: the ``reason`` of :class:`isolation.ConnectionClosedError`."""
+
+    CLOSED = "closed"
+    """Closed by its owner, or by the end of the scope it was opened in."""
+    OVERFLOW = "overflow"
+    """Its queue overflowed under ``Overflow.DISCONNECT``."""
+    EXPIRED = "expired"
+    """Its context expired."""
+    REAUTH_FAILED = "reauth_failed"
+    """``reauthenticate()`` was given a token that did not prove the same principal."""
+    ROUTER_CLOSED = "router_closed"
+    """The router was closed."""
+
+
+class ConnectionState(enum.StrEnum):
+    """Where a connection is in its life; transitions only go forward.
+
+    ``CONNECTING -> OPEN -> CLOSED``, or ``CONNECTING -> CLOSED`` when opening
+    fails. A ``CLOSED`` connection is never reopened or rebound.
+    """
+
+    CONNECTING = "connecting"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+@final
+@attrs.frozen(kw_only=True)
+class PublishResult:
+    """What one :meth:`EventRouter.publish` did.
+
+    Attributes:
+        delivered: Connections of the recipient that accepted the event (it is
+            queued for them, or was handed over at once).
+        dropped: Events this publish caused to be dropped: the event itself on a
+            connection where it did not fit (``DROP_NEWEST``, a ``BLOCK``
+            timeout), the older events it pushed out (``DROP_OLDEST``), or the
+            event and the backlog of a connection it closed (``DISCONNECT``).
+    """
+
+    delivered: int
+    dropped: int
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Envelope:
+    """An event before it is fanned out to connections: what a backend carries.
+
+    The same for every connection of the recipient; each connection turns it
+    into an :class:`Event` with its own ``seq``.
+    """
+
+    id: str
+    recipient: str
+    tenant_id: str | None
+    kind: str
+    created_at: float
+    payload: Any
+
+
+class _EventSlots:
+    # The mutable layout an Event is filled in through; see make_event().
+    __slots__ = ("created_at", "id", "kind", "payload", "recipient", "seq", "tenant_id")
+
+
+@final
+class Event(_EventSlots):
+    """One event as a connection hands it to its consumer. Immutable.
+
+    Attributes:
+        id: The event's id, the same on every connection of the recipient.
+        recipient: The user id it is for.
+        tenant_id: The tenant of the recipient (``None`` for a single-tenant service).
+        kind: ``"message"`` or an application kind; ``"gap"`` when the consumer
+            may have missed events (sent by backends that can lose them).
+        seq: Per connection: 1 for the first event accepted for it, then up by
+            exactly one per event, assigned **before** the overflow decision, so
+            a dropped event shows as a gap in ``seq``.
+        created_at: Epoch seconds when it was published (the library's clock).
+        payload: The published payload, not copied: do not mutate it after publishing.
+    """
+
+    __slots__ = ()
+
+    id: str
+    recipient: str
+    tenant_id: str | None
+    kind: str
+    seq: int
+    created_at: float
+    payload: Any
+
+    def __init__(
+        self,
+        *,
+        id: str,  # noqa: A002 - the field's name
+        recipient: str,
+        tenant_id: str | None,
+        kind: str,
+        seq: int,
+        created_at: float,
+        payload: Any,
+    ) -> None:
+        if type(id) is not str or not id:
+            raise UsageError(f"Event id must be a non-empty str, got {type(id).__name__}")
+        if type(recipient) is not str or not recipient:
+            raise UsageError("Event recipient must be a non-empty str (a user id)")
+        if tenant_id is not None and type(tenant_id) is not str:
+            raise UsageError("Event tenant_id must be a str or None")
+        if type(kind) is not str or not kind:
+            raise UsageError("Event kind must be a non-empty str")
+        if type(seq) is not int or seq < 1:
+            raise UsageError(f"Event seq must be an int >= 1, got {seq!r}")
+        if not isinstance(created_at, int | float) or not math.isfinite(created_at):
+            raise UsageError("Event created_at must be finite epoch seconds")
+        _fill(self, id, recipient, tenant_id, kind, seq, float(created_at), payload)
+
+    def __setattr__(self, name: str, value: object) -> NoReturn:
+        raise AttributeError(f"an Event is immutable; cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> NoReturn:
+        raise AttributeError(f"an Event is immutable; cannot delete {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Event:
+            return NotImplemented
+        return (
+            self.id == other.id
+            and self.seq == other.seq
+            and self.recipient == other.recipient
+            and self.tenant_id == other.tenant_id
+            and self.kind == other.kind
+            and self.created_at == other.created_at
+            and self.payload == other.payload
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.id, self.seq, self.recipient, self.tenant_id))
+
+    def __repr__(self) -> str:
+        # The payload is left out: reprs end up in logs, payloads are the user's data.
+        tenant = "None" if self.tenant_id is None else repr(redact(self.tenant_id))
+        return (
+            f"isolation.events.Event(id={self.id!r}, recipient={redact(self.recipient)!r}, "
+            f"tenant_id={tenant}, kind={self.kind!r}, seq={self.seq!r}, payload=...)"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_event, (self.id, self.recipient, self.tenant_id, self.kind, self.seq,
+                                 self.created_at, self.payload))
+
+    def __copy__(self) -> Event:
+        return self
+
+
+def _rebuild_event(
+    id: str,  # noqa: A002 - the field's name
+    recipient: str,
+    tenant_id: str | None,
+    kind: str,
+    seq: int,
+    created_at: float,
+    payload: Any,
+) -> Event:
+    return Event(
+        id=id,
+        recipient=recipient,
+        tenant_id=tenant_id,
+        kind=kind,
+        seq=seq,
+        created_at=created_at,
+        payload=payload,
+    )
+
+
+def _fill(
+    event: Event,
+    id: str,  # noqa: A002 - the field's name
+    recipient: str,
+    tenant_id: str | None,
+    kind: str,
+    seq: int,
+    created_at: float,
+    payload: Any,
+) -> None:
+    osa = object.__setattr__
+    osa(event, "id", id)
+    osa(event, "recipient", recipient)
+    osa(event, "tenant_id", tenant_id)
+    osa(event, "kind", kind)
+    osa(event, "seq", seq)
+    osa(event, "created_at", created_at)
+    osa(event, "payload", payload)
+
+
+def make_event(
+    id: str,  # noqa: A002 - the field's name
+    recipient: str,
+    tenant_id: str | None,
+    kind: str,
+    seq: int,
+    created_at: float,
+    payload: Any,
+    _new: Any = object.__new__,
+    _mutable: type[_EventSlots] = _EventSlots,
+    _event: type[Event] = Event,
+) -> Event:
+    """Build an Event from trusted values, without validation: the router's hot path.
+
+    The slots are filled on the mutable base layout and the object then becomes
+    an ``Event`` (same layout, so ``__class__`` assignment is allowed): plain
+    attribute stores, where ``object.__setattr__`` per field costs twice as much.
+    """
+    event = _new(_mutable)
+    event.id = id
+    event.recipient = recipient
+    event.tenant_id = tenant_id
+    event.kind = kind
+    event.seq = seq
+    event.created_at = created_at
+    event.payload = payload
+    event.__class__ = _event
+    return event  # type: ignore[no-any-return]
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ConnectionStats:
+    """A snapshot of one connection's counters.
+
+    Every event accepted for the connection has a ``seq`` and ends as exactly
+    one of: delivered, dropped, refused, or still queued (or waiting for room
+    under ``BLOCK``): ``seq == delivered + dropped + refused + queued + waiting``.
+
+    Attributes:
+        seq: The last ``seq`` assigned (0 before the first event).
+        delivered: Events handed to the consumer.
+        dropped: Events dropped by the overflow policy, a ``BLOCK`` timeout, or
+            discarded when the connection closed with events still queued.
+        refused: Events refused at the last step: not for this connection's principal.
+        queued: Events waiting in the queue now.
+        waiting: Events of blocked publishers waiting for room (``BLOCK`` only).
+    """
+
+    seq: int
+    delivered: int
+    dropped: int
+    refused: int
+    queued: int
+    waiting: int
+
+
+@final
+@attrs.frozen(kw_only=True)
+class PrincipalStats:
+    """A snapshot of one principal's counters: its live connections plus those closed since.
+
+    Kept only while the principal has a live connection, so a publisher choosing
+    recipient ids cannot grow the router's memory.
+    """
+
+    connections: int
+    delivered: int
+    dropped: int
+    refused: int
+
+
+@final
+@attrs.frozen(kw_only=True)
+class RouterStats:
+    """A snapshot of the router's counters.
+
+    Attributes:
+        connections: Live connections.
+        principals: Principals with at least one live connection.
+        opened: Connections opened since the router was made.
+        closed: Connections closed since.
+        published: ``publish()`` calls that found at least one live connection.
+        undeliverable: ``publish()`` calls that found none (the event went nowhere).
+        delivered: Events handed to consumers.
+        dropped: Events dropped (overflow, ``BLOCK`` timeouts, backlogs discarded at close).
+        refused: Events refused at the last step because they were not for the
+            connection's principal: a routing fault, logged and never delivered.
+        expired: Connections closed because their context expired.
+        overflow_disconnects: Connections closed by ``Overflow.DISCONNECT``.
+    """
+
+    connections: int
+    principals: int
+    opened: int
+    closed: int
+    published: int
+    undeliverable: int
+    delivered: int
+    dropped: int
+    refused: int
+    expired: int
+    overflow_disconnects: int
+
+
+for _cls in (
+    CloseReason,
+    ConnectionState,
+    ConnectionStats,
+    Envelope,
+    Event,
+    Overflow,
+    PrincipalStats,
+    PublishResult,
+    RouterStats,
+):
+    _cls.__module__ = "isolation.events"

@@ -1,0 +1,587 @@
+"""``Registry``: typed providers resolved per scope, with the isolation checks built in.
+
+A provider is registered for the type it returns (its return annotation) and
+a lifetime. Parameters are resolved by annotation: registered types and
+:class:`~isolation.UserContext`. Products are cached where their lifetime
+says — ``APP`` in the registry, ``CONNECTION`` in the nearest connection
+scope, ``REQUEST`` in the current scope — built exactly once per place even
+when threads and tasks ask at the same moment, built *as* the scope that owns
+them (so :func:`~isolation.owned` classes record the right owner), and torn
+down at that scope's exit in reverse order.
+
+A provider that would make a longer-lived product depend on a shorter-lived
+one is refused, naming both: an ``APP`` engine taking the ``UserContext`` is
+failure mode 11 (the engine built for the first user serves everyone).
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import enum
+import inspect
+import threading
+import typing
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, Final, Literal, TypeVar, final
+
+import anyio
+import attrs
+
+from isolation._counters import Counter
+from isolation._errors import (
+    ConfigurationError,
+    CrossContextAccessError,
+    FactoryError,
+    ScopeEndedError,
+    UsageError,
+)
+from isolation._lifetime import Lifetime
+from isolation.context._model import UserContext
+from isolation.context._scope import Scope, _current
+
+__all__ = ["Registry", "RegistryStats"]
+
+T = TypeVar("T")
+
+CheckMode = Literal["full", "sampled", "off"]
+
+
+class _Kind(enum.Enum):
+    VALUE = "value"
+    SYNC = "sync"
+    ASYNC = "async"
+    GENERATOR = "generator"
+    ASYNC_GENERATOR = "async generator"
+
+
+_GENERATOR_ORIGINS = (collections.abc.Iterator, collections.abc.Generator, collections.abc.Iterable)
+_ASYNC_GENERATOR_ORIGINS = (
+    collections.abc.AsyncIterator,
+    collections.abc.AsyncGenerator,
+    collections.abc.AsyncIterable,
+)
+
+
+@attrs.frozen(kw_only=True)
+class RegistryStats:
+    """A snapshot of a registry's counters.
+
+    Attributes:
+        built_app: ``APP`` products built.
+        built_connection: ``CONNECTION`` products built.
+        built_request: ``REQUEST`` products built.
+        walks: Shared-state walks run.
+        walks_truncated: Walks cut short by their bounds.
+        violations: Products refused for shared state.
+    """
+
+    built_app: int
+    built_connection: int
+    built_request: int
+    walks: int
+    walks_truncated: int
+    violations: int
+
+
+@final
+@attrs.frozen(kw_only=True, eq=False)
+class _Provider:
+    key: type[Any]
+    fn: Callable[..., Any] | None
+    value: Any
+    kind: _Kind
+    lifetime: Lifetime
+    params: tuple[tuple[str, Any], ...]
+    name: str
+
+
+def _name(obj: object) -> str:
+    return getattr(obj, "__qualname__", None) or repr(obj)
+
+
+def _product_type(fn: Callable[..., Any]) -> tuple[Any, _Kind]:
+    if inspect.isclass(fn):
+        return fn, _Kind.SYNC
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception as exc:
+        raise ConfigurationError(
+            f"cannot read the annotations of provider {_name(fn)}: {exc}"
+        ) from exc
+    returned = hints.get("return")
+    if returned is None:
+        raise ConfigurationError(
+            f"provider {_name(fn)} has no return annotation",
+            hint="Annotate what it provides, for example `-> Engine`",
+        )
+    origin = typing.get_origin(returned)
+    if inspect.isasyncgenfunction(fn):
+        if origin not in _ASYNC_GENERATOR_ORIGINS:
+            raise ConfigurationError(f"async generator provider {_name(fn)} must return AsyncIterator[T]")
+        return typing.get_args(returned)[0], _Kind.ASYNC_GENERATOR
+    if inspect.isgeneratorfunction(fn):
+        if origin not in _GENERATOR_ORIGINS:
+            raise ConfigurationError(f"generator provider {_name(fn)} must return Iterator[T]")
+        return typing.get_args(returned)[0], _Kind.GENERATOR
+    if inspect.iscoroutinefunction(fn):
+        return returned, _Kind.ASYNC
+    return returned, _Kind.SYNC
+
+
+def _parameters(fn: Callable[..., Any]) -> tuple[tuple[str, Any], ...]:
+    target = fn.__init__ if inspect.isclass(fn) else fn  # type: ignore[misc]
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception as exc:
+        raise ConfigurationError(f"cannot read the annotations of {_name(fn)}: {exc}") from exc
+    params = []
+    signature = inspect.signature(fn)
+    for name, param in signature.parameters.items():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if param.default is not param.empty:
+            continue
+        if name not in hints:
+            raise ConfigurationError(
+                f"parameter {name!r} of provider {_name(fn)} has no annotation",
+                hint="Annotate it with a registered type or isolation.UserContext",
+            )
+        params.append((name, hints[name]))
+    return tuple(params)
+
+
+class _Pending:
+    """A product being built by an async provider; others wait for it."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+
+
+_MISSING: Final = object()
+
+
+class Registry:
+    """Typed providers per lifetime, resolved per scope, checked for shared state.
+
+    Args:
+        check: ``"full"`` walks every ``REQUEST`` and ``CONNECTION`` product for
+            state shared with another principal's (the default: safe unless told
+            otherwise); ``"sampled"`` walks one build in ``sample_every``;
+            ``"off"`` walks none.
+        sample_every: How often ``"sampled"`` walks.
+
+    Example::
+
+        registry = isolation.Registry()
+
+        @registry.provide(lifetime=isolation.Lifetime.APP)
+        def settings() -> Settings: ...
+
+        @registry.provide
+        def assistant(ctx: isolation.UserContext, settings: Settings) -> Assistant: ...
+
+        with isolation.scope(ctx, registry=registry) as s:
+            s.get(Assistant)
+    """
+
+    def __init__(self, *, check: CheckMode = "full", sample_every: int = 100) -> None:
+        if check not in ("full", "sampled", "off"):
+            raise ConfigurationError(f"check must be 'full', 'sampled' or 'off', got {check!r}")
+        if not (isinstance(sample_every, int) and sample_every >= 1):
+            raise ConfigurationError(f"sample_every must be an int >= 1, got {sample_every!r}")
+        self._check = check
+        self._sample_every = sample_every
+        self._providers: dict[Any, _Provider] = {}
+        self._app: dict[Any, Any] = {}
+        self._app_teardowns: list[tuple[_Provider, Any]] = []
+        self._lock = threading.RLock()
+        self._closed = False
+        self._counts = {name: Counter() for name in attrs.fields_dict(RegistryStats)}
+        self._builds = Counter()
+        self._needs_async: dict[Any, bool] = {}
+        self._checker: Callable[[Scope, Any, str], None] | None = None
+
+    # -- registration -----------------------------------------------------------
+
+    @typing.overload
+    def provide(self, fn: Callable[..., T], /) -> Callable[..., T]: ...
+
+    @typing.overload
+    def provide(
+        self, *, lifetime: Lifetime = Lifetime.REQUEST
+    ) -> Callable[[Callable[..., T]], Callable[..., T]]: ...
+
+    def provide(
+        self, fn: Callable[..., Any] | None = None, /, *, lifetime: Lifetime = Lifetime.REQUEST
+    ) -> Any:
+        """Register ``fn`` as the provider of its declared return type (a decorator).
+
+        ``fn`` may be a function, a class, a generator (``-> Iterator[T]``,
+        teardown after ``yield``), an ``async def``, or an async generator
+        (``-> AsyncIterator[T]``). Returns ``fn`` unchanged.
+
+        Raises:
+            ConfigurationError: No return annotation, an unannotated parameter,
+                a type registered twice, or a captive dependency.
+        """
+        if fn is None:
+            return lambda f: self.provide(f, lifetime=lifetime)
+        if not isinstance(lifetime, Lifetime):
+            raise UsageError(f"lifetime must be an isolation.Lifetime, got {lifetime!r}")
+        if not callable(fn):
+            raise UsageError(f"provide() takes a function or class, got {type(fn).__name__}")
+        key, kind = _product_type(fn)
+        provider = _Provider(
+            key=key,
+            fn=fn,
+            value=None,
+            kind=kind,
+            lifetime=lifetime,
+            params=_parameters(fn),
+            name=_name(fn),
+        )
+        self._add(provider)
+        return fn
+
+    def provide_value(
+        self, obj: object, *, lifetime: Lifetime = Lifetime.APP, provides: type[Any] | None = None
+    ) -> None:
+        """Register an existing object as the product of its type (or of ``provides``).
+
+        An ``APP`` value is shared by every user, by declaration.
+        """
+        if not isinstance(lifetime, Lifetime):
+            raise UsageError(f"lifetime must be an isolation.Lifetime, got {lifetime!r}")
+        key = provides if provides is not None else type(obj)
+        self._add(
+            _Provider(
+                key=key,
+                fn=None,
+                value=obj,
+                kind=_Kind.VALUE,
+                lifetime=lifetime,
+                params=(),
+                name=f"value of {_name(key)}",
+            )
+        )
+
+    def _add(self, provider: _Provider) -> None:
+        with self._lock:
+            if self._closed:
+                raise UsageError("this Registry is closed")
+            if provider.key in self._providers or provider.key is UserContext:
+                raise ConfigurationError(
+                    f"{_name(provider.key)} already has a provider "
+                    f"({self._providers[provider.key].name if provider.key in self._providers else 'the scope'})"
+                )
+            for name, annotation in provider.params:
+                self._check_captive(provider, name, annotation)
+            self._providers[provider.key] = provider
+            self._needs_async.clear()
+
+    def _check_captive(self, provider: _Provider, name: str, annotation: Any) -> None:
+        if annotation is UserContext:
+            if provider.lifetime is Lifetime.APP:
+                raise ConfigurationError(
+                    f"APP provider {provider.name} takes the UserContext ({name!r}): the product "
+                    "built for the first user would serve every user",
+                    hint="Make it a REQUEST (or CONNECTION) product, or drop the parameter",
+                )
+            return
+        dependency = self._providers.get(annotation)
+        if dependency is not None and dependency.lifetime < provider.lifetime:
+            raise ConfigurationError(
+                f"{provider.lifetime.name} provider {provider.name} depends on "
+                f"{dependency.lifetime.name} product {dependency.name} ({name!r}): the "
+                "longer-lived product would keep one request's object",
+                hint="Give the dependency a lifetime at least as long, or shorten the dependant",
+            )
+
+    def _provider(self, key: Any) -> _Provider:
+        provider = self._providers.get(key)
+        if provider is None:
+            raise UsageError(
+                f"no provider for {_name(key)} in this registry",
+                hint="Register one with @registry.provide",
+            )
+        return provider
+
+    # -- resolution (called by Scope.get / Scope.aget) -------------------------------
+
+    def _owner(self, scope: Scope, provider: _Provider) -> Scope:
+        if provider.lifetime is Lifetime.REQUEST:
+            return scope
+        owner: Scope | None = scope
+        while owner is not None and owner._lifetime < provider.lifetime:
+            owner = owner._parent
+        if owner is None:
+            raise UsageError(
+                f"{provider.name} is a CONNECTION product, but no CONNECTION scope "
+                "encloses this one",
+                hint="Enter `isolation.scope(ctx, lifetime=Lifetime.CONNECTION)` around requests",
+            )
+        return owner
+
+    def _get(self, scope: Scope, key: Any) -> Any:
+        if key is UserContext:
+            return scope._ctx
+        provider = self._provider(key)
+        if provider.kind is _Kind.VALUE:
+            return provider.value
+        if provider.kind in (_Kind.ASYNC, _Kind.ASYNC_GENERATOR):
+            raise UsageError(
+                f"{provider.name} is an async provider",
+                hint="Use `await scope.aget(...)` in an `async with` scope",
+            )
+        if provider.lifetime is Lifetime.APP:
+            return self._get_app(provider)
+        owner = self._owner(scope, provider)
+        data, lock = owner._storage()
+        cache_key = (self, key)
+        product = data.get(cache_key, _MISSING)
+        if product is not _MISSING:
+            return product
+        with lock:
+            product = data.get(cache_key, _MISSING)
+            if product is _MISSING:
+                product = self._build_sync(owner, provider)
+                data[cache_key] = product
+        return product
+
+    def _get_app(self, provider: _Provider) -> Any:
+        product = self._app.get(provider.key, _MISSING)
+        if product is not _MISSING:
+            return product
+        with self._lock:
+            product = self._app.get(provider.key, _MISSING)
+            if product is _MISSING:
+                if self._closed:
+                    raise UsageError("this Registry is closed")
+                product = self._call_sync(None, provider)
+                self._app[provider.key] = product
+                self._counts["built_app"].increment()
+        return product
+
+    def _arguments(self, scope: Scope | None, provider: _Provider) -> dict[str, Any]:
+        kwargs = {}
+        for name, annotation in provider.params:
+            if scope is None:  # APP products depend only on APP products
+                dependency = self._provider(annotation)
+                self._check_captive(provider, name, annotation)
+                kwargs[name] = (
+                    dependency.value if dependency.kind is _Kind.VALUE else self._get_app(dependency)
+                )
+            else:
+                if annotation is not UserContext:
+                    self._check_captive(provider, name, annotation)
+                kwargs[name] = self._get(scope, annotation)
+        return kwargs
+
+    def _call_sync(self, owner: Scope | None, provider: _Provider) -> Any:
+        assert provider.fn is not None
+        kwargs = self._arguments(owner, provider)
+        if provider.kind is _Kind.GENERATOR:
+            generator = provider.fn(**kwargs)
+            product = next(generator)
+            self._register_teardown(owner, provider, generator)
+            return product
+        return provider.fn(**kwargs)
+
+    def _build_sync(self, owner: Scope, provider: _Provider) -> Any:
+        # Build as the owning scope, so @owned products record the right owner.
+        token = _current.set(owner)
+        try:
+            product = self._call_sync(owner, provider)
+        finally:
+            _current.reset(token)
+        self._after_build(owner, provider, product)
+        return product
+
+    def _after_build(self, owner: Scope, provider: _Provider, product: Any) -> None:
+        self._counts[
+            "built_request" if provider.lifetime is Lifetime.REQUEST else "built_connection"
+        ].increment()
+        if self._checker is None or self._check == "off":
+            return
+        self._builds.increment()
+        if self._check == "sampled" and self._builds.value % self._sample_every:
+            return
+        self._checker(owner, product, provider.name)
+
+    def _register_teardown(self, owner: Scope | None, provider: _Provider, generator: Any) -> None:
+        if owner is None:
+            self._app_teardowns.append((provider, generator))
+            return
+
+        def teardown(exc: BaseException | None) -> None:
+            _close_generator(provider, generator, exc)
+
+        owner.on_close(teardown)
+
+    # -- async resolution -----------------------------------------------------------
+
+    async def _aget(self, scope: Scope, key: Any) -> Any:
+        if key is UserContext:
+            return scope._ctx
+        provider = self._provider(key)
+        if provider.kind is _Kind.VALUE:
+            return provider.value
+        if not self._is_async(provider):
+            return self._get(scope, key)
+        if provider.lifetime is Lifetime.APP:
+            raise UsageError(
+                f"APP provider {provider.name} is async",
+                hint="Build async APP products at startup and register them with provide_value()",
+            )
+        owner = self._owner(scope, provider)
+        if provider.kind is _Kind.ASYNC_GENERATOR and not owner._async:
+            raise UsageError(
+                f"{provider.name} is an async generator provider, which needs an `async with` scope"
+            )
+        data, lock = owner._storage()
+        cache_key = (self, key)
+        while True:
+            with lock:
+                product = data.get(cache_key, _MISSING)
+                if product is _MISSING:
+                    pending = _Pending()
+                    data[cache_key] = pending
+                    break
+            if type(product) is not _Pending:
+                return product
+            await product.done.wait()
+        try:
+            product = await self._build_async(owner, provider)
+        except BaseException:
+            with lock:
+                del data[cache_key]
+            pending.done.set()
+            raise
+        with lock:
+            data[cache_key] = product
+        pending.done.set()
+        return product
+
+    def _is_async(self, provider: _Provider) -> bool:
+        """Whether building ``provider`` awaits anything (itself or a dependency)."""
+        known = self._needs_async.get(provider.key)
+        if known is not None:
+            return known
+        result = provider.kind in (_Kind.ASYNC, _Kind.ASYNC_GENERATOR) or any(
+            self._is_async(self._provider(annotation))
+            for _, annotation in provider.params
+            if annotation is not UserContext
+        )
+        self._needs_async[provider.key] = result
+        return result
+
+    async def _build_async(self, owner: Scope, provider: _Provider) -> Any:
+        assert provider.fn is not None
+        token = _current.set(owner)
+        try:
+            kwargs = {}
+            for name, annotation in provider.params:
+                if annotation is not UserContext:
+                    self._check_captive(provider, name, annotation)
+                kwargs[name] = await self._aget(owner, annotation)
+            if provider.kind is _Kind.ASYNC_GENERATOR:
+                generator = provider.fn(**kwargs)
+                product = await generator.__anext__()
+
+                async def teardown(exc: BaseException | None) -> None:
+                    await _aclose_generator(provider, generator, exc)
+
+                owner.on_close(teardown)
+            elif provider.kind is _Kind.ASYNC:
+                product = await provider.fn(**kwargs)
+            elif provider.kind is _Kind.GENERATOR:
+                generator = provider.fn(**kwargs)
+                product = next(generator)
+                self._register_teardown(owner, provider, generator)
+            else:
+                product = provider.fn(**kwargs)
+        finally:
+            _current.reset(token)
+        self._after_build(owner, provider, product)
+        return product
+
+    # -- the registry's own lifetime -------------------------------------------------
+
+    def stats(self) -> RegistryStats:
+        """A snapshot of the counters."""
+        return RegistryStats(**{name: c.value for name, c in self._counts.items()})
+
+    def close(self) -> None:
+        """Tear down the ``APP`` products, in reverse order of building."""
+        with self._lock:
+            self._closed = True
+            teardowns, self._app_teardowns = self._app_teardowns, []
+            self._app.clear()
+        failures: list[BaseException] = []
+        for provider, generator in reversed(teardowns):
+            try:
+                _close_generator(provider, generator, None)
+            except Exception as exc:
+                failures.append(exc)
+        if failures:
+            raise failures[0]
+
+    async def aclose(self) -> None:
+        """Tear down the ``APP`` products (the async twin of :meth:`close`)."""
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<isolation.Registry {len(self._providers)} providers, check={self._check!r}>"
+
+
+def _close_generator(provider: _Provider, generator: Iterator[Any], exc: BaseException | None) -> None:
+    try:
+        if exc is None:
+            next(generator)
+        else:
+            generator.throw(exc)  # type: ignore[attr-defined]
+    except StopIteration:
+        return
+    except BaseException as raised:
+        if raised is exc:
+            return  # the provider let the body's exception through: nothing more to do
+        raise
+    raise FactoryError(f"provider {provider.name} yielded more than once")
+
+
+async def _aclose_generator(
+    provider: _Provider, generator: AsyncIterator[Any], exc: BaseException | None
+) -> None:
+    try:
+        if exc is None:
+            await generator.__anext__()
+        else:
+            await generator.athrow(exc)  # type: ignore[attr-defined]
+    except StopAsyncIteration:
+        return
+    except BaseException as raised:
+        if raised is exc:
+            return
+        raise
+    raise FactoryError(f"provider {provider.name} yielded more than once")
+
+
+Registry.__module__ = "isolation"
+RegistryStats.__module__ = "isolation"
+
+
+def check_in_scope(scope: Scope) -> None:
+    """Refuse resolving from a scope that ended, expired, or is not the caller's."""
+    if not scope.active:
+        raise ScopeEndedError(f"{scope!r} has ended", hint="Resolve products inside their scope")
+    scope._check_deadline()
+    current = _current.get()
+    while current is not None and current is not scope:
+        current = current._parent
+    if current is None:
+        raise CrossContextAccessError(
+            f"{scope!r} was asked for a product from outside that scope",
+            hint="Resolve products from code running inside the scope",
+        )

@@ -1,8 +1,9 @@
-"""The ``isolation`` command: ``isolation report`` (and ``python -m isolation``).
+"""The ``isolation`` command: ``isolation report``, ``isolation audit`` (and ``python -m isolation``).
 
 Results go to stdout, progress to stderr. Exit codes of ``report``: 0 all
 passed, 1 a violation, 2 a usage error, 3 some modes not run, 4 a mutant not
-caught (with ``--check-mutants``).
+caught (with ``--check-mutants``). Of ``audit``: 0 clean, 1 a violation, 2 a
+usage error.
 """
 
 from __future__ import annotations
@@ -44,6 +45,22 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--mode", type=int, action="append", metavar="N", help="run only mode N (repeatable)"
     )
+    audit = commands.add_parser(
+        "audit",
+        help="build a service's factories for many users at once and refuse shared state",
+        description=(
+            "Import MODULE:ATTR (a @request_scoped factory, a function or class, or a registry), "
+            "build it for synthetic users with overlapping scopes across threads and tasks, "
+            "walk every instance, check exactly-once creation and ownership, and report. "
+            "Exit codes: 0 clean, 1 a violation, 2 usage."
+        ),
+    )
+    audit.add_argument("target", metavar="MODULE:ATTR", help="the factory to audit")
+    audit.add_argument("--users", type=int, default=20, help="synthetic users (default 20)")
+    audit.add_argument(
+        "--threads", type=int, default=4, help="concurrent callers per scope (default 4)"
+    )
+    audit.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -76,6 +93,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "report":
         return _report(args)
+    if args.command == "audit":
+        from isolation._audit import audit_main
+
+        return audit_main(
+            args.target,
+            users=args.users,
+            threads=args.threads,
+            as_json=args.json,
+            out=sys.stdout,
+            err=sys.stderr,
+        )
     parser.print_help()
     return 2
 

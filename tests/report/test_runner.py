@@ -180,10 +180,13 @@ class TestRunReport:
         assert "isolation_no_such_module_xyz" in (three.reason or "")
         assert three.checks[0].status == "not_run"
         assert three.checks[0].seconds == 0.0
-        # A mode that ran some checks is judged on those, and names the rest in the table.
-        assert four.status == "passed"
+        # An embedded check that could not run keeps the mode from passing, though others ran.
+        assert four.status == "not_run"
         assert four.checks[0].status == "not_run"
-        assert "needs not run (needs 'isolation_no_such_module_xyz'" in render_table(report)
+        assert four.checks[1].status == "passed"
+        assert "isolation_no_such_module_xyz" in (four.reason or "")
+        assert "needs 'isolation_no_such_module_xyz'" in render_table(report)
+        assert report.exit_code == 3
 
     def test_requirement_of_a_submodule(
         self, make_check: CheckFactory, make_registry: RegistryFactory

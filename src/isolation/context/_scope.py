@@ -183,8 +183,10 @@ class Scope:
                 f"a scope's lifetime is Lifetime.REQUEST or Lifetime.CONNECTION, got {lifetime!r}",
                 hint="APP products live in the Registry, not in a scope",
             )
-        if cleanup_timeout != DEFAULT_CLEANUP_TIMEOUT and not (
-            isinstance(cleanup_timeout, int | float) and 0 < cleanup_timeout < math.inf
+        if cleanup_timeout != DEFAULT_CLEANUP_TIMEOUT and (
+            isinstance(cleanup_timeout, bool)
+            or not isinstance(cleanup_timeout, int | float)
+            or not 0 < cleanup_timeout < math.inf
         ):
             raise ConfigurationError(
                 f"cleanup_timeout must be finite and > 0 seconds, got {cleanup_timeout!r}"

@@ -201,15 +201,25 @@ def _run_one(
 
 def _summarise(mode: FailureMode, results: Sequence[CheckResult], seconds: float) -> ModeResult:
     ran = [r for r in results if r.status != "not_run"]
+    # An embedded check (memory, SQLite) that could not run — a missing extra —
+    # means the mode was not fully checked here: it must not show as passed.
+    # Checks of PostgreSQL and Redis run only when their URL is given.
+    embedded_missing = [
+        r
+        for r in results
+        if r.status == "not_run" and r.backend in (Backend.MEMORY, Backend.SQLITE)
+    ]
+    failed = any(r.status == "failed" for r in ran)
     if not mode.checks:
         status: Status = "not_run"
         reason: str | None = "no check registered yet: this mode is not delivered"
-    elif not ran:
+    elif failed:
+        status, reason = "failed", None
+    elif not ran or embedded_missing:
         status = "not_run"
-        reason = "; ".join(sorted({r.reason or "" for r in results}))
+        reason = "; ".join(sorted({r.reason or "" for r in (embedded_missing or results)}))
     else:
-        status = "failed" if any(r.status == "failed" for r in ran) else "passed"
-        reason = None
+        status, reason = "passed", None
     caught_values = [r.mutant_caught for r in ran if r.mutant_caught is not None]
     return ModeResult(
         id=mode.id,

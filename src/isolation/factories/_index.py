@@ -38,12 +38,14 @@ class Conflict:
         principals: This build's principal, then the other's.
         paths: The path to the shared object on each side, in the same order.
         factories: The names of the two factories.
+        shared_type: The type name of the shared object.
         same_object: The two instances are one and the same object.
     """
 
     principals: tuple[Principal, Principal]
     paths: tuple[Path, Path]
     factories: tuple[str, str]
+    shared_type: str
     same_object: bool
 
 
@@ -130,6 +132,7 @@ class SharedStateIndex:
                         principals=(record.principal, other.principal),
                         paths=(result.path(oid), theirs.path(oid)),
                         factories=(factory, their_factory),
+                        shared_type=type(result.obj(oid)).__qualname__,
                         same_object=oid == id(result.root) and oid == id(theirs.root),
                     )
                     break

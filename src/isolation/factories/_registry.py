@@ -129,7 +129,7 @@ def _product_type(fn: Callable[..., Any]) -> tuple[Any, _Kind]:
 
 
 def _parameters(fn: Callable[..., Any]) -> tuple[tuple[str, Any], ...]:
-    target = fn.__init__ if inspect.isclass(fn) else fn  # type: ignore[misc]
+    target = fn.__init__ if inspect.isclass(fn) else fn
     try:
         hints = typing.get_type_hints(target)
     except Exception as exc:
@@ -206,11 +206,13 @@ class Registry:
     # -- registration -----------------------------------------------------------
 
     @typing.overload
-    def provide(self, fn: Callable[..., T], /) -> Callable[..., T]: ...
+    def provide(
+        self, fn: Callable[..., T], /, *, lifetime: Lifetime = Lifetime.REQUEST
+    ) -> Callable[..., T]: ...
 
     @typing.overload
     def provide(
-        self, *, lifetime: Lifetime = Lifetime.REQUEST
+        self, fn: None = None, /, *, lifetime: Lifetime = Lifetime.REQUEST
     ) -> Callable[[Callable[..., T]], Callable[..., T]]: ...
 
     def provide(

@@ -352,14 +352,14 @@ def shared_state_error(conflict: Conflict) -> SharedStateError:
     who, whom = redact_principal(mine), redact_principal(theirs)
     if conflict.same_object:
         message = (
-            f"{my_factory} returned for {who} the same {my_path[0]} object that "
+            f"{my_factory} returned for {who} the same {conflict.shared_type} object that "
             f"{their_factory} returned for {whom}, whose scope is still live"
         )
     else:
         message = (
-            f"the instance {my_factory} built for {who} shares mutable state with the live "
-            f"instance {their_factory} built for {whom}: {render_path(my_path)} (for {who}) "
-            f"is {render_path(their_path)} (for {whom})"
+            f"the {my_factory} instance built for {who} shares a mutable "
+            f"{conflict.shared_type} with the live {their_factory} instance built for {whom}: "
+            f"{render_path(my_path)} (this build) is {render_path(their_path)} (theirs)"
         )
     return SharedStateError(message, principals=conflict.principals, paths=conflict.paths)
 

@@ -56,9 +56,9 @@ def check_executor(make_executor: Callable[[int], Executor], settings: Settings)
         with Scope(ctx):
             start.wait()
             futures = [executor.submit(_operation, ctx, log) for _ in range(OPERATIONS)]
-            found = [f.result(timeout=60) for f in futures]
+            outcomes = [f.result(timeout=60) for f in futures]
             entries = list(log.get())
-        found = [v for v in found if v is not None]
+        found = [v for v in outcomes if v is not None]
         if len(entries) != OPERATIONS - len(found) or set(entries) - {ctx.user_id}:
             found.append(f"{ctx.user_id}'s counter is {len(entries)}, not {OPERATIONS}")
         with lock:

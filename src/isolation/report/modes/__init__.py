@@ -16,6 +16,7 @@ __all__ = ["MODULES", "default_registry"]
 MODULES = (
     "isolation.report.modes.fm06_lifetime",
     "isolation.report.modes.fm07_ids",
+    "isolation.report.modes.fm07_providers",
     "isolation.report.modes.fm08_validation",
     "isolation.report.modes.fm09_state",
     "isolation.report.modes.fm12_threads",

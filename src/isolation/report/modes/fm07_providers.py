@@ -1,0 +1,196 @@
+"""FM7, races in concurrent factory use: a Registry builds one product per key per scope.
+
+Subject: a :class:`~isolation.Registry` class. In each of 20 scopes, 10 threads
+(through an executor that carries the scope) and then 10 tasks resolve the
+same ``REQUEST`` product at the same moment. The provider blocks until every
+resolver is either inside it or waiting for the scope — for tasks,
+``anyio.wait_all_tasks_blocked()``; for threads, a lock installed in the scope
+counts its waiters — so the interleaving that exposes a race happens every
+run. The property: the provider ran exactly once per scope and every resolver
+got the same object. The mutant resolves without a lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+
+from isolation._errors import UsageError
+from isolation.context._model import UserContext
+from isolation.context._propagation import ContextThreadPoolExecutor
+from isolation.context._scope import Scope
+from isolation.factories._registry import _MISSING, Registry, _Kind, _Provider
+from isolation.report._registry import Backend, Check, ModeRegistry, Settings
+
+__all__ = ["CountingLock", "register"]
+
+SCOPES = 20
+RESOLVERS = 10
+_HANG_GUARD = 60.0
+
+
+class CountingLock:
+    """An ``RLock`` that counts the threads waiting for it and wakes a condition."""
+
+    def __init__(self, changed: threading.Condition) -> None:
+        self._lock = threading.RLock()
+        self._changed = changed
+        self.waiting = 0
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if self._lock.acquire(blocking=False):
+            return True
+        with self._changed:
+            self.waiting += 1
+            self._changed.notify_all()
+        try:
+            return self._lock.acquire(blocking, timeout)
+        finally:
+            with self._changed:
+                self.waiting -= 1
+
+    def release(self) -> None:
+        self._lock.release()
+
+    __enter__ = acquire
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class Product:
+    """What the provider builds."""
+
+
+def _thread_round(registry_class: type[Registry]) -> list[str]:
+    registry = registry_class()
+    changed = threading.Condition()
+    entries = [0]
+    lock_box: list[CountingLock] = []
+
+    @registry.provide
+    def product() -> Product:
+        with changed:
+            entries[0] += 1
+            changed.notify_all()
+            # Wait until every resolver is in here or waiting for the scope.
+            settled = changed.wait_for(
+                lambda: entries[0] + lock_box[0].waiting >= RESOLVERS, timeout=_HANG_GUARD
+            )
+        if not settled:
+            raise TimeoutError("resolvers never settled")
+        return Product()
+
+    violations: list[str] = []
+    with ContextThreadPoolExecutor(RESOLVERS) as pool:
+        for i in range(SCOPES):
+            entries[0] = 0
+            ctx = UserContext.new(f"fm7-thread-{i}")
+            with Scope(ctx, registry=registry) as scope:
+                lock_box[:] = [CountingLock(changed)]
+                data, _ = scope._storage()
+                scope._lock = lock_box[0]  # type: ignore[assignment]
+                start = threading.Barrier(RESOLVERS, timeout=_HANG_GUARD)
+
+                def resolve(s: Scope = scope, b: threading.Barrier = start) -> Product:
+                    b.wait()
+                    return s.get(Product)
+
+                futures = [pool.submit(resolve) for _ in range(RESOLVERS)]
+                results = [f.result(timeout=_HANG_GUARD) for f in futures]
+            if entries[0] != 1 or len({id(r) for r in results}) != 1:
+                violations.append(
+                    f"scope {i}: the provider ran {entries[0]} times for {RESOLVERS} threads, "
+                    f"{len({id(r) for r in results})} distinct products"
+                )
+    return violations
+
+
+async def _task_round(registry_class: type[Registry]) -> list[str]:
+    registry = registry_class()
+    entries = [0]
+    release = anyio.Event()
+
+    @registry.provide
+    async def product() -> Product:
+        entries[0] += 1
+        await release.wait()
+        return Product()
+
+    violations: list[str] = []
+    for i in range(SCOPES):
+        entries[0] = 0
+        release = anyio.Event()
+        results: list[Product] = []
+        async with Scope(UserContext.new(f"fm7-task-{i}"), registry=registry) as scope:
+
+            async def resolve(s: Scope = scope) -> None:
+                results.append(await s.aget(Product))
+
+            with anyio.fail_after(_HANG_GUARD):
+                async with anyio.create_task_group() as tg:
+                    for _ in range(RESOLVERS):
+                        tg.start_soon(resolve)
+                    await anyio.wait_all_tasks_blocked()
+                    release.set()
+        if entries[0] != 1 or len({id(r) for r in results}) != 1:
+            violations.append(
+                f"scope {i}: the provider ran {entries[0]} times for {RESOLVERS} tasks, "
+                f"{len({id(r) for r in results})} distinct products"
+            )
+    return violations
+
+
+def check_registry_exactly_once(registry_class: type[Registry], settings: Settings) -> list[str]:
+    """10 threads, then 10 tasks, resolve one product at once in each of 20 scopes: built once."""
+    return _thread_round(registry_class) + anyio.run(_task_round, registry_class, backend="asyncio")
+
+
+class _UnlockedRegistry(Registry):
+    """Mutant: resolves without a lock (check the cache, build, store)."""
+
+    def _get(self, scope: Scope, key: Any) -> Any:
+        provider = self._provider(key)
+        data, _ = scope._storage()
+        product = data.get((self, key), _MISSING)
+        if product is _MISSING:
+            product = self._build_sync(scope, provider)
+            data[(self, key)] = product
+        return product
+
+    async def _aget(self, scope: Scope, key: Any) -> Any:
+        provider: _Provider = self._provider(key)
+        if provider.kind is not _Kind.ASYNC:
+            raise UsageError("this mutant resolves async providers only")
+        data, _ = scope._storage()
+        product = data.get((self, key), _MISSING)
+        if product is _MISSING:
+            product = await self._build_async(scope, provider)
+            data[(self, key)] = product
+        return product
+
+
+def _library() -> Callable[[], Registry]:
+    return Registry
+
+
+def _mutant() -> Callable[[], Registry]:
+    return _UnlockedRegistry
+
+
+def register(registry: ModeRegistry) -> None:
+    """Register FM7's check of the Registry."""
+    registry.register(
+        7,
+        Check(
+            name="registry-exactly-once",
+            backend=Backend.MEMORY,
+            run=check_registry_exactly_once,
+            library=_library,
+            mutant=_mutant,
+            description="10 threads and 10 tasks resolve one product at once in 20 scopes: built once",
+        ),
+    )

@@ -176,9 +176,11 @@ class AuditReport:
             f"{ROUNDS} requests each, overlapping scopes",
         ]
         for f in self.factories:
-            declared = f" (declared check={f.declared_check!r}; audited in full)" if (
-                f.declared_check not in (None, "full")
-            ) else ""
+            declared = (
+                f" (declared check={f.declared_check!r}; audited in full)"
+                if (f.declared_check not in (None, "full"))
+                else ""
+            )
             lines.append("")
             lines.append(f"factory {f.name} ({f.kind}){declared}")
             types = ", ".join(f.instance_types) or "nothing"
@@ -239,7 +241,7 @@ def _factories(obj: object, label: str) -> list[tuple[str, Callable[..., Any], s
     """``(name, raw factory, declared check mode)`` for each factory ``obj`` stands for."""
     hook = getattr(obj, "__isolation_factories__", None)
     if hook is not None and callable(hook) and not isinstance(obj, type):
-        found = []
+        found: list[tuple[str, Callable[..., Any], str | None]] = []
         for name, fn in hook():
             wrapped = scoped_factory_of(fn)
             if wrapped is not None:
@@ -283,7 +285,12 @@ class _FactoryRun:
     """The audit of one factory: its rounds, and what they found."""
 
     def __init__(
-        self, name: str, raw: Callable[..., Any], users: int, threads: int, progress: Callable[[str], None]
+        self,
+        name: str,
+        raw: Callable[..., Any],
+        users: int,
+        threads: int,
+        progress: Callable[[str], None],
     ) -> None:
         self.name = name
         self.users = users
@@ -427,7 +434,7 @@ class _FactoryRun:
                 tg.start_soon(user, i)
         return [o for o in outcomes if o is not None]
 
-    def _judge(self, outcomes: list[_Outcome]) -> None:
+    def _judge(self, outcomes: list[_Outcome]) -> None:  # noqa: PLR0912 - one verdict per rule
         rewalk = SharedStateIndex()
         for outcome in outcomes:
             self.scopes += 1

@@ -1,4 +1,4 @@
-"""The ``isolation`` command: ``isolation report``, ``isolation audit`` (and ``python -m isolation``).
+"""The ``isolation`` command (or ``python -m isolation``): ``report`` and ``audit``.
 
 Results go to stdout, progress to stderr. Exit codes of ``report``: 0 all
 passed, 1 a violation, 2 a usage error, 3 some modes not run, 4 a mutant not

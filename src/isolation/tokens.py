@@ -288,4 +288,3 @@ def _list(value: Any) -> list[Any]:
 def generate_key() -> bytes:
     """Return a new random 32-byte key (``os.urandom``)."""
     return os.urandom(MIN_KEY_BYTES)
-

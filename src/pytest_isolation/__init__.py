@@ -51,7 +51,9 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None, Any, Any]:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, Any, Any]:
+def pytest_runtest_teardown(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, Any, Any]:
     result = yield
     before = item.stash.get(_STASH, None)
     if before is None:
@@ -59,7 +61,11 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     from isolation._counters import open_resources
 
     after = open_resources()
-    left = {name: after[name] - before.get(name, 0) for name in after if after[name] > before.get(name, 0)}
+    left = {
+        name: after[name] - before.get(name, 0)
+        for name in after
+        if after[name] > before.get(name, 0)
+    }
     if left:
         listed = ", ".join(f"{count} {name}" for name, count in sorted(left.items()))
         pytest.fail(f"--isolation-strict: this test left open {listed}", pytrace=False)

@@ -56,8 +56,9 @@ class TestContextLocal:
     def test_no_value_and_no_factory(self) -> None:
         """get() before set() without a default_factory raises NoContextError naming it."""
         local: ContextLocal[int] = ContextLocal(name="counter")
-        with isolation.scope(UserContext.new("alice")), pytest.raises(
-            isolation.NoContextError, match="counter"
+        with (
+            isolation.scope(UserContext.new("alice")),
+            pytest.raises(isolation.NoContextError, match="counter"),
         ):
             local.get()
 
@@ -114,7 +115,10 @@ class TestContextLocal:
             return Box()
 
         local: ContextLocal[Box] = ContextLocal(factory)
-        with isolation.scope(UserContext.new("alice")), isolation.ContextThreadPoolExecutor(8) as pool:
+        with (
+            isolation.scope(UserContext.new("alice")),
+            isolation.ContextThreadPoolExecutor(8) as pool,
+        ):
             futures = [pool.submit(local.get) for _ in range(8)]
             assert entered.wait(30)
             release.set()

@@ -20,7 +20,9 @@ OTHER = b"o" * 32
 
 
 def _ctx(**kwargs: object) -> UserContext:
-    return UserContext.new("alice", tenant_id="acme", roles=["admin"], attributes={"plan": "pro"}, **kwargs)  # type: ignore[arg-type]
+    return UserContext.new(
+        "alice", tenant_id="acme", roles=["admin"], attributes={"plan": "pro"}, **kwargs
+    )  # type: ignore[arg-type]
 
 
 def _forge(payload: dict[str, object], *, key: bytes = KEY, purpose: str = "job") -> str:
@@ -88,7 +90,9 @@ class TestRefusals:
         version, purpose, payload, sig = token.split(".")
         middle = len(payload) // 2
         flipped = "B" if payload[middle] != "B" else "C"
-        tampered = ".".join([version, purpose, payload[:middle] + flipped + payload[middle + 1 :], sig])
+        tampered = ".".join(
+            [version, purpose, payload[:middle] + flipped + payload[middle + 1 :], sig]
+        )
         with pytest.raises(isolation.TokenSignatureError):
             tokens.loads(tampered, keys=[KEY], purpose="job")
 
@@ -156,7 +160,16 @@ class TestRefusals:
 
     @pytest.mark.parametrize(
         "garbage",
-        ["", "iso1", "iso1.a.b", "iso2.a.b.c", "iso1.!!.b.c", "iso1.a.b.c.d", "x" * 100, "iso1.a.b.c"],
+        [
+            "",
+            "iso1",
+            "iso1.a.b",
+            "iso2.a.b.c",
+            "iso1.!!.b.c",
+            "iso1.a.b.c.d",
+            "x" * 100,
+            "iso1.a.b.c",
+        ],
     )
     def test_garbage(self, garbage: str) -> None:
         """Strings that are not tokens are MalformedTokenError (or a purpose mismatch)."""
@@ -172,7 +185,16 @@ class TestRefusals:
 
     def test_signed_payload_with_invalid_id_is_revalidated(self) -> None:
         """A payload signed with a valid key but holding an invalid id is refused."""
-        payload = {"u": "evil\u202e", "t": None, "r": [], "a": {}, "ce": None, "exp": 4e9, "iat": 0, "rid": "0" * 32}
+        payload = {
+            "u": "evil\u202e",
+            "t": None,
+            "r": [],
+            "a": {},
+            "ce": None,
+            "exp": 4e9,
+            "iat": 0,
+            "rid": "0" * 32,
+        }
         with pytest.raises(isolation.MalformedTokenError, match="user_id") as info:
             tokens.loads(_forge(payload), keys=[KEY], purpose="job")
         assert isinstance(info.value.__cause__, isolation.InvalidContextError)

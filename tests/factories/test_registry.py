@@ -8,6 +8,7 @@ import weakref
 from collections.abc import AsyncIterator, Iterator
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import isolation
@@ -98,8 +99,9 @@ class TestResolution:
 
     def test_unknown_type(self) -> None:
         """Asking for an unregistered type is a UsageError naming it."""
-        with isolation.scope(alice(), registry=Registry()) as s, pytest.raises(
-            isolation.UsageError, match="Memory"
+        with (
+            isolation.scope(alice(), registry=Registry()) as s,
+            pytest.raises(isolation.UsageError, match="Memory"),
         ):
             s.get(Memory)
 
@@ -122,6 +124,7 @@ class TestResolution:
         import contextvars
 
         with isolation.scope(alice(), registry=registry) as s:
+
             def as_bob() -> object:
                 with isolation.scope(UserContext.new("bob"), allow_switch=True):
                     return s.get(Assistant)
@@ -215,8 +218,9 @@ class TestCaptiveDependencies:
             return Settings()
 
         registry.provide(Memory)
-        with isolation.scope(alice(), registry=registry) as s, pytest.raises(
-            isolation.ConfigurationError, match="Memory"
+        with (
+            isolation.scope(alice(), registry=registry) as s,
+            pytest.raises(isolation.ConfigurationError, match="Memory"),
         ):
             s.get(Settings)
 
@@ -252,8 +256,9 @@ class TestLifetimes:
         """A CONNECTION product needs an enclosing CONNECTION scope."""
         registry = Registry()
         registry.provide(Socket, lifetime=Lifetime.CONNECTION)
-        with isolation.scope(alice(), registry=registry) as s, pytest.raises(
-            isolation.UsageError, match="CONNECTION"
+        with (
+            isolation.scope(alice(), registry=registry) as s,
+            pytest.raises(isolation.UsageError, match="CONNECTION"),
         ):
             s.get(Socket)
 
@@ -378,13 +383,13 @@ class TestAsync:
 
         @registry.provide
         async def memory(assistant: Assistant) -> Memory:
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
             return Memory()
 
         @registry.provide
         async def socket(ctx: UserContext, memory: Memory) -> AsyncIterator[Socket]:
             yield Socket(ctx)
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
             log.append("socket closed")
 
         async with isolation.scope(alice(), registry=registry) as s:
@@ -459,7 +464,7 @@ class TestAsync:
         async def memory() -> Memory:
             nonlocal attempts
             attempts += 1
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
             if attempts == 1:
                 raise RuntimeError("half-way")
             return Memory()
@@ -499,9 +504,10 @@ class TestThreads:
             calls[0] += 1
             return Memory()
 
-        with isolation.scope(alice(), registry=registry) as s, isolation.ContextThreadPoolExecutor(
-            10
-        ) as pool:
+        with (
+            isolation.scope(alice(), registry=registry) as s,
+            isolation.ContextThreadPoolExecutor(10) as pool,
+        ):
 
             def resolve() -> Memory:
                 barrier.wait()

@@ -5,7 +5,14 @@ from __future__ import annotations
 import anyio
 import pytest
 from hypothesis import settings
-from hypothesis.stateful import Bundle, initialize, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    Bundle,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from isolation.testing import AsyncRuleBasedStateMachine
 
@@ -89,7 +96,8 @@ class BuggyMailboxMachine(MailboxMachine):
 def test_correct_machine_passes(backend: str) -> None:
     """A correct stand-in passes on both backends."""
     run_state_machine_as_test(
-        MailboxMachine.on_backend(backend), settings=settings(max_examples=20, stateful_step_count=15)
+        MailboxMachine.on_backend(backend),
+        settings=settings(max_examples=20, stateful_step_count=15),
     )
 
 
@@ -148,7 +156,8 @@ class TaskAcrossSteps(AsyncRuleBasedStateMachine):
 def test_task_lives_across_steps(backend: str) -> None:
     """Tasks started by one step are still running in the next, on one event loop."""
     run_state_machine_as_test(
-        TaskAcrossSteps.on_backend(backend), settings=settings(max_examples=10, stateful_step_count=10)
+        TaskAcrossSteps.on_backend(backend),
+        settings=settings(max_examples=10, stateful_step_count=10),
     )
 
 
@@ -164,7 +173,9 @@ class FailingBackground(AsyncRuleBasedStateMachine):
 def test_background_failure_fails_the_run() -> None:
     """A task that fails in the background fails the run at teardown."""
     with pytest.raises(BaseExceptionGroup) as info:
-        run_state_machine_as_test(FailingBackground, settings=settings(max_examples=5, stateful_step_count=3))
+        run_state_machine_as_test(
+            FailingBackground, settings=settings(max_examples=5, stateful_step_count=3)
+        )
     assert info.group_contains(RuntimeError, match="background failure")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+
 def test_fixtures_work(pytester: pytest.Pytester) -> None:
     """user_context and isolation_scope are available and bind the context."""
     pytester.makepyfile(
@@ -18,7 +19,9 @@ def test_fixtures_work(pytester: pytest.Pytester) -> None:
             assert isolation.current_scope() is isolation_scope
         """
     )
-    pytester.runpytest_subprocess("-p", "isolation", "-p", "no:cacheprovider").assert_outcomes(passed=2)
+    pytester.runpytest_subprocess("-p", "isolation", "-p", "no:cacheprovider").assert_outcomes(
+        passed=2
+    )
 
 
 def test_strict_fails_a_test_that_leaves_a_scope_open(pytester: pytest.Pytester) -> None:
@@ -88,9 +91,9 @@ def test_loads_without_hypothesis(pytester: pytest.Pytester) -> None:
             assert user_context.user_id == "test-user"
         """
     )
-    pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:hypothesispytest").assert_outcomes(
-        passed=1
-    )
+    pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-p", "no:hypothesispytest"
+    ).assert_outcomes(passed=1)
 
 
 def test_plugin_module_imports_nothing_at_load() -> None:

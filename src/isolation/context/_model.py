@@ -136,9 +136,7 @@ class UserContext:
     tenant_id: str | None = attrs.field(default=None, converter=_tenant_id)
     roles: frozenset[str] = attrs.field(default=_EMPTY_ROLES, converter=_roles)
     attributes: Attributes = attrs.field(default=_NO_ATTRIBUTES, converter=_attributes)
-    issued_at: float = attrs.field(
-        factory=lambda: _clock._now(), converter=_issued_at, eq=False
-    )
+    issued_at: float = attrs.field(factory=_clock._now, converter=_issued_at, eq=False)
     expires_at: float | None = attrs.field(default=None, converter=_expires_at)
     request_id: str = attrs.field(init=False, factory=new_request_id)
 

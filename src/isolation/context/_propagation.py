@@ -31,7 +31,7 @@ async def to_thread(fn: Callable[..., T], /, *args: object) -> T:
 
 
 class ContextThreadPoolExecutor(ThreadPoolExecutor):
-    """A ``ThreadPoolExecutor`` whose ``submit`` runs each call in a copy of the submitter's context.
+    """A ``ThreadPoolExecutor`` whose ``submit`` runs each call in a copy of the caller's context.
 
     ``loop.set_default_executor(ContextThreadPoolExecutor())`` makes
     ``loop.run_in_executor(None, fn)`` carry the context too. Each call gets its

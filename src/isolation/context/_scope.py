@@ -22,7 +22,7 @@ import inspect
 import logging
 import math
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, final
@@ -32,15 +32,16 @@ import attrs
 
 from isolation import _clock
 from isolation._counters import Counter, register_gauge
-from isolation._lifetime import Lifetime
 from isolation._errors import (
     ConfigurationError,
     ContextExpiredError,
     ContextSwitchError,
+    CrossContextAccessError,
     NoContextError,
     ScopeEndedError,
     UsageError,
 )
+from isolation._lifetime import Lifetime
 from isolation._redact import redact_principal
 from isolation.context._model import UserContext
 
@@ -208,9 +209,10 @@ class Scope:
         self._finalizers: list[Finalizer] | None = None
         self._cancel_scope: anyio.CancelScope | None = None
         self._async = False
-        # Per-scope values (ContextLocal, scoped instances), made on first use.
-        self._data: dict[object, Any] | None = None
-        self._lock: threading.RLock | None = None
+        # Per-scope values (ContextLocal, scoped instances): made on first use,
+        # or now for a registry's scope, which will need them.
+        self._data: dict[object, Any] | None = None if registry is None else {}
+        self._lock: threading.RLock | None = None if registry is None else threading.RLock()
 
     @classmethod
     def from_token(
@@ -298,21 +300,40 @@ class Scope:
         """
         registry = self._registry
         if registry is None:
-            raise UsageError("this scope has no registry", hint="Pass registry= to isolation.scope()")
-        from isolation.factories._registry import check_in_scope
-
-        check_in_scope(self)
-        return registry._get(self, key)  # type: ignore[no-any-return]
+            raise UsageError(
+                "this scope has no registry", hint="Pass registry= to isolation.scope()"
+            )
+        if _current.get() is not self or self._fast is None:
+            self._check_caller()
+        resolver = registry._resolvers.get(key)
+        if resolver is None:
+            resolver = registry._make_resolver(key)
+        return resolver(self)  # type: ignore[no-any-return]
 
     async def aget(self, key: type[T]) -> T:
         """Return this scope's product of type ``key``; sync and async providers alike."""
         registry = self._registry
         if registry is None:
-            raise UsageError("this scope has no registry", hint="Pass registry= to isolation.scope()")
-        from isolation.factories._registry import check_in_scope
-
-        check_in_scope(self)
+            raise UsageError(
+                "this scope has no registry", hint="Pass registry= to isolation.scope()"
+            )
+        if _current.get() is not self or self._fast is None:
+            self._check_caller()
         return await registry._aget(self, key)  # type: ignore[no-any-return]
+
+    def _check_caller(self) -> None:
+        """Refuse resolving from a scope that ended, expired, or is not the caller's."""
+        if self._state != _ACTIVE:
+            raise _ended(self)
+        self._check_deadline()
+        current = _current.get()
+        while current is not None and current is not self:
+            current = current._parent
+        if current is None:
+            raise CrossContextAccessError(
+                f"{self!r} was asked for a product from outside that scope",
+                hint="Resolve products from code running inside the scope",
+            )
 
     # -- finalizers ---------------------------------------------------------
 
@@ -530,26 +551,49 @@ class Scope:
                     raise UsageError("a finalizer of a sync scope returned an awaitable")
             except Exception as failure:
                 failures.append(failure)
-        self._report_failures(failures, exc)
+        if failures:
+            self._report_failures(failures, exc)
 
     async def _run_async_finalizers(self, exc: BaseException | None) -> None:
         failures: list[BaseException] = []
+        # Sync finalizers never await, so only async ones pay for a shielded,
+        # bounded cancel scope of their own.
         for fn in reversed(self._finalizers or ()):
-            with anyio.move_on_after(self._cleanup_timeout, shield=True) as bound:
+            try:
+                result = fn(exc)
+            except Exception as failure:
+                failures.append(failure)
+                continue
+            if result is None or not inspect.isawaitable(result):
+                continue
+            if inspect.iscoroutine(result):
+                # Run the first step now: most teardowns finish without ever
+                # suspending, and then need no (costly) shielded cancel scope.
                 try:
-                    result = fn(exc)
-                    if inspect.isawaitable(result):
-                        await result
+                    first = result.send(None)
+                except StopIteration:
+                    continue
                 except Exception as failure:
                     failures.append(failure)
-            if bound.cancelled_caught:
+                    continue
+                result = _Resumed(result, first)
+            shield = anyio.CancelScope(
+                shield=True, deadline=anyio.current_time() + self._cleanup_timeout
+            )
+            with shield:
+                try:
+                    await result
+                except Exception as failure:
+                    failures.append(failure)
+            if shield.cancelled_caught:
                 failures.append(
                     TimeoutError(
                         f"finalizer {getattr(fn, '__qualname__', fn)!r} overran its "
                         f"cleanup time of {self._cleanup_timeout} s"
                     )
                 )
-        self._report_failures(failures, exc)
+        if failures:
+            self._report_failures(failures, exc)
 
     def _report_failures(self, failures: list[BaseException], exc: BaseException | None) -> None:
         if not failures:
@@ -592,6 +636,37 @@ class Scope:
 
 
 _storage_lock = threading.Lock()
+
+
+class _Resumed:
+    """Await a coroutine whose first step already ran and yielded ``first``.
+
+    The event loop sees exactly what it would have seen had the coroutine been
+    awaited from the start: each value it yields, and each value or exception
+    sent back in.
+    """
+
+    __slots__ = ("_coro", "_first")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
+        self._coro = coro
+        self._first = first
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, value = self._coro, self._first
+        while True:
+            try:
+                sent = yield value
+            except BaseException as thrown:  # cancellation included: hand it in
+                try:
+                    value = coro.throw(thrown)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    value = coro.send(sent)
+                except StopIteration as done:
+                    return done.value
 
 
 def _ended(scope: Scope) -> ScopeEndedError:

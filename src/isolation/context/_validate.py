@@ -139,5 +139,7 @@ def check_ttl(value: Any) -> float:
         raise _refuse("ttl", "must be a number of seconds", value)
     result = float(value)
     if not (math.isfinite(result) and result > 0):
-        raise InvalidContextError(field="ttl", rule="must be finite and > 0", value_prefix=repr(value))
+        raise InvalidContextError(
+            field="ttl", rule="must be finite and > 0", value_prefix=repr(value)
+        )
     return result

@@ -32,6 +32,8 @@ from isolation.events._model import (
     ConnectionStats,
     Event,
     Overflow,
+    Packed,
+    make_event,
 )
 from isolation.events._queue import Action, decide
 from isolation.events._routing import Verdict, transition, verdict
@@ -62,14 +64,16 @@ class _Blocked:
 class Putter:
     """An event of a blocked publisher, waiting for room on one connection."""
 
-    __slots__ = ("blocked", "event", "outcome")
+    __slots__ = ("blocked", "outcome", "packed", "payload", "seq")
 
     WAITING: Final = 0
     ADMITTED: Final = 1
     DROPPED: Final = 2
 
-    def __init__(self, event: Event, blocked: _Blocked) -> None:
-        self.event = event
+    def __init__(self, packed: Packed, payload: Any, seq: int, blocked: _Blocked) -> None:
+        self.packed = packed
+        self.payload = payload
+        self.seq = seq
         self.blocked = blocked
         self.outcome = Putter.WAITING
         blocked.remaining += 1
@@ -115,6 +119,7 @@ class Connection:
         "_group",
         "_id",
         "_park",
+        "_payloads",
         "_policy",
         "_principal",
         "_putters",
@@ -124,6 +129,7 @@ class Connection:
         "_refused",
         "_router",
         "_seq",
+        "_seqs",
         "_state",
         "_tenant_id",
         "_user_id",
@@ -137,7 +143,9 @@ class Connection:
     _user_id: str
     _tenant_id: str | None
     _expires_at: float | None
-    _queue: deque[Event]
+    _queue: deque[Packed]
+    _payloads: deque[Any]
+    _seqs: deque[int]
     _putters: deque[Putter]
     _capacity: int
     _policy: Overflow
@@ -181,6 +189,8 @@ class Connection:
         self._tenant_id = ctx.tenant_id
         self._expires_at = expires_at
         self._queue = deque()
+        self._payloads = deque()
+        self._seqs = deque()
         self._putters = deque()
         self._capacity = capacity
         self._policy = policy
@@ -288,19 +298,21 @@ class Connection:
         queue = self._queue
         while True:
             if queue:
-                event = queue.popleft()
+                packed = queue.popleft()
+                payload = self._payloads.popleft()
+                seq = self._seqs.popleft()
                 if self._putters:
                     self._admit()
                 expires_at = self._expires_at
                 # The accepting case of _routing.verdict(), inlined: the hot path.
                 if (
-                    event.recipient == self._user_id
-                    and event.tenant_id == self._tenant_id
+                    packed[1] == self._user_id
+                    and packed[2] == self._tenant_id
                     and (expires_at is None or _clock._now() < expires_at)
                 ):
                     self._delivered += 1
-                    return event
-                self._last_step_refused(event)
+                    return make_event(packed, payload, seq)
+                self._last_step_refused(packed)
             elif self._state is not _OPEN:
                 raise self._closed_error()
             elif self._expires_at is not None and _clock._now() >= self._expires_at:
@@ -351,13 +363,16 @@ class Connection:
         queue, putters, capacity = self._queue, self._putters, self._capacity
         while putters and len(queue) < capacity:
             putter = putters.popleft()
-            queue.append(putter.event)
+            queue.append(putter.packed)
+            self._payloads.append(putter.payload)
+            self._seqs.append(putter.seq)
             putter.resolve(Putter.ADMITTED)
 
-    def _last_step_refused(self, event: Event) -> None:
+    def _last_step_refused(self, packed: Packed) -> None:
+        event_id, recipient, tenant_id = packed[0], packed[1], packed[2]
         decision = verdict(
-            event_tenant=event.tenant_id,
-            event_user=event.recipient,
+            event_tenant=tenant_id,
+            event_user=recipient,
             bound_tenant=self._tenant_id,
             bound_user=self._user_id,
             expires_at=self._expires_at,
@@ -368,13 +383,13 @@ class Connection:
             self._router._refused_now += 1
             logger.warning(
                 "event %s refused at delivery: it is for %s, the connection %s is bound to %s",
-                event.id,
-                redact_principal((event.tenant_id, event.recipient)),
+                event_id,
+                redact_principal((tenant_id, recipient)),
                 self._id,
                 redact_principal(self._principal),
                 extra={
                     "event": "delivery_refused",
-                    "event_id": event.id,
+                    "event_id": event_id,
                     "connection_id": self._id,
                 },
             )
@@ -401,8 +416,10 @@ class Connection:
 
     # -- overflow (the router calls this when the fast path has no room) ----------
 
-    def _overflow(self, event: Event, blocked: _Blocked | None) -> tuple[int, int, Putter | None]:
-        """Apply the policy to ``event``; return ``(delivered, dropped, putter)``."""
+    def _overflow(
+        self, packed: Packed, payload: Any, seq: int, blocked: _Blocked | None
+    ) -> tuple[int, int, Putter | None]:
+        """Apply the policy to the event ``seq``; return ``(delivered, dropped, putter)``."""
         action = decide(
             self._policy,
             queued=len(self._queue),
@@ -410,12 +427,14 @@ class Connection:
             waiting=len(self._putters),
         )
         if action is Action.ACCEPT:
-            self._queue.append(event)
+            self._queue.append(packed)
+            self._payloads.append(payload)
+            self._seqs.append(seq)
             self._wake_consumer()
             return 1, 0, None
         if action is Action.WAIT:
             assert blocked is not None
-            putter = Putter(event, blocked)
+            putter = Putter(packed, payload, seq, blocked)
             self._putters.append(putter)
             return 0, 0, putter
         if action is Action.DROP_NEW:
@@ -423,8 +442,12 @@ class Connection:
             return 0, 1, None
         if action is Action.EVICT_OLDEST:
             self._queue.popleft()
+            self._payloads.popleft()
+            self._seqs.popleft()
             self._dropped += 1
-            self._queue.append(event)
+            self._queue.append(packed)
+            self._payloads.append(payload)
+            self._seqs.append(seq)
             self._wake_consumer()
             return 1, 1, None
         self._dropped += 1
@@ -456,6 +479,8 @@ class Connection:
         self._reason = reason
         dropped = len(self._queue)
         self._queue.clear()
+        self._payloads.clear()
+        self._seqs.clear()
         putters = self._putters
         while putters:
             putters.popleft().resolve(Putter.DROPPED)

@@ -67,11 +67,11 @@ MIN_MAX_DEPTH: Final = 1
 MIN_MAX_OBJECTS: Final = 1
 
 Path = tuple[str, ...]
-"""An attribute path: the root's type name, then one label per edge, e.g. ``("Engine", "cache")``."""
+"""An attribute path: the root's type name, then one label per edge: ``("Engine", "cache")``."""
 
 
 class WalkTruncatedWarning(UserWarning):
-    """The shared-state walk of an instance stopped at a bound: objects beyond it were not compared."""
+    """A shared-state walk stopped at a bound: the objects beyond it were not compared."""
 
 
 WalkTruncatedWarning.__module__ = "isolation"
@@ -279,7 +279,7 @@ def _class_edges(cls: type) -> tuple[tuple[str, object], ...]:
     return tuple(edges)
 
 
-def _classify(cls: type) -> _TypeInfo:
+def _classify(cls: type) -> _TypeInfo:  # noqa: PLR0911, PLR0912 - one answer per type family
     global _INFRA
     if cls in _ATOMS or issubclass(cls, type):
         return _SKIP_INFO
@@ -410,7 +410,7 @@ def _key_label(key: object) -> str:
     return f"<{type(key).__name__}>"
 
 
-def _label(obj: object, edge: int, key: object) -> str:
+def _label(obj: object, edge: int, key: object) -> str:  # noqa: PLR0911 - one per edge kind
     if edge == _E_ROOT:
         return type(obj).__name__
     if edge == _E_ATTR:
@@ -429,12 +429,12 @@ def _label(obj: object, edge: int, key: object) -> str:
 
 
 def render_path(path: Path) -> str:
-    """Render a path as Python-like text: ``Engine.cache['k'][0]``."""
+    """Render a path as Python-like text: ``Engine.cache['k'][0]``, ``Engine.pool{Conn}``."""
     if not path:
         return "?"
     parts = [path[0]]
     for label in path[1:]:
-        parts.append(label if label[:1] == "[" else f".{label}")
+        parts.append(label if label[:1] in ("[", "{") else f".{label}")
     return "".join(parts)
 
 
@@ -509,10 +509,10 @@ def _function_edges(fn: types.FunctionType) -> Iterator[tuple[int, object, objec
             yield _E_CLOSURE, name, value
 
 
-def _edges(obj: object, info: _TypeInfo) -> Iterator[tuple[int, object, object]]:
+def _edges(obj: object, info: _TypeInfo) -> Iterator[tuple[int, object, object]]:  # noqa: PLR0912
     """``(edge kind, key, child)`` for each child of ``obj``, in walk order."""
     kind = info.kind
-    if kind == _DICT or kind == _MAPPINGPROXY:
+    if kind in (_DICT, _MAPPINGPROXY):
         mapping: Any = obj
         snapshot = list(mapping.items())
         keys = [k for k, _ in snapshot if not (type(k) in _ATOMS or isinstance(k, type))]
@@ -621,6 +621,6 @@ def walk(
             deepest = max(deepest, child_depth)
             if kind in _COMPARED:
                 mutable.append(cid)
-            if kind != _OPAQUE and kind != _MUTABLE_ATOM:
+            if kind not in (_OPAQUE, _MUTABLE_ATOM):
                 queue.append((child, child_info, child_depth))
     return WalkResult(root, nodes, mutable, deepest, truncated)

@@ -65,9 +65,8 @@ class ScopeRecord:
         self._where: dict[int, tuple[WalkResult, str]] = {}
         # A safety net: if the scope dies without its finalizer running (its end
         # raced a build in another thread), the record is dropped at the next add.
-        self.scope_ref: weakref.ref[Scope] = weakref.ref(
-            scope, lambda _ref, record=weakref.ref(self): index._dead_record(record)
-        )
+        me = weakref.ref(self)
+        self.scope_ref: weakref.ref[Scope] = weakref.ref(scope, lambda _ref: index._dead_record(me))
 
     def live(self) -> bool:
         """Whether the scope of this record is still live."""
@@ -100,7 +99,9 @@ class SharedStateIndex:
         """A record for ``scope``, to pass to :meth:`add` and :meth:`close`."""
         return ScopeRecord(principal, scope, self)
 
-    def add(self, record: ScopeRecord, result: WalkResult, factory: str) -> Conflict | None:
+    def add(  # noqa: PLR0912 - one atomic step, kept in one place on purpose
+        self, record: ScopeRecord, result: WalkResult, factory: str
+    ) -> Conflict | None:
         """Compare ``result`` with other principals' live walks; register it if none conflicts.
 
         One atomic step. Returns the first conflict in breadth-first order of

@@ -81,7 +81,9 @@ def _set_owner(instance: object, scope: Scope, weak: bool) -> None:
     _weak_owners[key] = (weakref.ref(instance, forget), weakref.ref(scope))
 
 
-def _refusal(instance: object, current: Scope | None, owner: Scope | None) -> CrossContextAccessError:
+def _refusal(  # noqa: PLR0911 - one message per way the check fails
+    instance: object, current: Scope | None, owner: Scope | None
+) -> CrossContextAccessError:
     what = type(instance).__qualname__
     if owner is None:
         return CrossContextAccessError(
@@ -117,14 +119,18 @@ def _refusal(instance: object, current: Scope | None, owner: Scope | None) -> Cr
 
 
 def _check_slow(instance: object, current: Scope | None, owner: Scope | None) -> None:
-    if current is not None and owner is not None and owner._state == _ACTIVE:
-        if current._state == _ACTIVE:
-            # A nested scope of the same principal: usually zero or one step up.
-            scope = current._parent
-            while scope is not None:
-                if scope is owner:
-                    return
-                scope = scope._parent
+    if (
+        current is not None
+        and owner is not None
+        and owner._state == _ACTIVE
+        and current._state == _ACTIVE
+    ):
+        # A nested scope of the same principal: usually zero or one step up.
+        scope = current._parent
+        while scope is not None:
+            if scope is owner:
+                return
+            scope = scope._parent
     raise _refusal(instance, current, owner)
 
 
@@ -303,7 +309,7 @@ def _guard_members(cls: type, weak: bool) -> None:
 
 
 def _guard_class(cls: type) -> None:
-    """Guard ``cls``'s members (a subclass of an @owned class is guarded at its first construction)."""
+    """Guard ``cls``'s members; a subclass of an @owned class is guarded at its first build."""
     with _guard_lock:
         if _MARK in cls.__dict__:
             return
@@ -329,9 +335,9 @@ def owned(cls: C) -> C:
     if not isinstance(cls, type):
         raise UsageError(f"@owned decorates a class, got {type(cls).__name__}")
     _guard_class(cls)
-    original_new = cls.__new__
+    original_new: Any = cls.__new__
 
-    def __new__(klass: type, /, *args: Any, **kwargs: Any) -> Any:
+    def __new__(klass: type, /, *args: Any, **kwargs: Any) -> Any:  # noqa: N807
         current = _current.get()
         if current is None or current._state != _ACTIVE:
             raise NoContextError(
@@ -340,6 +346,7 @@ def owned(cls: C) -> C:
             )
         if _MARK not in klass.__dict__:
             _guard_class(klass)
+        instance: Any
         if original_new is object.__new__:
             instance = object.__new__(klass)
         else:
@@ -347,5 +354,5 @@ def owned(cls: C) -> C:
         _set_owner(instance, current, klass.__dict__[_MARK])
         return instance
 
-    cls.__new__ = staticmethod(__new__)  # type: ignore[assignment]
+    cls.__new__ = staticmethod(__new__)  # type: ignore[method-assign]
     return cls

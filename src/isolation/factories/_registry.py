@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections.abc
 import enum
+import functools
 import inspect
 import threading
 import typing
@@ -117,7 +118,9 @@ def _product_type(fn: Callable[..., Any]) -> tuple[Any, _Kind]:
     origin = typing.get_origin(returned)
     if inspect.isasyncgenfunction(fn):
         if origin not in _ASYNC_GENERATOR_ORIGINS:
-            raise ConfigurationError(f"async generator provider {_name(fn)} must return AsyncIterator[T]")
+            raise ConfigurationError(
+                f"async generator provider {_name(fn)} must return AsyncIterator[T]"
+            )
         return typing.get_args(returned)[0], _Kind.ASYNC_GENERATOR
     if inspect.isgeneratorfunction(fn):
         if origin not in _GENERATOR_ORIGINS:
@@ -150,13 +153,21 @@ def _parameters(fn: Callable[..., Any]) -> tuple[tuple[str, Any], ...]:
     return tuple(params)
 
 
+def _context_of(scope: Scope) -> UserContext:
+    return scope._ctx
+
+
 class _Pending:
-    """A product being built by an async provider; others wait for it."""
+    """A product being built by an async provider; others wait for it.
+
+    The event is made only when a second resolver arrives: most builds are
+    uncontended, and an event costs more than the rest of the bookkeeping.
+    """
 
     __slots__ = ("done",)
 
     def __init__(self) -> None:
-        self.done = anyio.Event()
+        self.done: anyio.Event | None = None
 
 
 _MISSING: Final = object()
@@ -201,6 +212,8 @@ class Registry:
         self._counts = {name: Counter() for name in attrs.fields_dict(RegistryStats)}
         self._builds = Counter()
         self._needs_async: dict[Any, bool] = {}
+        self._resolvers: dict[Any, Callable[[Scope], Any]] = {}
+        self._async_keys: set[Any] = set()
         self._checker: Callable[[Scope, Any, str], None] | None = None
 
     # -- registration -----------------------------------------------------------
@@ -274,14 +287,15 @@ class Registry:
             if self._closed:
                 raise UsageError("this Registry is closed")
             if provider.key in self._providers or provider.key is UserContext:
-                raise ConfigurationError(
-                    f"{_name(provider.key)} already has a provider "
-                    f"({self._providers[provider.key].name if provider.key in self._providers else 'the scope'})"
-                )
+                existing = self._providers.get(provider.key)
+                holder = existing.name if existing is not None else "the scope"
+                raise ConfigurationError(f"{_name(provider.key)} already has a provider ({holder})")
             for name, annotation in provider.params:
                 self._check_captive(provider, name, annotation)
             self._providers[provider.key] = provider
             self._needs_async.clear()
+            self._resolvers.clear()
+            self._async_keys.clear()
 
     def _check_captive(self, provider: _Provider, name: str, annotation: Any) -> None:
         if annotation is UserContext:
@@ -327,30 +341,109 @@ class Registry:
         return owner
 
     def _get(self, scope: Scope, key: Any) -> Any:
+        resolver = self._resolvers.get(key)
+        if resolver is None:
+            resolver = self._make_resolver(key)
+        return resolver(scope)
+
+    def _make_resolver(self, key: Any) -> Callable[[Scope], Any]:
+        """Compile how to resolve ``key``: checked once, then a closure per key."""
+        with self._lock:
+            resolver = self._resolvers.get(key)
+            if resolver is None:
+                resolver = self._compile(key)
+                self._resolvers[key] = resolver
+            return resolver
+
+    def _compile(self, key: Any) -> Callable[[Scope], Any]:
         if key is UserContext:
-            return scope._ctx
+            return _context_of
         provider = self._provider(key)
         if provider.kind is _Kind.VALUE:
-            return provider.value
-        if provider.kind in (_Kind.ASYNC, _Kind.ASYNC_GENERATOR):
-            raise UsageError(
-                f"{provider.name} is an async provider",
-                hint="Use `await scope.aget(...)` in an `async with` scope",
-            )
+            value = provider.value
+            return lambda scope: value
+        if self._is_async(provider):
+            self._async_keys.add(key)
+
+            def refuse(scope: Scope) -> Any:
+                raise UsageError(
+                    f"{provider.name} is an async provider, or depends on one",
+                    hint="Use `await scope.aget(...)` in an `async with` scope",
+                )
+
+            return refuse
         if provider.lifetime is Lifetime.APP:
-            return self._get_app(provider)
-        owner = self._owner(scope, provider)
-        data, lock = owner._storage()
-        cache_key = (self, key)
-        product = data.get(cache_key, _MISSING)
-        if product is not _MISSING:
-            return product
-        with lock:
-            product = data.get(cache_key, _MISSING)
-            if product is _MISSING:
-                product = self._build_sync(owner, provider)
+            return lambda scope: self._get_app(provider)
+        for name, annotation in provider.params:
+            self._check_captive(provider, name, annotation)
+        dependencies = tuple(
+            (name, self._resolvers.get(annotation) or self._compile_nested(annotation))
+            for name, annotation in provider.params
+        )
+        return self._product_resolver(provider, dependencies)
+
+    def _compile_nested(self, key: Any) -> Callable[[Scope], Any]:
+        resolver = self._compile(key)
+        self._resolvers[key] = resolver
+        return resolver
+
+    def _product_resolver(
+        self, provider: _Provider, dependencies: tuple[tuple[str, Callable[[Scope], Any]], ...]
+    ) -> Callable[[Scope], Any]:
+        cache_key = (self, provider.key)
+        fn = provider.fn
+        assert fn is not None
+        generator = provider.kind is _Kind.GENERATOR
+        per_request = provider.lifetime is Lifetime.REQUEST
+        owner_of = self._owner
+        built = self._counts["built_request" if per_request else "built_connection"].increment
+        checked = self._checker is not None and self._check != "off"
+        after_build = self._after_build
+
+        def resolve(scope: Scope) -> Any:
+            owner = scope if per_request else owner_of(scope, provider)
+            data = owner._data
+            if data is not None:
+                product = data.get(cache_key, _MISSING)
+                if product is not _MISSING:
+                    return product
+            lock = owner._lock
+            if data is None or lock is None:
+                data, lock = owner._storage()
+            with lock:
+                product = data.get(cache_key, _MISSING)
+                if product is not _MISSING:
+                    return product
+                # Build as the owning scope, so @owned products record the right owner.
+                token = _current.set(owner) if _current.get() is not owner else None
+                try:
+                    if dependencies:
+                        kwargs = {}  # a loop, not a comprehension: no extra frame on 3.11
+                        for name, dependency in dependencies:
+                            kwargs[name] = dependency(owner)
+                        product = fn(**kwargs)
+                    else:
+                        product = fn()
+                    if generator:
+                        made = product
+                        product = next(made)
+                        # A sync finalizer of the owner: appended directly, as on_close would.
+                        finalizers = owner._finalizers
+                        teardown = functools.partial(_close_generator, provider, made)
+                        if finalizers is None:
+                            owner._finalizers = [teardown]
+                        else:
+                            finalizers.append(teardown)
+                finally:
+                    if token is not None:
+                        _current.reset(token)
+                built()
+                if checked:
+                    after_build(owner, provider, product)
                 data[cache_key] = product
-        return product
+            return product
+
+        return resolve
 
     def _get_app(self, provider: _Provider) -> Any:
         product = self._app.get(provider.key, _MISSING)
@@ -373,7 +466,9 @@ class Registry:
                 dependency = self._provider(annotation)
                 self._check_captive(provider, name, annotation)
                 kwargs[name] = (
-                    dependency.value if dependency.kind is _Kind.VALUE else self._get_app(dependency)
+                    dependency.value
+                    if dependency.kind is _Kind.VALUE
+                    else self._get_app(dependency)
                 )
             else:
                 if annotation is not UserContext:
@@ -398,13 +493,17 @@ class Registry:
             product = self._call_sync(owner, provider)
         finally:
             _current.reset(token)
+        self._count_build(provider)
         self._after_build(owner, provider, product)
         return product
 
-    def _after_build(self, owner: Scope, provider: _Provider, product: Any) -> None:
+    def _count_build(self, provider: _Provider) -> None:
         self._counts[
             "built_request" if provider.lifetime is Lifetime.REQUEST else "built_connection"
         ].increment()
+
+    def _after_build(self, owner: Scope, provider: _Provider, product: Any) -> None:
+        """Walk a new product for shared state, per the registry's ``check``."""
         if self._checker is None or self._check == "off":
             return
         self._builds.increment()
@@ -425,13 +524,12 @@ class Registry:
     # -- async resolution -----------------------------------------------------------
 
     async def _aget(self, scope: Scope, key: Any) -> Any:
-        if key is UserContext:
-            return scope._ctx
-        provider = self._provider(key)
-        if provider.kind is _Kind.VALUE:
-            return provider.value
-        if not self._is_async(provider):
-            return self._get(scope, key)
+        resolver = self._resolvers.get(key)
+        if resolver is None:
+            resolver = self._make_resolver(key)
+        if key not in self._async_keys:
+            return resolver(scope)
+        provider = self._providers[key]
         if provider.lifetime is Lifetime.APP:
             raise UsageError(
                 f"APP provider {provider.name} is async",
@@ -442,8 +540,13 @@ class Registry:
             raise UsageError(
                 f"{provider.name} is an async generator provider, which needs an `async with` scope"
             )
-        data, lock = owner._storage()
         cache_key = (self, key)
+        data = owner._data
+        if data is not None:
+            product = data.get(cache_key, _MISSING)
+            if product is not _MISSING and type(product) is not _Pending:
+                return product
+        data, lock = owner._storage()
         while True:
             with lock:
                 product = data.get(cache_key, _MISSING)
@@ -451,19 +554,26 @@ class Registry:
                     pending = _Pending()
                     data[cache_key] = pending
                     break
-            if type(product) is not _Pending:
-                return product
-            await product.done.wait()
+                if type(product) is not _Pending:
+                    return product
+                if product.done is None:
+                    product.done = anyio.Event()
+                done = product.done
+            await done.wait()
         try:
             product = await self._build_async(owner, provider)
         except BaseException:
             with lock:
                 del data[cache_key]
-            pending.done.set()
+                waiters = pending.done
+            if waiters is not None:
+                waiters.set()
             raise
         with lock:
             data[cache_key] = product
-        pending.done.set()
+            waiters = pending.done
+        if waiters is not None:
+            waiters.set()
         return product
 
     def _is_async(self, provider: _Provider) -> bool:
@@ -481,7 +591,7 @@ class Registry:
 
     async def _build_async(self, owner: Scope, provider: _Provider) -> Any:
         assert provider.fn is not None
-        token = _current.set(owner)
+        token = _current.set(owner) if _current.get() is not owner else None
         try:
             kwargs = {}
             for name, annotation in provider.params:
@@ -505,7 +615,9 @@ class Registry:
             else:
                 product = provider.fn(**kwargs)
         finally:
-            _current.reset(token)
+            if token is not None:
+                _current.reset(token)
+        self._count_build(provider)
         self._after_build(owner, provider, product)
         return product
 
@@ -538,12 +650,16 @@ class Registry:
         return f"<isolation.Registry {len(self._providers)} providers, check={self._check!r}>"
 
 
-def _close_generator(provider: _Provider, generator: Iterator[Any], exc: BaseException | None) -> None:
+def _close_generator(
+    provider: _Provider, generator: Iterator[Any], exc: BaseException | None
+) -> None:
+    if exc is None:
+        # next() with a default returns it at the end instead of raising StopIteration.
+        if next(generator, _MISSING) is _MISSING:
+            return
+        raise FactoryError(f"provider {provider.name} yielded more than once")
     try:
-        if exc is None:
-            next(generator)
-        else:
-            generator.throw(exc)  # type: ignore[attr-defined]
+        generator.throw(exc)  # type: ignore[attr-defined]
     except StopIteration:
         return
     except BaseException as raised:

@@ -23,7 +23,7 @@ from typing import Any, Final, Generic, Literal, ParamSpec, Protocol, TypeVar, o
 
 import anyio
 
-from isolation._errors import ConfigurationError, ScopeEndedError, SharedStateError, UsageError
+from isolation._errors import ConfigurationError, SharedStateError, UsageError
 from isolation._redact import redact_principal
 from isolation.context._model import UserContext
 from isolation.context._scope import _ACTIVE, Scope, _current, _ended, current_scope
@@ -35,9 +35,16 @@ from isolation.factories._graph import (
     render_path,
     walk,
 )
-from isolation.factories._index import Conflict, SharedStateIndex, default_index
+from isolation.factories._index import Conflict, ScopeRecord, SharedStateIndex, default_index
 
-__all__ = ["CheckMode", "ScopedFactory", "request_scoped", "scoped_factory_of"]
+__all__ = [
+    "CheckMode",
+    "ScopedFactory",
+    "check_shared_state",
+    "request_scoped",
+    "scoped_factory_of",
+    "shared_state_error",
+]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -54,7 +61,9 @@ _MISSING: Final = object()
 
 class _Decorator(Protocol):
     @overload
-    def __call__(self, fn: Callable[P, Coroutine[Any, Any, T]], /) -> Callable[[], Awaitable[T]]: ...
+    def __call__(
+        self, fn: Callable[P, Coroutine[Any, Any, T]], /
+    ) -> Callable[[], Awaitable[T]]: ...
     @overload
     def __call__(self, fn: Callable[P, T], /) -> Callable[[], T]: ...
 
@@ -80,7 +89,7 @@ def _injection(fn: Callable[..., Any], name: str) -> tuple[str, bool] | None:
         signature = inspect.signature(fn)
     except (TypeError, ValueError):  # some builtins have none: called with no argument
         return None
-    target = fn.__init__ if isinstance(fn, type) else fn
+    target: Any = fn.__init__ if isinstance(fn, type) else fn  # type: ignore[misc]
     try:
         hints = typing.get_type_hints(target)
     except Exception:  # unresolvable forward references: fall back to the raw annotations
@@ -257,10 +266,11 @@ class ScopedFactory(Generic[T_co]):
                 instance = data.get(self, _MISSING)
                 if instance is not _MISSING:
                     return instance
-                slot = data.get(self._slot_key)
-                building = slot is None
+                existing: _AsyncSlot | None = data.get(self._slot_key)
+                building = existing is None
+                slot = _AsyncSlot(me) if existing is None else existing
                 if building:
-                    slot = data[self._slot_key] = _AsyncSlot(me)
+                    data[self._slot_key] = slot
             if not building:
                 if slot.builder == me:
                     raise self._recursion()
@@ -297,43 +307,14 @@ class ScopedFactory(Generic[T_co]):
             return
         if check == "sampled" and next(self._counter) % self.sample_every:
             return
-        result = walk(instance, max_depth=self.max_depth, max_objects=self.max_objects)
-        if result.truncated is not None and self.warn_truncated:
-            warnings.warn(self._truncation(result), stacklevel=4)
-        self.register_walk(scope, result)
-
-    def register_walk(self, scope: Scope, result: WalkResult) -> None:
-        """Compare ``result`` with other principals' live instances and register it for ``scope``.
-
-        Raises:
-            SharedStateError: an object of ``result`` is reachable from another
-                principal's live instance; nothing was registered.
-            ScopeEndedError: ``scope`` has ended.
-        """
-        index = self.index
-        data, scope_lock = scope._storage()
-        with scope_lock:
-            record = data.get(index)
-            if record is None:
-                record = index.new_record(scope.context.principal, scope)
-                try:
-                    scope.on_close(lambda exc, record=record, index=index: index.close(record))
-                except UsageError:
-                    raise _ended(scope) from None
-                data[index] = record
-        try:
-            conflict = index.add(record, result, self.name)
-        except ValueError:
-            raise _ended(scope) from None
-        if conflict is not None:
-            raise shared_state_error(conflict)
-
-    def _truncation(self, result: WalkResult) -> WalkTruncatedWarning:
-        return WalkTruncatedWarning(
-            f"the shared-state walk of the {type(result.root).__name__} built by {self.name} "
-            f"stopped at {result.truncated}, after {result.visited} objects: what lies beyond "
-            "is not compared with other users' instances. Raise max_depth or max_objects in "
-            "@request_scoped(...), or declare large read-only parts with isolation.shareable()"
+        check_shared_state(
+            scope,
+            instance,
+            name=self.name,
+            index=self.index,
+            max_depth=self.max_depth,
+            max_objects=self.max_objects,
+            warn_truncated=self.warn_truncated,
         )
 
     def _recursion(self) -> UsageError:
@@ -342,6 +323,62 @@ class ScopedFactory(Generic[T_co]):
             "being built in this scope",
             hint="Break the cycle between the factories",
         )
+
+
+def check_shared_state(
+    scope: Scope,
+    instance: object,
+    *,
+    name: str,
+    index: SharedStateIndex,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    max_objects: int = DEFAULT_MAX_OBJECTS,
+    warn_truncated: bool = True,
+) -> WalkResult:
+    """Walk ``instance``, built for ``scope`` by ``name``; refuse it or register it in ``index``.
+
+    The step every scoped build goes through (``@request_scoped`` and a
+    registry alike): the walk, then one atomic compare-and-register against the
+    live instances of other principals. The scope keeps the walk (strong
+    references) until it ends; then its entries leave the index.
+
+    Raises:
+        SharedStateError: an object of the walk is reachable from another
+            principal's live instance; nothing was registered.
+        ScopeEndedError: ``scope`` has ended.
+    """
+    result = walk(instance, max_depth=max_depth, max_objects=max_objects)
+    if result.truncated is not None and warn_truncated:
+        warnings.warn(
+            WalkTruncatedWarning(
+                f"the shared-state walk of the {type(instance).__name__} built by {name} "
+                f"stopped at {result.truncated}, after {result.visited} objects: what lies "
+                "beyond is not compared with other users' instances. Raise max_depth or "
+                "max_objects, or declare large read-only parts with isolation.shareable()"
+            ),
+            stacklevel=5,
+        )
+    data, scope_lock = scope._storage()
+    with scope_lock:
+        record = data.get(index)
+        if record is None:
+            record = index.new_record(scope.context.principal, scope)
+
+            def close_record(exc: BaseException | None, record: ScopeRecord = record) -> None:
+                index.close(record)
+
+            try:
+                scope.on_close(close_record)
+            except UsageError:
+                raise _ended(scope) from None
+            data[index] = record
+    try:
+        conflict = index.add(record, result, name)
+    except ValueError:
+        raise _ended(scope) from None
+    if conflict is not None:
+        raise shared_state_error(conflict)
+    return result
 
 
 def shared_state_error(conflict: Conflict) -> SharedStateError:
@@ -364,7 +401,9 @@ def shared_state_error(conflict: Conflict) -> SharedStateError:
     return SharedStateError(message, principals=conflict.principals, paths=conflict.paths)
 
 
-def _check_options(check: object, sample_every: object, max_depth: object, max_objects: object) -> None:
+def _check_options(
+    check: object, sample_every: object, max_depth: object, max_objects: object
+) -> None:
     if check not in _CHECKS:
         raise ConfigurationError(f"check must be one of {_CHECKS}, got {check!r}")
     for name, value in (
@@ -406,7 +445,7 @@ def _wrap(factory: ScopedFactory[Any]) -> Callable[[], Any]:
             return factory.get()
 
         wrapper = scoped
-    functools.update_wrapper(wrapper, factory.fn, updated=())  # type: ignore[arg-type]
+    functools.update_wrapper(wrapper, factory.fn, updated=())
     wrapper.__signature__ = inspect.Signature()  # type: ignore[attr-defined]
     wrapper.__isolation_factory__ = factory  # type: ignore[attr-defined]
     return wrapper

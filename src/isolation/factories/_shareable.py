@@ -52,8 +52,12 @@ def shareable(obj: T) -> T:
             _generation[0] += 1
             return obj
         key = id(obj)
+
+        def forget(ref: weakref.ref[Any]) -> None:
+            _forget(ref, key)
+
         try:
-            ref = weakref.ref(obj, lambda r, key=key: _forget(r, key))
+            ref = weakref.ref(obj, forget)
         except TypeError:
             _strong[key] = obj
         else:

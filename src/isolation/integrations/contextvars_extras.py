@@ -105,7 +105,9 @@ def isolate(registry: R) -> R:
         ConfigurationError: Not a registry class, or it allocates on setattr.
     """
     if not (isinstance(registry, type) and issubclass(registry, ContextVarsRegistry)):
-        raise ConfigurationError(f"isolate() takes a ContextVarsRegistry subclass, got {registry!r}")
+        raise ConfigurationError(
+            f"isolate() takes a ContextVarsRegistry subclass, got {registry!r}"
+        )
     if registry._registry_allocate_on_setattr:
         raise ConfigurationError(
             f"{registry.__name__} allocates variables on setattr, which would bypass the check",

@@ -143,7 +143,9 @@ class ModeRegistry:
     def modes(self) -> list[FailureMode]:
         """Every mode, in order, with its checks."""
         return [
-            FailureMode(id=mode_id, name=name, scenario=scenario, checks=tuple(self._checks[mode_id]))
+            FailureMode(
+                id=mode_id, name=name, scenario=scenario, checks=tuple(self._checks[mode_id])
+            )
             for mode_id, (name, scenario) in sorted(self._modes.items())
         ]
 

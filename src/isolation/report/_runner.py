@@ -102,11 +102,7 @@ class Report:
                         "violations": check.violations,
                         "seconds": round(check.seconds, 3),
                         **({"reason": check.reason} if check.reason else {}),
-                        **(
-                            {"mutant_caught": check.mutant_caught}
-                            if self.check_mutants
-                            else {}
-                        ),
+                        **({"mutant_caught": check.mutant_caught} if self.check_mutants else {}),
                     }
                     for check in mode.checks
                 ],

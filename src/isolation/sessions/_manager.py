@@ -28,6 +28,7 @@ import attrs
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, AsyncSessionTransaction
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
+from sqlalchemy.orm.session import SessionTransactionState
 from sqlalchemy.pool import QueuePool, SingletonThreadPool, StaticPool
 
 from isolation import _clock
@@ -815,7 +816,9 @@ class SessionManager:
         error: BaseException | None = None
         with anyio.move_on_after(self._cleanup_time(held), shield=True) as bound:
             try:
-                if nested.is_active:
+                # A flush that failed inside the savepoint leaves it inactive but not yet
+                # rolled back: only a closed one is left alone.
+                if nested.sync_transaction._state is not SessionTransactionState.CLOSED:
                     await nested.rollback()
             except Exception as failure:
                 error = failure

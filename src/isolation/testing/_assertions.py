@@ -41,7 +41,9 @@ def assert_exactly_once(
                 return factory()
 
             with Scope(UserContext.new(f"exactly-once-{i}")):
-                results = [f.result(timeout=60) for f in [pool.submit(call) for _ in range(threads)]]
+                results = [
+                    f.result(timeout=60) for f in [pool.submit(call) for _ in range(threads)]
+                ]
             distinct = {id(r) for r in results}
             if len(distinct) != 1:
                 raise AssertionError(

@@ -114,7 +114,9 @@ def invalid_context_kwargs() -> st.SearchStrategy[dict[str, Any]]:
             {
                 "user_id": user_ids(),
                 "attributes": st.one_of(
-                    st.dictionaries(hostile_ids().filter(_hashable), user_ids(), min_size=1, max_size=1),
+                    st.dictionaries(
+                        hostile_ids().filter(_hashable), user_ids(), min_size=1, max_size=1
+                    ),
                     st.dictionaries(
                         user_ids(), hostile_ids(MAX_ATTRIBUTE_VALUE_LENGTH), min_size=1, max_size=1
                     ),

@@ -14,11 +14,18 @@ from isolation.report._registry import ModeRegistry
 __all__ = ["MODULES", "default_registry"]
 
 MODULES = (
+    "isolation.report.modes.fm01_sessions",
+    "isolation.report.modes.fm02_pool",
+    "isolation.report.modes.fm03_expiry",
+    "isolation.report.modes.fm04_rollback",
+    "isolation.report.modes.fm05_shared_state",
     "isolation.report.modes.fm06_lifetime",
+    "isolation.report.modes.fm07_exactly_once",
     "isolation.report.modes.fm07_ids",
     "isolation.report.modes.fm07_providers",
     "isolation.report.modes.fm08_validation",
     "isolation.report.modes.fm09_state",
+    "isolation.report.modes.fm11_engine_ownership",
     "isolation.report.modes.fm12_threads",
 )
 

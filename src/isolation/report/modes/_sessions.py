@@ -158,9 +158,7 @@ async def pg_sandbox(
         async with admin.begin() as conn:
             for statement in [*statements, *policy]:
                 await conn.exec_driver_sql(statement)
-        engine = create_async_engine(
-            url.set(username=role, password=password), **engine_kw
-        )
+        engine = create_async_engine(url.set(username=role, password=password), **engine_kw)
         yield Sandbox(engine=engine, admin=admin, schema=schema, role=role, table=table)
     finally:
         if engine is not None:
@@ -180,9 +178,7 @@ async def role_bypasses_rls(engine: AsyncEngine) -> str | None:
     async with engine.connect() as conn:
         row = (
             await conn.execute(
-                text(
-                    "SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user"
-                )
+                text("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
             )
         ).one()
     if row[0]:

@@ -141,9 +141,7 @@ async def _exhaustion_phase(manager: Any) -> list[str]:
                 finally:
                     release.set()
     except TimeoutError:
-        found.append(
-            f"a request hung for {HANG_GUARD} s on a full pool instead of failing clearly"
-        )
+        found.append(f"a request hung for {HANG_GUARD} s on a full pool instead of failing clearly")
     if outcome and outcome[0] == "completed":
         found.append("a sixth session was served while 5 sessions held a pool of 5")
     return found
@@ -165,7 +163,7 @@ def _check(backend: str) -> Callable[[Any, Settings], Any]:
             manager = subject.make(db)
             found += await _greedy_phase(manager, db.engine)
             if not found:
-                found += await _exhaustion_phase(manager)
+                found += await _exhaustion_phase(subject.make(db, acquire_timeout=EXHAUST_TIMEOUT))
             stats = getattr(manager, "stats", None)
             if stats is not None and stats().checked_out:
                 found.append(f"the manager counts {stats().checked_out} sessions still checked out")
@@ -184,8 +182,8 @@ def _library() -> Any:
     from isolation.sessions.postgres import rls_policy_sql
 
     return SessionSubject(
-        make=lambda db: library_manager(
-            db, per_user_limit=PER_USER, acquire_timeout=ACQUIRE_TIMEOUT
+        make=lambda db, acquire_timeout=ACQUIRE_TIMEOUT: library_manager(
+            db, per_user_limit=PER_USER, acquire_timeout=acquire_timeout
         ),
         policy_sql=rls_policy_sql,
     )
@@ -194,7 +192,7 @@ def _library() -> Any:
 class _UnboundedManager:
     """Mutant: one session per request straight from the engine: no limit, no bound."""
 
-    def __init__(self, db: Any) -> None:
+    def __init__(self, db: Any, **ignored: Any) -> None:
         self._engine = db.engine
 
     @contextlib.asynccontextmanager

@@ -30,7 +30,16 @@ from isolation.factories._graph import Path, walk
 from isolation.factories._shareable import shareable
 from isolation.report._registry import Backend, Check, ModeRegistry, Settings
 
-__all__ = ["Case", "Walker", "build_case", "cases", "judge_case", "register"]
+__all__ = [
+    "Case",
+    "Walker",
+    "build_case",
+    "cases",
+    "judge_case",
+    "register",
+    "rooted_trees",
+    "trees",
+]
 
 Walker = Callable[[object], dict[int, Path]]
 
@@ -48,6 +57,10 @@ class SlotsNode:
     """An object with ``__slots__`` only."""
 
     __slots__ = ("__weakref__", "a", "b", "planted")
+
+    a: Any
+    b: Any
+    planted: Any
 
 
 @attrs.define
@@ -72,19 +85,21 @@ class DataNode:
 Spec = tuple[str, Any]
 
 
+Target = tuple[int, ...]
+"""Where the planted object goes: child indices from the root to the receiving container."""
+
+
 @attrs.frozen
 class Case:
     """One generated example: two users' graphs, and where (if anywhere) one object is planted.
 
-    ``plant`` is ``None`` (no sharing), or the ordinals of the container that
-    receives the planted object in each graph (taken modulo the number of
-    eligible containers), the planted object's kind, and whether it is
-    declared shareable.
+    ``plant`` is ``None`` (no sharing), or the receiving container in each
+    graph, the planted object's kind, and whether it is declared shareable.
     """
 
     spec_a: Spec
     spec_b: Spec
-    plant: tuple[int, int, str, bool] | None
+    plant: tuple[Target, Target, str, bool] | None
 
 
 def _fresh_planted(kind: str, declared: bool) -> object:
@@ -106,33 +121,26 @@ def _fresh_planted(kind: str, declared: bool) -> object:
     return obj
 
 
-def _eligible(spec: Spec, depth: int, out: list[tuple[Spec, int]]) -> None:
-    kind, payload = spec
-    if kind == "atom":
-        return
-    if depth <= PLANT_DEPTH_MAX - 1:
-        out.append((spec, depth))
-    for child in payload:
-        _eligible(child, depth + 1, out)
-
-
 class _Builder:
-    """Materialise a spec into fresh objects, planting ``planted`` in ``target``."""
+    """Materialise a spec into fresh objects, planting ``planted`` in the ``target`` container."""
 
-    def __init__(self, target: Spec | None, planted: object) -> None:
+    def __init__(self, target: Target | None, planted: object) -> None:
         self.target = target
         self.planted = planted
         self.planted_path: Path | None = None
 
-    def build(self, spec: Spec, path: Path) -> object:
+    def build(self, spec: Spec, path: Path, where: Target = ()) -> object:
         kind, payload = spec
         if kind == "atom":
             return payload
-        plant_here = spec is self.target
+        plant_here = where == self.target
         labels = self._labels(kind, len(payload))
         if not path:
             path = (_ROOT_NAMES[kind],)
-        children = [self.build(c, (*path, label)) for c, label in zip(payload, labels, strict=True)]
+        children = [
+            self.build(child, (*path, label), (*where, i))
+            for i, (child, label) in enumerate(zip(payload, labels, strict=True))
+        ]
         if plant_here:
             self.planted_path = (*path, self._plant_label(kind, len(payload)))
         return self._make(kind, children, plant_here)
@@ -157,7 +165,9 @@ class _Builder:
             return f"[{n}]"
         return "planted"
 
-    def _make(self, kind: str, children: list[object], plant: bool) -> object:
+    def _make(  # noqa: PLR0911, PLR0912 - one constructor per node kind
+        self, kind: str, children: list[object], plant: bool
+    ) -> object:
         extra = [self.planted] if plant else []
         if kind == "dict":
             made: dict[str, object] = {f"k{i}": c for i, c in enumerate(children)}
@@ -227,17 +237,14 @@ def build_case(case: Case) -> Built:
         root_a = _Builder(None, None).build(case.spec_a, ())
         root_b = _Builder(None, None).build(case.spec_b, ())
         return Built(root_a, root_b, None, None, declared=False)
-    ordinal_a, ordinal_b, kind, declared = case.plant
+    target_a, target_b, kind, declared = case.plant
     planted = _fresh_planted(kind, declared)
-    spots_a: list[tuple[Spec, int]] = []
-    spots_b: list[tuple[Spec, int]] = []
-    _eligible(case.spec_a, 0, spots_a)
-    _eligible(case.spec_b, 0, spots_b)
-    builder_a = _Builder(spots_a[ordinal_a % len(spots_a)][0], planted)
-    builder_b = _Builder(spots_b[ordinal_b % len(spots_b)][0], planted)
+    builder_a = _Builder(target_a, planted)
+    builder_b = _Builder(target_b, planted)
     root_a = builder_a.build(case.spec_a, ())
     root_b = builder_b.build(case.spec_b, ())
-    assert builder_a.planted_path is not None and builder_b.planted_path is not None
+    assert builder_a.planted_path is not None
+    assert builder_b.planted_path is not None
     return Built(
         root_a,
         root_b,
@@ -286,8 +293,7 @@ def judge_case(walker: Walker, built: Built) -> list[str]:
             first = common[0]
             why = "declared shareable" if built.declared else "without sharing"
             return [
-                f"a graph {why} was refused: {found_a[first]} and {found_b[first]} "
-                "reported shared"
+                f"a graph {why} was refused: {found_a[first]} and {found_b[first]} reported shared"
             ]
         return []
     if not common:
@@ -307,46 +313,87 @@ def judge_case(walker: Walker, built: Built) -> list[str]:
     return []
 
 
-def cases() -> Any:
-    """A Hypothesis strategy of :class:`Case` (needs the ``testing`` extra)."""
+def _arity(kind: str) -> tuple[int, int]:
+    if kind in ("slots", "attrs", "dataclass"):
+        return 2, 2
+    if kind == "classattr":
+        return 1, 1
+    return 0, 3
+
+
+def trees() -> Any:
+    """A Hypothesis strategy of random graph specs (needs the ``testing`` extra)."""
     from hypothesis import strategies as st
 
-    atom = st.one_of(
-        st.integers(-5, 5), st.text(max_size=3), st.none(), st.booleans()
-    ).map(lambda v: ("atom", v))
+    atom = st.one_of(st.integers(-5, 5), st.text(max_size=3), st.none(), st.booleans()).map(
+        lambda v: ("atom", v)
+    )
 
     def extend(children: Any) -> Any:
         def node(kind: str) -> Any:
-            if kind in ("slots", "attrs", "dataclass"):
-                return st.tuples(children, children).map(lambda cs, k=kind: (k, cs))
-            if kind == "classattr":
-                return children.map(lambda c: ("classattr", (c,)))
-            return st.lists(children, max_size=3).map(lambda cs, k=kind: (k, tuple(cs)))
+            def make(found: Any) -> Spec:
+                return (kind, tuple(found))
+
+            low, high = _arity(kind)
+            return st.lists(children, min_size=low, max_size=high).map(make)
 
         return st.one_of([node(kind) for kind in CONTAINERS])
 
-    tree = st.recursive(atom, extend, max_leaves=8)
+    return st.recursive(atom, extend, max_leaves=6)
+
+
+def rooted_trees() -> Any:
+    """Random graph specs whose root is a mutable container."""
+    from hypothesis import strategies as st
 
     def rooted(spec: Spec) -> Any:
         if spec[0] in ROOTS:
             return st.just(spec)
         return st.sampled_from(("list", "box")).map(lambda k: (k, (spec,)))
 
-    root = tree.flatmap(rooted)
-    plant = st.one_of(
-        st.none(),
-        st.tuples(
-            st.integers(0, 50),
-            st.integers(0, 50),
-            st.sampled_from(PLANTED_KINDS),
-            st.booleans(),
-        ),
-    )
-    return st.builds(Case, root, root, plant)
+    return trees().flatmap(rooted)
 
 
-def generate_cases(count: int) -> list[Case]:
-    """Draw ``count`` cases with Hypothesis, deterministically."""
+def with_target() -> Any:
+    """A graph spec with a receiving container at a random depth (0 to 7): ``(spec, target)``."""
+    from hypothesis import strategies as st
+
+    @st.composite
+    def build(draw: Any) -> tuple[Spec, Target]:
+        depth = draw(st.integers(0, PLANT_DEPTH_MAX - 1))
+        kinds = [draw(st.sampled_from(ROOTS))]
+        kinds += [draw(st.sampled_from(CONTAINERS)) for _ in range(depth)]
+        side = trees()
+        low, high = _arity(kinds[-1])
+        inner: Spec = (kinds[-1], tuple(draw(st.lists(side, min_size=low, max_size=high))))
+        target: list[int] = []
+        for kind in reversed(kinds[:-1]):
+            low, high = _arity(kind)
+            siblings = draw(st.lists(side, min_size=max(low - 1, 0), max_size=max(high - 1, 0)))
+            position = draw(st.integers(0, len(siblings)))
+            siblings.insert(position, inner)
+            inner = (kind, tuple(siblings))
+            target.insert(0, position)
+        return inner, tuple(target)
+
+    return build()
+
+
+def cases(kind: str = "planted") -> Any:
+    """A Hypothesis strategy of :class:`Case`: ``"planted"``, ``"declared"`` or ``"clean"``."""
+    from hypothesis import strategies as st
+
+    if kind == "clean":
+        return st.builds(Case, rooted_trees(), rooted_trees(), st.none())
+
+    def make(a: tuple[Spec, Target], b: tuple[Spec, Target], planted_kind: str) -> Case:
+        return Case(a[0], b[0], (a[1], b[1], planted_kind, kind == "declared"))
+
+    return st.builds(make, with_target(), with_target(), st.sampled_from(PLANTED_KINDS))
+
+
+def generate_cases(count: int, kind: str = "planted") -> list[Case]:
+    """Draw ``count`` cases of ``kind`` with Hypothesis, deterministically."""
     from hypothesis import HealthCheck, Phase, given, settings
 
     drawn: list[Case] = []
@@ -359,7 +406,7 @@ def generate_cases(count: int) -> list[Case]:
         suppress_health_check=list(HealthCheck),
         deadline=None,
     )
-    @given(cases())
+    @given(cases(kind))
     def collect(case: Case) -> None:
         drawn.append(case)
 
@@ -372,8 +419,10 @@ def check_planted_shared_state(walker: Walker, settings: Settings) -> list[str]:
     found: list[str] = []
     for built in classic_cases():
         found.extend(judge_case(walker, built))
-    for case in generate_cases(max(settings.examples, 50)):
-        found.extend(judge_case(walker, build_case(case)))
+    planted = max(settings.examples, 30)
+    for kind, count in (("planted", planted), ("clean", planted // 3), ("declared", planted // 3)):
+        for case in generate_cases(count, kind):
+            found.extend(judge_case(walker, build_case(case)))
     return found
 
 

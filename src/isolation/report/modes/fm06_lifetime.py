@@ -34,7 +34,9 @@ def _ctx(i: int) -> UserContext:
     return UserContext.new(f"user-{i % 100}", tenant_id=f"t{i % 7}", ttl=60.0)
 
 
-async def _async_scopes(scope: ScopeFactory, start: int, count: int, refs: list[Any] | None) -> None:
+async def _async_scopes(
+    scope: ScopeFactory, start: int, count: int, refs: list[Any] | None
+) -> None:
     for i in range(start, start + count):
         ctx = _ctx(i)
         async with scope(ctx) as s:

@@ -89,7 +89,9 @@ async def _ids_in_tasks(make: IdMaker) -> list[str]:
 def check_unique_ids(make: IdMaker, settings: Settings) -> list[str]:
     """Ids from 10 threads x 20 requests, 200 tasks and a second process: no duplicates."""
     with ThreadPoolExecutor(THREADS) as pool:
-        batches = list(pool.map(lambda _: _ids_in_process(make, REQUESTS_PER_THREAD), range(THREADS)))
+        batches = list(
+            pool.map(lambda _: _ids_in_process(make, REQUESTS_PER_THREAD), range(THREADS))
+        )
     ids = [i for batch in batches for i in batch]
     ids += anyio.run(_ids_in_tasks, make, backend="asyncio")
     ids += _ids_in_other_process(make, OTHER_PROCESS)

@@ -91,7 +91,7 @@ def _thread_round(registry_class: type[Registry]) -> list[str]:
             ctx = UserContext.new(f"fm7-thread-{i}")
             with Scope(ctx, registry=registry) as scope:
                 lock_box[:] = [CountingLock(changed)]
-                data, _ = scope._storage()
+                _data, _ = scope._storage()
                 scope._lock = lock_box[0]  # type: ignore[assignment]
                 start = threading.Barrier(RESOLVERS, timeout=_HANG_GUARD)
 

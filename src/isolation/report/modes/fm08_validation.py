@@ -113,7 +113,9 @@ def check_pickling_refused(make: Maker, settings: Settings) -> list[str]:
             pickle.dumps(ctx)
         except TypeError:
             continue
-        violations.append(f"a context made on {where} was pickled: it could be restored unvalidated")
+        violations.append(
+            f"a context made on {where} was pickled: it could be restored unvalidated"
+        )
     return violations
 
 
@@ -169,5 +171,3 @@ def register(registry: ModeRegistry) -> None:
             description="a context cannot be pickled (use isolation.tokens)",
         ),
     )
-
-

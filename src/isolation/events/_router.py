@@ -1,0 +1,780 @@
+"""``EventRouter``: user-bound connections, bounded queues, verified delivery, tickets.
+
+The router keeps one routing entry per principal with a live connection: a
+tuple of its connections, replaced (never edited in place) when one opens or
+closes. ``publish`` fans an event out to the tuple of its recipient; each
+connection applies the overflow policy (:mod:`isolation.events._queue`) and,
+when its consumer takes the event, the last-step check
+(:mod:`isolation.events._routing`). So a wrong routing entry can waste an
+event, never deliver it to another principal: the refusal is logged and counted.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import inspect
+import itertools
+import json
+import logging
+import math
+import os
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import Any, Final, final
+
+import anyio
+import attrs
+
+from isolation import _clock, tokens
+from isolation._errors import (
+    ConfigurationError,
+    ConnectionClosedError,
+    ConnectionLimitError,
+    ContextExpiredError,
+    ContextSwitchError,
+    EventTooLargeError,
+    MalformedTokenError,
+    NoContextError,
+    QueueFullError,
+    TokenPurposeError,
+    TokenReplayedError,
+    UsageError,
+)
+from isolation._redact import redact_principal
+from isolation.context._model import Principal, UserContext
+from isolation.context._scope import Scope, current_context_or_none, current_scope
+from isolation.events._connection import Connection, Putter, _Blocked
+from isolation.events._model import (
+    GAP,
+    MESSAGE,
+    CloseReason,
+    ConnectionState,
+    Envelope,
+    Overflow,
+    PrincipalStats,
+    PublishResult,
+    Packed,
+    RouterStats,
+)
+from isolation.events._wake import current_backend, for_backend
+from isolation.events.backends import Backend
+from isolation.events.backends.memory import MemoryBackend
+
+__all__ = [
+    "DEFAULT_MAX_CONNECTIONS_PER_USER",
+    "DEFAULT_PUBLISH_TIMEOUT",
+    "DEFAULT_QUEUE_SIZE",
+    "DEFAULT_TICKET_TTL",
+    "TICKET_PURPOSE",
+    "Authenticate",
+    "EventRouter",
+]
+
+logger = logging.getLogger("isolation.events")
+
+DEFAULT_QUEUE_SIZE: Final = 100
+"""Events each connection queues before its overflow policy applies."""
+DEFAULT_PUBLISH_TIMEOUT: Final = 5.0
+"""Seconds a ``BLOCK`` publish waits for room, shared by all the recipient's connections."""
+DEFAULT_MAX_CONNECTIONS_PER_USER: Final = 16
+"""Live connections one principal may hold (tabs and devices)."""
+DEFAULT_TICKET_TTL: Final = 30.0
+"""Seconds a ticket from :meth:`EventRouter.issue_ticket` may wait to be redeemed."""
+TICKET_PURPOSE: Final = "isolation.ws-ticket"
+"""The token purpose of tickets: a ticket is refused anywhere else, and any other token here."""
+
+Authenticate = Callable[[str | bytes], UserContext | Awaitable[UserContext]]
+"""``authenticate(token)`` returns the token's context, or raises to refuse it."""
+
+_CACHED_RESULTS: Final = tuple(PublishResult(delivered=n, dropped=0) for n in range(65))
+_NOTHING: Final = _CACHED_RESULTS[0]
+_OPEN: Final = ConnectionState.OPEN
+_TOTALS = 3  # delivered, dropped, refused
+
+
+def _positive_int(name: str, value: object) -> int:
+    if type(value) is not int or value < 1:
+        raise ConfigurationError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
+def _positive_seconds(name: str, value: object) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 < value < math.inf
+    ):
+        raise ConfigurationError(f"{name} must be finite seconds > 0, got {value!r}")
+    return float(value)
+
+
+def _ticket_expiry(token: str) -> float:
+    """The ``exp`` of a token that :func:`isolation.tokens.loads` has just verified."""
+    try:
+        body = token.split(".")[2]
+        payload = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        expires = payload["exp"]
+    except (IndexError, KeyError, TypeError, ValueError, binascii.Error):  # pragma: no cover
+        raise MalformedTokenError("the ticket has no readable expiry") from None
+    if isinstance(expires, bool) or not isinstance(expires, int | float):  # pragma: no cover
+        raise MalformedTokenError("the ticket has no readable expiry")
+    return float(expires)
+
+
+@final
+class EventRouter:
+    """Routes events to the live connections of their recipient, and only there.
+
+    In-memory by default (one process); ``await router.aclose()`` ends it and
+    every connection, and ``async with EventRouter() as router:`` does that at
+    exit. Runs on asyncio and trio. **Use a router from one event loop** (one
+    thread): it is not thread-safe.
+
+    Args:
+        backend: Where tickets are recorded and events travel; a
+            :class:`~isolation.events.MemoryBackend` when ``None``.
+        queue_size: Events each connection queues (default 100).
+        overflow: What a full connection does (default ``Overflow.BLOCK``).
+        publish_timeout: Seconds a ``BLOCK`` publish waits for room, one
+            deadline shared by all the recipient's connections (default 5).
+        max_connections_per_user: Live connections per principal (default 16).
+        max_event_bytes: If set, the largest payload accepted, as compact
+            UTF-8 JSON; larger ones raise ``EventTooLargeError`` and nothing is
+            queued. ``None`` (default): the in-memory router does not serialise
+            payloads at all (a backend that does enforces its own limit).
+        authenticate: ``authenticate(token)`` (sync or async) returns the
+            :class:`~isolation.UserContext` of a token that is not a ticket.
+        keys: Signing keys for tickets (:meth:`issue_ticket`); the first signs.
+
+    Raises:
+        ConfigurationError: A setting is out of range.
+    """
+
+    def __init__(
+        self,
+        *,
+        backend: Backend | None = None,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        overflow: Overflow = Overflow.BLOCK,
+        publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT,
+        max_connections_per_user: int = DEFAULT_MAX_CONNECTIONS_PER_USER,
+        max_event_bytes: int | None = None,
+        authenticate: Authenticate | None = None,
+        keys: Sequence[bytes] | None = None,
+    ) -> None:
+        self._queue_size = _positive_int("queue_size", queue_size)
+        try:
+            self._overflow = Overflow(overflow)
+        except ValueError:
+            raise ConfigurationError(
+                f"overflow must be an isolation.events.Overflow, got {overflow!r}"
+            ) from None
+        self._publish_timeout = _positive_seconds("publish_timeout", publish_timeout)
+        self._max_connections = _positive_int("max_connections_per_user", max_connections_per_user)
+        self._max_event_bytes = (
+            None if max_event_bytes is None else _positive_int("max_event_bytes", max_event_bytes)
+        )
+        if authenticate is not None and not callable(authenticate):
+            raise ConfigurationError("authenticate must be a callable or None")
+        self._authenticate = authenticate
+        self._keys = None if keys is None else tokens._check_keys(keys)
+        if backend is None:
+            backend = MemoryBackend()
+        elif not isinstance(backend, Backend):
+            raise ConfigurationError(
+                f"backend must implement isolation.events.Backend, got {type(backend).__name__}"
+            )
+        self._backend = backend
+        self._shared = bool(backend.shared)
+        backend.attach(self._deliver)
+
+        # principal -> its live connections; replaced whole, never edited in place.
+        self._routes: dict[Principal, tuple[Connection, ...]] = {}
+        # principal -> [delivered, dropped, refused] of its closed connections, while it has live ones.
+        self._totals: dict[Principal, list[int]] = {}
+        self._live: set[Connection] = set()
+        self._expiring: set[Connection] = set()
+        self._scoped: weakref.WeakKeyDictionary[Scope, set[Connection]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._ids = itertools.count(1)
+        self._id_prefix = os.urandom(6).hex() + "-"
+        self._closed = False
+        self._opened = 0
+        self._closed_count = 0
+        self._published = 0
+        self._undeliverable = 0
+        self._closed_delivered = 0
+        self._closed_dropped = 0
+        self._refused_now = 0
+        self._expired = 0
+        self._overflow_disconnects = 0
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (
+            f"<isolation.events.EventRouter {state} connections={len(self._live)} "
+            f"overflow={self._overflow.value} queue_size={self._queue_size}>"
+        )
+
+    # -- settings ---------------------------------------------------------------
+
+    @property
+    def queue_size(self) -> int:
+        """Events each connection queues before the overflow policy applies."""
+        return self._queue_size
+
+    @property
+    def overflow(self) -> Overflow:
+        """The overflow policy of every connection."""
+        return self._overflow
+
+    @property
+    def publish_timeout(self) -> float:
+        """Seconds a ``BLOCK`` publish waits for room."""
+        return self._publish_timeout
+
+    @property
+    def max_connections_per_user(self) -> int:
+        """Live connections one principal may hold."""
+        return self._max_connections
+
+    @property
+    def max_event_bytes(self) -> int | None:
+        """The largest payload accepted, as compact UTF-8 JSON, or ``None``."""
+        return self._max_event_bytes
+
+    @property
+    def backend(self) -> Backend:
+        """The backend."""
+        return self._backend
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called."""
+        return self._closed
+
+    # -- connecting ---------------------------------------------------------------
+
+    async def connect(
+        self, ctx: UserContext | None = None, *, token: str | bytes | None = None
+    ) -> Connection:
+        """Open a connection bound to one principal for life.
+
+        Exactly one source of identity: ``ctx``; or ``token`` (a ticket from
+        :meth:`issue_ticket`, tried first when the router has ``keys``,
+        otherwise a token for ``authenticate``); or, with neither, the current
+        scope's context, in which case the connection closes when that scope
+        ends. A connection opened with ``ctx`` or ``token`` lives until it is
+        closed, expires, is closed by a policy, or the router closes.
+
+        Raises:
+            UsageError: Both ``ctx`` and ``token`` were given.
+            NoContextError: Neither was given and no scope is bound.
+            ContextSwitchError: ``ctx`` or the token is for another principal
+                than the bound scope's.
+            ContextExpiredError: The context has already expired.
+            ConnectionLimitError: The principal has ``max_connections_per_user`` connections.
+            TokenError: The token was refused (``TokenReplayedError`` for a
+                ticket used before, ``TokenPurposeError``, ``TokenExpiredError``, ...).
+            ConfigurationError: A token was given to a router with neither
+                ``keys`` nor ``authenticate``.
+            ConnectionClosedError: The router is closed (reason ``ROUTER_CLOSED``).
+        """
+        self._check_open()
+        bound = current_context_or_none()
+        scope: Scope | None = None
+        ticket_expiry: float | None = None
+        if ctx is not None and token is not None:
+            raise UsageError(
+                "connect() takes a context or a token, not both",
+                hint="Pass exactly one source of identity",
+            )
+        if token is not None:
+            ctx, ticket_expiry = await self._resolve_token(token)
+        elif ctx is not None:
+            if type(ctx) is not UserContext:
+                raise UsageError(
+                    f"connect() takes an isolation.UserContext, got {type(ctx).__name__}"
+                )
+        else:
+            if bound is None:
+                raise NoContextError("connect() was given no context or token, and no scope is bound")
+            ctx = bound
+            scope = current_scope()
+        principal = (ctx.tenant_id, ctx.user_id)
+        if bound is not None and (bound.tenant_id, bound.user_id) != principal:
+            raise ContextSwitchError(
+                f"cannot connect as {redact_principal(principal)} inside the scope of "
+                f"{redact_principal((bound.tenant_id, bound.user_id))}"
+            )
+        expires_at = scope.deadline if scope is not None else ctx.expires_at
+        if expires_at is not None and _clock._now() >= expires_at:
+            raise ContextExpiredError(
+                f"the context of {redact_principal(principal)} has expired; it cannot connect"
+            )
+        self._check_limit(principal)
+        if ticket_expiry is not None:
+            await self._claim(token, ticket_expiry)  # type: ignore[arg-type]
+            self._check_open()
+            self._check_limit(principal)
+        park, wake = for_backend(current_backend())
+        conn = Connection._create(
+            self,
+            ctx,
+            expires_at=expires_at,
+            capacity=self._queue_size,
+            policy=self._overflow,
+            park=park,
+            wake=wake,
+        )
+        self._register(conn, principal)
+        if scope is not None:
+            self._bind_to_scope(conn, scope)
+        return conn
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConnectionClosedError(
+                "the event router is closed", reason=CloseReason.ROUTER_CLOSED
+            )
+
+    def _check_limit(self, principal: Principal) -> None:
+        conns = self._routes.get(principal, ())
+        if len(conns) >= self._max_connections:
+            raise ConnectionLimitError(
+                f"{redact_principal(principal)} already has {len(conns)} open connections, "
+                f"the limit is {self._max_connections}",
+                limit=self._max_connections,
+            )
+
+    def _register(self, conn: Connection, principal: Principal) -> None:
+        conns = self._routes.get(principal)
+        if conns is None:
+            self._routes[principal] = (conn,)
+            self._totals[principal] = [0] * _TOTALS
+            if self._shared:
+                self._backend.watch(principal)
+        else:
+            self._routes[principal] = (*conns, conn)
+        conn._opened()
+        self._live.add(conn)
+        self._opened += 1
+        if conn._expires_at is not None:
+            self._expiring.add(conn)
+            clock = _clock.get_clock()
+            if isinstance(clock, _clock.FakeClock):
+                self._watch_clock(clock)
+
+    def _bind_to_scope(self, conn: Connection, scope: Scope) -> None:
+        group = self._scoped.get(scope)
+        if group is None:
+            group = set()
+            self._scoped[scope] = group
+            scope.on_close(_closer(group))
+        group.add(conn)
+        conn._group = group
+
+    def _detach(self, conn: Connection, reason: CloseReason) -> None:
+        """Called by a connection as it closes: forget it everywhere, keep its counters."""
+        principal = conn._principal
+        conns = self._routes.get(principal)
+        if conns is not None:
+            remaining = tuple(c for c in conns if c is not conn)
+            if len(remaining) != len(conns):
+                if remaining:
+                    self._routes[principal] = remaining
+                    totals = self._totals.get(principal)
+                    if totals is not None:
+                        totals[0] += conn._delivered
+                        totals[1] += conn._dropped
+                        totals[2] += conn._refused
+                else:
+                    del self._routes[principal]
+                    self._totals.pop(principal, None)
+                    if self._shared:
+                        self._backend.unwatch(principal)
+        self._live.discard(conn)
+        self._expiring.discard(conn)
+        self._closed_count += 1
+        self._closed_delivered += conn._delivered
+        self._closed_dropped += conn._dropped
+        if reason is CloseReason.EXPIRED:
+            self._expired += 1
+        elif reason is CloseReason.OVERFLOW:
+            self._overflow_disconnects += 1
+
+    def _set_expiry(self, conn: Connection, expires_at: float | None) -> None:
+        conn._expires_at = expires_at
+        if expires_at is None:
+            self._expiring.discard(conn)
+            return
+        self._expiring.add(conn)
+        clock = _clock.get_clock()
+        if isinstance(clock, _clock.FakeClock):
+            self._watch_clock(clock)
+
+    def _watch_clock(self, clock: _clock.FakeClock) -> None:
+        clock._watch(self)
+
+    def _clock_moved(self) -> None:
+        """Called by a FakeClock that moved: close the connections whose context expired."""
+        self._sweep_expired()
+
+    def _sweep_expired(self) -> None:
+        if not self._expiring:
+            return
+        now = _clock._now()
+        for conn in [c for c in self._expiring if c._expires_at is not None and now >= c._expires_at]:
+            conn._close(CloseReason.EXPIRED)
+
+    # -- tickets and tokens -----------------------------------------------------------
+
+    def issue_ticket(self, ctx: UserContext | None = None, *, ttl: float = DEFAULT_TICKET_TTL) -> str:
+        """Return a single-use ticket that opens one connection for ``ctx``.
+
+        A ticket is a signed token of purpose :data:`TICKET_PURPOSE` carrying
+        the context (the current scope's when ``ctx`` is ``None``), valid for
+        ``ttl`` seconds or until the context expires, whichever is first.
+        Hand it to the client (for example in the WebSocket URL) and redeem it
+        with ``connect(token=ticket)``: the first redemption consumes it.
+
+        Raises:
+            ConfigurationError: The router has no ``keys``, or a bad ``ttl``.
+            NoContextError: ``ctx`` is ``None`` and no scope is bound.
+            ContextExpiredError: The context has expired.
+        """
+        if self._keys is None:
+            raise ConfigurationError(
+                "issue_ticket() needs a router made with keys=[...]",
+                hint="Make the router with keys=[isolation.tokens.generate_key()] or a key from your secret store",
+            )
+        if ctx is None:
+            ctx = current_context_or_none()
+            if ctx is None:
+                raise NoContextError("issue_ticket() was given no context and no scope is bound")
+        elif type(ctx) is not UserContext:
+            raise UsageError(f"issue_ticket() takes an isolation.UserContext, got {type(ctx).__name__}")
+        # A copy has a fresh random request id, which the token carries: no two
+        # tickets are the same string, even for one context at one instant.
+        return tokens.dumps(
+            attrs.evolve(ctx), key=self._keys[0], purpose=TICKET_PURPOSE, ttl=_positive_seconds("ttl", ttl)
+        )
+
+    async def _resolve_token(self, token: str | bytes) -> tuple[UserContext, float | None]:
+        """Return the token's context and, for a ticket, its expiry (not yet claimed)."""
+        if self._keys is not None:
+            try:
+                ctx = tokens.loads(token, keys=self._keys, purpose=TICKET_PURPOSE)
+            except (TokenPurposeError, MalformedTokenError):
+                if self._authenticate is None:
+                    raise
+            else:
+                text = token.decode("ascii") if isinstance(token, bytes) else token
+                return ctx, _ticket_expiry(text)
+        if self._authenticate is None:
+            raise ConfigurationError(
+                "a token was given, but the router has neither keys (tickets) nor authenticate",
+                hint="Make the router with keys=[...] or authenticate=...",
+            )
+        result = self._authenticate(token)
+        if inspect.isawaitable(result):
+            result = await result
+        if type(result) is not UserContext:
+            raise UsageError(
+                f"authenticate() must return an isolation.UserContext or raise, "
+                f"got {type(result).__name__}"
+            )
+        return result, None
+
+    async def _claim(self, token: str | bytes, expires_at: float) -> None:
+        text = token.decode("ascii") if isinstance(token, bytes) else token
+        if not await self._backend.claim_ticket(text, expires_at=expires_at):
+            raise TokenReplayedError(
+                "the ticket was redeemed before; a ticket opens one connection",
+                hint="Issue a new ticket for each connection",
+            )
+
+    async def _context_from_token(self, token: str | bytes, *, principal: Principal) -> UserContext:
+        """Resolve ``token`` for re-authentication: same principal, live, ticket claimed."""
+        ctx, ticket_expiry = await self._resolve_token(token)
+        if (ctx.tenant_id, ctx.user_id) != principal:
+            raise ContextSwitchError(
+                f"a token of {redact_principal(ctx.principal)} cannot re-authenticate a "
+                f"connection of {redact_principal(principal)}"
+            )
+        if ctx.expired:
+            raise ContextExpiredError(f"the context of {redact_principal(principal)} has expired")
+        if ticket_expiry is not None:
+            await self._claim(token, ticket_expiry)
+        return ctx
+
+    # -- publishing --------------------------------------------------------------------
+
+    async def publish(
+        self,
+        user_id: str,
+        payload: Any,
+        *,
+        tenant_id: str | None = None,
+        kind: str = MESSAGE,
+    ) -> PublishResult:
+        """Deliver ``payload`` to every live connection of ``(tenant_id, user_id)``, and no other.
+
+        Each connection gets its own :class:`Event` (same ``id``, its own
+        ``seq``) and applies the overflow policy. A principal with no live
+        connection gets nothing: ``publish`` returns ``delivered == 0`` and
+        the router counts it as ``undeliverable``. Returns without a
+        checkpoint unless a ``BLOCK`` connection is full.
+
+        Raises:
+            QueueFullError: ``BLOCK``, and some connections had no room within
+                ``publish_timeout``; it carries the partial result.
+            EventTooLargeError: ``max_event_bytes`` is set and the payload is larger.
+            UsageError: ``kind`` is ``"gap"`` (reserved) or not a string, or the
+                payload is not JSON-serialisable (checked with ``max_event_bytes``).
+            ConnectionClosedError: The router is closed.
+        """
+        if kind != MESSAGE:
+            _check_kind(kind)
+        if self._max_event_bytes is not None:
+            self._check_size(payload)
+        if self._shared:
+            self._check_ids(user_id, tenant_id)
+            self._check_open()
+            envelope = Envelope(
+                id=f"{self._id_prefix}{next(self._ids):x}",
+                recipient=user_id,
+                tenant_id=tenant_id,
+                kind=kind,
+                created_at=_clock._now(),
+                payload=payload,
+            )
+            return await self._backend.publish(envelope)
+        conns = self._routes.get((tenant_id, user_id))
+        if conns is None:
+            self._check_ids(user_id, tenant_id)
+            self._check_open()
+            self._undeliverable += 1
+            return _NOTHING
+        self._published += 1
+        delivered, dropped, waits = self._fanout(
+            conns,
+            (f"{self._id_prefix}{next(self._ids):x}", user_id, tenant_id, kind, _clock._now()),
+            payload,
+        )
+        if waits is not None:
+            return await self._wait_for_room(delivered, dropped, waits)
+        if dropped == 0 and delivered < 65:
+            return _CACHED_RESULTS[delivered]
+        return PublishResult(delivered=delivered, dropped=dropped)
+
+    async def _deliver(self, envelope: Envelope) -> PublishResult:
+        """Fan an envelope from the backend out to this router's connections."""
+        conns = self._routes.get((envelope.tenant_id, envelope.recipient))
+        if conns is None:
+            self._undeliverable += 1
+            return _NOTHING
+        self._published += 1
+        delivered, dropped, waits = self._fanout(
+            conns,
+            (
+                envelope.id,
+                envelope.recipient,
+                envelope.tenant_id,
+                envelope.kind,
+                envelope.created_at,
+            ),
+            envelope.payload,
+        )
+        if waits is not None:
+            return await self._wait_for_room(delivered, dropped, waits)
+        return PublishResult(delivered=delivered, dropped=dropped)
+
+    def _fanout(
+        self, conns: tuple[Connection, ...], packed: Packed, payload: Any
+    ) -> tuple[int, int, list[tuple[Connection, Putter]] | None]:
+        """Offer one event to each connection; return ``(delivered, dropped, waits)``."""
+        now = packed[4]
+        delivered = dropped = 0
+        waits: list[tuple[Connection, Putter]] | None = None
+        blocked: _Blocked | None = None
+        for conn in conns:
+            if conn._state is not _OPEN:  # a stale entry (see unsafe_corrupt_routing)
+                continue
+            expires_at = conn._expires_at
+            if expires_at is not None and now >= expires_at:
+                conn._close(CloseReason.EXPIRED)
+                continue
+            seq = conn._seq + 1
+            conn._seq = seq
+            queue = conn._queue
+            if len(queue) < conn._capacity and not conn._putters:
+                # The ACCEPT rule of _queue.decide(), inlined: the hot path.
+                queue.append(packed)
+                conn._payloads.append(payload)
+                conn._seqs.append(seq)
+                delivered += 1
+                waiter = conn._waiter
+                if waiter is not None:
+                    conn._waiter = None
+                    conn._wake(waiter)
+                continue
+            if blocked is None and conn._policy is Overflow.BLOCK:
+                blocked = _Blocked()
+            accepted, lost, putter = conn._overflow(packed, payload, seq, blocked)
+            delivered += accepted
+            dropped += lost
+            if putter is not None:
+                if waits is None:
+                    waits = []
+                waits.append((conn, putter))
+        return delivered, dropped, waits
+
+    async def _wait_for_room(
+        self, delivered: int, dropped: int, waits: list[tuple[Connection, Putter]]
+    ) -> PublishResult:
+        blocked = waits[0][1].blocked
+        timed_out: list[Connection] = []
+        try:
+            with anyio.move_on_after(self._publish_timeout):
+                await blocked.done.wait()
+        finally:
+            # Also on cancellation: an event still waiting is withdrawn (dropped);
+            # one already admitted stays delivered.
+            for conn, putter in waits:
+                if putter.outcome == Putter.ADMITTED:
+                    delivered += 1
+                elif putter.outcome == Putter.DROPPED:
+                    dropped += 1
+                elif conn._withdraw(putter):
+                    dropped += 1
+                    timed_out.append(conn)
+        result = PublishResult(delivered=delivered, dropped=dropped)
+        if timed_out:
+            conn = timed_out[0]
+            raise QueueFullError(
+                f"publish to {redact_principal(conn._principal)} waited {self._publish_timeout} s "
+                f"for room on {len(timed_out)} connection(s) "
+                f"({', '.join(c._id for c in timed_out)}); the event was dropped there",
+                result=result,
+                connections=timed_out,
+            )
+        return result
+
+    def _check_size(self, payload: Any) -> None:
+        limit = self._max_event_bytes
+        assert limit is not None
+        try:
+            text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(
+                f"the payload is not JSON-serialisable: {exc}",
+                hint="Publish dicts, lists, str, int, float, bool and None only",
+            ) from None
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > limit:
+            raise EventTooLargeError(
+                f"the payload is {size} bytes as compact JSON, more than max_event_bytes={limit}",
+                hint="Send a reference to the data instead, or raise max_event_bytes",
+            )
+
+    def _check_ids(self, user_id: object, tenant_id: object) -> None:
+        if type(user_id) is not str or not user_id:
+            raise UsageError(f"publish() takes a user id (a non-empty str), got {type(user_id).__name__}")
+        if tenant_id is not None and type(tenant_id) is not str:
+            raise UsageError(f"publish() takes a tenant_id str or None, got {type(tenant_id).__name__}")
+
+    # -- statistics -----------------------------------------------------------------
+
+    def stats(self) -> RouterStats:
+        """Return a snapshot of the router's counters (connections past expiry close first)."""
+        self._sweep_expired()
+        live = self._live
+        return RouterStats(
+            connections=len(live),
+            principals=len({c._principal for c in live}),
+            opened=self._opened,
+            closed=self._closed_count,
+            published=self._published,
+            undeliverable=self._undeliverable,
+            delivered=self._closed_delivered + sum(c._delivered for c in live),
+            dropped=self._closed_dropped + sum(c._dropped for c in live),
+            refused=self._refused_now,
+            expired=self._expired,
+            overflow_disconnects=self._overflow_disconnects,
+        )
+
+    def principal_stats(self, user_id: str, *, tenant_id: str | None = None) -> PrincipalStats | None:
+        """Return the counters of one principal, or ``None`` if it has no live connection."""
+        self._sweep_expired()
+        principal = (tenant_id, user_id)
+        totals = self._totals.get(principal)
+        if totals is None:
+            return None
+        conns = [c for c in self._live if c._principal == principal]
+        return PrincipalStats(
+            connections=len(conns),
+            delivered=totals[0] + sum(c._delivered for c in conns),
+            dropped=totals[1] + sum(c._dropped for c in conns),
+            refused=totals[2] + sum(c._refused for c in conns),
+        )
+
+    def connections(self, user_id: str, *, tenant_id: str | None = None) -> tuple[Connection, ...]:
+        """Return the live connections of one principal."""
+        principal = (tenant_id, user_id)
+        return tuple(c for c in self._live if c._principal == principal)
+
+    # -- closing ----------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close every connection (reason ``ROUTER_CLOSED``) and the backend. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for conn in list(self._live):
+            conn._close(CloseReason.ROUTER_CLOSED)
+        self._routes.clear()
+        self._totals.clear()
+        clock = _clock.get_clock()
+        if isinstance(clock, _clock.FakeClock):
+            clock._unwatch(self)
+        await self._backend.aclose()
+
+    async def __aenter__(self) -> EventRouter:
+        self._check_open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+def _check_kind(kind: object) -> None:
+    if type(kind) is not str or not kind:
+        raise UsageError(f"kind must be a non-empty str, got {kind!r:.40}")
+    if kind == GAP:
+        raise UsageError(
+            'kind "gap" is reserved: gaps are reported by the router and its backends',
+            hint="Use another kind for application events",
+        )
+
+
+def _closer(group: set[Connection]) -> Callable[[BaseException | None], None]:
+    def close_scoped_connections(exc: BaseException | None) -> None:
+        reason = (
+            CloseReason.EXPIRED if isinstance(exc, ContextExpiredError) else CloseReason.CLOSED
+        )
+        for conn in list(group):
+            conn._close(reason)
+
+    return close_scoped_connections
+
+
+EventRouter.__module__ = "isolation.events"

@@ -1,0 +1,249 @@
+"""FM4, transactions not rolled back on errors: the database holds exactly the clean work.
+
+Subject: a manager factory (:class:`~isolation.report.modes.fm01_sessions.SessionSubject`).
+Hypothesis draws requests that write in an outer block and optionally in a
+nested block (a SAVEPOINT), with a failure injected at a drawn point: an
+exception, a cancellation, the context's expiry, or an isolation violation
+(writing a row of another principal: refused by ``protect()`` on SQLite, by
+the row-level security policy on PostgreSQL). A nested block's own failure
+is caught by the outer block, which goes on. Property: the database holds
+exactly the rows of the blocks that ended cleanly, nothing partial.
+
+The mutant commits in a ``finally``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+
+from isolation._clock import FakeClock, use_clock
+from isolation._errors import IsolationError
+from isolation.context._model import UserContext
+from isolation.context._scope import Scope, current_context, current_scope
+from isolation.report._registry import Backend, Check, ModeRegistry, Settings
+
+__all__ = ["register"]
+
+TTL = 10.0
+KINDS = ("exception", "cancel", "expiry", "violation")
+POSITIONS = ("start", "middle", "end")
+PRINCIPALS = (("t1", "alice"), ("t2", "alice"), ("t1", "bob"))
+
+# (outer writes before, nested (writes, inner failure) or None, outer writes after,
+#  failure (kind, position) or None)
+Plan = tuple[int, tuple[int, str | None] | None, int, tuple[str, str] | None]
+
+
+class _Injected(Exception):
+    """The exception a plan injects."""
+
+
+def _plans(count: int) -> list[list[Plan]]:
+    from hypothesis import strategies as st
+
+    from isolation.report.modes._sessions import generate
+
+    nested = st.none() | st.tuples(
+        st.integers(min_value=1, max_value=2), st.sampled_from([None, "exception", "violation"])
+    )
+    failure = st.none() | st.tuples(st.sampled_from(KINDS), st.sampled_from(POSITIONS))
+    plan = st.tuples(
+        st.integers(min_value=0, max_value=2),
+        nested,
+        st.integers(min_value=0, max_value=2),
+        failure,
+    )
+    explicit: list[list[Plan]] = [
+        [(1, (1, None), 1, (kind, position)) for kind in KINDS for position in POSITIONS]
+        + [(1, (1, inner), 1, None) for inner in (None, "exception", "violation")]
+    ]
+    return generate(st.lists(plan, min_size=4, max_size=8), count, explicit)
+
+
+async def _run(manager: Any, db: Any, clock: FakeClock, plans: list[Plan], tag: str) -> list[str]:
+    from sqlalchemy.exc import DBAPIError
+
+    from isolation.report.modes._sessions import Note, committed_bodies
+
+    expected: list[str] = []
+    found: list[str] = []
+    for index, (before, nested, after, failure) in enumerate(plans):
+        tenant, user = PRINCIPALS[index % len(PRINCIPALS)]
+        prefix = f"{tag}-{index:02d}"
+        clean: list[str] = []
+
+        def note(body: str, owner: str = user) -> Note:
+            return Note(body=body, tenant=tenant, owner=owner)
+
+        async def inject(kind: str, session: Any, cancel: anyio.CancelScope) -> None:
+            if kind == "exception":
+                raise _Injected("injected")
+            if kind == "cancel":
+                cancel.cancel()
+                await anyio.lowlevel.checkpoint()
+            elif kind == "expiry":
+                clock.advance(TTL + 1)
+                await anyio.lowlevel.checkpoint()
+            else:
+                session.add(note(f"{prefix}-foreign", owner="mallory"))
+                await session.flush()
+
+        async def at(position: str, session: Any, cancel: anyio.CancelScope) -> None:
+            if failure is not None and failure[1] == position:
+                await inject(failure[0], session, cancel)
+
+        async def request(cancel: anyio.CancelScope) -> None:
+            async with Scope(UserContext.new(user, tenant_id=tenant, ttl=TTL)):
+                async with manager.session() as s:
+                    await at("start", s, cancel)
+                    for k in range(before):
+                        s.add(note(f"{prefix}-a{k}"))
+                        clean.append(f"{prefix}-a{k}")
+                    await s.flush()
+                    await at("middle", s, cancel)
+                    if nested is not None:
+                        writes, inner_failure = nested
+                        try:
+                            async with manager.session() as inner:
+                                for k in range(writes):
+                                    inner.add(note(f"{prefix}-n{k}"))
+                                await inner.flush()
+                                if inner_failure is not None:
+                                    await inject(inner_failure, inner, cancel)
+                            clean.extend(f"{prefix}-n{k}" for k in range(writes))
+                        except (_Injected, IsolationError, DBAPIError):
+                            pass
+                    for k in range(after):
+                        s.add(note(f"{prefix}-b{k}"))
+                        clean.append(f"{prefix}-b{k}")
+                    await at("end", s, cancel)
+
+        error: BaseException | None = None
+        try:
+            with anyio.fail_after(30), anyio.CancelScope() as cancel:
+                await request(cancel)
+        except Exception as exc:
+            error = exc
+        if failure is None:
+            if error is not None:
+                found.append(f"request {index} failed without an injected failure: {error!r}"[:300])
+            expected.extend(clean)
+        elif failure[0] != "cancel" and error is None:
+            found.append(f"request {index}: the injected {failure[0]} did not surface")
+    committed = await committed_bodies(db, tag + "-")
+    if committed != sorted(expected):
+        unexpected = sorted(set(committed) - set(expected))
+        missing = sorted(set(expected) - set(committed))
+        found.append(
+            f"the database holds other work than the clean blocks': unexpected {unexpected[:6]}, "
+            f"missing {missing[:6]}"
+        )
+    return found
+
+
+def _check(backend: str) -> Callable[[Any, Settings], Any]:
+    async def check(subject: Any, settings: Settings) -> list[str]:
+        from isolation.report.modes._sessions import open_database
+
+        found: list[str] = []
+        tag = uuid.uuid4().hex[:8]
+        async with open_database(
+            backend, settings.postgres_url, policy_sql=subject.policy_sql
+        ) as db:
+            manager = subject.make(db)
+            with use_clock(FakeClock()) as clock:
+                for number, plans in enumerate(_plans(settings.examples)):
+                    found += await _run(manager, db, clock, plans, f"{tag}-{number:03d}")
+                    if found:
+                        break
+        return found
+
+    return check
+
+
+def _library() -> Any:
+    from isolation.report.modes._sessions import library_manager
+    from isolation.report.modes.fm01_sessions import SessionSubject
+    from isolation.sessions.postgres import rls_policy_sql
+
+    return SessionSubject(make=library_manager, policy_sql=rls_policy_sql)
+
+
+class _CommitInFinally:
+    """Mutant: a session per scope with savepoints, whose outer block commits in ``finally``."""
+
+    def __init__(self, db: Any) -> None:
+        self._engine = db.engine
+        self._rls = db.backend == "postgres"
+        self._sessions: dict[int, Any] = {}
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[Any]:
+        from sqlalchemy import text
+        from sqlalchemy.ext.asyncio import AsyncSession
+
+        key = id(current_scope())
+        s = self._sessions.get(key)
+        if s is not None:
+            nested = await s.begin_nested()
+            try:
+                yield s
+            except BaseException:
+                await nested.rollback()
+                raise
+            await nested.commit()
+            return
+        s = self._sessions[key] = AsyncSession(self._engine, expire_on_commit=False)
+        try:
+            if self._rls:
+                tenant, user = current_context().principal
+                await s.execute(
+                    text(
+                        "SELECT set_config('isolation.user_id', :u, true), "
+                        "set_config('isolation.tenant_id', :t, true)"
+                    ),
+                    {"u": user, "t": tenant or ""},
+                )
+            yield s
+        finally:
+            del self._sessions[key]
+            try:
+                await s.commit()
+            finally:
+                await s.close()
+
+
+def _mutant() -> Any:
+    from isolation.report.modes.fm01_sessions import SessionSubject
+    from isolation.sessions.postgres import rls_policy_sql
+
+    return SessionSubject(make=_CommitInFinally, policy_sql=rls_policy_sql)
+
+
+def register(registry: ModeRegistry) -> None:
+    """Register FM4's checks, on SQLite and on PostgreSQL."""
+    for backend, suffix, extra in (
+        (Backend.SQLITE, "", ()),
+        (Backend.POSTGRES, "-postgres", ("asyncpg",)),
+    ):
+        registry.register(
+            4,
+            Check(
+                name=f"exactly-clean-work{suffix}",
+                backend=backend,
+                run=_check(str(backend)),
+                library=_library,
+                mutant=_mutant,
+                requires=("sqlalchemy", "aiosqlite", "hypothesis", *extra),
+                description=(
+                    "exceptions, cancellations, expiries and violations at drawn points: the "
+                    "database holds exactly the work of blocks that ended cleanly"
+                ),
+            ),
+        )

@@ -1,0 +1,354 @@
+"""The shared-state walk: pure code, no scopes, no threads."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import functools
+import logging
+import threading
+from typing import Any, ClassVar
+
+import attrs
+import pytest
+from hypothesis import given
+
+import isolation
+from isolation.factories._graph import (
+    DEFAULT_MAX_DEPTH,
+    DEFAULT_MAX_OBJECTS,
+    WalkResult,
+    render_path,
+    walk,
+)
+from isolation.report.modes import fm05_shared_state as fm05
+
+
+def paths(result: WalkResult) -> list[str]:
+    """Every mutable object's path, rendered, in walk order."""
+    return [render_path(result.path(oid)) for oid in result.mutable]
+
+
+def shared(a: object, b: object) -> list[tuple[str, str]]:
+    """The paths, on each side, of the mutable objects both roots reach."""
+    ra, rb = walk(a), walk(b)
+    return [
+        (render_path(ra.path(oid)), render_path(rb.path(oid)))
+        for oid in ra.mutable
+        if oid in rb
+    ]
+
+
+class Box:
+    """A plain object."""
+
+
+class TestWhatIsWalked:
+    """What the walk enters, and what it compares."""
+
+    def test_instance_dict_and_containers(self) -> None:
+        """__dict__, dict values, list, tuple, deque and set items are all walked."""
+        box = Box()
+        member = Box()
+        box.d = {"k": [1]}  # type: ignore[attr-defined]
+        box.t = (1, {"x": 2})  # type: ignore[attr-defined]
+        box.q = collections.deque([[3]])  # type: ignore[attr-defined]
+        box.s = {member}  # type: ignore[attr-defined]
+        assert paths(walk(box)) == [
+            "Box",
+            "Box.d",
+            "Box.q",
+            "Box.s",
+            "Box.d['k']",
+            "Box.q[0]",
+            "Box.s{Box}",
+            "Box.t[1]",
+        ]
+
+    def test_class_level_attributes_are_walked(self) -> None:
+        """A mutable class attribute is reached as Type.name; atoms and methods are not."""
+
+        class Engine:
+            cache: ClassVar[dict[str, int]] = {}
+            limit = 3
+            name = "engine"
+
+            def run(self) -> None:
+                pass
+
+        assert paths(walk(Engine())) == ["Engine", "Engine.cache"]
+
+    def test_shadowed_class_attribute_is_not_walked(self) -> None:
+        """An instance attribute of the same name hides the class attribute."""
+
+        class Engine:
+            cache: ClassVar[dict[str, int]] = {}
+
+            def __init__(self) -> None:
+                self.cache = {}  # type: ignore[misc]
+
+        a, b = Engine(), Engine()
+        assert shared(a, b) == []
+
+    def test_inherited_class_attribute(self) -> None:
+        """Class attributes of base classes are walked too."""
+
+        class Base:
+            registry: ClassVar[list[object]] = []
+
+        class Engine(Base):
+            pass
+
+        assert shared(Engine(), Engine()) == [("Engine.registry", "Engine.registry")]
+
+    def test_slots_attrs_and_dataclasses(self) -> None:
+        """__slots__, attrs fields and dataclass fields are walked by name."""
+
+        class Slotted:
+            __slots__ = ("__weakref__", "data", "empty")
+
+        @attrs.define
+        class WithAttrs:
+            items: list[int] = attrs.Factory(list)
+
+        @dataclasses.dataclass
+        class WithDataclass:
+            items: dict[str, int] = dataclasses.field(default_factory=dict)
+
+        slotted = Slotted()
+        slotted.data = [WithAttrs(), WithDataclass()]
+        assert paths(walk(slotted)) == [
+            "Slotted",
+            "Slotted.data",
+            "Slotted.data[0]",
+            "Slotted.data[1]",
+            "Slotted.data[0].items",
+            "Slotted.data[1].items",
+        ]
+
+    def test_frozen_instances_are_entered_not_compared(self) -> None:
+        """A frozen attrs instance shared by two roots is fine; a list inside it is not."""
+
+        @attrs.frozen
+        class Settings:
+            name: str
+            tags: list[str]
+
+        settings = Settings(name="x", tags=[])
+        a, b = Box(), Box()
+        a.settings = b.settings = settings  # type: ignore[attr-defined]
+        assert shared(a, b) == [("Box.settings.tags", "Box.settings.tags")]
+
+    def test_mutable_default_argument_of_a_method(self) -> None:
+        """A method's mutable default argument is shared state, named by its parameter."""
+
+        class Agent:
+            def remember(self, item: str, memory: list[str] = []) -> None:  # noqa: B006
+                memory.append(item)
+
+        assert shared(Agent(), Agent()) == [
+            ("Agent.remember.<default memory>", "Agent.remember.<default memory>")
+        ]
+
+    def test_closures_bound_methods_and_partials(self) -> None:
+        """Closure cells, a bound method's __self__ and a partial's parts are walked."""
+        counts: dict[str, int] = {}
+
+        def count(name: str) -> None:
+            counts[name] = counts.get(name, 0) + 1
+
+        class Worker:
+            def __init__(self) -> None:
+                self.items: list[int] = []
+
+            def run(self) -> None:
+                pass
+
+        box = Box()
+        box.hook = count  # type: ignore[attr-defined]
+        box.wrapper = Box().__repr__  # a C method-wrapper: not walked  # type: ignore[attr-defined]
+        box.bound = functools.partial(print, [1])  # type: ignore[attr-defined]
+        box.later = Worker().run  # type: ignore[attr-defined]
+        assert paths(walk(box)) == [
+            "Box",
+            "Box.bound",
+            "Box.bound.keywords",
+            "Box.hook.<closure counts>",
+            "Box.later.__self__",
+            "Box.bound.args[0]",
+            "Box.later.__self__.items",
+        ]
+
+    def test_not_walked(self) -> None:
+        """Atoms, types, modules, functions, loggers, locks and declared objects are skipped."""
+        box = Box()
+        box.atoms = (1, "s", b"b", 2.5, None, True)  # type: ignore[attr-defined]
+        box.type = dict  # type: ignore[attr-defined]
+        box.module = logging  # type: ignore[attr-defined]
+        box.function = len  # type: ignore[attr-defined]
+        box.logger = logging.getLogger("x")  # type: ignore[attr-defined]
+        box.lock = threading.Lock()  # type: ignore[attr-defined]
+        box.event = threading.Event()  # type: ignore[attr-defined]
+        box.alock = asyncio.Lock()  # type: ignore[attr-defined]
+        box.ctx = isolation.UserContext.new("alice")  # type: ignore[attr-defined]
+        box.shared = isolation.shareable({"k": []})  # type: ignore[attr-defined]
+        assert paths(walk(box)) == ["Box"]
+
+    def test_shareable_type(self) -> None:
+        """A type declared shareable makes every instance (and subclass instance) skipped."""
+
+        @isolation.shareable
+        class Pool:
+            def __init__(self) -> None:
+                self.connections: list[object] = []
+
+        class SubPool(Pool):
+            pass
+
+        a, b = Box(), Box()
+        a.pool = b.pool = SubPool()  # type: ignore[attr-defined]
+        assert shared(a, b) == []
+
+    def test_threading_local_is_compared(self) -> None:
+        """A threading.local at class level is shared between users of a thread."""
+
+        class Engine:
+            local = threading.local()
+
+        Engine.local.seen = []
+        assert shared(Engine(), Engine()) == [("Engine.local", "Engine.local")]
+
+    def test_root_is_always_compared(self) -> None:
+        """The same object handed to two users is shared, even a tuple; atoms are not."""
+        same = (1, 2)
+        assert paths(walk(same)) == ["tuple"]
+        assert walk(42).mutable == []
+        assert walk(Box).mutable == []
+
+    def test_opaque_root_is_compared_not_entered(self) -> None:
+        """A C object without __dict__ is compared as the root, and not entered."""
+        lock = threading.Lock()
+        assert paths(walk(lock)) == ["lock"]
+
+
+class TestOrderAndPaths:
+    """Breadth first, shortest paths, ties broken by name."""
+
+    def test_shortest_path_wins(self) -> None:
+        """An object reachable at depths 1 and 3 is reported at depth 1."""
+        target: list[int] = []
+        box = Box()
+        box.a_deep = {"x": {"y": target}}  # type: ignore[attr-defined]
+        box.z_near = target  # type: ignore[attr-defined]
+        result = walk(box)
+        assert render_path(result.path(id(target))) == "Box.z_near"
+
+    def test_ties_broken_by_name(self) -> None:
+        """Two paths of one length: the one with the smaller names wins."""
+        target: list[int] = []
+        box = Box()
+        box.beta = target  # type: ignore[attr-defined]
+        box.alpha = target  # type: ignore[attr-defined]
+        assert walk(box).path(id(target)) == ("Box", "alpha")
+
+    def test_ties_at_depth_follow_parent_order(self) -> None:
+        """At depth two the lexicographically smallest full path wins."""
+        target: list[int] = []
+        box = Box()
+        box.b = {"a": target}  # type: ignore[attr-defined]
+        box.a = {"z": target}  # type: ignore[attr-defined]
+        assert render_path(walk(box).path(id(target))) == "Box.a['z']"
+
+    def test_dict_keys_with_mixed_types_sort(self) -> None:
+        """Dicts whose keys do not compare are still walked in a stable order."""
+        data: dict[object, object] = {1: [1], "a": [2], (1, 2): [3]}
+        assert len(walk(data).mutable) == 4
+
+    def test_mutable_dict_keys_are_walked(self) -> None:
+        """A mutable object used as a dict key is reached too."""
+        key = Box()
+        assert render_path(walk({key: 1}).path(id(key))) == "dict.<key Box>"
+
+    def test_cycles_terminate(self) -> None:
+        """A graph with cycles is walked once per object."""
+        a, b = Box(), Box()
+        a.other, b.other = b, a  # type: ignore[attr-defined]
+        assert len(walk(a).mutable) == 2
+
+    def test_long_keys_are_shortened(self) -> None:
+        """A long string key is cut in the path."""
+        result = walk({"k" * 100: []})
+        assert render_path(result.path(result.mutable[1])) == "dict['" + "k" * 40 + "...']"
+
+    def test_render_path(self) -> None:
+        """Labels in brackets attach directly; others with a dot."""
+        assert render_path(("Engine", "cache", "['k']", "[0]", "items")) == (
+            "Engine.cache['k'][0].items"
+        )
+        assert render_path(()) == "?"
+
+
+class TestBounds:
+    """The walk stops at its bounds and says so."""
+
+    def test_defaults(self) -> None:
+        """At least 8 edges and 10,000 objects by default."""
+        assert DEFAULT_MAX_DEPTH >= 8
+        assert DEFAULT_MAX_OBJECTS >= 10_000
+
+    def test_depth_bound(self) -> None:
+        """A chain deeper than max_depth is truncated at that depth."""
+        chain: list[Any] = []
+        node = chain
+        for _ in range(20):
+            nxt: list[Any] = []
+            node.append(nxt)
+            node = nxt
+        result = walk(chain, max_depth=8)
+        assert result.depth == 8
+        assert result.truncated is not None
+        assert "depth" in result.truncated
+        assert walk(chain, max_depth=30).truncated is None
+
+    def test_object_bound(self) -> None:
+        """A graph larger than max_objects is truncated with the bound named."""
+        big = [[i] for i in range(100)]
+        result = walk(big, max_objects=10)
+        assert result.visited == 10
+        assert result.truncated is not None
+        assert "10 objects" in result.truncated
+        assert "truncated" in repr(result)
+
+    def test_default_bounds_reach_depth_eight(self) -> None:
+        """An object 8 edges down is found with the default bounds."""
+        target: list[int] = []
+        node: Any = target
+        for i in range(8):
+            node = {f"k{i}": node}
+        assert id(target) in walk(node).mutable
+
+
+class TestProperties:
+    """Hypothesis: random graphs, one planted shared object."""
+
+    @given(fm05.cases("planted"))
+    def test_planted_object_found_with_its_paths(self, case: fm05.Case) -> None:
+        """The planted object is the first shared one, with the right path on each side."""
+        assert fm05.judge_case(fm05.library_walker, fm05.build_case(case)) == []
+
+    @given(fm05.cases("clean"))
+    def test_graphs_without_sharing_pass(self, case: fm05.Case) -> None:
+        """Two graphs built apart share no mutable object."""
+        assert fm05.judge_case(fm05.library_walker, fm05.build_case(case)) == []
+
+    @given(fm05.cases("declared"))
+    def test_declared_shareable_never_refused(self, case: fm05.Case) -> None:
+        """A planted object declared with isolation.shareable() is not reported."""
+        assert fm05.judge_case(fm05.library_walker, fm05.build_case(case)) == []
+
+    def test_classic_cases_and_the_mutant(self) -> None:
+        """Class-level sharing is found by the walk and missed by the mutant walker."""
+        for built in fm05.classic_cases():
+            assert fm05.judge_case(fm05.library_walker, built) == []
+            assert fm05.judge_case(fm05._walk_without_class_attributes, built) != []

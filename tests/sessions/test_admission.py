@@ -100,7 +100,10 @@ class TestAsyncAdmission:
 
         async def greedy() -> None:
             nonlocal greedy_inside, greedy_peak
-            async with isolation.scope(UserContext.new("greedy", tenant_id="t")), manager.session() as s:
+            async with (
+                isolation.scope(UserContext.new("greedy", tenant_id="t")),
+                manager.session() as s,
+            ):
                 await s.execute(select(Note))
                 greedy_inside += 1
                 greedy_peak = max(greedy_peak, greedy_inside)
@@ -109,7 +112,10 @@ class TestAsyncAdmission:
 
         async def other(i: int) -> None:
             nonlocal others_done
-            async with isolation.scope(UserContext.new(f"u{i}", tenant_id="t")), manager.session() as s:
+            async with (
+                isolation.scope(UserContext.new(f"u{i}", tenant_id="t")),
+                manager.session() as s,
+            ):
                 await s.execute(select(Note))
             others_done += 1
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 from typing import Any
 
@@ -86,7 +85,9 @@ class TestOwnership:
         async with isolation.scope(ctx()), manager.session() as kept:
             pass
         statements: list[str] = []
-        event.listen(engine.sync_engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+        event.listen(
+            engine.sync_engine, "before_cursor_execute", lambda *a: statements.append(a[2])
+        )
         async with isolation.scope(ctx()), manager.session():
             with pytest.raises(CrossContextAccessError):
                 await kept.execute(select(Note))
@@ -346,8 +347,7 @@ class TestStats:
             assert scope._finalizers is not None
             scope._finalizers.clear()  # simulate a finalizer that never ran
         with pytest.warns(ResourceWarning, match="garbage-collected"):
-            del held
-            gc.collect()
+            del held  # the last reference: collected at once
         assert manager.stats().leaks == 1
         assert manager.stats().open_sessions == 0
 
@@ -486,7 +486,9 @@ class TestConfiguration:
             {"max_sessions": 0},
         ],
     )
-    async def test_bad_values_are_refused(self, engine: AsyncEngine, kwargs: dict[str, Any]) -> None:
+    async def test_bad_values_are_refused(
+        self, engine: AsyncEngine, kwargs: dict[str, Any]
+    ) -> None:
         """Each bad argument raises ConfigurationError naming it."""
         with pytest.raises(isolation.ConfigurationError, match=next(iter(kwargs))):
             SessionManager(engine, **kwargs)

@@ -44,10 +44,16 @@ class TestReads:
 
     async def test_update_and_delete_touch_only_own_rows(self, manager: SessionManager) -> None:
         """ORM update() and delete() carry the criteria too."""
-        async with isolation.scope(UserContext.new("alice", tenant_id="t2")), manager.session() as s:
+        async with (
+            isolation.scope(UserContext.new("alice", tenant_id="t2")),
+            manager.session() as s,
+        ):
             await s.execute(update(Note).values(body="changed"))
             await s.execute(delete(Note).where(Note.body == "changed"))
-        async with isolation.scope(UserContext.new("alice", tenant_id="t1")), manager.session() as s:
+        async with (
+            isolation.scope(UserContext.new("alice", tenant_id="t1")),
+            manager.session() as s,
+        ):
             assert len((await s.scalars(select(Note))).all()) == 3
             # Raw SQL is not covered on SQLite (documented): it sees every row.
             assert (await s.execute(text("select count(*) from isolation_notes"))).scalar() == 6
@@ -56,7 +62,10 @@ class TestReads:
         """With user_column alone, a context with a tenant is refused, not served."""
         manager = SessionManager(engine)
         manager.protect(Note, user_column="owner")
-        async with isolation.scope(UserContext.new("alice", tenant_id="t1")), manager.session() as s:
+        async with (
+            isolation.scope(UserContext.new("alice", tenant_id="t1")),
+            manager.session() as s,
+        ):
             with pytest.raises(ConfigurationError, match="user column alone"):
                 await s.execute(select(Note))
             s.add(Note(body="x"))
@@ -83,7 +92,11 @@ class TestWrites:
         async with isolation.scope(UserContext.new("bob", tenant_id="t9")), manager.session() as s:
             s.add(Note(body="stamped"))
         async with engine.connect() as conn:
-            row = (await conn.execute(text("select tenant, owner from isolation_notes where body='stamped'"))).one()
+            row = (
+                await conn.execute(
+                    text("select tenant, owner from isolation_notes where body='stamped'")
+                )
+            ).one()
         assert tuple(row) == ("t9", "bob")
 
     @pytest.mark.parametrize(
@@ -94,26 +107,40 @@ class TestWrites:
     ) -> None:
         """A new row naming another owner raises CrossContextAccessError; nothing is written."""
         with pytest.raises(CrossContextAccessError):
-            async with isolation.scope(UserContext.new("alice", tenant_id="t1")), manager.session() as s:
+            async with (
+                isolation.scope(UserContext.new("alice", tenant_id="t1")),
+                manager.session() as s,
+            ):
                 s.add(Note(body="forged", **values))
         async with engine.connect() as conn:
-            assert (await conn.execute(text("select count(*) from isolation_notes where body='forged'"))).scalar() == 0
+            assert (
+                await conn.execute(text("select count(*) from isolation_notes where body='forged'"))
+            ).scalar() == 0
 
     async def test_changing_the_owner_is_refused(self, manager: SessionManager) -> None:
         """Moving an own row to another principal raises CrossContextAccessError."""
         with pytest.raises(CrossContextAccessError, match="change the owner"):
-            async with isolation.scope(UserContext.new("alice", tenant_id="t1")), manager.session() as s:
+            async with (
+                isolation.scope(UserContext.new("alice", tenant_id="t1")),
+                manager.session() as s,
+            ):
                 row = (await s.scalars(select(Note))).first()
                 assert row is not None
                 row.tenant = "t2"
-        async with isolation.scope(UserContext.new("alice", tenant_id="t2")), manager.session() as s:
+        async with (
+            isolation.scope(UserContext.new("alice", tenant_id="t2")),
+            manager.session() as s,
+        ):
             assert len((await s.scalars(select(Note))).all()) == 3
 
     async def test_flushing_a_foreign_row_is_refused(
         self, engine: AsyncEngine, manager: SessionManager
     ) -> None:
         """A row of another principal reaching the session (merge) cannot be updated or deleted."""
-        async with isolation.scope(UserContext.new("alice", tenant_id="t1")), manager.session() as s:
+        async with (
+            isolation.scope(UserContext.new("alice", tenant_id="t1")),
+            manager.session() as s,
+        ):
             foreign = Note(id=4, body="t2/alice/0", tenant="t2", owner="alice")
             with pytest.raises(CrossContextAccessError):
                 merged = await s.merge(foreign)
@@ -121,12 +148,17 @@ class TestWrites:
                 await s.flush()
             await s.rollback()
         async with engine.connect() as conn:
-            bodies = (await conn.execute(text("select body from isolation_notes where body='hijacked'"))).all()
+            bodies = (
+                await conn.execute(text("select body from isolation_notes where body='hijacked'"))
+            ).all()
         assert bodies == []
 
     async def test_bulk_insert_is_refused(self, manager: SessionManager) -> None:
         """ORM bulk insert() cannot be stamped, so it is refused."""
-        async with isolation.scope(UserContext.new("alice", tenant_id="t1")), manager.session() as s:
+        async with (
+            isolation.scope(UserContext.new("alice", tenant_id="t1")),
+            manager.session() as s,
+        ):
             with pytest.raises(UsageError, match="bulk insert"):
                 await s.execute(insert(Note).values(body="bulk", owner="alice", tenant="t1"))
 

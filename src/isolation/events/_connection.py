@@ -10,6 +10,7 @@ and never blocks; waiting is in :mod:`isolation.events._wake`.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections import deque
 from types import TracebackType
@@ -33,6 +34,7 @@ from isolation.events._model import (
     Event,
     Overflow,
     Packed,
+    event_id,
     make_event,
 )
 from isolation.events._queue import Action, decide
@@ -111,6 +113,7 @@ class Connection:
 
     __slots__ = (
         "__weakref__",
+        "_alive_until",
         "_capacity",
         "_ctx",
         "_delivered",
@@ -127,6 +130,7 @@ class Connection:
         "_reason",
         "_receiving",
         "_refused",
+        "_room",
         "_router",
         "_seq",
         "_seqs",
@@ -148,6 +152,8 @@ class Connection:
     _seqs: deque[int]
     _putters: deque[Putter]
     _capacity: int
+    _room: int
+    _alive_until: float
     _policy: Overflow
     _state: ConnectionState
     _reason: CloseReason | None
@@ -188,11 +194,13 @@ class Connection:
         self._user_id = ctx.user_id
         self._tenant_id = ctx.tenant_id
         self._expires_at = expires_at
+        self._alive_until = math.inf if expires_at is None else expires_at
         self._queue = deque()
         self._payloads = deque()
         self._seqs = deque()
         self._putters = deque()
         self._capacity = capacity
+        self._room = 0
         self._policy = policy
         self._state = ConnectionState.CONNECTING
         self._reason = None
@@ -209,6 +217,15 @@ class Connection:
 
     def _opened(self) -> None:
         self._state = transition(self._state, _OPEN)
+        self._refresh_room()
+
+    def _refresh_room(self) -> None:
+        """Keep ``_room`` (the publishers' fast-path test) true to the state.
+
+        ``_room`` is the capacity while the connection is open and no publisher
+        waits, else 0, so the router's hot path needs one comparison.
+        """
+        self._room = self._capacity if self._state is _OPEN and not self._putters else 0
 
     # -- what a connection tells ------------------------------------------------
 
@@ -367,9 +384,11 @@ class Connection:
             self._payloads.append(putter.payload)
             self._seqs.append(putter.seq)
             putter.resolve(Putter.ADMITTED)
+        if not putters:
+            self._refresh_room()
 
     def _last_step_refused(self, packed: Packed) -> None:
-        event_id, recipient, tenant_id = packed[0], packed[1], packed[2]
+        number, recipient, tenant_id = packed[0], packed[1], packed[2]
         decision = verdict(
             event_tenant=tenant_id,
             event_user=recipient,
@@ -383,13 +402,13 @@ class Connection:
             self._router._refused_now += 1
             logger.warning(
                 "event %s refused at delivery: it is for %s, the connection %s is bound to %s",
-                event_id,
+                event_id(number),
                 redact_principal((tenant_id, recipient)),
                 self._id,
                 redact_principal(self._principal),
                 extra={
                     "event": "delivery_refused",
-                    "event_id": event_id,
+                    "event_id": event_id(number),
                     "connection_id": self._id,
                 },
             )
@@ -436,6 +455,7 @@ class Connection:
             assert blocked is not None
             putter = Putter(packed, payload, seq, blocked)
             self._putters.append(putter)
+            self._room = 0
             return 0, 0, putter
         if action is Action.DROP_NEW:
             self._dropped += 1
@@ -476,6 +496,7 @@ class Connection:
         if self._state is _CLOSED:
             return 0
         self._state = transition(self._state, _CLOSED)
+        self._room = 0
         self._reason = reason
         dropped = len(self._queue)
         self._queue.clear()

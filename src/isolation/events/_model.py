@@ -9,7 +9,9 @@ it costs about a fifth of an ``attrs`` frozen class with seven fields.
 from __future__ import annotations
 
 import enum
+import itertools
 import math
+import os
 from typing import Any, Final, NoReturn, final
 
 import attrs
@@ -20,6 +22,8 @@ from isolation._redact import redact
 __all__ = [
     "GAP",
     "MESSAGE",
+    "event_id",
+    "next_event_number",
     "CloseReason",
     "ConnectionState",
     "ConnectionStats",
@@ -37,6 +41,18 @@ MESSAGE: Final = "message"
 """The default ``kind`` of an event."""
 GAP: Final = "gap"
 """The reserved ``kind`` of an event that tells the consumer it may have missed events."""
+
+_ID_PREFIX: Final = os.urandom(6).hex()
+# itertools.count is atomic under the GIL: ids are unique in this process
+# across routers and threads, and the random prefix makes them unique across processes.
+next_event_number: Final = itertools.count(1).__next__
+
+
+def event_id(number: int | str) -> str:
+    """Render an event number of this process as its id (an id from a backend is kept)."""
+    if type(number) is str:
+        return number
+    return f"{_ID_PREFIX}-{number:x}"
 
 
 class Overflow(enum.StrEnum):
@@ -120,7 +136,7 @@ class Envelope:
 
 class _EventSlots:
     # The mutable layout an Event is filled in through; see make_event().
-    __slots__ = ("created_at", "id", "kind", "payload", "recipient", "seq", "tenant_id")
+    __slots__ = ("_id", "created_at", "kind", "payload", "recipient", "seq", "tenant_id")
 
 
 @final
@@ -142,7 +158,7 @@ class Event(_EventSlots):
 
     __slots__ = ()
 
-    id: str
+    _id: int | str
     recipient: str
     tenant_id: str | None
     kind: str
@@ -174,6 +190,15 @@ class Event(_EventSlots):
         if not isinstance(created_at, int | float) or not math.isfinite(created_at):
             raise UsageError("Event created_at must be finite epoch seconds")
         _fill(self, id, recipient, tenant_id, kind, seq, float(created_at), payload)
+
+    @property
+    def id(self) -> str:
+        """The event's id, the same on every connection of the recipient."""
+        # Events published here carry a number, rendered only when read.
+        number = self._id
+        if type(number) is str:
+            return number
+        return f"{_ID_PREFIX}-{number:x}"
 
     def __setattr__(self, name: str, value: object) -> NoReturn:
         raise AttributeError(f"an Event is immutable; cannot set {name!r}")
@@ -244,7 +269,7 @@ def _fill(
     payload: Any,
 ) -> None:
     osa = object.__setattr__
-    osa(event, "id", id)
+    osa(event, "_id", id)
     osa(event, "recipient", recipient)
     osa(event, "tenant_id", tenant_id)
     osa(event, "kind", kind)
@@ -253,7 +278,7 @@ def _fill(
     osa(event, "payload", payload)
 
 
-Packed = tuple[str, str, "str | None", str, float]
+Packed = tuple["int | str", str, "str | None", str, float]
 """An envelope without its payload, as the queues hold it: ``(id, recipient, tenant_id, kind, created_at)``.
 
 One per publish, shared by every connection of the recipient; each connection
@@ -280,7 +305,7 @@ def make_event(
     attribute stores, where ``object.__setattr__`` per field costs twice as much.
     """
     event = _new(_mutable)
-    event.id, event.recipient, event.tenant_id, event.kind, event.created_at = packed
+    event._id, event.recipient, event.tenant_id, event.kind, event.created_at = packed
     event.payload = payload
     event.seq = seq
     event.__class__ = _event

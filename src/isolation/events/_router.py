@@ -14,11 +14,9 @@ from __future__ import annotations
 import base64
 import binascii
 import inspect
-import itertools
 import json
 import logging
 import math
-import os
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
@@ -57,6 +55,8 @@ from isolation.events._model import (
     PublishResult,
     Packed,
     RouterStats,
+    event_id,
+    next_event_number,
 )
 from isolation.events._wake import current_backend, for_backend
 from isolation.events.backends import Backend
@@ -88,7 +88,8 @@ TICKET_PURPOSE: Final = "isolation.ws-ticket"
 Authenticate = Callable[[str | bytes], UserContext | Awaitable[UserContext]]
 """``authenticate(token)`` returns the token's context, or raises to refuse it."""
 
-_CACHED_RESULTS: Final = tuple(PublishResult(delivered=n, dropped=0) for n in range(65))
+_CACHED: Final = 65
+_CACHED_RESULTS: Final = tuple(PublishResult(delivered=n, dropped=0) for n in range(_CACHED))
 _NOTHING: Final = _CACHED_RESULTS[0]
 _OPEN: Final = ConnectionState.OPEN
 _TOTALS = 3  # delivered, dropped, refused
@@ -199,8 +200,6 @@ class EventRouter:
         self._scoped: weakref.WeakKeyDictionary[Scope, set[Connection]] = (
             weakref.WeakKeyDictionary()
         )
-        self._ids = itertools.count(1)
-        self._id_prefix = os.urandom(6).hex() + "-"
         self._closed = False
         self._opened = 0
         self._closed_count = 0
@@ -408,6 +407,7 @@ class EventRouter:
 
     def _set_expiry(self, conn: Connection, expires_at: float | None) -> None:
         conn._expires_at = expires_at
+        conn._alive_until = math.inf if expires_at is None else expires_at
         if expires_at is None:
             self._expiring.discard(conn)
             return
@@ -545,7 +545,7 @@ class EventRouter:
             self._check_ids(user_id, tenant_id)
             self._check_open()
             envelope = Envelope(
-                id=f"{self._id_prefix}{next(self._ids):x}",
+                id=event_id(next_event_number()),
                 recipient=user_id,
                 tenant_id=tenant_id,
                 kind=kind,
@@ -560,16 +560,12 @@ class EventRouter:
             self._undeliverable += 1
             return _NOTHING
         self._published += 1
-        delivered, dropped, waits = self._fanout(
-            conns,
-            (f"{self._id_prefix}{next(self._ids):x}", user_id, tenant_id, kind, _clock._now()),
-            payload,
+        result = self._fanout(
+            conns, (next_event_number(), user_id, tenant_id, kind, _clock._now()), payload
         )
-        if waits is not None:
-            return await self._wait_for_room(delivered, dropped, waits)
-        if dropped == 0 and delivered < 65:
-            return _CACHED_RESULTS[delivered]
-        return PublishResult(delivered=delivered, dropped=dropped)
+        if type(result) is PublishResult:
+            return result
+        return await self._wait_for_room(result)
 
     async def _deliver(self, envelope: Envelope) -> PublishResult:
         """Fan an envelope from the backend out to this router's connections."""
@@ -578,7 +574,7 @@ class EventRouter:
             self._undeliverable += 1
             return _NOTHING
         self._published += 1
-        delivered, dropped, waits = self._fanout(
+        result = self._fanout(
             conns,
             (
                 envelope.id,
@@ -589,30 +585,26 @@ class EventRouter:
             ),
             envelope.payload,
         )
-        if waits is not None:
-            return await self._wait_for_room(delivered, dropped, waits)
-        return PublishResult(delivered=delivered, dropped=dropped)
+        if type(result) is PublishResult:
+            return result
+        return await self._wait_for_room(result)
 
     def _fanout(
         self, conns: tuple[Connection, ...], packed: Packed, payload: Any
-    ) -> tuple[int, int, list[tuple[Connection, Putter]] | None]:
-        """Offer one event to each connection; return ``(delivered, dropped, waits)``."""
+    ) -> PublishResult | _Waiting:
+        """Offer one event to each connection; return the result, or what still waits for room."""
         now = packed[4]
         delivered = dropped = 0
         waits: list[tuple[Connection, Putter]] | None = None
         blocked: _Blocked | None = None
         for conn in conns:
-            if conn._state is not _OPEN:  # a stale entry (see unsafe_corrupt_routing)
-                continue
-            expires_at = conn._expires_at
-            if expires_at is not None and now >= expires_at:
-                conn._close(CloseReason.EXPIRED)
-                continue
-            seq = conn._seq + 1
-            conn._seq = seq
             queue = conn._queue
-            if len(queue) < conn._capacity and not conn._putters:
-                # The ACCEPT rule of _queue.decide(), inlined: the hot path.
+            # The hot path: open, live, room and nobody waiting (``_room`` is 0
+            # unless the connection is open with no blocked publisher), which is
+            # the ACCEPT rule of _queue.decide(), inlined.
+            if len(queue) < conn._room and now < conn._alive_until:
+                seq = conn._seq + 1
+                conn._seq = seq
                 queue.append(packed)
                 conn._payloads.append(payload)
                 conn._seqs.append(seq)
@@ -622,6 +614,13 @@ class EventRouter:
                     conn._waiter = None
                     conn._wake(waiter)
                 continue
+            if conn._state is not _OPEN:  # a stale entry (see unsafe_corrupt_routing)
+                continue
+            if now >= conn._alive_until:
+                conn._close(CloseReason.EXPIRED)
+                continue
+            seq = conn._seq + 1
+            conn._seq = seq
             if blocked is None and conn._policy is Overflow.BLOCK:
                 blocked = _Blocked()
             accepted, lost, putter = conn._overflow(packed, payload, seq, blocked)
@@ -631,11 +630,14 @@ class EventRouter:
                 if waits is None:
                     waits = []
                 waits.append((conn, putter))
-        return delivered, dropped, waits
+        if waits is not None:
+            return _Waiting(delivered, dropped, waits)
+        if dropped == 0 and delivered < _CACHED:
+            return _CACHED_RESULTS[delivered]
+        return PublishResult(delivered=delivered, dropped=dropped)
 
-    async def _wait_for_room(
-        self, delivered: int, dropped: int, waits: list[tuple[Connection, Putter]]
-    ) -> PublishResult:
+    async def _wait_for_room(self, waiting: _Waiting) -> PublishResult:
+        delivered, dropped, waits = waiting.delivered, waiting.dropped, waiting.waits
         blocked = waits[0][1].blocked
         timed_out: list[Connection] = []
         try:
@@ -754,6 +756,17 @@ class EventRouter:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+class _Waiting:
+    """What a fan-out left waiting for room (``BLOCK``): the counts so far and the waits."""
+
+    __slots__ = ("delivered", "dropped", "waits")
+
+    def __init__(self, delivered: int, dropped: int, waits: list[tuple[Connection, Putter]]) -> None:
+        self.delivered = delivered
+        self.dropped = dropped
+        self.waits = waits
 
 
 def _check_kind(kind: object) -> None:

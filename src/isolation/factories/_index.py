@@ -91,7 +91,8 @@ class SharedStateIndex:
         self._entries: dict[int, dict[ScopeRecord, None]] = {}
         self._dead: list[weakref.ref[ScopeRecord]] = []
 
-    def __len__(self) -> int:
+    @property
+    def size(self) -> int:
         """The number of distinct objects indexed."""
         return len(self._entries)
 

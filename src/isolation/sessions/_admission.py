@@ -15,6 +15,7 @@ limit (a different principal, or the arrival would not fit either).
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from typing import Final, final
 
@@ -81,10 +82,8 @@ class Admission:
         """
         if waiter.granted:
             return False
-        try:
+        with contextlib.suppress(ValueError):  # already granted and removed
             self.waiters.remove(waiter)
-        except ValueError:
-            pass
         return True
 
     def release(self, principal: Principal) -> list[Waiter]:
@@ -107,9 +106,7 @@ class Admission:
             if self._fits(waiter.principal):
                 waiter.granted = True
                 self.in_use += 1
-                self.by_principal[waiter.principal] = (
-                    self.by_principal.get(waiter.principal, 0) + 1
-                )
+                self.by_principal[waiter.principal] = self.by_principal.get(waiter.principal, 0) + 1
                 granted.append(waiter)
             else:
                 kept.append(waiter)

@@ -12,6 +12,7 @@ session used from the wrong scope or task before any SQL is sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import math
@@ -238,7 +239,8 @@ def _on_begin(session: Session, transaction: SessionTransaction, connection: Con
             )
         tenant, user = owner.principal
         connection.execute(
-            _set_config_statement(), {"user_id": user, "tenant_id": "" if tenant is None else tenant}
+            _set_config_statement(),
+            {"user_id": user, "tenant_id": "" if tenant is None else tenant},
         )
 
 
@@ -452,7 +454,6 @@ class SessionManager:
     __slots__ = (
         "__weakref__",
         "_admission",
-        "_check_error",
         "_check_lock",
         "_check_pending",
         "_close_timeout",
@@ -501,14 +502,16 @@ class SessionManager:
             )
         capacity = _pool_capacity(engine)
         if max_sessions is not None:
-            if isinstance(max_sessions, bool) or not isinstance(max_sessions, int) or max_sessions < 1:
+            if (
+                isinstance(max_sessions, bool)
+                or not isinstance(max_sessions, int)
+                or max_sessions < 1
+            ):
                 raise ConfigurationError(f"max_sessions must be an int >= 1, got {max_sessions!r}")
             capacity = max_sessions if capacity is None else min(capacity, max_sessions)
         if per_user_limit is None:
             per_user_limit = (
-                _UNBOUNDED_PER_USER
-                if capacity is None
-                else min(capacity, max(2, capacity // 4))
+                _UNBOUNDED_PER_USER if capacity is None else min(capacity, max(2, capacity // 4))
             )
         elif (
             isinstance(per_user_limit, bool)
@@ -540,7 +543,6 @@ class SessionManager:
         self._remove_return_check: Callable[[], None] | None = None
         self._tenancy: Tenancy | None = None
         self._check_pending = self._rls
-        self._check_error: BaseException | None = None
         self._check_lock: asyncio.Lock | None = None
         self._closing = False
         self._holding: set[_Owner] = set()
@@ -661,9 +663,7 @@ class SessionManager:
             await self._run_startup_checks()
         if self._watchdog is None:
             # A fresh context: the watchdog must not keep the caller's scope alive.
-            self._watchdog = self._loop.create_task(
-                self._watch(), context=contextvars.Context()
-            )
+            self._watchdog = self._loop.create_task(self._watch(), context=contextvars.Context())
 
     async def aclose(self) -> None:
         """Stop admitting, wait up to ``close_timeout`` for open blocks, stop the watchdog."""
@@ -682,10 +682,8 @@ class SessionManager:
         if watchdog is not None:
             watchdog.cancel()
             with anyio.CancelScope(shield=True):
-                try:
+                with contextlib.suppress(asyncio.CancelledError):
                     await watchdog
-                except asyncio.CancelledError:
-                    pass
         if self._remove_return_check is not None:
             self._remove_return_check()
             self._remove_return_check = None
@@ -818,7 +816,8 @@ class SessionManager:
             try:
                 # A flush that failed inside the savepoint leaves it inactive but not yet
                 # rolled back: only a closed one is left alone.
-                if nested.sync_transaction._state is not SessionTransactionState.CLOSED:
+                sync = nested.sync_transaction
+                if sync is not None and sync._state is not SessionTransactionState.CLOSED:
                     await nested.rollback()
             except Exception as failure:
                 error = failure
@@ -836,7 +835,9 @@ class SessionManager:
         scope = held.owner.scope_ref()
         return DEFAULT_CLEANUP_TIMEOUT if scope is None else scope._cleanup_timeout
 
-    async def _end_outermost(self, held: _Held, exc: BaseException | None) -> None:
+    async def _end_outermost(  # noqa: PLR0915 - one cleanup sequence, read as a whole
+        self, held: _Held, exc: BaseException | None
+    ) -> None:
         owner = held.owner
         if not owner.admitted:
             # The scope's finalizer already cut this block off.
@@ -941,14 +942,12 @@ class SessionManager:
     # -- startup checks and the watchdog --------------------------------------------------
 
     async def _run_startup_checks(self) -> None:
-        if self._check_error is not None and not self._check_pending:
-            raise self._check_error
+        # A refusal leaves the check pending: every later session runs it again and is
+        # refused again (fail closed), until the role or the tables are fixed.
         if self._check_lock is None:
             self._check_lock = asyncio.Lock()
         async with self._check_lock:
             if not self._check_pending:
-                if self._check_error is not None:
-                    raise self._check_error
                 return
             if self._rls:
                 from isolation.sessions.postgres import check_role
@@ -956,13 +955,7 @@ class SessionManager:
                 tables = set(self._rls_tables)
                 if self._tenancy is not None:
                     tables.update(table.fullname for table in self._tenancy.tables)
-                try:
-                    await check_role(self._engine, tables)
-                except ConfigurationError as refused:
-                    self._check_error = refused
-                    self._check_pending = False
-                    raise
-            self._check_error = None
+                await check_role(self._engine, tables)
             self._check_pending = False
 
     async def _watch(self) -> None:

@@ -240,7 +240,10 @@ class Tenancy:
                     raise refused
                 for committed in (True, False):
                     owner = rule.owner_of(obj, committed=committed)
-                    for key, index, mine in ((rule.tenant_key, 0, tenant), (rule.user_key, 1, user)):
+                    for key, index, mine in (
+                        (rule.tenant_key, 0, tenant),
+                        (rule.user_key, 1, user),
+                    ):
                         if key is not None and owner[index] != mine:
                             raise self._foreign(
                                 rule,

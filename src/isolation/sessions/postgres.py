@@ -1,4 +1,4 @@
-"""PostgreSQL row-level security for :class:`~isolation.sessions.SessionManager` (extra ``postgres``).
+"""PostgreSQL row-level security for the session manager (extra ``postgres``).
 
 With ``row_level_security=True`` every transaction of a managed session begins
 with one parameterised statement::

@@ -181,12 +181,10 @@ def _library() -> Any:
     from isolation.report.modes.fm01_sessions import SessionSubject
     from isolation.sessions.postgres import rls_policy_sql
 
-    return SessionSubject(
-        make=lambda db, acquire_timeout=ACQUIRE_TIMEOUT: library_manager(
-            db, per_user_limit=PER_USER, acquire_timeout=acquire_timeout
-        ),
-        policy_sql=rls_policy_sql,
-    )
+    def make(db: Any, acquire_timeout: float = ACQUIRE_TIMEOUT) -> Any:
+        return library_manager(db, per_user_limit=PER_USER, acquire_timeout=acquire_timeout)
+
+    return SessionSubject(make=make, policy_sql=rls_policy_sql)
 
 
 class _UnboundedManager:

@@ -15,6 +15,7 @@ The mutant closes its session only on a normal exit.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -51,13 +52,57 @@ def _rounds(count: int) -> list[list[Request]]:
     )
 
 
+async def _request(
+    manager: Any,
+    *,
+    index: int,
+    point: str,
+    body: str,
+    events: tuple[anyio.Event, anyio.Event],
+    sessions: list[Any],
+    outcome: list[BaseException | None],
+) -> None:
+    """One request: write, then await at ``point`` until told to go on (or expired)."""
+    from sqlalchemy import text
+
+    from isolation.report.modes._sessions import Note
+
+    at, proceed = events
+    user = f"user-{index % 5}"
+    try:
+        async with (
+            Scope(UserContext.new(user, tenant_id="t", ttl=TTL)),
+            manager.session() as s,
+        ):
+            sessions.append(s)
+            if point == "before-query":
+                at.set()
+                await proceed.wait()
+            s.add(Note(body=body, tenant="t", owner=user))
+            await s.flush()
+            if point == "after-flush":
+                at.set()
+                await proceed.wait()
+            if point == "in-nested":
+                async with manager.session() as inner:
+                    inner.add(Note(body=body + "-inner", tenant="t", owner=user))
+                    await inner.flush()
+                    at.set()
+                    await proceed.wait()
+            if point == "in-query":
+                await s.execute(text(f"SELECT 1 /* isolation-pause-{index} */"))
+        outcome.append(None)
+    except Exception as exc:
+        outcome.append(exc)
+
+
 async def _run_round(
     manager: Any, db: Any, clock: FakeClock, requests: list[Request], tag: str
 ) -> list[str]:
-    from sqlalchemy import event, text
+    from sqlalchemy import event
     from sqlalchemy.util import await_only
 
-    from isolation.report.modes._sessions import Note, checked_out, committed_bodies
+    from isolation.report.modes._sessions import checked_out, committed_bodies
 
     found: list[str] = []
     pauses: dict[int, tuple[anyio.Event, anyio.Event]] = {}
@@ -78,36 +123,20 @@ async def _run_round(
             outcome: list[BaseException | None] = []
             body = f"{tag}-{index}"
 
-            async def request(index: int = index, point: str = point, body: str = body) -> None:
-                at, proceed = pauses[index]
-                user = f"user-{index % 5}"
-                try:
-                    async with Scope(UserContext.new(user, tenant_id="t", ttl=TTL)):
-                        async with manager.session() as s:
-                            sessions.append(s)
-                            if point == "before-query":
-                                at.set()
-                                await proceed.wait()
-                            s.add(Note(body=body, tenant="t", owner=user))
-                            await s.flush()
-                            if point == "after-flush":
-                                at.set()
-                                await proceed.wait()
-                            if point == "in-nested":
-                                async with manager.session() as inner:
-                                    inner.add(Note(body=body + "-inner", tenant="t", owner=user))
-                                    await inner.flush()
-                                    at.set()
-                                    await proceed.wait()
-                            if point == "in-query":
-                                await s.execute(text(f"SELECT 1 /* isolation-pause-{index} */"))
-                    outcome.append(None)
-                except Exception as exc:
-                    outcome.append(exc)
-
             with anyio.fail_after(30):
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(request)
+                    tg.start_soon(
+                        functools.partial(
+                            _request,
+                            manager,
+                            index=index,
+                            point=point,
+                            body=body,
+                            events=pauses[index],
+                            sessions=sessions,
+                            outcome=outcome,
+                        )
+                    )
                     await at.wait()
                     if expires:
                         clock.advance(TTL + 1)
@@ -161,7 +190,8 @@ def _check(backend: str) -> Callable[[Any, Settings], Any]:
             backend, settings.postgres_url, policy_sql=subject.policy_sql
         ) as db:
             manager = subject.make(db)
-            with use_clock(FakeClock()) as clock:
+            clock = FakeClock()
+            with use_clock(clock):
                 for number, requests in enumerate(_rounds(settings.examples)):
                     found += await _run_round(manager, db, clock, requests, f"{tag}-{number}")
                     if found:

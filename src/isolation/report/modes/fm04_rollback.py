@@ -21,6 +21,7 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import attrs
 
 from isolation._clock import FakeClock, use_clock
 from isolation._errors import IsolationError
@@ -40,7 +41,7 @@ PRINCIPALS = (("t1", "alice"), ("t2", "alice"), ("t1", "bob"))
 Plan = tuple[int, tuple[int, str | None] | None, int, tuple[str, str] | None]
 
 
-class _Injected(Exception):
+class _InjectedError(Exception):
     """The exception a plan injects."""
 
 
@@ -66,74 +67,97 @@ def _plans(count: int) -> list[list[Plan]]:
     return generate(st.lists(plan, min_size=4, max_size=8), count, explicit)
 
 
-async def _run(manager: Any, db: Any, clock: FakeClock, plans: list[Plan], tag: str) -> list[str]:
-    from sqlalchemy.exc import DBAPIError
+@attrs.define
+class _Request:
+    """One planned request: writes, an optional nested block, an injected failure."""
 
-    from isolation.report.modes._sessions import Note, committed_bodies
+    manager: Any
+    clock: FakeClock
+    plan: Plan
+    principal: tuple[str, str]
+    prefix: str
+    clean: list[str] = attrs.Factory(list)
+
+    def note(self, body: str, owner: str | None = None) -> Any:
+        from isolation.report.modes._sessions import Note
+
+        tenant, user = self.principal
+        return Note(body=body, tenant=tenant, owner=owner or user)
+
+    async def inject(self, kind: str, session: Any, cancel: anyio.CancelScope) -> None:
+        if kind == "exception":
+            raise _InjectedError("injected")
+        if kind == "cancel":
+            cancel.cancel()
+            await anyio.lowlevel.checkpoint()
+        elif kind == "expiry":
+            self.clock.advance(TTL + 1)
+            await anyio.lowlevel.checkpoint()
+        else:
+            session.add(self.note(f"{self.prefix}-foreign", owner="mallory"))
+            await session.flush()
+
+    async def at(self, position: str, session: Any, cancel: anyio.CancelScope) -> None:
+        failure = self.plan[3]
+        if failure is not None and failure[1] == position:
+            await self.inject(failure[0], session, cancel)
+
+    async def run(self, cancel: anyio.CancelScope) -> None:
+        from sqlalchemy.exc import DBAPIError
+
+        before, nested, after, _ = self.plan
+        tenant, user = self.principal
+        prefix, manager = self.prefix, self.manager
+        async with (
+            Scope(UserContext.new(user, tenant_id=tenant, ttl=TTL)),
+            manager.session() as s,
+        ):
+            await self.at("start", s, cancel)
+            for k in range(before):
+                s.add(self.note(f"{prefix}-a{k}"))
+                self.clean.append(f"{prefix}-a{k}")
+            await s.flush()
+            await self.at("middle", s, cancel)
+            if nested is not None:
+                writes, inner_failure = nested
+                with contextlib.suppress(_InjectedError, IsolationError, DBAPIError):
+                    async with manager.session() as inner:
+                        for k in range(writes):
+                            inner.add(self.note(f"{prefix}-n{k}"))
+                        await inner.flush()
+                        if inner_failure is not None:
+                            await self.inject(inner_failure, inner, cancel)
+                    self.clean.extend(f"{prefix}-n{k}" for k in range(writes))
+            for k in range(after):
+                s.add(self.note(f"{prefix}-b{k}"))
+                self.clean.append(f"{prefix}-b{k}")
+            await self.at("end", s, cancel)
+
+
+async def _run(manager: Any, db: Any, clock: FakeClock, plans: list[Plan], tag: str) -> list[str]:
+    from isolation.report.modes._sessions import committed_bodies
 
     expected: list[str] = []
     found: list[str] = []
-    for index, (before, nested, after, failure) in enumerate(plans):
-        tenant, user = PRINCIPALS[index % len(PRINCIPALS)]
-        prefix = f"{tag}-{index:02d}"
-        clean: list[str] = []
-
-        def note(body: str, owner: str = user) -> Note:
-            return Note(body=body, tenant=tenant, owner=owner)
-
-        async def inject(kind: str, session: Any, cancel: anyio.CancelScope) -> None:
-            if kind == "exception":
-                raise _Injected("injected")
-            if kind == "cancel":
-                cancel.cancel()
-                await anyio.lowlevel.checkpoint()
-            elif kind == "expiry":
-                clock.advance(TTL + 1)
-                await anyio.lowlevel.checkpoint()
-            else:
-                session.add(note(f"{prefix}-foreign", owner="mallory"))
-                await session.flush()
-
-        async def at(position: str, session: Any, cancel: anyio.CancelScope) -> None:
-            if failure is not None and failure[1] == position:
-                await inject(failure[0], session, cancel)
-
-        async def request(cancel: anyio.CancelScope) -> None:
-            async with Scope(UserContext.new(user, tenant_id=tenant, ttl=TTL)):
-                async with manager.session() as s:
-                    await at("start", s, cancel)
-                    for k in range(before):
-                        s.add(note(f"{prefix}-a{k}"))
-                        clean.append(f"{prefix}-a{k}")
-                    await s.flush()
-                    await at("middle", s, cancel)
-                    if nested is not None:
-                        writes, inner_failure = nested
-                        try:
-                            async with manager.session() as inner:
-                                for k in range(writes):
-                                    inner.add(note(f"{prefix}-n{k}"))
-                                await inner.flush()
-                                if inner_failure is not None:
-                                    await inject(inner_failure, inner, cancel)
-                            clean.extend(f"{prefix}-n{k}" for k in range(writes))
-                        except (_Injected, IsolationError, DBAPIError):
-                            pass
-                    for k in range(after):
-                        s.add(note(f"{prefix}-b{k}"))
-                        clean.append(f"{prefix}-b{k}")
-                    await at("end", s, cancel)
-
+    for index, plan in enumerate(plans):
+        failure = plan[3]
+        request = _Request(
+            manager=manager,
+            clock=clock,
+            plan=plan,
+            principal=PRINCIPALS[index % len(PRINCIPALS)],
+            prefix=f"{tag}-{index:02d}",
+        )
         error: BaseException | None = None
         try:
             with anyio.fail_after(30), anyio.CancelScope() as cancel:
-                await request(cancel)
+                await request.run(cancel)
         except Exception as exc:
             error = exc
         if failure is None:
             if error is not None:
                 found.append(f"request {index} failed without an injected failure: {error!r}"[:300])
-            expected.extend(clean)
+            expected.extend(request.clean)
         elif failure[0] != "cancel" and error is None:
             found.append(f"request {index}: the injected {failure[0]} did not surface")
     committed = await committed_bodies(db, tag + "-")
@@ -157,7 +181,8 @@ def _check(backend: str) -> Callable[[Any, Settings], Any]:
             backend, settings.postgres_url, policy_sql=subject.policy_sql
         ) as db:
             manager = subject.make(db)
-            with use_clock(FakeClock()) as clock:
+            clock = FakeClock()
+            with use_clock(clock):
                 for number, plans in enumerate(_plans(settings.examples)):
                     found += await _run(manager, db, clock, plans, f"{tag}-{number:03d}")
                     if found:

@@ -1,0 +1,278 @@
+"""`isolation audit MODULE:ATTR`: overlapping users, the full walk, exit codes 0, 1 and 2."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from isolation import Scope, UserContext
+from isolation._audit import AuditUsageError, _FactoryRun, _Outcome, audit
+from isolation._cli import main
+
+_names = itertools.count()
+
+SERVICE = '''
+import isolation
+from isolation import UserContext
+
+
+class Engine:
+    def __init__(self, ctx: UserContext):
+        self.user = ctx.user_id
+        self.history = []
+
+
+class LeakyEngine:
+    cache = {}
+
+    def __init__(self):
+        self.history = []
+
+
+@isolation.request_scoped(check="sampled")
+async def make_async(ctx: UserContext) -> Engine:
+    return Engine(ctx)
+
+
+@isolation.request_scoped
+async def make_async_leaky() -> LeakyEngine:
+    return LeakyEngine()
+
+
+_pool = []
+
+
+def pooled():
+    """The seed's bug: three engines, handed out again and again."""
+    if len(_pool) < 3:
+        _pool.append(Engine(UserContext.new("nobody")))
+        return _pool[-1]
+    _pool.append(_pool.pop(0))
+    return _pool[-1]
+
+
+_per_user = {}
+
+
+def cached_per_user(ctx: UserContext):
+    """An engine per user, kept across requests."""
+    return _per_user.setdefault(ctx.principal, Engine(ctx))
+
+
+def broken():
+    raise RuntimeError("no database configured")
+
+
+def needs_args(size):
+    return size
+
+
+@isolation.owned
+class Owned:
+    def __init__(self):
+        self.items = []
+
+    def run(self):
+        return len(self.items)
+
+
+class Big:
+    def __init__(self):
+        self.rows = [[i] for i in range(10_050)]
+
+
+class Registry:
+    def __isolation_factories__(self):
+        return [("engine", Engine), ("async engine", make_async)]
+
+
+registry = Registry()
+not_a_factory = [1, 2, 3]
+'''
+
+
+@pytest.fixture
+def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A module of factories on sys.path, under a fresh name; returns its name."""
+    name = f"audited_service_{next(_names)}"
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(SERVICE))
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    return name
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run the command line; return the exit code, stdout and stderr."""
+    code = main(["audit", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+class TestClean:
+    """A clean factory exits 0 with a report of what was built and walked."""
+
+    def test_clean_class(self, service: str, capsys: pytest.CaptureFixture[str]) -> None:
+        """Defaults: 20 users over 4 threads, two requests each; progress on stderr."""
+        code, out, err = run(capsys, f"{service}:Engine")
+        assert code == 0
+        assert "20 users over 4 threads" in out
+        assert "built:   40 instances of Engine in 40 scopes" in out
+        assert "result: clean" in out
+        assert "request 1 of 2" in err
+        assert "result" not in err
+
+    def test_async_factory_declared_sampled(
+        self, service: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """An async @request_scoped factory is audited in full whatever it declares."""
+        code, out, _ = run(capsys, f"{service}:make_async", "--users", "6", "--threads", "3")
+        assert code == 0
+        assert "(async function) (declared check='sampled'; audited in full)" in out
+
+    def test_owned_class(self, service: str, capsys: pytest.CaptureFixture[str]) -> None:
+        """An @owned class is reported as owned, each instance by its scope."""
+        code, out, _ = run(capsys, f"{service}:Owned", "--users", "4")
+        assert code == 0
+        assert "owned:   yes" in out
+
+    def test_registry_plugs_in(self, service: str, capsys: pytest.CaptureFixture[str]) -> None:
+        """An object with __isolation_factories__() is audited factory by factory."""
+        code, out, _ = run(capsys, f"{service}:registry", "--users", "3")
+        assert code == 0
+        assert "factory engine (class)" in out
+        assert "factory async engine (async function)" in out
+
+    def test_truncation_is_reported(
+        self, service: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A walk stopped by its bound is a line of the report, not a warning."""
+        code, out, _ = run(capsys, f"{service}:Big", "--users", "2", "--threads", "1")
+        assert code == 0
+        assert "truncated: the walk of the Big built for" in out
+        assert "10000 objects" in out
+
+
+class TestViolations:
+    """Shared state, instances that outlive their scope, and failing factories exit 1."""
+
+    def test_class_level_cache(self, service: str, capsys: pytest.CaptureFixture[str]) -> None:
+        """The class-level cache is found, with both paths."""
+        code, out, _ = run(capsys, f"{service}:LeakyEngine", "--users", "4")
+        assert code == 1
+        assert "VIOLATION [shared-state]" in out
+        assert "LeakyEngine.cache (this build) is LeakyEngine.cache (theirs)" in out
+        assert "result: 1 violation" in out
+
+    def test_json(self, service: str, capsys: pytest.CaptureFixture[str]) -> None:
+        """--json prints one object with the violations, principals and paths."""
+        code, out, _ = run(capsys, f"{service}:make_async_leaky", "--users", "4", "--json")
+        assert code == 1
+        report = json.loads(out)
+        assert report["exit_code"] == 1
+        assert report["users"] == 4
+        (factory,) = report["factories"]
+        (violation,) = factory["violations"]
+        assert violation["kind"] == "shared-state"
+        assert violation["paths"] == ["LeakyEngine.cache", "LeakyEngine.cache"]
+        assert len(violation["principals"]) == 2
+
+    def test_pool_of_engines(self, service: str, capsys: pytest.CaptureFixture[str]) -> None:
+        """A pool handing engines out again: the same object for two users."""
+        code, out, _ = run(capsys, f"{service}:pooled", "--users", "6")
+        assert code == 1
+        assert "the same Engine object" in out
+
+    def test_instance_kept_across_requests(
+        self, service: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """An instance handed to a later request of the same user outlived its scope."""
+        code, out, _ = run(capsys, f"{service}:cached_per_user", "--users", "3")
+        assert code == 1
+        assert "VIOLATION [outlived-scope]" in out
+
+    def test_factory_that_raises(self, service: str, capsys: pytest.CaptureFixture[str]) -> None:
+        """A factory that fails is reported, and the audit is not clean."""
+        code, out, _ = run(capsys, f"{service}:broken", "--users", "2")
+        assert code == 1
+        assert "RuntimeError: no database configured" in out
+
+    def test_exactly_once_and_ownership_verdicts(self) -> None:
+        """A scope whose factory ran twice, or whose instance another scope owns, is reported."""
+        run_ = _FactoryRun("f", lambda: object(), 2, 2, lambda line: None)
+        scope = Scope(UserContext.new("alice"))
+        run_._judge([_Outcome((None, "alice"), scope, [object(), object()], [], runs=2)])
+        kinds = sorted(v.kind for v in run_.violations)
+        assert kinds == ["exactly-once", "exactly-once"]
+
+
+class TestUsage:
+    """What the audit cannot do exits 2 with a message on stderr."""
+
+    @pytest.mark.parametrize(
+        ("target", "message"),
+        [
+            ("no_colon", "expected MODULE:ATTR"),
+            ("no_such_module_here:x", "no module named 'no_such_module_here'"),
+            ("{service}:missing", "has no attribute 'missing'"),
+            ("{service}:not_a_factory", "is not a factory"),
+            ("{service}:needs_args", "'size' is required"),
+        ],
+    )
+    def test_usage_errors(
+        self, service: str, capsys: pytest.CaptureFixture[str], target: str, message: str
+    ) -> None:
+        """A bad target exits 2 and says why."""
+        code, out, err = run(capsys, target.format(service=service))
+        assert code == 2
+        assert out == ""
+        assert message in err
+
+    def test_module_that_fails_to_import(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A module raising at import is a usage error naming the exception."""
+        (tmp_path / "audit_broken_module.py").write_text("raise ValueError('bad config')\n")
+        (tmp_path / "audit_missing_dep.py").write_text("import no_such_dependency_xyz\n")
+        monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+        code, _, err = run(capsys, "audit_broken_module:x")
+        assert code == 2
+        assert "ValueError: bad config" in err
+        code, _, err = run(capsys, "audit_missing_dep:x")
+        assert code == 2
+        assert "no_such_dependency_xyz" in err
+
+    def test_too_few_users(self, service: str, capsys: pytest.CaptureFixture[str]) -> None:
+        """One user cannot overlap with anyone."""
+        code, _, err = run(capsys, f"{service}:Engine", "--users", "1")
+        assert code == 2
+        assert "at least 2" in err
+        with pytest.raises(AuditUsageError, match="threads"):
+            audit(f"{service}:Engine", threads=0)
+
+    def test_registry_without_factories(self) -> None:
+        """A registry that declares nothing is a usage error."""
+
+        class Empty:
+            def __isolation_factories__(self) -> list[object]:
+                return []
+
+        with pytest.raises(AuditUsageError, match="declares no factories"):
+            audit(Empty())
+
+
+def test_audit_function_takes_objects() -> None:
+    """audit() takes the factory itself, and returns the report."""
+
+    class Clean:
+        def __init__(self) -> None:
+            self.items: list[int] = []
+
+    report = audit(Clean, users=3, threads=2)
+    assert report.exit_code == 0
+    assert report.factories[0].built == 6
+    assert report.to_json()["violations"] == 0

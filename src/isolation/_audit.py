@@ -341,9 +341,10 @@ class _FactoryRun:
         return counting
 
     def _violation(self, violation: Violation) -> None:
-        key = (violation.kind, frozenset(violation.principals), frozenset(violation.paths))
+        # One line per shared path (whichever users met it), else per message.
+        key: object = (violation.kind, violation.message)
         if violation.kind == "shared-state":
-            key = (violation.kind, frozenset(), frozenset(violation.paths))
+            key = (violation.kind, violation.paths)
         if key not in self._seen:
             self._seen.add(key)
             self.violations.append(violation)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import isolation
 from isolation import Scope, UserContext
 from isolation._audit import AuditUsageError, _FactoryRun, _Outcome, audit
 from isolation._cli import main
@@ -203,11 +204,17 @@ class TestViolations:
 
     def test_exactly_once_and_ownership_verdicts(self) -> None:
         """A scope whose factory ran twice, or whose instance another scope owns, is reported."""
+        @isolation.owned
+        class Tool:
+            pass
+
+        with isolation.scope(UserContext.new("bob")):
+            foreign = Tool()
         run_ = _FactoryRun("f", lambda: object(), 2, 2, lambda line: None)
         scope = Scope(UserContext.new("alice"))
-        run_._judge([_Outcome((None, "alice"), scope, [object(), object()], [], runs=2)])
+        run_._judge([_Outcome((None, "alice"), scope, [foreign, object()], [], runs=2)])
         kinds = sorted(v.kind for v in run_.violations)
-        assert kinds == ["exactly-once", "exactly-once"]
+        assert kinds == ["exactly-once", "exactly-once", "ownership"]
 
 
 class TestUsage:

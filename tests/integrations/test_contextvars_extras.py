@@ -11,9 +11,9 @@ from isolation import UserContext
 
 pytest.importorskip("contextvars_extras", reason="needs the contextvars-extras extra")
 
-from contextvars_extras import ContextVarDescriptor, ContextVarsRegistry  # noqa: E402
+from contextvars_extras import ContextVarDescriptor, ContextVarsRegistry
 
-from isolation.integrations.contextvars_extras import isolate  # noqa: E402
+from isolation.integrations.contextvars_extras import isolate
 
 
 @pytest.fixture

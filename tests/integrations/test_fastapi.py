@@ -6,13 +6,13 @@ import pytest
 
 pytest.importorskip("fastapi", reason="needs FastAPI")
 
-from fastapi import FastAPI  # noqa: E402
-from starlette.requests import HTTPConnection  # noqa: E402
-from starlette.testclient import TestClient  # noqa: E402
+from fastapi import FastAPI
+from starlette.requests import HTTPConnection
+from starlette.testclient import TestClient
 
-from isolation import Registry, UserContext  # noqa: E402
-from isolation.integrations.fastapi import CurrentContext, provided  # noqa: E402
-from isolation.integrations.starlette import IsolationMiddleware  # noqa: E402
+from isolation import Registry, UserContext
+from isolation.integrations.fastapi import CurrentContext, provided
+from isolation.integrations.starlette import IsolationMiddleware
 
 
 class Assistant:

@@ -1,4 +1,4 @@
-"""IsolationMiddleware with Starlette's test client: HTTP, streaming, background tasks, WebSockets."""
+"""IsolationMiddleware with the test client: HTTP, streaming, background tasks, WebSockets."""
 
 from __future__ import annotations
 
@@ -9,26 +9,27 @@ import pytest
 
 pytest.importorskip("starlette", reason="needs the starlette extra")
 
-from starlette.applications import Starlette  # noqa: E402
-from starlette.background import BackgroundTask  # noqa: E402
-from starlette.middleware import Middleware  # noqa: E402
-from starlette.middleware.base import BaseHTTPMiddleware  # noqa: E402
-from starlette.requests import HTTPConnection, Request  # noqa: E402
-from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse  # noqa: E402
-from starlette.routing import Route, WebSocketRoute  # noqa: E402
-from starlette.testclient import TestClient  # noqa: E402
-from starlette.websockets import WebSocket, WebSocketDisconnect  # noqa: E402
+import anyio.lowlevel
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
-import isolation  # noqa: E402
-from isolation import Lifetime, Registry, UserContext  # noqa: E402
-from isolation.integrations.starlette import (  # noqa: E402
+import isolation
+from isolation import Lifetime, Registry, UserContext
+from isolation.integrations.starlette import (
     CLOSE_EXPIRED,
     CLOSE_POLICY,
     IsolationMiddleware,
     lifespan,
     websocket_context,
 )
-from isolation.testing import FakeClock  # noqa: E402
+from isolation.testing import FakeClock
 
 SEEN: list[tuple[str, str | None]] = []
 
@@ -44,7 +45,7 @@ def authenticate(conn: HTTPConnection) -> UserContext | None:
 
 
 async def async_authenticate(conn: HTTPConnection) -> UserContext | None:
-    await anyio.sleep(0)
+    await anyio.lowlevel.checkpoint()
     return authenticate(conn)
 
 
@@ -59,7 +60,7 @@ async def whoami(request: Request) -> JSONResponse:
 async def stream(request: Request) -> StreamingResponse:
     async def chunks() -> AsyncIterator[str]:
         for _ in range(3):
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
             yield who() + "\n"
 
     return StreamingResponse(chunks())

@@ -61,7 +61,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[ASGIScope, Receive, Send], Awaitable[None]]
-Authenticate = Callable[[HTTPConnection], "UserContext | None | Awaitable[UserContext | None]"]
+Authenticate = Callable[[HTTPConnection], "Awaitable[UserContext | None] | UserContext | None"]
 
 CLOSE_POLICY: Final = 1008
 """A policy refusal or a failed re-authentication."""

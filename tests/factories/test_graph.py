@@ -219,6 +219,61 @@ class TestWhatIsWalked:
         Engine.local.seen = []
         assert shared(Engine(), Engine()) == [("Engine.local", "Engine.local")]
 
+    def test_more_kinds(self) -> None:
+        """Frozensets, mapping proxies, bytearrays, keyword defaults, odd slots and keys."""
+        import types
+        import typing
+        import weakref
+
+        class Mangled:
+            __slots__ = "__secret"
+
+            def __init__(self) -> None:
+                self.__secret = [1]
+
+        class Stateless:
+            __slots__ = ()
+
+        @dataclasses.dataclass(frozen=True)
+        class Frozen:
+            items: list[int]
+
+        def later(*, seen: list[int] = []) -> None:  # noqa: B006
+            pass
+
+        def make_empty_cell() -> Any:
+            def inner() -> Any:
+                return cell_value  # noqa: F821
+
+            return inner
+            cell_value = 1  # type: ignore[unreachable]
+
+        box = Box()
+        box.frozen_set = frozenset({Box()})  # type: ignore[attr-defined]
+        box.proxy = types.MappingProxyType({"k": [1]})  # type: ignore[attr-defined]
+        box.raw = bytearray(b"x")  # type: ignore[attr-defined]
+        box.later = later  # type: ignore[attr-defined]
+        box.empty_cell = make_empty_cell()  # type: ignore[attr-defined]
+        box.mangled = Mangled()  # type: ignore[attr-defined]
+        box.stateless = Stateless()  # type: ignore[attr-defined]
+        box.frozen = Frozen(items=[])  # type: ignore[attr-defined]
+        box.keys = {7: [1], Box: [2], ("t",): [3]}  # type: ignore[attr-defined]
+        box.typing = typing.Optional[int]  # type: ignore[attr-defined]
+        box.ref = weakref.ref(Box)  # type: ignore[attr-defined]
+        found = paths(walk(box))
+        assert "Box.frozen_set{Box}" in found
+        assert "Box.proxy['k']" in found
+        assert "Box.raw" in found
+        assert "Box.later.<default seen>" in found
+        assert "Box.mangled" in found
+        assert "Box.mangled.__secret" in found
+        assert "Box.stateless" not in found
+        assert "Box.frozen" not in found
+        assert "Box.frozen.items" in found
+        assert "Box.keys[7]" in found
+        assert "Box.keys[<tuple>]" in found
+        assert not [p for p in found if "typing" in p or "ref" in p or "empty_cell" in p]
+
     def test_root_is_always_compared(self) -> None:
         """The same object handed to two users is shared, even a tuple; atoms are not."""
         same = (1, 2)

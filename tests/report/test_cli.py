@@ -106,7 +106,7 @@ class TestTableOutput:
         assert [int(line.split()[0]) for line in lines[1:-1]] == list(range(1, 17))
         assert all(line[0].isdigit() for line in lines[1:-1])
         assert not lines[-1][:1].isdigit()
-        assert lines[-1].startswith("summary: 16 passed")
+        assert lines[-1].startswith("summary: 16 modes passed")
         assert "mode 1:" in err
         assert "isolation report:" in err
         assert "mode 1:" not in out

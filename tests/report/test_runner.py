@@ -330,7 +330,7 @@ class TestTable:
         rows = [line for line in lines if line[:1].isdigit()]
         assert [int(row.split()[0]) for row in rows] == list(range(1, 17))
         assert not lines[-1][0].isdigit()
-        assert lines[-1].startswith("summary: 1 passed, 1 failed, 14 not run")
+        assert lines[-1].startswith("summary: 1 modes passed, 1 failed, 14 not run")
         assert lines[-1].endswith("(exit code 1)")
         assert "      ! leak" in lines
         two = next(row for row in rows if row.startswith("2 "))
@@ -344,4 +344,4 @@ class TestTable:
         assert " caught " in lines[1]
         assert " MISSED " in lines[2]
         assert " -  " in lines[3]
-        assert lines[-1].startswith("summary: 2 passed, 0 failed, 14 not run, 1 mutants missed")
+        assert lines[-1].startswith("summary: 2 modes passed, 0 failed, 14 not run, 1 mutants missed")

@@ -24,7 +24,9 @@ from isolation.events._model import Overflow as Overflow
 from isolation.events._model import PrincipalStats as PrincipalStats
 from isolation.events._model import PublishResult as PublishResult
 from isolation.events._model import RouterStats as RouterStats
-from isolation.events._router import DEFAULT_MAX_CONNECTIONS_PER_USER as DEFAULT_MAX_CONNECTIONS_PER_USER
+from isolation.events._router import (
+    DEFAULT_MAX_CONNECTIONS_PER_USER as DEFAULT_MAX_CONNECTIONS_PER_USER,
+)
 from isolation.events._router import DEFAULT_PUBLISH_TIMEOUT as DEFAULT_PUBLISH_TIMEOUT
 from isolation.events._router import DEFAULT_QUEUE_SIZE as DEFAULT_QUEUE_SIZE
 from isolation.events._router import DEFAULT_TICKET_TTL as DEFAULT_TICKET_TTL
@@ -36,17 +38,16 @@ from isolation.events.backends import Deliver as Deliver
 from isolation.events.backends import MemoryBackend as MemoryBackend
 
 __all__ = [
-    "DEFAULT_MAX_CONNECTIONS_PER_USER",
-    "DEFAULT_PUBLISH_TIMEOUT",
-    "DEFAULT_QUEUE_SIZE",
-    "DEFAULT_TICKET_TTL",
-    "TICKET_PURPOSE",
     "Authenticate",
     "Backend",
     "CloseReason",
     "Connection",
     "ConnectionState",
     "ConnectionStats",
+    "DEFAULT_MAX_CONNECTIONS_PER_USER",
+    "DEFAULT_PUBLISH_TIMEOUT",
+    "DEFAULT_QUEUE_SIZE",
+    "DEFAULT_TICKET_TTL",
     "Deliver",
     "Envelope",
     "Event",
@@ -56,4 +57,5 @@ __all__ = [
     "PrincipalStats",
     "PublishResult",
     "RouterStats",
+    "TICKET_PURPOSE",
 ]

@@ -20,21 +20,21 @@ from isolation._errors import UsageError
 from isolation._redact import redact
 
 __all__ = [
-    "GAP",
-    "MESSAGE",
-    "event_id",
-    "next_event_number",
     "CloseReason",
     "ConnectionState",
     "ConnectionStats",
     "Envelope",
     "Event",
+    "GAP",
+    "MESSAGE",
     "Overflow",
+    "Packed",
     "PrincipalStats",
     "PublishResult",
     "RouterStats",
-    "Packed",
+    "event_id",
     "make_event",
+    "next_event_number",
 ]
 
 MESSAGE: Final = "message"
@@ -169,7 +169,7 @@ class Event(_EventSlots):
     def __init__(
         self,
         *,
-        id: str,  # noqa: A002 - the field's name
+        id: str,
         recipient: str,
         tenant_id: str | None,
         kind: str,
@@ -231,15 +231,25 @@ class Event(_EventSlots):
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_event, (self.id, self.recipient, self.tenant_id, self.kind, self.seq,
-                                 self.created_at, self.payload))
+        return (
+            _rebuild_event,
+            (
+                self.id,
+                self.recipient,
+                self.tenant_id,
+                self.kind,
+                self.seq,
+                self.created_at,
+                self.payload,
+            ),
+        )
 
     def __copy__(self) -> Event:
         return self
 
 
-def _rebuild_event(
-    id: str,  # noqa: A002 - the field's name
+def _rebuild_event(  # noqa: PLR0917 - pickle passes the fields positionally
+    id: str,
     recipient: str,
     tenant_id: str | None,
     kind: str,
@@ -258,9 +268,9 @@ def _rebuild_event(
     )
 
 
-def _fill(
+def _fill(  # noqa: PLR0917 - private, called once with every field
     event: Event,
-    id: str,  # noqa: A002 - the field's name
+    id: str,
     recipient: str,
     tenant_id: str | None,
     kind: str,
@@ -279,7 +289,7 @@ def _fill(
 
 
 Packed = tuple["int | str", str, "str | None", str, float]
-"""An envelope without its payload, as the queues hold it: ``(id, recipient, tenant_id, kind, created_at)``.
+"""An envelope without its payload, as queued: ``(id, recipient, tenant_id, kind, created_at)``.
 
 One per publish, shared by every connection of the recipient; each connection
 keeps the payload and its own ``seq`` beside it and builds the :class:`Event`

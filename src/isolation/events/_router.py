@@ -51,9 +51,9 @@ from isolation.events._model import (
     ConnectionState,
     Envelope,
     Overflow,
+    Packed,
     PrincipalStats,
     PublishResult,
-    Packed,
     RouterStats,
     event_id,
     next_event_number,
@@ -63,13 +63,13 @@ from isolation.events.backends import Backend
 from isolation.events.backends.memory import MemoryBackend
 
 __all__ = [
+    "Authenticate",
     "DEFAULT_MAX_CONNECTIONS_PER_USER",
     "DEFAULT_PUBLISH_TIMEOUT",
     "DEFAULT_QUEUE_SIZE",
     "DEFAULT_TICKET_TTL",
-    "TICKET_PURPOSE",
-    "Authenticate",
     "EventRouter",
+    "TICKET_PURPOSE",
 ]
 
 logger = logging.getLogger("isolation.events")
@@ -102,11 +102,7 @@ def _positive_int(name: str, value: object) -> int:
 
 
 def _positive_seconds(name: str, value: object) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not 0 < value < math.inf
-    ):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
         raise ConfigurationError(f"{name} must be finite seconds > 0, got {value!r}")
     return float(value)
 
@@ -193,7 +189,8 @@ class EventRouter:
 
         # principal -> its live connections; replaced whole, never edited in place.
         self._routes: dict[Principal, tuple[Connection, ...]] = {}
-        # principal -> [delivered, dropped, refused] of its closed connections, while it has live ones.
+        # principal -> [delivered, dropped, refused] of its closed connections,
+        # kept only while the principal has live ones.
         self._totals: dict[Principal, list[int]] = {}
         self._live: set[Connection] = set()
         self._expiring: set[Connection] = set()
@@ -300,7 +297,9 @@ class EventRouter:
                 )
         else:
             if bound is None:
-                raise NoContextError("connect() was given no context or token, and no scope is bound")
+                raise NoContextError(
+                    "connect() was given no context or token, and no scope is bound"
+                )
             ctx = bound
             scope = current_scope()
         principal = (ctx.tenant_id, ctx.user_id)
@@ -427,12 +426,16 @@ class EventRouter:
         if not self._expiring:
             return
         now = _clock._now()
-        for conn in [c for c in self._expiring if c._expires_at is not None and now >= c._expires_at]:
+        for conn in [
+            c for c in self._expiring if c._expires_at is not None and now >= c._expires_at
+        ]:
             conn._close(CloseReason.EXPIRED)
 
     # -- tickets and tokens -----------------------------------------------------------
 
-    def issue_ticket(self, ctx: UserContext | None = None, *, ttl: float = DEFAULT_TICKET_TTL) -> str:
+    def issue_ticket(
+        self, ctx: UserContext | None = None, *, ttl: float = DEFAULT_TICKET_TTL
+    ) -> str:
         """Return a single-use ticket that opens one connection for ``ctx``.
 
         A ticket is a signed token of purpose :data:`TICKET_PURPOSE` carrying
@@ -449,18 +452,23 @@ class EventRouter:
         if self._keys is None:
             raise ConfigurationError(
                 "issue_ticket() needs a router made with keys=[...]",
-                hint="Make the router with keys=[isolation.tokens.generate_key()] or a key from your secret store",
+                hint="Make the router with keys=[key], a key of 32+ bytes from your secret store",
             )
         if ctx is None:
             ctx = current_context_or_none()
             if ctx is None:
                 raise NoContextError("issue_ticket() was given no context and no scope is bound")
         elif type(ctx) is not UserContext:
-            raise UsageError(f"issue_ticket() takes an isolation.UserContext, got {type(ctx).__name__}")
+            raise UsageError(
+                f"issue_ticket() takes an isolation.UserContext, got {type(ctx).__name__}"
+            )
         # A copy has a fresh random request id, which the token carries: no two
         # tickets are the same string, even for one context at one instant.
         return tokens.dumps(
-            attrs.evolve(ctx), key=self._keys[0], purpose=TICKET_PURPOSE, ttl=_positive_seconds("ttl", ttl)
+            attrs.evolve(ctx),
+            key=self._keys[0],
+            purpose=TICKET_PURPOSE,
+            ttl=_positive_seconds("ttl", ttl),
         )
 
     async def _resolve_token(self, token: str | bytes) -> tuple[UserContext, float | None]:
@@ -685,9 +693,13 @@ class EventRouter:
 
     def _check_ids(self, user_id: object, tenant_id: object) -> None:
         if type(user_id) is not str or not user_id:
-            raise UsageError(f"publish() takes a user id (a non-empty str), got {type(user_id).__name__}")
+            raise UsageError(
+                f"publish() takes a user id (a non-empty str), got {type(user_id).__name__}"
+            )
         if tenant_id is not None and type(tenant_id) is not str:
-            raise UsageError(f"publish() takes a tenant_id str or None, got {type(tenant_id).__name__}")
+            raise UsageError(
+                f"publish() takes a tenant_id str or None, got {type(tenant_id).__name__}"
+            )
 
     # -- statistics -----------------------------------------------------------------
 
@@ -709,7 +721,9 @@ class EventRouter:
             overflow_disconnects=self._overflow_disconnects,
         )
 
-    def principal_stats(self, user_id: str, *, tenant_id: str | None = None) -> PrincipalStats | None:
+    def principal_stats(
+        self, user_id: str, *, tenant_id: str | None = None
+    ) -> PrincipalStats | None:
         """Return the counters of one principal, or ``None`` if it has no live connection."""
         self._sweep_expired()
         principal = (tenant_id, user_id)
@@ -763,7 +777,9 @@ class _Waiting:
 
     __slots__ = ("delivered", "dropped", "waits")
 
-    def __init__(self, delivered: int, dropped: int, waits: list[tuple[Connection, Putter]]) -> None:
+    def __init__(
+        self, delivered: int, dropped: int, waits: list[tuple[Connection, Putter]]
+    ) -> None:
         self.delivered = delivered
         self.dropped = dropped
         self.waits = waits
@@ -781,9 +797,7 @@ def _check_kind(kind: object) -> None:
 
 def _closer(group: set[Connection]) -> Callable[[BaseException | None], None]:
     def close_scoped_connections(exc: BaseException | None) -> None:
-        reason = (
-            CloseReason.EXPIRED if isinstance(exc, ContextExpiredError) else CloseReason.CLOSED
-        )
+        reason = CloseReason.EXPIRED if isinstance(exc, ContextExpiredError) else CloseReason.CLOSED
         for conn in list(group):
             conn._close(reason)
 

@@ -38,10 +38,12 @@ Wake = Callable[[Any], None]
 
 def current_backend() -> str:
     """Return ``"asyncio"`` or ``"trio"``: the event loop running this task."""
-    try:
-        import sniffio
-    except ImportError:  # pragma: no cover - trio and httpx-based stacks bring it
-        sniffio = None
+    sniffio = sys.modules.get("sniffio")
+    if sniffio is None:
+        try:
+            import sniffio
+        except ImportError:  # pragma: no cover - trio brings it
+            sniffio = None
     if sniffio is not None:
         try:
             return str(sniffio.current_async_library())
@@ -70,7 +72,7 @@ def current_backend() -> str:
 # -- asyncio -------------------------------------------------------------------
 
 
-async def _park_asyncio(conn: Waitable, timeout: float | None) -> None:
+async def _park_asyncio(conn: Waitable, timeout: float | None) -> None:  # noqa: ASYNC109
     loop = asyncio.get_running_loop()
     future = loop.create_future()
     conn._waiter = future
@@ -92,7 +94,7 @@ def _wake_asyncio(future: asyncio.Future[None]) -> None:
 # -- trio ------------------------------------------------------------------------
 
 
-async def _park_trio(conn: Waitable, timeout: float | None) -> None:
+async def _park_trio(conn: Waitable, timeout: float | None) -> None:  # noqa: ASYNC109
     import trio
 
     task = trio.lowlevel.current_task()

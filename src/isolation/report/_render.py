@@ -43,7 +43,8 @@ def render_table(report: Report) -> str:
         for status in ("passed", "failed", "not_run")
     }
     summary = (
-        f"summary: {counts['passed']} passed, {counts['failed']} failed, "
+        # "modes" keeps the line from reading like a test runner's "N passed, N failed".
+        f"summary: {counts['passed']} modes passed, {counts['failed']} failed, "
         f"{counts['not_run']} not run"
     )
     if report.check_mutants:

@@ -6,6 +6,8 @@
   may be ``async def``, on one event loop.
 * :mod:`isolation.testing.strategies` (Hypothesis): ids, hostile ids, contexts.
 * :func:`assert_exactly_once`: a factory runs once per scope under threads and tasks.
+* :func:`unsafe_corrupt_routing` (core only): corrupt an event router's routing
+  on purpose, to show the last-step check refuses and counts what it misroutes.
 
 Names that need Hypothesis load on first use, so ``import isolation.testing``
 works without it.
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from isolation._clock import FakeClock as FakeClock
 from isolation._clock import use_clock as use_clock
 from isolation.testing._assertions import assert_exactly_once as assert_exactly_once
+from isolation.testing._unsafe import unsafe_corrupt_routing as unsafe_corrupt_routing
 
 if TYPE_CHECKING:
     from isolation.testing import strategies as strategies
@@ -29,6 +32,7 @@ __all__ = [
     "FakeClock",
     "assert_exactly_once",
     "strategies",
+    "unsafe_corrupt_routing",
     "use_clock",
 ]
 

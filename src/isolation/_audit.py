@@ -39,6 +39,7 @@ import anyio
 import anyio.to_thread
 import attrs
 
+from isolation._lifetime import Lifetime
 from isolation._errors import IsolationError, SharedStateError, UsageError
 from isolation._redact import redact_principal
 from isolation.context._model import UserContext
@@ -291,8 +292,10 @@ class _FactoryRun:
         users: int,
         threads: int,
         progress: Callable[[str], None],
+        lifetime: Lifetime = Lifetime.REQUEST,
     ) -> None:
         self.name = name
+        self.lifetime = lifetime
         self.users = users
         self.threads = threads
         self.progress = progress
@@ -408,7 +411,7 @@ class _FactoryRun:
                 outcome.errors.append(exc)
 
         async def user(i: int) -> None:
-            async with Scope(contexts[i]) as scope:
+            async with Scope(contexts[i], lifetime=self.lifetime) as scope:
                 outcome = _Outcome(contexts[i].principal, scope, [], [])
                 outcomes[i] = outcome
                 counters["entered"] += 1
@@ -435,7 +438,7 @@ class _FactoryRun:
                 tg.start_soon(user, i)
         return [o for o in outcomes if o is not None]
 
-    def _judge(self, outcomes: list[_Outcome]) -> None:  # noqa: PLR0912 - one verdict per rule
+    def _judge(self, outcomes: list[_Outcome]) -> None:
         rewalk = SharedStateIndex()
         for outcome in outcomes:
             self.scopes += 1
@@ -560,7 +563,12 @@ def audit(
     label = target if isinstance(target, str) else repr(target)
     obj = load_target(target) if isinstance(target, str) else target
     found = _factories(obj, label)
-    runs = [(_FactoryRun(name, raw, users, threads, progress), check) for name, raw, check in found]
+    # A registry's CONNECTION products need a connection scope; REQUEST ones resolve there too.
+    lifetime = getattr(obj, "__isolation_scope_lifetime__", Lifetime.REQUEST)
+    runs = [
+        (_FactoryRun(name, raw, users, threads, progress, lifetime), check)
+        for name, raw, check in found
+    ]
     progress(
         f"isolation audit: {label}: {len(runs)} "
         f"factor{'ies' if len(runs) != 1 else 'y'}, {users} users over {threads} threads"

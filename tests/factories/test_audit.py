@@ -148,9 +148,7 @@ class TestClean:
         assert "factory engine (class)" in out
         assert "factory async engine (async function)" in out
 
-    def test_truncation_is_reported(
-        self, service: str, capsys: pytest.CaptureFixture[str]
-    ) -> None:
+    def test_truncation_is_reported(self, service: str, capsys: pytest.CaptureFixture[str]) -> None:
         """A walk stopped by its bound is a line of the report, not a warning."""
         code, out, _ = run(capsys, f"{service}:Big", "--users", "2", "--threads", "1")
         assert code == 0
@@ -204,13 +202,14 @@ class TestViolations:
 
     def test_exactly_once_and_ownership_verdicts(self) -> None:
         """A scope whose factory ran twice, or whose instance another scope owns, is reported."""
+
         @isolation.owned
         class Tool:
             pass
 
         with isolation.scope(UserContext.new("bob")):
             foreign = Tool()
-        run_ = _FactoryRun("f", lambda: object(), 2, 2, lambda line: None)
+        run_ = _FactoryRun("f", object, 2, 2, lambda line: None)
         scope = Scope(UserContext.new("alice"))
         run_._judge([_Outcome((None, "alice"), scope, [foreign, object()], [], runs=2)])
         kinds = sorted(v.kind for v in run_.violations)

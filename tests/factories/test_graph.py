@@ -34,9 +34,7 @@ def shared(a: object, b: object) -> list[tuple[str, str]]:
     """The paths, on each side, of the mutable objects both roots reach."""
     ra, rb = walk(a), walk(b)
     return [
-        (render_path(ra.path(oid)), render_path(rb.path(oid)))
-        for oid in ra.mutable
-        if oid in rb
+        (render_path(ra.path(oid)), render_path(rb.path(oid))) for oid in ra.mutable if oid in rb
     ]
 
 
@@ -195,6 +193,29 @@ class TestWhatIsWalked:
         box.shared = isolation.shareable({"k": []})  # type: ignore[attr-defined]
         assert paths(walk(box)) == ["Box"]
 
+    def test_shared_by_design(self) -> None:
+        """A class marked __isolation_shareable__ and the library's app-wide objects are skipped."""
+
+        class Client:
+            __isolation_shareable__ = True
+
+            def __init__(self) -> None:
+                self.cookies: dict[str, str] = {}
+
+        box = Box()
+        box.client = Client()  # type: ignore[attr-defined]
+        box.registry = isolation.Registry()  # type: ignore[attr-defined]
+        assert paths(walk(box)) == ["Box"]
+
+    def test_sqlalchemy_engine_is_shared_by_design(self) -> None:
+        """A scoped object reaching the app's SQLAlchemy engine is not refused for it."""
+        asyncio_ext = pytest.importorskip("sqlalchemy.ext.asyncio")
+        engine = asyncio_ext.create_async_engine("sqlite+aiosqlite://")
+        a, b = Box(), Box()
+        a.engine = b.engine = engine  # type: ignore[attr-defined]
+        a.pool = b.pool = engine.sync_engine.pool  # type: ignore[attr-defined]
+        assert shared(a, b) == []
+
     def test_shareable_type(self) -> None:
         """A type declared shareable makes every instance (and subclass instance) skipped."""
 
@@ -226,7 +247,7 @@ class TestWhatIsWalked:
         import weakref
 
         class Mangled:
-            __slots__ = "__secret"
+            __slots__ = ("__secret",)
 
             def __init__(self) -> None:
                 self.__secret = [1]
@@ -242,11 +263,13 @@ class TestWhatIsWalked:
             pass
 
         def make_empty_cell() -> Any:
-            def inner() -> Any:
-                return cell_value  # noqa: F821
+            value = 1
 
+            def inner() -> Any:
+                return value  # noqa: F821 - deleted below: an empty cell
+
+            del value
             return inner
-            cell_value = 1  # type: ignore[unreachable]
 
         box = Box()
         box.frozen_set = frozenset({Box()})  # type: ignore[attr-defined]
@@ -258,7 +281,7 @@ class TestWhatIsWalked:
         box.stateless = Stateless()  # type: ignore[attr-defined]
         box.frozen = Frozen(items=[])  # type: ignore[attr-defined]
         box.keys = {7: [1], Box: [2], ("t",): [3]}  # type: ignore[attr-defined]
-        box.typing = typing.Optional[int]  # type: ignore[attr-defined]
+        box.typing = typing.TypeVar("T")  # type: ignore[attr-defined]
         box.ref = weakref.ref(Box)  # type: ignore[attr-defined]
         found = paths(walk(box))
         assert "Box.frozen_set{Box}" in found

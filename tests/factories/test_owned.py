@@ -8,14 +8,15 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import attrs
 import pytest
 
 import isolation
 from isolation import UserContext
 from isolation.factories._owned import owner_of
-from isolation.report.modes import fm11_engine_ownership as fm11
 from isolation.report import Settings
+from isolation.report.modes import fm11_engine_ownership as fm11
 
 
 @isolation.owned
@@ -31,7 +32,7 @@ class Engine:
         return len(self.history)
 
     async def arun(self, prompt: str) -> int:
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         return self.run(prompt)
 
     def stream(self) -> Iterator[str]:
@@ -148,7 +149,7 @@ class TestRefusals:
                 with isolation.scope(UserContext.new("bob")):
                     engine.run("x")
 
-            with pytest.raises(isolation.CrossContextAccessError, match="'alice'.*'bob'"):
+            with pytest.raises(isolation.CrossContextAccessError, match=r"'alice'.*'bob'"):
                 copy.run(as_bob)
 
     def test_no_scope(self) -> None:
@@ -215,7 +216,7 @@ class TestRefusals:
         with isolation.scope(UserContext.new("alice")):
             engine = Engine()
             copy = contextvars.copy_context()
-        with pytest.raises(isolation.CrossContextAccessError, match="earlier request|ended"):
+        with pytest.raises(isolation.CrossContextAccessError, match=r"earlier request|ended"):
             copy.run(engine.run, "x")
 
     def test_generator_checked_at_each_resume(self) -> None:
@@ -371,6 +372,20 @@ class TestClasses:
         with isolation.scope(UserContext.new("alice")):
             assert Counted().ping() == "pong"
         assert Counted.made == 1
+
+    def test_decorating_twice_is_harmless(self) -> None:
+        """@owned applied twice guards once."""
+
+        @isolation.owned
+        @isolation.owned
+        class Twice:
+            def ping(self) -> str:
+                return "pong"
+
+        with isolation.scope(UserContext.new("alice")):
+            assert Twice().ping() == "pong"
+        assert Twice.ping.__wrapped__.__name__ == "ping"  # type: ignore[attr-defined]
+        assert not hasattr(Twice.ping.__wrapped__, "__wrapped__")  # type: ignore[attr-defined]
 
     def test_owner_of_something_else(self) -> None:
         """owner_of() is None for objects that are not @owned."""

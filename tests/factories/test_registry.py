@@ -524,3 +524,105 @@ class TestThreads:
             s.get(Assistant)
         stats = registry.stats()
         assert (stats.built_app, stats.built_request, stats.built_connection) == (1, 2, 0)
+
+
+SHARED_CACHE: dict[str, str] = {}
+
+
+class LeakyEngine:
+    def __init__(self, ctx: UserContext) -> None:
+        self.cache = SHARED_CACHE  # the same dict for every user
+
+
+class CleanEngine:
+    def __init__(self, ctx: UserContext) -> None:
+        self.cache: dict[str, str] = {}
+
+
+class TestSharedStateAndOwnership:
+    def test_walk_refuses_shared_state_between_live_users(self) -> None:
+        """Two users' live products reaching one dict: the second build is refused."""
+        registry = Registry()
+        registry.provide(LeakyEngine)
+        with isolation.scope(alice(), registry=registry) as a:
+            a.get(LeakyEngine)
+            import contextvars
+
+            def bob() -> None:
+                with isolation.scope(
+                    UserContext.new("bob"), registry=registry, allow_switch=True
+                ) as b:
+                    b.get(LeakyEngine)
+
+            with pytest.raises(isolation.SharedStateError) as info:
+                contextvars.copy_context().run(bob)
+        assert "cache" in str(info.value)
+        assert registry.stats().violations == 1
+        assert registry.stats().walks == 2
+
+    def test_clean_products_pass(self) -> None:
+        """Products with their own state pass the walk."""
+        registry = Registry()
+        registry.provide(CleanEngine)
+        with isolation.scope(alice(), registry=registry) as a:
+            a.get(CleanEngine)
+            with isolation.scope(UserContext.new("bob"), registry=registry, allow_switch=True) as b:
+                b.get(CleanEngine)
+        assert registry.stats().violations == 0
+
+    def test_check_off_does_not_walk(self) -> None:
+        """check='off' builds without walking."""
+        registry = Registry(check="off")
+        registry.provide(LeakyEngine)
+        with isolation.scope(alice(), registry=registry) as a:
+            a.get(LeakyEngine)
+            with isolation.scope(UserContext.new("bob"), registry=registry, allow_switch=True) as b:
+                b.get(LeakyEngine)
+        assert registry.stats().walks == 0
+
+    def test_sampled_walks_one_in_n(self) -> None:
+        """check='sampled' walks the first build and then one in sample_every."""
+        registry = Registry(check="sampled", sample_every=3)
+        registry.provide(CleanEngine)
+        for _ in range(7):
+            with isolation.scope(alice(), registry=registry) as s:
+                s.get(CleanEngine)
+        assert registry.stats().walks == 3
+
+    def test_owned_connection_product_owned_by_connection(self) -> None:
+        """An @owned CONNECTION product is owned by the connection scope, usable in its requests."""
+        registry = Registry()
+
+        @isolation.owned
+        class Channel:
+            def __init__(self, ctx: UserContext) -> None:
+                self.user = ctx.user_id
+
+            def name(self) -> str:
+                return self.user
+
+        registry.provide(Channel, lifetime=Lifetime.CONNECTION)
+        ctx = alice()
+        with isolation.scope(ctx, registry=registry, lifetime=Lifetime.CONNECTION) as conn:
+            with isolation.scope(ctx) as request:
+                channel = request.get(Channel)
+                assert channel.name() == "alice"
+            assert channel.name() == "alice"  # still the owner's (connection) scope
+        with pytest.raises(isolation.CrossContextAccessError):
+            channel.name()
+
+    def test_audit_a_registry(self) -> None:
+        """isolation audit accepts a Registry: a leaky provider is a violation, a clean one is not."""
+        from isolation._audit import audit
+
+        clean = Registry()
+        clean.provide(CleanEngine)
+        clean.provide(Socket, lifetime=Lifetime.CONNECTION)
+        report = audit(clean, users=4, threads=2)
+        assert {f.name for f in report.factories} == {"CleanEngine", "Socket"}
+        assert all(not f.violations for f in report.factories)
+
+        leaky = Registry(check="off")
+        leaky.provide(LeakyEngine)
+        report = audit(leaky, users=4, threads=2)
+        assert any(v.kind == "shared-state" for f in report.factories for v in f.violations)

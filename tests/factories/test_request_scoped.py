@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import isolation
@@ -18,7 +19,6 @@ from isolation._redact import set_redactor
 from isolation.factories._index import SharedStateIndex
 from isolation.factories._request_scoped import ScopedFactory, _wrap, scoped_factory_of
 from isolation.report.modes import fm07_exactly_once as fm07
-
 
 
 def private(fn: Callable[..., Any], **options: Any) -> Callable[[], Any]:
@@ -186,7 +186,7 @@ class TestPerScope:
         """An async factory is awaited: one instance per scope, context injected."""
 
         async def make_engine(ctx: UserContext) -> Engine:
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
             return Engine(ctx)
 
         make = isolation.request_scoped(make_engine)
@@ -237,7 +237,7 @@ class TestFailures:
 
         async def make_flaky() -> list[int]:
             attempts.append(1)
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
             if len(attempts) == 1:
                 raise RuntimeError("half-way")
             return []
@@ -290,8 +290,9 @@ class TestFailures:
             return make()
 
         make = private(again)
-        with isolation.scope(UserContext.new("alice")), pytest.raises(
-            isolation.UsageError, match="called itself"
+        with (
+            isolation.scope(UserContext.new("alice")),
+            pytest.raises(isolation.UsageError, match="called itself"),
         ):
             make()
 
@@ -492,32 +493,37 @@ class TestSharedState:
     def test_exactly_one_of_two_conflicting_builds_is_refused(self) -> None:
         """Two users building at the same moment: check-and-register is one atomic step."""
         for _ in range(20):
-            make = private(LeakyEngine)
-            barrier = threading.Barrier(2)
-            results: list[str] = []
-            done = threading.Event()
-            release = threading.Event()
+            assert sorted(self._race()) == ["built", "refused"]
 
-            def build(user: str) -> None:
-                with isolation.scope(UserContext.new(user)):
-                    barrier.wait()
-                    try:
-                        make()
-                        results.append("built")
-                    except isolation.SharedStateError:
-                        results.append("refused")
-                    if len(results) == 2:
-                        done.set()
-                    release.wait()
+    @staticmethod
+    def _race() -> list[str]:
+        """Alice and Bob build a leaky engine at once, both scopes live until both are done."""
+        make = private(LeakyEngine)
+        barrier = threading.Barrier(2)
+        results: list[str] = []
+        done = threading.Event()
+        release = threading.Event()
 
-            threads = [threading.Thread(target=build, args=(u,)) for u in ("alice", "bob")]
-            for t in threads:
-                t.start()
-            assert done.wait(30)
-            release.set()
-            for t in threads:
-                t.join()
-            assert sorted(results) == ["built", "refused"]
+        def build(user: str) -> None:
+            with isolation.scope(UserContext.new(user)):
+                barrier.wait()
+                try:
+                    make()
+                    results.append("built")
+                except isolation.SharedStateError:
+                    results.append("refused")
+                if len(results) == 2:
+                    done.set()
+                release.wait()
+
+        threads = [threading.Thread(target=build, args=(u,)) for u in ("alice", "bob")]
+        for t in threads:
+            t.start()
+        assert done.wait(30)
+        release.set()
+        for t in threads:
+            t.join()
+        return results
 
 
 class TestLifetime:

@@ -6,6 +6,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
+pytest.importorskip("sqlalchemy", reason="the session tests need the sqlalchemy extra")
+pytest.importorskip("aiosqlite", reason="the session tests need the sqlalchemy extra")
+
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from isolation.report.modes._sessions import create_tables, sqlite_engine

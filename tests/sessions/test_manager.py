@@ -427,11 +427,12 @@ class TestInvalidation:
         async with isolation.scope(ctx()), manager.session() as s:
             assert (await s.execute(text("select 1"))).scalar() == 1
 
-    @pytest.mark.parametrize("hook", ["rollback", "checkout"])
+    @pytest.mark.parametrize("hook", ["rollback", "checkout", "reset"])
     async def test_cancelled_mid_step_is_invalidated(
         self, engine: AsyncEngine, fake_clock: FakeClock, hook: str
     ) -> None:
-        """Cancelled during checkout, or a rollback cut short: the connection is not reused."""
+        """Cancelled during checkout, a rollback or a close (the pool's reset) cut short: the
+        connection is invalidated, never reused."""
         manager = SessionManager(engine)
         invalidated: list[object] = []
         event.listen(engine.sync_engine.pool, "invalidate", lambda *a: invalidated.append(a))
@@ -441,11 +442,17 @@ class TestInvalidation:
             reached.set()
             await_only(never.wait())
 
-        target = engine.sync_engine.pool if hook == "checkout" else engine.sync_engine
+        target = engine.sync_engine if hook == "rollback" else engine.sync_engine.pool
         event.listen(target, hook, block)
 
+        expected = {
+            "rollback": ValueError,  # the block's own error, with a note
+            "checkout": ContextExpiredError,
+            "reset": isolation.SessionError,  # the pool's reset runs inside commit()
+        }[hook]
+
         async def request() -> None:
-            with pytest.raises((ContextExpiredError, isolation.SessionError)):
+            with pytest.raises(expected):
                 async with isolation.scope(ctx(ttl=10), cleanup_timeout=0.05):
                     async with manager.session() as s:
                         if hook == "rollback":

@@ -13,7 +13,9 @@ compares between users.
 Not walked (neither entered nor compared): immutable atoms (``None``, numbers,
 strings, bytes, dates, ...), types, modules, functions as such, enum members,
 ``logging.Logger``, event loops, executors and synchronisation primitives, the
-library's own ``UserContext`` and ``Scope``, and anything declared with
+library's own ``UserContext``, ``Scope``, ``Registry``, ``SessionManager`` and
+``EventRouter``, SQLAlchemy engines and pools, instances of a class with
+``__isolation_shareable__ = True``, and anything declared with
 :func:`isolation.shareable`. Tuples, frozensets and frozen attrs or dataclass
 instances are entered but not compared themselves (they cannot change; what
 they hold can). Objects of C extension types without a ``__dict__`` (a NumPy
@@ -186,6 +188,29 @@ def _infrastructure() -> tuple[type, ...]:
 
 
 _INFRA: tuple[type, ...] | None = None
+
+# Shared by design, known by name so that no optional library is imported here:
+# the library's own app-wide objects, and SQLAlchemy's engines and pools (a
+# scoped session reaches them). A class can also say so itself with
+# `__isolation_shareable__ = True`, or be declared with isolation.shareable().
+_SHARED_BY_NAME: Final = frozenset(
+    {
+        ("isolation", "Registry"),
+        ("isolation.sessions", "SessionManager"),
+        ("isolation.events", "EventRouter"),
+        ("sqlalchemy.engine.base", "Engine"),
+        ("sqlalchemy.ext.asyncio.engine", "AsyncEngine"),
+        ("sqlalchemy.pool.base", "Pool"),
+    }
+)
+
+
+def _shared_by_design(cls: type) -> bool:
+    if getattr(cls, "__isolation_shareable__", False) is True:
+        return True
+    return any((klass.__module__, klass.__qualname__) in _SHARED_BY_NAME for klass in cls.__mro__)
+
+
 _WEAKREF_TYPES: Final = (weakref.ref, weakref.ProxyType, weakref.CallableProxyType)
 _LOCK_TYPES: Final = (type(threading.Lock()), type(threading.RLock()))
 
@@ -279,13 +304,13 @@ def _class_edges(cls: type) -> tuple[tuple[str, object], ...]:
     return tuple(edges)
 
 
-def _classify(cls: type) -> _TypeInfo:  # noqa: PLR0911, PLR0912 - one answer per type family
+def _classify(cls: type) -> _TypeInfo:
     global _INFRA
     if cls in _ATOMS or issubclass(cls, type):
         return _SKIP_INFO
     if _INFRA is None:
         _INFRA = _infrastructure()
-    if issubclass(cls, _INFRA) or _shareable.is_shareable_type(cls):
+    if issubclass(cls, _INFRA) or _shareable.is_shareable_type(cls) or _shared_by_design(cls):
         return _SKIP_INFO
     if cls.__module__ in ("typing", "typing_extensions") or issubclass(cls, _WEAKREF_TYPES):
         return _SKIP_INFO
@@ -333,6 +358,23 @@ def _classify(cls: type) -> _TypeInfo:  # noqa: PLR0911, PLR0912 - one answer pe
         slots=_slots_of(cls),
         class_edges=() if kind in (_TUPLE, _FROZENSET) else _class_edges(cls),
     )
+
+
+_HEAPTYPE: Final = 1 << 9  # Py_TPFLAGS_HEAPTYPE: classes made at run time
+_static_infos: dict[type, _TypeInfo] = {}
+_static_generation = [-1]
+
+
+def _static_info(cls: type) -> _TypeInfo:
+    """The walk info of a static (C) type: such types never die, so it is cached for good."""
+    generation = _shareable.generation()
+    if _static_generation[0] != generation:
+        _static_infos.clear()
+        _static_generation[0] = generation
+    info = _static_infos.get(cls)
+    if info is None:
+        info = _static_infos[cls] = _classify(cls)
+    return info
 
 
 # -- the result ---------------------------------------------------------------
@@ -410,7 +452,7 @@ def _key_label(key: object) -> str:
     return f"<{type(key).__name__}>"
 
 
-def _label(obj: object, edge: int, key: object) -> str:  # noqa: PLR0911 - one per edge kind
+def _label(obj: object, edge: int, key: object) -> str:
     if edge == _E_ROOT:
         return type(obj).__name__
     if edge == _E_ATTR:
@@ -509,7 +551,7 @@ def _function_edges(fn: types.FunctionType) -> Iterator[tuple[int, object, objec
             yield _E_CLOSURE, name, value
 
 
-def _edges(obj: object, info: _TypeInfo) -> Iterator[tuple[int, object, object]]:  # noqa: PLR0912
+def _edges(obj: object, info: _TypeInfo) -> Iterator[tuple[int, object, object]]:
     """``(edge kind, key, child)`` for each child of ``obj``, in walk order."""
     kind = info.kind
     if kind in (_DICT, _MAPPINGPROXY):
@@ -578,13 +620,17 @@ def walk(
     def info_of(cls: type) -> _TypeInfo:
         info = infos.get(cls)
         if info is None:
-            info = infos[cls] = _classify(cls)
+            info = infos[cls] = (
+                _static_info(cls) if not cls.__flags__ & _HEAPTYPE else _classify(cls)
+            )
         return info
 
     def skipped(obj: object) -> bool:
         if any_declared and declared(obj):
             return True
         return is_shareable is not None and is_shareable(obj)
+
+    check_skipped = any_declared or is_shareable is not None
 
     nodes: dict[int, tuple[object, int, int, object]] = {}
     mutable: list[int] = []
@@ -608,7 +654,7 @@ def walk(
                 continue
             child_info = info_of(type(child))
             kind = child_info.kind
-            if kind == _SKIP or skipped(child):
+            if kind == _SKIP or (check_skipped and skipped(child)):
                 continue
             if child_depth > max_depth:
                 truncated = truncated or f"the depth bound of {max_depth} edges"

@@ -100,9 +100,7 @@ class SharedStateIndex:
         """A record for ``scope``, to pass to :meth:`add` and :meth:`close`."""
         return ScopeRecord(principal, scope, self)
 
-    def add(  # noqa: PLR0912 - one atomic step, kept in one place on purpose
-        self, record: ScopeRecord, result: WalkResult, factory: str
-    ) -> Conflict | None:
+    def add(self, record: ScopeRecord, result: WalkResult, factory: str) -> Conflict | None:
         """Compare ``result`` with other principals' live walks; register it if none conflicts.
 
         One atomic step. Returns the first conflict in breadth-first order of

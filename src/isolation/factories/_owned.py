@@ -30,6 +30,7 @@ C = TypeVar("C", bound=type)
 OWNER_ATTRIBUTE: Final = "__isolation_owner__"
 _MARK: Final = "__isolation_owned__"
 _GUARDED: Final = "__isolation_guarded__"
+_NEW_INSTALLED: Final = "__isolation_new_installed__"
 
 # Dunder methods that hand out or change an instance's data: guarded like public methods.
 _GUARDED_DUNDERS: Final = frozenset(
@@ -81,7 +82,7 @@ def _set_owner(instance: object, scope: Scope, weak: bool) -> None:
     _weak_owners[key] = (weakref.ref(instance, forget), weakref.ref(scope))
 
 
-def _refusal(  # noqa: PLR0911 - one message per way the check fails
+def _refusal(
     instance: object, current: Scope | None, owner: Scope | None
 ) -> CrossContextAccessError:
     what = type(instance).__qualname__
@@ -181,15 +182,18 @@ def _guard_function(fn: Callable[..., Any], weak: bool) -> Callable[..., Any]:
 
         wrapper = guarded_gen
     else:
+        get_current = _current.get
+        active = _ACTIVE
 
         def guarded(self: Any, /, *args: Any, **kwargs: Any) -> Any:
-            # The common case: one ContextVar read and an identity compare.
-            current = _current.get()
+            # The common case: one ContextVar read and an identity compare (an
+            # ended owner scope is never bound here: its state is checked too).
+            current = get_current()
             try:
                 owner = self.__isolation_owner__
             except AttributeError:
                 owner = None
-            if current is owner and owner is not None and owner._state == _ACTIVE:
+            if current is owner and owner is not None and owner._state == active:
                 return fn(self, *args, **kwargs)
             check(self)
             return fn(self, *args, **kwargs)
@@ -335,6 +339,8 @@ def owned(cls: C) -> C:
     if not isinstance(cls, type):
         raise UsageError(f"@owned decorates a class, got {type(cls).__name__}")
     _guard_class(cls)
+    if _NEW_INSTALLED in cls.__dict__:  # decorated twice: once is enough
+        return cls
     original_new: Any = cls.__new__
 
     def __new__(klass: type, /, *args: Any, **kwargs: Any) -> Any:  # noqa: N807
@@ -355,4 +361,5 @@ def owned(cls: C) -> C:
         return instance
 
     cls.__new__ = staticmethod(__new__)  # type: ignore[method-assign]
+    setattr(cls, _NEW_INSTALLED, True)
     return cls

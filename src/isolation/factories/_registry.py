@@ -34,11 +34,14 @@ from isolation._errors import (
     CrossContextAccessError,
     FactoryError,
     ScopeEndedError,
+    SharedStateError,
     UsageError,
 )
 from isolation._lifetime import Lifetime
 from isolation.context._model import UserContext
 from isolation.context._scope import Scope, _current
+from isolation.factories._index import SharedStateIndex
+from isolation.factories._request_scoped import check_shared_state
 
 __all__ = ["Registry", "RegistryStats"]
 
@@ -138,8 +141,13 @@ def _parameters(fn: Callable[..., Any]) -> tuple[tuple[str, Any], ...]:
     except Exception as exc:
         raise ConfigurationError(f"cannot read the annotations of {_name(fn)}: {exc}") from exc
     params = []
-    signature = inspect.signature(fn)
-    for name, param in signature.parameters.items():
+    if inspect.isclass(fn):
+        # The constructor's own signature: decorators such as @owned may give
+        # the class a generic __new__ that hides it from inspect.signature(cls).
+        parameters = list(inspect.signature(fn.__init__).parameters.items())[1:]
+    else:
+        parameters = list(inspect.signature(fn).parameters.items())
+    for name, param in parameters:
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
         if param.default is not param.empty:
@@ -211,10 +219,14 @@ class Registry:
         self._closed = False
         self._counts = {name: Counter() for name in attrs.fields_dict(RegistryStats)}
         self._builds = Counter()
+        # Other principals' live products, for the shared-state walk (per registry).
+        self._index = SharedStateIndex()
         self._needs_async: dict[Any, bool] = {}
         self._resolvers: dict[Any, Callable[[Scope], Any]] = {}
         self._async_keys: set[Any] = set()
-        self._checker: Callable[[Scope, Any, str], None] | None = None
+        self._checker: Callable[[Scope, Any, str], None] | None = (
+            None if check == "off" else self._walk
+        )
 
     # -- registration -----------------------------------------------------------
 
@@ -507,9 +519,51 @@ class Registry:
         if self._checker is None or self._check == "off":
             return
         self._builds.increment()
-        if self._check == "sampled" and self._builds.value % self._sample_every:
+        if self._check == "sampled" and (self._builds.value - 1) % self._sample_every:
             return
         self._checker(owner, product, provider.name)
+
+    def _walk(self, owner: Scope, product: Any, name: str) -> None:
+        self._counts["walks"].increment()
+        try:
+            result = check_shared_state(owner, product, name=name, index=self._index)
+        except SharedStateError:
+            self._counts["violations"].increment()
+            raise
+        if result.truncated is not None:
+            self._counts["walks_truncated"].increment()
+
+    # -- what `isolation audit` asks of a registry -----------------------------------
+
+    __isolation_scope_lifetime__ = Lifetime.CONNECTION
+
+    def __isolation_factories__(self) -> list[tuple[str, Callable[[], Any]]]:
+        """``(name, factory)`` for each REQUEST and CONNECTION provider, for the audit.
+
+        Each factory resolves its type in the current scope, so the audit's
+        overlapping scopes of many users exercise the registry itself.
+        """
+        factories: list[tuple[str, Callable[[], Any]]] = []
+        for key, provider in list(self._providers.items()):
+            if provider.lifetime is Lifetime.APP or provider.kind is _Kind.VALUE:
+                continue
+            factories.append((provider.name, self._audit_factory(key)))
+        return factories
+
+    def _audit_factory(self, key: Any) -> Callable[[], Any]:
+        from isolation.context._scope import current_scope
+
+        if key in self._async_keys or self._is_async(self._providers[key]):
+
+            async def aresolve() -> Any:
+                return await self._aget(current_scope(), key)
+
+            return aresolve
+
+        def resolve() -> Any:
+            return self._get(current_scope(), key)
+
+        return resolve
 
     def _register_teardown(self, owner: Scope | None, provider: _Provider, generator: Any) -> None:
         if owner is None:

@@ -899,7 +899,13 @@ class SessionManager:
             self._release(owner)
         if commit_error is not None:
             raise commit_error
-        if not finished:
+        if not finished and not committed:
+            if exc is not None:
+                # The block's own exception says what went wrong; keep it.
+                exc.add_note(
+                    "isolation: the rollback did not finish; the connection was invalidated"
+                )
+                return
             raise SessionError(
                 f"{'commit' if outcome is Outcome.COMMIT else 'rollback'} of the session of "
                 f"{redact_principal(owner.principal)} did not finish within the cleanup time; "

@@ -31,7 +31,13 @@ from isolation._errors import ConfigurationError
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["SET_CONFIG_SQL", "check_role", "install_return_check", "rls_policy_sql"]
+__all__ = [
+    "SET_CONFIG_SQL",
+    "check_role",
+    "install_return_check",
+    "quote_identifier",
+    "rls_policy_sql",
+]
 
 logger = logging.getLogger("isolation.sessions")
 

@@ -30,7 +30,9 @@ def unsafe_corrupt_routing(
     """
     if type(router) is not EventRouter:
         raise UsageError(f"unsafe_corrupt_routing() takes an EventRouter, got {type(router).__name__}")
-    target = router._routes.get(deliver_to)
+    # The live connections of deliver_to, from the router's own record of them
+    # (not from the routing table, which may already be corrupted).
+    target = tuple(conn for conn in router._live if conn._principal == deliver_to)
     if not target:
         raise UsageError("unsafe_corrupt_routing(): deliver_to has no live connection to point at")
     router._routes[publish_to] = target

@@ -25,8 +25,13 @@ MODULES = (
     "isolation.report.modes.fm07_providers",
     "isolation.report.modes.fm08_validation",
     "isolation.report.modes.fm09_state",
+    "isolation.report.modes.fm10_routing",
     "isolation.report.modes.fm11_engine_ownership",
     "isolation.report.modes.fm12_threads",
+    "isolation.report.modes.fm13_binding",
+    "isolation.report.modes.fm14_corruption",
+    "isolation.report.modes.fm15_overflow",
+    "isolation.report.modes.fm16_tokens",
 )
 
 

@@ -165,9 +165,7 @@ class _Builder:
             return f"[{n}]"
         return "planted"
 
-    def _make(  # noqa: PLR0911, PLR0912 - one constructor per node kind
-        self, kind: str, children: list[object], plant: bool
-    ) -> object:
+    def _make(self, kind: str, children: list[object], plant: bool) -> object:
         extra = [self.planted] if plant else []
         if kind == "dict":
             made: dict[str, object] = {f"k{i}": c for i, c in enumerate(children)}

@@ -54,7 +54,7 @@ class TestSetClock:
 
     def test_use_clock_restores_on_error(self) -> None:
         """use_clock() restores the previous clock even when the block raises."""
-        with pytest.raises(KeyError), use_clock(FakeClock()) as fake:  # noqa: PT012
+        with pytest.raises(KeyError), use_clock(FakeClock()) as fake:
             assert _clock.get_clock() is fake
             raise KeyError("x")
         assert _clock.get_clock() is _clock.SYSTEM_CLOCK

@@ -72,7 +72,7 @@ class TestContextFilter:
         """Cleanup log lines of an expired scope stay attributable to its request."""
         ctx = UserContext.new("alice", ttl=1)
         stamped: list[tuple[str, str, str]] = []
-        with pytest.raises(ContextExpiredError), scope(ctx) as s:  # noqa: PT012 - exit raises
+        with pytest.raises(ContextExpiredError), scope(ctx) as s:
             s.on_close(lambda exc: stamped.append(fields(stamp())))
             fake_clock.advance(1)
         assert stamped == [("alice", "-", ctx.request_id)]

@@ -9,6 +9,7 @@ Everything a request does on behalf of a user happens inside a scope::
 This module only re-exports the public names; see the docs for the guide.
 """
 
+from isolation import tokens as tokens
 from isolation._clock import Clock as Clock
 from isolation._errors import BackendUnavailableError as BackendUnavailableError
 from isolation._errors import ConfigurationError as ConfigurationError
@@ -38,16 +39,13 @@ from isolation._errors import TokenReplayedError as TokenReplayedError
 from isolation._errors import TokenSignatureError as TokenSignatureError
 from isolation._errors import UnsupportedBackendError as UnsupportedBackendError
 from isolation._errors import UsageError as UsageError
-from isolation import tokens as tokens
 from isolation._lifetime import Lifetime as Lifetime
 from isolation.context._local import ContextLocal as ContextLocal
 from isolation.context._model import Attributes as Attributes
+from isolation.context._model import UserContext as UserContext
 from isolation.context._propagation import ContextThreadPoolExecutor as ContextThreadPoolExecutor
 from isolation.context._propagation import to_thread as to_thread
-from isolation.context._model import UserContext as UserContext
 from isolation.context._scope import Scope as Scope
-from isolation.factories._registry import Registry as Registry
-from isolation.factories._registry import RegistryStats as RegistryStats
 from isolation.context._scope import ScopeStats as ScopeStats
 from isolation.context._scope import current_context as current_context
 from isolation.context._scope import current_context_or_none as current_context_or_none
@@ -55,6 +53,8 @@ from isolation.context._scope import current_scope as current_scope
 from isolation.context._scope import scope_stats as scope_stats
 from isolation.factories._graph import WalkTruncatedWarning as WalkTruncatedWarning
 from isolation.factories._owned import owned as owned
+from isolation.factories._registry import Registry as Registry
+from isolation.factories._registry import RegistryStats as RegistryStats
 from isolation.factories._request_scoped import request_scoped as request_scoped
 from isolation.factories._shareable import shareable as shareable
 

@@ -39,8 +39,8 @@ import anyio
 import anyio.to_thread
 import attrs
 
-from isolation._lifetime import Lifetime
 from isolation._errors import IsolationError, SharedStateError, UsageError
+from isolation._lifetime import Lifetime
 from isolation._redact import redact_principal
 from isolation.context._model import UserContext
 from isolation.context._scope import Scope

@@ -87,7 +87,7 @@ class TestContextLocal:
     def test_expired_scope_fails_closed(self, fake_clock: isolation.testing.FakeClock) -> None:
         """In a scope whose deadline passed, get() raises ContextExpiredError."""
         local: ContextLocal[str] = ContextLocal(lambda: "x")
-        with pytest.raises(isolation.ContextExpiredError):  # noqa: PT012 - the exit raises too
+        with pytest.raises(isolation.ContextExpiredError):
             with isolation.scope(UserContext.new("alice", ttl=5)):
                 assert local.get() == "x"
                 fake_clock.advance(10)

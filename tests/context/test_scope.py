@@ -2,7 +2,6 @@
 
 # A scope's exit is what raises (expiry, finalizer failures), so the body belongs
 # inside the `pytest.raises` block.
-# ruff: noqa: PT012
 
 from __future__ import annotations
 

@@ -102,12 +102,15 @@ class TestDecide:
         if queued < capacity and not waiting:
             assert action is Action.ACCEPT
         else:
-            assert action is {
-                Overflow.BLOCK: Action.WAIT,
-                Overflow.DROP_NEWEST: Action.DROP_NEW,
-                Overflow.DROP_OLDEST: Action.EVICT_OLDEST,
-                Overflow.DISCONNECT: Action.DISCONNECT,
-            }[policy]
+            assert (
+                action
+                is {
+                    Overflow.BLOCK: Action.WAIT,
+                    Overflow.DROP_NEWEST: Action.DROP_NEW,
+                    Overflow.DROP_OLDEST: Action.EVICT_OLDEST,
+                    Overflow.DISCONNECT: Action.DISCONNECT,
+                }[policy]
+            )
 
     @given(
         policy=st.sampled_from(Overflow),
@@ -197,10 +200,12 @@ class TestVerdict:
         assert conn.stats().refused == (expected is Verdict.FOREIGN)
 
 
-def _open(router: EventRouter, ctx: UserContext, expires_at: float | None) -> isolation.events.Connection:
+def _open(
+    router: EventRouter, ctx: UserContext, expires_at: float | None
+) -> isolation.events.Connection:
     from isolation.events._connection import Connection
 
-    async def park(conn: object, timeout: float | None) -> None:
+    async def park(conn: object, timeout: float | None) -> None:  # noqa: ASYNC109
         raise _WouldWait
 
     def wake(handle: object) -> None:

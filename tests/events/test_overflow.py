@@ -38,7 +38,9 @@ class TestDropPolicies:
         slow = await router.connect(ctx())
         neighbour = await router.connect(ctx("bob"))
         results = [await router.publish("alice", i, tenant_id="acme") for i in range(1, BURST + 1)]
-        assert sum(r.delivered for r in results) == (BURST if policy is Overflow.DROP_OLDEST else 10)
+        assert sum(r.delivered for r in results) == (
+            BURST if policy is Overflow.DROP_OLDEST else 10
+        )
         assert sum(r.dropped for r in results) == BURST - CAPACITY
         events = await drain(slow)
         assert [e.seq for e in events] == list(kept)
@@ -144,16 +146,14 @@ class TestBlock:
         """BLOCK with no consumer: 10 queued, each later publish times out with QueueFullError."""
         router = EventRouter(queue_size=CAPACITY, overflow=Overflow.BLOCK, publish_timeout=0.001)
         conn = await router.connect(ctx())
-        timeouts = 0
-        for i in range(1, BURST + 1):
-            try:
+        for i in range(1, CAPACITY + 1):
+            await router.publish("alice", i, tenant_id="acme")
+        for i in range(CAPACITY + 1, BURST + 1):
+            with pytest.raises(isolation.QueueFullError) as info:
                 await router.publish("alice", i, tenant_id="acme")
-            except isolation.QueueFullError as exc:
-                timeouts += 1
-                assert exc.result == PublishResult(delivered=0, dropped=1)
-                assert exc.connections == (conn,)
-                assert conn.id in str(exc)
-        assert timeouts == BURST - CAPACITY
+            assert info.value.result == PublishResult(delivered=0, dropped=1)
+            assert info.value.connections == (conn,)
+            assert conn.id in str(info.value)
         assert [e.seq for e in await drain(conn)] == list(range(1, CAPACITY + 1))
         assert (conn.stats().delivered, conn.stats().dropped, conn.stats().waiting) == (10, 40, 0)
         await router.publish("alice", "after", tenant_id="acme")

@@ -151,7 +151,9 @@ class TestScopeBinding:
             assert router._scoped[scope] == set()
         assert router.stats().closed == 1
 
-    async def test_expired_scope_closes_expired(self, fake_clock: isolation.testing.FakeClock) -> None:
+    async def test_expired_scope_closes_expired(
+        self, fake_clock: isolation.testing.FakeClock
+    ) -> None:
         """A scope that ends by its deadline closes its connections with EXPIRED."""
         router = EventRouter()
         conn: Connection | None = None

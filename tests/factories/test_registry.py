@@ -603,7 +603,7 @@ class TestSharedStateAndOwnership:
 
         registry.provide(Channel, lifetime=Lifetime.CONNECTION)
         ctx = alice()
-        with isolation.scope(ctx, registry=registry, lifetime=Lifetime.CONNECTION) as conn:
+        with isolation.scope(ctx, registry=registry, lifetime=Lifetime.CONNECTION):
             with isolation.scope(ctx) as request:
                 channel = request.get(Channel)
                 assert channel.name() == "alice"

@@ -344,4 +344,6 @@ class TestTable:
         assert " caught " in lines[1]
         assert " MISSED " in lines[2]
         assert " -  " in lines[3]
-        assert lines[-1].startswith("summary: 2 modes passed, 0 failed, 14 not run, 1 mutants missed")
+        assert lines[-1].startswith(
+            "summary: 2 modes passed, 0 failed, 14 not run, 1 mutants missed"
+        )

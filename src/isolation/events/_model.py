@@ -248,7 +248,7 @@ class Event(_EventSlots):
         return self
 
 
-def _rebuild_event(  # noqa: PLR0917 - pickle passes the fields positionally
+def _rebuild_event(
     id: str,
     recipient: str,
     tenant_id: str | None,
@@ -268,7 +268,7 @@ def _rebuild_event(  # noqa: PLR0917 - pickle passes the fields positionally
     )
 
 
-def _fill(  # noqa: PLR0917 - private, called once with every field
+def _fill(
     event: Event,
     id: str,
     recipient: str,

@@ -835,9 +835,7 @@ class SessionManager:
         scope = held.owner.scope_ref()
         return DEFAULT_CLEANUP_TIMEOUT if scope is None else scope._cleanup_timeout
 
-    async def _end_outermost(  # noqa: PLR0915 - one cleanup sequence, read as a whole
-        self, held: _Held, exc: BaseException | None
-    ) -> None:
+    async def _end_outermost(self, held: _Held, exc: BaseException | None) -> None:
         owner = held.owner
         if not owner.admitted:
             # The scope's finalizer already cut this block off.

@@ -36,8 +36,8 @@ def assert_exactly_once(
         for i in range(scopes):
             barrier = threading.Barrier(threads, timeout=60)
 
-            def call() -> Any:
-                barrier.wait()
+            def call(start: threading.Barrier = barrier) -> Any:
+                start.wait()
                 return factory()
 
             with Scope(UserContext.new(f"exactly-once-{i}")):

@@ -29,7 +29,9 @@ def unsafe_corrupt_routing(
         UsageError: ``deliver_to`` has no live connection in ``router``.
     """
     if type(router) is not EventRouter:
-        raise UsageError(f"unsafe_corrupt_routing() takes an EventRouter, got {type(router).__name__}")
+        raise UsageError(
+            f"unsafe_corrupt_routing() takes an EventRouter, got {type(router).__name__}"
+        )
     # The live connections of deliver_to, from the router's own record of them
     # (not from the routing table, which may already be corrupted).
     target = tuple(conn for conn in router._live if conn._principal == deliver_to)

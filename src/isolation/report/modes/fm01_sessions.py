@@ -110,9 +110,7 @@ async def _read_rows(session: Any, backend: str) -> list[tuple[str | None, str]]
     return [(n.tenant, n.owner) for n in notes]
 
 
-async def _run_plan(  # noqa: PLR0915 - the sequencer and its actions read best together
-    manager: Any, plan: Plan, backend: str, tag: str
-) -> list[str]:
+async def _run_plan(manager: Any, plan: Plan, backend: str, tag: str) -> list[str]:
     from isolation.report.modes._sessions import Note
 
     found: list[str] = []

@@ -127,8 +127,8 @@ async def _task_round(registry_class: type[Registry]) -> list[str]:
         results: list[Product] = []
         async with Scope(UserContext.new(f"fm7-task-{i}"), registry=registry) as scope:
 
-            async def resolve(s: Scope = scope) -> None:
-                results.append(await s.aget(Product))
+            async def resolve(s: Scope = scope, into: list[Product] = results) -> None:
+                into.append(await s.aget(Product))
 
             with anyio.fail_after(_HANG_GUARD):
                 async with anyio.create_task_group() as tg:

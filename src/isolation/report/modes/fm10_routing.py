@@ -42,7 +42,7 @@ from isolation.events._model import (
 )
 from isolation.events._router import EventRouter
 from isolation.report._registry import Backend, Check, ModeRegistry, Settings
-from isolation.report.modes._events import drain_all, principal_of
+from isolation.report.modes._events import principal_of
 
 __all__ = ["PRINCIPALS", "Op", "check_operations", "check_under_load", "register", "run_operations"]
 
@@ -217,7 +217,9 @@ async def _run(router: Any, clock: FakeClock, ops: Sequence[Op]) -> list[str]:
                         violations.append(f"{where}: a live connection of {m.principal} refused")
                 else:
                     if m.closed:
-                        violations.append(f"{where}: a closed connection of {m.principal} delivered")
+                        violations.append(
+                            f"{where}: a closed connection of {m.principal} delivered"
+                        )
                     else:
                         check_event(m, event, where)
             elif op.kind in ("receive", "cancel_receive") and not m.closed:
@@ -349,14 +351,18 @@ class _UserKeyedRouter:
         self.routes.setdefault(ctx.user_id, []).append(conn)
         return conn
 
-    async def publish(self, user_id: str, payload: Any, *, tenant_id: str | None = None) -> PublishResult:
+    async def publish(
+        self, user_id: str, payload: Any, *, tenant_id: str | None = None
+    ) -> PublishResult:
         number = next_event_number()
         delivered = 0
         for conn in self.routes.get(user_id, ()):
             if conn.closed:
                 continue
             conn.seq += 1
-            conn.queue.append(make_event((number, user_id, tenant_id, "message", 0.0), payload, conn.seq))
+            conn.queue.append(
+                make_event((number, user_id, tenant_id, "message", 0.0), payload, conn.seq)
+            )
             conn.wake()
             delivered += 1
         return PublishResult(delivered=delivered, dropped=0)

@@ -104,7 +104,9 @@ async def _exchange(
     closed_before = [(p, conn) for p, conns in (closed or {}).items() for conn in conns]
     for principal, conn in closed_before:
         if conn.principal != principal:
-            violations.append(f"a closed connection of {principal[1]} now belongs to {conn.principal[1]}")
+            violations.append(
+                f"a closed connection of {principal[1]} now belongs to {conn.principal[1]}"
+            )
         try:
             event = await conn.receive()
         except ConnectionClosedError:
@@ -177,7 +179,9 @@ class _PoolingRouter:
         self._live.remove(conn)
         self._pool.append(conn)
 
-    async def publish(self, user_id: str, payload: Any, *, tenant_id: str | None = None) -> PublishResult:
+    async def publish(
+        self, user_id: str, payload: Any, *, tenant_id: str | None = None
+    ) -> PublishResult:
         number = next_event_number()
         delivered = 0
         for conn in self._live:

@@ -42,7 +42,11 @@ __all__ = ["check_overflow_exact", "register"]
 CAPACITY = 10
 BURST = 50
 CONNECTIONS = 2
-PRINCIPALS: tuple[Principal, ...] = (("fm15-a", "user-0"), ("fm15-b", "user-0"), ("fm15-a", "user-1"))
+PRINCIPALS: tuple[Principal, ...] = (
+    ("fm15-a", "user-0"),
+    ("fm15-b", "user-0"),
+    ("fm15-a", "user-1"),
+)
 
 
 async def check_overflow_exact(make: Callable[..., Any], settings: Settings) -> list[str]:
@@ -96,7 +100,9 @@ async def _burst_without_consumer(
                 and result.error.reason is CloseReason.OVERFLOW
             )
             if disconnected != model.disconnected:
-                violations.append(f"{where}: disconnected={disconnected}, expected {model.disconnected}")
+                violations.append(
+                    f"{where}: disconnected={disconnected}, expected {model.disconnected}"
+                )
         for principal, (delivered, dropped) in totals.items():
             expected = _expected_totals(policy)
             if (delivered, dropped) != expected:
@@ -139,7 +145,9 @@ async def _block_with_consumer(make: Callable[..., Any], violations: list[str]) 
             await anyio.wait_all_tasks_blocked()
             await conn.aclose()
         if seen != list(range(1, BURST + 1)):
-            violations.append(f"block with a consumer: got seq {_short(tuple(seen))}, expected 1..50")
+            violations.append(
+                f"block with a consumer: got seq {_short(tuple(seen))}, expected 1..50"
+            )
     finally:
         await router.aclose()
 
@@ -172,7 +180,12 @@ class _SpillConnection:
 
     def stats(self) -> ConnectionStats:
         return ConnectionStats(
-            seq=self.seq, delivered=0, dropped=self.dropped, refused=0, queued=len(self.queue), waiting=0
+            seq=self.seq,
+            delivered=0,
+            dropped=self.dropped,
+            refused=0,
+            queued=len(self.queue),
+            waiting=0,
         )
 
     async def aclose(self) -> None:
@@ -192,7 +205,9 @@ class _SpillingRouter:
         self.conns.append(conn)
         return conn
 
-    async def publish(self, user_id: str, payload: Any, *, tenant_id: str | None = None) -> PublishResult:
+    async def publish(
+        self, user_id: str, payload: Any, *, tenant_id: str | None = None
+    ) -> PublishResult:
         number = next_event_number()
         delivered = 0
         for conn in self.conns:

@@ -53,18 +53,24 @@ async def _scenario(router: Any, clock: FakeClock, violations: list[str]) -> Non
         ticket = router.issue_ticket(ctx)
         conn = await router.connect(token=ticket)
         if conn.principal != ctx.principal:
-            violations.append(f"the ticket of {ctx.user_id} opened a connection of {conn.principal[1]}")
+            violations.append(
+                f"the ticket of {ctx.user_id} opened a connection of {conn.principal[1]}"
+            )
         conns[ctx.principal] = conn
         await _refused(
             violations, f"a replayed ticket of {ctx.user_id}", router.connect(token=ticket)
         )
         other_purpose = tokens.dumps(ctx, key=KEY, purpose="fm16-job")
         await _refused(
-            violations, f"a token of another purpose of {ctx.user_id}", router.connect(token=other_purpose)
+            violations,
+            f"a token of another purpose of {ctx.user_id}",
+            router.connect(token=other_purpose),
         )
         stale = router.issue_ticket(ctx, ttl=1)
         clock.advance(1 + tokens.LEEWAY + 1)
-        await _refused(violations, f"an expired ticket of {ctx.user_id}", router.connect(token=stale))
+        await _refused(
+            violations, f"an expired ticket of {ctx.user_id}", router.connect(token=stale)
+        )
 
     # Re-authentication with the next user's ticket: refused, and the connection closed.
     victims: list[Any] = []
@@ -89,13 +95,17 @@ async def _scenario(router: Any, clock: FakeClock, violations: list[str]) -> Non
         try:
             await conns[ctx.principal].reauthenticate(router.issue_ticket(ctx))
         except (ConnectionClosedError, TokenError) as exc:
-            violations.append(f"{ctx.user_id} could not re-authenticate with its own ticket: {exc!r}")
+            violations.append(
+                f"{ctx.user_id} could not re-authenticate with its own ticket: {exc!r}"
+            )
         await router.publish(ctx.user_id, ctx.user_id, tenant_id=ctx.tenant_id)
     for result in await drain_all([*conns.values(), *victims]):
         owner = result.conn.principal
         for event in result.events:
             if principal_of(event) != owner or event.payload != owner[1]:
-                violations.append(f"a connection of {owner[1]} received an event for {event.payload}")
+                violations.append(
+                    f"a connection of {owner[1]} received an event for {event.payload}"
+                )
 
 
 async def _refused(violations: list[str], what: str, attempt: Any) -> None:

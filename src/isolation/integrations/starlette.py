@@ -43,12 +43,12 @@ from isolation.context._scope import Scope
 from isolation.factories._registry import Registry
 
 __all__ = [
+    "Authenticate",
     "CLOSE_EXPIRED",
     "CLOSE_GOING_AWAY",
     "CLOSE_MESSAGE_TOO_BIG",
     "CLOSE_POLICY",
     "CLOSE_TRY_AGAIN_LATER",
-    "Authenticate",
     "IsolationMiddleware",
     "lifespan",
     "websocket_context",

@@ -44,7 +44,7 @@ from isolation.events._router import EventRouter
 from isolation.report._registry import Backend, Check, ModeRegistry, Settings
 from isolation.report.modes._events import principal_of
 
-__all__ = ["PRINCIPALS", "Op", "check_operations", "check_under_load", "register", "run_operations"]
+__all__ = ["Op", "PRINCIPALS", "check_operations", "check_under_load", "register", "run_operations"]
 
 USER_IDS = 100
 TENANTS = ("fm10-a", "fm10-b")

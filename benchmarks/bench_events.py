@@ -23,6 +23,7 @@ benchmarks/requirements.txt is optional). asyncio only: the anchors are.
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -85,6 +86,10 @@ async def anyio_streams(users: int, events: int) -> Go:
             for send, _ in streams[names[i % users]]:
                 send.send_nowait(payload)
         await asyncio.gather(*tasks)
+        for pairs in streams.values():
+            for send, receive in pairs:
+                send.close()
+                receive.close()
 
     return go
 
@@ -164,6 +169,7 @@ def _run(benchmark: Any, workload: Workload, users: int, events: int = EVENTS) -
         loop = asyncio.new_event_loop()
         loops.append(loop)
         go = loop.run_until_complete(workload(users, events))
+        gc.collect()  # every round starts without garbage from the setup
         return (loop, go), {}
 
     def target(loop: asyncio.AbstractEventLoop, go: Go) -> None:

@@ -54,3 +54,31 @@ def test_catches_a_factory_that_runs_twice_but_returns_one() -> None:
 
     with pytest.raises(AssertionError, match="ran"):
         assert_exactly_once(factory, scopes=2, threads=3, count_calls=lambda: runs[0])
+
+
+LEAKED: dict[str, str] = {}
+
+
+class LeakyAgent:
+    def __init__(self) -> None:
+        self.memory = LEAKED
+
+
+class CleanAgent:
+    def __init__(self) -> None:
+        self.memory: dict[str, str] = {}
+
+
+def test_no_shared_state_catches_a_leaky_factory() -> None:
+    """A factory whose instances share a dict fails, naming the attribute."""
+    from isolation.testing import assert_no_shared_state
+
+    with pytest.raises(AssertionError, match="memory"):
+        assert_no_shared_state(LeakyAgent, users=4, threads=2)
+
+
+def test_no_shared_state_passes_a_clean_factory() -> None:
+    """A factory that builds fresh state per user passes."""
+    from isolation.testing import assert_no_shared_state
+
+    assert_no_shared_state(CleanAgent, users=4, threads=2)

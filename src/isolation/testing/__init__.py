@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from isolation._clock import FakeClock as FakeClock
 from isolation._clock import use_clock as use_clock
 from isolation.testing._assertions import assert_exactly_once as assert_exactly_once
+from isolation.testing._assertions import assert_no_shared_state as assert_no_shared_state
 from isolation.testing._unsafe import unsafe_corrupt_routing as unsafe_corrupt_routing
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ __all__ = [
     "AsyncRuleBasedStateMachine",
     "FakeClock",
     "assert_exactly_once",
+    "assert_no_shared_state",
     "strategies",
     "unsafe_corrupt_routing",
     "use_clock",

@@ -10,7 +10,7 @@ from isolation.context._model import UserContext
 from isolation.context._propagation import ContextThreadPoolExecutor
 from isolation.context._scope import Scope
 
-__all__ = ["assert_exactly_once"]
+__all__ = ["assert_exactly_once", "assert_no_shared_state"]
 
 
 def assert_exactly_once(
@@ -52,3 +52,26 @@ def assert_exactly_once(
     ran = count_calls() - before
     if ran != scopes:
         raise AssertionError(f"the factory ran {ran} times for {scopes} scopes (expected {scopes})")
+
+
+def assert_no_shared_state(factory: Any, *, users: int = 20, threads: int = 4) -> None:
+    """Assert that ``factory`` gives each user instances that share no mutable state.
+
+    Runs ``isolation audit`` on ``factory`` (a ``@request_scoped`` factory, a
+    plain function or class, or a :class:`~isolation.Registry`): ``users``
+    synthetic users with overlapping scopes, ``threads`` concurrent callers
+    each, the full shared-state walk, exactly-once and ownership checks.
+
+    Raises:
+        AssertionError: Listing every violation, with the attribute paths.
+    """
+    from isolation._audit import audit
+
+    report = audit(factory, users=users, threads=threads)
+    if report.violations:
+        lines = [
+            f"{f.name}: {v.kind}: {v.message}" for f in report.factories for v in f.violations
+        ]
+        raise AssertionError(
+            f"{report.violations} isolation violation(s) in {report.target}:\n" + "\n".join(lines)
+        )

@@ -1,4 +1,4 @@
-"""FM10 as a state machine on the async runner: 200 principals, asyncio and trio.
+"""State machines on the async runner (asyncio and trio): FM10's routing, and overflow.
 
 Rules: connect, disconnect, publish, receive, start a background receive,
 cancel it, and let contexts expire. A model says what each connection must
@@ -20,7 +20,8 @@ from hypothesis.stateful import Bundle, precondition, rule, run_state_machine_as
 
 import isolation._clock
 from isolation import ConnectionClosedError, UserContext
-from isolation.events import EventRouter
+from isolation.events import EventRouter, Overflow
+from isolation.events._queue import Action, decide
 from isolation.report.modes.fm10_routing import PRINCIPALS, _UserKeyedRouter
 from isolation.testing import AsyncRuleBasedStateMachine, FakeClock
 
@@ -189,7 +190,7 @@ def test_router_agrees_with_model(backend: str) -> None:
     """0 events to another principal; with BLOCK, 0 lost and 0 duplicated."""
     run_state_machine_as_test(
         RouterMachine.on_backend(backend),
-        settings=settings(max_examples=25, stateful_step_count=30, deadline=None),
+        settings=settings(max_examples=60, stateful_step_count=40, deadline=None),
     )
 
 
@@ -213,3 +214,98 @@ def test_principals() -> None:
     """The machine draws from 200 principals: 100 user ids, each in two tenants."""
     assert len(set(PRINCIPALS)) == 200
     assert len({user for _, user in PRINCIPALS}) == 100
+
+
+# -- overflow: the router against the pure decision, per connection ------------------
+
+
+class OverflowMachine(AsyncRuleBasedStateMachine):
+    """Publishes and receives under a drop or disconnect policy, against decide()."""
+
+    policy: ClassVar[Overflow] = Overflow.DROP_OLDEST
+    CAPACITY = 3
+    PRINCIPALS: ClassVar[list[tuple[str | None, str]]] = [("a", "u"), ("b", "u"), (None, "v")]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.router = EventRouter(queue_size=self.CAPACITY, overflow=self.policy)
+        self.models: list[OverflowModel] = []
+        self.published = 0
+
+    connections = Bundle("connections")
+
+    @rule(target=connections, index=st.integers(0, 2))
+    async def connect(self, index: int) -> OverflowModel:
+        tenant, user = self.PRINCIPALS[index]
+        conn = await self.router.connect(UserContext.new(user, tenant_id=tenant))
+        model = OverflowModel(conn, (tenant, user))
+        self.models.append(model)
+        return model
+
+    @rule(index=st.integers(0, 2))
+    async def publish(self, index: int) -> None:
+        tenant, user = self.PRINCIPALS[index]
+        self.published += 1
+        for m in self.models:
+            if m.principal == (tenant, user) and not m.closed:
+                m.offer(self.published, self.policy, self.CAPACITY)
+        await self.router.publish(user, self.published, tenant_id=tenant)
+
+    @rule(m=connections)
+    async def receive(self, m: OverflowModel) -> None:
+        if m.closed:
+            with pytest.raises(ConnectionClosedError):
+                await m.conn.receive()
+        elif m.queue:
+            seq, payload = m.queue.popleft()
+            event = await m.conn.receive()
+            assert (event.seq, event.payload) == (seq, payload)
+            assert (event.tenant_id, event.recipient) == m.principal
+
+    @rule(m=connections)
+    async def counts_agree(self, m: OverflowModel) -> None:
+        stats = m.conn.stats()
+        assert (stats.seq, stats.dropped, stats.queued) == (m.seq, m.dropped, len(m.queue))
+        assert m.conn.closed == m.closed
+
+    async def ateardown(self) -> None:
+        await self.router.aclose()
+
+
+class OverflowModel:
+    def __init__(self, conn: Any, principal: tuple[str | None, str]) -> None:
+        self.conn = conn
+        self.principal = principal
+        self.queue: deque[tuple[int, int]] = deque()
+        self.seq = 0
+        self.dropped = 0
+        self.closed = False
+
+    def offer(self, payload: int, policy: Overflow, capacity: int) -> None:
+        self.seq += 1
+        action = decide(policy, queued=len(self.queue), capacity=capacity)
+        if action is Action.ACCEPT:
+            self.queue.append((self.seq, payload))
+        elif action is Action.EVICT_OLDEST:
+            self.queue.popleft()
+            self.queue.append((self.seq, payload))
+            self.dropped += 1
+        elif action is Action.DROP_NEW:
+            self.dropped += 1
+        else:
+            self.dropped += len(self.queue) + 1
+            self.queue.clear()
+            self.closed = True
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize(
+    "policy", [Overflow.DROP_OLDEST, Overflow.DROP_NEWEST, Overflow.DISCONNECT]
+)
+def test_overflow_agrees_with_decide(backend: str, policy: Overflow) -> None:
+    """Each connection keeps, drops and numbers events exactly as the pure decision says."""
+    machine = type(f"Overflow{policy.name.title()}", (OverflowMachine,), {"policy": policy})
+    run_state_machine_as_test(
+        machine.on_backend(backend),
+        settings=settings(max_examples=30, stateful_step_count=30, deadline=None),
+    )

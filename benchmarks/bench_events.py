@@ -14,7 +14,8 @@ streams (the printed ratios are times: throughput is their inverse).
 
 Publish-only workload: ``publish()`` alone, 1,000 events round-robin to
 10 ... 10,000 users (queues drained outside the timed section); the target
-is flat within 1.2x from 10 to 10,000 users.
+is flat within 1.2x from 10 to 10,000 users. The same for raw queues shows
+how much of the growth is the memory hierarchy (more connections touched).
 
 Run: ``pytest benchmarks/bench_events.py`` (broadcaster from
 benchmarks/requirements.txt is optional). asyncio only: the anchors are.
@@ -253,3 +254,34 @@ def test_publish_only(benchmark: Any, users: int) -> None:
 
 async def _connect_all(router: EventRouter, names: list[str]) -> list[Any]:
     return [await router.connect(UserContext.new(name)) for name in names for _ in range(2)]
+
+
+@pytest.mark.benchmark(group="publish only, raw asyncio queues for comparison, by number of users")
+@pytest.mark.parametrize(
+    "users",
+    [
+        pytest.param(10, id="anchor_10_users"),
+        pytest.param(1_000, id="1000_users"),
+        pytest.param(10_000, id="10000_users"),
+    ],
+)
+def test_publish_only_raw(benchmark: Any, users: int) -> None:
+    names = _users(users)
+    queues = {name: [asyncio.Queue[Any](), asyncio.Queue[Any]()] for name in names}
+    start = [0]
+
+    def publish_batch() -> None:
+        first = start[0]
+        for i in range(first, first + PUBLISHES):
+            for queue in queues[names[i % users]]:
+                queue.put_nowait(i)
+        start[0] = first + PUBLISHES
+
+    def setup() -> tuple[tuple[Any, ...], dict[str, Any]]:
+        for pair in queues.values():
+            for queue in pair:
+                while not queue.empty():
+                    queue.get_nowait()
+        return (), {}
+
+    benchmark.pedantic(publish_batch, setup=setup, rounds=20, iterations=1)

@@ -251,3 +251,19 @@ class TestTransitions:
             with pytest.raises(isolation.UsageError):
                 transition(current, target)
         assert len(TRANSITIONS) == 3
+
+
+class TestWake:
+    def test_unknown_loop(self) -> None:
+        """Only asyncio and trio have parkers."""
+        from isolation.events._wake import for_backend
+
+        with pytest.raises(isolation.UnsupportedBackendError):
+            for_backend("curio")
+
+    def test_no_running_loop(self) -> None:
+        """Outside an event loop there is nothing to park on."""
+        from isolation.events._wake import current_backend
+
+        with pytest.raises(isolation.UnsupportedBackendError):
+            current_backend()

@@ -374,6 +374,10 @@ class Registry:
         if provider.kind is _Kind.VALUE:
             value = provider.value
             return lambda scope: value
+        if provider.lifetime is not Lifetime.APP:
+            # Checked once here, so neither build path checks it per product.
+            for name, annotation in provider.params:
+                self._check_captive(provider, name, annotation)
         if self._is_async(provider):
             self._async_keys.add(key)
 
@@ -386,8 +390,6 @@ class Registry:
             return refuse
         if provider.lifetime is Lifetime.APP:
             return lambda scope: self._get_app(provider)
-        for name, annotation in provider.params:
-            self._check_captive(provider, name, annotation)
         dependencies = tuple(
             (name, self._resolvers.get(annotation) or self._compile_nested(annotation))
             for name, annotation in provider.params
@@ -649,17 +651,16 @@ class Registry:
         try:
             kwargs = {}
             for name, annotation in provider.params:
-                if annotation is not UserContext:
-                    self._check_captive(provider, name, annotation)
                 kwargs[name] = await self._aget(owner, annotation)
             if provider.kind is _Kind.ASYNC_GENERATOR:
                 generator = provider.fn(**kwargs)
                 product = await generator.__anext__()
-
-                async def teardown(exc: BaseException | None) -> None:
-                    await _aclose_generator(provider, generator, exc)
-
-                owner.on_close(teardown)
+                # An async finalizer of the owner (an `async with` scope, checked above).
+                teardown = functools.partial(_aclose_generator, provider, generator)
+                if owner._finalizers is None:
+                    owner._finalizers = [teardown]
+                else:
+                    owner._finalizers.append(teardown)
             elif provider.kind is _Kind.ASYNC:
                 product = await provider.fn(**kwargs)
             elif provider.kind is _Kind.GENERATOR:

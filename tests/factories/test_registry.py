@@ -626,3 +626,33 @@ class TestSharedStateAndOwnership:
         leaky.provide(LeakyEngine)
         report = audit(leaky, users=4, threads=2)
         assert any(v.kind == "shared-state" for f in report.factories for v in f.violations)
+
+
+class TestAppProductsShared:
+    def test_app_products_are_shareable_by_declaration(self) -> None:
+        """Two users' live products both reaching the APP product are not refused."""
+        registry = make_registry()
+        ctx_a, ctx_b = alice(), UserContext.new("bob", tenant_id="acme")
+        with isolation.scope(ctx_a, registry=registry) as a:
+            first = a.get(Assistant)
+            with isolation.scope(ctx_b, registry=registry, allow_switch=True) as b:
+                second = b.get(Assistant)
+        assert first.db.settings is second.db.settings
+        assert registry.stats().violations == 0
+
+    def test_app_value_is_shareable(self) -> None:
+        """A value registered at APP is shared by declaration too."""
+        registry = Registry()
+        settings = Settings()
+        registry.provide_value(settings)
+
+        class Holder:
+            def __init__(self, settings: Settings) -> None:
+                self.settings = settings
+
+        registry.provide(Holder)
+        with isolation.scope(alice(), registry=registry) as a:
+            a.get(Holder)
+            with isolation.scope(UserContext.new("bob"), registry=registry, allow_switch=True) as b:
+                b.get(Holder)
+        assert registry.stats().violations == 0

@@ -42,6 +42,7 @@ from isolation.context._model import UserContext
 from isolation.context._scope import Scope, _current
 from isolation.factories._index import SharedStateIndex
 from isolation.factories._request_scoped import check_shared_state
+from isolation.factories._shareable import shareable
 
 __all__ = ["Registry", "RegistryStats"]
 
@@ -282,6 +283,8 @@ class Registry:
         if not isinstance(lifetime, Lifetime):
             raise UsageError(f"lifetime must be an isolation.Lifetime, got {lifetime!r}")
         key = provides if provides is not None else type(obj)
+        if lifetime is Lifetime.APP:
+            shareable(obj)  # registering at APP is the declaration
         self._add(
             _Provider(
                 key=key,
@@ -469,6 +472,8 @@ class Registry:
                 if self._closed:
                     raise UsageError("this Registry is closed")
                 product = self._call_sync(None, provider)
+                # Registering at APP is the declaration that every user shares it.
+                shareable(product)
                 self._app[provider.key] = product
                 self._counts["built_app"].increment()
         return product
@@ -520,8 +525,8 @@ class Registry:
         """Walk a new product for shared state, per the registry's ``check``."""
         if self._checker is None or self._check == "off":
             return
-        self._builds.increment()
-        if self._check == "sampled" and (self._builds.value - 1) % self._sample_every:
+        # increment() returns the count before it, from 0: the first build is walked.
+        if self._builds.increment() % self._sample_every and self._check == "sampled":
             return
         self._checker(owner, product, provider.name)
 

@@ -19,6 +19,10 @@ and background tasks included, runs inside ``isolation.scope``.
   ``Connection.reauthenticate`` can extend it; the authenticated context, with
   its deadline, is :func:`websocket_context`. An expiry that escapes the
   endpoint closes the socket with :data:`CLOSE_EXPIRED` (4001).
+* :func:`pump` forwards a router :class:`~isolation.events.Connection` to the
+  socket as JSON until either side closes, runs each inbound frame in its own
+  ``REQUEST`` scope, and closes the socket with the code of the connection's
+  :class:`~isolation.events.CloseReason` (:func:`close_code`).
 * Lifespan events pass through untouched; :func:`lifespan` closes the router,
   the session manager and the registry at shutdown.
 """

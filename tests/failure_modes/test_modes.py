@@ -17,12 +17,6 @@ from isolation.report import Backend, Check, FailureMode, Settings, default_regi
 REGISTRY = default_registry()
 MODES = REGISTRY.modes()
 
-# Modes whose issue has not landed yet. A mode listed here may gain checks at any
-# time (it is then tested like any other); a mode NOT listed here must have at
-# least one check, so a delivered mode never silently loses them. Remove a mode
-# from this set when its issue lands.
-NOT_YET_DELIVERED: frozenset[int] = frozenset()
-
 CASES = [
     pytest.param(mode, check, id=f"fm{mode.id:02d}-{check.name}")
     for mode in MODES
@@ -50,16 +44,16 @@ def test_sixteen_modes() -> None:
 
 
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: f"fm{m.id:02d}")
-def test_mode_delivered_or_listed(mode: FailureMode) -> None:
-    """Each mode has at least one check, or is explicitly listed as not yet delivered."""
-    assert mode.checks or mode.id in NOT_YET_DELIVERED, (
-        f"mode {mode.id} ({mode.name}) has no registered check and is not in NOT_YET_DELIVERED"
-    )
-
-
-def test_delivered_by_this_issue() -> None:
-    """FM6 and FM8 (the foundation's modes) are delivered."""
-    assert {6, 8}.isdisjoint(NOT_YET_DELIVERED)
+def test_meta_every_mode_checked_with_mutants_and_tests(mode: FailureMode) -> None:
+    """The meta-test: each of the sixteen modes has a check that runs on the embedded
+    defaults, every check has a mutant distinct from the library, and every check is
+    a case of the library and mutant tests below (so its mutant is shown caught)."""
+    embedded = [c for c in mode.checks if c.backend in (Backend.MEMORY, Backend.SQLITE)]
+    assert embedded, f"mode {mode.id} ({mode.name}) has no check on the embedded defaults"
+    case_ids = {case.id for case in CASES}
+    for check in mode.checks:
+        assert f"fm{mode.id:02d}-{check.name}" in case_ids
+        assert check.library() is not check.mutant(), f"{check.name}: the mutant is the library"
 
 
 @pytest.mark.parametrize(("mode", "check"), CASES)

@@ -36,29 +36,41 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, Final
 
+import anyio
+import anyio.abc
 import attrs
 from starlette.requests import HTTPConnection
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from isolation import _clock
-from isolation._errors import ConfigurationError, ContextExpiredError
+from isolation._errors import ConfigurationError, ConnectionClosedError, ContextExpiredError
 from isolation._lifetime import Lifetime
 from isolation.context._model import UserContext
 from isolation.context._scope import Scope
+from isolation.events import CloseReason, Connection, Event
 from isolation.factories._registry import Registry
 
 __all__ = [
     "Authenticate",
     "CLOSE_EXPIRED",
     "CLOSE_GOING_AWAY",
+    "CLOSE_INTERNAL_ERROR",
     "CLOSE_MESSAGE_TOO_BIG",
+    "CLOSE_NORMAL",
     "CLOSE_POLICY",
     "CLOSE_TRY_AGAIN_LATER",
+    "DEFAULT_MAX_FRAME_BYTES",
     "IsolationMiddleware",
+    "OnMessage",
+    "authenticated_context",
+    "close_code",
     "lifespan",
+    "pump",
     "websocket_context",
 ]
 
 logger = logging.getLogger("isolation.context")
+events_logger = logging.getLogger("isolation.events")
 
 ASGIScope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -67,6 +79,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[ASGIScope, Receive, Send], Awaitable[None]]
 Authenticate = Callable[[HTTPConnection], "Awaitable[UserContext | None] | UserContext | None"]
 
+CLOSE_NORMAL: Final = 1000
+"""The connection was closed by its owner (``CloseReason.CLOSED``)."""
 CLOSE_POLICY: Final = 1008
 """A policy refusal or a failed re-authentication."""
 CLOSE_MESSAGE_TOO_BIG: Final = 1009
@@ -75,17 +89,55 @@ CLOSE_GOING_AWAY: Final = 1001
 """The router is shutting down."""
 CLOSE_TRY_AGAIN_LATER: Final = 1013
 """The connection was disconnected for overflow (a slow consumer)."""
+CLOSE_INTERNAL_ERROR: Final = 1011
+"""The ``on_message`` callback of :func:`pump` raised."""
 CLOSE_EXPIRED: Final = 4001
 """The connection's context expired (the 4000 range is the application's)."""
+DEFAULT_MAX_FRAME_BYTES: Final = 64 * 1024
+"""The largest inbound frame :func:`pump` accepts by default, in bytes."""
+
+OnMessage = Callable[[str | bytes], "Awaitable[None] | None"]
+"""``on_message(data)``, sync or async: handles one inbound frame (text or bytes)."""
 
 _STATE_KEY: Final = "isolation.context"
+_CLOSE_CODES: Final = {
+    CloseReason.CLOSED: CLOSE_NORMAL,
+    CloseReason.OVERFLOW: CLOSE_TRY_AGAIN_LATER,
+    CloseReason.EXPIRED: CLOSE_EXPIRED,
+    CloseReason.REAUTH_FAILED: CLOSE_POLICY,
+    CloseReason.ROUTER_CLOSED: CLOSE_GOING_AWAY,
+}
 
 
-def websocket_context(conn: HTTPConnection | ASGIScope) -> UserContext:
-    """Return the authenticated context of a WebSocket (with its deadline).
+def close_code(reason: CloseReason) -> int:
+    """Return the WebSocket close code for a router connection's close reason.
 
-    The WebSocket's scope has no deadline, so connect the router with this
-    context explicitly: ``await router.connect(websocket_context(ws))``.
+    ======================  ==================================
+    ``CLOSED``              1000 (:data:`CLOSE_NORMAL`)
+    ``OVERFLOW``            1013 (:data:`CLOSE_TRY_AGAIN_LATER`)
+    ``EXPIRED``             4001 (:data:`CLOSE_EXPIRED`)
+    ``REAUTH_FAILED``       1008 (:data:`CLOSE_POLICY`)
+    ``ROUTER_CLOSED``       1001 (:data:`CLOSE_GOING_AWAY`)
+    ======================  ==================================
+    """
+    try:
+        return _CLOSE_CODES[CloseReason(reason)]
+    except ValueError:
+        raise ConfigurationError(
+            f"close_code() takes an isolation.events.CloseReason, got {reason!r}"
+        ) from None
+
+
+def authenticated_context(conn: HTTPConnection | ASGIScope) -> UserContext:
+    """Return the context ``authenticate`` gave this request or WebSocket, as it was.
+
+    That is the context before the middleware capped an HTTP request's deadline
+    with ``ttl``, and with the deadline a WebSocket's scope leaves out: issue
+    tickets for it (``router.issue_ticket(authenticated_context(request))``),
+    or the connection would expire with the request that asked for the ticket.
+
+    Raises:
+        ConfigurationError: No ``IsolationMiddleware`` authenticated this connection.
     """
     scope = conn.scope if isinstance(conn, HTTPConnection) else conn
     ctx = scope.get("state", {}).get(_STATE_KEY)
@@ -95,6 +147,16 @@ def websocket_context(conn: HTTPConnection | ASGIScope) -> UserContext:
             hint="Install IsolationMiddleware in front of this endpoint",
         )
     return ctx
+
+
+def websocket_context(conn: HTTPConnection | ASGIScope) -> UserContext:
+    """Return the authenticated context of a WebSocket (with its deadline).
+
+    The WebSocket's scope has no deadline, so connect the router with this
+    context explicitly: ``await router.connect(websocket_context(ws))``. The
+    same as :func:`authenticated_context`.
+    """
+    return authenticated_context(conn)
 
 
 def _is_public(path: str, public_paths: tuple[str, ...]) -> bool:
@@ -230,6 +292,199 @@ class IsolationMiddleware:
         except ContextExpiredError:
             if not closed:
                 await send({"type": "websocket.close", "code": CLOSE_EXPIRED, "reason": "expired"})
+
+
+async def pump(
+    websocket: WebSocket,
+    connection: Connection,
+    *,
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    on_message: OnMessage | None = None,
+) -> int | None:
+    """Forward a router connection to a WebSocket as JSON until either side closes.
+
+    Accepts the socket if the endpoint has not (connect to the router first,
+    then accept, so that no event published after the handshake is missed).
+    Each :class:`~isolation.events.Event` goes out as one text frame, a JSON
+    object with ``id``, ``kind``, ``seq``, ``created_at`` and ``payload``.
+    Inbound frames are read at the same time: one larger than
+    ``max_frame_bytes`` closes the socket with 1009; ``on_message(data)``
+    (sync or async) handles the others, one at a time, each in its own
+    ``REQUEST`` scope of the connection's context (a child of the middleware's
+    ``CONNECTION`` scope, so ``scope.get(T)`` gives a fresh request product).
+
+    When the router closes the connection, the socket is closed with
+    :func:`close_code` of its reason: 1000 ``CLOSED``, 1013 ``OVERFLOW``,
+    4001 ``EXPIRED``, 1008 ``REAUTH_FAILED``, 1001 ``ROUTER_CLOSED``. When the
+    client goes away, the router connection is closed. Either way the router
+    connection is closed when this returns, also on cancellation.
+
+    A socket that stops draining blocks the send in progress; the overflow
+    that follows is seen, and the 1013 sent, when the send completes (the
+    server's keep-alive ping ends a client that never reads again).
+
+    Args:
+        websocket: The Starlette WebSocket (accepted or not).
+        connection: The router connection, bound to the socket's user.
+        max_frame_bytes: The largest inbound frame accepted (UTF-8 bytes for text).
+        on_message: Handles each inbound frame; ``None`` ignores them. If it
+            raises ``ContextExpiredError`` the socket closes with 4001; if the
+            connection was closed under it (a failed ``reauthenticate``), with
+            that reason's code; anything else closes it with 1011 and is re-raised.
+
+    Returns:
+        The close code sent, or ``None`` when the client closed first.
+
+    Raises:
+        ConfigurationError: ``max_frame_bytes`` is not a positive int, or
+            ``on_message`` is not callable.
+    """
+    if isinstance(max_frame_bytes, bool) or not isinstance(max_frame_bytes, int):
+        raise ConfigurationError(f"max_frame_bytes must be an int >= 1, got {max_frame_bytes!r}")
+    if max_frame_bytes < 1:
+        raise ConfigurationError(f"max_frame_bytes must be an int >= 1, got {max_frame_bytes!r}")
+    if on_message is not None and not callable(on_message):
+        raise ConfigurationError("on_message must be a callable or None")
+    run = _Pump(websocket, connection, max_frame_bytes, on_message)
+    try:
+        if websocket.application_state is WebSocketState.CONNECTING:
+            await websocket.accept()
+        async with anyio.create_task_group() as tasks:
+            run.tasks = tasks
+            tasks.start_soon(run.forward)
+            tasks.start_soon(run.read)
+    finally:
+        connection.close()
+    if run.code is not None and _can_close(websocket):
+        # The client may vanish between the decision and the close frame.
+        with contextlib.suppress(WebSocketDisconnect, OSError):
+            await websocket.close(code=run.code, reason=run.reason)
+    if run.error is not None:
+        raise run.error
+    return run.code
+
+
+def _can_close(websocket: WebSocket) -> bool:
+    return (
+        websocket.application_state is WebSocketState.CONNECTED
+        and websocket.client_state is not WebSocketState.DISCONNECTED
+    )
+
+
+def _encode(event: Event) -> str:
+    return json.dumps(
+        {
+            "id": event.id,
+            "kind": event.kind,
+            "seq": event.seq,
+            "created_at": event.created_at,
+            "payload": event.payload,
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+
+
+def _too_big(data: str | bytes, limit: int) -> bool:
+    size = len(data)
+    if isinstance(data, bytes) or size > limit:
+        return size > limit
+    # A str of n characters is at most 4n UTF-8 bytes: encode only when that could matter.
+    return size * 4 > limit and len(data.encode("utf-8", "surrogatepass")) > limit
+
+
+class _Pump:
+    """The two halves of :func:`pump`; the first to decide how it ends wins."""
+
+    def __init__(
+        self,
+        websocket: WebSocket,
+        connection: Connection,
+        max_frame_bytes: int,
+        on_message: OnMessage | None,
+    ) -> None:
+        self.websocket = websocket
+        self.connection = connection
+        self.max_frame_bytes = max_frame_bytes
+        self.on_message = on_message
+        self.tasks: anyio.abc.TaskGroup | None = None
+        self.decided = False
+        self.code: int | None = None
+        self.reason = ""
+        self.error: BaseException | None = None
+
+    def decide(
+        self, code: int | None, reason: str = "", error: BaseException | None = None
+    ) -> None:
+        if not self.decided:
+            self.decided = True
+            self.code, self.reason, self.error = code, reason, error
+        assert self.tasks is not None
+        self.tasks.cancel_scope.cancel()
+
+    async def forward(self) -> None:
+        connection, send = self.connection, self.websocket.send_text
+        while True:
+            try:
+                event = await connection.receive()
+            except ConnectionClosedError as exc:
+                self.decide(close_code(exc.reason), exc.reason.value)
+                return
+            try:
+                text = _encode(event)
+            except (TypeError, ValueError) as exc:
+                self.decide(CLOSE_INTERNAL_ERROR, "internal error", exc)
+                return
+            try:
+                await send(text)
+            except (WebSocketDisconnect, OSError):  # the client went away mid-send
+                self.decide(None)
+                return
+
+    async def read(self) -> None:
+        receive, limit = self.websocket.receive, self.max_frame_bytes
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                self.decide(None)
+                return
+            text = message.get("text")
+            data: str | bytes = text if text is not None else (message.get("bytes") or b"")
+            if _too_big(data, limit):
+                self.decide(CLOSE_MESSAGE_TOO_BIG, "frame too large")
+                return
+            if self.on_message is not None and not await self._handle(data):
+                return
+
+    async def _handle(self, data: str | bytes) -> bool:
+        """Run ``on_message`` in a REQUEST scope; return whether to keep reading."""
+        connection = self.connection
+        assert self.on_message is not None
+        try:
+            async with Scope(connection.context):
+                result = self.on_message(data)
+                if inspect.isawaitable(result):
+                    await result
+        except ContextExpiredError:
+            self.decide(CLOSE_EXPIRED, CloseReason.EXPIRED.value)
+            return False
+        except ConnectionClosedError as exc:
+            if connection.closed and connection.close_reason is not None:
+                reason = connection.close_reason
+                self.decide(close_code(reason), reason.value)
+            else:
+                self.decide(CLOSE_INTERNAL_ERROR, "internal error", exc)
+            return False
+        except Exception as exc:
+            events_logger.warning(
+                "on_message failed on the connection %s; closing the socket with %d",
+                connection.id,
+                CLOSE_INTERNAL_ERROR,
+                extra={"event": "on_message_failed", "connection_id": connection.id},
+            )
+            self.decide(CLOSE_INTERNAL_ERROR, "internal error", exc)
+            return False
+        return True
 
 
 def lifespan(*resources: Any) -> Callable[[Any], contextlib.AbstractAsyncContextManager[None]]:

@@ -1,0 +1,47 @@
+"""`isolation report --postgres URL --redis URL` against the machine's services."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from isolation._cli import main
+from isolation.report import Backend, Settings, default_registry, run_report
+
+
+def test_postgres_session_modes(postgres_url: str) -> None:
+    """The session modes run their PostgreSQL checks (as a non-owner role) and pass."""
+    report = run_report(
+        default_registry(), Settings(quick=True, postgres_url=postgres_url), modes=[1, 2, 3, 4]
+    )
+    for mode in report.modes:
+        postgres = [c for c in mode.checks if c.backend == Backend.POSTGRES]
+        assert postgres, f"mode {mode.id} has no PostgreSQL check"
+        assert all(c.status == "passed" for c in postgres), mode
+        assert mode.status == "passed"
+    assert report.exit_code == 0
+
+
+def test_cli_with_services(
+    postgres_url: str, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The command line takes both URLs and runs every check it can with them."""
+    code = main(
+        [
+            "report",
+            "--json",
+            "--quick",
+            "--postgres",
+            postgres_url,
+            "--redis",
+            redis_url,
+            "--mode",
+            "4",
+        ]
+    )
+    data = json.loads(capsys.readouterr().out)
+    (mode,) = data["modes"]
+    assert code == 0
+    assert {c["backend"] for c in mode["checks"]} == {"sqlite", "postgres"}
+    assert all(c["status"] == "passed" for c in mode["checks"])

@@ -656,3 +656,21 @@ class TestAppProductsShared:
             with isolation.scope(UserContext.new("bob"), registry=registry, allow_switch=True) as b:
                 b.get(Holder)
         assert registry.stats().violations == 0
+
+
+def test_provider_check_overrides_registry() -> None:
+    """provide(check='off') skips the walk for that provider only; a bad value is refused."""
+    registry = Registry()
+    registry.provide(LeakyEngine, check="off")
+    with isolation.scope(alice(), registry=registry) as a:
+        a.get(LeakyEngine)
+        with isolation.scope(UserContext.new("bob"), registry=registry, allow_switch=True) as b:
+            b.get(LeakyEngine)
+    assert registry.stats().walks == 0
+    strict = Registry(check="off")
+    strict.provide(LeakyEngine, check="full")
+    with isolation.scope(alice(), registry=strict) as a:
+        a.get(LeakyEngine)
+    assert strict.stats().walks == 1
+    with pytest.raises(isolation.ConfigurationError):
+        Registry().provide(CleanEngine, check="sometimes")  # type: ignore[call-overload]

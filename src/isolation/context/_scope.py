@@ -22,7 +22,7 @@ import inspect
 import logging
 import math
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, final
@@ -566,17 +566,6 @@ class Scope:
                 continue
             if result is None or not inspect.isawaitable(result):
                 continue
-            if inspect.iscoroutine(result):
-                # Run the first step now: most teardowns finish without ever
-                # suspending, and then need no (costly) shielded cancel scope.
-                try:
-                    first = result.send(None)
-                except StopIteration:
-                    continue
-                except Exception as failure:
-                    failures.append(failure)
-                    continue
-                result = _Resumed(result, first)
             shield = anyio.CancelScope(
                 shield=True, deadline=anyio.current_time() + self._cleanup_timeout
             )
@@ -636,37 +625,6 @@ class Scope:
 
 
 _storage_lock = threading.Lock()
-
-
-class _Resumed:
-    """Await a coroutine whose first step already ran and yielded ``first``.
-
-    The event loop sees exactly what it would have seen had the coroutine been
-    awaited from the start: each value it yields, and each value or exception
-    sent back in.
-    """
-
-    __slots__ = ("_coro", "_first")
-
-    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
-        self._coro = coro
-        self._first = first
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        coro, value = self._coro, self._first
-        while True:
-            try:
-                sent = yield value
-            except BaseException as thrown:  # cancellation included: hand it in
-                try:
-                    value = coro.throw(thrown)
-                except StopIteration as done:
-                    return done.value
-            else:
-                try:
-                    value = coro.send(sent)
-                except StopIteration as done:
-                    return done.value
 
 
 def _ended(scope: Scope) -> ScopeEndedError:

@@ -98,6 +98,7 @@ class _Provider:
     lifetime: Lifetime
     params: tuple[tuple[str, Any], ...]
     name: str
+    check: CheckMode | None = None
 
 
 def _name(obj: object) -> str:
@@ -225,24 +226,37 @@ class Registry:
         self._needs_async: dict[Any, bool] = {}
         self._resolvers: dict[Any, Callable[[Scope], Any]] = {}
         self._async_keys: set[Any] = set()
-        self._checker: Callable[[Scope, Any, str], None] | None = (
-            None if check == "off" else self._walk
-        )
+        self._checker: Callable[[Scope, Any, str], None] | None = self._walk
 
     # -- registration -----------------------------------------------------------
 
     @typing.overload
     def provide(
-        self, fn: Callable[..., T], /, *, lifetime: Lifetime = Lifetime.REQUEST
+        self,
+        fn: Callable[..., T],
+        /,
+        *,
+        lifetime: Lifetime = Lifetime.REQUEST,
+        check: CheckMode | None = None,
     ) -> Callable[..., T]: ...
 
     @typing.overload
     def provide(
-        self, fn: None = None, /, *, lifetime: Lifetime = Lifetime.REQUEST
+        self,
+        fn: None = None,
+        /,
+        *,
+        lifetime: Lifetime = Lifetime.REQUEST,
+        check: CheckMode | None = None,
     ) -> Callable[[Callable[..., T]], Callable[..., T]]: ...
 
     def provide(
-        self, fn: Callable[..., Any] | None = None, /, *, lifetime: Lifetime = Lifetime.REQUEST
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        lifetime: Lifetime = Lifetime.REQUEST,
+        check: CheckMode | None = None,
     ) -> Any:
         """Register ``fn`` as the provider of its declared return type (a decorator).
 
@@ -250,12 +264,20 @@ class Registry:
         teardown after ``yield``), an ``async def``, or an async generator
         (``-> AsyncIterator[T]``). Returns ``fn`` unchanged.
 
+        Args:
+            lifetime: How long the product lives (``REQUEST`` by default).
+            check: This provider's shared-state check, overriding the
+                registry's: ``"off"`` for products whose isolation something
+                else enforces (the session of a ``SessionManager``).
+
         Raises:
             ConfigurationError: No return annotation, an unannotated parameter,
                 a type registered twice, or a captive dependency.
         """
         if fn is None:
-            return lambda f: self.provide(f, lifetime=lifetime)
+            return lambda f: self.provide(f, lifetime=lifetime, check=check)
+        if check not in (None, "full", "sampled", "off"):
+            raise ConfigurationError(f"check must be 'full', 'sampled' or 'off', got {check!r}")
         if not isinstance(lifetime, Lifetime):
             raise UsageError(f"lifetime must be an isolation.Lifetime, got {lifetime!r}")
         if not callable(fn):
@@ -269,6 +291,7 @@ class Registry:
             lifetime=lifetime,
             params=_parameters(fn),
             name=_name(fn),
+            check=check,
         )
         self._add(provider)
         return fn
@@ -414,7 +437,7 @@ class Registry:
         per_request = provider.lifetime is Lifetime.REQUEST
         owner_of = self._owner
         built = self._counts["built_request" if per_request else "built_connection"].increment
-        checked = self._checker is not None and self._check != "off"
+        checked = self._checker is not None and (provider.check or self._check) != "off"
         after_build = self._after_build
 
         def resolve(scope: Scope) -> Any:
@@ -523,10 +546,11 @@ class Registry:
 
     def _after_build(self, owner: Scope, provider: _Provider, product: Any) -> None:
         """Walk a new product for shared state, per the registry's ``check``."""
-        if self._checker is None or self._check == "off":
+        mode = self._check if provider.check is None else provider.check
+        if self._checker is None or mode == "off":
             return
         # increment() returns the count before it, from 0: the first build is walked.
-        if self._builds.increment() % self._sample_every and self._check == "sampled":
+        if self._builds.increment() % self._sample_every and mode == "sampled":
             return
         self._checker(owner, product, provider.name)
 

@@ -20,7 +20,7 @@ import time
 import types
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, final
 
@@ -58,6 +58,7 @@ from isolation.sessions._lifecycle import (
 from isolation.sessions._tenancy import Tenancy
 
 if TYPE_CHECKING:
+    from isolation.factories._registry import Registry
     from sqlalchemy.engine import Connection
 
 __all__ = ["SessionManager", "SessionStats"]
@@ -601,6 +602,26 @@ class SessionManager:
                 manager is closed.
         """
         return _Block(self)
+
+    def provide_to(self, registry: Registry) -> None:
+        """Register this manager's session as the ``AsyncSession`` product of ``registry``.
+
+        A ``REQUEST`` product: ``await scope.aget(AsyncSession)`` opens the
+        scope's session block on first use, and the scope's exit ends it —
+        committed when the scope ends cleanly, rolled back when it raises, is
+        cancelled or expires — exactly as ``async with manager.session()``.
+        Needs an ``async with`` scope.
+        """
+        manager = self
+
+        async def session() -> AsyncIterator[AsyncSession]:
+            async with manager.session() as opened:
+                yield opened
+
+        session.__qualname__ = "SessionManager.session"
+        # The manager itself keeps a session to its scope (and refuses any other
+        # caller), and an AsyncSession reaches deep into SQLAlchemy: no walk.
+        registry.provide(session, check="off")
 
     def protect(
         self,

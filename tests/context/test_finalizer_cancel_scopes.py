@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import anyio
 import pytest
 
 import isolation
 
 pytestmark = pytest.mark.anyio
+
+
+class Resource:
+    closed = False
 
 
 async def test_finalizer_with_its_own_cancel_scope() -> None:
@@ -26,11 +32,6 @@ async def test_finalizer_with_its_own_cancel_scope() -> None:
 
 async def test_finalizer_of_an_async_generator_provider() -> None:
     """A registry async-generator teardown that opens a cancel scope runs at scope exit."""
-    from collections.abc import AsyncIterator
-
-    class Resource:
-        closed = False
-
     registry = isolation.Registry()
 
     @registry.provide

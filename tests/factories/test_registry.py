@@ -6,6 +6,7 @@ import gc
 import threading
 import weakref
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import anyio
 import anyio.lowlevel
@@ -674,3 +675,29 @@ def test_provider_check_overrides_registry() -> None:
     assert strict.stats().walks == 1
     with pytest.raises(isolation.ConfigurationError):
         Registry().provide(CleanEngine, check="sometimes")  # type: ignore[call-overload]
+
+
+def test_audit_command_accepts_a_registry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`isolation audit MODULE:REGISTRY` audits every provider; a leak exits 1."""
+    (tmp_path / "service_under_audit.py").write_text(
+        "import isolation\n"
+        "SHARED = {}\n"
+        "class Clean:\n"
+        "    def __init__(self, ctx: isolation.UserContext) -> None:\n"
+        "        self.cache = {}\n"
+        "class Leaky:\n"
+        "    def __init__(self) -> None:\n"
+        "        self.cache = SHARED\n"
+        "clean = isolation.Registry()\n"
+        "clean.provide(Clean)\n"
+        "leaky = isolation.Registry(check='off')\n"
+        "leaky.provide(Leaky)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from isolation._cli import main
+
+    assert main(["audit", "service_under_audit:clean", "--users", "4", "--threads", "2"]) == 0
+    assert main(["audit", "service_under_audit:leaky", "--users", "4", "--threads", "2"]) == 1
+    assert "cache" in capsys.readouterr().out

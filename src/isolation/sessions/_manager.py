@@ -58,8 +58,9 @@ from isolation.sessions._lifecycle import (
 from isolation.sessions._tenancy import Tenancy
 
 if TYPE_CHECKING:
-    from isolation.factories._registry import Registry
     from sqlalchemy.engine import Connection
+
+    from isolation.factories._registry import Registry
 
 __all__ = ["SessionManager", "SessionStats"]
 

@@ -20,7 +20,7 @@ import time
 import types
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, final
 
@@ -270,8 +270,22 @@ class _Held:
         self.owner = owner
         self.session = session
 
-    async def finalize(self, exc: BaseException | None) -> None:
-        """The backstop at scope exit: cut off a block still running, count the close."""
+    def finalize(self, exc: BaseException | None) -> Awaitable[None] | None:
+        """The backstop at scope exit: cut off a block still running, count the close.
+
+        Usually every block has ended and there is nothing to await: then this
+        returns ``None`` and the scope pays for no shielded cancel scope.
+        """
+        owner = self.owner
+        if owner.closed:
+            return None
+        if owner.admitted or self.session.in_transaction():
+            return self._finalize(exc)
+        owner.closed = True
+        self.manager._closed(owner)
+        return None
+
+    async def _finalize(self, exc: BaseException | None) -> None:
         owner = self.owner
         if owner.closed:
             return

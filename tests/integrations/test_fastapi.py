@@ -6,18 +6,23 @@ import pytest
 
 pytest.importorskip("fastapi", reason="needs FastAPI")
 
-from fastapi import FastAPI
+from typing import Annotated
+
+from fastapi import Depends, FastAPI
 from starlette.requests import HTTPConnection
 from starlette.testclient import TestClient
 
 from isolation import Registry, UserContext
-from isolation.integrations.fastapi import CurrentContext, provided
+from isolation.integrations.fastapi import CurrentContext, from_scope, provided
 from isolation.integrations.starlette import IsolationMiddleware
 
 
 class Assistant:
     def __init__(self, ctx: UserContext) -> None:
         self.owner = ctx.user_id
+
+
+AssistantOfRequest = Annotated[Assistant, Depends(from_scope(Assistant))]
 
 
 def test_context_and_product() -> None:
@@ -29,6 +34,10 @@ def test_context_and_product() -> None:
     @app.get("/me")
     async def me(ctx: CurrentContext, assistant: provided(Assistant)) -> dict[str, str]:  # type: ignore[valid-type]
         return {"user": ctx.user_id, "assistant_of": assistant.owner}
+
+    @app.get("/typed")
+    async def typed(assistant: AssistantOfRequest, again: AssistantOfRequest) -> dict[str, object]:
+        return {"assistant_of": assistant.owner, "same": assistant is again}
 
     @app.get("/me-sync")
     def me_sync(ctx: CurrentContext) -> dict[str, str]:
@@ -43,6 +52,10 @@ def test_context_and_product() -> None:
         assert client.get("/me", headers={"x-user": "alice"}).json() == {
             "user": "alice",
             "assistant_of": "alice",
+        }
+        assert client.get("/typed", headers={"x-user": "carol"}).json() == {
+            "assistant_of": "carol",
+            "same": True,  # one REQUEST product per request
         }
         assert client.get("/me-sync", headers={"x-user": "bob"}).json() == {"user": "bob"}
         assert client.get("/me").status_code == 401

@@ -186,6 +186,11 @@ class TestHTTP:
         with pytest.raises(isolation.ConfigurationError):
             IsolationMiddleware(make_app(), authenticate=authenticate, ttl=ttl)  # type: ignore[arg-type]
 
+    def test_public_paths_must_be_a_collection(self) -> None:
+        """A bare string for public_paths is refused (it would be a set of characters)."""
+        with pytest.raises(isolation.ConfigurationError, match="not one string"):
+            IsolationMiddleware(make_app(), authenticate=authenticate, public_paths="/health")
+
     def test_registry_products(self) -> None:
         """With registry=, endpoints resolve products from the request's scope."""
         registry = Registry()

@@ -340,7 +340,6 @@ class TestOnMessage:
 
     def test_reauthentication_keeps_the_socket(self, backend: str) -> None:
         """A frame with a fresh ticket of the same user re-authenticates; the socket stays."""
-        ticket = None
 
         def make(harness: Harness, connection: Connection) -> OnMessage:
             async def on_message(data: str | bytes) -> None:
@@ -387,14 +386,14 @@ class TestOnMessage:
 
         harness = Harness(on_message=make)
         with TestClient(harness.app, backend=backend) as client:
-            with pytest.raises(ValueError, match="bad frame"):  # noqa: PT012 - raised at exit
+            with pytest.raises(ValueError, match="bad frame"):  # raised when the session exits
                 with client.websocket_connect("/ws?user=alice") as socket:
                     socket.send_text("hello")
                     assert close_code_of(socket) == CLOSE_INTERNAL_ERROR
         assert [type(e) for e in harness.errors] == [ValueError]
         assert harness.connections["alice"].closed
 
-    def test_unencodable_payload_closes_with_1011(self, harness: Harness, backend: str) -> None:
+    def test_unencodable_payload_closes_with_1011(self, backend: str) -> None:
         """An event whose payload is not JSON closes the socket with 1011."""
 
         def make(harness: Harness, connection: Connection) -> OnMessage:
@@ -405,7 +404,7 @@ class TestOnMessage:
 
         harness = Harness(on_message=make)
         with TestClient(harness.app, backend=backend) as client:
-            with pytest.raises(TypeError):  # noqa: PT012 - raised at exit
+            with pytest.raises(TypeError):  # raised when the session exits
                 with client.websocket_connect("/ws?user=alice") as socket:
                     socket.send_text("go")
                     assert close_code_of(socket) == CLOSE_INTERNAL_ERROR

@@ -8,15 +8,23 @@ another task raises.
 
 Example::
 
-    from isolation.integrations.fastapi import CurrentContext, provided
+    from typing import Annotated
+    from fastapi import Depends
+    from isolation.integrations.fastapi import CurrentContext, from_scope
+
+    AssistantOfRequest = Annotated[Assistant, Depends(from_scope(Assistant))]
 
     @app.get("/me")
-    async def me(ctx: CurrentContext, assistant: provided(Assistant)) -> dict[str, str]:
+    async def me(ctx: CurrentContext, assistant: AssistantOfRequest) -> dict[str, str]:
         return {"user": ctx.user_id}
+
+``provided(Assistant)`` is the same ``Annotated`` type in one call, for code
+that is not type-checked (a type checker accepts no call in an annotation).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends
@@ -24,7 +32,7 @@ from fastapi import Depends
 from isolation.context._model import UserContext
 from isolation.context._scope import current_context, current_scope
 
-__all__ = ["CurrentContext", "provided"]
+__all__ = ["CurrentContext", "from_scope", "provided"]
 
 T = TypeVar("T")
 
@@ -37,11 +45,23 @@ CurrentContext = Annotated[UserContext, Depends(_current_context)]
 """The bound :class:`~isolation.UserContext`, as an endpoint parameter."""
 
 
-def provided(kind: type[T]) -> Any:
-    """An ``Annotated`` parameter type that resolves ``kind`` from the request's registry."""
+def from_scope(kind: type[T]) -> Callable[[], Coroutine[Any, Any, T]]:
+    """A dependency for ``Depends()`` that resolves ``kind`` from the current scope's registry.
 
-    async def resolve() -> Any:
+    The product is the scope's (built once per request for ``REQUEST``
+    products, checked for shared state); the dependency enters no scope.
+    """
+
+    async def resolve() -> T:
         return await current_scope().aget(kind)
 
-    resolve.__name__ = f"provided_{getattr(kind, '__name__', 'product')}"
-    return Annotated[kind, Depends(resolve)]
+    resolve.__name__ = f"from_scope_{getattr(kind, '__name__', 'product')}"
+    return resolve
+
+
+def provided(kind: type[T]) -> Any:
+    """An ``Annotated`` parameter type that resolves ``kind`` from the request's registry.
+
+    ``Annotated[kind, Depends(from_scope(kind))]``, in one call.
+    """
+    return Annotated[kind, Depends(from_scope(kind))]

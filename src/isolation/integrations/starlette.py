@@ -70,7 +70,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger("isolation.context")
-events_logger = logging.getLogger("isolation.events")
+_events_logger = logging.getLogger("isolation.events")
 
 ASGIScope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -112,13 +112,14 @@ _CLOSE_CODES: Final = {
 def close_code(reason: CloseReason) -> int:
     """Return the WebSocket close code for a router connection's close reason.
 
-    ======================  ==================================
-    ``CLOSED``              1000 (:data:`CLOSE_NORMAL`)
-    ``OVERFLOW``            1013 (:data:`CLOSE_TRY_AGAIN_LATER`)
-    ``EXPIRED``             4001 (:data:`CLOSE_EXPIRED`)
-    ``REAUTH_FAILED``       1008 (:data:`CLOSE_POLICY`)
-    ``ROUTER_CLOSED``       1001 (:data:`CLOSE_GOING_AWAY`)
-    ======================  ==================================
+    ``CLOSED`` 1000 (:data:`CLOSE_NORMAL`), ``ROUTER_CLOSED`` 1001
+    (:data:`CLOSE_GOING_AWAY`), ``REAUTH_FAILED`` 1008 (:data:`CLOSE_POLICY`),
+    ``OVERFLOW`` 1013 (:data:`CLOSE_TRY_AGAIN_LATER`), ``EXPIRED`` 4001
+    (:data:`CLOSE_EXPIRED`): a client can tell "log in again" (4001) from
+    "reconnect later" (1001, 1013).
+
+    Raises:
+        ConfigurationError: ``reason`` is not a :class:`~isolation.events.CloseReason`.
     """
     try:
         return _CLOSE_CODES[CloseReason(reason)]
@@ -184,6 +185,15 @@ async def _plain_response(
     await send({"type": "http.response.body", "body": payload})
 
 
+def _paths(paths: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(paths, str):
+        raise ConfigurationError(
+            f"public_paths takes a list of paths, not one string: {paths!r}",
+            hint=f"Write public_paths=({paths!r},)",
+        )
+    return tuple(paths)
+
+
 @attrs.define(eq=False)
 class IsolationMiddleware:
     """Authenticate each HTTP request and WebSocket and run it in its user's scope.
@@ -202,7 +212,7 @@ class IsolationMiddleware:
     authenticate: Authenticate = attrs.field(kw_only=True)
     registry: Registry | None = attrs.field(default=None, kw_only=True)
     ttl: float | None = attrs.field(default=None, kw_only=True)
-    public_paths: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=tuple)
+    public_paths: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=_paths)
 
     def __attrs_post_init__(self) -> None:
         if not callable(self.authenticate):
@@ -476,7 +486,7 @@ class _Pump:
                 self.decide(CLOSE_INTERNAL_ERROR, "internal error", exc)
             return False
         except Exception as exc:
-            events_logger.warning(
+            _events_logger.warning(
                 "on_message failed on the connection %s; closing the socket with %d",
                 connection.id,
                 CLOSE_INTERNAL_ERROR,

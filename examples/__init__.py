@@ -1,0 +1,1 @@
+"""Runnable examples of :mod:`isolation`; each is a package importable from the project root."""

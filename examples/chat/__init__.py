@@ -1,0 +1,1 @@
+"""A small chat service that uses every part of :mod:`isolation`; see ``README.md`` beside it."""

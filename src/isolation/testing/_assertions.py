@@ -69,9 +69,7 @@ def assert_no_shared_state(factory: Any, *, users: int = 20, threads: int = 4) -
 
     report = audit(factory, users=users, threads=threads)
     if report.violations:
-        lines = [
-            f"{f.name}: {v.kind}: {v.message}" for f in report.factories for v in f.violations
-        ]
+        lines = [f"{f.name}: {v.kind}: {v.message}" for f in report.factories for v in f.violations]
         raise AssertionError(
             f"{report.violations} isolation violation(s) in {report.target}:\n" + "\n".join(lines)
         )

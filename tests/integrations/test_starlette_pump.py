@@ -269,12 +269,16 @@ class TestOnMessage:
         registry.provide(Socket, lifetime=Lifetime.CONNECTION)
         registry.provide(Reply)
         seen: list[tuple[str, str, str, int, int]] = []
+        # Keep every product alive: ids of dead objects can be reused, which would
+        # make two products of different frames look the same.
+        kept: list[object] = []
 
         def make(harness: Harness, connection: Connection) -> OnMessage:
             async def on_message(data: str | bytes) -> None:
                 scope = isolation.current_scope()
                 assert scope.parent is not None
                 reply = scope.get(Reply)
+                kept.extend((reply, scope.get(Socket)))
                 seen.append(
                     (
                         scope.lifetime.name,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from isolation.report import Check, Settings, default_registry
+from isolation.report import Backend, Check, Settings, default_registry
 from isolation.report.modes import fm10_routing
 from isolation.report.modes.fm10_routing import Op, run_operations
 
@@ -19,7 +19,8 @@ ASYNC_CHECKS = [
     pytest.param(check, id=f"fm{mode}-{check.name}")
     for mode in (10, 13, 14, 15, 16)
     for check in REGISTRY.mode(mode).checks
-    if check.name != "operations"
+    # Checks on Redis (asyncio only, given a URL) are run by tests/failure_modes and tests/redis.
+    if check.name != "operations" and check.backend is Backend.MEMORY
 ]
 
 

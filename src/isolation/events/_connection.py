@@ -28,6 +28,7 @@ from isolation._redact import redact_principal
 from isolation.context._model import Principal, UserContext
 from isolation.context._scope import _current
 from isolation.events._model import (
+    GAP,
     CloseReason,
     ConnectionState,
     ConnectionStats,
@@ -461,9 +462,16 @@ class Connection:
             self._dropped += 1
             return 0, 1, None
         if action is Action.EVICT_OLDEST:
-            self._queue.popleft()
-            self._payloads.popleft()
-            self._seqs.popleft()
+            queue = self._queue
+            if queue[0][3] == GAP and len(queue) > 1:
+                # Keep an unread gap notice at the head: evict the event after it.
+                del queue[1]
+                del self._payloads[1]
+                del self._seqs[1]
+            else:
+                queue.popleft()
+                self._payloads.popleft()
+                self._seqs.popleft()
             self._dropped += 1
             self._queue.append(packed)
             self._payloads.append(payload)
@@ -472,6 +480,30 @@ class Connection:
             return 1, 1, None
         self._dropped += 1
         return 0, 1 + self._close(CloseReason.OVERFLOW), None
+
+    def _push_gap(self, packed: Packed, payload: Any) -> bool:
+        """Queue a ``"gap"`` notice even if the queue is full; ``False`` if one is unread already.
+
+        It takes the next ``seq``. With ``BLOCK`` publishers waiting it goes
+        behind them (a putter nobody waits on), so ``seq`` stays in order; else
+        at the tail, at most one over capacity.
+        """
+        if self._state is not _OPEN:
+            return False
+        if any(queued[3] == GAP for queued in self._queue) or any(
+            putter.packed[3] == GAP for putter in self._putters
+        ):
+            return False
+        seq = self._seq + 1
+        self._seq = seq
+        if self._putters:
+            self._putters.append(Putter(packed, payload, seq, _Blocked()))
+            return True
+        self._queue.append(packed)
+        self._payloads.append(payload)
+        self._seqs.append(seq)
+        self._wake_consumer()
+        return True
 
     def _wake_consumer(self) -> None:
         waiter = self._waiter

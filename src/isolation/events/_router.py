@@ -185,7 +185,7 @@ class EventRouter:
             )
         self._backend = backend
         self._shared = bool(backend.shared)
-        backend.attach(self._deliver)
+        backend.attach(_Inbox(self))
 
         # principal -> its live connections; replaced whole, never edited in place.
         self._routes: dict[Principal, tuple[Connection, ...]] = {}
@@ -329,6 +329,16 @@ class EventRouter:
             wake=wake,
         )
         self._register(conn, principal)
+        if self._shared:
+            # A shared backend confirms the subscription before connect() returns
+            # (see Backend.watch); on failure or cancellation the connection closes.
+            try:
+                pending = self._backend.watch(principal)
+                if pending is not None:
+                    await pending
+            except BaseException:
+                conn._close(CloseReason.CLOSED)
+                raise
         if scope is not None:
             self._bind_to_scope(conn, scope)
         return conn
@@ -353,8 +363,6 @@ class EventRouter:
         if conns is None:
             self._routes[principal] = (conn,)
             self._totals[principal] = [0] * _TOTALS
-            if self._shared:
-                self._backend.watch(principal)
         else:
             self._routes[principal] = (*conns, conn)
         conn._opened()
@@ -577,6 +585,13 @@ class EventRouter:
 
     async def _deliver(self, envelope: Envelope) -> PublishResult:
         """Fan an envelope from the backend out to this router's connections."""
+        result = self._offer(envelope)
+        if type(result) is PublishResult:
+            return result
+        return await result
+
+    def _offer(self, envelope: Envelope) -> PublishResult | Awaitable[PublishResult]:
+        """Fan an envelope out without waiting: the result, or the wait for room (``BLOCK``)."""
         conns = self._routes.get((envelope.tenant_id, envelope.recipient))
         if conns is None:
             self._undeliverable += 1
@@ -595,7 +610,22 @@ class EventRouter:
         )
         if type(result) is PublishResult:
             return result
-        return await self._wait_for_room(result)
+        return self._wait_for_room(result)
+
+    def _queue_gap(
+        self, principal: Principal, reason: str, connections: Sequence[Any] | None = None
+    ) -> int:
+        """Queue a ``"gap"`` event on the principal's live connections (or on ``connections``)."""
+        conns = self._routes.get(principal, ())
+        if connections is not None:
+            wanted = {id(c) for c in connections}
+            conns = tuple(c for c in conns if id(c) in wanted)
+        if not conns:
+            return 0
+        tenant_id, user_id = principal
+        packed: Packed = (next_event_number(), user_id, tenant_id, GAP, _clock._now())
+        payload = {"reason": reason}
+        return sum(1 for conn in conns if conn._push_gap(packed, payload))
 
     def _fanout(
         self, conns: tuple[Connection, ...], packed: Packed, payload: Any
@@ -770,6 +800,33 @@ class EventRouter:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+@final
+class _Inbox:
+    """What a backend is given by :meth:`Backend.attach`: the router's entry points.
+
+    See :class:`isolation.events.Deliver`.
+    """
+
+    __slots__ = ("_router",)
+
+    def __init__(self, router: EventRouter) -> None:
+        self._router = router
+
+    def __call__(self, envelope: Envelope) -> Awaitable[PublishResult]:
+        return self._router._deliver(envelope)
+
+    def offer(self, envelope: Envelope) -> PublishResult | Awaitable[PublishResult]:
+        return self._router._offer(envelope)
+
+    def gap(
+        self, principal: Principal, *, reason: str, connections: Sequence[Any] | None = None
+    ) -> int:
+        return self._router._queue_gap(principal, reason, connections)
+
+    def __repr__(self) -> str:
+        return f"<isolation.events.Deliver of {self._router!r}>"
 
 
 class _Waiting:

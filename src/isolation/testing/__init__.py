@@ -5,6 +5,9 @@
 * :class:`AsyncRuleBasedStateMachine` (Hypothesis): state machines whose rules
   may be ``async def``, on one event loop.
 * :mod:`isolation.testing.strategies` (Hypothesis): ids, hostile ids, contexts.
+* :class:`RouterMachine` and :class:`RegistryMachine` (Hypothesis), in
+  :mod:`isolation.testing.machines`: ready state machines to point at your own
+  event router and registry.
 * :func:`assert_exactly_once`: a factory runs once per scope under threads and tasks.
 * :func:`unsafe_corrupt_routing` (core only): corrupt an event router's routing
   on purpose, to show the last-step check refuses and counts what it misroutes.
@@ -25,14 +28,20 @@ from isolation.testing._assertions import assert_no_shared_state as assert_no_sh
 from isolation.testing._unsafe import unsafe_corrupt_routing as unsafe_corrupt_routing
 
 if TYPE_CHECKING:
+    from isolation.testing import machines as machines
     from isolation.testing import strategies as strategies
     from isolation.testing._machine import AsyncRuleBasedStateMachine as AsyncRuleBasedStateMachine
+    from isolation.testing.machines import RegistryMachine as RegistryMachine
+    from isolation.testing.machines import RouterMachine as RouterMachine
 
 __all__ = [
     "AsyncRuleBasedStateMachine",
     "FakeClock",
+    "RegistryMachine",
+    "RouterMachine",
     "assert_exactly_once",
     "assert_no_shared_state",
+    "machines",
     "strategies",
     "unsafe_corrupt_routing",
     "use_clock",
@@ -40,6 +49,9 @@ __all__ = [
 
 _LAZY = {
     "AsyncRuleBasedStateMachine": ("isolation.testing._machine", "AsyncRuleBasedStateMachine"),
+    "RegistryMachine": ("isolation.testing.machines", "RegistryMachine"),
+    "RouterMachine": ("isolation.testing.machines", "RouterMachine"),
+    "machines": ("isolation.testing.machines", None),
     "strategies": ("isolation.testing.strategies", None),
 }
 

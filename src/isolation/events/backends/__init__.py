@@ -10,8 +10,8 @@ this process; a Redis backend plugs in through the same protocol.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Protocol, runtime_checkable
+from collections.abc import Awaitable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 from isolation.context._model import Principal
 from isolation.events._model import Envelope, PublishResult
@@ -19,8 +19,42 @@ from isolation.events.backends.memory import MemoryBackend as MemoryBackend
 
 __all__ = ["Backend", "Deliver", "MemoryBackend"]
 
-Deliver = Callable[[Envelope], Awaitable[PublishResult]]
-"""The router's entry point for an envelope that arrived through a backend."""
+
+class Deliver(Protocol):
+    """The router's entry points for envelopes that arrived through a backend.
+
+    ``await deliver(envelope)`` fans the envelope out to the router's
+    connections of its recipient and returns what happened there; under
+    ``Overflow.BLOCK`` it may wait for room. A backend whose receiving loop
+    must never stall (Redis) uses :meth:`offer` and :meth:`gap` instead.
+    """
+
+    def __call__(self, envelope: Envelope) -> Awaitable[PublishResult]:
+        """Fan ``envelope`` out to this router's connections, waiting for room if needed."""
+        ...
+
+    def offer(self, envelope: Envelope) -> PublishResult | Awaitable[PublishResult]:
+        """Fan ``envelope`` out without waiting: the result, or an awaitable for the rest.
+
+        The awaitable is returned only when some ``BLOCK`` connection is full:
+        awaiting it (in a task of its own, so the caller is not stalled) waits
+        up to the router's ``publish_timeout`` and raises
+        :class:`~isolation.QueueFullError` naming the connections where the
+        event was dropped.
+        """
+        ...
+
+    def gap(
+        self, principal: Principal, *, reason: str, connections: Sequence[Any] | None = None
+    ) -> int:
+        """Queue an event of kind ``"gap"`` on the live connections of ``principal``.
+
+        ``connections`` narrows it to some of them (for example those named by a
+        ``QueueFullError``). A connection already holding an unread gap gets no
+        second one; a gap is queued even when the queue is full (at most one
+        over capacity). Returns how many connections got one.
+        """
+        ...
 
 
 @runtime_checkable
@@ -48,7 +82,7 @@ class Backend(Protocol):
 
         ``deliver`` applies the router's overflow policy and returns what
         happened on this router's connections. Under ``Overflow.BLOCK`` it may
-        wait for room.
+        wait for room; ``deliver.offer()`` never waits (see :class:`Deliver`).
         """
         ...
 
@@ -60,12 +94,24 @@ class Backend(Protocol):
         """
         ...
 
-    def watch(self, principal: Principal) -> None:
-        """The router has a first live connection of ``principal``: start receiving its events."""
+    def watch(self, principal: Principal) -> Awaitable[None] | None:
+        """A connection of ``principal`` is opening here: receive its events.
+
+        Called (for a ``shared`` backend) on every ``connect()``, so it must be
+        idempotent. It may return an awaitable: the router awaits it before
+        ``connect()`` returns, so a backend that subscribes remotely returns
+        once the subscription is confirmed, and an event published after
+        ``connect()`` returned is never missed for want of a subscription. If
+        it raises (or the wait is cancelled), the connection is closed and
+        ``connect()`` raises.
+        """
         ...
 
     def unwatch(self, principal: Principal) -> None:
-        """The router's last connection of ``principal`` closed: stop receiving its events."""
+        """The router's last connection of ``principal`` closed: stop receiving its events.
+
+        Called synchronously as the connection closes: schedule remote work, never wait.
+        """
         ...
 
     async def claim_ticket(self, token: str, *, expires_at: float) -> bool:

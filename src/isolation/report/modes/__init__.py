@@ -26,6 +26,7 @@ MODULES = (
     "isolation.report.modes.fm08_validation",
     "isolation.report.modes.fm09_state",
     "isolation.report.modes.fm10_routing",
+    "isolation.report.modes.fm10_redis",
     "isolation.report.modes.fm11_engine_ownership",
     "isolation.report.modes.fm12_threads",
     "isolation.report.modes.fm13_binding",

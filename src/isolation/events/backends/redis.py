@@ -1,0 +1,798 @@
+"""``RedisBackend``: the event router across processes, over Redis pub/sub (extra ``redis``).
+
+::
+
+    backend = RedisBackend("redis://127.0.0.1:6379/0", keys=[key])
+    router = EventRouter(backend=backend)
+
+Each process subscribes (plain ``SUBSCRIBE``, never patterns) to the channel
+of every principal with a live connection in it, and only those; the router's
+``connect()`` returns once Redis has confirmed the subscription. Events travel
+as signed JSON envelopes (:mod:`isolation.events.backends._envelope`); the
+receiving process verifies the size, signature, recipient, expiry and a replay
+window before the router's own last-step check, and drops, logs (without
+payload) and counts anything else. Pub/sub is **at most once**: a lost Redis
+connection is re-established with backoff and resubscribed, and every affected
+local connection then receives an event of kind ``"gap"``. Publishing while
+Redis is unreachable raises :class:`~isolation.BackendUnavailableError` after
+``unavailable_timeout``. Single-use tickets are claimed with ``SET NX`` and an
+expiry, so they are single-use across processes.
+
+asyncio only (redis-py's asyncio client): under trio every method that talks
+to Redis raises :class:`~isolation.UnsupportedBackendError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import os
+import random
+import urllib.parse
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, TypeVar, final
+
+import attrs
+
+try:
+    import redis.asyncio as aioredis
+    from redis.asyncio.connection import AbstractConnection
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import RedisError, ResponseError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+except ImportError as exc:  # pragma: no cover - the test suite installs the extra
+    raise ImportError(
+        "isolation.events.backends.redis needs redis-py: pip install 'isolation[redis]'"
+    ) from exc
+
+from isolation import _clock
+from isolation._errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    QueueFullError,
+    UnsupportedBackendError,
+)
+from isolation.context._model import Principal
+from isolation.events._model import Envelope, PublishResult
+from isolation.events._wake import current_backend
+from isolation.events.backends import Deliver
+from isolation.events.backends._envelope import (
+    DEFAULT_EVENT_TTL,
+    DEFAULT_MAX_ENVELOPE_BYTES,
+    Codec,
+    Drop,
+    ReplayWindow,
+    channel_name,
+    check_namespace,
+)
+from isolation.tokens import LEEWAY
+
+__all__ = [
+    "DEFAULT_HEALTH_INTERVAL",
+    "DEFAULT_UNAVAILABLE_TIMEOUT",
+    "RedisBackend",
+    "RedisStats",
+]
+
+logger = logging.getLogger("isolation.events")
+
+T = TypeVar("T")
+
+DEFAULT_UNAVAILABLE_TIMEOUT: Final = 5.0
+"""Seconds a publish, a ticket claim or a subscription waits for Redis before giving up."""
+DEFAULT_HEALTH_INTERVAL: Final = 5.0
+"""Seconds between liveness checks (a ``PING`` on the subscriber connection)."""
+_BACKOFF_FIRST: Final = 0.02
+_BACKOFF_MAX: Final = 1.0
+_SUBSCRIBE_BATCH: Final = 512
+_LOG_EVERY: Final = 1.0  # seconds between two drop warnings of one reason
+
+_SUBSCRIBE: Final = b"subscribe"
+_MESSAGE: Final = b"message"
+_UNSUBSCRIBE: Final = b"unsubscribe"
+_PONG: Final = b"pong"
+
+
+@final
+@attrs.frozen(kw_only=True)
+class RedisStats:
+    """A snapshot of a :class:`RedisBackend`'s counters.
+
+    Attributes:
+        published: Envelopes Redis accepted from this process.
+        received: Messages read from this process's channels (its own publishes excluded).
+        delivered: Verified envelopes handed to the router (its stats count connections).
+        dropped: Refused messages by reason (see ``_envelope.Drop``), plus
+            ``"overflow"`` for events a full ``BLOCK`` connection dropped here.
+        subscriptions: Channels subscribed and confirmed now.
+        reconnects: Subscriber connections re-established after a loss.
+        gaps: ``"gap"`` events queued on local connections.
+        listener_restarts: Listener sessions that ended unexpectedly (a lost
+            connection, a crash, a cancellation, a failed liveness check) and were restarted.
+        unavailable: Calls that raised ``BackendUnavailableError``.
+    """
+
+    published: int
+    received: int
+    delivered: int
+    dropped: dict[str, int]
+    subscriptions: int
+    reconnects: int
+    gaps: int
+    listener_restarts: int
+    unavailable: int
+
+
+class _Channel:
+    """The subscription state of one principal's channel."""
+
+    __slots__ = ("gap_pending", "name", "principal", "ready", "sent", "wanted")
+
+    def __init__(self, name: str, principal: Principal) -> None:
+        self.name = name
+        self.principal = principal
+        # Whether a local connection wants it; flips on watch()/unwatch().
+        self.wanted = False
+        # SUBSCRIBEs written on the current connection whose reply is not read
+        # yet: replies come in order, so 0 after a "subscribe" reply means the
+        # latest one is confirmed.
+        self.sent = 0
+        # Resolved when the latest subscription is confirmed; None before any.
+        self.ready: asyncio.Future[None] | None = None
+        # The subscriber connection was lost since the last confirmation.
+        self.gap_pending = False
+
+    @property
+    def confirmed(self) -> bool:
+        ready = self.ready
+        return self.wanted and ready is not None and ready.done() and self.sent == 0
+
+
+def _describe(url: str) -> str:
+    """``host:port/db`` of a Redis URL, without credentials, for messages."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or "?"
+        port = parts.port or 6379
+    except ValueError:
+        return "the Redis URL"
+    return f"{parts.scheme}://{host}:{port}{parts.path}"
+
+
+@final
+class RedisBackend:
+    """Carries events between routers in several processes through Redis pub/sub.
+
+    Plug it in with ``EventRouter(backend=RedisBackend(url, keys=[key]))``; one
+    backend serves one router. The key list is the same in every process (the
+    first signs, any verifies; rotation as for :mod:`isolation.tokens`).
+
+    Args:
+        url: ``redis://`` or ``rediss://`` (TLS) URL, with credentials if the
+            server wants them (they never appear in messages or logs).
+        keys: Secrets of 32+ bytes for the envelope signatures.
+        namespace: Prefix of every channel and key (``{namespace}:``), so
+            several deployments can share one Redis.
+        unavailable_timeout: Seconds a publish, a ticket claim or a
+            subscription waits for Redis before ``BackendUnavailableError``.
+        event_ttl: Seconds an envelope is valid after publishing: the replay
+            window, and how stale an event may arrive.
+        max_envelope_bytes: The largest signed envelope sent or accepted.
+        health_interval: Seconds between liveness checks of the listener.
+
+    Raises:
+        ConfigurationError: A setting is out of range.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_attached",
+        "_by_principal",
+        "_channels",
+        "_client",
+        "_closing",
+        "_codec",
+        "_commands",
+        "_conn",
+        "_counts",
+        "_deliver",
+        "_health_interval",
+        "_last_log",
+        "_loop",
+        "_namespace",
+        "_origin",
+        "_pings",
+        "_pongs",
+        "_pool",
+        "_replays",
+        "_session",
+        "_supervisor",
+        "_tasks",
+        "_unavailable_timeout",
+        "_url",
+        "_wake_writer",
+        "_wrap_session",
+    )
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        keys: Sequence[bytes],
+        namespace: str = "isolation",
+        unavailable_timeout: float = DEFAULT_UNAVAILABLE_TIMEOUT,
+        event_ttl: float = DEFAULT_EVENT_TTL,
+        max_envelope_bytes: int = DEFAULT_MAX_ENVELOPE_BYTES,
+        health_interval: float = DEFAULT_HEALTH_INTERVAL,
+    ) -> None:
+        if not isinstance(url, str) or urllib.parse.urlsplit(url).scheme not in (
+            "redis",
+            "rediss",
+            "unix",
+        ):
+            raise ConfigurationError(
+                "url must be a redis://, rediss:// or unix:// URL",
+                hint="For example redis://127.0.0.1:6379/0, or rediss://... for TLS",
+            )
+        self._url = url
+        self._codec = Codec(keys, ttl=event_ttl, max_bytes=max_envelope_bytes)
+        self._namespace = check_namespace(namespace)
+        self._unavailable_timeout = _seconds("unavailable_timeout", unavailable_timeout)
+        self._health_interval = _seconds("health_interval", health_interval)
+        self._origin = os.urandom(12).hex()
+        self._deliver: Deliver | None = None
+        self._attached = False
+        self._channels: dict[bytes, _Channel] = {}
+        self._by_principal: dict[Principal, _Channel] = {}
+        self._commands: deque[tuple[bytes, _Channel | None]] = deque()
+        self._replays = ReplayWindow()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: aioredis.Redis | None = None
+        self._pool: aioredis.ConnectionPool | None = None
+        self._conn: AbstractConnection | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._session: asyncio.Task[None] | None = None
+        self._wake_writer: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
+        self._pings = 0
+        self._pongs = 0
+        self._last_log: dict[str, float] = {}
+        self._counts: dict[str, int] = {
+            "published": 0,
+            "received": 0,
+            "delivered": 0,
+            "reconnects": 0,
+            "gaps": 0,
+            "listener_restarts": 0,
+            "unavailable": 0,
+        }
+        for reason in Drop:
+            self._counts[f"drop:{reason.value}"] = 0
+        self._counts["drop:overflow"] = 0
+        # A hook for tests: wraps each listener session's coroutine.
+        self._wrap_session: Callable[[Awaitable[None]], Awaitable[None]] | None = None
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closing else "open"
+        return (
+            f"<isolation.events.backends.redis.RedisBackend {_describe(self._url)} "
+            f"namespace={self._namespace!r} {state} channels={len(self._by_principal)}>"
+        )
+
+    # -- what it tells ----------------------------------------------------------
+
+    @property
+    def shared(self) -> bool:
+        """Always ``True``: other processes publish and subscribe through the same Redis."""
+        return True
+
+    @property
+    def namespace(self) -> str:
+        """The prefix of every channel and key."""
+        return self._namespace
+
+    def channel(self, user_id: str, *, tenant_id: str | None = None) -> str:
+        """The channel name of a principal (for ACLs and debugging)."""
+        return channel_name(self._namespace, (tenant_id, user_id))
+
+    def stats(self) -> RedisStats:
+        """Return a snapshot of the counters."""
+        counts = self._counts
+        return RedisStats(
+            published=counts["published"],
+            received=counts["received"],
+            delivered=counts["delivered"],
+            dropped={
+                key.partition(":")[2]: value
+                for key, value in counts.items()
+                if key.startswith("drop:")
+            },
+            subscriptions=sum(1 for ch in self._by_principal.values() if ch.confirmed),
+            reconnects=counts["reconnects"],
+            gaps=counts["gaps"],
+            listener_restarts=counts["listener_restarts"],
+            unavailable=counts["unavailable"],
+        )
+
+    # -- the Backend protocol --------------------------------------------------------
+
+    def attach(self, deliver: Deliver) -> None:
+        """Remember the router's entry points; a second router is refused."""
+        if self._attached:
+            raise ConfigurationError(
+                "this RedisBackend already serves a router",
+                hint="Give each EventRouter its own RedisBackend",
+            )
+        self._attached = True
+        self._deliver = deliver
+
+    def watch(self, principal: Principal) -> Awaitable[None] | None:
+        """Subscribe to ``principal``'s channel; the awaitable ends when Redis confirmed it.
+
+        Returns ``None`` when the subscription is already confirmed.
+
+        Raises:
+            UnsupportedBackendError: Not running under asyncio.
+            BackendUnavailableError: (when awaited) Redis did not confirm within
+                ``unavailable_timeout``, or the backend closed meanwhile.
+        """
+        self._start(listen=True)
+        ch = self._by_principal.get(principal)
+        if ch is None:
+            name = channel_name(self._namespace, principal).encode("ascii")
+            ch = _Channel(name.decode("ascii"), principal)
+            self._by_principal[principal] = ch
+            self._channels[name] = ch
+        if ch.confirmed:
+            return None
+        if ch.ready is None or ch.ready.done():
+            assert self._loop is not None
+            ch.ready = self._loop.create_future()
+        if not ch.wanted:
+            ch.wanted = True
+            self._command(b"SUBSCRIBE", ch)
+        return self._until_ready(ch.ready)
+
+    def unwatch(self, principal: Principal) -> None:
+        """Unsubscribe from ``principal``'s channel (written by the listener, not awaited)."""
+        ch = self._by_principal.get(principal)
+        if ch is None or not ch.wanted:
+            return
+        ch.wanted = False
+        ch.gap_pending = False
+        if self._conn is None and ch.sent == 0:
+            self._forget(ch)
+        else:
+            self._command(b"UNSUBSCRIBE", ch)
+
+    async def publish(self, envelope: Envelope) -> PublishResult:
+        """Sign ``envelope``, have Redis accept it, then deliver it to local connections.
+
+        Returns what happened on this process's connections; other processes
+        count their deliveries in their own stats.
+
+        Raises:
+            EventTooLargeError: The signed envelope exceeds ``max_envelope_bytes``.
+            UsageError: The payload is not JSON-serialisable.
+            BackendUnavailableError: Redis did not accept it within ``unavailable_timeout``.
+            UnsupportedBackendError: Not running under asyncio.
+        """
+        self._start()
+        principal = (envelope.tenant_id, envelope.recipient)
+        data = self._codec.encode(envelope, origin=self._origin, now=_clock._now())
+        channel = channel_name(self._namespace, principal)
+        await self._call("publish", lambda client: client.publish(channel, data))
+        self._counts["published"] += 1
+        ch = self._by_principal.get(principal)
+        deliver = self._deliver
+        if ch is None or not ch.wanted or deliver is None:
+            return PublishResult(delivered=0, dropped=0)
+        result = deliver.offer(envelope)
+        if type(result) is PublishResult:
+            return result
+        return await result
+
+    async def claim_ticket(self, token: str, *, expires_at: float) -> bool:
+        """Record ``token`` as used in Redis (``SET NX`` with expiry); ``False`` if it was.
+
+        The key is ``{namespace}:ticket:`` and the SHA-256 of the token (the
+        token itself is never stored). The value is a random nonce, so a claim
+        whose reply was lost and retried still recognises its own record.
+
+        Raises:
+            BackendUnavailableError: Redis did not answer within ``unavailable_timeout``.
+        """
+        self._start()
+        key = f"{self._namespace}:ticket:{hashlib.sha256(token.encode('ascii')).hexdigest()}"
+        ttl_ms = max(1, math.ceil((expires_at + LEEWAY - _clock._now()) * 1000))
+        nonce = os.urandom(16).hex().encode("ascii")
+
+        async def claim(client: aioredis.Redis) -> bool:
+            if await client.set(key, nonce, nx=True, px=ttl_ms):
+                return True
+            return bool(await client.get(key) == nonce)
+
+        return await self._call("ticket claim", claim)
+
+    async def aclose(self) -> None:
+        """Stop the listener, fail pending subscriptions, close the connections. Idempotent."""
+        if self._closing:
+            return
+        self._closing = True
+        for ch in self._by_principal.values():
+            ready = ch.ready
+            if ready is not None and not ready.done():
+                ready.set_exception(
+                    BackendUnavailableError("the Redis backend was closed before it subscribed")
+                )
+                ready.exception()  # retrieved: nobody may be waiting any more
+        tasks = [t for t in (self._supervisor, self._session, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.disconnect(nowait=True)
+        if self._client is not None:
+            await self._client.aclose()
+        if self._pool is not None:
+            await self._pool.aclose()
+        self._channels.clear()
+        self._by_principal.clear()
+        self._deliver = None
+
+    # -- starting -----------------------------------------------------------------------
+
+    def _start(self, *, listen: bool = False) -> None:
+        """Check the event loop; with ``listen``, start the supervisor (again, if it died)."""
+        if current_backend() != "asyncio":
+            raise UnsupportedBackendError(
+                "the Redis event backend runs on asyncio only (redis-py's asyncio client)",
+                hint="Run the service under asyncio, or use the in-memory router under trio",
+            )
+        if self._closing:
+            raise BackendUnavailableError(
+                "the Redis backend is closed", hint="Make a new router and backend"
+            )
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+            # The subscriber connection: RESP2 (pub/sub replies are plain arrays;
+            # a URL may still ask for RESP3, whose pushes are read the same way).
+            self._pool = aioredis.ConnectionPool.from_url(
+                self._url,
+                retry=Retry(NoBackoff(), 0),
+                socket_connect_timeout=self._unavailable_timeout,
+                socket_timeout=None,
+                protocol=2,
+            )
+            # The command client (PUBLISH, tickets) owns its pool; the backend
+            # retries lost connections itself, up to unavailable_timeout, which
+            # also bounds each call. No socket_timeout (redis-py 8 defaults to
+            # 5 s): with one, redis-py writes through asyncio.wait_for, which on
+            # Python 3.11 can swallow a cancellation racing with the write
+            # (python/cpython#86296), so a cancelled call would go on.
+            self._client = aioredis.Redis.from_url(
+                self._url,
+                retry=Retry(NoBackoff(), 0),
+                socket_connect_timeout=self._unavailable_timeout,
+                socket_timeout=None,
+            )
+            self._wake_writer = asyncio.Event()
+        elif loop is not self._loop:
+            raise UnsupportedBackendError(
+                "this RedisBackend was started on another event loop",
+                hint="Use a backend (and its router) from one event loop",
+            )
+        supervisor = self._supervisor
+        if not listen and supervisor is None:
+            return
+        if supervisor is None or supervisor.done():
+            if supervisor is not None:
+                logger.error(
+                    "the Redis backend's supervisor had stopped; restarting it",
+                    extra={"event": "backend_supervisor_restarted"},
+                )
+            self._supervisor = loop.create_task(self._supervise())
+
+    async def _until_ready(self, ready: asyncio.Future[None]) -> None:
+        try:
+            async with asyncio.timeout(self._unavailable_timeout):
+                await asyncio.shield(ready)
+        except TimeoutError:
+            self._counts["unavailable"] += 1
+            raise BackendUnavailableError(
+                f"Redis at {_describe(self._url)} did not confirm the subscription within "
+                f"{self._unavailable_timeout} s",
+                hint="Check that Redis is up and reachable; connect() can be retried",
+            ) from None
+
+    async def _call(self, what: str, op: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+        """Run ``op`` on the command client, retrying lost connections until the deadline."""
+        client = self._client
+        assert client is not None
+        last: BaseException | None = None
+        delay = _BACKOFF_FIRST
+        try:
+            async with asyncio.timeout(self._unavailable_timeout):
+                while True:
+                    try:
+                        return await op(client)
+                    except ResponseError as exc:
+                        last = exc
+                        break
+                    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                        last = exc
+                    await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311
+                    delay = min(delay * 2, _BACKOFF_MAX)
+        except TimeoutError:
+            pass
+        self._counts["unavailable"] += 1
+        if isinstance(last, ResponseError):
+            raise BackendUnavailableError(
+                f"Redis at {_describe(self._url)} refused the {what}: {str(last)[:200]}",
+                hint="Check the ACL of the Redis user (see the how-to 'Scale out with Redis')",
+            )
+        raise BackendUnavailableError(
+            f"Redis at {_describe(self._url)} did not accept the {what} within "
+            f"{self._unavailable_timeout} s ({type(last).__name__ if last else 'no answer'})",
+            hint="Check that Redis is up and reachable; nothing was sent",
+        )
+
+    # -- the subscriber connection ------------------------------------------------------
+
+    def _command(self, command: bytes, ch: _Channel | None) -> None:
+        self._commands.append((command, ch))
+        if self._wake_writer is not None:
+            self._wake_writer.set()
+
+    def _forget(self, ch: _Channel) -> None:
+        if self._by_principal.get(ch.principal) is ch:
+            del self._by_principal[ch.principal]
+            self._channels.pop(ch.name.encode("ascii"), None)
+
+    async def _supervise(self) -> None:
+        """Keep one listener session alive: connect, resubscribe, check liveness, back off."""
+        delay = _BACKOFF_FIRST
+        lost = False
+        while not self._closing:
+            assert self._pool is not None
+            conn: AbstractConnection = self._pool.make_connection()  # type: ignore[no-untyped-call]
+            try:
+                async with asyncio.timeout(self._unavailable_timeout):
+                    await conn.connect()  # type: ignore[no-untyped-call]
+            except (RedisError, OSError, TimeoutError) as exc:
+                await conn.disconnect(nowait=True)
+                logger.warning(
+                    "cannot reach Redis at %s for the event listener (%s); retrying in %.2f s",
+                    _describe(self._url),
+                    type(exc).__name__,
+                    delay,
+                    extra={"event": "backend_connect_failed"},
+                )
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311
+                delay = min(delay * 2, _BACKOFF_MAX)
+                continue
+            delay = _BACKOFF_FIRST
+            if lost:
+                self._counts["reconnects"] += 1
+                logger.info(
+                    "the event listener reconnected to Redis at %s; resubscribing %d channels",
+                    _describe(self._url),
+                    sum(1 for ch in self._by_principal.values() if ch.wanted),
+                    extra={"event": "backend_reconnected"},
+                )
+            self._conn = conn
+            session: Awaitable[None] = self._listen(conn)
+            if self._wrap_session is not None:
+                session = self._wrap_session(session)
+            task = asyncio.ensure_future(session)
+            self._session = task
+            try:
+                await self._watch_session(task)
+            finally:
+                if not task.done():
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+                self._conn = None
+                await conn.disconnect(nowait=True)
+                self._session_ended()
+            lost = True
+            if task.cancelled():
+                reason = "it was cancelled"
+            elif task.exception() is not None:
+                reason = f"{type(task.exception()).__name__}"
+            else:
+                reason = "it stopped"
+            if not self._closing:
+                self._counts["listener_restarts"] += 1
+                logger.warning(
+                    "the Redis event listener ended (%s); reconnecting, and local "
+                    "connections will be sent a gap event",
+                    reason,
+                    extra={"event": "backend_listener_lost"},
+                )
+
+    async def _watch_session(self, task: asyncio.Future[None]) -> None:
+        """Wait for the session to end; end it if a liveness ``PING`` goes unanswered."""
+        self._pings = self._pongs = 0
+        while not task.done():
+            done, _ = await asyncio.wait({task}, timeout=self._health_interval)
+            if done:
+                return
+            if self._pongs < self._pings:
+                logger.warning(
+                    "the Redis event listener did not answer a liveness check within %.1f s",
+                    self._health_interval,
+                    extra={"event": "backend_listener_unresponsive"},
+                )
+                return
+            self._pings += 1
+            self._command(b"PING", None)
+
+    def _session_ended(self) -> None:
+        """The subscriber connection is gone: every wanted channel needs a resubscription."""
+        self._commands.clear()
+        for ch in list(self._by_principal.values()):
+            ch.sent = 0
+            if ch.wanted:
+                if ch.ready is not None and ch.ready.done():
+                    ch.gap_pending = True
+                    ch.ready = None
+            else:
+                self._forget(ch)
+
+    async def _listen(self, conn: AbstractConnection) -> None:
+        """One session: resubscribe what is wanted, then read until the connection fails."""
+        assert self._loop is not None
+        wanted = [ch for ch in self._by_principal.values() if ch.wanted]
+        for ch in wanted:
+            if ch.ready is None or ch.ready.done():
+                ch.ready = self._loop.create_future()
+        self._commands.clear()
+        for start in range(0, len(wanted), _SUBSCRIBE_BATCH):
+            batch = wanted[start : start + _SUBSCRIBE_BATCH]
+            for ch in batch:
+                ch.sent += 1
+            await conn.send_command(b"SUBSCRIBE", *(ch.name for ch in batch), check_health=False)
+        writer = asyncio.ensure_future(self._write(conn))
+        try:
+            while True:
+                response = await conn.read_response(timeout=math.inf, push_request=True)
+                if writer.done():
+                    writer.result()  # a failed write ends the session
+                self._handle(response)
+        finally:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+
+    async def _write(self, conn: AbstractConnection) -> None:
+        """The only writer of the subscriber connection: batches queued (UN)SUBSCRIBEs and PINGs."""
+        wake = self._wake_writer
+        assert wake is not None
+        commands = self._commands
+        while True:
+            await wake.wait()
+            wake.clear()
+            batch: list[tuple[bytes, ...]] = []
+            while commands:
+                command, ch = commands.popleft()
+                if ch is None:
+                    batch.append((command,))
+                elif command == b"SUBSCRIBE":
+                    if ch.wanted:
+                        ch.sent += 1
+                        batch.append((command, ch.name.encode("ascii")))
+                elif not ch.wanted:
+                    batch.append((command, ch.name.encode("ascii")))
+            if batch:
+                if not conn.is_connected:
+                    raise RedisConnectionError("the subscriber connection is closed")
+                await conn.send_packed_command(conn.pack_commands(batch), check_health=False)
+
+    def _handle(self, response: Any) -> None:
+        """One reply or message read from the subscriber connection."""
+        if not isinstance(response, list) or not response:
+            self._simple(response)
+            return
+        kind = response[0]
+        if kind == _MESSAGE and len(response) == 3:
+            self._message(response[1], response[2])
+        elif kind == _SUBSCRIBE:
+            ch = self._channels.get(response[1])
+            if ch is None:
+                return
+            ch.sent = max(0, ch.sent - 1)
+            if ch.sent == 0 and ch.wanted and ch.ready is not None and not ch.ready.done():
+                ch.ready.set_result(None)
+                if ch.gap_pending:
+                    ch.gap_pending = False
+                    self._gap(ch.principal, "reconnected")
+        elif kind == _UNSUBSCRIBE:
+            ch = self._channels.get(response[1]) if len(response) > 1 else None
+            if ch is not None and not ch.wanted and ch.sent == 0:
+                self._forget(ch)
+        elif kind == _PONG:
+            self._pongs += 1
+
+    def _simple(self, response: Any) -> None:
+        """A reply that is not a list: ``PONG`` outside subscribed mode."""
+        if response == b"PONG":
+            self._pongs += 1
+
+    def _message(self, channel: bytes, data: Any) -> None:
+        ch = self._channels.get(channel)
+        if ch is None or not ch.wanted:
+            self._drop(Drop.UNKNOWN_CHANNEL, channel)
+            return
+        if not isinstance(data, bytes):  # pragma: no cover - RESP2 messages are bytes
+            self._drop(Drop.MALFORMED, channel)
+            return
+        now = _clock._now()
+        decoded = self._codec.decode(data, principal=ch.principal, now=now)
+        if isinstance(decoded, Drop):
+            self._drop(decoded, channel)
+            return
+        envelope, expires_at, origin = decoded
+        if origin == self._origin:
+            return  # published here, and delivered locally by publish()
+        self._counts["received"] += 1
+        if not self._replays.first_time(envelope.id, expires_at=expires_at, now=now):
+            self._drop(Drop.REPLAYED, channel)
+            return
+        deliver = self._deliver
+        if deliver is None:  # pragma: no cover - closing
+            return
+        self._counts["delivered"] += 1
+        result = deliver.offer(envelope)
+        if type(result) is not PublishResult:
+            # A full BLOCK connection: wait for room in a task of its own, so the
+            # listener never stalls; past the router's publish_timeout the event
+            # is dropped there and a gap queued.
+            task = asyncio.ensure_future(self._wait_for_room(result, ch.principal))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _wait_for_room(self, waiting: Awaitable[PublishResult], principal: Principal) -> None:
+        try:
+            await waiting
+        except QueueFullError as exc:
+            self._counts["drop:overflow"] += 1
+            self._gap(principal, "overflow", exc.connections)
+
+    def _gap(
+        self, principal: Principal, reason: str, connections: Sequence[Any] | None = None
+    ) -> None:
+        deliver = self._deliver
+        if deliver is not None:
+            self._counts["gaps"] += deliver.gap(principal, reason=reason, connections=connections)
+
+    def _drop(self, reason: Drop, channel: bytes) -> None:
+        self._counts[f"drop:{reason.value}"] += 1
+        now = _clock._now()
+        if now - self._last_log.get(reason.value, -math.inf) >= _LOG_EVERY:
+            self._last_log[reason.value] = now
+            logger.warning(
+                "dropped a message on channel %s: %s (payload not logged; further drops of "
+                "this reason within %.0f s are counted, not logged)",
+                channel.decode("ascii", "replace")[:100],
+                reason.value,
+                _LOG_EVERY,
+                extra={"event": "envelope_dropped", "reason": reason.value},
+            )
+
+
+def _seconds(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise ConfigurationError(f"{name} must be finite seconds > 0, got {value!r}")
+    return float(value)
+
+
+RedisBackend.__module__ = "isolation.events.backends.redis"

@@ -104,3 +104,41 @@ def test_plugin_module_imports_nothing_at_load() -> None:
     code = "import sys, pytest_isolation; print('isolation' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_strict_counts_router_connections(pytester: pytest.Pytester) -> None:
+    """--isolation-strict fails a test that leaves a router connection open."""
+    pytester.makepyfile(
+        """
+        import anyio
+        import isolation
+        from isolation.events import EventRouter
+
+        kept = []
+
+        def test_leaves_a_connection_open():
+            async def main():
+                router = EventRouter()
+                kept.append((router, await router.connect(isolation.UserContext.new("alice"))))
+            anyio.run(main)
+
+        def test_closes_its_router():
+            async def main():
+                router = EventRouter()
+                await router.connect(isolation.UserContext.new("bob"))
+                await router.aclose()
+            anyio.run(main)
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--isolation-strict")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*left open 1 connections*"])
+
+
+def test_open_resources_names_every_part() -> None:
+    """The gauges cover scopes, sessions and connections once those parts are imported."""
+    import isolation.events
+    import isolation.sessions
+    from isolation._counters import open_resources
+
+    assert {"scopes", "sessions", "connections"} <= set(open_resources())

@@ -26,6 +26,7 @@ import anyio
 import attrs
 
 from isolation import _clock, tokens
+from isolation._counters import register_gauge
 from isolation._errors import (
     ConfigurationError,
     ConnectionClosedError,
@@ -73,6 +74,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger("isolation.events")
+
+# Every live router, weakly: the "connections" gauge of --isolation-strict sums them.
+_ROUTERS: weakref.WeakSet[EventRouter] = weakref.WeakSet()
+register_gauge("connections", lambda: sum(len(router._live) for router in list(_ROUTERS)))
 
 DEFAULT_QUEUE_SIZE: Final = 100
 """Events each connection queues before its overflow policy applies."""
@@ -207,6 +212,7 @@ class EventRouter:
         self._refused_now = 0
         self._expired = 0
         self._overflow_disconnects = 0
+        _ROUTERS.add(self)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"

@@ -33,6 +33,7 @@ from sqlalchemy.orm.session import SessionTransactionState
 from sqlalchemy.pool import QueuePool, SingletonThreadPool, StaticPool
 
 from isolation import _clock
+from isolation._counters import register_gauge
 from isolation._errors import (
     ConfigurationError,
     ContextExpiredError,
@@ -63,6 +64,16 @@ if TYPE_CHECKING:
     from isolation.factories._registry import Registry
 
 __all__ = ["SessionManager", "SessionStats"]
+
+# Every live manager, weakly: the "sessions" gauge of --isolation-strict sums them.
+_MANAGERS: weakref.WeakSet[SessionManager] = weakref.WeakSet()
+
+
+def _open_sessions() -> int:
+    return sum(manager.stats().open_sessions for manager in list(_MANAGERS))
+
+
+register_gauge("sessions", _open_sessions)
 
 logger = logging.getLogger("isolation.sessions")
 
@@ -566,6 +577,7 @@ class SessionManager:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._open = 0
+        _MANAGERS.add(self)
         self._open_by_principal: dict[Principal, int] = {}
         self._commits = 0
         self._rollbacks = 0

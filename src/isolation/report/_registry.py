@@ -27,6 +27,7 @@ __all__ = [
     "FailureMode",
     "ModeRegistry",
     "Settings",
+    "register_on_databases",
 ]
 
 
@@ -160,3 +161,38 @@ class ModeRegistry:
 for _cls in (Backend, Check, FailureMode, ModeRegistry, Settings):
     _cls.__module__ = "isolation.report"
 del _cls
+
+
+def register_on_databases(
+    registry: ModeRegistry,
+    mode_id: int,
+    name: str,
+    *,
+    run_for: Callable[[str], CheckFn],
+    library: Callable[[], Any],
+    mutant: Callable[[], Any],
+    requires: tuple[str, ...],
+    description: str,
+) -> None:
+    """Register a database check twice: on SQLite (embedded) and on PostgreSQL (``-postgres``).
+
+    ``run_for(backend)`` returns the check's ``run`` for ``"sqlite"`` or
+    ``"postgres"``; the PostgreSQL variant also requires asyncpg, and runs only
+    when the report is given a PostgreSQL URL.
+    """
+    for backend, suffix, extra in (
+        (Backend.SQLITE, "", ()),
+        (Backend.POSTGRES, "-postgres", ("asyncpg",)),
+    ):
+        registry.register(
+            mode_id,
+            Check(
+                name=f"{name}{suffix}",
+                backend=backend,
+                run=run_for(str(backend)),
+                library=library,
+                mutant=mutant,
+                requires=(*requires, *extra),
+                description=description,
+            ),
+        )

@@ -27,7 +27,7 @@ from typing import Any
 import attrs
 
 from isolation.context._scope import current_context
-from isolation.report._registry import Backend, Check, ModeRegistry, Settings
+from isolation.report._registry import ModeRegistry, Settings, register_on_databases
 
 __all__ = ["SessionSubject", "register"]
 
@@ -175,37 +175,28 @@ def _mutant_user_only() -> SessionSubject:
 
 def register(registry: ModeRegistry) -> None:
     """Register FM1's checks, on SQLite and on PostgreSQL."""
-    needs = ("sqlalchemy", "aiosqlite", "hypothesis")
-    for backend, suffix, extra in (
-        (Backend.SQLITE, "", ()),
-        (Backend.POSTGRES, "-postgres", ("asyncpg",)),
-    ):
-        registry.register(
-            1,
-            Check(
-                name=f"session-per-scope{suffix}",
-                backend=backend,
-                run=_check(str(backend)),
-                library=_library,
-                mutant=_mutant_cached,
-                requires=needs + extra,
-                description=(
-                    "interleaved requests of 4 principals (one user id in two tenants): "
-                    "session objects per principal disjoint, rows read own"
-                ),
-            ),
-        )
-        registry.register(
-            1,
-            Check(
-                name=f"own-rows-only{suffix}",
-                backend=backend,
-                run=_check(str(backend)),
-                library=_library,
-                mutant=_mutant_user_only,
-                requires=needs + extra,
-                description=(
-                    "the same interleavings against a filter (or policy) on the user column alone"
-                ),
-            ),
-        )
+    register_on_databases(
+        registry,
+        1,
+        "session-per-scope",
+        run_for=_check,
+        library=_library,
+        mutant=_mutant_cached,
+        requires=("sqlalchemy", "aiosqlite", "hypothesis"),
+        description=(
+            "interleaved requests of 4 principals (one user id in two tenants): "
+            "session objects per principal disjoint, rows read own"
+        ),
+    )
+    register_on_databases(
+        registry,
+        1,
+        "own-rows-only",
+        run_for=_check,
+        library=_library,
+        mutant=_mutant_user_only,
+        requires=("sqlalchemy", "aiosqlite", "hypothesis"),
+        description=(
+            "the same interleavings against a filter (or policy) on the user column alone"
+        ),
+    )

@@ -30,7 +30,7 @@ import anyio
 from isolation._errors import PoolExhaustedError
 from isolation.context._model import UserContext
 from isolation.context._scope import Scope
-from isolation.report._registry import Backend, Check, ModeRegistry, Settings
+from isolation.report._registry import ModeRegistry, Settings, register_on_databases
 
 __all__ = ["register"]
 
@@ -211,22 +211,16 @@ def _mutant() -> Any:
 
 def register(registry: ModeRegistry) -> None:
     """Register FM2's checks, on SQLite and on PostgreSQL."""
-    for backend, suffix, extra in (
-        (Backend.SQLITE, "", ()),
-        (Backend.POSTGRES, "-postgres", ("asyncpg",)),
-    ):
-        registry.register(
-            2,
-            Check(
-                name=f"bounded-admission{suffix}",
-                backend=backend,
-                run=_check(str(backend)),
-                library=_library,
-                mutant=_mutant,
-                requires=("sqlalchemy", "aiosqlite", *extra),
-                description=(
-                    "20 users x 5 sessions on a pool of 5: a greedy user held at its limit, "
-                    "exhaustion raised within the bound, 0 checked out after"
-                ),
-            ),
-        )
+    register_on_databases(
+        registry,
+        2,
+        "bounded-admission",
+        run_for=_check,
+        library=_library,
+        mutant=_mutant,
+        requires=("sqlalchemy", "aiosqlite"),
+        description=(
+            "20 users x 5 sessions on a pool of 5: a greedy user held at its limit, "
+            "exhaustion raised within the bound, 0 checked out after"
+        ),
+    )

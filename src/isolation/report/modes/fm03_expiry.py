@@ -27,7 +27,7 @@ from isolation._clock import FakeClock, use_clock
 from isolation._errors import ContextExpiredError
 from isolation.context._model import UserContext
 from isolation.context._scope import Scope
-from isolation.report._registry import Backend, Check, ModeRegistry, Settings
+from isolation.report._registry import ModeRegistry, Settings, register_on_databases
 
 __all__ = ["register"]
 
@@ -247,22 +247,16 @@ def _mutant() -> Any:
 
 def register(registry: ModeRegistry) -> None:
     """Register FM3's checks, on SQLite and on PostgreSQL."""
-    for backend, suffix, extra in (
-        (Backend.SQLITE, "", ()),
-        (Backend.POSTGRES, "-postgres", ("asyncpg",)),
-    ):
-        registry.register(
-            3,
-            Check(
-                name=f"expiry-closes{suffix}",
-                backend=backend,
-                run=_check(str(backend)),
-                library=_library,
-                mutant=_mutant,
-                requires=("sqlalchemy", "aiosqlite", "hypothesis", *extra),
-                description=(
-                    "10 sessions per round whose contexts expire at drawn points while user "
-                    "code awaits: 0 open, 0 checked out, expired work rolled back"
-                ),
-            ),
-        )
+    register_on_databases(
+        registry,
+        3,
+        "expiry-closes",
+        run_for=_check,
+        library=_library,
+        mutant=_mutant,
+        requires=("sqlalchemy", "aiosqlite", "hypothesis"),
+        description=(
+            "10 sessions per round whose contexts expire at drawn points while user "
+            "code awaits: 0 open, 0 checked out, expired work rolled back"
+        ),
+    )

@@ -27,7 +27,7 @@ from isolation._clock import FakeClock, use_clock
 from isolation._errors import IsolationError
 from isolation.context._model import UserContext
 from isolation.context._scope import Scope, current_context, current_scope
-from isolation.report._registry import Backend, Check, ModeRegistry, Settings
+from isolation.report._registry import ModeRegistry, Settings, register_on_databases
 
 __all__ = ["register"]
 
@@ -253,22 +253,16 @@ def _mutant() -> Any:
 
 def register(registry: ModeRegistry) -> None:
     """Register FM4's checks, on SQLite and on PostgreSQL."""
-    for backend, suffix, extra in (
-        (Backend.SQLITE, "", ()),
-        (Backend.POSTGRES, "-postgres", ("asyncpg",)),
-    ):
-        registry.register(
-            4,
-            Check(
-                name=f"exactly-clean-work{suffix}",
-                backend=backend,
-                run=_check(str(backend)),
-                library=_library,
-                mutant=_mutant,
-                requires=("sqlalchemy", "aiosqlite", "hypothesis", *extra),
-                description=(
-                    "exceptions, cancellations, expiries and violations at drawn points: the "
-                    "database holds exactly the work of blocks that ended cleanly"
-                ),
-            ),
-        )
+    register_on_databases(
+        registry,
+        4,
+        "exactly-clean-work",
+        run_for=_check,
+        library=_library,
+        mutant=_mutant,
+        requires=("sqlalchemy", "aiosqlite", "hypothesis"),
+        description=(
+            "exceptions, cancellations, expiries and violations at drawn points: the "
+            "database holds exactly the work of blocks that ended cleanly"
+        ),
+    )

@@ -122,8 +122,13 @@ def _missing_requirement(check: Check) -> str | None:
         except (ImportError, ValueError):  # a blocking import hook, or a half-imported module
             found = False
         if not found:
-            return f"needs {module!r}, which is not installed (pip install 'isolation[report]')"
+            extra = _EXTRA_OF.get(module.partition(".")[0], "report")
+            return f"needs {module!r}, which is not installed (pip install 'isolation[{extra}]')"
     return None
+
+
+# Which extra installs a module a check needs (the report extra has the embedded ones).
+_EXTRA_OF: Final = {"asyncpg": "postgres", "redis": "redis"}
 
 
 def _unavailable_backend(check: Check, settings: Settings) -> str | None:
@@ -153,7 +158,8 @@ def run_check(
 def _run_one(
     check: Check, settings: Settings, check_mutants: bool, progress: Callable[[str], None]
 ) -> CheckResult:
-    reason = _missing_requirement(check) or _unavailable_backend(check, settings)
+    # A server not asked for explains a skipped check better than a missing client.
+    reason = _unavailable_backend(check, settings) or _missing_requirement(check)
     if reason is not None:
         return CheckResult(
             name=check.name,

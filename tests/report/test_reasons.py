@@ -1,0 +1,38 @@
+"""Why a check did not run: the server not asked for first, then the missing extra."""
+
+from __future__ import annotations
+
+from isolation.report import Backend, Check, ModeRegistry, Settings, run_report
+
+
+def _registry(backend: Backend, requires: tuple[str, ...]) -> ModeRegistry:
+    registry = ModeRegistry([(1, "a mode", "a scenario")])
+    registry.register(
+        1,
+        Check(
+            name="needs-a-server",
+            backend=backend,
+            run=lambda subject, settings: [],
+            library=lambda: "library",
+            mutant=lambda: "mutant",
+            requires=requires,
+        ),
+    )
+    return registry
+
+
+def test_server_not_given_explains_before_a_missing_client() -> None:
+    """Without --redis, the reason is the missing URL, not the missing redis client."""
+    report = run_report(_registry(Backend.REDIS, ("isolation_no_such_client",)))
+    assert report.modes[0].checks[0].reason == "no Redis URL given (--redis)"
+
+
+def test_missing_client_names_its_extra() -> None:
+    """With the URL given, a missing client names the extra that installs it."""
+    report = run_report(
+        _registry(Backend.POSTGRES, ("asyncpg", "isolation_no_such_client")),
+        Settings(postgres_url="postgresql://unused"),
+    )
+    reason = report.modes[0].checks[0].reason or ""
+    assert "isolation_no_such_client" in reason
+    assert "isolation[report]" in reason

@@ -16,7 +16,8 @@ its publish time. Measured, from one run on the same Redis:
   every connection has its ``"gap"`` event (the listener reconnected,
   resubscribed 1,000 channels, and had Redis confirm them).
 
-channels_redis's pub/sub layer is not installed here, so it is not measured.
+channels_redis's pub/sub layer (``RedisPubSubChannelLayer``: one group per
+user, one channel per connection) is measured the same way when installed.
 
 Run: ``python benchmarks/bench_redis.py [REDIS_URL]`` (default
 ``$ISOLATION_TEST_REDIS_URL`` or ``redis://127.0.0.1:6379/0``), or
@@ -115,8 +116,46 @@ async def receive_broadcaster(url: str, namespace: str, expected: int) -> dict[s
     return {"latencies": latencies, "last": last}
 
 
+async def receive_channels(url: str, namespace: str, expected: int) -> dict[str, Any]:
+    from channels_redis.pubsub import RedisPubSubChannelLayer
+
+    layer = RedisPubSubChannelLayer(hosts=[url])
+    latencies: list[float] = []
+    last = 0.0
+    done = asyncio.Event()
+    channels = []
+    for n in range(USERS):
+        channel = await layer.new_channel()
+        await layer.group_add(f"{namespace}.user-{n}", channel)
+        channels.append(channel)
+
+    async def consume(channel: str) -> None:
+        nonlocal last
+        while True:
+            message = await layer.receive(channel)
+            now = time.time()
+            latencies.append(now - message["t"])
+            last = now
+            if len(latencies) == expected:
+                done.set()
+
+    tasks = [asyncio.create_task(consume(channel)) for channel in channels]
+    await asyncio.sleep(0.5)  # like broadcaster, it does not report confirmed subscriptions
+    print("ready", flush=True)
+    await done.wait()
+    del tasks
+    return {"latencies": latencies, "last": last}
+
+
+RECEIVERS = {
+    "isolation": receive_isolation,
+    "broadcaster": receive_broadcaster,
+    "channels_redis": receive_channels,
+}
+
+
 def receiver_main(kind: str, url: str, namespace: str, expected: int) -> None:
-    run = receive_isolation if kind == "isolation" else receive_broadcaster
+    run = RECEIVERS[kind]
     result = asyncio.run(run(url, namespace, expected))
     print(json.dumps(result), flush=True)
     os._exit(0)  # nothing left to flush; skip the teardown of 1,000 subscriptions
@@ -138,6 +177,17 @@ async def publish(kind: str, url: str, namespace: str, events: int, rate: float 
 
         async def close() -> None:
             await router.aclose()
+    elif kind == "channels_redis":
+        from channels_redis.pubsub import RedisPubSubChannelLayer
+
+        layer = RedisPubSubChannelLayer(hosts=[url])
+
+        async def send(n: int) -> None:
+            group = f"{namespace}.user-{n % USERS}"
+            await layer.group_send(group, {"type": "event", "t": time.time(), "n": n})
+
+        async def close() -> None:
+            await layer.flush()
     else:
         from broadcaster import Broadcast
 
@@ -253,12 +303,12 @@ def main(
 ) -> dict[str, Any]:
     results: dict[str, Any] = {}
     kinds = ["isolation"]
-    try:
-        import broadcaster  # noqa: F401
-
-        kinds.insert(0, "broadcaster")
-    except ImportError:
-        pass
+    for anchor in ("channels_redis", "broadcaster"):
+        try:
+            __import__(anchor)
+        except ImportError:
+            continue
+        kinds.insert(0, anchor)
     for kind in kinds:
         results[f"{kind} throughput"] = run_pair(kind, url, events, None)
         results[f"{kind} latency at 1,000/s"] = run_pair(

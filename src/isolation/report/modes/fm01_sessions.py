@@ -21,6 +21,7 @@ PostgreSQL: a policy on the user column alone).
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -75,6 +76,40 @@ def _library() -> SessionSubject:
     from isolation.sessions.postgres import rls_policy_sql
 
     return SessionSubject(make=library_manager, policy_sql=rls_policy_sql)
+
+
+RoundRunner = Callable[[Any, Any, Any, Any, str], Any]
+
+
+def rounds_check(
+    backend: str, rounds: Callable[[int], Sequence[Any]], run_round: RoundRunner
+) -> Callable[[SessionSubject, Settings], Any]:
+    """A session check that runs drawn rounds on a fresh database until one finds a violation.
+
+    ``rounds(examples)`` draws the scenarios; ``run_round(manager, db, clock,
+    scenario, tag)`` runs one under a :class:`~isolation.testing.FakeClock`
+    and returns its violations. Modes 3 and 4 are built on it.
+    """
+
+    async def check(subject: SessionSubject, settings: Settings) -> list[str]:
+        from isolation._clock import FakeClock, use_clock
+        from isolation.report.modes._sessions import open_database
+
+        found: list[str] = []
+        tag = uuid.uuid4().hex[:8]
+        async with open_database(
+            backend, settings.postgres_url, policy_sql=subject.policy_sql
+        ) as db:
+            manager = subject.make(db)
+            clock = FakeClock()
+            with use_clock(clock):
+                for number, scenario in enumerate(rounds(settings.examples)):
+                    found += await run_round(manager, db, clock, scenario, f"{tag}-{number:03d}")
+                    if found:
+                        break
+        return found
+
+    return check
 
 
 # -- mutant 1: one session cached per process --------------------------------------

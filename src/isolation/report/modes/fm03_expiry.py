@@ -17,17 +17,17 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
 
-from isolation._clock import FakeClock, use_clock
+from isolation._clock import FakeClock
 from isolation._errors import ContextExpiredError
 from isolation.context._model import UserContext
 from isolation.context._scope import Scope
 from isolation.report._registry import ModeRegistry, Settings, register_on_databases
+from isolation.report.modes.fm01_sessions import rounds_check
 
 __all__ = ["register"]
 
@@ -181,32 +181,13 @@ async def _run_round(
 
 
 def _check(backend: str) -> Callable[[Any, Settings], Any]:
-    async def check(subject: Any, settings: Settings) -> list[str]:
-        from isolation.report.modes._sessions import open_database
-
-        found: list[str] = []
-        tag = uuid.uuid4().hex[:8]
-        async with open_database(
-            backend, settings.postgres_url, policy_sql=subject.policy_sql
-        ) as db:
-            manager = subject.make(db)
-            clock = FakeClock()
-            with use_clock(clock):
-                for number, requests in enumerate(_rounds(settings.examples)):
-                    found += await _run_round(manager, db, clock, requests, f"{tag}-{number}")
-                    if found:
-                        break
-        return found
-
-    return check
+    return rounds_check(backend, _rounds, _run_round)
 
 
 def _library() -> Any:
-    from isolation.report.modes._sessions import library_manager
-    from isolation.report.modes.fm01_sessions import SessionSubject
-    from isolation.sessions.postgres import rls_policy_sql
+    from isolation.report.modes.fm01_sessions import _library as library
 
-    return SessionSubject(make=library_manager, policy_sql=rls_policy_sql)
+    return library()
 
 
 class _CloseOnNormalExit:

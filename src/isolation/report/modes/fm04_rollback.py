@@ -15,7 +15,6 @@ The mutant commits in a ``finally``.
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -23,11 +22,12 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from isolation._clock import FakeClock, use_clock
+from isolation._clock import FakeClock
 from isolation._errors import IsolationError
 from isolation.context._model import UserContext
 from isolation.context._scope import Scope, current_context, current_scope
 from isolation.report._registry import ModeRegistry, Settings, register_on_databases
+from isolation.report.modes.fm01_sessions import rounds_check
 
 __all__ = ["register"]
 
@@ -172,32 +172,13 @@ async def _run(manager: Any, db: Any, clock: FakeClock, plans: list[Plan], tag: 
 
 
 def _check(backend: str) -> Callable[[Any, Settings], Any]:
-    async def check(subject: Any, settings: Settings) -> list[str]:
-        from isolation.report.modes._sessions import open_database
-
-        found: list[str] = []
-        tag = uuid.uuid4().hex[:8]
-        async with open_database(
-            backend, settings.postgres_url, policy_sql=subject.policy_sql
-        ) as db:
-            manager = subject.make(db)
-            clock = FakeClock()
-            with use_clock(clock):
-                for number, plans in enumerate(_plans(settings.examples)):
-                    found += await _run(manager, db, clock, plans, f"{tag}-{number:03d}")
-                    if found:
-                        break
-        return found
-
-    return check
+    return rounds_check(backend, _plans, _run)
 
 
 def _library() -> Any:
-    from isolation.report.modes._sessions import library_manager
-    from isolation.report.modes.fm01_sessions import SessionSubject
-    from isolation.sessions.postgres import rls_policy_sql
+    from isolation.report.modes.fm01_sessions import _library as library
 
-    return SessionSubject(make=library_manager, policy_sql=rls_policy_sql)
+    return library()
 
 
 class _CommitInFinally:

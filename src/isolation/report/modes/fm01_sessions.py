@@ -40,17 +40,25 @@ PRINCIPALS: tuple[tuple[str, str], ...] = (
 )
 
 
+def _library_policy() -> Callable[..., Sequence[str]]:
+    # Imported when a subject is built (a check runs), not when checks register.
+    from isolation.sessions.postgres import rls_policy_sql
+
+    return rls_policy_sql
+
+
 @attrs.frozen(kw_only=True)
 class SessionSubject:
     """What the session checks drive.
 
     Attributes:
         make: Builds a manager for a database (``make(db) -> manager``).
-        policy_sql: Builds the row-level security policy on PostgreSQL.
+        policy_sql: Builds the row-level security policy on PostgreSQL; the
+            library's own by default.
     """
 
     make: Callable[[Any], Any]
-    policy_sql: Callable[..., Sequence[str]] | None = None
+    policy_sql: Callable[..., Sequence[str]] = attrs.field(factory=_library_policy)
 
 
 def _check(backend: str) -> Callable[[SessionSubject, Settings], list[str]]:
@@ -73,9 +81,8 @@ async def _close(manager: Any) -> None:
 
 def _library() -> SessionSubject:
     from isolation.report.modes._sessions import library_manager
-    from isolation.sessions.postgres import rls_policy_sql
 
-    return SessionSubject(make=library_manager, policy_sql=rls_policy_sql)
+    return SessionSubject(make=library_manager)
 
 
 RoundRunner = Callable[[Any, Any, Any, Any, str], Any]
@@ -165,9 +172,8 @@ def _filter_pairs(session: Any, *, user_only: bool = False) -> None:
 
 
 def _mutant_cached() -> SessionSubject:
-    from isolation.sessions.postgres import rls_policy_sql
 
-    return SessionSubject(make=_ProcessSessionManager, policy_sql=rls_policy_sql)
+    return SessionSubject(make=_ProcessSessionManager)
 
 
 # -- mutant 2: a filter on the user column alone ------------------------------------

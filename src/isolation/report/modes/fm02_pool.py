@@ -179,12 +179,11 @@ def _check(backend: str) -> Callable[[Any, Settings], Any]:
 def _library() -> Any:
     from isolation.report.modes._sessions import library_manager
     from isolation.report.modes.fm01_sessions import SessionSubject
-    from isolation.sessions.postgres import rls_policy_sql
 
     def make(db: Any, acquire_timeout: float = ACQUIRE_TIMEOUT) -> Any:
         return library_manager(db, per_user_limit=PER_USER, acquire_timeout=acquire_timeout)
 
-    return SessionSubject(make=make, policy_sql=rls_policy_sql)
+    return SessionSubject(make=make)
 
 
 class _UnboundedManager:
@@ -204,9 +203,8 @@ class _UnboundedManager:
 
 def _mutant() -> Any:
     from isolation.report.modes.fm01_sessions import SessionSubject
-    from isolation.sessions.postgres import rls_policy_sql
 
-    return SessionSubject(make=_UnboundedManager, policy_sql=rls_policy_sql)
+    return SessionSubject(make=_UnboundedManager)
 
 
 def register(registry: ModeRegistry) -> None:

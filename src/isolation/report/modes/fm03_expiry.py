@@ -221,9 +221,8 @@ class _CloseOnNormalExit:
 
 def _mutant() -> Any:
     from isolation.report.modes.fm01_sessions import SessionSubject
-    from isolation.sessions.postgres import rls_policy_sql
 
-    return SessionSubject(make=_CloseOnNormalExit, policy_sql=rls_policy_sql)
+    return SessionSubject(make=_CloseOnNormalExit)
 
 
 def register(registry: ModeRegistry) -> None:

@@ -227,9 +227,8 @@ class _CommitInFinally:
 
 def _mutant() -> Any:
     from isolation.report.modes.fm01_sessions import SessionSubject
-    from isolation.sessions.postgres import rls_policy_sql
 
-    return SessionSubject(make=_CommitInFinally, policy_sql=rls_policy_sql)
+    return SessionSubject(make=_CommitInFinally)
 
 
 def register(registry: ModeRegistry) -> None:

@@ -18,6 +18,7 @@ Rules, in the order :meth:`Scope._bind` applies them:
 
 from __future__ import annotations
 
+import _thread
 import inspect
 import logging
 import math
@@ -44,6 +45,7 @@ from isolation._errors import (
 from isolation._lifetime import Lifetime
 from isolation._redact import redact_principal
 from isolation.context._model import UserContext
+from isolation.context._shield import run_shielded
 
 if TYPE_CHECKING:
     from isolation.factories._registry import Registry
@@ -80,6 +82,12 @@ _counts = {"finalizer_failures": 0, "escapes_detected": 0, "expired": 0}
 
 _opened = Counter()
 _closed = Counter()
+_opened_increment = _opened.increment
+# The C lock itself: threading.RLock is a Python function in front of it.
+_RLock: Final[Callable[[], threading.RLock]] = _thread.RLock
+# Enum members, looked up once: Lifetime.REQUEST costs a metaclass lookup each time.
+_REQUEST: Final = Lifetime.REQUEST
+_CONNECTION: Final = Lifetime.CONNECTION
 register_gauge("scopes", lambda: _opened.value - _closed.value)
 
 
@@ -179,7 +187,7 @@ class Scope:
                 f"scope() takes an isolation.UserContext, got {type(ctx).__name__}",
                 hint="Build one with isolation.UserContext.new(user_id)",
             )
-        if lifetime is not Lifetime.REQUEST and lifetime is not Lifetime.CONNECTION:
+        if lifetime is not _REQUEST and lifetime is not _CONNECTION:
             raise UsageError(
                 f"a scope's lifetime is Lifetime.REQUEST or Lifetime.CONNECTION, got {lifetime!r}",
                 hint="APP products live in the Registry, not in a scope",
@@ -212,7 +220,7 @@ class Scope:
         # Per-scope values (ContextLocal, scoped instances): made on first use,
         # or now for a registry's scope, which will need them.
         self._data: dict[object, Any] | None = None if registry is None else {}
-        self._lock: threading.RLock | None = None if registry is None else threading.RLock()
+        self._lock: threading.RLock | None = None if registry is None else _RLock()
 
     @classmethod
     def from_token(
@@ -319,7 +327,8 @@ class Scope:
             )
         if _current.get() is not self or self._fast is None:
             self._check_caller()
-        return await registry._aget(self, key)  # type: ignore[no-any-return]
+        awaits, resolver = registry._aresolvers.get(key) or registry._make_aresolver(key)
+        return (await resolver(self)) if awaits else resolver(self)  # type: ignore[no-any-return]
 
     def _check_caller(self) -> None:
         """Refuse resolving from a scope that ended, expired, or is not the caller's."""
@@ -436,6 +445,14 @@ class Scope:
             _current.reset(token)
 
     def __enter__(self) -> Scope:
+        if _current.get() is None and self._state == _NEW and self._ctx.expires_at is None:
+            # The common case, _bind's outcome without its questions: no enclosing
+            # scope, no deadline.
+            self._fast = self._ctx
+            self._token = _current.set(self)
+            self._state = _ACTIVE
+            _opened_increment()
+            return self
         outer = self._bind()
         return self if outer is None else outer
 
@@ -451,10 +468,12 @@ class Scope:
         expired: ContextExpiredError | None = None
         if exc is None and self._deadline is not None and _clock._now() >= self._deadline:
             expired = self._expired_error()
-        try:
-            if self._finalizers:
+        if self._finalizers:
+            try:
                 self._run_sync_finalizers(exc if expired is None else expired)
-        finally:
+            finally:
+                self._unbind()
+        else:
             self._unbind()
         if expired is not None:
             raise expired
@@ -541,7 +560,7 @@ class Scope:
     # -- finalizers at exit -----------------------------------------------------
 
     def _run_sync_finalizers(self, exc: BaseException | None) -> None:
-        failures: list[BaseException] = []
+        failures: list[BaseException] | None = None
         for fn in reversed(self._finalizers or ()):
             try:
                 result = fn(exc)
@@ -550,31 +569,26 @@ class Scope:
                         result.close()
                     raise UsageError("a finalizer of a sync scope returned an awaitable")
             except Exception as failure:
+                if failures is None:
+                    failures = []
                 failures.append(failure)
         if failures:
             self._report_failures(failures, exc)
 
     async def _run_async_finalizers(self, exc: BaseException | None) -> None:
         failures: list[BaseException] = []
-        # Sync finalizers never await, so only async ones pay for a shielded,
-        # bounded cancel scope of their own.
+        # Sync finalizers never await; async ones run shielded and bounded, the
+        # shield paid for only if they suspend (see _shield).
         for fn in reversed(self._finalizers or ()):
             try:
                 result = fn(exc)
+                if result is None or not inspect.isawaitable(result):
+                    continue
+                overran = await run_shielded(result, self._cleanup_timeout)
             except Exception as failure:
                 failures.append(failure)
                 continue
-            if result is None or not inspect.isawaitable(result):
-                continue
-            shield = anyio.CancelScope(
-                shield=True, deadline=anyio.current_time() + self._cleanup_timeout
-            )
-            with shield:
-                try:
-                    await result
-                except Exception as failure:
-                    failures.append(failure)
-            if shield.cancelled_caught:
+            if overran:
                 failures.append(
                     TimeoutError(
                         f"finalizer {getattr(fn, '__qualname__', fn)!r} overran its "
@@ -618,7 +632,7 @@ class Scope:
             if self._state == _ENDED:
                 raise ScopeEndedError(f"{self!r} has ended")
             if self._lock is None:
-                self._lock = threading.RLock()
+                self._lock = _RLock()
             if self._data is None:
                 self._data = {}
             return self._data, self._lock

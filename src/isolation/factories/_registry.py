@@ -181,6 +181,9 @@ class _Pending:
 
 
 _MISSING: Final = object()
+# Enum members looked up once (each Lifetime.X is a metaclass lookup).
+_REQUEST: Final = Lifetime.REQUEST
+_APP: Final = Lifetime.APP
 
 
 class Registry:
@@ -226,6 +229,8 @@ class Registry:
         self._needs_async: dict[Any, bool] = {}
         self._resolvers: dict[Any, Callable[[Scope], Any]] = {}
         self._async_keys: set[Any] = set()
+        # For aget: (awaits, resolver) per key, the sync resolver where nothing awaits.
+        self._aresolvers: dict[Any, tuple[bool, Callable[[Scope], Any]]] = {}
         self._checker: Callable[[Scope, Any, str], None] | None = self._walk
 
     # -- registration -----------------------------------------------------------
@@ -333,6 +338,7 @@ class Registry:
             self._providers[provider.key] = provider
             self._needs_async.clear()
             self._resolvers.clear()
+            self._aresolvers.clear()
             self._async_keys.clear()
 
     def _check_captive(self, provider: _Provider, name: str, annotation: Any) -> None:
@@ -365,7 +371,7 @@ class Registry:
     # -- resolution (called by Scope.get / Scope.aget) -------------------------------
 
     def _owner(self, scope: Scope, provider: _Provider) -> Scope:
-        if provider.lifetime is Lifetime.REQUEST:
+        if provider.lifetime is _REQUEST:
             return scope
         owner: Scope | None = scope
         while owner is not None and owner._lifetime < provider.lifetime:
@@ -430,7 +436,7 @@ class Registry:
     def _product_resolver(
         self, provider: _Provider, dependencies: tuple[tuple[str, Callable[[Scope], Any]], ...]
     ) -> Callable[[Scope], Any]:
-        cache_key = (self, provider.key)
+        cache_key = provider  # unique per registry and key, hashed by identity
         fn = provider.fn
         assert fn is not None
         generator = provider.kind is _Kind.GENERATOR
@@ -439,6 +445,8 @@ class Registry:
         built = self._counts["built_request" if per_request else "built_connection"].increment
         checked = self._checker is not None and (provider.check or self._check) != "off"
         after_build = self._after_build
+        single = dependencies[0] if len(dependencies) == 1 else None
+        partial = functools.partial
 
         def resolve(scope: Scope) -> Any:
             owner = scope if per_request else owner_of(scope, provider)
@@ -457,7 +465,9 @@ class Registry:
                 # Build as the owning scope, so @owned products record the right owner.
                 token = _current.set(owner) if _current.get() is not owner else None
                 try:
-                    if dependencies:
+                    if single is not None:
+                        product = fn(**{single[0]: single[1](owner)})
+                    elif dependencies:
                         kwargs = {}  # a loop, not a comprehension: no extra frame on 3.11
                         for name, dependency in dependencies:
                             kwargs[name] = dependency(owner)
@@ -469,7 +479,7 @@ class Registry:
                         product = next(made)
                         # A sync finalizer of the owner: appended directly, as on_close would.
                         finalizers = owner._finalizers
-                        teardown = functools.partial(_close_generator, provider, made)
+                        teardown = partial(_close_generator, provider, made)
                         if finalizers is None:
                             owner._finalizers = [teardown]
                         else:
@@ -609,57 +619,131 @@ class Registry:
     # -- async resolution -----------------------------------------------------------
 
     async def _aget(self, scope: Scope, key: Any) -> Any:
-        resolver = self._resolvers.get(key)
-        if resolver is None:
-            resolver = self._make_resolver(key)
-        if key not in self._async_keys:
-            return resolver(scope)
-        provider = self._providers[key]
-        if provider.lifetime is Lifetime.APP:
-            raise UsageError(
-                f"APP provider {provider.name} is async",
-                hint="Build async APP products at startup and register them with provide_value()",
-            )
-        owner = self._owner(scope, provider)
-        if provider.kind is _Kind.ASYNC_GENERATOR and not owner._async:
-            raise UsageError(
-                f"{provider.name} is an async generator provider, which needs an `async with` scope"
-            )
-        cache_key = (self, key)
-        data = owner._data
-        if data is not None:
-            product = data.get(cache_key, _MISSING)
-            if product is not _MISSING and type(product) is not _Pending:
-                return product
-        data, lock = owner._storage()
-        while True:
-            with lock:
+        awaits, resolver = self._aresolvers.get(key) or self._make_aresolver(key)
+        return (await resolver(scope)) if awaits else resolver(scope)
+
+    def _make_aresolver(self, key: Any) -> tuple[bool, Callable[[Scope], Any]]:
+        """Compile how ``aget`` resolves ``key``: the sync resolver unless something awaits."""
+        resolver = self._resolvers.get(key) or self._make_resolver(key)  # checks, marks async
+        with self._lock:
+            entry = self._aresolvers.get(key)
+            if entry is None:
+                if key in self._async_keys:
+                    entry = (True, self._compile_async(self._providers[key]))
+                else:
+                    entry = (False, resolver)
+                self._aresolvers[key] = entry
+            return entry
+
+    def _compile_async(self, provider: _Provider) -> Callable[[Scope], Any]:
+        if provider.lifetime is _APP:
+
+            async def refuse(scope: Scope) -> Any:
+                raise UsageError(
+                    f"APP provider {provider.name} is async",
+                    hint="Build async APP products at startup and register them with "
+                    "provide_value()",
+                )
+
+            return refuse
+        dependencies = tuple(
+            (name, *self._make_aresolver(annotation)) for name, annotation in provider.params
+        )
+        return self._async_product_resolver(provider, dependencies)
+
+    def _async_product_resolver(
+        self,
+        provider: _Provider,
+        dependencies: tuple[tuple[str, bool, Callable[[Scope], Any]], ...],
+    ) -> Callable[[Scope], Any]:
+        """The async twin of _product_resolver: one build per key per scope, even
+        when tasks resolve it at once (later ones wait for a _Pending)."""
+        cache_key = provider
+        fn = provider.fn
+        assert fn is not None
+        kind = provider.kind
+        agen = kind is _Kind.ASYNC_GENERATOR
+        per_request = provider.lifetime is _REQUEST
+        owner_of = self._owner
+        built = self._counts["built_request" if per_request else "built_connection"].increment
+        checked = self._checker is not None and (provider.check or self._check) != "off"
+        after_build = self._after_build
+        register_teardown = self._register_teardown
+        partial = functools.partial
+
+        async def aresolve(scope: Scope) -> Any:
+            owner = scope if per_request else owner_of(scope, provider)
+            if agen and not owner._async:
+                raise UsageError(
+                    f"{provider.name} is an async generator provider, which needs an "
+                    "`async with` scope"
+                )
+            data = owner._data
+            if data is not None:
                 product = data.get(cache_key, _MISSING)
-                if product is _MISSING:
-                    pending = _Pending()
-                    data[cache_key] = pending
-                    break
-                if type(product) is not _Pending:
+                if product is not _MISSING and type(product) is not _Pending:
                     return product
-                if product.done is None:
-                    product.done = anyio.Event()
-                done = product.done
-            await done.wait()
-        try:
-            product = await self._build_async(owner, provider)
-        except BaseException:
+            lock = owner._lock
+            if data is None or lock is None:
+                data, lock = owner._storage()
+            while True:
+                with lock:
+                    product = data.get(cache_key, _MISSING)
+                    if product is _MISSING:
+                        pending = _Pending()
+                        data[cache_key] = pending
+                        break
+                    if type(product) is not _Pending:
+                        return product
+                    if product.done is None:
+                        product.done = anyio.Event()
+                    done = product.done
+                await done.wait()
+            try:
+                # Build as the owning scope, so @owned products record the right owner.
+                token = _current.set(owner) if _current.get() is not owner else None
+                try:
+                    kwargs = {}
+                    for name, awaits, dependency in dependencies:
+                        kwargs[name] = (await dependency(owner)) if awaits else dependency(owner)
+                    if agen:
+                        generator = fn(**kwargs)
+                        product = await generator.__anext__()
+                        # An async finalizer of the owner (an `async with` scope, checked above).
+                        teardown = partial(_aclose_generator, provider, generator)
+                        if owner._finalizers is None:
+                            owner._finalizers = [teardown]
+                        else:
+                            owner._finalizers.append(teardown)
+                    elif kind is _Kind.ASYNC:
+                        product = await fn(**kwargs)
+                    elif kind is _Kind.GENERATOR:
+                        generator = fn(**kwargs)
+                        product = next(generator)
+                        register_teardown(owner, provider, generator)
+                    else:
+                        product = fn(**kwargs)
+                finally:
+                    if token is not None:
+                        _current.reset(token)
+                built()
+                if checked:
+                    after_build(owner, provider, product)
+            except BaseException:
+                with lock:
+                    del data[cache_key]
+                    waiters = pending.done
+                if waiters is not None:
+                    waiters.set()
+                raise
             with lock:
-                del data[cache_key]
+                data[cache_key] = product
                 waiters = pending.done
             if waiters is not None:
                 waiters.set()
-            raise
-        with lock:
-            data[cache_key] = product
-            waiters = pending.done
-        if waiters is not None:
-            waiters.set()
-        return product
+            return product
+
+        return aresolve
 
     def _is_async(self, provider: _Provider) -> bool:
         """Whether building ``provider`` awaits anything (itself or a dependency)."""
@@ -673,37 +757,6 @@ class Registry:
         )
         self._needs_async[provider.key] = result
         return result
-
-    async def _build_async(self, owner: Scope, provider: _Provider) -> Any:
-        assert provider.fn is not None
-        token = _current.set(owner) if _current.get() is not owner else None
-        try:
-            kwargs = {}
-            for name, annotation in provider.params:
-                kwargs[name] = await self._aget(owner, annotation)
-            if provider.kind is _Kind.ASYNC_GENERATOR:
-                generator = provider.fn(**kwargs)
-                product = await generator.__anext__()
-                # An async finalizer of the owner (an `async with` scope, checked above).
-                teardown = functools.partial(_aclose_generator, provider, generator)
-                if owner._finalizers is None:
-                    owner._finalizers = [teardown]
-                else:
-                    owner._finalizers.append(teardown)
-            elif provider.kind is _Kind.ASYNC:
-                product = await provider.fn(**kwargs)
-            elif provider.kind is _Kind.GENERATOR:
-                generator = provider.fn(**kwargs)
-                product = next(generator)
-                self._register_teardown(owner, provider, generator)
-            else:
-                product = provider.fn(**kwargs)
-        finally:
-            if token is not None:
-                _current.reset(token)
-        self._count_build(provider)
-        self._after_build(owner, provider, product)
-        return product
 
     # -- the registry's own lifetime -------------------------------------------------
 

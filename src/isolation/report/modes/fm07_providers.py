@@ -152,25 +152,41 @@ def check_registry_exactly_once(registry_class: type[Registry], settings: Settin
 class _UnlockedRegistry(Registry):
     """Mutant: resolves without a lock (check the cache, build, store)."""
 
-    def _get(self, scope: Scope, key: Any) -> Any:
-        provider = self._provider(key)
-        data, _ = scope._storage()
-        product = data.get((self, key), _MISSING)
-        if product is _MISSING:
-            product = self._build_sync(scope, provider)
-            data[(self, key)] = product
-        return product
+    def _make_resolver(self, key: Any) -> Callable[[Scope], Any]:
+        provider: _Provider = self._provider(key)
+        if provider.kind is not _Kind.SYNC:
+            raise UsageError("this mutant resolves plain sync providers only")
+        fn = provider.fn
+        assert fn is not None
 
-    async def _aget(self, scope: Scope, key: Any) -> Any:
+        def resolve(scope: Scope) -> Any:
+            data, _ = scope._storage()
+            product = data.get((self, key), _MISSING)
+            if product is _MISSING:
+                product = fn()
+                data[(self, key)] = product
+            return product
+
+        self._resolvers[key] = resolve
+        return resolve
+
+    def _make_aresolver(self, key: Any) -> tuple[bool, Callable[[Scope], Any]]:
         provider: _Provider = self._provider(key)
         if provider.kind is not _Kind.ASYNC:
-            raise UsageError("this mutant resolves async providers only")
-        data, _ = scope._storage()
-        product = data.get((self, key), _MISSING)
-        if product is _MISSING:
-            product = await self._build_async(scope, provider)
-            data[(self, key)] = product
-        return product
+            return (False, self._make_resolver(key))
+        fn = provider.fn
+        assert fn is not None
+
+        async def aresolve(scope: Scope) -> Any:
+            data, _ = scope._storage()
+            product = data.get((self, key), _MISSING)
+            if product is _MISSING:
+                product = await fn()
+                data[(self, key)] = product
+            return product
+
+        self._aresolvers[key] = (True, aresolve)
+        return (True, aresolve)
 
 
 def _library() -> Callable[[], Registry]:

@@ -56,6 +56,21 @@ def test_meta_every_mode_checked_with_mutants_and_tests(mode: FailureMode) -> No
         assert check.library() is not check.mutant(), f"{check.name}: the mutant is the library"
 
 
+EVENT_MODES = (10, 13, 14, 15, 16)
+
+
+def test_event_modes_run_across_two_routers_on_redis() -> None:
+    """Issue 11: with ``--redis`` every event mode, and no other, has a check on the
+    Redis backend (each builds two routers on one namespace)."""
+    for mode in MODES:
+        redis = [c for c in mode.checks if c.backend is Backend.REDIS]
+        if mode.id in EVENT_MODES:
+            assert redis, f"event mode {mode.id} has no Redis check"
+            assert all(c.requires == ("redis",) for c in redis)
+        else:
+            assert not redis, f"mode {mode.id} is not an event mode"
+
+
 @pytest.mark.parametrize(("mode", "check"), CASES)
 def test_check_is_well_formed(mode: FailureMode, check: Check) -> None:
     """A registered check names its backend and has a library and a mutant to build."""

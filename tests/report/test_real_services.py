@@ -45,3 +45,26 @@ def test_cli_with_services(
     assert code == 0
     assert {c["backend"] for c in mode["checks"]} == {"sqlite", "postgres"}
     assert all(c["status"] == "passed" for c in mode["checks"])
+
+
+def test_cli_event_modes_across_routers_on_redis(
+    redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--redis`` runs every event mode across two routers on the given Redis: each
+    Redis check passes and, with ``--check-mutants``, catches its mutant."""
+    event_modes = [10, 13, 14, 15, 16]
+    args = ["report", "--json", "--quick", "--check-mutants", "--redis", redis_url]
+    for mode_id in event_modes:
+        args += ["--mode", str(mode_id)]
+    code = main(args)
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert [mode["id"] for mode in data["modes"]] == event_modes
+    for mode in data["modes"]:
+        redis = [c for c in mode["checks"] if c["backend"] == "redis"]
+        assert redis, f"mode {mode['id']} ran no Redis check"
+        for check in mode["checks"]:
+            assert check["status"] == "passed", (mode["id"], check)
+            assert check["mutant_caught"] is True, (mode["id"], check)
+    names = {c["name"] for mode in data["modes"] for c in mode["checks"]}
+    assert {"overflow-exact", "overflow-exact-redis"} <= names

@@ -32,6 +32,7 @@ MODULES = (
     "isolation.report.modes.fm13_binding",
     "isolation.report.modes.fm14_corruption",
     "isolation.report.modes.fm15_overflow",
+    "isolation.report.modes.fm15_redis",
     "isolation.report.modes.fm16_tokens",
     # After the modes it reuses: it registers Redis variants of their checks.
     "isolation.report.modes.fm_events_redis",

@@ -90,6 +90,35 @@ class TestResolution:
             assert s.get(Settings) is settings
         assert registry.stats().built_app == 1
 
+    @pytest.mark.parametrize("shape", ["positional", "keyword-only", "positional-only"])
+    def test_one_dependency_any_parameter_kind(self, shape: str) -> None:
+        """A provider's single dependency arrives whatever kind of parameter takes it."""
+        registry = Registry()
+        settings = Settings()
+        registry.provide_value(settings)
+        got: list[Settings] = []
+
+        if shape == "positional":
+
+            def memory(settings: Settings) -> Memory:
+                got.append(settings)
+                return Memory()
+        elif shape == "keyword-only":
+
+            def memory(*, settings: Settings) -> Memory:
+                got.append(settings)
+                return Memory()
+        else:
+
+            def memory(settings: Settings, /) -> Memory:
+                got.append(settings)
+                return Memory()
+
+        registry.provide(memory)
+        with isolation.scope(alice(), registry=registry) as s:
+            assert isinstance(s.get(Memory), Memory)
+        assert got == [settings]
+
     def test_provide_value(self) -> None:
         """provide_value registers an existing object."""
         registry = Registry()

@@ -25,7 +25,7 @@ import math
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar, Token
-from types import TracebackType
+from types import CoroutineType, TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, final
 
 import anyio
@@ -45,7 +45,7 @@ from isolation._errors import (
 from isolation._lifetime import Lifetime
 from isolation._redact import redact_principal
 from isolation.context._model import UserContext
-from isolation.context._shield import run_shielded
+from isolation.context._shield import start_shielded
 
 if TYPE_CHECKING:
     from isolation.factories._registry import Registry
@@ -327,8 +327,15 @@ class Scope:
             )
         if _current.get() is not self or self._fast is None:
             self._check_caller()
-        awaits, resolver = registry._aresolvers.get(key) or registry._make_aresolver(key)
-        return (await resolver(self)) if awaits else resolver(self)  # type: ignore[no-any-return]
+        awaits, resolver, cache_key = registry._aresolvers.get(key) or registry._make_aresolver(key)
+        if not awaits:
+            return resolver(self)  # type: ignore[no-any-return]
+        data = self._data
+        if cache_key is not None and data is not None:  # built already: no coroutine needed
+            product = data.get(cache_key, data)
+            if product is not data and type(product) is not _Pending:
+                return product  # type: ignore[no-any-return]
+        return await resolver(self)  # type: ignore[no-any-return]
 
     def _check_caller(self) -> None:
         """Refuse resolving from a scope that ended, expired, or is not the caller's."""
@@ -481,6 +488,13 @@ class Scope:
 
     async def __aenter__(self) -> Scope:
         self._async = True
+        if _current.get() is None and self._state == _NEW and self._ctx.expires_at is None:
+            # As in __enter__: no enclosing scope and no deadline, so nothing to arm.
+            self._fast = self._ctx
+            self._token = _current.set(self)
+            self._state = _ACTIVE
+            _opened_increment()
+            return self
         outer = self._bind()
         if outer is not None:
             return outer
@@ -582,9 +596,12 @@ class Scope:
         for fn in reversed(self._finalizers or ()):
             try:
                 result = fn(exc)
-                if result is None or not inspect.isawaitable(result):
+                if result is None or (
+                    type(result) is not CoroutineType and not inspect.isawaitable(result)
+                ):
                     continue
-                overran = await run_shielded(result, self._cleanup_timeout)
+                rest = start_shielded(result, self._cleanup_timeout)
+                overran = False if rest is None else await rest
             except Exception as failure:
                 failures.append(failure)
                 continue
@@ -639,6 +656,19 @@ class Scope:
 
 
 _storage_lock = threading.Lock()
+
+
+class _Pending:
+    """A product being built by an async provider; others wait for it.
+
+    The event is made only when a second resolver arrives: most builds are
+    uncontended, and an event costs more than the rest of the bookkeeping.
+    """
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done: anyio.Event | None = None
 
 
 def _ended(scope: Scope) -> ScopeEndedError:

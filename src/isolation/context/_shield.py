@@ -23,9 +23,10 @@ shield scope entered first, as it always did.
 from __future__ import annotations
 
 import asyncio
-import inspect
+import sys
 import types
 from collections.abc import Awaitable, Coroutine, Generator
+from types import CoroutineType
 from typing import Any
 
 import anyio
@@ -35,24 +36,32 @@ try:  # anyio's per-task cancel-scope stack on asyncio (private; checked by the 
 except ImportError:  # pragma: no cover - another anyio layout: always shield first
     _task_states = None  # type: ignore[assignment]
 
-__all__ = ["run_shielded"]
+__all__ = ["run_shielded", "start_shielded"]
 
 
-async def run_shielded(awaitable: Awaitable[Any], limit: float) -> bool:
-    """Await ``awaitable`` shielded from outside cancellation, for at most ``limit`` s.
+def start_shielded(awaitable: Awaitable[Any], limit: float) -> Awaitable[bool] | None:
+    """Start ``awaitable`` shielded from outside cancellation, for at most ``limit`` s.
 
-    Returns whether it overran (and was cancelled); its own exceptions propagate.
+    Returns None if it already finished (it never suspended), else an awaitable
+    of the rest that returns whether it overran (and was cancelled). Its own
+    exceptions propagate, from here or from the rest.
     """
-    task = _asyncio_task() if inspect.iscoroutine(awaitable) else None
+    task = _asyncio_task() if type(awaitable) is CoroutineType else None
     if task is None:
-        return await _shield_first(awaitable, limit)
+        return _shield_first(awaitable, limit)
     coro: Coroutine[Any, Any, Any] = awaitable  # type: ignore[assignment]
     before = _innermost(task)
     try:
         first = coro.send(None)
     except StopIteration:
-        return False  # finished without suspending: nothing could have cancelled it
-    return await _finish(coro, first, task, before, anyio.current_time() + limit)
+        return None  # finished without suspending: nothing could have cancelled it
+    return _finish(coro, first, task, before, anyio.current_time() + limit)
+
+
+async def run_shielded(awaitable: Awaitable[Any], limit: float) -> bool:
+    """Await ``awaitable`` as :func:`start_shielded` runs it; return whether it overran."""
+    rest = start_shielded(awaitable, limit)
+    return False if rest is None else await rest
 
 
 async def _shield_first(awaitable: Awaitable[Any], limit: float) -> bool:
@@ -65,9 +74,19 @@ def _asyncio_task() -> asyncio.Task[Any] | None:
     if _task_states is None:
         return None  # pragma: no cover - see the import above
     try:
-        return asyncio.current_task()
+        return _current_task()
     except RuntimeError:  # no asyncio loop in this thread: trio
         return None
+
+
+if sys.version_info >= (3, 12):  # pragma: no cover - CI measures coverage on 3.11
+    _current_task = asyncio.current_task
+else:
+    # asyncio.current_task is a Python function on 3.11; this is its body, inlined.
+    _current_tasks: dict[Any, asyncio.Task[Any]] = asyncio.tasks._current_tasks  # type: ignore[attr-defined]
+
+    def _current_task() -> asyncio.Task[Any] | None:
+        return _current_tasks.get(asyncio.get_running_loop())
 
 
 def _innermost(task: asyncio.Task[Any]) -> Any:

@@ -23,7 +23,7 @@ import inspect
 import threading
 import typing
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, Final, Literal, TypeVar, final
+from typing import Any, Final, Literal, TypeAlias, TypeVar, final
 
 import anyio
 import attrs
@@ -39,7 +39,7 @@ from isolation._errors import (
 )
 from isolation._lifetime import Lifetime
 from isolation.context._model import UserContext
-from isolation.context._scope import Scope, _current
+from isolation.context._scope import Scope, _current, _Pending
 from isolation.factories._index import SharedStateIndex
 from isolation.factories._request_scoped import check_shared_state
 from isolation.factories._shareable import shareable
@@ -99,6 +99,8 @@ class _Provider:
     params: tuple[tuple[str, Any], ...]
     name: str
     check: CheckMode | None = None
+    # Every parameter can be passed by position, in order: the faster call.
+    positional: bool = False
 
 
 def _name(obj: object) -> str:
@@ -136,13 +138,15 @@ def _product_type(fn: Callable[..., Any]) -> tuple[Any, _Kind]:
     return returned, _Kind.SYNC
 
 
-def _parameters(fn: Callable[..., Any]) -> tuple[tuple[str, Any], ...]:
+def _parameters(fn: Callable[..., Any]) -> tuple[tuple[tuple[str, Any], ...], bool]:
+    """The annotated parameters to resolve, and whether they can all go by position."""
     target = fn.__init__ if inspect.isclass(fn) else fn
     try:
         hints = typing.get_type_hints(target)
     except Exception as exc:
         raise ConfigurationError(f"cannot read the annotations of {_name(fn)}: {exc}") from exc
     params = []
+    positional = True
     if inspect.isclass(fn):
         # The constructor's own signature: decorators such as @owned may give
         # the class a generic __new__ that hides it from inspect.signature(cls).
@@ -160,27 +164,20 @@ def _parameters(fn: Callable[..., Any]) -> tuple[tuple[str, Any], ...]:
                 hint="Annotate it with a registered type or isolation.UserContext",
             )
         params.append((name, hints[name]))
-    return tuple(params)
+        positional = positional and param.kind in (
+            param.POSITIONAL_ONLY,
+            param.POSITIONAL_OR_KEYWORD,
+        )
+    return tuple(params), positional
 
 
 def _context_of(scope: Scope) -> UserContext:
     return scope._ctx
 
 
-class _Pending:
-    """A product being built by an async provider; others wait for it.
-
-    The event is made only when a second resolver arrives: most builds are
-    uncontended, and an event costs more than the rest of the bookkeeping.
-    """
-
-    __slots__ = ("done",)
-
-    def __init__(self) -> None:
-        self.done: anyio.Event | None = None
-
-
 _MISSING: Final = object()
+# How Scope.aget resolves a key: (awaits, resolver, cache key of a REQUEST product).
+_AsyncEntry: TypeAlias = tuple[bool, Callable[["Scope"], Any], "_Provider | None"]
 # Enum members looked up once (each Lifetime.X is a metaclass lookup).
 _REQUEST: Final = Lifetime.REQUEST
 _APP: Final = Lifetime.APP
@@ -230,7 +227,7 @@ class Registry:
         self._resolvers: dict[Any, Callable[[Scope], Any]] = {}
         self._async_keys: set[Any] = set()
         # For aget: (awaits, resolver) per key, the sync resolver where nothing awaits.
-        self._aresolvers: dict[Any, tuple[bool, Callable[[Scope], Any]]] = {}
+        self._aresolvers: dict[Any, _AsyncEntry] = {}
         self._checker: Callable[[Scope, Any, str], None] | None = self._walk
 
     # -- registration -----------------------------------------------------------
@@ -288,15 +285,17 @@ class Registry:
         if not callable(fn):
             raise UsageError(f"provide() takes a function or class, got {type(fn).__name__}")
         key, kind = _product_type(fn)
+        params, positional = _parameters(fn)
         provider = _Provider(
             key=key,
             fn=fn,
             value=None,
             kind=kind,
             lifetime=lifetime,
-            params=_parameters(fn),
+            params=params,
             name=_name(fn),
             check=check,
+            positional=positional,
         )
         self._add(provider)
         return fn
@@ -446,6 +445,7 @@ class Registry:
         checked = self._checker is not None and (provider.check or self._check) != "off"
         after_build = self._after_build
         single = dependencies[0] if len(dependencies) == 1 else None
+        positional = provider.positional
         partial = functools.partial
 
         def resolve(scope: Scope) -> Any:
@@ -466,7 +466,11 @@ class Registry:
                 token = _current.set(owner) if _current.get() is not owner else None
                 try:
                     if single is not None:
-                        product = fn(**{single[0]: single[1](owner)})
+                        product = (
+                            fn(single[1](owner))
+                            if positional
+                            else fn(**{single[0]: single[1](owner)})
+                        )
                     elif dependencies:
                         kwargs = {}  # a loop, not a comprehension: no extra frame on 3.11
                         for name, dependency in dependencies:
@@ -619,19 +623,25 @@ class Registry:
     # -- async resolution -----------------------------------------------------------
 
     async def _aget(self, scope: Scope, key: Any) -> Any:
-        awaits, resolver = self._aresolvers.get(key) or self._make_aresolver(key)
+        awaits, resolver, _ = self._aresolvers.get(key) or self._make_aresolver(key)
         return (await resolver(scope)) if awaits else resolver(scope)
 
-    def _make_aresolver(self, key: Any) -> tuple[bool, Callable[[Scope], Any]]:
-        """Compile how ``aget`` resolves ``key``: the sync resolver unless something awaits."""
+    def _make_aresolver(self, key: Any) -> _AsyncEntry:
+        """Compile how ``aget`` resolves ``key``: the sync resolver unless something awaits.
+
+        The entry is ``(awaits, resolver, cache_key)``; ``cache_key`` is set for
+        REQUEST products, which ``Scope.aget`` may find built without awaiting.
+        """
         resolver = self._resolvers.get(key) or self._make_resolver(key)  # checks, marks async
         with self._lock:
             entry = self._aresolvers.get(key)
             if entry is None:
                 if key in self._async_keys:
-                    entry = (True, self._compile_async(self._providers[key]))
+                    provider = self._providers[key]
+                    cache_key = provider if provider.lifetime is _REQUEST else None
+                    entry = (True, self._compile_async(provider), cache_key)
                 else:
-                    entry = (False, resolver)
+                    entry = (False, resolver, None)
                 self._aresolvers[key] = entry
             return entry
 
@@ -647,7 +657,7 @@ class Registry:
 
             return refuse
         dependencies = tuple(
-            (name, *self._make_aresolver(annotation)) for name, annotation in provider.params
+            (name, *self._make_aresolver(annotation)[:2]) for name, annotation in provider.params
         )
         return self._async_product_resolver(provider, dependencies)
 
@@ -686,19 +696,23 @@ class Registry:
             lock = owner._lock
             if data is None or lock is None:
                 data, lock = owner._storage()
-            while True:
-                with lock:
-                    product = data.get(cache_key, _MISSING)
-                    if product is _MISSING:
-                        pending = _Pending()
-                        data[cache_key] = pending
-                        break
-                    if type(product) is not _Pending:
-                        return product
-                    if product.done is None:
-                        product.done = anyio.Event()
-                    done = product.done
-                await done.wait()
+            # setdefault is atomic: exactly one caller puts its _Pending in and builds.
+            pending = _Pending()
+            product = data.setdefault(cache_key, pending)
+            while product is not pending:
+                if type(product) is not _Pending:
+                    return product
+                other: _Pending = product
+                with lock:  # the builder reads `done` under the same lock when it stores
+                    if data.get(cache_key) is other:
+                        if other.done is None:
+                            other.done = anyio.Event()
+                        done = other.done
+                    else:
+                        done = None
+                if done is not None:
+                    await done.wait()
+                product = data.setdefault(cache_key, pending)
             try:
                 # Build as the owning scope, so @owned products record the right owner.
                 token = _current.set(owner) if _current.get() is not owner else None

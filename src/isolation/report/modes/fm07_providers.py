@@ -170,10 +170,10 @@ class _UnlockedRegistry(Registry):
         self._resolvers[key] = resolve
         return resolve
 
-    def _make_aresolver(self, key: Any) -> tuple[bool, Callable[[Scope], Any]]:
+    def _make_aresolver(self, key: Any) -> tuple[bool, Callable[[Scope], Any], None]:
         provider: _Provider = self._provider(key)
         if provider.kind is not _Kind.ASYNC:
-            return (False, self._make_resolver(key))
+            return (False, self._make_resolver(key), None)
         fn = provider.fn
         assert fn is not None
 
@@ -185,8 +185,8 @@ class _UnlockedRegistry(Registry):
                 data[(self, key)] = product
             return product
 
-        self._aresolvers[key] = (True, aresolve)
-        return (True, aresolve)
+        self._aresolvers[key] = (True, aresolve, None)
+        return (True, aresolve, None)
 
 
 def _library() -> Callable[[], Registry]:

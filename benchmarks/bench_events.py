@@ -12,10 +12,12 @@ queues, a listener task, no checks), and the router with its defaults
 least 0.35x raw throughput with 10 users and 0.5x with 1,000, ahead of anyio
 streams (the printed ratios are times: throughput is their inverse).
 
-Publish-only workload: ``publish()`` alone, 1,000 events round-robin to
-10 ... 10,000 users (queues drained outside the timed section); the target
-is flat within 1.2x from 10 to 10,000 users. The same for raw queues shows
-how much of the growth is the memory hierarchy (more connections touched).
+Publish-only workloads: ``publish()`` alone, 1,000 events, queues drained
+outside the timed section, with 10 ... 10,000 users connected: to the same 10
+recipients every round (the target, flat within 1.2x: publish's own cost
+against the number of users held), and round-robin to every user, which also
+measures cache misses; the same for raw queues shows how much of that growth
+is the memory hierarchy (more connections touched).
 
 Run: ``pytest benchmarks/bench_events.py`` (broadcaster from
 benchmarks/requirements.txt is optional). asyncio only: the anchors are.
@@ -237,6 +239,54 @@ def test_publish_only(benchmark: Any, users: int) -> None:
 
     async def drain() -> None:
         for conn in conns:
+            while conn._queue:
+                await conn.receive()
+
+    def setup() -> tuple[tuple[Any, ...], dict[str, Any]]:
+        loop.run_until_complete(drain())
+        return (), {}
+
+    try:
+        benchmark.pedantic(
+            lambda: loop.run_until_complete(publish_batch()), setup=setup, rounds=20, iterations=1
+        )
+    finally:
+        loop.close()
+
+
+@pytest.mark.benchmark(
+    group="publish only: 1,000 events to 10 recipients, by number of users connected"
+)
+@pytest.mark.parametrize(
+    "users",
+    [
+        pytest.param(10, id="anchor_10_users"),
+        pytest.param(100, id="100_users"),
+        pytest.param(1_000, id="1000_users"),
+        pytest.param(10_000, id="10000_users"),
+    ],
+)
+def test_publish_only_fixed_recipients(benchmark: Any, users: int) -> None:
+    """publish()'s own cost against the number of users connected, the cache held equal.
+
+    The same 10 recipients every round, with 10 ... 10,000 users connected: any
+    growth is publish() depending on how many users the router holds, which
+    round-robin over all of them cannot separate from cache misses.
+    """
+    loop = asyncio.new_event_loop()
+    names = _users(users)
+    recipients = names[:: max(1, users // 10)][:10]
+    router = EventRouter(queue_size=PUBLISHES)
+    conns = loop.run_until_complete(_connect_all(router, names))
+    targets = [c for c in conns if c.principal[1] in set(recipients)]
+
+    async def publish_batch() -> None:
+        publish = router.publish
+        for i in range(PUBLISHES):
+            await publish(recipients[i % 10], i)
+
+    async def drain() -> None:
+        for conn in targets:
             while conn._queue:
                 await conn.receive()
 

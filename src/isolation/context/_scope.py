@@ -488,23 +488,14 @@ class Scope:
 
     async def __aenter__(self) -> Scope:
         self._async = True
-        if _current.get() is None and self._state == _NEW and self._ctx.expires_at is None:
-            # As in __enter__: no enclosing scope and no deadline, so nothing to arm.
-            self._fast = self._ctx
-            self._token = _current.set(self)
-            self._state = _ACTIVE
-            _opened_increment()
-            return self
-        outer = self._bind()
-        if outer is not None:
-            return outer
-        if self._deadline is not None:
+        entered = self.__enter__()
+        if entered is self and self._deadline is not None:
             try:
                 self._arm_deadline()
             except BaseException:
                 self._unbind()
                 raise
-        return self
+        return entered
 
     async def __aexit__(
         self,

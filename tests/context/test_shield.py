@@ -1,10 +1,11 @@
 """Async finalizers stay shielded however they suspend (isolation.context._shield).
 
-On asyncio the shield goes up only when a finalizer suspends; these tests
-cancel the scope from outside and check the finalizer's awaits still complete
-whether it suspends in its own cancel scope, after leaving it, or in nested
-ones, and that its cleanup time still bounds it. On trio the same tests run
-through the shield-first path.
+The shield is entered before a finalizer's first step and bounded only once
+it suspends; these tests cancel the scope from outside and check the
+finalizer's awaits still complete whether it suspends in its own cancel scope,
+after leaving it, in nested ones, or behind a lock (whose
+``checkpoint_if_cancelled()`` looks at the stack before suspending), and that
+its cleanup time still bounds it.
 """
 
 from __future__ import annotations
@@ -165,15 +166,25 @@ async def test_thrown_exception_reaches_the_finalizer() -> None:
     assert seen == ["cancelled"]
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_asyncio_reads_anyios_task_state() -> None:
-    """On asyncio the lazy shield is in use: anyio's task state must be readable."""
-    assert _shield._task_states is not None
-    assert _shield._asyncio_task() is not None
-    with anyio.CancelScope() as mine:  # noqa: ASYNC100 - entered only to be seen
-        task = _shield._asyncio_task()
-        assert task is not None
-        assert _shield._innermost(task) is mine
+async def test_shield_of_the_running_backend() -> None:
+    """The cached shield class is the running backend's (asyncio and trio in one process)."""
+    shield = _shield._shield()
+    assert type(shield) is type(anyio.CancelScope())
+    assert shield.shield
+
+
+async def test_bounded_once_suspended() -> None:
+    """Before its first suspension a finalizer's step is unbounded; after it, bounded."""
+    seen: list[float] = []
+
+    async def finalizer(exc: BaseException | None) -> None:
+        await anyio.lowlevel.checkpoint()
+        seen.append(anyio.current_effective_deadline() - anyio.current_time())
+
+    async with scope(UserContext.new("alice"), cleanup_timeout=7.0) as s:
+        s.on_close(finalizer)
+    assert len(seen) == 1
+    assert 0 < seen[0] <= 7.0
 
 
 async def test_run_shielded_without_suspending() -> None:
@@ -183,3 +194,65 @@ async def test_run_shielded_without_suspending() -> None:
         return None
 
     assert await _shield.run_shielded(quick(), 1.0) is False
+
+
+async def test_lock_first_at_a_cancelled_exit() -> None:
+    """A finalizer that takes an anyio.Lock first still runs when the body was cancelled."""
+    lock = anyio.Lock()
+    done: list[str] = []
+
+    async def finalizer(exc: BaseException | None) -> None:
+        async with lock:
+            done.append("locked")
+
+    with anyio.fail_after(10):
+        with anyio.CancelScope() as outer:
+            async with scope(UserContext.new("alice"), cleanup_timeout=2.0) as s:
+                s.on_close(finalizer)
+                outer.cancel()
+                await anyio.lowlevel.checkpoint()
+    assert done == ["locked"]
+
+
+async def test_lock_after_own_scope_when_cancelled_meanwhile() -> None:
+    """Cancelled while in its own scope, a finalizer still takes a lock after leaving it."""
+    lock = anyio.Lock()
+    inside = anyio.Event()
+    proceed = anyio.Event()
+    done: list[str] = []
+
+    async def finalizer(exc: BaseException | None) -> None:
+        with anyio.CancelScope():
+            inside.set()
+            await proceed.wait()
+        async with lock:
+            done.append("locked")
+
+    async def request() -> None:
+        async with scope(UserContext.new("alice"), cleanup_timeout=2.0) as s:
+            s.on_close(finalizer)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(request)
+            await inside.wait()
+            tg.cancel_scope.cancel()
+            proceed.set()
+    assert done == ["locked"]
+
+
+async def test_generator_exit_leaves_no_scope_behind() -> None:
+    """A finalizer raising GeneratorExit after suspending leaves the cancel-scope stack as it was."""
+
+    async def finalizer(exc: BaseException | None) -> None:
+        await anyio.lowlevel.checkpoint()
+        raise GeneratorExit
+
+    with anyio.fail_after(10):
+        with anyio.CancelScope() as outer:
+            with pytest.raises(GeneratorExit):
+                async with scope(UserContext.new("alice")) as s:
+                    s.on_close(finalizer)
+            outer.cancel()
+            await anyio.lowlevel.checkpoint()
+        assert outer.cancelled_caught

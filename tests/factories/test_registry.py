@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import threading
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -730,3 +732,31 @@ def test_audit_command_accepts_a_registry(
     assert main(["audit", "service_under_audit:clean", "--users", "4", "--threads", "2"]) == 0
     assert main(["audit", "service_under_audit:leaky", "--users", "4", "--threads", "2"]) == 1
     assert "cache" in capsys.readouterr().out
+
+
+class Client:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+
+def _keyword_passthrough(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(**kwargs: Any) -> Any:
+        return fn(**kwargs)
+
+    return wrapper
+
+
+def test_wrapped_provider_taking_keywords_only() -> None:
+    """A decorated provider whose wrapper takes only keywords gets its dependency by name."""
+    registry = Registry(check="off")
+    settings = Settings()
+    registry.provide_value(settings, lifetime=Lifetime.APP)
+
+    @registry.provide
+    @_keyword_passthrough
+    def client(settings: Settings) -> Client:
+        return Client(settings)
+
+    with isolation.scope(UserContext.new("alice"), registry=registry) as s:
+        assert s.get(Client).settings is settings

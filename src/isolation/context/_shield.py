@@ -1,29 +1,24 @@
-"""Run an async finalizer shielded, paying for the shield only when it suspends.
+"""Run an async finalizer shielded, paying for the bound only when it suspends.
 
-A shielded, bounded anyio cancel scope costs about 6 µs on asyncio, more than
-the rest of a request scope, and most finalizers never suspend (a registry
-teardown that closes a plain object, a sync close behind an ``async def``).
-So on asyncio the finalizer's coroutine is stepped by hand once: if it
-finishes, the event loop never had the chance to cancel it and no shield was
-needed. If it suspends, the shield goes up at that suspension, before the
-event loop runs again, so nothing can be delivered to an unshielded finalizer:
+Every async finalizer runs inside a shielded anyio cancel scope entered before
+its first step, so whatever it does — take a lock, open cancel scopes of its
+own, read its effective deadline — it does on a stack where outside
+cancellation cannot reach it. What is lazy is the bound: most finalizers
+never suspend (a registry teardown closing a plain object, a sync close
+behind an ``async def``), so the coroutine is stepped by hand once inside the
+shield, and only if it suspends is the scope given its deadline (a timer on
+the event loop, about half of the scope's cost on asyncio). A step that never
+suspends cannot overrun, and nothing can cancel it.
 
-* if the finalizer's cancel-scope stack is back where it started, a bounded
-  shield scope is entered there and wraps the rest;
-* if it suspended inside a cancel scope of its own, a scope entered now
-  would sit inside the finalizer's and break its exit order; instead the
-  outermost scope the finalizer opened is made shielded and bounded, and the
-  choice is made again at every later suspension.
-
-This reads anyio's per-task state on asyncio (``_task_states``, a private
-name); wherever it is missing, and on trio, the finalizer runs in a bounded
-shield scope entered first, as it always did.
+An earlier version stepped the finalizer *before* raising the shield. anyio's
+``checkpoint_if_cancelled()`` (the first thing ``Lock``, ``Semaphore`` and
+``Condition`` do) walks the stack without suspending, found the cancelled
+outer scope there and spun until the bound; so the shield comes first.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sys
 import types
 from collections.abc import Awaitable, Coroutine, Generator
 from types import CoroutineType
@@ -31,12 +26,34 @@ from typing import Any
 
 import anyio
 
-try:  # anyio's per-task cancel-scope stack on asyncio (private; checked by the tests)
-    from anyio._backends._asyncio import _task_states
-except ImportError:  # pragma: no cover - another anyio layout: always shield first
-    _task_states = None  # type: ignore[assignment]
+try:  # anyio uses sniffio to tell the backends apart when it is installed
+    import sniffio
+except ImportError:  # pragma: no cover - without it, anyio assumes asyncio too
+    sniffio = None  # type: ignore[assignment]
 
 __all__ = ["run_shielded", "start_shielded"]
+
+# The backend's CancelScope class, by library name: anyio.CancelScope(...)
+# looks the backend up on every call, a third of the scope's cost.
+_scope_classes: dict[str, type[anyio.CancelScope]] = {}
+
+
+def _library() -> str:
+    """sniffio.current_async_library(), without its slow sniffing for asyncio."""
+    if sniffio is None:  # pragma: no cover - anyio then assumes asyncio too
+        return "asyncio"
+    name = sniffio.thread_local.name or sniffio.current_async_library_cvar.get()
+    if name is None and asyncio._get_running_loop() is not None:
+        return "asyncio"
+    return name or sniffio.current_async_library()  # raises the usual error outside a loop
+
+
+def _shield() -> anyio.CancelScope:
+    library = _library()
+    cls = _scope_classes.get(library)
+    if cls is None:
+        cls = _scope_classes[library] = type(anyio.CancelScope())
+    return cls(shield=True)
 
 
 def start_shielded(awaitable: Awaitable[Any], limit: float) -> Awaitable[bool] | None:
@@ -46,16 +63,21 @@ def start_shielded(awaitable: Awaitable[Any], limit: float) -> Awaitable[bool] |
     of the rest that returns whether it overran (and was cancelled). Its own
     exceptions propagate, from here or from the rest.
     """
-    task = _asyncio_task() if type(awaitable) is CoroutineType else None
-    if task is None:
+    if type(awaitable) is not CoroutineType:
         return _shield_first(awaitable, limit)
-    coro: Coroutine[Any, Any, Any] = awaitable  # type: ignore[assignment]
-    before = _innermost(task)
+    coro: Coroutine[Any, Any, Any] = awaitable
+    shield = _shield()
+    shield.__enter__()
     try:
         first = coro.send(None)
     except StopIteration:
-        return None  # finished without suspending: nothing could have cancelled it
-    return _finish(coro, first, task, before, anyio.current_time() + limit)
+        shield.__exit__(None, None, None)
+        return None  # finished without suspending: it could not overrun
+    except BaseException as error:
+        shield.__exit__(type(error), error, error.__traceback__)  # no deadline: never swallows
+        raise
+    shield.deadline = anyio.current_time() + limit
+    return _finish(coro, first, shield)
 
 
 async def run_shielded(awaitable: Awaitable[Any], limit: float) -> bool:
@@ -70,64 +92,14 @@ async def _shield_first(awaitable: Awaitable[Any], limit: float) -> bool:
     return shield.cancelled_caught
 
 
-def _asyncio_task() -> asyncio.Task[Any] | None:
-    if _task_states is None:
-        return None  # pragma: no cover - see the import above
-    try:
-        return _current_task()
-    except RuntimeError:  # no asyncio loop in this thread: trio
-        return None
-
-
-if sys.version_info >= (3, 12):  # pragma: no cover - CI measures coverage on 3.11
-    _current_task = asyncio.current_task
-else:
-    # asyncio.current_task is a Python function on 3.11; this is its body, inlined.
-    _current_tasks: dict[Any, asyncio.Task[Any]] = asyncio.tasks._current_tasks  # type: ignore[attr-defined]
-
-    def _current_task() -> asyncio.Task[Any] | None:
-        return _current_tasks.get(asyncio.get_running_loop())
-
-
-def _innermost(task: asyncio.Task[Any]) -> Any:
-    assert _task_states is not None
-    state = _task_states.get(task)
-    return None if state is None else state.cancel_scope
-
-
-def _outermost_opened(current: Any, before: Any) -> Any:
-    """The outermost scope entered since ``before`` was current, or None if not found."""
-    scope = current
-    while scope is not None and scope._parent_scope is not before:
-        scope = scope._parent_scope
-    return scope
-
-
 @types.coroutine
 def _finish(
-    coro: Coroutine[Any, Any, Any],
-    value: Any,
-    task: asyncio.Task[Any],
-    before: Any,
-    deadline: float,
+    coro: Coroutine[Any, Any, Any], value: Any, shield: anyio.CancelScope
 ) -> Generator[Any, Any, bool]:
-    """Drive the rest of ``coro`` (suspended on ``value``), shielded at every suspension."""
-    shield: Any = None
-    adopted: Any = None  # the finalizer's own scope, shielded for it
+    """Drive the rest of ``coro`` (suspended on ``value``) inside ``shield``, then leave it."""
     error: BaseException | None = None
     try:
         while True:
-            if shield is None:
-                current = _innermost(task)
-                if current is before:
-                    shield = anyio.CancelScope(shield=True, deadline=deadline)
-                    shield.__enter__()
-                else:
-                    outer = _outermost_opened(current, before)
-                    if outer is not None and outer is not adopted:
-                        outer.shield = True
-                        outer.deadline = min(outer.deadline, deadline)
-                        adopted = outer
             try:
                 sent = yield value
             except GeneratorExit:
@@ -139,18 +111,12 @@ def _finish(
                 value = coro.send(sent)
     except StopIteration:
         pass
-    except GeneratorExit:
-        raise
-    except BaseException as raised:
+    except BaseException as raised:  # GeneratorExit too: the shield must come off
         error = raised
-    if shield is not None:
-        if error is None:
-            shield.__exit__(None, None, None)
-        elif shield.__exit__(type(error), error, error.__traceback__):
-            error = None  # the bound's own cancellation, swallowed by its scope
-        overran = bool(shield.cancelled_caught)
-    else:
-        overran = adopted is not None and adopted.cancel_called and anyio.current_time() >= deadline
+    if error is None:
+        shield.__exit__(None, None, None)
+    elif shield.__exit__(type(error), error, error.__traceback__):
+        error = None  # the bound's own cancellation, swallowed by its scope
     if error is not None:
         raise error
-    return overran
+    return shield.cancelled_caught

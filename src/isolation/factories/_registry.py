@@ -168,6 +168,10 @@ def _parameters(fn: Callable[..., Any]) -> tuple[tuple[tuple[str, Any], ...], bo
             param.POSITIONAL_ONLY,
             param.POSITIONAL_OR_KEYWORD,
         )
+    # A decorated callable shows the signature of what it wraps (``__wrapped__``)
+    # or one it claims (``__signature__``); only its own can vouch for positions.
+    if getattr(target, "__wrapped__", None) is not None or hasattr(target, "__signature__"):
+        positional = False
     return tuple(params), positional
 
 
@@ -632,8 +636,8 @@ class Registry:
         The entry is ``(awaits, resolver, cache_key)``; ``cache_key`` is set for
         REQUEST products, which ``Scope.aget`` may find built without awaiting.
         """
-        resolver = self._resolvers.get(key) or self._make_resolver(key)  # checks, marks async
-        with self._lock:
+        with self._lock:  # with provide(), which clears both tables, held off
+            resolver = self._resolvers.get(key) or self._make_resolver(key)  # checks, marks async
             entry = self._aresolvers.get(key)
             if entry is None:
                 if key in self._async_keys:

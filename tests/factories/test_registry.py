@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import gc
 import threading
+import types
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -505,6 +507,76 @@ class TestAsync:
             with pytest.raises(RuntimeError):
                 await s.aget(Memory)
             assert isinstance(await s.aget(Memory), Memory)
+
+
+class TestAsyncAcrossEventLoops:
+    def test_waiters_in_other_threads_are_woken(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Threads with event loops of their own share one async CONNECTION build.
+
+        Thread A builds; B and C, each on its own loop, wait for it. An anyio
+        event wakes only its own loop, so they wait on a threading event; the
+        test releases the build only once both wait, then checks one build,
+        one product.
+        """
+        from isolation.factories import _registry
+
+        waiting = threading.Condition()
+        waiters = [0]
+
+        class CountingEvent(threading.Event):
+            def wait(self, timeout: float | None = None) -> bool:
+                with waiting:
+                    waiters[0] += 1
+                    waiting.notify_all()
+                return super().wait(timeout)
+
+        monkeypatch.setattr(
+            _registry,
+            "threading",
+            types.SimpleNamespace(
+                Event=CountingEvent, get_ident=threading.get_ident, RLock=threading.RLock
+            ),
+        )
+        registry = Registry(check="off")
+        started, release = threading.Event(), threading.Event()
+        builds: list[str] = []
+
+        @registry.provide(lifetime=Lifetime.CONNECTION)
+        async def socket(ctx: UserContext) -> Socket:
+            builds.append(threading.current_thread().name)
+            started.set()
+            await anyio.to_thread.run_sync(release.wait, 30)
+            return Socket(ctx)
+
+        results: dict[str, object] = {}
+
+        def worker(name: str) -> None:
+            async def run() -> None:
+                async with isolation.scope(alice()) as request:
+                    results[name] = await request.aget(Socket)
+
+            anyio.run(run)
+
+        with isolation.scope(alice(), lifetime=Lifetime.CONNECTION, registry=registry):
+            threads = {
+                name: threading.Thread(
+                    target=contextvars.copy_context().run, args=(worker, name), name=name
+                )
+                for name in "ABC"
+            }
+            threads["A"].start()
+            assert started.wait(30)
+            threads["B"].start()
+            threads["C"].start()
+            with waiting:
+                assert waiting.wait_for(lambda: waiters[0] >= 2, timeout=30)
+            release.set()
+            for thread in threads.values():
+                thread.join(30)
+                assert not thread.is_alive()
+        assert builds == ["A"]
+        assert len({id(product) for product in results.values()}) == 1
+        assert sorted(results) == ["A", "B", "C"]
 
 
 class TestThreads:

@@ -652,14 +652,25 @@ _storage_lock = threading.Lock()
 class _Pending:
     """A product being built by an async provider; others wait for it.
 
-    The event is made only when a second resolver arrives: most builds are
-    uncontended, and an event costs more than the rest of the bookkeeping.
+    Waiters on the builder's own thread wait on an anyio event; a waiter in
+    another thread (with an event loop of its own) waits on a threading event
+    in a worker thread, since an anyio event wakes only its own loop. Both
+    are made only when such a waiter arrives: most builds are uncontended.
     """
 
-    __slots__ = ("done",)
+    __slots__ = ("done", "done_elsewhere", "thread")
 
     def __init__(self) -> None:
         self.done: anyio.Event | None = None
+        self.done_elsewhere: threading.Event | None = None
+        self.thread = threading.get_ident()
+
+    def wake(self) -> None:
+        """Wake every waiter; called by the builder, after its lock, on its own thread."""
+        if self.done is not None:
+            self.done.set()
+        if self.done_elsewhere is not None:
+            self.done_elsewhere.set()
 
 
 def _ended(scope: Scope) -> ScopeEndedError:

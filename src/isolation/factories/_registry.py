@@ -707,14 +707,21 @@ class Registry:
                 if type(product) is not _Pending:
                     return product
                 other: _Pending = product
-                with lock:  # the builder reads `done` under the same lock when it stores
-                    if data.get(cache_key) is other:
+                here = other.thread == threading.get_ident()
+                with lock:  # the builder takes the same lock to store, then wakes
+                    if data.get(cache_key) is not other:
+                        done: anyio.Event | threading.Event | None = None
+                    elif here:
                         if other.done is None:
                             other.done = anyio.Event()
                         done = other.done
                     else:
-                        done = None
-                if done is not None:
+                        if other.done_elsewhere is None:
+                            other.done_elsewhere = threading.Event()
+                        done = other.done_elsewhere
+                if isinstance(done, threading.Event):
+                    await anyio.to_thread.run_sync(done.wait, abandon_on_cancel=True)
+                elif done is not None:
                     await done.wait()
                 product = data.setdefault(cache_key, pending)
             try:
@@ -750,15 +757,11 @@ class Registry:
             except BaseException:
                 with lock:
                     del data[cache_key]
-                    waiters = pending.done
-                if waiters is not None:
-                    waiters.set()
+                pending.wake()
                 raise
             with lock:
                 data[cache_key] = product
-                waiters = pending.done
-            if waiters is not None:
-                waiters.set()
+            pending.wake()
             return product
 
         return aresolve

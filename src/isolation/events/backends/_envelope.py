@@ -58,6 +58,8 @@ _HEADER: Final = len(_MAGIC) + _SIG_LEN + 1
 _CHANNEL_LABEL: Final = b"isolation.events/channel/v1\x00"
 _NAMESPACE_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _MAX_ID: Final = 128
+# Made once: json.dumps() with options builds a new encoder on every call.
+_JSON: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 class Drop(enum.StrEnum):
@@ -157,7 +159,7 @@ class Codec:
             "p": envelope.payload,
         }
         try:
-            text = json.dumps(fields, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+            text = _JSON.encode(fields)
         except (TypeError, ValueError) as exc:
             raise UsageError(
                 f"the payload is not JSON-serialisable: {exc}",

@@ -13,10 +13,13 @@ receiving process verifies the size, signature, recipient, expiry and a replay
 window before the router's own last-step check, and drops, logs (without
 payload) and counts anything else. Pub/sub is **at most once**: a lost Redis
 connection is re-established with backoff and resubscribed, and every affected
-local connection then receives an event of kind ``"gap"``. Publishing while
-Redis is unreachable raises :class:`~isolation.BackendUnavailableError` after
-``unavailable_timeout``. Single-use tickets are claimed with ``SET NX`` and an
-expiry, so they are single-use across processes.
+local connection then receives an event of kind ``"gap"``. Concurrent publishes
+are coalesced: one writer task per backend sends every envelope waiting at
+that moment in one pipeline (one round trip) and answers each publisher from
+its own reply. Publishing while Redis is unreachable raises
+:class:`~isolation.BackendUnavailableError` after ``unavailable_timeout``.
+Single-use tickets are claimed with ``SET NX`` and an expiry, so they are
+single-use across processes.
 
 asyncio only (redis-py's asyncio client): under trio every method that talks
 to Redis raises :class:`~isolation.UnsupportedBackendError`.
@@ -90,7 +93,12 @@ DEFAULT_HEALTH_INTERVAL: Final = 5.0
 _BACKOFF_FIRST: Final = 0.02
 _BACKOFF_MAX: Final = 1.0
 _SUBSCRIBE_BATCH: Final = 512
+_PUBLISH_BATCH: Final = 256  # envelopes in one pipeline at most
+_NAMES_CACHED: Final = 4096  # channel names of recent recipients kept for publish()
 _LOG_EVERY: Final = 1.0  # seconds between two drop warnings of one reason
+
+_CLOSED: Final = "the Redis backend was closed"
+_CLOSED_HINT: Final = "Make a new router and backend"
 
 _SUBSCRIBE: Final = b"subscribe"
 _MESSAGE: Final = b"message"
@@ -105,6 +113,8 @@ class RedisStats:
 
     Attributes:
         published: Envelopes Redis accepted from this process.
+        batches: Round trips (pipelines) that carried them: concurrent publishes
+            share one, so ``published / batches`` is the coalescing achieved.
         received: Messages read from this process's channels (its own publishes excluded).
         delivered: Verified envelopes handed to the router (its stats count connections).
         dropped: Refused messages by reason (see ``_envelope.Drop``), plus
@@ -118,6 +128,7 @@ class RedisStats:
     """
 
     published: int
+    batches: int
     received: int
     delivered: int
     dropped: dict[str, int]
@@ -151,6 +162,24 @@ class _Channel:
     def confirmed(self) -> bool:
         ready = self.ready
         return self.wanted and ready is not None and ready.done() and self.sent == 0
+
+
+class _Outgoing:
+    """One envelope waiting for the publish writer, and the future its publisher awaits."""
+
+    __slots__ = ("channel", "data", "deadline", "future", "sent")
+
+    def __init__(
+        self, channel: bytes, data: bytes, deadline: float, future: asyncio.Future[None]
+    ) -> None:
+        self.channel = channel
+        self.data = data
+        # Event-loop time after which the publisher gets BackendUnavailableError.
+        self.deadline = deadline
+        # Resolved by the writer only; cancelled by the publisher's cancellation.
+        self.future = future
+        # It was in a pipeline at least once, so Redis may have it.
+        self.sent = False
 
 
 def _describe(url: str) -> str:
@@ -202,13 +231,18 @@ class RedisBackend:
         "_counts",
         "_deliver",
         "_health_interval",
+        "_in_flight",
         "_last_log",
         "_loop",
+        "_names",
         "_namespace",
         "_origin",
+        "_outbox",
+        "_outbox_ready",
         "_pings",
         "_pongs",
         "_pool",
+        "_publisher",
         "_replays",
         "_session",
         "_supervisor",
@@ -216,6 +250,7 @@ class RedisBackend:
         "_unavailable_timeout",
         "_url",
         "_wake_writer",
+        "_wrap_batch",
         "_wrap_session",
     )
 
@@ -250,6 +285,13 @@ class RedisBackend:
         self._channels: dict[bytes, _Channel] = {}
         self._by_principal: dict[Principal, _Channel] = {}
         self._commands: deque[tuple[bytes, _Channel | None]] = deque()
+        self._names: dict[Principal, bytes] = {}
+        # Envelopes waiting for the publish writer, in publish order; the
+        # writer's current pipeline is in _in_flight until its replies are read.
+        self._outbox: deque[_Outgoing] = deque()
+        self._in_flight: list[_Outgoing] = []
+        self._outbox_ready: asyncio.Event | None = None
+        self._publisher: asyncio.Task[None] | None = None
         self._replays = ReplayWindow()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: aioredis.Redis | None = None
@@ -265,6 +307,7 @@ class RedisBackend:
         self._last_log: dict[str, float] = {}
         self._counts: dict[str, int] = {
             "published": 0,
+            "batches": 0,
             "received": 0,
             "delivered": 0,
             "reconnects": 0,
@@ -275,8 +318,10 @@ class RedisBackend:
         for reason in Drop:
             self._counts[f"drop:{reason.value}"] = 0
         self._counts["drop:overflow"] = 0
-        # A hook for tests: wraps each listener session's coroutine.
+        # Hooks for tests: wrap each listener session's coroutine, and each
+        # pipeline execution of the publish writer (to inject faults).
         self._wrap_session: Callable[[Awaitable[None]], Awaitable[None]] | None = None
+        self._wrap_batch: Callable[[Awaitable[list[Any]]], Awaitable[list[Any]]] | None = None
 
     def __repr__(self) -> str:
         state = "closed" if self._closing else "open"
@@ -306,6 +351,7 @@ class RedisBackend:
         counts = self._counts
         return RedisStats(
             published=counts["published"],
+            batches=counts["batches"],
             received=counts["received"],
             delivered=counts["delivered"],
             dropped={
@@ -374,21 +420,50 @@ class RedisBackend:
     async def publish(self, envelope: Envelope) -> PublishResult:
         """Sign ``envelope``, have Redis accept it, then deliver it to local connections.
 
-        Returns what happened on this process's connections; other processes
-        count their deliveries in their own stats.
+        The envelope joins the publish writer's queue: concurrent publishes
+        share one pipeline, and this call waits only for its own reply, so
+        cancelling it never cancels a write in flight (an envelope not yet
+        written is withdrawn). Returns what happened on this process's
+        connections; other processes count their deliveries in their own stats.
 
         Raises:
             EventTooLargeError: The signed envelope exceeds ``max_envelope_bytes``.
             UsageError: The payload is not JSON-serialisable.
-            BackendUnavailableError: Redis did not accept it within ``unavailable_timeout``.
+            BackendUnavailableError: Redis did not accept it within
+                ``unavailable_timeout`` (or refused it, or the backend closed).
             UnsupportedBackendError: Not running under asyncio.
         """
-        self._start()
+        loop = self._loop
+        supervisor = self._supervisor
+        if (
+            loop is None
+            # The running asyncio loop, None under trio: cheaper than asking sniffio.
+            or asyncio._get_running_loop() is not loop
+            or self._closing
+            or (supervisor is not None and supervisor.done())
+        ):
+            self._start()  # raises unless open on this loop; restarts a dead supervisor
+            loop = self._loop
+            assert loop is not None
         principal = (envelope.tenant_id, envelope.recipient)
         data = self._codec.encode(envelope, origin=self._origin, now=_clock._now())
-        channel = channel_name(self._namespace, principal)
-        await self._call("publish", lambda client: client.publish(channel, data))
-        self._counts["published"] += 1
+        channel = self._names.get(principal)
+        if channel is None:
+            if len(self._names) >= _NAMES_CACHED:
+                self._names.clear()
+            name = channel_name(self._namespace, principal).encode("ascii")
+            channel = self._names[principal] = name
+        outgoing = _Outgoing(
+            channel, data, loop.time() + self._unavailable_timeout, loop.create_future()
+        )
+        publisher = self._publisher
+        if publisher is None or publisher.done():
+            self._start_publisher(loop)
+        self._outbox.append(outgoing)
+        ready = self._outbox_ready
+        assert ready is not None
+        ready.set()
+        await outgoing.future
         ch = self._by_principal.get(principal)
         deliver = self._deliver
         if ch is None or not ch.wanted or deliver is None:
@@ -432,11 +507,16 @@ class RedisBackend:
                     BackendUnavailableError("the Redis backend was closed before it subscribed")
                 )
                 ready.exception()  # retrieved: nobody may be waiting any more
-        tasks = [t for t in (self._supervisor, self._session, *self._tasks) if t is not None]
+        tasks = [
+            t
+            for t in (self._publisher, self._supervisor, self._session, *self._tasks)
+            if t is not None
+        ]
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        self._fail_pending(_CLOSED, hint=_CLOSED_HINT)
         conn, self._conn = self._conn, None
         if conn is not None:
             await conn.disconnect(nowait=True)
@@ -458,9 +538,7 @@ class RedisBackend:
                 hint="Run the service under asyncio, or use the in-memory router under trio",
             )
         if self._closing:
-            raise BackendUnavailableError(
-                "the Redis backend is closed", hint="Make a new router and backend"
-            )
+            raise BackendUnavailableError("the Redis backend is closed", hint=_CLOSED_HINT)
         loop = asyncio.get_running_loop()
         if self._loop is None:
             self._loop = loop
@@ -486,6 +564,7 @@ class RedisBackend:
                 socket_timeout=None,
             )
             self._wake_writer = asyncio.Event()
+            self._outbox_ready = asyncio.Event()
         elif loop is not self._loop:
             raise UnsupportedBackendError(
                 "this RedisBackend was started on another event loop",
@@ -545,6 +624,145 @@ class RedisBackend:
             f"{self._unavailable_timeout} s ({type(last).__name__ if last else 'no answer'})",
             hint="Check that Redis is up and reachable; nothing was sent",
         )
+
+    # -- the publish writer -------------------------------------------------------------
+
+    def _start_publisher(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the publish writer; if one died, first fail what it left pending."""
+        previous = self._publisher
+        if previous is not None:
+            self._publisher_ended(previous)
+        task = loop.create_task(self._write_publishes())
+        task.add_done_callback(self._publisher_ended)
+        self._publisher = task
+
+    async def _write_publishes(self) -> None:
+        """The only sender of publishes: each pipeline carries every envelope waiting.
+
+        Publishers await only their own future, so no cancellation of theirs
+        reaches a write in flight. A pipeline whose connection failed (or that
+        got no answer before the earliest deadline in it) is sent again, ahead
+        of newer envelopes, with backoff: Redis may have carried out some of it,
+        and the receivers' replay window drops the second copies. An envelope
+        past its deadline fails with ``BackendUnavailableError``, and is never
+        sent if it was not yet.
+        """
+        loop = asyncio.get_running_loop()
+        outbox = self._outbox
+        ready = self._outbox_ready
+        client = self._client
+        assert ready is not None
+        assert client is not None
+        counts = self._counts
+        delay = _BACKOFF_FIRST
+        last: BaseException | None = None
+        while True:
+            if not outbox:
+                ready.clear()
+                await ready.wait()
+                continue
+            now = loop.time()
+            batch: list[_Outgoing] = []
+            while outbox and len(batch) < _PUBLISH_BATCH:
+                item = outbox.popleft()
+                if item.future.done():
+                    continue  # its publisher was cancelled: withdrawn
+                if item.deadline <= now:
+                    self._fail(item, self._unavailable(last, sent=item.sent))
+                    continue
+                batch.append(item)
+            if not batch:
+                continue
+            self._in_flight = batch
+            # A new pipeline each time: one whose execute() failed before it
+            # got a connection still holds its commands.
+            pipe = client.pipeline(transaction=False)
+            for item in batch:
+                pipe.publish(item.channel, item.data)
+                item.sent = True
+            execution: Awaitable[list[Any]] = pipe.execute(raise_on_error=False)
+            if self._wrap_batch is not None:
+                execution = self._wrap_batch(execution)
+            try:
+                async with asyncio.timeout_at(min(item.deadline for item in batch)):
+                    replies = await execution
+            except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
+                last = exc
+                self._in_flight = []
+                outbox.extendleft(reversed(batch))
+                until = min(item.deadline for item in batch) - loop.time()
+                await asyncio.sleep(max(0.0, min(until, delay * random.uniform(0.5, 1.0))))  # noqa: S311
+                delay = min(delay * 2, _BACKOFF_MAX)
+                continue
+            except ResponseError as exc:  # the connection itself refused (AUTH, HELLO)
+                self._in_flight = []
+                for item in batch:
+                    self._fail(item, self._refused(exc))
+                continue
+            delay = _BACKOFF_FIRST
+            last = None
+            counts["batches"] += 1
+            for item, reply in zip(batch, replies, strict=True):
+                if isinstance(reply, ResponseError):
+                    self._fail(item, self._refused(reply))
+                    continue
+                counts["published"] += 1
+                if not item.future.done():
+                    item.future.set_result(None)
+            self._in_flight = []  # only now: should this loop fail, the rest are failed
+
+    def _refused(self, reply: ResponseError) -> BackendUnavailableError:
+        return BackendUnavailableError(
+            f"Redis at {_describe(self._url)} refused the publish: {str(reply)[:200]}",
+            hint="Check the ACL of the Redis user (see the how-to 'Scale out with Redis')",
+        )
+
+    def _unavailable(self, last: BaseException | None, *, sent: bool) -> BackendUnavailableError:
+        cause = (
+            "no answer" if last is None or isinstance(last, TimeoutError) else type(last).__name__
+        )
+        return BackendUnavailableError(
+            f"Redis at {_describe(self._url)} did not accept the publish within "
+            f"{self._unavailable_timeout} s ({cause})",
+            hint=(
+                "Check that Redis is up and reachable; the event was sent but not "
+                "confirmed, so it may or may not have been delivered (at most once)"
+                if sent
+                else "Check that Redis is up and reachable; the event was not sent"
+            ),
+        )
+
+    def _fail(self, item: _Outgoing, error: BackendUnavailableError) -> None:
+        if not item.future.done():
+            self._counts["unavailable"] += 1
+            item.future.set_exception(error)
+
+    def _publisher_ended(self, task: asyncio.Task[None]) -> None:
+        """The publish writer ended: every publish still waiting gets an error, none hangs."""
+        if task is not self._publisher:
+            return  # handled already, when its successor started
+        self._publisher = None
+        if self._closing:
+            self._fail_pending(_CLOSED, hint=_CLOSED_HINT)
+            return
+        reason = "it was cancelled" if task.cancelled() else repr(task.exception())[:200]
+        logger.error(
+            "the Redis backend's publish writer ended (%s); failing the publishes it held",
+            reason,
+            extra={"event": "backend_publisher_lost"},
+        )
+        self._fail_pending(f"the Redis backend's publish writer ended ({reason})")
+
+    def _fail_pending(self, message: str, *, hint: str = "Publish again") -> None:
+        """Fail every envelope queued or in flight (the writer is gone)."""
+        pending = [*self._in_flight, *self._outbox]
+        self._in_flight = []
+        self._outbox.clear()
+        for item in pending:
+            state = "sent but not confirmed" if item.sent else "not sent"
+            self._fail(
+                item, BackendUnavailableError(f"{message}; the event was {state}", hint=hint)
+            )
 
     # -- the subscriber connection ------------------------------------------------------
 

@@ -26,10 +26,11 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis_support import KEY, OwnRedis
+from redis_support import KEY, OwnRedis, free_port
 
 import isolation
 from isolation import UserContext
@@ -681,3 +682,97 @@ class TestFaults:
             assert backend_of(router).stats().unavailable == 2
         finally:
             await router.aclose()
+
+
+class TestDeadlinesAndRefusals:
+    async def test_a_held_pipeline_is_not_resent_as_its_envelopes_expire(
+        self, routers: Make
+    ) -> None:
+        """A pipeline with no answer stays out until its last envelope's deadline; each
+        envelope fails at its own deadline meanwhile. (Timing each attempt out at the
+        earliest deadline resent the rest every time: a retry storm.)"""
+        gate = Gate()  # never opened: no answer
+        sender = routers(backend_options={"unavailable_timeout": 0.3})
+        backend = backend_of(sender)
+        backend._wrap_batch = gate
+        failed: dict[str, tuple[float, str]] = {}
+
+        async def publisher(name: str) -> None:
+            started = anyio.current_time()
+            try:
+                await sender.publish("alice", name)
+            except isolation.BackendUnavailableError as exc:
+                failed[name] = (anyio.current_time() - started, str(exc))
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(publisher, "A")
+                await gate.entered.wait()  # [A] is out
+                tg.start_soon(publisher, "B")
+                tg.start_soon(publisher, "C")
+                while len(backend._outbox) < 2:
+                    await anyio.lowlevel.checkpoint()
+                backend._outbox[-1].deadline += 0.4  # C's deadline well after B's
+        assert gate.batches == 2  # [A], then [B, C] once: never [C] again
+        assert sorted(failed) == ["A", "B", "C"]
+        assert all("sent but not confirmed" in message for _, message in failed.values())
+        assert failed["B"][0] < 0.3 + 0.25 < failed["C"][0]
+
+    async def test_nothing_listening_is_not_sent(self, namespace: str) -> None:
+        """No Redis at the address: the typed error says the event was not sent."""
+        router = EventRouter(
+            backend=RedisBackend(
+                f"redis://127.0.0.1:{free_port()}/0",
+                keys=[KEY],
+                namespace=namespace,
+                unavailable_timeout=0.3,
+            )
+        )
+        try:
+            with pytest.raises(isolation.BackendUnavailableError, match="was not sent"):
+                await router.publish("alice", 1)
+        finally:
+            await router.aclose()
+
+    async def test_wrong_password_refused_at_once(
+        self, own_redis: OwnRedis, namespace: str
+    ) -> None:
+        """Bad credentials are a refusal, not an outage: no retrying until the deadline."""
+        admin = aioredis.Redis.from_url(own_redis.url)
+        await admin.execute_command("ACL", "SETUSER", "publisher", "on", ">right", "+@all", "&*")
+        await admin.aclose()
+        router = EventRouter(
+            backend=RedisBackend(
+                f"redis://publisher:wrong@127.0.0.1:{own_redis.port}/0",
+                keys=[KEY],
+                namespace=namespace,
+                unavailable_timeout=5,
+            )
+        )
+        try:
+            started = anyio.current_time()
+            with pytest.raises(isolation.BackendUnavailableError, match="refused the publish"):
+                await router.publish("alice", 1)
+            assert anyio.current_time() - started < 4
+        finally:
+            await router.aclose()
+
+
+async def test_writer_cancelled_with_nothing_pending_is_not_an_error(
+    live_redis: str, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The writer cancelled with nothing pending (an event loop ending without aclose())
+    is logged at INFO, not as the ERROR of a writer lost with publishes in hand."""
+    router = EventRouter(backend=RedisBackend(live_redis, keys=[KEY], namespace=namespace))
+    try:
+        with caplog.at_level("INFO", logger="isolation"):
+            await router.publish("alice", 1)  # starts the writer
+            writer = backend_of(router)._publisher
+            assert writer is not None
+            writer.cancel()  # as asyncio.run() does to tasks left at its end
+            with pytest.raises(asyncio.CancelledError):
+                await writer
+    finally:
+        await router.aclose()
+    ended = [r for r in caplog.records if getattr(r, "event", None) == "backend_publisher_lost"]
+    assert [r.levelname for r in ended] == ["INFO"]

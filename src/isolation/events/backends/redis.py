@@ -28,6 +28,7 @@ to Redis raises :class:`~isolation.UnsupportedBackendError`.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import logging
 import math
@@ -45,6 +46,7 @@ try:
     from redis.asyncio.connection import AbstractConnection
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
+    from redis.exceptions import AuthenticationError as RedisAuthenticationError
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import RedisError, ResponseError
     from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -230,6 +232,7 @@ class RedisBackend:
         "_conn",
         "_counts",
         "_deliver",
+        "_expiry",
         "_health_interval",
         "_in_flight",
         "_last_log",
@@ -290,6 +293,8 @@ class RedisBackend:
         # writer's current pipeline is in _in_flight until its replies are read.
         self._outbox: deque[_Outgoing] = deque()
         self._in_flight: list[_Outgoing] = []
+        # The timer that fails envelopes of the pipeline out at their deadlines.
+        self._expiry: asyncio.TimerHandle | None = None
         self._outbox_ready: asyncio.Event | None = None
         self._publisher: asyncio.Task[None] | None = None
         self._replays = ReplayWindow()
@@ -579,7 +584,9 @@ class RedisBackend:
                     "the Redis backend's supervisor had stopped; restarting it",
                     extra={"event": "backend_supervisor_restarted"},
                 )
-            self._supervisor = loop.create_task(self._supervise())
+            # A context of its own: the supervisor serves every principal, so it
+            # must not run as (or keep alive the scope of) whoever started it.
+            self._supervisor = loop.create_task(self._supervise(), context=contextvars.Context())
 
     async def _until_ready(self, ready: asyncio.Future[None]) -> None:
         try:
@@ -632,20 +639,26 @@ class RedisBackend:
         previous = self._publisher
         if previous is not None:
             self._publisher_ended(previous)
-        task = loop.create_task(self._write_publishes())
-        task.add_done_callback(self._publisher_ended)
+        # A context of its own, as the supervisor's: the writer sends every
+        # tenant's envelopes and must not run, or log, as the first publisher.
+        fresh = contextvars.Context()
+        task = loop.create_task(self._write_publishes(), context=fresh)
+        task.add_done_callback(self._publisher_ended, context=fresh)
         self._publisher = task
 
     async def _write_publishes(self) -> None:
         """The only sender of publishes: each pipeline carries every envelope waiting.
 
         Publishers await only their own future, so no cancellation of theirs
-        reaches a write in flight. A pipeline whose connection failed (or that
-        got no answer before the earliest deadline in it) is sent again, ahead
-        of newer envelopes, with backoff: Redis may have carried out some of it,
-        and the receivers' replay window drops the second copies. An envelope
-        past its deadline fails with ``BackendUnavailableError``, and is never
-        sent if it was not yet.
+        reaches a write in flight. An envelope whose deadline passes while its
+        pipeline is out fails then (``BackendUnavailableError``, "sent but not
+        confirmed"), without touching the pipeline, which is abandoned (its
+        connection dropped) only when every envelope in it has expired. A
+        pipeline whose connection failed is sent again, ahead of newer
+        envelopes, after a backoff: Redis may have carried out some of it, and
+        the receivers' replay window drops the second copies. After a failure
+        the writer first makes sure it can connect, so an envelope counts as
+        sent only once a connection to Redis was open.
         """
         loop = asyncio.get_running_loop()
         outbox = self._outbox
@@ -656,6 +669,7 @@ class RedisBackend:
         counts = self._counts
         delay = _BACKOFF_FIRST
         last: BaseException | None = None
+        connected = False
         while True:
             if not outbox:
                 ready.clear()
@@ -674,31 +688,48 @@ class RedisBackend:
             if not batch:
                 continue
             self._in_flight = batch
-            # A new pipeline each time: one whose execute() failed before it
-            # got a connection still holds its commands.
-            pipe = client.pipeline(transaction=False)
-            for item in batch:
-                pipe.publish(item.channel, item.data)
-                item.sent = True
-            execution: Awaitable[list[Any]] = pipe.execute(raise_on_error=False)
-            if self._wrap_batch is not None:
-                execution = self._wrap_batch(execution)
+            self._arm_expiry(loop)
             try:
-                async with asyncio.timeout_at(min(item.deadline for item in batch)):
+                async with asyncio.timeout_at(max(item.deadline for item in batch)):
+                    if not connected:
+                        # Connect (and authenticate) first: what fails here was not sent.
+                        conn = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+                        await client.connection_pool.release(conn)
+                        connected = True
+                    # A new pipeline each time: one whose execute() failed before
+                    # it got a connection still holds its commands.
+                    pipe = client.pipeline(transaction=False)
+                    for item in batch:
+                        pipe.publish(item.channel, item.data)
+                        item.sent = True
+                    execution: Awaitable[list[Any]] = pipe.execute(raise_on_error=False)
+                    if self._wrap_batch is not None:
+                        execution = self._wrap_batch(execution)
                     replies = await execution
-            except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
-                last = exc
-                self._in_flight = []
-                outbox.extendleft(reversed(batch))
-                until = min(item.deadline for item in batch) - loop.time()
-                await asyncio.sleep(max(0.0, min(until, delay * random.uniform(0.5, 1.0))))  # noqa: S311
-                delay = min(delay * 2, _BACKOFF_MAX)
-                continue
-            except ResponseError as exc:  # the connection itself refused (AUTH, HELLO)
+            except RedisAuthenticationError as exc:  # refused, not unreachable: no retry
                 self._in_flight = []
                 for item in batch:
                     self._fail(item, self._refused(exc))
                 continue
+            except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
+                last = exc
+                connected = False
+                self._in_flight = []
+                live = [item for item in batch if not item.future.done()]
+                outbox.extendleft(reversed(live))
+                if live:  # back off, but wake for the first deadline among them
+                    until = min(item.deadline for item in live) - loop.time()
+                    pause = delay * random.uniform(0.5, 1.0)  # noqa: S311
+                    await asyncio.sleep(max(0.0, min(until, pause)))
+                    delay = min(delay * 2, _BACKOFF_MAX)
+                continue
+            except ResponseError as exc:  # the connection itself refused (HELLO, SELECT)
+                self._in_flight = []
+                for item in batch:
+                    self._fail(item, self._refused(exc))
+                continue
+            finally:
+                self._disarm_expiry()
             delay = _BACKOFF_FIRST
             last = None
             counts["batches"] += 1
@@ -711,7 +742,24 @@ class RedisBackend:
                     item.future.set_result(None)
             self._in_flight = []  # only now: should this loop fail, the rest are failed
 
-    def _refused(self, reply: ResponseError) -> BackendUnavailableError:
+    def _arm_expiry(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Fail each envelope of the pipeline out at its own deadline (a timer)."""
+        live = [item.deadline for item in self._in_flight if not item.future.done()]
+        self._expiry = loop.call_at(min(live), self._expire, loop) if live else None
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        for item in self._in_flight:
+            if item.deadline <= now:
+                self._fail(item, self._unavailable(None, sent=item.sent))
+        self._arm_expiry(loop)
+
+    def _disarm_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+
+    def _refused(self, reply: RedisError) -> BackendUnavailableError:
         return BackendUnavailableError(
             f"Redis at {_describe(self._url)} refused the publish: {str(reply)[:200]}",
             hint="Check the ACL of the Redis user (see the how-to 'Scale out with Redis')",
@@ -745,8 +793,12 @@ class RedisBackend:
         if self._closing:
             self._fail_pending(_CLOSED, hint=_CLOSED_HINT)
             return
+        self._disarm_expiry()
         reason = "it was cancelled" if task.cancelled() else repr(task.exception())[:200]
-        logger.error(
+        # Cancelled with nothing held is an event loop shutting down without aclose().
+        held = bool(self._in_flight or self._outbox)
+        logger.log(
+            logging.ERROR if held or not task.cancelled() else logging.INFO,
             "the Redis backend's publish writer ended (%s); failing the publishes it held",
             reason,
             extra={"event": "backend_publisher_lost"},

@@ -659,18 +659,12 @@ class TestFaults:
 
     async def test_connection_refused_by_acl(self, own_redis: OwnRedis, namespace: str) -> None:
         """A Redis user that may not SELECT its database: every publish is refused, typed."""
-        admin = aioredis.Redis.from_url(own_redis.url)
-        await admin.execute_command(
-            "ACL", "SETUSER", "noselect", "on", ">pw", "+ping", "+publish", "&*", "~*"
-        )
-        await admin.aclose()
-        router = EventRouter(
-            backend=RedisBackend(
-                f"redis://noselect:pw@127.0.0.1:{own_redis.port}/1",
-                keys=[KEY],
-                namespace=namespace,
-                unavailable_timeout=5,
-            )
+        router = await _router_as(
+            own_redis,
+            namespace,
+            ("noselect", "on", ">pw", "+ping", "+publish", "&*", "~*"),
+            "noselect:pw",
+            database=1,
         )
         try:
             started = anyio.current_time()
@@ -738,16 +732,8 @@ class TestDeadlinesAndRefusals:
         self, own_redis: OwnRedis, namespace: str
     ) -> None:
         """Bad credentials are a refusal, not an outage: no retrying until the deadline."""
-        admin = aioredis.Redis.from_url(own_redis.url)
-        await admin.execute_command("ACL", "SETUSER", "publisher", "on", ">right", "+@all", "&*")
-        await admin.aclose()
-        router = EventRouter(
-            backend=RedisBackend(
-                f"redis://publisher:wrong@127.0.0.1:{own_redis.port}/0",
-                keys=[KEY],
-                namespace=namespace,
-                unavailable_timeout=5,
-            )
+        router = await _router_as(
+            own_redis, namespace, ("publisher", "on", ">right", "+@all", "&*"), "publisher:wrong"
         )
         try:
             started = anyio.current_time()
@@ -776,3 +762,25 @@ async def test_writer_cancelled_with_nothing_pending_is_not_an_error(
         await router.aclose()
     ended = [r for r in caplog.records if getattr(r, "event", None) == "backend_publisher_lost"]
     assert [r.levelname for r in ended] == ["INFO"]
+
+
+async def _router_as(
+    own_redis: OwnRedis,
+    namespace: str,
+    acl: tuple[str, ...],
+    credentials: str,
+    *,
+    database: int = 0,
+) -> EventRouter:
+    """A router whose backend logs in as ``credentials``, after ``ACL SETUSER *acl``."""
+    admin = aioredis.Redis.from_url(own_redis.url)
+    await admin.execute_command("ACL", "SETUSER", *acl)
+    await admin.aclose()
+    return EventRouter(
+        backend=RedisBackend(
+            f"redis://{credentials}@127.0.0.1:{own_redis.port}/{database}",
+            keys=[KEY],
+            namespace=namespace,
+            unavailable_timeout=5,
+        )
+    )

@@ -31,7 +31,14 @@ from isolation.report.modes._events import principal_of
 if TYPE_CHECKING:
     from isolation.events.backends.redis import RedisBackend
 
-__all__ = ["BARRIER", "HANG_GUARD", "RouterPair", "receive_side_settled", "two_routers"]
+__all__ = [
+    "BARRIER",
+    "HANG_GUARD",
+    "RouterPair",
+    "WrappedRouter",
+    "receive_side_settled",
+    "two_routers",
+]
 
 BARRIER: Final[Principal] = ("isolation-report", "barrier")
 """The principal of B's barrier connection (no scenario publishes to it)."""
@@ -125,3 +132,18 @@ async def receive_side_settled(backend: RedisBackend) -> None:
     """
     while backend._tasks:
         await asyncio.gather(*tuple(backend._tasks), return_exceptions=True)
+
+
+class WrappedRouter:
+    """A mutant router's plumbing: publish, stats and aclose go to the library's router."""
+
+    inner: Any
+
+    async def publish(self, user_id: str, payload: Any, *, tenant_id: str | None = None) -> Any:
+        return await self.inner.publish(user_id, payload, tenant_id=tenant_id)
+
+    def stats(self) -> Any:
+        return self.inner.stats()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

@@ -51,6 +51,7 @@ from isolation.report.modes._events import drain_all, principal_of
 from isolation.report.modes._redis import (
     HANG_GUARD,
     RouterPair,
+    WrappedRouter,
     receive_side_settled,
     two_routers,
 )
@@ -267,7 +268,7 @@ class _SpillConnection:
         await self.inner.aclose()
 
 
-class _SpillingRouter:
+class _SpillingRouter(WrappedRouter):
     """Mutant: the library's router on the backend, unbounded underneath; overflow shared."""
 
     def __init__(self, *, queue_size: int = 100, **options: Any) -> None:
@@ -291,15 +292,6 @@ class _SpillingRouter:
                     conn.own.append(event)
                 else:
                     self.spill.append(event)  # nothing is lost, it is only "delayed"
-
-    async def publish(self, user_id: str, payload: Any, *, tenant_id: str | None = None) -> Any:
-        return await self.inner.publish(user_id, payload, tenant_id=tenant_id)
-
-    def stats(self) -> Any:
-        return self.inner.stats()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 def register(registry: ModeRegistry) -> None:

@@ -50,7 +50,7 @@ from isolation.events._router import EventRouter
 from isolation.report._registry import Backend, Check, ModeRegistry, Settings
 from isolation.report.modes import fm13_binding, fm14_corruption, fm16_tokens
 from isolation.report.modes._events import drain_all, principal_of
-from isolation.report.modes._redis import RouterPair, two_routers
+from isolation.report.modes._redis import RouterPair, WrappedRouter, two_routers
 
 __all__ = [
     "check_bound_across_routers",
@@ -186,7 +186,7 @@ class _RebindingConnection:
             self._router.pool.append(self)
 
 
-class _PoolingRouter:
+class _PoolingRouter(WrappedRouter):
     """Mutant: the library's router on the backend, its connection objects pooled and reused."""
 
     def __init__(self, **options: Any) -> None:
@@ -200,15 +200,6 @@ class _PoolingRouter:
             conn.inner, conn.closed = inner, False  # "reopened" for the next user
             return conn
         return _RebindingConnection(self, inner)
-
-    async def publish(self, user_id: str, payload: Any, *, tenant_id: str | None = None) -> Any:
-        return await self.inner.publish(user_id, payload, tenant_id=tenant_id)
-
-    def stats(self) -> Any:
-        return self.inner.stats()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 # -- mode 14: corrupted routes on the receiving router --

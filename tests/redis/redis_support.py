@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import time
+import threading
 
 KEY = b"redis-backend-test-key-0123456789abcdef"
 OTHER_KEY = b"another-key-nobody-shares-0123456789abc"
@@ -29,6 +29,15 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _read_log(process: subprocess.Popen[bytes], ready: threading.Event) -> None:
+    assert process.stdout is not None
+    with process.stdout:
+        for line in process.stdout:
+            if b"Ready to accept connections" in line:
+                ready.set()
+    ready.set()  # the process ended: start() sees it has
 
 
 class OwnRedis:
@@ -59,17 +68,20 @@ class OwnRedis:
                 "--enable-debug-command",
                 "yes",
                 "--loglevel",
-                "warning",
+                "notice",
             ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
         self.starts += 1
-        deadline = time.monotonic() + READY_TIMEOUT
-        while not ping(self.url):  # a bounded readiness wait for a process we started
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start on port {self.port}")
-            time.sleep(0.01)
+        # Redis says when it listens; a thread reads its log (to the end, so the
+        # pipe never fills) and sets `ready` then, or when the process ends.
+        ready = threading.Event()
+        threading.Thread(
+            target=_read_log, args=(self.process, ready), daemon=True, name="redis-log"
+        ).start()
+        if not ready.wait(READY_TIMEOUT) or self.process.poll() is not None:
+            raise RuntimeError(f"redis-server did not start on port {self.port}")
 
     def kill(self) -> None:
         process, self.process = self.process, None

@@ -15,6 +15,7 @@ import isolation
 from isolation import UserContext
 from isolation.events import Backend, EventRouter, Overflow, PublishResult
 from isolation.events.backends.redis import RedisBackend
+from isolation.report.modes._redis import receive_side_settled
 
 pytestmark = pytest.mark.anyio
 
@@ -58,13 +59,15 @@ class TestSubscriptions:
             await first.aclose()
             assert await numsub(live_redis, channel) == 1
             await second.aclose()
+            # A barrier: subscription commands go out in order on one connection, so
+            # once Redis confirms a later SUBSCRIBE it has carried out the UNSUBSCRIBE.
             with anyio.fail_after(5):
-                # Redis keeps this state, with no event to wait on: poll it, bounded.
-                while await numsub(live_redis, channel) != 0:  # noqa: ASYNC110
-                    await anyio.sleep(0.01)
+                barrier = await router.connect(UserContext.new("barrier"))
+            assert await numsub(live_redis, channel) == 0
+            assert backend.stats().subscriptions == 1  # the barrier's alone
+            await barrier.aclose()
         finally:
             await client.aclose()
-        assert backend.stats().subscriptions == 0
 
     async def test_resubscribe_after_leaving(self, routers: Make) -> None:
         """Connect, close and connect again quickly: the last connect is subscribed."""
@@ -169,13 +172,14 @@ class TestReceivingOverflow:
             await sender.publish("fast", n)
         with anyio.fail_after(5):
             assert [(await fast.receive()).payload for _ in range(5)] == list(range(5))
-        # The slow connection's blocked events time out on the receiving side...
+        # The slow connection's blocked events time out on the receiving side, each
+        # in a wait task of its own (the fast events came after them, so all three
+        # waits have started); room must not be made until they ended: await them.
         backend = receiver.backend
         assert isinstance(backend, RedisBackend)
         with anyio.fail_after(5):
-            # Room must not be made (no receive) until the timeouts happened: poll, bounded.
-            while backend.stats().dropped["overflow"] < 3:  # noqa: ASYNC110
-                await anyio.sleep(0.02)
+            await receive_side_settled(backend)
+        assert backend.stats().dropped["overflow"] == 3
         # ...and it reads its first two, then one gap (the later timeouts share it).
         events = [await stuck.receive() for _ in range(3)]
         assert [e.payload for e in events[:2]] == [0, 1]
@@ -189,13 +193,14 @@ class TestReceivingOverflow:
         receiver = routers(queue_size=3, overflow=Overflow.DROP_OLDEST)
         sender = routers()
         conn = await receiver.connect(UserContext.new("alice"))
+        marker = await receiver.connect(UserContext.new("marker-user"))
         for n in range(6):
             await sender.publish("alice", n)
         await sender.publish("marker-user", 0)
         with anyio.fail_after(5):
-            # The events arrive through Redis with nobody receiving: poll the counter, bounded.
-            while conn.stats().seq < 6:  # noqa: ASYNC110
-                await anyio.sleep(0.01)
+            # One subscriber connection reads in order: the marker arrives after all six.
+            await marker.receive()
+        assert conn.stats().seq == 6
         got = [await conn.receive() for _ in range(3)]
         assert [e.payload for e in got] == [3, 4, 5]
         assert [e.seq for e in got] == [4, 5, 6]

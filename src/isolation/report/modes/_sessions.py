@@ -239,6 +239,26 @@ async def open_database(
         yield Database(engine=box.engine, raw=box.admin, backend=backend, table=box.table)
 
 
+async def bind_principal(session: Any) -> None:
+    """Set the current principal for row-level security on ``session``'s transaction.
+
+    What the library's PostgreSQL support does for its own sessions, for the
+    mutants that open theirs by hand.
+    """
+    from sqlalchemy import text
+
+    from isolation.context._scope import current_context
+
+    tenant, user = current_context().principal
+    await session.execute(
+        text(
+            "SELECT set_config('isolation.user_id', :u, true), "
+            "set_config('isolation.tenant_id', :t, true)"
+        ),
+        {"u": user, "t": tenant or ""},
+    )
+
+
 async def committed_bodies(db: Database, prefix: str) -> list[str]:
     """Bodies of the committed notes whose body starts with ``prefix`` (every owner)."""
     table = db.table

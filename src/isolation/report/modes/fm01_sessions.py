@@ -135,18 +135,11 @@ class _ProcessSessionManager:
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[Any]:
-        from sqlalchemy import text
+        from isolation.report.modes._sessions import bind_principal
 
         s = self._session
         if self._rls:
-            tenant, user = current_context().principal
-            await s.execute(
-                text(
-                    "SELECT set_config('isolation.user_id', :u, true), "
-                    "set_config('isolation.tenant_id', :t, true)"
-                ),
-                {"u": user, "t": tenant or ""},
-            )
+            await bind_principal(s)
         yield s
         await s.commit()
 

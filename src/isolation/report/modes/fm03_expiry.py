@@ -199,21 +199,13 @@ class _CloseOnNormalExit:
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[Any]:
-        from sqlalchemy import text
         from sqlalchemy.ext.asyncio import AsyncSession
 
-        from isolation.context._scope import current_context
+        from isolation.report.modes._sessions import bind_principal
 
         s = AsyncSession(self._engine, expire_on_commit=False)
         if self._rls:
-            tenant, user = current_context().principal
-            await s.execute(
-                text(
-                    "SELECT set_config('isolation.user_id', :u, true), "
-                    "set_config('isolation.tenant_id', :t, true)"
-                ),
-                {"u": user, "t": tenant or ""},
-            )
+            await bind_principal(s)
         yield s
         await s.commit()
         await s.close()

@@ -25,7 +25,7 @@ import attrs
 from isolation._clock import FakeClock
 from isolation._errors import IsolationError
 from isolation.context._model import UserContext
-from isolation.context._scope import Scope, current_context, current_scope
+from isolation.context._scope import Scope, current_scope
 from isolation.report._registry import ModeRegistry, Settings, register_on_databases
 from isolation.report.modes.fm01_sessions import rounds_check
 
@@ -191,8 +191,9 @@ class _CommitInFinally:
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[Any]:
-        from sqlalchemy import text
         from sqlalchemy.ext.asyncio import AsyncSession
+
+        from isolation.report.modes._sessions import bind_principal
 
         key = id(current_scope())
         s = self._sessions.get(key)
@@ -208,14 +209,7 @@ class _CommitInFinally:
         s = self._sessions[key] = AsyncSession(self._engine, expire_on_commit=False)
         try:
             if self._rls:
-                tenant, user = current_context().principal
-                await s.execute(
-                    text(
-                        "SELECT set_config('isolation.user_id', :u, true), "
-                        "set_config('isolation.tenant_id', :t, true)"
-                    ),
-                    {"u": user, "t": tenant or ""},
-                )
+                await bind_principal(s)
             yield s
         finally:
             del self._sessions[key]

@@ -187,13 +187,13 @@ async def test_bounded_once_suspended() -> None:
     assert 0 < seen[0] <= 7.0
 
 
-async def test_run_shielded_without_suspending() -> None:
-    """A coroutine that finishes at once reports no overrun."""
+async def test_start_shielded_without_suspending() -> None:
+    """A coroutine that finishes at once leaves nothing to await (and no bound set)."""
 
     async def quick() -> None:
         return None
 
-    assert await _shield.run_shielded(quick(), 1.0) is False
+    assert _shield.start_shielded(quick(), 1.0) is None  # nothing left to await
 
 
 async def test_lock_first_at_a_cancelled_exit() -> None:

@@ -31,7 +31,7 @@ try:  # anyio uses sniffio to tell the backends apart when it is installed
 except ImportError:  # pragma: no cover - without it, anyio assumes asyncio too
     sniffio = None  # type: ignore[assignment]
 
-__all__ = ["run_shielded", "start_shielded"]
+__all__ = ["start_shielded"]
 
 # The backend's CancelScope class, by library name: anyio.CancelScope(...)
 # looks the backend up on every call, a third of the scope's cost.
@@ -78,12 +78,6 @@ def start_shielded(awaitable: Awaitable[Any], limit: float) -> Awaitable[bool] |
         raise
     shield.deadline = anyio.current_time() + limit
     return _finish(coro, first, shield)
-
-
-async def run_shielded(awaitable: Awaitable[Any], limit: float) -> bool:
-    """Await ``awaitable`` as :func:`start_shielded` runs it; return whether it overran."""
-    rest = start_shielded(awaitable, limit)
-    return False if rest is None else await rest
 
 
 async def _shield_first(awaitable: Awaitable[Any], limit: float) -> bool:

@@ -10,6 +10,7 @@ its cleanup time still bounds it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
@@ -256,3 +257,135 @@ async def test_generator_exit_leaves_no_scope_behind() -> None:
             outer.cancel()
             await anyio.lowlevel.checkpoint()
         assert outer.cancelled_caught
+
+
+# -- where no anyio cancel scope encloses the task (asyncio) ---------------------------
+# anyio's pytest runner starts each test in a plain asyncio task: no scope encloses it,
+# so these tests' hang guards are asyncio timeouts, not anyio.fail_after.
+
+
+@pytest.fixture
+def shields(monkeypatch: pytest.MonkeyPatch) -> list[anyio.CancelScope]:
+    """Every shield the finalizer runner raises, in order."""
+    made: list[anyio.CancelScope] = []
+    original = _shield._shield
+
+    def counting() -> anyio.CancelScope:
+        made.append(original())
+        return made[-1]
+
+    monkeypatch.setattr(_shield, "_shield", counting)
+    return made
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_unenclosed_finalizer_that_never_suspends_takes_no_shield(
+    anyio_backend: str, shields: list[anyio.CancelScope]
+) -> None:
+    """Nothing can cancel a step that never suspends in a task no scope encloses."""
+    done: list[str] = []
+
+    async def finalizer(exc: BaseException | None) -> None:
+        done.append("closed")
+
+    async with scope(UserContext.new("alice")) as s:
+        s.on_close(finalizer)
+    assert done == ["closed"]
+    assert shields == []
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_enclosed_finalizer_takes_the_shield_first(
+    anyio_backend: str, shields: list[anyio.CancelScope]
+) -> None:
+    """Inside a cancel scope, the shield is raised before the first step, as before."""
+    deadlines: list[float] = []
+
+    async def finalizer(exc: BaseException | None) -> None:
+        deadlines.append(anyio.current_effective_deadline())
+
+    with anyio.CancelScope(deadline=anyio.current_time() + 30):
+        async with scope(UserContext.new("alice")) as s:
+            s.on_close(finalizer)
+    assert len(shields) == 1
+    assert deadlines == [float("inf")]  # shielded from the enclosing deadline, not bounded yet
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_unenclosed_finalizer_suspending_gets_a_root_shield(
+    anyio_backend: str, shields: list[anyio.CancelScope]
+) -> None:
+    """Suspending with no scope of its own open, it gets the bounded shield at the root."""
+    seen: list[object] = []
+
+    async def finalizer(exc: BaseException | None) -> None:
+        await anyio.lowlevel.checkpoint()
+        seen.append(_shield._scope_of(asyncio.current_task()))
+        with anyio.CancelScope() as own:  # nests inside the shield
+            await anyio.lowlevel.checkpoint()
+            seen.append(own)
+
+    async with scope(UserContext.new("alice"), cleanup_timeout=7.0) as s:
+        s.on_close(finalizer)
+    assert len(shields) == 1
+    assert seen[0] is shields[0]
+    assert seen[1]._parent_scope is shields[0]  # type: ignore[attr-defined]
+    assert _shield._scope_of(asyncio.current_task()) is None
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_unenclosed_finalizer_suspending_in_its_own_scope_is_bounded_natively(
+    anyio_backend: str, shields: list[anyio.CancelScope]
+) -> None:
+    """Suspended inside its own scope, it is bounded by an asyncio timeout that leaves no trace."""
+    task = asyncio.current_task()
+    assert task is not None
+
+    async def finalizer(exc: BaseException | None) -> None:
+        with anyio.CancelScope():
+            await anyio.Event().wait()
+
+    async with asyncio.timeout(10):  # a hang guard that is no anyio scope
+        with pytest.raises(TimeoutError, match="overran its cleanup time"):
+            async with scope(UserContext.new("alice"), cleanup_timeout=0.05) as s:
+                s.on_close(finalizer)
+    assert shields == []
+    assert task.cancelling() == 0  # the bound's cancellation was taken back
+    await anyio.lowlevel.checkpoint()  # and nothing is left pending for this task
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_unenclosed_finalizer_own_timeout_error_is_its_failure(anyio_backend: str) -> None:
+    """A TimeoutError the finalizer raises itself is reported as its failure, not an overrun."""
+
+    async def finalizer(exc: BaseException | None) -> None:
+        with anyio.CancelScope():
+            await anyio.lowlevel.checkpoint()
+            raise TimeoutError("the pool timed out")
+
+    async with asyncio.timeout(10):  # a hang guard that is no anyio scope
+        with pytest.raises(TimeoutError, match="the pool timed out"):
+            async with scope(UserContext.new("alice"), cleanup_timeout=30) as s:
+                s.on_close(finalizer)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_unenclosed_finalizer_native_cancel_propagates(anyio_backend: str) -> None:
+    """A native Task.cancel() reaches the finalizer (as under anyio's shield) and is not an overrun."""
+    inside = asyncio.Event()
+
+    async def finalizer(exc: BaseException | None) -> None:
+        with anyio.CancelScope():
+            inside.set()
+            await asyncio.Event().wait()
+
+    async def request() -> None:
+        async with scope(UserContext.new("alice"), cleanup_timeout=30) as s:
+            s.on_close(finalizer)
+
+    task = asyncio.create_task(request())
+    async with asyncio.timeout(10):  # a hang guard that is no anyio scope
+        await inside.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task

@@ -11,7 +11,8 @@ its cleanup time still bounds it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Generator
+import contextlib
+from collections.abc import Awaitable, Callable, Generator, Iterator
 from typing import Any
 
 import anyio
@@ -259,103 +260,106 @@ async def test_generator_exit_leaves_no_scope_behind() -> None:
         assert outer.cancelled_caught
 
 
-# -- where no anyio cancel scope encloses the task (asyncio) ---------------------------
-# anyio's pytest runner starts each test in a plain asyncio task: no scope encloses it,
-# so these tests' hang guards are asyncio timeouts, not anyio.fail_after.
+# -- the same in a task that no anyio cancel scope encloses ---------------------------
+# anyio's pytest runner starts each test in a plain asyncio task, which no scope encloses;
+# ``enclosed`` adds one. The hang guards here are asyncio timeouts, not anyio scopes.
+# These pin that a finalizer is bounded and shielded the same way in either task: a
+# version that skipped the shield where no scope encloses the task (and bounded the rest
+# with one asyncio.timeout when the finalizer first suspended in a scope of its own)
+# failed the first three.
 
 
-@pytest.fixture
-def shields(monkeypatch: pytest.MonkeyPatch) -> list[anyio.CancelScope]:
-    """Every shield the finalizer runner raises, in order."""
-    made: list[anyio.CancelScope] = []
-    original = _shield._shield
-
-    def counting() -> anyio.CancelScope:
-        made.append(original())
-        return made[-1]
-
-    monkeypatch.setattr(_shield, "_shield", counting)
-    return made
+@contextlib.contextmanager
+def _maybe_enclosed(enclosed: bool) -> Iterator[None]:
+    if enclosed:
+        with anyio.CancelScope():
+            yield
+    else:
+        yield
 
 
+@pytest.mark.parametrize("enclosed", [False, True])
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_unenclosed_finalizer_that_never_suspends_takes_no_shield(
-    anyio_backend: str, shields: list[anyio.CancelScope]
+async def test_an_await_after_the_bound_is_bounded_too(anyio_backend: str, enclosed: bool) -> None:
+    """The bound is level-triggered: a cleanup await after its cancellation is cancelled too."""
+    cleaned: list[str] = []
+
+    async def finalizer(exc: BaseException | None) -> None:
+        with anyio.CancelScope():  # its first suspension is inside a scope of its own
+            try:
+                await anyio.Event().wait()  # the hung operation
+            finally:
+                cleaned.append("cleanup started")
+                await anyio.Event().wait()  # a cleanup that hangs too
+
+    async with asyncio.timeout(10):
+        with (
+            pytest.raises(TimeoutError, match="overran its cleanup time"),
+            _maybe_enclosed(enclosed),
+        ):
+            async with scope(UserContext.new("alice"), cleanup_timeout=0.05) as s:
+                s.on_close(finalizer)
+    assert cleaned == ["cleanup started"]
+
+
+@pytest.mark.parametrize("enclosed", [False, True])
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_swallowed_bound_is_still_an_overrun(anyio_backend: str, enclosed: bool) -> None:
+    """A finalizer that swallows the bound's cancellation is stopped at its next await and reported."""
+
+    async def finalizer(exc: BaseException | None) -> None:
+        with anyio.CancelScope(), contextlib.suppress(BaseException):  # a careless library
+            await anyio.Event().wait()
+        await anyio.Event().wait()
+
+    async with asyncio.timeout(10):
+        with (
+            pytest.raises(TimeoutError, match="overran its cleanup time"),
+            _maybe_enclosed(enclosed),
+        ):
+            async with scope(UserContext.new("alice"), cleanup_timeout=0.05) as s:
+                s.on_close(finalizer)
+
+
+@pytest.mark.parametrize("enclosed", [False, True])
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_the_bound_does_not_pierce_the_finalizers_own_shield(
+    anyio_backend: str, enclosed: bool
 ) -> None:
-    """Nothing can cancel a step that never suspends in a task no scope encloses."""
+    """A shielded section of the finalizer's own runs to its end; the overrun is reported after it."""
+    inside = anyio.Event()
+    gate = anyio.Event()
     done: list[str] = []
 
     async def finalizer(exc: BaseException | None) -> None:
-        done.append("closed")
-
-    async with scope(UserContext.new("alice")) as s:
-        s.on_close(finalizer)
-    assert done == ["closed"]
-    assert shields == []
-
-
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_enclosed_finalizer_takes_the_shield_first(
-    anyio_backend: str, shields: list[anyio.CancelScope]
-) -> None:
-    """Inside a cancel scope, the shield is raised before the first step, as before."""
-    deadlines: list[float] = []
-
-    async def finalizer(exc: BaseException | None) -> None:
-        deadlines.append(anyio.current_effective_deadline())
-
-    with anyio.CancelScope(deadline=anyio.current_time() + 30):
-        async with scope(UserContext.new("alice")) as s:
-            s.on_close(finalizer)
-    assert len(shields) == 1
-    assert deadlines == [float("inf")]  # shielded from the enclosing deadline, not bounded yet
-
-
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_unenclosed_finalizer_suspending_gets_a_root_shield(
-    anyio_backend: str, shields: list[anyio.CancelScope]
-) -> None:
-    """Suspending with no scope of its own open, it gets the bounded shield at the root."""
-    seen: list[object] = []
-
-    async def finalizer(exc: BaseException | None) -> None:
+        with anyio.CancelScope(), anyio.CancelScope(shield=True):
+            inside.set()
+            await gate.wait()
+            done.append("shielded section done")
         await anyio.lowlevel.checkpoint()
-        seen.append(_shield._scope_of(asyncio.current_task()))
-        with anyio.CancelScope() as own:  # nests inside the shield
-            await anyio.lowlevel.checkpoint()
-            seen.append(own)
+        done.append("after the bound")  # not reached: the bound cancels this checkpoint
 
-    async with scope(UserContext.new("alice"), cleanup_timeout=7.0) as s:
-        s.on_close(finalizer)
-    assert len(shields) == 1
-    assert seen[0] is shields[0]
-    assert seen[1]._parent_scope is shields[0]  # type: ignore[attr-defined]
-    assert _shield._scope_of(asyncio.current_task()) is None
+    async def open_gate_after_the_bound() -> None:
+        await inside.wait()
+        # The bound's timer (0.05 s) was set before this one (0.5 s), on the same loop
+        # clock: the loop fires them in deadline order.
+        await anyio.sleep(0.5)
+        gate.set()
 
-
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_unenclosed_finalizer_suspending_in_its_own_scope_is_bounded_natively(
-    anyio_backend: str, shields: list[anyio.CancelScope]
-) -> None:
-    """Suspended inside its own scope, it is bounded by an asyncio timeout that leaves no trace."""
-    task = asyncio.current_task()
-    assert task is not None
-
-    async def finalizer(exc: BaseException | None) -> None:
-        with anyio.CancelScope():
-            await anyio.Event().wait()
-
-    async with asyncio.timeout(10):  # a hang guard that is no anyio scope
-        with pytest.raises(TimeoutError, match="overran its cleanup time"):
+    opener = asyncio.create_task(open_gate_after_the_bound())  # no task group: no anyio scope
+    async with asyncio.timeout(10):
+        with (
+            pytest.raises(TimeoutError, match="overran its cleanup time"),
+            _maybe_enclosed(enclosed),
+        ):
             async with scope(UserContext.new("alice"), cleanup_timeout=0.05) as s:
                 s.on_close(finalizer)
-    assert shields == []
-    assert task.cancelling() == 0  # the bound's cancellation was taken back
-    await anyio.lowlevel.checkpoint()  # and nothing is left pending for this task
+        await opener
+    assert done == ["shielded section done"]
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_unenclosed_finalizer_own_timeout_error_is_its_failure(anyio_backend: str) -> None:
+async def test_a_finalizers_own_timeout_error_is_its_failure(anyio_backend: str) -> None:
     """A TimeoutError the finalizer raises itself is reported as its failure, not an overrun."""
 
     async def finalizer(exc: BaseException | None) -> None:
@@ -363,15 +367,15 @@ async def test_unenclosed_finalizer_own_timeout_error_is_its_failure(anyio_backe
             await anyio.lowlevel.checkpoint()
             raise TimeoutError("the pool timed out")
 
-    async with asyncio.timeout(10):  # a hang guard that is no anyio scope
+    async with asyncio.timeout(10):
         with pytest.raises(TimeoutError, match="the pool timed out"):
             async with scope(UserContext.new("alice"), cleanup_timeout=30) as s:
                 s.on_close(finalizer)
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_unenclosed_finalizer_native_cancel_propagates(anyio_backend: str) -> None:
-    """A native Task.cancel() reaches the finalizer (as under anyio's shield) and is not an overrun."""
+async def test_a_native_cancel_reaches_a_suspended_finalizer(anyio_backend: str) -> None:
+    """anyio's shield does not stop a native Task.cancel(): it propagates, and is no overrun."""
     inside = asyncio.Event()
 
     async def finalizer(exc: BaseException | None) -> None:
@@ -384,7 +388,7 @@ async def test_unenclosed_finalizer_native_cancel_propagates(anyio_backend: str)
             s.on_close(finalizer)
 
     task = asyncio.create_task(request())
-    async with asyncio.timeout(10):  # a hang guard that is no anyio scope
+    async with asyncio.timeout(10):
         await inside.wait()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -13,16 +13,15 @@ suspends cannot overrun, and nothing can cancel it.
 An earlier version stepped the finalizer *before* raising the shield. anyio's
 ``checkpoint_if_cancelled()`` (the first thing ``Lock``, ``Semaphore`` and
 ``Condition`` do) walks the stack without suspending, found the cancelled
-outer scope there and spun until the bound; so the shield comes first —
-where there is something to shield from. On asyncio, a task that no anyio
-cancel scope encloses cannot be cancelled by one (anyio's shield never
-stopped a native ``Task.cancel()``), so there the finalizer is stepped with
-no shield at all; if it suspends, a bounded shield is raised then, at the
-root of the task's empty scope stack, or, if the finalizer is suspended
-inside cancel scopes of its own, the bound is an ``asyncio.timeout`` (a
-shield cannot be slid beneath scopes already open). Knowing whether a scope
-encloses the task means reading anyio's per-task state: a private name,
-looked up once and checked; without it every finalizer takes the shield.
+outer scope there and spun until the bound; so the shield comes first.
+
+A later version skipped the shield in asyncio tasks that no anyio cancel
+scope encloses (nothing there could cancel the step), raising it only if the
+finalizer suspended. Where the finalizer first suspended inside a cancel
+scope of its own, no shield could be put beneath that scope with anyio's
+public API, and the one-shot ``asyncio.timeout`` used instead was not a bound
+(cleanup awaits after its cancellation ran unbounded, and it pierced the
+finalizer's own shields). tests/context/test_shield.py keeps the cases.
 """
 
 from __future__ import annotations
@@ -65,47 +64,6 @@ def _shield() -> anyio.CancelScope:
     return cls(shield=True)
 
 
-def _load_task_states() -> Any:
-    """anyio's asyncio per-task state table, or None if it is not as expected."""
-    global _task_states
-    table: Any
-    try:
-        from anyio._backends._asyncio import TaskState
-        from anyio._backends._asyncio import _task_states as table
-    except ImportError:  # pragma: no cover - a future anyio: every finalizer takes the shield
-        table = None
-    else:
-        if "cancel_scope" not in getattr(TaskState, "__slots__", ()):  # pragma: no cover
-            table = None
-    _task_states = table
-    return table
-
-
-_UNLOADED: Any = object()
-# Loaded by the first async finalizer: anyio's asyncio backend takes ~19 ms to import.
-_task_states: Any = _UNLOADED
-
-
-def _scope_of(task: object) -> object:
-    """The innermost anyio cancel scope of an asyncio ``task`` (None: none is open)."""
-    state = _task_states.get(task)
-    return None if state is None else state.cancel_scope
-
-
-def _unenclosed() -> asyncio.Task[Any] | None:
-    """The running asyncio task if no anyio cancel scope encloses it, else None."""
-    states = _task_states if _task_states is not _UNLOADED else _load_task_states()
-    if states is None or (sniffio is not None and sniffio.thread_local.name is not None):
-        return None  # pragma: no cover - anyio's internals changed, or trio said so
-    if asyncio._get_running_loop() is None:
-        return None  # another backend (trio)
-    task = asyncio.current_task()
-    if task is None:  # pragma: no cover - a loop callback, not a task
-        return None
-    state = states.get(task)
-    return task if state is None or state.cancel_scope is None else None
-
-
 def start_shielded(awaitable: Awaitable[Any], limit: float) -> Awaitable[bool] | None:
     """Start ``awaitable`` shielded from outside cancellation, for at most ``limit`` s.
 
@@ -116,18 +74,6 @@ def start_shielded(awaitable: Awaitable[Any], limit: float) -> Awaitable[bool] |
     if type(awaitable) is not CoroutineType:
         return _shield_first(awaitable, limit)
     coro: Coroutine[Any, Any, Any] = awaitable
-    task = _unenclosed()
-    if task is not None:  # nothing to shield from, unless it suspends
-        try:
-            first = coro.send(None)
-        except StopIteration:
-            return None
-        if _scope_of(task) is not None:  # suspended inside scopes of its own
-            return _native_bound(coro, first, limit)
-        shield = _shield()
-        shield.__enter__()  # the root of an empty stack: everything after nests inside
-        shield.deadline = anyio.current_time() + limit
-        return _finish(coro, first, shield)
     shield = _shield()
     shield.__enter__()
     try:
@@ -148,40 +94,6 @@ async def _shield_first(awaitable: Awaitable[Any], limit: float) -> bool:
     return shield.cancelled_caught
 
 
-async def _native_bound(coro: Coroutine[Any, Any, Any], value: Any, limit: float) -> bool:
-    """Drive the rest of ``coro`` (suspended on ``value``) for at most ``limit`` s."""
-    timeout = asyncio.timeout(limit)
-    try:
-        async with timeout:
-            await _drive(coro, value)
-    except TimeoutError:
-        if timeout.expired():
-            return True
-        raise
-    return False
-
-
-@types.coroutine
-def _drive(coro: Coroutine[Any, Any, Any], value: Any) -> Generator[Any, Any, None]:
-    """Drive the rest of ``coro``, suspended on ``value``, passing its suspensions up."""
-    while True:
-        try:
-            sent = yield value
-        except GeneratorExit:
-            coro.close()
-            raise
-        except BaseException as thrown:
-            try:
-                value = coro.throw(thrown)
-            except StopIteration:
-                return
-        else:
-            try:
-                value = coro.send(sent)
-            except StopIteration:
-                return
-
-
 @types.coroutine
 def _finish(
     coro: Coroutine[Any, Any, Any], value: Any, shield: anyio.CancelScope
@@ -189,7 +101,18 @@ def _finish(
     """Drive the rest of ``coro`` (suspended on ``value``) inside ``shield``, then leave it."""
     error: BaseException | None = None
     try:
-        yield from _drive(coro, value)
+        while True:
+            try:
+                sent = yield value
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as thrown:
+                value = coro.throw(thrown)
+            else:
+                value = coro.send(sent)
+    except StopIteration:
+        pass
     except BaseException as raised:  # GeneratorExit too: the shield must come off
         error = raised
     if error is None:

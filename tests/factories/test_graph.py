@@ -310,6 +310,66 @@ class TestWhatIsWalked:
         assert paths(walk(lock)) == ["lock"]
 
 
+class TestTypeInfoCache:
+    """What the walk keeps per Python class between walks, and what it reads again."""
+
+    def test_class_attribute_added_after_a_walk_is_walked(self) -> None:
+        """Class attributes are read on every walk: one added or rebound later is seen."""
+
+        class Engine:
+            pass
+
+        assert shared(Engine(), Engine()) == []  # classified and cached
+        Engine.cache = {}  # type: ignore[attr-defined]
+        assert shared(Engine(), Engine()) == [("Engine.cache", "Engine.cache")]
+        Engine.cache = 3  # type: ignore[attr-defined]
+        assert shared(Engine(), Engine()) == []
+
+    def test_class_declared_shareable_after_a_walk_is_skipped(self) -> None:
+        """A class declared shareable (by attribute or by isolation.shareable) after a walk."""
+
+        class Pool:
+            def __init__(self) -> None:
+                self.connections: list[object] = []
+
+        class Later(Pool):
+            pass
+
+        pool, later = Pool(), Later()
+        a, b = Box(), Box()
+        a.pool = b.pool = pool  # type: ignore[attr-defined]
+        a.later = b.later = later  # type: ignore[attr-defined]
+        assert len(shared(a, b)) == 4
+        Pool.__isolation_shareable__ = True  # type: ignore[attr-defined]
+        assert shared(a, b) == []  # Later inherits the attribute
+        del Pool.__isolation_shareable__  # type: ignore[attr-defined]
+        isolation.shareable(Later)
+        assert shared(a, b) == [
+            ("Box.pool", "Box.pool"),
+            ("Box.pool.connections", "Box.pool.connections"),
+        ]
+
+    def test_a_walked_class_can_be_collected(self) -> None:
+        """The cache holds classes weakly and refers to none: a class made at run time dies."""
+        import gc
+        import weakref
+
+        def make() -> weakref.ref[type]:
+            class Made:
+                __slots__ = ("__weakref__", "items")  # slot descriptors refer to the class
+
+            Made.default = Made()  # type: ignore[attr-defined]  # a class edge back to the class
+            made = Made()
+            made.items = []
+            assert paths(walk(made)) == ["Made", "Made.default", "Made.items"]
+            assert paths(walk(made)) == ["Made", "Made.default", "Made.items"]  # from the cache
+            return weakref.ref(Made)
+
+        ref = make()
+        gc.collect()
+        assert ref() is None
+
+
 class TestOrderAndPaths:
     """Breadth first, shortest paths, ties broken by name."""
 

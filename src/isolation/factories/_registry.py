@@ -446,8 +446,8 @@ class Registry:
         per_request = provider.lifetime is Lifetime.REQUEST
         owner_of = self._owner
         built = self._counts["built_request" if per_request else "built_connection"].increment
-        checked = self._checker is not None and (provider.check or self._check) != "off"
-        after_build = self._after_build
+        walk, every, tick = self._compiled_check(provider)
+        product_name = provider.name
         single = dependencies[0] if len(dependencies) == 1 else None
         positional = provider.positional
         partial = functools.partial
@@ -496,8 +496,8 @@ class Registry:
                     if token is not None:
                         _current.reset(token)
                 built()
-                if checked:
-                    after_build(owner, provider, product)
+                if walk is not None and not tick() % every:
+                    walk(owner, product, product_name)
                 data[cache_key] = product
             return product
 
@@ -561,6 +561,18 @@ class Registry:
         self._counts[
             "built_request" if provider.lifetime is Lifetime.REQUEST else "built_connection"
         ].increment()
+
+    def _compiled_check(
+        self, provider: _Provider
+    ) -> tuple[Callable[[Scope, Any, str], None] | None, int, Callable[[], int]]:
+        """``(walk, every, tick)`` for a compiled resolver: :meth:`_after_build`, unrolled.
+
+        ``walk`` is None when nothing is walked; otherwise a build is walked
+        when ``tick() % every == 0`` (``every`` is 1 for ``"full"``).
+        """
+        mode = provider.check or self._check
+        walk = None if mode == "off" else self._checker
+        return walk, self._sample_every if mode == "sampled" else 1, self._builds.increment
 
     def _after_build(self, owner: Scope, provider: _Provider, product: Any) -> None:
         """Walk a new product for shared state, per the registry's ``check``."""
@@ -680,8 +692,8 @@ class Registry:
         per_request = provider.lifetime is _REQUEST
         owner_of = self._owner
         built = self._counts["built_request" if per_request else "built_connection"].increment
-        checked = self._checker is not None and (provider.check or self._check) != "off"
-        after_build = self._after_build
+        walk, every, tick = self._compiled_check(provider)
+        product_name = provider.name
         register_teardown = self._register_teardown
         partial = functools.partial
 
@@ -752,8 +764,8 @@ class Registry:
                     if token is not None:
                         _current.reset(token)
                 built()
-                if checked:
-                    after_build(owner, provider, product)
+                if walk is not None and not tick() % every:
+                    walk(owner, product, product_name)
             except BaseException:
                 with lock:
                     del data[cache_key]

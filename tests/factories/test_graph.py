@@ -310,16 +310,46 @@ class TestWhatIsWalked:
         assert paths(walk(lock)) == ["lock"]
 
 
-class TestTypeInfoCache:
-    """What the walk keeps per Python class between walks, and what it reads again."""
+class TestClassesWithoutState:
+    """Classes whose instances hold nothing can still hold shared state at class level."""
+
+    def test_empty_slots_class_attributes_are_walked(self) -> None:
+        """`__slots__ = ()` leaves nothing per instance; a mutable class attribute is shared."""
+
+        class Engine:
+            __slots__ = ()
+            cache: ClassVar[dict[str, int]] = {}
+
+        a, b = Box(), Box()
+        a.engine, b.engine = Engine(), Engine()  # type: ignore[attr-defined]
+        assert shared(a, b) == [("Box.engine.cache", "Box.engine.cache")]
+
+    def test_empty_slots_class_without_class_state_is_skipped(self) -> None:
+        """The same class with only atoms and methods at class level is not entered."""
+
+        class Engine:
+            __slots__ = ()
+            limit = 3
+
+            def run(self) -> None:
+                pass
+
+        a, b = Box(), Box()
+        a.engine = b.engine = Engine()  # type: ignore[attr-defined]
+        assert shared(a, b) == []
+        assert paths(walk(Engine())) == []
+
+
+class TestChangesBetweenWalks:
+    """Each walk sees classes as they are now (a cache of class facts must keep this true)."""
 
     def test_class_attribute_added_after_a_walk_is_walked(self) -> None:
-        """Class attributes are read on every walk: one added or rebound later is seen."""
+        """A class attribute added or rebound after a walk is seen by the next one."""
 
         class Engine:
             pass
 
-        assert shared(Engine(), Engine()) == []  # classified and cached
+        assert shared(Engine(), Engine()) == []
         Engine.cache = {}  # type: ignore[attr-defined]
         assert shared(Engine(), Engine()) == [("Engine.cache", "Engine.cache")]
         Engine.cache = 3  # type: ignore[attr-defined]
@@ -335,10 +365,9 @@ class TestTypeInfoCache:
         class Later(Pool):
             pass
 
-        pool, later = Pool(), Later()
         a, b = Box(), Box()
-        a.pool = b.pool = pool  # type: ignore[attr-defined]
-        a.later = b.later = later  # type: ignore[attr-defined]
+        a.pool = b.pool = Pool()  # type: ignore[attr-defined]
+        a.later = b.later = Later()  # type: ignore[attr-defined]
         assert len(shared(a, b)) == 4
         Pool.__isolation_shareable__ = True  # type: ignore[attr-defined]
         assert shared(a, b) == []  # Later inherits the attribute
@@ -349,25 +378,39 @@ class TestTypeInfoCache:
             ("Box.pool.connections", "Box.pool.connections"),
         ]
 
-    def test_a_walked_class_can_be_collected(self) -> None:
-        """The cache holds classes weakly and refers to none: a class made at run time dies."""
-        import gc
-        import weakref
+    def test_bases_reassigned_after_a_walk(self) -> None:
+        """A class moved off a base that made it infrastructure is walked from then on."""
 
-        def make() -> weakref.ref[type]:
-            class Made:
-                __slots__ = ("__weakref__", "items")  # slot descriptors refer to the class
+        class Base:
+            pass
 
-            Made.default = Made()  # type: ignore[attr-defined]  # a class edge back to the class
-            made = Made()
-            made.items = []
-            assert paths(walk(made)) == ["Made", "Made.default", "Made.items"]
-            assert paths(walk(made)) == ["Made", "Made.default", "Made.items"]  # from the cache
-            return weakref.ref(Made)
+        class Quiet(logging.Logger):
+            pass
 
-        ref = make()
-        gc.collect()
-        assert ref() is None
+        class Moved(Quiet):
+            pass
+
+        logger = Moved("x")
+        logger.userdata = {}  # type: ignore[attr-defined]
+        a, b = Box(), Box()
+        a.log = b.log = logger  # type: ignore[attr-defined]
+        assert shared(a, b) == []
+        Moved.__bases__ = (Base,)
+        assert ("Box.log.userdata", "Box.log.userdata") in shared(a, b)
+
+    def test_frozenset_subclass_slots_are_walked_every_time(self) -> None:
+        """A frozenset subclass's slots are entered on every walk, not only the first."""
+
+        class Tags(frozenset[str]):
+            __slots__ = ("store",)
+
+        store: dict[str, int] = {}
+        for _ in range(2):
+            a, b = Box(), Box()
+            tags_a, tags_b = Tags({"x"}), Tags({"y"})
+            tags_a.store = tags_b.store = store
+            a.tags, b.tags = tags_a, tags_b  # type: ignore[attr-defined]
+            assert shared(a, b) == [("Box.tags.store", "Box.tags.store")]
 
 
 class TestOrderAndPaths:

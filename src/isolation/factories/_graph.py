@@ -344,7 +344,13 @@ def _classify(cls: type) -> _TypeInfo:
         slots = _slots_of(cls)
         if not has_dict and not slots:
             if all("__slots__" in klass.__dict__ for klass in cls.__mro__[:-1]):
-                return _SKIP_INFO  # a Python class with `__slots__ = ()`: no state at all
+                # A Python class with `__slots__ = ()`: no state of its own, so its
+                # instances are entered, not compared; but its class attributes
+                # are every user's.
+                class_edges = _class_edges(cls)
+                if not class_edges:
+                    return _SKIP_INFO
+                return _TypeInfo(_FROZEN_OBJECT, class_edges=class_edges)
             return _OPAQUE_INFO
         kind = _FROZEN_OBJECT if _frozen(cls) else _OBJECT
         return _TypeInfo(kind, has_dict=has_dict, slots=slots, class_edges=_class_edges(cls))
@@ -365,56 +371,16 @@ _static_infos: dict[type, _TypeInfo] = {}
 _static_generation = [-1]
 
 
-# Heap types (Python classes) can die, so their infos are held by weak keys, and
-# without slots or class edges: class attributes can be rebound or added at any
-# time, so they are read again on every walk, and a slot's descriptor refers to
-# its class, which would keep the key alive. What is kept (the kind, whether
-# instances have a __dict__, whether the class is infrastructure or shared by
-# design) does not change in a class's life, short of assigning __bases__.
-_heap_infos: weakref.WeakKeyDictionary[type, _TypeInfo] = weakref.WeakKeyDictionary()
-_CLASS_EDGE_KINDS: Final = frozenset({_LOCAL, _OBJECT, _FROZEN_OBJECT, _PARTIAL, _DICT, _SEQ, _SET})
-_CONTAINER_KINDS: Final = frozenset({_PARTIAL, _DICT, _SEQ, _SET})
-
-
 def _static_info(cls: type) -> _TypeInfo:
     """The walk info of a static (C) type: such types never die, so it is cached for good."""
     generation = _shareable.generation()
     if _static_generation[0] != generation:
         _static_infos.clear()
-        _heap_infos.clear()
         _static_generation[0] = generation
     info = _static_infos.get(cls)
     if info is None:
         info = _static_infos[cls] = _classify(cls)
     return info
-
-
-def _heap_info(cls: type) -> _TypeInfo:
-    """The walk info of a Python class: cached but for its class edges, read afresh."""
-    generation = _shareable.generation()
-    if _static_generation[0] != generation:
-        _static_infos.clear()
-        _heap_infos.clear()
-        _static_generation[0] = generation
-    if getattr(cls, "__isolation_shareable__", False) is True:  # a class attribute: may be set late
-        return _SKIP_INFO
-    cached = _heap_infos.get(cls)
-    if cached is None:
-        info = _classify(cls)
-        # Every class takes weak references; the entry must not refer to the class.
-        _heap_infos[cls] = (
-            _TypeInfo(info.kind, has_dict=info.has_dict) if info.slots or info.class_edges else info
-        )
-        return info
-    kind = cached.kind
-    if kind not in _CLASS_EDGE_KINDS or (kind in _CONTAINER_KINDS and cls.__module__ == "builtins"):
-        return cached  # as _classify: nothing more to read for these
-    return _TypeInfo(
-        kind,
-        has_dict=cached.has_dict,
-        slots=() if kind == _LOCAL else _slots_of(cls),
-        class_edges=_class_edges(cls),
-    )
 
 
 # -- the result ---------------------------------------------------------------
@@ -661,7 +627,7 @@ def walk(
         info = infos.get(cls)
         if info is None:
             info = infos[cls] = (
-                _static_info(cls) if not cls.__flags__ & _HEAPTYPE else _heap_info(cls)
+                _static_info(cls) if not cls.__flags__ & _HEAPTYPE else _classify(cls)
             )
         return info
 

@@ -347,3 +347,52 @@ class TestTable:
         assert lines[-1].startswith(
             "summary: 2 modes passed, 0 failed, 14 not run, 1 mutants missed"
         )
+
+
+class TestUpstreamNoise:
+    """The report drops asyncio's line about SQLAlchemy's abandoned aiosqlite close, only that."""
+
+    def test_mode_3_on_sqlite_leaves_no_abandoned_task_lines(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Expiring contexts mid-query leaves SQLAlchemy's graceful-close tasks; none is printed."""
+        pytest.importorskip("aiosqlite")
+        from isolation.report import default_registry
+
+        with caplog.at_level(logging.ERROR, logger="asyncio"):
+            report = run_report(default_registry(), Settings(), modes=[3])
+        assert [m.status for m in report.modes] == ["passed"]
+        assert not [r for r in caplog.records if "Task was destroyed" in r.getMessage()]
+
+    def test_other_destroyed_tasks_are_still_reported(
+        self, caplog: pytest.LogCaptureFixture, make_registry: RegistryFactory
+    ) -> None:
+        """A pending task of anyone else's destroyed during the report is still logged."""
+        import asyncio
+        import gc
+
+        def leave_a_task(subject: object, settings: Settings) -> list[str]:
+            async def forever() -> None:
+                await asyncio.Event().wait()
+
+            loop = asyncio.new_event_loop()
+            try:
+                task = loop.create_task(forever())
+                loop.run_until_complete(asyncio.sleep(0))
+            finally:
+                loop.close()
+            del task
+            gc.collect()
+            return []
+
+        check = Check(
+            name="leaves-a-task",
+            backend=Backend.MEMORY,
+            run=leave_a_task,
+            library=lambda: None,
+            mutant=lambda: None,
+            description="test-only check that abandons a pending task",
+        )
+        with caplog.at_level(logging.ERROR, logger="asyncio"):
+            run_report(make_registry({1: [check]}), modes=[1])
+        assert [r for r in caplog.records if "Task was destroyed" in r.getMessage()]

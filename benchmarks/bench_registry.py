@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
@@ -222,6 +222,53 @@ def _run_async(benchmark: pytest.FixtureRequest, body: object) -> None:
         )
 
 
+def _isolation_body(registry: Registry) -> Callable[[], Awaitable[None]]:
+    async def body() -> None:
+        async with isolation.scope(CTX, registry=registry) as s:
+            await s.aget(X)
+            await s.aget(Y)
+            await s.aget(Z)
+
+    return body
+
+
+def _dishka_body(*, async_teardown: bool) -> Callable[[], Awaitable[None]]:
+    from dishka import make_async_container
+
+    container = make_async_container(_dishka_provider(async_teardown=async_teardown))
+
+    async def body() -> None:
+        async with container() as request:
+            await request.get(X)
+            await request.get(Y)
+            await request.get(Z)
+
+    return body
+
+
+def _svcs_body(registry: object) -> Callable[[], Awaitable[None]]:
+    import svcs
+
+    async def body() -> None:
+        async with svcs.Container(registry) as container:  # type: ignore[arg-type]
+            await container.aget(X)
+            await container.aget(Y)
+            await container.aget(Z)
+
+    return body
+
+
+def _in_cancel_scope(inner: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """``inner`` inside an anyio cancel scope, as under a task group or ``fail_after``."""
+    import anyio
+
+    async def body() -> None:
+        with anyio.CancelScope():
+            await inner()
+
+    return body
+
+
 @pytest.mark.benchmark(group=AGROUP)
 def test_anchor_async_plain_exitstack(benchmark: pytest.FixtureRequest) -> None:
     async def body() -> None:
@@ -237,43 +284,17 @@ def test_anchor_async_plain_exitstack(benchmark: pytest.FixtureRequest) -> None:
 @pytest.mark.parametrize("check", ["off", "sampled", "full"])
 @pytest.mark.benchmark(group=AGROUP)
 def test_isolation_registry_async(benchmark: pytest.FixtureRequest, check: str) -> None:
-    registry = _isolation_registry(check)
-
-    async def body() -> None:
-        async with isolation.scope(CTX, registry=registry) as s:
-            await s.aget(X)
-            await s.aget(Y)
-            await s.aget(Z)
-
-    _run_async(benchmark, body)
+    _run_async(benchmark, _isolation_body(_isolation_registry(check)))
 
 
 @pytest.mark.benchmark(group=AGROUP)
 def test_dishka_async(benchmark: pytest.FixtureRequest) -> None:
-    from dishka import make_async_container
-
-    container = make_async_container(_dishka_provider(async_teardown=False))
-
-    async def body() -> None:
-        async with container() as request:
-            await request.get(X)
-            await request.get(Y)
-            await request.get(Z)
-
-    _run_async(benchmark, body)
+    _run_async(benchmark, _dishka_body(async_teardown=False))
 
 
 @pytest.mark.benchmark(group=AGROUP)
 def test_svcs_async(benchmark: pytest.FixtureRequest) -> None:
-    import svcs
-
-    async def body() -> None:
-        async with svcs.Container(REGISTRY_SVCS_SYNC) as container:
-            await container.aget(X)
-            await container.aget(Y)
-            await container.aget(Z)
-
-    _run_async(benchmark, body)
+    _run_async(benchmark, _svcs_body(REGISTRY_SVCS_SYNC))
 
 
 # -- Y's teardown an async generator, everywhere -------------------------------------
@@ -292,80 +313,41 @@ async def _aclose(generator: AsyncIterator[Y]) -> None:
         return
 
 
+async def _anchor_agen() -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        generator = _y_agen(CONFIG)
+        y = await generator.__anext__()
+        stack.push_async_callback(_aclose, generator)
+        X(y)
+        Z()
+
+
 @pytest.mark.benchmark(group=GGROUP)
 def test_anchor_agen_plain_exitstack(benchmark: pytest.FixtureRequest) -> None:
-    async def body() -> None:
-        async with contextlib.AsyncExitStack() as stack:
-            generator = _y_agen(CONFIG)
-            y = await generator.__anext__()
-            stack.push_async_callback(_aclose, generator)
-            X(y)
-            Z()
-
-    _run_async(benchmark, body)
+    _run_async(benchmark, _anchor_agen)
 
 
 @pytest.mark.parametrize("check", ["off", "sampled", "full"])
 @pytest.mark.benchmark(group=GGROUP)
 def test_isolation_registry_agen(benchmark: pytest.FixtureRequest, check: str) -> None:
-    registry = _isolation_async_registry(check)
-
-    async def body() -> None:
-        async with isolation.scope(CTX, registry=registry) as s:
-            await s.aget(X)
-            await s.aget(Y)
-            await s.aget(Z)
-
-    _run_async(benchmark, body)
+    _run_async(benchmark, _isolation_body(_isolation_async_registry(check)))
 
 
 @pytest.mark.benchmark(group=GGROUP)
 def test_isolation_registry_agen_in_cancel_scope(benchmark: pytest.FixtureRequest) -> None:
-    """Inside an anyio cancel scope (a task group, ``fail_after``) the teardown is shielded."""
-    import anyio
-
-    registry = _isolation_async_registry("off")
-
-    async def body() -> None:
-        with anyio.CancelScope():
-            async with isolation.scope(CTX, registry=registry) as s:
-                await s.aget(X)
-                await s.aget(Y)
-                await s.aget(Z)
-
-    _run_async(benchmark, body)
+    """Inside an anyio cancel scope the Registry's teardown shield costs more."""
+    _run_async(benchmark, _in_cancel_scope(_isolation_body(_isolation_async_registry("off"))))
 
 
 @pytest.mark.benchmark(group=GGROUP)
 def test_anchor_agen_in_cancel_scope(benchmark: pytest.FixtureRequest) -> None:
     """The anchor inside the same cancel scope, to read the row above against."""
-    import anyio
-
-    async def body() -> None:
-        with anyio.CancelScope():
-            async with contextlib.AsyncExitStack() as stack:
-                generator = _y_agen(CONFIG)
-                y = await generator.__anext__()
-                stack.push_async_callback(_aclose, generator)
-                X(y)
-                Z()
-
-    _run_async(benchmark, body)
+    _run_async(benchmark, _in_cancel_scope(_anchor_agen))
 
 
 @pytest.mark.benchmark(group=GGROUP)
 def test_dishka_agen(benchmark: pytest.FixtureRequest) -> None:
-    from dishka import make_async_container
-
-    container = make_async_container(_dishka_provider(async_teardown=True))
-
-    async def body() -> None:
-        async with container() as request:
-            await request.get(X)
-            await request.get(Y)
-            await request.get(Z)
-
-    _run_async(benchmark, body)
+    _run_async(benchmark, _dishka_body(async_teardown=True))
 
 
 @pytest.mark.benchmark(group=GGROUP)
@@ -386,11 +368,4 @@ def test_svcs_agen(benchmark: pytest.FixtureRequest) -> None:
     registry.register_factory(Y, y_factory)
     registry.register_factory(X, x_factory)
     registry.register_factory(Z, Z)
-
-    async def body() -> None:
-        async with svcs.Container(registry) as container:
-            await container.aget(X)
-            await container.aget(Y)
-            await container.aget(Z)
-
-    _run_async(benchmark, body)
+    _run_async(benchmark, _svcs_body(registry))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Generator, Iterator
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
 import anyio
@@ -269,13 +269,18 @@ async def test_generator_exit_leaves_no_scope_behind() -> None:
 # failed the first three.
 
 
-@contextlib.contextmanager
-def _maybe_enclosed(enclosed: bool) -> Iterator[None]:
-    if enclosed:
-        with anyio.CancelScope():
-            yield
-    else:
-        yield
+async def _expect_overrun(finalizer: Finalizer, *, enclosed: bool) -> None:
+    """Run ``finalizer`` (bound: 0.05 s) at a scope's exit, inside an anyio scope if
+    ``enclosed``; it must be reported as overrunning, within a 10 s hang guard."""
+    async with asyncio.timeout(10):
+        with pytest.raises(TimeoutError, match="overran its cleanup time"):
+            if enclosed:
+                with anyio.CancelScope():
+                    async with scope(UserContext.new("alice"), cleanup_timeout=0.05) as s:
+                        s.on_close(finalizer)
+            else:
+                async with scope(UserContext.new("alice"), cleanup_timeout=0.05) as s:
+                    s.on_close(finalizer)
 
 
 @pytest.mark.parametrize("enclosed", [False, True])
@@ -292,13 +297,7 @@ async def test_an_await_after_the_bound_is_bounded_too(anyio_backend: str, enclo
                 cleaned.append("cleanup started")
                 await anyio.Event().wait()  # a cleanup that hangs too
 
-    async with asyncio.timeout(10):
-        with (
-            pytest.raises(TimeoutError, match="overran its cleanup time"),
-            _maybe_enclosed(enclosed),
-        ):
-            async with scope(UserContext.new("alice"), cleanup_timeout=0.05) as s:
-                s.on_close(finalizer)
+    await _expect_overrun(finalizer, enclosed=enclosed)
     assert cleaned == ["cleanup started"]
 
 
@@ -312,13 +311,7 @@ async def test_a_swallowed_bound_is_still_an_overrun(anyio_backend: str, enclose
             await anyio.Event().wait()
         await anyio.Event().wait()
 
-    async with asyncio.timeout(10):
-        with (
-            pytest.raises(TimeoutError, match="overran its cleanup time"),
-            _maybe_enclosed(enclosed),
-        ):
-            async with scope(UserContext.new("alice"), cleanup_timeout=0.05) as s:
-                s.on_close(finalizer)
+    await _expect_overrun(finalizer, enclosed=enclosed)
 
 
 @pytest.mark.parametrize("enclosed", [False, True])
@@ -347,13 +340,8 @@ async def test_the_bound_does_not_pierce_the_finalizers_own_shield(
         gate.set()
 
     opener = asyncio.create_task(open_gate_after_the_bound())  # no task group: no anyio scope
+    await _expect_overrun(finalizer, enclosed=enclosed)
     async with asyncio.timeout(10):
-        with (
-            pytest.raises(TimeoutError, match="overran its cleanup time"),
-            _maybe_enclosed(enclosed),
-        ):
-            async with scope(UserContext.new("alice"), cleanup_timeout=0.05) as s:
-                s.on_close(finalizer)
         await opener
     assert done == ["shielded section done"]
 

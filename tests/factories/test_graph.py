@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import attrs
 import pytest
 from hypothesis import given
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import isolation
 from isolation.factories._graph import (
@@ -150,7 +151,7 @@ class TestWhatIsWalked:
         ]
 
     def test_closures_bound_methods_and_partials(self) -> None:
-        """Closure cells, a bound method's __self__ and a partial's parts are walked."""
+        """Closure cells, a bound method's __self__ (a C one's too) and a partial's parts."""
         counts: dict[str, int] = {}
 
         def count(name: str) -> None:
@@ -165,15 +166,18 @@ class TestWhatIsWalked:
 
         box = Box()
         box.hook = count  # type: ignore[attr-defined]
-        box.wrapper = Box().__repr__  # a C method-wrapper: not walked  # type: ignore[attr-defined]
-        box.bound = functools.partial(print, [1])  # type: ignore[attr-defined]
+        box.wrapper = Box().__repr__  # a C method-wrapper  # type: ignore[attr-defined]
+        box.append = [2].append  # a builtin bound method  # type: ignore[attr-defined]
+        box.bound = functools.partial(print, [1])  # print's __self__ is a module  # type: ignore[attr-defined]
         box.later = Worker().run  # type: ignore[attr-defined]
         assert paths(walk(box)) == [
             "Box",
             "Box.bound",
+            "Box.append.__self__",
             "Box.bound.keywords",
             "Box.hook.<closure counts>",
             "Box.later.__self__",
+            "Box.wrapper.__self__",
             "Box.bound.args[0]",
             "Box.later.__self__.items",
         ]
@@ -338,6 +342,203 @@ class TestClassesWithoutState:
         a.engine = b.engine = Engine()  # type: ignore[attr-defined]
         assert shared(a, b) == []
         assert paths(walk(Engine())) == []
+
+
+def _memoize(fn: Any) -> Any:
+    cache: dict[object, object] = {}
+
+    @functools.wraps(fn)
+    def wrapper(self: object, *args: object) -> object:
+        if args not in cache:
+            cache[args] = fn(self, *args)
+        return cache[args]
+
+    return wrapper
+
+
+def _traced(fn: Any) -> Any:
+    @functools.wraps(fn)
+    def wrapper(*args: object, **kwargs: object) -> object:
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+class TestStateBehindCallables:
+    """State that decorators, descriptors, builtin methods and iterators hide."""
+
+    def test_memoizing_decorator_on_a_method(self) -> None:
+        """A decorator's cache in a closure cell is every instance's, of every user."""
+
+        class Agent:
+            @_memoize
+            def profile(self, user_id: str) -> dict[str, str]:
+                return {"user": user_id}
+
+        assert shared(Agent(), Agent()) == [
+            ("Agent.profile.<closure cache>", "Agent.profile.<closure cache>")
+        ]
+
+    def test_mutable_default_behind_a_decorator(self) -> None:
+        """``memory=[]`` behind functools.wraps is reached through ``__wrapped__`` and the cell."""
+
+        class Agent:
+            @_traced
+            def remember(self, item: str, memory: list[str] = []) -> list[str]:  # noqa: B006
+                memory.append(item)
+                return memory
+
+        found = shared(Agent(), Agent())
+        assert ("Agent.remember.<closure fn>.<default memory>",) * 2 in found
+
+    def test_plain_decorators_add_nothing(self) -> None:
+        """A stateless decorator is entered and found clean."""
+
+        class Agent:
+            @_traced
+            def run(self) -> None:
+                pass
+
+            @functools.wraps(print)
+            def say(self) -> None:
+                pass
+
+        assert shared(Agent(), Agent()) == []
+
+    def test_static_class_and_property_wrappers_are_opened(self) -> None:
+        """An lru_cache under @staticmethod, a classmethod's default, a property's closure."""
+
+        def history_property() -> property:
+            store: dict[str, list[str]] = {}
+            return property(lambda self: store.setdefault("history", []))
+
+        class Agent:
+            @staticmethod
+            @functools.cache
+            def embed(text: str) -> list[str]:
+                return [text]
+
+            @classmethod
+            def remember(cls, item: str, memory: dict[str, bool] = {}) -> None:  # noqa: B006
+                memory[item] = True
+
+            history = history_property()
+
+        found = {left for left, _ in shared(Agent(), Agent())}
+        assert found == {
+            "Agent.embed",
+            "Agent.history.<closure store>",
+            "Agent.remember.<default memory>",
+        }
+
+    def test_function_attributes(self) -> None:
+        """State kept on a function object (``fn.seen = []``) is walked."""
+
+        def track() -> None:
+            pass
+
+        track.seen = []  # type: ignore[attr-defined]
+
+        class Agent:
+            def __init__(self) -> None:
+                self.hook = track
+
+        assert shared(Agent(), Agent()) == [("Agent.hook.seen", "Agent.hook.seen")]
+
+    def test_builtin_bound_methods_reach_their_object(self) -> None:
+        """``shared.append`` held as a callback is the shared list; ``print`` and ``time.time`` are not."""
+        import random
+        import time
+
+        history: list[str] = []
+        cache: dict[str, str] = {}
+
+        class Agent:
+            def __init__(self) -> None:
+                self.record = history.append
+                self.lookup = cache.get
+                self.clock = time.time
+                self.jitter = random.random
+                self.say = print
+
+        assert shared(Agent(), Agent()) == [
+            ("Agent.lookup.__self__", "Agent.lookup.__self__"),
+            ("Agent.record.__self__", "Agent.record.__self__"),
+        ]
+
+    def test_views_and_iterators_reach_what_they_iterate(self) -> None:
+        """A dict view, a list iterator or an itertools object over shared data is that data."""
+        import itertools
+
+        tokens: dict[str, str] = {"alice": "t1"}
+        queue: list[str] = []
+        turns: list[str] = []
+
+        class Agent:
+            def __init__(self) -> None:
+                self.tokens = tokens.values()
+                self.pending = iter(queue)
+                self.rounds = itertools.cycle(turns)  # holds an iterator over turns
+                self.own = iter([1, 2, 3])  # a fresh list: not shared
+
+        found = {left for left, _ in shared(Agent(), Agent())}
+        assert found == {
+            "Agent.tokens.<iterates>",
+            "Agent.pending.<iterates>",
+            "Agent.rounds.<iterates>.<iterates>",
+        }
+
+
+class TestLibraryModels:
+    """pydantic models and SQLAlchemy rows: their libraries' class machinery is shared by
+    design; a model's own data and its class's own attributes are not."""
+
+    def test_pydantic_models_of_two_users(self) -> None:
+        """Two users' models are separate; a model handed to both, or a ClassVar, is not."""
+        import pydantic
+
+        class Message(pydantic.BaseModel):
+            registry: ClassVar[dict[str, str]] = {}
+            text: str = ""
+            tags: list[str] = []
+
+        class Plain(pydantic.BaseModel):
+            text: str = ""
+
+        a, b = Box(), Box()
+        a.plain, b.plain = Plain(text="a"), Plain(text="b")  # type: ignore[attr-defined]
+        assert shared(a, b) == []
+        message = Message(text="hi")
+        a.message = b.message = message  # type: ignore[attr-defined]
+        found = {left for left, _ in shared(a, b)}
+        assert {"Box.message", "Box.message.registry", "Box.message.tags"} <= found
+        assert not [path for path in found if "model_" in path]
+
+    def test_sqlalchemy_rows_of_two_users(self) -> None:
+        """Two users' rows are separate (the ORM's machinery is shared by design); a row
+        handed to both, or a mutable class attribute of the mapped class, is not."""
+
+        class Base(DeclarativeBase):
+            pass
+
+        class Note(Base):
+            __tablename__ = "isolation_test_notes"
+            id: Mapped[int] = mapped_column(primary_key=True)
+            text: Mapped[str]
+
+        class Cached(Base):
+            __tablename__ = "isolation_test_cached"
+            cache: ClassVar[dict[int, str]] = {}
+            id: Mapped[int] = mapped_column(primary_key=True)
+
+        a, b = Box(), Box()
+        a.rows, b.rows = [Note(id=1, text="a")], [Note(id=2, text="b")]  # type: ignore[attr-defined]
+        assert shared(a, b) == []
+        a.cached, b.cached = Cached(id=1), Cached(id=2)  # type: ignore[attr-defined]
+        assert shared(a, b) == [("Box.cached.cache", "Box.cached.cache")]
+        row = Note(id=3, text="both")
+        a.row = b.row = row  # type: ignore[attr-defined]
+        assert ("Box.row", "Box.row") in shared(a, b)
 
 
 class TestChangesBetweenWalks:

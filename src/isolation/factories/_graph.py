@@ -32,10 +32,12 @@ import decimal
 import enum
 import fractions
 import functools
+import gc
 import io
 import logging
 import operator
 import pathlib
+import random
 import re
 import threading
 import types
@@ -95,6 +97,7 @@ _PARTIAL: Final = 11
 _MAPPINGPROXY: Final = 12  # entered, not compared
 _MUTABLE_ATOM: Final = 13  # compared, nothing inside to enter
 _LOCAL: Final = 14  # threading.local: its __dict__ is the current thread's
+_VIEW: Final = 15  # dict views, iterators, itertools: what they iterate entered, not compared
 
 _COMPARED: Final = frozenset({_DICT, _SEQ, _SET, _OBJECT, _PARTIAL, _MUTABLE_ATOM, _LOCAL})
 
@@ -136,9 +139,6 @@ _ATOMS: Final[frozenset[type]] = frozenset(
         pathlib.WindowsPath,
         memoryview,
         types.ModuleType,
-        types.BuiltinFunctionType,
-        types.BuiltinMethodType,
-        types.MethodWrapperType,
         types.WrapperDescriptorType,
         types.MethodDescriptorType,
         types.ClassMethodDescriptorType,
@@ -174,6 +174,7 @@ def _infrastructure() -> tuple[type, ...]:
         asyncio.Semaphore,
         concurrent.futures.Executor,
         io.IOBase,
+        random.Random,  # random.random and friends are bound methods of one module-level Random
         threading.Thread,
         threading.Condition,
         threading.Event,
@@ -201,7 +202,26 @@ _SHARED_BY_NAME: Final = frozenset(
         ("sqlalchemy.engine.base", "Engine"),
         ("sqlalchemy.ext.asyncio.engine", "AsyncEngine"),
         ("sqlalchemy.pool.base", "Pool"),
+        # The ORM's machinery, which every mapped instance reaches: its class
+        # manager, mapper, declarative registry, instrumented attributes, schema
+        # (MetaData, Table, Column) and the per-row InstanceState, whose class
+        # defaults are shared. The row itself (its __dict__: the column values)
+        # is still walked and compared.
+        ("sqlalchemy.orm.state", "InstanceState"),
+        ("sqlalchemy.orm.instrumentation", "ClassManager"),
+        ("sqlalchemy.orm.mapper", "Mapper"),
+        ("sqlalchemy.orm.decl_api", "registry"),
+        ("sqlalchemy.orm.attributes", "QueryableAttribute"),
+        ("sqlalchemy.sql.schema", "SchemaItem"),
     }
+)
+
+# Class-level metadata pydantic keeps on every model class: its config and its
+# fields' descriptions, the same for every instance by design. A model's own
+# class attributes are still walked.
+_PYDANTIC_MODEL: Final = ("pydantic.main", "BaseModel")
+_PYDANTIC_CLASS_METADATA: Final = frozenset(
+    {"model_config", "model_fields", "model_computed_fields"}
 )
 
 
@@ -211,6 +231,32 @@ def _shared_by_design(cls: type) -> bool:
     return any((klass.__module__, klass.__qualname__) in _SHARED_BY_NAME for klass in cls.__mro__)
 
 
+def _view_types() -> frozenset[type]:
+    some: dict[object, object] = {}
+    return frozenset(
+        {
+            type(some.keys()),
+            type(some.values()),
+            type(some.items()),
+            type(iter(some)),
+            type(iter(some.values())),
+            type(iter(some.items())),
+            type(iter([])),
+            type(iter(())),
+            type(iter(set())),
+            type(reversed([])),
+            enumerate,
+            zip,
+            map,
+            filter,
+            reversed,
+        }
+    )
+
+
+# Iterating views of a container: walked through what they hold (gc referents),
+# so a view of a shared dict or list is the dict or list itself.
+_VIEW_TYPES: Final = _view_types()
 _WEAKREF_TYPES: Final = (weakref.ref, weakref.ProxyType, weakref.CallableProxyType)
 _LOCK_TYPES: Final = (type(threading.Lock()), type(threading.RLock()))
 
@@ -279,28 +325,56 @@ def _has_mutable_defaults(fn: types.FunctionType) -> bool:
     )
 
 
+def _has_state(fn: types.FunctionType) -> bool:
+    """Whether a function carries anything to walk: mutable defaults, closure
+    cells or attributes that are not atoms (a memoizing decorator's cache)."""
+    if _has_mutable_defaults(fn):
+        return True
+    for cell in fn.__closure__ or ():
+        try:
+            if not _is_atom_value(cell.cell_contents):
+                return True
+        except ValueError:  # an empty cell
+            continue
+    return any(not _is_atom_value(v) for v in fn.__dict__.values())
+
+
+def _unwrapped(value: object) -> tuple[object, ...]:
+    """What a class attribute runs: the function inside a staticmethod or
+    classmethod, a property's accessors, else the value itself."""
+    if isinstance(value, staticmethod | classmethod):
+        return (value.__func__,)
+    if isinstance(value, property):
+        return tuple(f for f in (value.fget, value.fset, value.fdel) if f is not None)
+    return (value,)
+
+
 def _class_edges(cls: type) -> tuple[tuple[str, object], ...]:
-    """Class-level attributes worth walking: data, and methods with mutable defaults."""
+    """Class-level attributes worth walking: data, and methods (also static,
+    class and property ones) with state of their own: mutable defaults,
+    closure cells or function attributes that are not atoms."""
     edges: list[tuple[str, object]] = []
     seen: set[str] = set()
+    pydantic = any((k.__module__, k.__qualname__) == _PYDANTIC_MODEL for k in cls.__mro__)
     for klass in cls.__mro__:
         if klass is object or klass.__module__ == "builtins":
             continue
+        if pydantic and klass.__module__.startswith("pydantic."):
+            continue  # BaseModel's own class-level machinery
         for name, value in list(klass.__dict__.items()):
             if name in seen:
                 continue
             seen.add(name)
             if name.startswith("__") and name.endswith("__"):
                 continue
-            if isinstance(value, types.FunctionType):
-                if _has_mutable_defaults(value):
-                    edges.append((name, value))
+            if pydantic and name in _PYDANTIC_CLASS_METADATA:
                 continue
-            if _is_atom_value(value) or isinstance(
-                value, property | staticmethod | classmethod | functools.cached_property
-            ):
-                continue
-            edges.append((name, value))
+            for inner in _unwrapped(value):
+                if isinstance(inner, types.FunctionType):
+                    if _has_state(inner):
+                        edges.append((name, inner))
+                elif not _is_atom_value(inner) and not isinstance(inner, functools.cached_property):
+                    edges.append((name, inner))
     return tuple(edges)
 
 
@@ -317,8 +391,10 @@ def _classify(cls: type) -> _TypeInfo:
     kind: int
     if cls is types.FunctionType:
         return _TypeInfo(_FUNCTION)
-    if cls is types.MethodType:
-        return _TypeInfo(_METHOD)
+    if cls is types.MethodType or cls is types.BuiltinMethodType or cls is types.MethodWrapperType:
+        return _TypeInfo(_METHOD)  # shared_list.append held as a callback reaches the list
+    if cls in _VIEW_TYPES or cls.__module__ == "itertools":
+        return _TypeInfo(_VIEW)
     if issubclass(cls, threading.local):
         return _TypeInfo(_LOCAL, class_edges=_class_edges(cls))
     if issubclass(cls, functools.partial):
@@ -507,6 +583,11 @@ def _read_dict(obj: object) -> dict[str, object] | None:
     return found if type(found) is dict else None
 
 
+# Instance attributes that are bookkeeping, not state: the owner mark of @owned,
+# and the annotations functools.update_wrapper copies onto wrapper objects.
+_METADATA: Final = frozenset({"__isolation_owner__", "__annotations__"})
+
+
 def _attributes(obj: object, info: _TypeInfo) -> list[tuple[str, object]]:
     items: list[tuple[str, object]] = []
     names: set[str] | None = None
@@ -518,7 +599,7 @@ def _attributes(obj: object, info: _TypeInfo) -> list[tuple[str, object]]:
             items.extend(
                 (name, value)
                 for name, value in snapshot
-                if type(value) not in _ATOMS and name != "__isolation_owner__"
+                if type(value) not in _ATOMS and name not in _METADATA
             )
     for name, descriptor in info.slots:
         try:
@@ -528,7 +609,7 @@ def _attributes(obj: object, info: _TypeInfo) -> list[tuple[str, object]]:
         if names is None:
             names = set()
         names.add(name)
-        if type(value) not in _ATOMS and name != "__isolation_owner__":
+        if type(value) not in _ATOMS and name not in _METADATA:
             items.append((name, value))
     for name, value in info.class_edges:
         if names is None or name not in names:
@@ -555,6 +636,13 @@ def _function_edges(fn: types.FunctionType) -> Iterator[tuple[int, object, objec
             except ValueError:  # an empty cell
                 continue
             yield _E_CLOSURE, name, value
+    attributes = fn.__dict__
+    if attributes:
+        for name, value in _sorted_items(list(attributes.items())):
+            if name == "__wrapped__" or (
+                type(value) not in _ATOMS and not (name.startswith("__") and name.endswith("__"))
+            ):
+                yield _E_ATTR, name, value
 
 
 def _edges(obj: object, info: _TypeInfo) -> Iterator[tuple[int, object, object]]:
@@ -585,8 +673,14 @@ def _edges(obj: object, info: _TypeInfo) -> Iterator[tuple[int, object, object]]
         yield from _function_edges(fn)
         return
     elif kind == _METHOD:
-        method: Any = obj
-        yield _E_ATTR, "__self__", method.__self__
+        owner = getattr(obj, "__self__", None)  # None for a builtin function of no module
+        if owner is not None:
+            yield _E_ATTR, "__self__", owner
+        return
+    elif kind == _VIEW:
+        for value in gc.get_referents(obj):
+            if type(value) not in _ATOMS:
+                yield _E_ATTR, "<iterates>", value
         return
     elif kind == _PARTIAL:
         partial: Any = obj

@@ -207,11 +207,12 @@ _SHARED_BY_NAME: Final = frozenset(
         # (MetaData, Table, Column) and the per-row InstanceState, whose class
         # defaults are shared. The row itself (its __dict__: the column values)
         # is still walked and compared.
-        ("sqlalchemy.orm.state", "InstanceState"),
+        ("sqlalchemy.orm.base", "InspectionAttr"),  # states, attributes, hybrids, proxies
+        ("sqlalchemy.orm.attributes", "_AttributeImpl"),  # collections' shared impl (2.1)
+        ("sqlalchemy.orm.attributes", "AttributeImpl"),  # the same in 2.0
         ("sqlalchemy.orm.instrumentation", "ClassManager"),
         ("sqlalchemy.orm.mapper", "Mapper"),
         ("sqlalchemy.orm.decl_api", "registry"),
-        ("sqlalchemy.orm.attributes", "QueryableAttribute"),
         ("sqlalchemy.sql.schema", "SchemaItem"),
     }
 )
@@ -325,18 +326,22 @@ def _has_mutable_defaults(fn: types.FunctionType) -> bool:
     )
 
 
-def _has_state(fn: types.FunctionType) -> bool:
-    """Whether a function carries anything to walk: mutable defaults, closure
-    cells or attributes that are not atoms (a memoizing decorator's cache)."""
-    if _has_mutable_defaults(fn):
-        return True
-    for cell in fn.__closure__ or ():
-        try:
-            if not _is_atom_value(cell.cell_contents):
-                return True
-        except ValueError:  # an empty cell
-            continue
-    return any(not _is_atom_value(v) for v in fn.__dict__.values())
+def _defaults_holder(fn: types.FunctionType) -> types.FunctionType | None:
+    """``fn``, or the function it wraps (``functools.wraps``'s ``__wrapped__``,
+    followed to the end), that has mutable default arguments, else None.
+
+    Only defaults: the closures of class-level functions are not entered, since
+    decorator libraries (tenacity, backoff, tracing) keep shared objects there
+    by design; a memoizing decorator's closure cache is therefore not seen.
+    """
+    seen: set[int] = set()
+    current: object = fn
+    while isinstance(current, types.FunctionType) and id(current) not in seen:
+        seen.add(id(current))
+        if _has_mutable_defaults(current):
+            return current
+        current = current.__dict__.get("__wrapped__")
+    return None
 
 
 def _unwrapped(value: object) -> tuple[object, ...]:
@@ -351,8 +356,7 @@ def _unwrapped(value: object) -> tuple[object, ...]:
 
 def _class_edges(cls: type) -> tuple[tuple[str, object], ...]:
     """Class-level attributes worth walking: data, and methods (also static,
-    class and property ones) with state of their own: mutable defaults,
-    closure cells or function attributes that are not atoms."""
+    class and property ones, and what a decorator wraps) with mutable defaults."""
     edges: list[tuple[str, object]] = []
     seen: set[str] = set()
     pydantic = any((k.__module__, k.__qualname__) == _PYDANTIC_MODEL for k in cls.__mro__)
@@ -367,12 +371,13 @@ def _class_edges(cls: type) -> tuple[tuple[str, object], ...]:
             seen.add(name)
             if name.startswith("__") and name.endswith("__"):
                 continue
-            if pydantic and name in _PYDANTIC_CLASS_METADATA:
+            if (pydantic and name in _PYDANTIC_CLASS_METADATA) or name == "_sa_apply_dc_transforms":
                 continue
             for inner in _unwrapped(value):
                 if isinstance(inner, types.FunctionType):
-                    if _has_state(inner):
-                        edges.append((name, inner))
+                    holder = _defaults_holder(inner)
+                    if holder is not None:
+                        edges.append((name, holder))
                 elif not _is_atom_value(inner) and not isinstance(inner, functools.cached_property):
                     edges.append((name, inner))
     return tuple(edges)
@@ -640,7 +645,8 @@ def _function_edges(fn: types.FunctionType) -> Iterator[tuple[int, object, objec
     if attributes:
         for name, value in _sorted_items(list(attributes.items())):
             if name == "__wrapped__" or (
-                type(value) not in _ATOMS and not (name.startswith("__") and name.endswith("__"))
+                type(value) not in _ATOMS
+                and not (isinstance(name, str) and name.startswith("__") and name.endswith("__"))
             ):
                 yield _E_ATTR, name, value
 

@@ -579,6 +579,67 @@ class TestLibraryModels:
         assert shared(a, b) == []
 
 
+class TestWebObjects:
+    """Requests and HTTP clients held by a user's product: their app, routers and
+    library defaults are shared by design; the objects themselves are not."""
+
+    def test_requests_of_two_users_reach_one_app(self) -> None:
+        """Two users' Requests share the app and its router through their scopes."""
+        import fastapi
+        from starlette.requests import Request
+
+        app = fastapi.FastAPI()
+
+        def request(user: str) -> Request:
+            scope = {
+                "type": "http",
+                "method": "GET",
+                "path": "/",
+                "headers": [(b"x-user", user.encode())],
+                "query_string": b"",
+                "app": app,
+                "router": app.router,
+                "state": {},
+            }
+            return Request(scope)
+
+        a, b = Box(), Box()
+        a.request, b.request = request("alice"), request("bob")  # type: ignore[attr-defined]
+        assert shared(a, b) == []
+        a.request = b.request  # type: ignore[attr-defined]
+        assert ("Box.request", "Box.request") in shared(a, b)
+
+    def test_http_clients_of_two_users(self) -> None:
+        """Library defaults of a client's methods (httpx's DEFAULT_LIMITS) are not shared
+        state; one client handed to two users is."""
+        import httpx
+
+        with httpx.Client() as mine, httpx.Client() as theirs:
+            a, b = Box(), Box()
+            a.client, b.client = mine, theirs  # type: ignore[attr-defined]
+            assert shared(a, b) == []
+            b.client = mine  # type: ignore[attr-defined]
+            assert ("Box.client", "Box.client") in shared(a, b)
+
+    def test_object_defaults_of_methods_are_not_state(self) -> None:
+        """A sentinel or config object as a method's default is an idiom; a list is a bug."""
+
+        class Limits:
+            def __init__(self) -> None:
+                self.connections = 10
+
+        default_limits = Limits()
+
+        class Client:
+            def send(self, limits: Limits = default_limits) -> None:
+                pass
+
+            def log(self, line: str, lines: list[str] = []) -> None:  # noqa: B006
+                lines.append(line)
+
+        assert shared(Client(), Client()) == [("Client.log.<default lines>",) * 2]
+
+
 class TestChangesBetweenWalks:
     """Each walk sees classes as they are now (a cache of class facts must keep this true)."""
 

@@ -199,6 +199,10 @@ _SHARED_BY_NAME: Final = frozenset(
         ("isolation", "Registry"),
         ("isolation.sessions", "SessionManager"),
         ("isolation.events", "EventRouter"),
+        # The ASGI application and its routers, which every request's scope reaches.
+        ("starlette.applications", "Starlette"),
+        ("starlette.routing", "Router"),
+        ("starlette.routing", "BaseRoute"),
         ("sqlalchemy.engine.base", "Engine"),
         ("sqlalchemy.ext.asyncio.engine", "AsyncEngine"),
         ("sqlalchemy.pool.base", "Pool"),
@@ -318,11 +322,18 @@ def _slots_of(cls: type) -> tuple[tuple[str, Any], ...]:
     return tuple(found)
 
 
+# The defaults that make a class's method share state between instances: the
+# classic `memory=[]`. Other objects as defaults (sentinels, config objects such
+# as httpx's DEFAULT_LIMITS) are every library's idiom and not walked from the
+# class; a default reached from an instance's own function still is.
+_MUTABLE_CONTAINERS: Final = (list, dict, set, bytearray, collections.deque)
+
+
 def _has_mutable_defaults(fn: types.FunctionType) -> bool:
     defaults = fn.__defaults__ or ()
     kwdefaults = fn.__kwdefaults__ or {}
-    return any(not _is_atom_value(v) for v in defaults) or any(
-        not _is_atom_value(v) for v in kwdefaults.values()
+    return any(isinstance(v, _MUTABLE_CONTAINERS) for v in defaults) or any(
+        isinstance(v, _MUTABLE_CONTAINERS) for v in kwdefaults.values()
     )
 
 

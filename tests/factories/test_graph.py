@@ -345,16 +345,8 @@ class TestClassesWithoutState:
         assert paths(walk(Engine())) == []
 
 
-def _memoize(fn: Any) -> Any:
-    cache: dict[object, object] = {}
-
-    @functools.wraps(fn)
-    def wrapper(self: object, *args: object) -> object:
-        if args not in cache:
-            cache[args] = fn(self, *args)
-        return cache[args]
-
-    return wrapper
+UserStore = collections.UserDict[str, str]
+_USER_STORE: UserStore = collections.UserDict()
 
 
 def _traced(fn: Any) -> Any:
@@ -638,6 +630,43 @@ class TestWebObjects:
                 lines.append(line)
 
         assert shared(Client(), Client()) == [("Client.log.<default lines>",) * 2]
+
+    def test_defaults_that_hold_a_container(self) -> None:
+        """An object default whose attributes hold a container, a mutable mapping of any
+        kind and a tuple holding a list are shared state, as ``[]`` is."""
+
+        class Memory:
+            def __init__(self) -> None:
+                self.items: list[str] = []
+
+        class Agent:
+            def remember(self, item: str, memory: Memory = Memory()) -> None:  # noqa: B008
+                memory.items.append(item)
+
+            def cache(self, key: str, store: UserStore = _USER_STORE) -> None:
+                store[key] = key
+
+            def pair(self, item: str, slots: tuple[list[str]] = ([],)) -> None:
+                slots[0].append(item)
+
+        found = {left for left, _ in shared(Agent(), Agent())}
+        assert {
+            "Agent.remember.<default memory>",
+            "Agent.remember.<default memory>.items",
+            "Agent.cache.<default store>",
+            "Agent.pair.<default slots>[0]",
+        } <= found
+
+    def test_lru_cache_behind_a_decorator(self) -> None:
+        """A ``functools.wraps`` decorator over an ``lru_cache`` leads to the cache."""
+
+        class Agent:
+            @_traced
+            @functools.cache  # noqa: B019
+            def profile(self, user_id: str) -> dict[str, str]:
+                return {"user": user_id}
+
+        assert ("Agent.profile", "Agent.profile") in shared(Agent(), Agent())
 
 
 class TestChangesBetweenWalks:

@@ -24,8 +24,10 @@ array, a lock) are opaque: not entered and not compared, except as the root.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import collections
+import collections.abc
 import concurrent.futures
 import datetime
 import decimal
@@ -276,7 +278,10 @@ def _frozen(cls: type) -> bool:
 
 
 def _is_atom_value(value: object) -> bool:
-    return type(value) in _ATOMS or isinstance(value, type)
+    try:
+        return type(value) in _ATOMS or isinstance(value, type)
+    except Exception:  # an object whose __class__ raises (a werkzeug LocalProxy): walk it
+        return False
 
 
 class _TypeInfo:
@@ -323,27 +328,66 @@ def _slots_of(cls: type) -> tuple[tuple[str, Any], ...]:
 
 
 # The defaults that make a class's method share state between instances: the
-# classic `memory=[]`. Other objects as defaults (sentinels, config objects such
-# as httpx's DEFAULT_LIMITS) are every library's idiom and not walked from the
-# class; a default reached from an instance's own function still is.
-_MUTABLE_CONTAINERS: Final = (list, dict, set, bytearray, collections.deque)
+# classic `memory=[]`, and objects that hold such a container directly
+# (`memory=Memory()`, a TTLCache). Other objects as defaults (sentinels, config
+# objects such as httpx's DEFAULT_LIMITS) are every library's idiom and not
+# walked from the class; a default reached from an instance's own function is.
+_MUTABLE_ABCS: Final = (
+    collections.abc.MutableMapping,
+    collections.abc.MutableSequence,
+    collections.abc.MutableSet,
+    bytearray,
+    array.array,
+)
+
+
+def _is_mutable_container(value: object) -> bool:
+    try:
+        return isinstance(value, _MUTABLE_ABCS)
+    except Exception:  # an object whose __class__ raises (a werkzeug LocalProxy)
+        return False
+
+
+def _holds_state(value: object) -> bool:
+    """Whether a default argument is shared state: a mutable container, a tuple
+    holding one, or an object whose own attributes hold one (one level deep)."""
+    if _is_mutable_container(value):
+        return True
+    if type(value) is tuple:
+        return any(_is_mutable_container(item) for item in value)
+    if type(value) in _ATOMS:
+        return False
+    attributes = _read_dict(value)
+    if attributes and any(_is_mutable_container(v) for v in list(attributes.values())):
+        return True
+    for name, descriptor in _slots_of(type(value)):
+        if name.startswith("__"):
+            continue  # pydantic's __pydantic_fields_set__ and the like: bookkeeping
+        try:
+            if _is_mutable_container(descriptor.__get__(value, type(value))):
+                return True
+        except AttributeError:
+            continue
+    return False
 
 
 def _has_mutable_defaults(fn: types.FunctionType) -> bool:
     defaults = fn.__defaults__ or ()
     kwdefaults = fn.__kwdefaults__ or {}
-    return any(isinstance(v, _MUTABLE_CONTAINERS) for v in defaults) or any(
-        isinstance(v, _MUTABLE_CONTAINERS) for v in kwdefaults.values()
+    return any(_holds_state(v) for v in defaults) or any(
+        _holds_state(v) for v in kwdefaults.values()
     )
 
 
-def _defaults_holder(fn: types.FunctionType) -> types.FunctionType | None:
-    """``fn``, or the function it wraps (``functools.wraps``'s ``__wrapped__``,
-    followed to the end), that has mutable default arguments, else None.
+def _class_level_state(fn: types.FunctionType) -> object | None:
+    """What to walk for a class-level function: ``fn``, or the function it wraps
+    (``functools.wraps``'s ``__wrapped__``, followed to the end), that has
+    mutable defaults, or the object at the end of that chain if it is not a
+    function (an ``lru_cache`` under a decorator); else None.
 
-    Only defaults: the closures of class-level functions are not entered, since
-    decorator libraries (tenacity, backoff, tracing) keep shared objects there
-    by design; a memoizing decorator's closure cache is therefore not seen.
+    Closures are not entered: decorator libraries (tenacity, backoff, tracing)
+    keep shared objects there by design, so a memoizing decorator's closure
+    cache is not seen.
     """
     seen: set[int] = set()
     current: object = fn
@@ -351,8 +395,13 @@ def _defaults_holder(fn: types.FunctionType) -> types.FunctionType | None:
         seen.add(id(current))
         if _has_mutable_defaults(current):
             return current
-        current = current.__dict__.get("__wrapped__")
-    return None
+        try:
+            current = current.__dict__.get("__wrapped__")
+        except Exception:  # pragma: no cover - a function __dict__ that refuses
+            return None
+    if current is None or isinstance(current, types.FunctionType) or _is_atom_value(current):
+        return None
+    return current
 
 
 def _unwrapped(value: object) -> tuple[object, ...]:
@@ -377,7 +426,7 @@ def _class_edges(cls: type) -> tuple[tuple[str, object], ...]:
         if pydantic and klass.__module__.startswith("pydantic."):
             continue  # BaseModel's own class-level machinery
         for name, value in list(klass.__dict__.items()):
-            if name in seen:
+            if name in seen or not isinstance(name, str):
                 continue
             seen.add(name)
             if name.startswith("__") and name.endswith("__"):
@@ -386,9 +435,9 @@ def _class_edges(cls: type) -> tuple[tuple[str, object], ...]:
                 continue
             for inner in _unwrapped(value):
                 if isinstance(inner, types.FunctionType):
-                    holder = _defaults_holder(inner)
-                    if holder is not None:
-                        edges.append((name, holder))
+                    state = _class_level_state(inner)
+                    if state is not None:
+                        edges.append((name, state))
                 elif not _is_atom_value(inner) and not isinstance(inner, functools.cached_property):
                     edges.append((name, inner))
     return tuple(edges)

@@ -414,24 +414,33 @@ def _unwrapped(value: object) -> tuple[object, ...]:
     return (value,)
 
 
+def _is_pydantic_model(cls: type) -> bool:
+    return any((k.__module__, k.__qualname__) == _PYDANTIC_MODEL for k in cls.__mro__)
+
+
 def _class_edges(cls: type) -> tuple[tuple[str, object], ...]:
     """Class-level attributes worth walking: data, and methods (also static,
     class and property ones, and what a decorator wraps) with mutable defaults."""
     edges: list[tuple[str, object]] = []
     seen: set[str] = set()
-    pydantic = any((k.__module__, k.__qualname__) == _PYDANTIC_MODEL for k in cls.__mro__)
     for klass in cls.__mro__:
-        if klass is object or klass.__module__ == "builtins":
-            continue
-        if pydantic and klass.__module__.startswith("pydantic."):
-            continue  # BaseModel's own class-level machinery
+        module = klass.__module__
+        if klass is object or module == "builtins" or module.startswith("pydantic."):
+            continue  # pydantic's own classes: BaseModel's class-level machinery
         for name, value in list(klass.__dict__.items()):
             if name in seen or not isinstance(name, str):
                 continue
             seen.add(name)
             if name.startswith("__") and name.endswith("__"):
                 continue
-            if (pydantic and name in _PYDANTIC_CLASS_METADATA) or name == "_sa_apply_dc_transforms":
+            if name == "_sa_apply_dc_transforms" or (
+                name in _PYDANTIC_CLASS_METADATA and _is_pydantic_model(cls)
+            ):
+                continue
+            if type(value) is types.FunctionType:  # the common case, without a tuple
+                state = _class_level_state(value)
+                if state is not None:
+                    edges.append((name, state))
                 continue
             for inner in _unwrapped(value):
                 if isinstance(inner, types.FunctionType):

@@ -320,29 +320,27 @@ async def test_the_bound_does_not_pierce_the_finalizers_own_shield(
     anyio_backend: str, enclosed: bool
 ) -> None:
     """A shielded section of the finalizer's own runs to its end; the overrun is reported after it."""
-    inside = anyio.Event()
-    gate = anyio.Event()
+    bound_fired = anyio.Event()
     done: list[str] = []
 
+    async def watch_the_bound() -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:  # cancelled by the bound: it is outside the shielded section
+            bound_fired.set()
+
     async def finalizer(exc: BaseException | None) -> None:
-        with anyio.CancelScope(), anyio.CancelScope(shield=True):
-            inside.set()
-            await gate.wait()
-            done.append("shielded section done")
+        with anyio.CancelScope():
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watch_the_bound)
+                with anyio.CancelScope(shield=True):
+                    await bound_fired.wait()  # the bound has fired; this section goes on
+                    await anyio.lowlevel.checkpoint()
+                    done.append("shielded section done")
         await anyio.lowlevel.checkpoint()
         done.append("after the bound")  # not reached: the bound cancels this checkpoint
 
-    async def open_gate_after_the_bound() -> None:
-        await inside.wait()
-        # The bound's timer (0.05 s) was set before this one (0.5 s), on the same loop
-        # clock: the loop fires them in deadline order.
-        await anyio.sleep(0.5)
-        gate.set()
-
-    opener = asyncio.create_task(open_gate_after_the_bound())  # no task group: no anyio scope
     await _expect_overrun(finalizer, enclosed=enclosed)
-    async with asyncio.timeout(10):
-        await opener
     assert done == ["shielded section done"]
 
 

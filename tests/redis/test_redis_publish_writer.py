@@ -100,6 +100,14 @@ async def until_blocked(url: str, count: int) -> None:
             await anyio.sleep(0.005)
 
 
+async def publish_or_record(sender: EventRouter, user: str, errors: list[BaseException]) -> None:
+    """Publish one event that is expected to be lost; keep the BackendUnavailableError."""
+    try:
+        await sender.publish(user, "lost")
+    except isolation.BackendUnavailableError as exc:
+        errors.append(exc)
+
+
 async def pause_writes(url: str) -> None:
     client = aioredis.Redis.from_url(url)
     try:
@@ -429,19 +437,13 @@ class TestFaults:
         backend._wrap_batch = gate
         errors: list[BaseException] = []
 
-        async def publisher(user: str) -> None:
-            try:
-                await sender.publish(user, "lost")
-            except isolation.BackendUnavailableError as exc:
-                errors.append(exc)
-
         conn = await receiver.connect(UserContext.new("after"))
         with anyio.fail_after(5):  # far less than unavailable_timeout
             async with anyio.create_task_group() as tg:
-                tg.start_soon(publisher, "p0")
+                tg.start_soon(publish_or_record, sender, "p0", errors)
                 await gate.entered.wait()  # p0's pipeline is in flight
                 for k in range(1, 4):
-                    tg.start_soon(publisher, f"p{k}")
+                    tg.start_soon(publish_or_record, sender, f"p{k}", errors)
                 await anyio.wait_all_tasks_blocked()  # the three publishers queued theirs
                 assert len(backend._outbox) == 3
                 writer = backend._publisher
@@ -478,15 +480,9 @@ class TestFaults:
         conn = await receiver.connect(UserContext.new("after"))
         errors: list[BaseException] = []
 
-        async def publisher(user: str) -> None:
-            try:
-                await sender.publish(user, "lost")
-            except isolation.BackendUnavailableError as exc:
-                errors.append(exc)
-
         with anyio.fail_after(5):
             async with anyio.create_task_group() as tg:
-                tg.start_soon(publisher, "p0")
+                tg.start_soon(publish_or_record, sender, "p0", errors)
                 await gate.entered.wait()
                 with anyio.CancelScope() as withdrawn:
                     withdrawn.cancel()

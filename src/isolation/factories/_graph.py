@@ -395,10 +395,7 @@ def _class_level_state(fn: types.FunctionType) -> object | None:
         seen.add(id(current))
         if _has_mutable_defaults(current):
             return current
-        try:
-            current = current.__dict__.get("__wrapped__")
-        except Exception:  # pragma: no cover - a function __dict__ that refuses
-            return None
+        current = getattr(current, "__wrapped__", None)  # without materialising fn.__dict__
     if current is None or isinstance(current, types.FunctionType) or _is_atom_value(current):
         return None
     return current

@@ -372,48 +372,39 @@ def register(registry: ModeRegistry) -> None:
         mode_id: next(c for c in registry.mode(mode_id).checks if c.backend is Backend.MEMORY)
         for mode_id in (13, 14, 16)
     }
-    registry.register(
+
+    def redis_twin(mode_id: int, run: Any, description: str, **subjects: Any) -> None:
+        """The memory check of ``mode_id`` across two routers on one Redis."""
+        registry.register(
+            mode_id,
+            Check(
+                name=f"{memory[mode_id].name}-redis",
+                backend=Backend.REDIS,
+                run=run,
+                library=subjects.get("library", memory[mode_id].library),
+                mutant=subjects.get("mutant", memory[mode_id].mutant),
+                requires=("redis",),
+                description=description,
+            ),
+        )
+
+    redis_twin(
         13,
-        Check(
-            name=f"{memory[13].name}-redis",
-            backend=Backend.REDIS,
-            run=check_bound_across_routers,
-            library=lambda: EventRouter,
-            mutant=lambda: _PoolingRouter,
-            requires=("redis",),
-            description=(
-                "8 users x 3 connections on router B, two shifts, events through router A: "
-                "no connection reused, rebound or revived"
-            ),
-        ),
+        check_bound_across_routers,
+        "8 users x 3 connections on router B, two shifts, events through router A: "
+        "no connection reused, rebound or revived",
+        library=lambda: EventRouter,
+        mutant=lambda: _PoolingRouter,
     )
-    registry.register(
+    redis_twin(
         14,
-        Check(
-            name=f"{memory[14].name}-redis",
-            backend=Backend.REDIS,
-            run=check_routes_across_routers,
-            library=memory[14].library,
-            mutant=memory[14].mutant,
-            requires=("redis",),
-            description=(
-                "6 sessions on router B, B's routing entries corrupted, events through "
-                "router A: 0 misdelivered, every refusal counted"
-            ),
-        ),
+        check_routes_across_routers,
+        "6 sessions on router B, B's routing entries corrupted, events through "
+        "router A: 0 misdelivered, every refusal counted",
     )
-    registry.register(
+    redis_twin(
         16,
-        Check(
-            name=f"{memory[16].name}-redis",
-            backend=Backend.REDIS,
-            run=check_tokens_across_routers,
-            library=memory[16].library,
-            mutant=memory[16].mutant,
-            requires=("redis",),
-            description=(
-                "6 users, tickets issued on one router and redeemed on either: own user "
-                "only, single-use across both routers"
-            ),
-        ),
+        check_tokens_across_routers,
+        "6 users, tickets issued on one router and redeemed on either: own user "
+        "only, single-use across both routers",
     )

@@ -87,6 +87,9 @@ class AsyncRuleBasedStateMachine(RuleBasedStateMachine):
         self._portal = self._portal_cm.__enter__()
         self._stop: anyio.Event | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
+        # Set on the loop by the host task as its group fails, before the portal's
+        # future for it is (a callback, a loop iteration later): steps read this.
+        self._failed = False
         try:
             self._host, _ = self._portal.start_task(self._host_tasks)
         except BaseException:
@@ -104,11 +107,15 @@ class AsyncRuleBasedStateMachine(RuleBasedStateMachine):
 
     async def _host_tasks(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         self._stop = anyio.Event()
-        async with anyio.create_task_group() as tg:
-            self._task_group = tg
-            task_status.started()
-            await self._stop.wait()
-            tg.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as tg:
+                self._task_group = tg
+                task_status.started()
+                await self._stop.wait()
+                tg.cancel_scope.cancel()
+        except BaseException:
+            self._failed = True
+            raise
 
     @property
     def task_group(self) -> anyio.abc.TaskGroup:
@@ -123,8 +130,8 @@ class AsyncRuleBasedStateMachine(RuleBasedStateMachine):
 
     def _call(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any, **kwargs: Any) -> Any:
         result = self._portal.call(self._step, functools.partial(fn, *args, **kwargs))
-        if self._host.done():
-            self._host.result()  # a background task failed: fail this step, every replay
+        if self._failed:  # a background task failed: fail this step, every replay
+            self._host.result()  # waits for the portal's future, then raises
         return result
 
     @staticmethod

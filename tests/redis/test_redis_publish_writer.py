@@ -702,11 +702,16 @@ class TestDeadlinesAndRefusals:
                 tg.start_soon(publisher, "C")
                 while len(backend._outbox) < 2:
                     await anyio.lowlevel.checkpoint()
-                backend._outbox[-1].deadline += 0.4  # C's deadline well after B's
+                # B's deadline well after A's, so that [B, C] is out before B
+                # expires (at A's own deadline the two raced: B "not sent"), and
+                # C's well after B's.
+                backend._outbox[0].deadline += 0.2
+                backend._outbox[-1].deadline += 0.6
         assert gate.batches == 2  # [A], then [B, C] once: never [C] again
         assert sorted(failed) == ["A", "B", "C"]
-        assert all("sent but not confirmed" in message for _, message in failed.values())
-        assert failed["B"][0] < 0.3 + 0.25 < failed["C"][0]
+        messages = {name: message for name, (_, message) in failed.items()}
+        assert all("sent but not confirmed" in message for message in messages.values()), messages
+        assert failed["B"][0] < 0.5 + 0.25 < failed["C"][0]
 
     async def test_nothing_listening_is_not_sent(self, namespace: str) -> None:
         """No Redis at the address: the typed error says the event was not sent."""

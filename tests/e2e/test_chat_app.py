@@ -137,6 +137,14 @@ class TestHTTP:
         response = chat.client.get("/messages", headers=headers)
         assert response.status_code == 401
 
+    @pytest.mark.parametrize("where", [12, -3])
+    def test_non_ascii_bearer_is_401(self, chat: Chat, where: int) -> None:
+        """A bearer token with a non-ASCII character is refused (401), not a 500."""
+        token = chat.token("alice").encode()
+        tampered = token[:where] + "\u00e9".encode("latin-1") + token[where + 1 :]
+        response = chat.client.get("/messages", headers={"authorization": b"Bearer " + tampered})
+        assert response.status_code == 401
+
     def test_each_user_reads_their_own_messages(self, chat: Chat) -> None:
         """POST stores for the caller (201); GET returns the caller's rows, in posting order."""
         posts = {
@@ -195,14 +203,15 @@ class TestWebSocket:
             pass
         assert info.value.code == CLOSE_POLICY
 
-    @pytest.mark.parametrize("kind", ["bearer token", "forged", "missing"])
+    @pytest.mark.parametrize("kind", ["bearer token", "forged", "missing", "non-ASCII"])
     def test_refused_handshakes(self, chat: Chat, kind: str) -> None:
-        """A bearer token in place of a ticket, a forged ticket or none: the handshake is refused."""
+        """A bearer token in place of a ticket, a forged, non-ASCII or no ticket: refused."""
         ticket = chat.ticket("alice")
         query = {
             "bearer token": f"?ticket={chat.token('alice')}",
             "forged": f"?ticket={ticket[:-2]}{'AA' if ticket[-2:] != 'AA' else 'BB'}",
             "missing": "",
+            "non-ASCII": f"?ticket={ticket[:-3]}%C3%A9{ticket[-2:]}",
         }[kind]
         with pytest.raises(WebSocketDisconnect), chat.client.websocket_connect(f"/ws{query}"):
             pass

@@ -62,7 +62,6 @@ from isolation._errors import (
 )
 from isolation._redact import redact_principal
 from isolation.context._model import UserContext
-from isolation.context._validate import check_ttl
 
 __all__ = [
     "DEFAULT_TTL",
@@ -135,6 +134,12 @@ def _check_key(key: object, name: str = "key") -> bytes:
     return key
 
 
+def _check_ttl(ttl: object) -> float:
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl < math.inf:
+        raise ConfigurationError(f"ttl must be finite seconds > 0, or None, got {ttl!r:.40}")
+    return float(ttl)
+
+
 def _check_keys(keys: object) -> tuple[bytes, ...]:
     if isinstance(keys, bytes | bytearray | str):
         raise ConfigurationError(
@@ -162,8 +167,9 @@ def dumps(ctx: UserContext, *, key: bytes, purpose: str, ttl: float | None = Non
             this nor the context's deadline is set.
 
     Raises:
+        UsageError: ``ctx`` is not a :class:`~isolation.UserContext`.
         ContextExpiredError: ``ctx`` has already expired.
-        ConfigurationError: A bad key, purpose or ttl.
+        ConfigurationError: A bad key, purpose or ttl (named in the message).
     """
     if type(ctx) is not UserContext:
         raise UsageError(f"dumps() takes an isolation.UserContext, got {type(ctx).__name__}")
@@ -172,7 +178,7 @@ def dumps(ctx: UserContext, *, key: bytes, purpose: str, ttl: float | None = Non
     now = _clock._now()
     expires = math.inf if ctx.expires_at is None else ctx.expires_at
     if ttl is not None:
-        expires = min(expires, now + check_ttl(ttl))
+        expires = min(expires, now + _check_ttl(ttl))
     elif ctx.expires_at is None:
         expires = now + DEFAULT_TTL
     if expires <= now:

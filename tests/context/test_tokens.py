@@ -269,12 +269,19 @@ class TestKeys:
         with pytest.raises(isolation.ConfigurationError):
             tokens.dumps(_ctx(), key=KEY, purpose=purpose)  # type: ignore[arg-type]
 
-    def test_dumps_type_and_ttl_checked(self) -> None:
-        """dumps takes a UserContext and a positive finite ttl."""
+    @pytest.mark.parametrize("ttl", [float("nan"), float("inf"), 0, -1, True, "60"])
+    def test_dumps_type_and_ttl_checked(self, ttl: object) -> None:
+        """dumps takes a UserContext and a positive finite ttl (ConfigurationError, as documented)."""
         with pytest.raises(isolation.UsageError):
             tokens.dumps("alice", key=KEY, purpose="job")  # type: ignore[arg-type]
-        with pytest.raises(isolation.InvalidContextError):
-            tokens.dumps(_ctx(), key=KEY, purpose="job", ttl=float("nan"))
+        with pytest.raises(isolation.ConfigurationError, match="ttl"):
+            tokens.dumps(_ctx(), key=KEY, purpose="job", ttl=ttl)  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize("key", [None, "k" * 32, bytearray(KEY), memoryview(KEY)])
+    def test_dumps_key_type(self, key: object) -> None:
+        """dumps takes its key as bytes: anything else is ConfigurationError naming key."""
+        with pytest.raises(isolation.ConfigurationError, match="key"):
+            tokens.dumps(_ctx(), key=key, purpose="job")  # type: ignore[arg-type]
 
     def test_generate_key(self) -> None:
         """generate_key returns 32 fresh random bytes."""

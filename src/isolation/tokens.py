@@ -15,22 +15,31 @@ A token is four dot-separated ASCII fields::
   of the context that made it.
 
 Every token expires: at the earlier of the context's ``expires_at`` and
-``now + ttl``, or :data:`DEFAULT_TTL` seconds from now when neither is given,
-checked with :data:`LEEWAY` seconds of tolerance for clock skew. ``loads``
+``now + ttl``, or :data:`DEFAULT_TTL` seconds from now when neither is given.
+``loads`` refuses a token once that instant has passed, and one issued more
+than :data:`LEEWAY` seconds in the future (a clock too far behind). It
 re-validates the context through ``UserContext``'s constructor and gives it a
-**new** ``request_id``; the original travels as the attribute
-``parent_request_id``.
+**new** ``request_id`` (the original travels as the attribute
+``parent_request_id``) and the token's expiry as its deadline, so work run from
+a token never outlives it.
 
-Keys: random secrets of at least :data:`MIN_KEY_BYTES` bytes (``os.urandom(32)``,
-kept in your secret store). ``dumps`` signs with one key; ``loads`` accepts a
-sequence of keys, so rotation is: add the new key to every verifier's list,
-then sign with it, then drop the old key once its tokens have expired.
+Malformed input of any shape (not ASCII, wrong fields, bad base64url or JSON,
+wrong types, too large) is a :class:`~isolation.MalformedTokenError` whose
+message, ``repr``, ``args`` and exception chain hold no token material.
+
+Keys: random secrets of at least :data:`MIN_KEY_BYTES` bytes with at least
+:data:`MIN_KEY_DISTINCT_BYTES` distinct byte values (``generate_key()``, kept in
+your secret store); the second rule refuses placeholders such as ``b"k" * 32``
+or ``bytes(32)``, it does not measure a key's strength. ``dumps`` signs with one
+key; ``loads`` accepts a sequence of keys, so rotation is: add the new key to
+every verifier's list, then sign with it, then drop the old key once its tokens
+have expired.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
+import contextlib
 import hashlib
 import hmac
 import json
@@ -53,13 +62,13 @@ from isolation._errors import (
 )
 from isolation._redact import redact_principal
 from isolation.context._model import UserContext
-from isolation.context._validate import check_ttl
 
 __all__ = [
     "DEFAULT_TTL",
     "LEEWAY",
     "MAX_TOKEN_BYTES",
     "MIN_KEY_BYTES",
+    "MIN_KEY_DISTINCT_BYTES",
     "VERSION",
     "dumps",
     "generate_key",
@@ -71,11 +80,13 @@ VERSION: Final = "iso1"
 DEFAULT_TTL: Final = 900.0
 """Seconds a token lives when neither the context nor the caller sets a shorter time."""
 LEEWAY: Final = 1.0
-"""Seconds of clock skew tolerated when checking a token's expiry."""
+"""Seconds of clock skew tolerated: how far in the future a token's issue time may be."""
 MAX_TOKEN_BYTES: Final = 16 * 1024
 """Longest token accepted (and produced), in bytes."""
 MIN_KEY_BYTES: Final = 32
 """Shortest key accepted, in bytes."""
+MIN_KEY_DISTINCT_BYTES: Final = 8
+"""Fewest distinct byte values a key may hold (a random 32-byte key has about 30)."""
 
 PARENT_REQUEST_ID: Final = "parent_request_id"
 
@@ -89,12 +100,11 @@ def _b64encode(data: bytes) -> str:
 
 
 def _b64decode(text: str, what: str) -> bytes:
+    # The regex admits only text that decodes: no decoding error (which would
+    # carry the token's text in its args) can be chained to the refusal.
     if not _B64_RE.fullmatch(text) or len(text) % 4 == 1:
         raise MalformedTokenError(f"the token's {what} is not base64url")
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):  # pragma: no cover - the regex admits only valid text
-        raise MalformedTokenError(f"the token's {what} is not base64url") from None
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def _check_purpose(purpose: object) -> str:
@@ -111,9 +121,23 @@ def _check_key(key: object, name: str = "key") -> bytes:
     if len(key) < MIN_KEY_BYTES:
         raise ConfigurationError(
             f"{name} must be at least {MIN_KEY_BYTES} bytes, got {len(key)}",
-            hint="Generate one with os.urandom(32) and keep it in your secret store",
+            hint="Generate one with isolation.tokens.generate_key() and keep it in your secret store",
+        )
+    # The prefix settles it for a random key at a third of the cost (keys are checked per call).
+    if len(set(key[:12])) < MIN_KEY_DISTINCT_BYTES and len(set(key)) < MIN_KEY_DISTINCT_BYTES:
+        # Never the count or any byte: the message must not describe a secret.
+        raise ConfigurationError(
+            f"{name} is a placeholder, not a random secret: it has fewer than "
+            f"{MIN_KEY_DISTINCT_BYTES} distinct byte values",
+            hint="Generate one with isolation.tokens.generate_key() and keep it in your secret store",
         )
     return key
+
+
+def _check_ttl(ttl: object) -> float:
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl < math.inf:
+        raise ConfigurationError(f"ttl must be finite seconds > 0, or None, got {ttl!r:.40}")
+    return float(ttl)
 
 
 def _check_keys(keys: object) -> tuple[bytes, ...]:
@@ -143,8 +167,9 @@ def dumps(ctx: UserContext, *, key: bytes, purpose: str, ttl: float | None = Non
             this nor the context's deadline is set.
 
     Raises:
+        UsageError: ``ctx`` is not a :class:`~isolation.UserContext`.
         ContextExpiredError: ``ctx`` has already expired.
-        ConfigurationError: A bad key, purpose or ttl.
+        ConfigurationError: A bad key, purpose or ttl (named in the message).
     """
     if type(ctx) is not UserContext:
         raise UsageError(f"dumps() takes an isolation.UserContext, got {type(ctx).__name__}")
@@ -153,7 +178,7 @@ def dumps(ctx: UserContext, *, key: bytes, purpose: str, ttl: float | None = Non
     now = _clock._now()
     expires = math.inf if ctx.expires_at is None else ctx.expires_at
     if ttl is not None:
-        expires = min(expires, now + check_ttl(ttl))
+        expires = min(expires, now + _check_ttl(ttl))
     elif ctx.expires_at is None:
         expires = now + DEFAULT_TTL
     if expires <= now:
@@ -186,37 +211,31 @@ def loads(token: str | bytes, *, keys: Sequence[bytes], purpose: str) -> UserCon
     """Verify ``token`` and return a new, re-validated context from it.
 
     The context gets a new ``request_id``; the one of the context that made the
-    token is in ``attributes["parent_request_id"]``.
+    token is in ``attributes["parent_request_id"]``. Its ``expires_at`` is the
+    token's expiry (the earlier of the signing context's deadline and the
+    token's ttl), so a scope entered from it ends when the token does.
 
     Raises:
-        MalformedTokenError: Not a token of this library, too large, or its
-            payload does not make a valid context.
+        MalformedTokenError: Not ASCII, not a token of this library, too large,
+            or its payload does not make a valid context. Never quotes the token.
         TokenPurposeError: Made for another purpose.
         TokenSignatureError: No key in ``keys`` verifies it (tampered or foreign).
-        TokenExpiredError: Its expiry has passed.
+        TokenExpiredError: Its expiry (or its context's) has passed, or it was
+            issued more than :data:`LEEWAY` seconds in the future.
         ConfigurationError: Bad ``keys`` or ``purpose`` arguments.
     """
     verifying = _check_keys(keys)
     _check_purpose(purpose)
-    if isinstance(token, bytes):
-        if len(token) > MAX_TOKEN_BYTES:
-            raise MalformedTokenError(f"the token is larger than {MAX_TOKEN_BYTES} bytes")
-        try:
-            token = token.decode("ascii")
-        except UnicodeDecodeError:
-            raise MalformedTokenError("the token is not ASCII") from None
-    if not isinstance(token, str):
-        raise MalformedTokenError(f"a token is a str, got {type(token).__name__}")
-    if len(token) > MAX_TOKEN_BYTES:
-        raise MalformedTokenError(f"the token is larger than {MAX_TOKEN_BYTES} bytes")
+    token = _ascii_text(token)
     parts = token.split(".")
     if len(parts) != 4 or parts[0] != VERSION:
         raise MalformedTokenError(f"not an {VERSION} token")
     _, purpose_part, payload_part, signature = parts
-    try:
-        token_purpose = _b64decode(purpose_part, "purpose").decode("ascii")
-    except UnicodeDecodeError:
-        raise MalformedTokenError("the token's purpose is not ASCII") from None
+    raw_purpose = _b64decode(purpose_part, "purpose")
+    # Only a purpose dumps() could have written is quoted back in an error.
+    token_purpose = raw_purpose.decode("ascii") if raw_purpose.isascii() else ""
+    if not _PURPOSE_RE.fullmatch(token_purpose):
+        raise MalformedTokenError("the token's purpose is not a valid purpose")
     if not hmac.compare_digest(token_purpose.encode("ascii"), purpose.encode("ascii")):
         raise TokenPurposeError(
             f"the token was made for purpose {token_purpose!r:.70}, not {purpose!r}",
@@ -235,28 +254,84 @@ def loads(token: str | bytes, *, keys: Sequence[bytes], purpose: str) -> UserCon
             "the token's signature does not verify with any of the keys given",
             hint="It was tampered with, or signed with a key that is not in keys",
         )
-    try:
-        payload = json.loads(_b64decode(payload_part, "payload"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise MalformedTokenError("the token's payload is not JSON") from None
-    return _context_from(payload)
+    return _context_from(_json(_b64decode(payload_part, "payload")))
+
+
+def _ascii_text(token: object) -> str:
+    """Return ``token`` as ASCII text, or refuse it without quoting any of it."""
+    if isinstance(token, bytes):
+        if len(token) > MAX_TOKEN_BYTES:
+            raise MalformedTokenError(f"the token is larger than {MAX_TOKEN_BYTES} bytes")
+        if not token.isascii():
+            raise MalformedTokenError("the token is not ASCII")
+        return token.decode("ascii")
+    if not isinstance(token, str):
+        raise MalformedTokenError(f"a token is a str, got {type(token).__name__}")
+    text = str.__str__(token)  # a plain str: no overridden method of a subclass runs on it
+    if len(text) > MAX_TOKEN_BYTES:
+        raise MalformedTokenError(f"the token is larger than {MAX_TOKEN_BYTES} bytes")
+    if not text.isascii():
+        # Checked here, not left to an encode(): a UnicodeEncodeError quotes the text.
+        raise MalformedTokenError("the token is not ASCII")
+    return text
+
+
+_NOT_JSON: Final = object()
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError("NaN and Infinity are not JSON")
+
+
+# Made once: json.loads(..., parse_constant=...) would build a decoder per call.
+_DECODER: Final = json.JSONDecoder(parse_constant=_no_constant)
+
+
+def _json(raw: bytes) -> Any:
+    payload: Any = _NOT_JSON
+    if raw.isascii():
+        # JSONDecodeError and the int-digit limit are ValueErrors.
+        with contextlib.suppress(ValueError, RecursionError):
+            payload = _DECODER.decode(raw.decode("ascii"))
+    # Raised outside the handler: the parser's error, which quotes the payload, is not chained.
+    if payload is _NOT_JSON:
+        raise MalformedTokenError("the token's payload is not JSON")
+    return payload
+
+
+def _timestamp(value: object) -> float | None:
+    """``value`` as finite epoch seconds, or ``None`` if it is not a usable number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    seconds = float(value) if isinstance(value, float) or abs(value) < 2**53 else math.inf
+    return seconds if math.isfinite(seconds) else None
 
 
 def _context_from(payload: Any) -> UserContext:
     if not isinstance(payload, dict):
         raise MalformedTokenError("the token's payload is not a JSON object")
-    expires = payload.get("exp")
-    if isinstance(expires, bool) or not isinstance(expires, int | float):
+    expires = _timestamp(payload.get("exp"))
+    if expires is None:
         raise MalformedTokenError("the token has no expiry")
-    if _clock._now() > expires + LEEWAY:
-        raise TokenExpiredError("the token has expired", hint="Ask for a new token")
+    issued = _timestamp(payload.get("iat"))
+    if issued is None:
+        raise MalformedTokenError("the token has no issue time")
     context_expires = payload.get("ce")
-    if (
-        isinstance(context_expires, int | float)
-        and not isinstance(context_expires, bool)
-        and context_expires <= _clock._now()
-    ):
-        raise TokenExpiredError("the context in the token has expired", hint="Ask for a new token")
+    if context_expires is not None:
+        context_expires = _timestamp(context_expires)
+        if context_expires is None:
+            raise MalformedTokenError("the token's context deadline is not a number")
+    now = _clock._now()
+    if issued > now + LEEWAY:
+        raise TokenExpiredError(
+            "the token was issued in the future, beyond the clock-skew leeway",
+            hint="Check the clocks of the hosts that issue and verify tokens",
+        )
+    # The context lives exactly as long as the token: the earlier of the two deadlines.
+    deadline = expires if context_expires is None else min(expires, context_expires)
+    if now >= deadline:
+        which = "token" if deadline == expires else "context in the token"
+        raise TokenExpiredError(f"the {which} has expired", hint="Ask for a new token")
     attributes = payload.get("a")
     if not isinstance(attributes, dict):
         raise MalformedTokenError("the token's attributes are not an object")
@@ -269,8 +344,8 @@ def _context_from(payload: Any) -> UserContext:
             tenant_id=payload.get("t"),
             roles=_list(payload.get("r")),
             attributes={**attributes, PARENT_REQUEST_ID: parent},
-            expires_at=context_expires,
-            issued_at=_clock._now(),
+            expires_at=deadline,
+            issued_at=now,
         )
     except InvalidContextError as exc:
         raise MalformedTokenError(

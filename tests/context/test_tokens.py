@@ -1,4 +1,9 @@
-"""Signed tokens: round trip, every refusal with its own error, rotation, re-validation."""
+"""Signed tokens: round trip, every refusal with its own error, rotation, re-validation.
+
+Also: a context from a token expires with the token; every malformed shape is a
+typed error that quotes none of the token; placeholder keys and tokens from the
+future are refused.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,9 @@ import base64
 import hashlib
 import hmac
 import json
+from collections.abc import Iterator
 
+import anyio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -15,8 +22,8 @@ import isolation
 from isolation import UserContext, tokens
 from isolation.testing import FakeClock
 
-KEY = b"k" * 32
-OTHER = b"o" * 32
+KEY = b"tokens test key 1, never for use"
+OTHER = b"tokens test key 2, another one!!"
 
 
 def _ctx(**kwargs: object) -> UserContext:
@@ -25,10 +32,13 @@ def _ctx(**kwargs: object) -> UserContext:
     )  # type: ignore[arg-type]
 
 
-def _forge(payload: dict[str, object], *, key: bytes = KEY, purpose: str = "job") -> str:
+def _forge(
+    payload: object, *, key: bytes = KEY, purpose: str = "job", raw: bytes | None = None
+) -> str:
     """Sign an arbitrary payload the way the library does (a valid key, bad content)."""
     enc = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()  # noqa: E731
-    head = f"iso1.{enc(purpose.encode())}.{enc(json.dumps(payload).encode())}"
+    body = json.dumps(payload).encode() if raw is None else raw
+    head = f"iso1.{enc(purpose.encode())}.{enc(body)}"
     derived = hmac.new(key, b"isolation.tokens/iso1/" + purpose.encode(), hashlib.sha256).digest()
     return f"{head}.{enc(hmac.new(derived, head.encode(), hashlib.sha256).digest())}"
 
@@ -120,11 +130,11 @@ class TestRefusals:
             tokens.loads(".".join([version, enc, payload, sig]), keys=[KEY], purpose="job")
 
     def test_expired(self, fake_clock: FakeClock) -> None:
-        """A token past its expiry (plus the leeway) is a TokenExpiredError."""
+        """A token is accepted until its expiry, and refused from that instant on."""
         token = tokens.dumps(_ctx(), key=KEY, purpose="job", ttl=10)
-        fake_clock.advance(10 + tokens.LEEWAY / 2)
+        fake_clock.advance(10 - tokens.LEEWAY / 2)
         assert tokens.loads(token, keys=[KEY], purpose="job")
-        fake_clock.advance(tokens.LEEWAY)
+        fake_clock.advance(tokens.LEEWAY / 2)
         with pytest.raises(isolation.TokenExpiredError):
             tokens.loads(token, keys=[KEY], purpose="job")
 
@@ -224,7 +234,7 @@ class TestRefusals:
             tokens.loads(token, keys=[KEY], purpose="job")
 
     def test_context_expired_inside_leeway(self, fake_clock: FakeClock) -> None:
-        """A token still inside its leeway whose context has expired is TokenExpiredError."""
+        """A token whose context has expired is TokenExpiredError, leeway or not."""
         token = tokens.dumps(_ctx(ttl=5), key=KEY, purpose="job")
         fake_clock.advance(5 + tokens.LEEWAY / 2)
         with pytest.raises(isolation.TokenExpiredError):
@@ -234,7 +244,7 @@ class TestRefusals:
 class TestKeys:
     def test_rotation(self) -> None:
         """A token signed by the old key verifies while the old key is still listed."""
-        old, new = b"1" * 32, b"2" * 32
+        old, new = tokens.generate_key(), tokens.generate_key()
         token = tokens.dumps(_ctx(), key=old, purpose="job")
         assert tokens.loads(token, keys=[new, old], purpose="job")
         with pytest.raises(isolation.TokenSignatureError):
@@ -259,12 +269,19 @@ class TestKeys:
         with pytest.raises(isolation.ConfigurationError):
             tokens.dumps(_ctx(), key=KEY, purpose=purpose)  # type: ignore[arg-type]
 
-    def test_dumps_type_and_ttl_checked(self) -> None:
-        """dumps takes a UserContext and a positive finite ttl."""
+    @pytest.mark.parametrize("ttl", [float("nan"), float("inf"), 0, -1, True, "60"])
+    def test_dumps_type_and_ttl_checked(self, ttl: object) -> None:
+        """dumps takes a UserContext and a positive finite ttl (ConfigurationError, as documented)."""
         with pytest.raises(isolation.UsageError):
             tokens.dumps("alice", key=KEY, purpose="job")  # type: ignore[arg-type]
-        with pytest.raises(isolation.InvalidContextError):
-            tokens.dumps(_ctx(), key=KEY, purpose="job", ttl=float("nan"))
+        with pytest.raises(isolation.ConfigurationError, match="ttl"):
+            tokens.dumps(_ctx(), key=KEY, purpose="job", ttl=ttl)  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize("key", [None, "k" * 32, bytearray(KEY), memoryview(KEY)])
+    def test_dumps_key_type(self, key: object) -> None:
+        """dumps takes its key as bytes: anything else is ConfigurationError naming key."""
+        with pytest.raises(isolation.ConfigurationError, match="key"):
+            tokens.dumps(_ctx(), key=key, purpose="job")  # type: ignore[arg-type]
 
     def test_generate_key(self) -> None:
         """generate_key returns 32 fresh random bytes."""
@@ -285,3 +302,289 @@ class TestKeys:
         ctx = UserContext.new("alice", attributes={f"k{i}": "v" * 4000 for i in range(5)})
         with pytest.raises(isolation.ConfigurationError, match="bytes"):
             tokens.dumps(ctx, key=KEY, purpose="job")
+
+
+class TestExpiryCarried:
+    """Medium 15/11: the context loaded from a token carries the token's expiry."""
+
+    def test_context_gets_the_token_expiry(self, fake_clock: FakeClock) -> None:
+        """A context without a deadline, in a 30 s token, loads with a deadline 30 s away."""
+        token = tokens.dumps(_ctx(), key=KEY, purpose="job", ttl=30)
+        loaded = tokens.loads(token, keys=[KEY], purpose="job")
+        assert loaded.expires_at == fake_clock.time() + 30
+
+    def test_default_ttl_is_a_deadline_too(self, fake_clock: FakeClock) -> None:
+        """Without ttl or a context deadline, the loaded context expires after DEFAULT_TTL."""
+        loaded = tokens.loads(
+            tokens.dumps(_ctx(), key=KEY, purpose="job"), keys=[KEY], purpose="job"
+        )
+        assert loaded.expires_at == fake_clock.time() + tokens.DEFAULT_TTL
+
+    @pytest.mark.parametrize(("context_ttl", "token_ttl", "expected"), [(5, 60, 5), (60, 5, 5)])
+    def test_earlier_of_the_two(
+        self, fake_clock: FakeClock, context_ttl: float, token_ttl: float, expected: float
+    ) -> None:
+        """The deadline is min(token expiry, context expiry)."""
+        token = tokens.dumps(_ctx(ttl=context_ttl), key=KEY, purpose="job", ttl=token_ttl)
+        loaded = tokens.loads(token, keys=[KEY], purpose="job")
+        assert loaded.expires_at == fake_clock.time() + expected
+
+    def test_sync_scope_from_token_expires_with_the_token(self, fake_clock: FakeClock) -> None:
+        """A worker's `with scope.from_token(...)` ends in ContextExpiredError at the token's exp."""
+        token = tokens.dumps(_ctx(), key=KEY, purpose="job", ttl=30)
+        with (
+            pytest.raises(isolation.ContextExpiredError),
+            isolation.scope.from_token(token, keys=[KEY], purpose="job") as entered,
+        ):
+            assert entered.deadline == fake_clock.time() + 30
+            fake_clock.advance(29.5)
+            assert isolation.current_context().user_id == "alice"
+            fake_clock.advance(0.5)
+            with pytest.raises(isolation.ContextExpiredError):
+                isolation.current_context()
+
+    @pytest.mark.anyio
+    async def test_async_scope_from_token_is_cancelled_at_the_token_exp(
+        self, fake_clock: FakeClock
+    ) -> None:
+        """`async with scope.from_token(...)`: the body is cancelled when the token expires."""
+        token = tokens.dumps(_ctx(), key=KEY, purpose="job", ttl=30)
+        waiting = anyio.Event()
+        resumed: list[bool] = []
+
+        async def advance() -> None:
+            await waiting.wait()
+            fake_clock.advance(29)
+            assert resumed == []
+            fake_clock.advance(1)
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(advance)
+                with pytest.raises(isolation.ContextExpiredError):
+                    async with isolation.scope.from_token(token, keys=[KEY], purpose="job"):
+                        waiting.set()
+                        await anyio.Event().wait()
+                        resumed.append(True)
+        assert resumed == []
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        item = todo.pop()
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        yield item
+        todo += [item.__cause__, item.__context__]
+
+
+def _assert_quotes_nothing(exc: BaseException, token: str | bytes) -> None:
+    """The refusal is typed, and no error in its chain quotes the token or a long piece of it."""
+    assert isinstance(exc, isolation.TokenError), repr(exc)
+    text = token.decode("latin-1") if isinstance(token, bytes) else token
+    # The token itself, and each of its fields long enough not to occur by chance.
+    pieces = [text, *(part for part in text.split(".") if len(part) >= 12)]
+    pieces = [piece for piece in pieces if len(piece) >= 12]
+    for item in _chain(exc):
+        assert isinstance(item, isolation.IsolationError), repr(item)
+        shown = [str(item), repr(item), *map(repr, item.args)]
+        for piece in pieces:
+            assert not any(piece in part for part in shown), (piece, shown)
+
+
+class TestMalformedShapes:
+    """Medium 15: every malformed token is a typed error that quotes no token material."""
+
+    def _bad(self, token: object) -> isolation.TokenError:
+        with pytest.raises(isolation.TokenError) as info:
+            tokens.loads(token, keys=[KEY], purpose="job")  # type: ignore[arg-type]
+        return info.value
+
+    @pytest.mark.parametrize("where", ["version", "purpose", "payload", "signature", "end"])
+    def test_non_ascii_str_anywhere(self, where: str) -> None:
+        """A str token with a non-ASCII character is MalformedTokenError, chained to nothing."""
+        token = tokens.dumps(_ctx(), key=KEY, purpose="job")
+        fields = token.split(".")
+        index = {"version": 0, "purpose": 1, "payload": 2, "signature": 3}.get(where)
+        if index is None:
+            bad = token + "\u00e9"
+        else:
+            fields[index] = fields[index][:2] + "\u00e9" + fields[index][3:]
+            bad = ".".join(fields)
+        exc = self._bad(bad)
+        assert isinstance(exc, isolation.MalformedTokenError)
+        assert exc.__cause__ is None
+        assert exc.__context__ is None
+        _assert_quotes_nothing(exc, bad)
+
+    def test_non_ascii_through_scope_from_token(self) -> None:
+        """isolation.scope.from_token refuses it with the same typed error."""
+        token = tokens.dumps(_ctx(), key=KEY, purpose="job") + "\u00e9"
+        with pytest.raises(isolation.MalformedTokenError) as info:
+            isolation.scope.from_token(token, keys=[KEY], purpose="job")
+        _assert_quotes_nothing(info.value, token)
+
+    @pytest.mark.anyio
+    async def test_non_ascii_through_router_connect(self) -> None:
+        """EventRouter.connect(token=) refuses a non-ASCII ticket with a TokenError."""
+        from isolation.events import EventRouter
+
+        async with EventRouter(keys=[KEY]) as router:
+            ticket = router.issue_ticket(_ctx())
+            bad = ticket[:-5] + "\u00e9" + ticket[-4:]  # in the signature
+            with pytest.raises(isolation.MalformedTokenError) as info:
+                await router.connect(token=bad)
+        _assert_quotes_nothing(info.value, bad)
+
+    def test_non_ascii_bytes_not_chained(self) -> None:
+        """Non-ASCII bytes: no UnicodeDecodeError (which quotes the bytes) in the chain."""
+        token = tokens.dumps(_ctx(), key=KEY, purpose="job").encode() + b"\xff"
+        exc = self._bad(token)
+        assert exc.__cause__ is None
+        assert exc.__context__ is None
+
+    @pytest.mark.parametrize(
+        "token",
+        [
+            None,
+            3.5,
+            bytearray(b"iso1.a.b.c"),
+            ["iso1", "a", "b", "c"],
+            "iso1." + "A" * tokens.MAX_TOKEN_BYTES,
+            "\u00e9" * (tokens.MAX_TOKEN_BYTES + 1),
+        ],
+    )
+    def test_wrong_types_and_huge(self, token: object) -> None:
+        """Wrong types and huge tokens are MalformedTokenError, before any parsing."""
+        assert isinstance(self._bad(token), isolation.MalformedTokenError)
+
+    def test_purpose_field_not_a_purpose(self) -> None:
+        """A purpose field that dumps() could not have written is malformed, never quoted."""
+        enc = base64.urlsafe_b64encode("sp ace\u00e9\n".encode()).rstrip(b"=").decode()
+        exc = self._bad(f"iso1.{enc}.e30.sig")
+        assert isinstance(exc, isolation.MalformedTokenError)
+        assert "ace" not in str(exc)
+
+    @pytest.mark.parametrize(
+        "raw",
+        [
+            b'{"exp": NaN}',
+            b'{"exp": Infinity}',
+            b"[" * 100_000 + b"]" * 100_000,
+            b'{"exp": ' + b"9" * 5000 + b"}",
+            '{"u": "\u00e9"}'.encode(),
+            b"\xff\xfe{}",
+            b"\x00",
+        ],
+    )
+    def test_signed_payload_not_json(self, raw: bytes) -> None:
+        """A signed payload that is not strict ASCII JSON is malformed, with nothing chained."""
+        token = _forge(None, raw=raw)
+        exc = self._bad(token)
+        assert isinstance(exc, isolation.MalformedTokenError)
+        assert exc.__cause__ is None
+        assert exc.__context__ is None
+        _assert_quotes_nothing(exc, token)
+
+    @pytest.mark.parametrize(
+        "changes",
+        [
+            {"exp": float("inf")},
+            {"exp": 10**400},
+            {"exp": True},
+            {"iat": None},
+            {"iat": "now"},
+            {"ce": "later"},
+            {"ce": True},
+            {"u": 5},
+            {"t": ["acme"]},
+            {"r": [1]},
+            {"a": {"k": 1}},
+        ],
+    )
+    def test_signed_payload_of_wrong_types(self, changes: dict[str, object]) -> None:
+        """Every field of a signed payload is type-checked: MalformedTokenError."""
+        payload = {
+            "u": "alice",
+            "t": None,
+            "r": [],
+            "a": {},
+            "ce": None,
+            "exp": 4e9,
+            "iat": 1e9,
+            "rid": "0" * 32,
+        }
+        # json.dumps writes inf as Infinity: sign that text as it is.
+        raw = json.dumps({**payload, **changes}).encode()
+        exc = self._bad(_forge(None, raw=raw))
+        assert isinstance(exc, isolation.MalformedTokenError)
+
+    @given(
+        st.one_of(
+            st.text(max_size=300),
+            st.binary(max_size=300),
+            st.builds(
+                lambda parts, sep: sep.join(parts),
+                st.lists(st.text(max_size=60), min_size=1, max_size=6),
+                st.sampled_from([".", "%2E", ".."]),
+            ),
+            st.builds(
+                lambda i, text, token: token[:i] + text + token[i:],
+                st.integers(0, 400),
+                st.text(min_size=1, max_size=5),
+                st.just(tokens.dumps(UserContext.new("alice", ttl=1e6), key=KEY, purpose="job")),
+            ),
+        )
+    )
+    def test_any_input_is_a_context_or_a_typed_refusal(self, token: str | bytes) -> None:
+        """loads() either returns a valid context or raises a TokenError quoting nothing."""
+        try:
+            ctx = tokens.loads(token, keys=[KEY], purpose="job")
+        except isolation.TokenError as exc:
+            _assert_quotes_nothing(exc, token)
+        else:
+            assert type(ctx) is UserContext
+            assert ctx.user_id == "alice"
+
+
+class TestKeyAndClockRules:
+    """Low: placeholder keys refused at construction; tokens from the future refused."""
+
+    @pytest.mark.parametrize(
+        "key",
+        [bytes(32), b"k" * 32, b"\xff" * 64, b"ab" * 16, b"0123456" * 5],
+        ids=["all-zero", "one-byte", "one-byte-long", "two-values", "seven-values"],
+    )
+    def test_placeholder_keys_refused(self, key: bytes) -> None:
+        """A key of one byte repeated, or of fewer than 8 distinct values, is ConfigurationError."""
+        with pytest.raises(isolation.ConfigurationError, match="placeholder") as info:
+            tokens.dumps(_ctx(), key=key, purpose="job")
+        assert key.decode("latin-1") not in str(info.value)
+        with pytest.raises(isolation.ConfigurationError, match=r"keys\[1\]"):
+            tokens.loads("x", keys=[KEY, key], purpose="job")
+
+    def test_placeholder_key_refused_by_the_router(self) -> None:
+        """EventRouter(keys=[bytes(32)]) is refused when it is made, not at the first ticket."""
+        from isolation.events import EventRouter
+
+        with pytest.raises(isolation.ConfigurationError, match="placeholder"):
+            EventRouter(keys=[bytes(32)])
+
+    @pytest.mark.parametrize("key", [tokens.generate_key(), b"0123456789abcdef" * 2])
+    def test_random_and_hex_keys_accepted(self, key: bytes) -> None:
+        """Random keys and hex-encoded ones (16 values) pass."""
+        token = tokens.dumps(_ctx(), key=key, purpose="job")
+        assert tokens.loads(token, keys=[key], purpose="job").user_id == "alice"
+
+    def test_issued_in_the_future_refused(self, fake_clock: FakeClock) -> None:
+        """A token whose iat is beyond LEEWAY in the future is refused; within it, accepted."""
+        now = fake_clock.time()
+        payload = {"u": "alice", "t": None, "r": [], "a": {}, "ce": None, "rid": "0" * 32}
+        ahead = {**payload, "iat": now + tokens.LEEWAY + 1, "exp": now + 60}
+        with pytest.raises(isolation.TokenExpiredError, match="future"):
+            tokens.loads(_forge(ahead), keys=[KEY], purpose="job")
+        skewed = {**payload, "iat": now + tokens.LEEWAY / 2, "exp": now + 60}
+        assert tokens.loads(_forge(skewed), keys=[KEY], purpose="job").user_id == "alice"

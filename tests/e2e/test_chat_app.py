@@ -10,6 +10,7 @@ import importlib
 import logging
 import os
 import sys
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -137,6 +138,14 @@ class TestHTTP:
         response = chat.client.get("/messages", headers=headers)
         assert response.status_code == 401
 
+    @pytest.mark.parametrize("where", [12, -3])
+    def test_non_ascii_bearer_is_401(self, chat: Chat, where: int) -> None:
+        """A bearer token with a non-ASCII character is refused (401), not a 500."""
+        token = chat.token("alice").encode()
+        tampered = token[:where] + "\u00e9".encode("latin-1") + token[where + 1 :]
+        response = chat.client.get("/messages", headers={"authorization": b"Bearer " + tampered})
+        assert response.status_code == 401
+
     def test_each_user_reads_their_own_messages(self, chat: Chat) -> None:
         """POST stores for the caller (201); GET returns the caller's rows, in posting order."""
         posts = {
@@ -195,14 +204,15 @@ class TestWebSocket:
             pass
         assert info.value.code == CLOSE_POLICY
 
-    @pytest.mark.parametrize("kind", ["bearer token", "forged", "missing"])
+    @pytest.mark.parametrize("kind", ["bearer token", "forged", "missing", "non-ASCII"])
     def test_refused_handshakes(self, chat: Chat, kind: str) -> None:
-        """A bearer token in place of a ticket, a forged ticket or none: the handshake is refused."""
+        """A bearer token in place of a ticket, a forged, non-ASCII or no ticket: refused."""
         ticket = chat.ticket("alice")
         query = {
             "bearer token": f"?ticket={chat.token('alice')}",
             "forged": f"?ticket={ticket[:-2]}{'AA' if ticket[-2:] != 'AA' else 'BB'}",
             "missing": "",
+            "non-ASCII": f"?ticket={ticket[:-3]}%C3%A9{ticket[-2:]}",
         }[kind]
         with pytest.raises(WebSocketDisconnect), chat.client.websocket_connect(f"/ws{query}"):
             pass
@@ -258,6 +268,44 @@ class TestParts:
         assert logs.REDACTED in message
         for part in token.split(".")[2:]:
             assert part not in message
+
+    @pytest.mark.parametrize(
+        "line",
+        [
+            '127.0.0.1:1 - "WebSocket /ws?tick%65t=%69so1{rest}" [accepted]',
+            '127.0.0.1:1 - "WebSocket /ws?tick%65t={all}" 403',
+            '127.0.0.1:1 - "GET /x?next={all}&page=2 HTTP/1.1" 200',
+            '127.0.0.1:1 - "GET /x?a={twice} HTTP/1.1" 200',
+            '127.0.0.1:1 - "GET /ws?ticket%3D{all} HTTP/1.1" 200',
+            "a ticket %69so1{rest} in a message",
+        ],
+        ids=["issue-shape", "all-encoded", "any-key", "twice-encoded", "encoded-equals", "prose"],
+    )
+    def test_log_filter_decodes_before_redacting(self, line: str) -> None:
+        """Percent-encoded names and values (the issue's /ws?tick%65t=%69so1...) are masked too."""
+        logs = importlib.import_module("examples.chat.logs")
+        token = tokens.dumps(UserContext.new("alice"), key=os.urandom(32), purpose="chat")
+        encoded = "".join(f"%{ord(char):02X}" for char in token)
+        text = line.format(rest=token[4:], all=encoded, twice=encoded.replace("%", "%25"))
+        record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, "%s", (text,), None)
+        assert logs.RedactSecrets().filter(record)
+        message = record.getMessage()
+        assert logs.REDACTED in message
+        decoded = urllib.parse.unquote(urllib.parse.unquote(message))
+        for part in token.split(".")[1:]:
+            assert part not in decoded
+
+    @pytest.mark.parametrize(
+        "line",
+        [
+            '127.0.0.1:1 - "GET /messages?page=2&q=hello%20world HTTP/1.1" 200',
+            "why? because 100% of it is fine",
+        ],
+    )
+    def test_log_filter_leaves_ordinary_lines(self, line: str) -> None:
+        """Lines without a credential are left as they are, percent-escapes included."""
+        logs = importlib.import_module("examples.chat.logs")
+        assert logs.redact(line) == line
 
     def test_log_filter_masks_tracebacks(self) -> None:
         """A token in an exception's message is masked in the logged traceback too."""

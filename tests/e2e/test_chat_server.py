@@ -243,6 +243,10 @@ async def test_no_token_or_ticket_reaches_the_log(
         async with connect(f"{chat_server.ws_url}/ws?ticket={encoded.replace('.', '%2E')}"):
             pass
         assert await refused(chat_server, f"?ticket={quote(token, safe='')}") == 403
+        # The shape: the name and the value percent-encoded, which the app decodes.
+        disguised = await ticket_for(chat_server, http, token)
+        async with connect(f"{chat_server.ws_url}/ws?tick%65t=%69{disguised[1:]}"):
+            pass
         await http.get(f"/messages?token={token}", headers=bearer(token))
         await http.get("/messages", headers=bearer(ticket))  # a ticket is not a bearer token
 

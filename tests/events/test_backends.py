@@ -140,7 +140,7 @@ class TestSharedBackend:
     async def test_tickets_recorded_by_the_backend(self) -> None:
         """Ticket redemption goes through the backend's claim_ticket."""
         backend = LoopbackBackend()
-        router = EventRouter(backend=backend, keys=[b"k" * 32])
+        router = EventRouter(backend=backend, keys=[b"0123456789abcdef" * 2])
         ticket = router.issue_ticket(UserContext.new("alice"))
         await router.connect(token=ticket)
         assert backend.tickets.tickets_recorded == 1

@@ -90,7 +90,9 @@ class TestCycles:
     async def test_connect_disconnect_leaves_nothing(self, fake_clock: FakeClock) -> None:
         """10,000 cycles of every kind of connection: no task, entry, counter or object left."""
         backend = MemoryBackend()
-        router = EventRouter(keys=[b"k" * 32], backend=backend, overflow=Overflow.DROP_OLDEST)
+        router = EventRouter(
+            keys=[b"0123456789abcdef" * 2], backend=backend, overflow=Overflow.DROP_OLDEST
+        )
         tasks_before = await _tasks()
         refs: list[weakref.ref[Connection]] = []
         for i in range(self.CYCLES):

@@ -66,7 +66,7 @@ class TestConnect:
     async def test_both_sources(self) -> None:
         """ctx and token together are a UsageError."""
         with pytest.raises(isolation.UsageError):
-            await EventRouter(keys=[b"k" * 32]).connect(alice(), token="x")
+            await EventRouter(keys=[b"0123456789abcdef" * 2]).connect(alice(), token="x")
 
     async def test_not_a_context(self) -> None:
         """Something that is not a UserContext is refused."""

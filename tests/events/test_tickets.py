@@ -12,8 +12,8 @@ from isolation.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
 
-KEY = b"k" * 32
-OTHER_KEY = b"o" * 32
+KEY = b"0123456789abcdef" * 2
+OTHER_KEY = b"fedcba9876543210" * 2
 
 
 def alice(**kwargs: object) -> UserContext:
@@ -184,7 +184,7 @@ class TestReauthenticate:
         conn = await router.connect(token=router.issue_ticket(alice(ttl=10)))
         assert conn.expires_at == pytest.approx(fake_clock.time() + 10)
         fake_clock.advance(8)
-        await conn.reauthenticate(router.issue_ticket(alice(ttl=60)))
+        await conn.reauthenticate(router.issue_ticket(alice(ttl=60), ttl=60))
         assert conn.expires_at == pytest.approx(fake_clock.time() + 60)
         fake_clock.advance(30)
         await router.publish("alice", "still here", tenant_id="acme")

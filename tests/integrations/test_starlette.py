@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import AsyncIterator, Iterator
 
 import anyio
@@ -26,10 +28,13 @@ from isolation.integrations.starlette import (
     CLOSE_EXPIRED,
     CLOSE_POLICY,
     IsolationMiddleware,
+    authenticated_context,
     lifespan,
+    middleware_stats,
+    pump,
     websocket_context,
 )
-from isolation.testing import FakeClock
+from isolation.testing import FakeClock, use_clock
 
 SEEN: list[tuple[str, str | None]] = []
 
@@ -180,11 +185,97 @@ class TestHTTP:
         with TestClient(make_app(ttl=0.05)) as client:
             assert client.get("/hang", headers={"x-user": "alice"}).status_code == 503
 
-    @pytest.mark.parametrize("ttl", [0, -1, "soon"])
+    @pytest.mark.parametrize("ttl", [0, -1, "soon", math.inf, math.nan, True, -math.inf])
     def test_bad_ttl(self, ttl: object) -> None:
-        """ttl must be a positive number."""
-        with pytest.raises(isolation.ConfigurationError):
+        """ttl must be finite seconds > 0: inf, nan and bool are refused when it is made."""
+        with pytest.raises(isolation.ConfigurationError, match="ttl"):
             IsolationMiddleware(make_app(), authenticate=authenticate, ttl=ttl)  # type: ignore[arg-type]
+
+    def test_ttl_inf_no_longer_fails_every_request(self) -> None:
+        """The attack's shape: ttl=inf was accepted, then every request failed."""
+        with pytest.raises(isolation.ConfigurationError, match="ttl"):
+            make_app(ttl=math.inf).build_middleware_stack()
+
+    @pytest.mark.parametrize(
+        "paths",
+        [[b"/health"], [1], ["health"], [None], b"/health", 5, ("/ok", "")],
+        ids=["bytes-path", "int-path", "relative", "none-path", "bytes", "int", "empty"],
+    )
+    def test_bad_public_paths(self, paths: object) -> None:
+        """public_paths holds str paths starting with '/': anything else is refused when made."""
+        with pytest.raises(isolation.ConfigurationError, match="public_paths"):
+            IsolationMiddleware(make_app(), authenticate=authenticate, public_paths=paths)  # type: ignore[arg-type]
+
+    def test_non_str_public_paths_no_longer_fail_every_request(self) -> None:
+        """The attack's shape: public_paths=[b"/health"] was accepted, then requests failed."""
+        app = Starlette(
+            routes=[Route("/whoami", whoami)],
+            middleware=[
+                Middleware(IsolationMiddleware, authenticate=authenticate, public_paths=[b"/h"])
+            ],
+        )
+        with pytest.raises(isolation.ConfigurationError, match="public_paths"):
+            app.build_middleware_stack()
+
+    @pytest.mark.parametrize(
+        ("kwargs", "name"),
+        [
+            ({"app": 3}, "app"),
+            ({"authenticate": "alice"}, "authenticate"),
+            ({"registry": {}}, "registry"),
+        ],
+    )
+    def test_other_bad_arguments(self, kwargs: dict[str, object], name: str) -> None:
+        """app, authenticate and registry are checked when the middleware is made, by name."""
+        arguments: dict[str, object] = {"app": make_app(), "authenticate": authenticate, **kwargs}
+        with pytest.raises(isolation.ConfigurationError, match=name):
+            IsolationMiddleware(**arguments)  # type: ignore[arg-type]
+
+    def test_background_task_cancelled_at_the_deadline_is_logged_and_counted(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A BackgroundTask still running at the deadline, after the 200: a warning and a count."""
+        clock = FakeClock()
+        reached: list[str] = []
+
+        async def slow_background(request: Request) -> PlainTextResponse:
+            async def work() -> None:
+                reached.append(who())
+                clock.advance(31)  # the request's 30 s deadline passes while the task runs
+                await anyio.sleep_forever()
+
+            return PlainTextResponse("ok", background=BackgroundTask(work))
+
+        app = Starlette(
+            routes=[Route("/slow", slow_background)],
+            middleware=[Middleware(IsolationMiddleware, authenticate=authenticate, ttl=30)],
+        )
+        before = middleware_stats().cancelled_after_response
+        with (
+            use_clock(clock),
+            caplog.at_level(logging.WARNING, logger="isolation.context"),
+            TestClient(app) as client,
+        ):
+            response = client.get("/slow", headers={"x-user": "alice"})
+        assert response.status_code == 200
+        assert response.text == "ok"
+        assert reached == ["alice"]
+        assert middleware_stats().cancelled_after_response == before + 1
+        [record] = [
+            r for r in caplog.records if getattr(r, "event", None) == "cancelled_after_response"
+        ]
+        assert record.levelno == logging.WARNING
+        assert record.request_id  # type: ignore[attr-defined]
+        assert "alice" not in record.getMessage()
+        assert "alice" not in repr(vars(record))
+
+    def test_deadline_counters(self) -> None:
+        """A 503 for a deadline before the response is counted as expired_before_response."""
+        before = middleware_stats().expired_before_response
+        with TestClient(make_app()) as client:
+            response = client.get("/hang", headers={"x-user": "alice", "x-ttl": "0.05"})
+        assert response.status_code == 503
+        assert middleware_stats().expired_before_response == before + 1
 
     def test_public_paths_must_be_a_collection(self) -> None:
         """A bare string for public_paths is refused (it would be a set of characters)."""
@@ -255,6 +346,22 @@ class TestWebSocket:
         """websocket_context outside the middleware says how to fix it."""
         with pytest.raises(isolation.ConfigurationError, match="IsolationMiddleware"):
             websocket_context({"type": "websocket", "state": {}})
+        with pytest.raises(isolation.ConfigurationError, match="IsolationMiddleware"):
+            authenticated_context({"type": "http", "state": None})
+
+    def test_authenticated_context_takes_a_connection(self) -> None:
+        """Anything but a Request, a WebSocket or an ASGI scope is a UsageError."""
+        with pytest.raises(isolation.UsageError):
+            authenticated_context("alice")  # type: ignore[arg-type]
+
+    def test_pump_checks_its_arguments(self) -> None:
+        """pump() without a WebSocket or a Connection is a UsageError before anything runs."""
+
+        async def main() -> None:
+            await pump(None, None)  # type: ignore[arg-type]
+
+        with pytest.raises(isolation.UsageError):
+            anyio.run(main)
 
 
 class TestLifespan:
@@ -283,6 +390,11 @@ class TestLifespan:
             assert client.get("/whoami", headers={"x-user": "alice"}).status_code == 200
             assert closed == []
         assert closed == ["async", "sync"]
+
+    def test_lifespan_checks_resources_when_made(self) -> None:
+        """A resource without aclose() or close() is refused by lifespan(), not at shutdown."""
+        with pytest.raises(isolation.ConfigurationError, match="close"):
+            lifespan(object())
 
 
 class _ScopeInDispatch(BaseHTTPMiddleware):

@@ -26,8 +26,8 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 import isolation
-from isolation import Lifetime, Registry, UserContext
-from isolation.events import CloseReason, Connection, EventRouter, Overflow
+from isolation import Lifetime, Registry, UserContext, tokens
+from isolation.events import TICKET_PURPOSE, CloseReason, Connection, EventRouter, Overflow
 from isolation.integrations.starlette import (
     CLOSE_EXPIRED,
     CLOSE_GOING_AWAY,
@@ -360,7 +360,9 @@ class TestOnMessage:
         ):
             socket.send_text(ticket)
             assert socket.receive_json()["payload"] == "renewed"
-        assert harness.connections["alice"].expires_at is None
+        # The connection now lives as long as the ticket that re-authenticated it.
+        renewed = tokens.loads(ticket, keys=[KEY], purpose=TICKET_PURPOSE)
+        assert harness.connections["alice"].expires_at == renewed.expires_at
 
     def test_expired_context_in_on_message_closes_with_4001(self, backend: str) -> None:
         """on_message raising ContextExpiredError closes the socket with CLOSE_EXPIRED."""

@@ -19,8 +19,8 @@ from isolation.events.backends._envelope import (
 )
 from isolation.testing import strategies as iso_st
 
-KEY = b"k" * 32
-NEW_KEY = b"n" * 32
+KEY = b"0123456789abcdef" * 2
+NEW_KEY = b"ghijklmnopqrstuv" * 2
 NOW = 1_000_000.0
 
 

@@ -182,7 +182,9 @@ class TestRouterMachine:
         class OverRedis(RouterMachine):
             async def make_router(self) -> EventRouter:
                 namespace = f"machines-{uuid.uuid4().hex[:12]}"
-                backend = RedisBackend(redis_url, keys=[b"k" * 32], namespace=namespace)
+                backend = RedisBackend(
+                    redis_url, keys=[b"0123456789abcdef" * 2], namespace=namespace
+                )
                 routers.append(EventRouter(backend=backend))
                 return routers[-1]
 

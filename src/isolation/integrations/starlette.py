@@ -12,7 +12,9 @@ and background tasks included, runs inside ``isolation.scope``.
   (403). When the context's deadline passes before the response has started,
   the client gets **503** with ``Retry-After: 1``; after it has started, the
   response is cut off (the server closes the connection without the final
-  chunk), so the client never mistakes it for complete.
+  chunk), so the client never mistakes it for complete; after it is complete
+  (a ``BackgroundTask`` still running), the work is cancelled and a warning
+  logged. :func:`middleware_stats` counts the three.
 * WebSocket: refused handshakes for ``None`` and ``PermissionError``. An
   accepted socket runs in a ``CONNECTION`` scope **without a deadline** —
   expiry of a socket is the router connection's job, so
@@ -33,7 +35,8 @@ import contextlib
 import inspect
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any, Final
 
 import anyio
@@ -43,7 +46,13 @@ from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from isolation import _clock
-from isolation._errors import ConfigurationError, ConnectionClosedError, ContextExpiredError
+from isolation._counters import Counter
+from isolation._errors import (
+    ConfigurationError,
+    ConnectionClosedError,
+    ContextExpiredError,
+    UsageError,
+)
 from isolation._lifetime import Lifetime
 from isolation.context._model import UserContext
 from isolation.context._scope import Scope
@@ -61,10 +70,12 @@ __all__ = [
     "CLOSE_TRY_AGAIN_LATER",
     "DEFAULT_MAX_FRAME_BYTES",
     "IsolationMiddleware",
+    "MiddlewareStats",
     "OnMessage",
     "authenticated_context",
     "close_code",
     "lifespan",
+    "middleware_stats",
     "pump",
     "websocket_context",
 ]
@@ -109,6 +120,37 @@ _CLOSE_CODES: Final = {
 }
 
 
+_expired_before_response = Counter()
+_cut_off = Counter()
+_cancelled_after_response = Counter()
+
+
+@attrs.frozen(kw_only=True)
+class MiddlewareStats:
+    """Process-wide counts of HTTP requests whose deadline passed (a snapshot).
+
+    Attributes:
+        expired_before_response: Answered 503: the deadline passed before the
+            response started.
+        cut_off: The deadline passed while the response was being sent: cut off.
+        cancelled_after_response: The response was complete, but work of the
+            request (a ``BackgroundTask``) was still running and was cancelled.
+    """
+
+    expired_before_response: int
+    cut_off: int
+    cancelled_after_response: int
+
+
+def middleware_stats() -> MiddlewareStats:
+    """Return a snapshot of :class:`IsolationMiddleware`'s deadline counters."""
+    return MiddlewareStats(
+        expired_before_response=_expired_before_response.value,
+        cut_off=_cut_off.value,
+        cancelled_after_response=_cancelled_after_response.value,
+    )
+
+
 def close_code(reason: CloseReason) -> int:
     """Return the WebSocket close code for a router connection's close reason.
 
@@ -140,8 +182,14 @@ def authenticated_context(conn: HTTPConnection | ASGIScope) -> UserContext:
     Raises:
         ConfigurationError: No ``IsolationMiddleware`` authenticated this connection.
     """
+    if not isinstance(conn, HTTPConnection | Mapping):
+        raise UsageError(
+            f"authenticated_context() takes a Request, a WebSocket or an ASGI scope, "
+            f"got {type(conn).__name__}"
+        )
     scope = conn.scope if isinstance(conn, HTTPConnection) else conn
-    ctx = scope.get("state", {}).get(_STATE_KEY)
+    state = scope.get("state")
+    ctx = state.get(_STATE_KEY) if isinstance(state, Mapping) else None
     if not isinstance(ctx, UserContext):
         raise ConfigurationError(
             "no authenticated context on this connection",
@@ -191,7 +239,28 @@ def _paths(paths: Iterable[str]) -> tuple[str, ...]:
             f"public_paths takes a list of paths, not one string: {paths!r}",
             hint=f"Write public_paths=({paths!r},)",
         )
-    return tuple(paths)
+    if isinstance(paths, bytes | bytearray) or not isinstance(paths, Iterable):
+        raise ConfigurationError(
+            f"public_paths must be an iterable of str paths, got {type(paths).__name__}"
+        )
+    checked = tuple(paths)
+    for path in checked:
+        # Checked here: a bytes or int path would fail every request, not this one call.
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ConfigurationError(
+                f"public_paths must hold str paths starting with '/', got {path!r:.80}",
+                hint="Write an exact path ('/health') or a prefix ending in '/' ('/static/')",
+            )
+    return checked
+
+
+def _ttl(ttl: object) -> float | None:
+    if ttl is None:
+        return None
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl < math.inf:
+        # inf would pass "> 0" and then make every request's deadline invalid.
+        raise ConfigurationError(f"ttl must be finite seconds > 0, or None, got {ttl!r:.40}")
+    return float(ttl)
 
 
 @attrs.define(eq=False)
@@ -203,22 +272,32 @@ class IsolationMiddleware:
         authenticate: ``authenticate(conn)``, sync or async: a context, ``None``
             (not authenticated), or ``PermissionError`` (forbidden).
         registry: Given to every scope, so endpoints can ``scope.get(T)``.
-        ttl: Caps each context's deadline at ``now + ttl`` seconds (HTTP only).
+        ttl: Caps each context's deadline at ``now + ttl`` seconds (HTTP
+            only): finite and > 0.
         public_paths: Paths served outside any scope (login, health, static
-            files): an exact path, or a prefix ending in ``/``.
+            files): ``str`` paths starting with ``/``, each an exact path or a
+            prefix ending in ``/``.
+
+    Raises:
+        ConfigurationError: A bad argument, named, when the middleware is made
+            (never at the first request).
     """
 
     app: ASGIApp
     authenticate: Authenticate = attrs.field(kw_only=True)
     registry: Registry | None = attrs.field(default=None, kw_only=True)
-    ttl: float | None = attrs.field(default=None, kw_only=True)
+    ttl: float | None = attrs.field(default=None, kw_only=True, converter=_ttl)
     public_paths: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=_paths)
 
     def __attrs_post_init__(self) -> None:
+        if not callable(self.app):
+            raise ConfigurationError(f"app must be an ASGI app, got {type(self.app).__name__}")
         if not callable(self.authenticate):
             raise ConfigurationError("authenticate must be a callable")
-        if self.ttl is not None and not (isinstance(self.ttl, int | float) and self.ttl > 0):
-            raise ConfigurationError(f"ttl must be a positive number of seconds, got {self.ttl!r}")
+        if self.registry is not None and not isinstance(self.registry, Registry):
+            raise ConfigurationError(
+                f"registry must be an isolation.Registry or None, got {type(self.registry).__name__}"
+            )
 
     async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -266,21 +345,38 @@ class IsolationMiddleware:
             cap = _clock._now() + self.ttl
             if ctx.expires_at is None or ctx.expires_at > cap:
                 ctx = attrs.evolve(ctx, expires_at=cap)
-        started = False
+        started = completed = False
 
         async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
+            nonlocal started, completed
+            kind = message["type"]
+            if kind == "http.response.start":
                 started = True
+            elif kind == "http.response.body" and not message.get("more_body", False):
+                completed = True
             await send(message)
 
         try:
             async with Scope(ctx, registry=self.registry):
                 await self.app(scope, receive, tracking_send)
         except ContextExpiredError:
+            # Never the user id in these records: the request id links them to the request.
+            extra = {"request_id": ctx.request_id, "method": scope.get("method")}
+            if completed:
+                # The client has its whole response; what ran on (a BackgroundTask) was
+                # cancelled. Said, and counted, so that it is never silent.
+                _cancelled_after_response.increment()
+                logger.warning(
+                    "work of a request still running at its deadline was cancelled after "
+                    "the response was sent",
+                    extra={"event": "cancelled_after_response", **extra},
+                )
+                return
             if started:
+                _cut_off.increment()
                 raise  # the response is cut off: the client cannot take it as complete
-            logger.warning("request deadline passed", extra={"event": "request_expired"})
+            _expired_before_response.increment()
+            logger.warning("request deadline passed", extra={"event": "request_expired", **extra})
             await _plain_response(send, 503, "request deadline exceeded", [(b"retry-after", b"1")])
 
     async def _websocket(
@@ -348,6 +444,7 @@ async def pump(
     Raises:
         ConfigurationError: ``max_frame_bytes`` is not a positive int, or
             ``on_message`` is not callable.
+        UsageError: ``websocket`` or ``connection`` is not of its type.
     """
     if isinstance(max_frame_bytes, bool) or not isinstance(max_frame_bytes, int):
         raise ConfigurationError(f"max_frame_bytes must be an int >= 1, got {max_frame_bytes!r}")
@@ -355,6 +452,12 @@ async def pump(
         raise ConfigurationError(f"max_frame_bytes must be an int >= 1, got {max_frame_bytes!r}")
     if on_message is not None and not callable(on_message):
         raise ConfigurationError("on_message must be a callable or None")
+    if not isinstance(websocket, WebSocket):
+        raise UsageError(f"pump() takes a starlette WebSocket, got {type(websocket).__name__}")
+    if not isinstance(connection, Connection):
+        raise UsageError(
+            f"pump() takes an isolation.events.Connection, got {type(connection).__name__}"
+        )
     run = _Pump(websocket, connection, max_frame_bytes, on_message)
     try:
         if websocket.application_state is WebSocketState.CONNECTING:
@@ -502,7 +605,16 @@ def lifespan(*resources: Any) -> Callable[[Any], contextlib.AbstractAsyncContext
 
     Each resource has ``aclose()`` (an ``EventRouter``, a ``SessionManager``, a
     ``Registry``) or ``close()``; failures are logged and the rest still close.
+
+    Raises:
+        ConfigurationError: A resource has neither ``aclose()`` nor ``close()``
+            (checked here, not at shutdown).
     """
+    for resource in resources:
+        if not callable(getattr(resource, "aclose", None) or getattr(resource, "close", None)):
+            raise ConfigurationError(
+                f"lifespan() takes resources with aclose() or close(), got {type(resource).__name__}"
+            )
 
     @contextlib.asynccontextmanager
     async def manage(app: Any) -> AsyncIterator[None]:

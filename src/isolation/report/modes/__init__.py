@@ -34,6 +34,7 @@ MODULES = (
     "isolation.report.modes.fm15_overflow",
     "isolation.report.modes.fm15_redis",
     "isolation.report.modes.fm16_tokens",
+    "isolation.report.modes.fm16_token_expiry",
     # After the modes it reuses: it registers Redis variants of their checks.
     "isolation.report.modes.fm_events_redis",
 )

@@ -43,7 +43,7 @@ from isolation.context._scope import Scope, _current, _Pending
 from isolation.factories._index import SharedStateIndex
 from isolation.factories._request_scoped import check_shared_state
 from isolation.factories._sampling import Schedule, schedule_for
-from isolation.factories._shareable import shareable
+from isolation.factories._shareable import refuse_per_user_state, shareable
 
 __all__ = ["Registry", "RegistryStats"]
 
@@ -294,7 +294,9 @@ class Registry:
 
         Raises:
             ConfigurationError: No return annotation, an unannotated parameter,
-                a type registered twice, or a captive dependency.
+                a type registered twice, a captive dependency, or an ``APP``
+                product known to keep per-user state (an HTTP client: see
+                :func:`~isolation.shareable`).
         """
         if fn is None:
             return lambda f: self.provide(f, lifetime=lifetime, check=check)
@@ -307,6 +309,8 @@ class Registry:
         if not callable(fn):
             raise UsageError(f"provide() takes a function or class, got {type(fn).__name__}")
         key, kind = _product_type(fn)
+        if lifetime is Lifetime.APP and isinstance(key, type):
+            refuse_per_user_state(key, "an APP product, which every user shares")
         params, positional = _parameters(fn)
         provider = _Provider(
             key=key,

@@ -76,9 +76,9 @@ class Agent:
         return f"answer for {self.user}"
 
 
-def call(obj: object, name: str) -> Any:
-    """``obj.name()``, the attribute read and the call both in the running scope."""
-    return getattr(obj, name)()
+def call(obj: object, name: str, *args: Any) -> Any:
+    """``obj.name(*args)``, the attribute read and the call both in the running scope."""
+    return getattr(obj, name)(*args)
 
 
 def alices_agent(live: Callable[..., Any]) -> tuple[Agent, Any]:
@@ -211,3 +211,69 @@ class TestRefusedAtDecoration:
         """C code reads a dict subclass's items without calling a method: refused."""
         with pytest.raises(isolation.UsageError, match=base.__qualname__):
             isolation.owned(type("Memory", (base,), {}))
+
+
+class TestDataStaysReadable:
+    def test_slots_repr_and_truth_are_not_guarded(self) -> None:
+        """Slots are data like __dict__ attributes; repr and truth tests work anywhere."""
+
+        @isolation.owned
+        class Slotted:
+            __slots__ = ("__weakref__", "items")
+
+            def __init__(self) -> None:
+                self.items = ["a"]
+
+            def __len__(self) -> int:
+                return len(self.items)
+
+            def __repr__(self) -> str:
+                return f"<Slotted {self.items!r}>"
+
+            def add(self, item: str) -> None:
+                self.items.append(item)
+
+        with isolation.scope(UserContext.new("alice")):
+            slotted = Slotted()
+            slotted.add("b")
+        assert slotted.items == ["a", "b"]
+        assert repr(slotted) == "<Slotted ['a', 'b']>"
+        assert slotted
+        assert len(slotted) == 2
+        with pytest.raises(Refused):
+            slotted.add("c")
+
+
+class TestMoreShapes:
+    def test_custom_getattribute(self, live: Callable[..., Any]) -> None:
+        """A class that computes attributes in __getattribute__: public names checked."""
+
+        @isolation.owned
+        class Computed:
+            def __init__(self) -> None:
+                self._secret = "alice's"
+
+            def __getattribute__(self, name: str) -> Any:
+                if name == "secret":
+                    return object.__getattribute__(self, "_secret")
+                return object.__getattribute__(self, name)
+
+        alice = live("alice")
+        computed = alice.run(Computed)
+        assert alice.run(getattr, computed, "secret") == "alice's"
+        with pytest.raises(Refused):
+            live("bob").run(getattr, computed, "secret")
+
+    def test_singledispatchmethod(self, live: Callable[..., Any]) -> None:
+        @isolation.owned
+        class Dispatch:
+            def __init__(self) -> None:
+                self.secret = "alice's"
+
+            @functools.singledispatchmethod
+            def show(self, arg: object) -> str:
+                return f"{self.secret} {arg}"
+
+        dispatch = live("alice").run(Dispatch)
+        with pytest.raises(Refused):
+            live("bob").run(call, dispatch, "show", 1)

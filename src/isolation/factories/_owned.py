@@ -14,7 +14,7 @@ decorators, ``singledispatchmethod``: checked when bound and when called),
 callable class attributes, attributes provided by ``__getattr__`` or a
 custom ``__getattribute__``, and the protocol dunders that hand out data
 (``__call__``, ``__await__``, ``__iter__``, ``__aiter__``, ``__getitem__``,
-``__enter__``...). Members added to the class (or a base) after decoration
+``__enter__``...; not ``__len__``, so that truth tests work anywhere). Members added to the class (or a base) after decoration
 are guarded at the next build. A class deriving from a built-in container
 (``dict``, ``list``...) is refused: C code reads its items without calling
 any method that could check.
@@ -53,7 +53,6 @@ _GUARDED_DUNDERS: Final = frozenset(
         "__getitem__",
         "__setitem__",
         "__delitem__",
-        "__missing__",
         "__iter__",
         "__aiter__",
         "__next__",
@@ -62,7 +61,6 @@ _GUARDED_DUNDERS: Final = frozenset(
         "__enter__",
         "__aenter__",
         "__contains__",
-        "__len__",
     }
 )
 # Hooks that provide attributes by name: guarded for public names.
@@ -415,13 +413,24 @@ def _guard_hook(name: str, raw: Any, weak: bool) -> Callable[..., Any]:
     return hook
 
 
+# Not guarded: classes, static and class methods (they do not see the
+# instance), and slots (data, like the attributes in an instance's __dict__).
+_UNGUARDED_MEMBERS: Final = (
+    type,
+    staticmethod,
+    classmethod,
+    types.MemberDescriptorType,
+    types.GetSetDescriptorType,
+)
+
+
 def _is_guarded(value: object) -> bool:
     return isinstance(value, _GuardedDescriptor) or getattr(value, _GUARDED, False) is True
 
 
 def _guard_value(value: Any, weak: bool) -> Any:
     """The guarded form of a class member, or None if it needs none (data, static, class)."""
-    if _is_guarded(value) or isinstance(value, (type, staticmethod, classmethod)):
+    if _is_guarded(value) or isinstance(value, _UNGUARDED_MEMBERS):
         return None
     if isinstance(value, types.FunctionType):
         return _guard_function(value, weak)

@@ -14,8 +14,9 @@ decorators, ``singledispatchmethod``: checked when bound and when called),
 callable class attributes, attributes provided by ``__getattr__`` or a
 custom ``__getattribute__``, and the protocol dunders that hand out data
 (``__call__``, ``__await__``, ``__iter__``, ``__aiter__``, ``__getitem__``,
-``__enter__``...; not ``__len__``, so that truth tests work anywhere). Members added to the class (or a base) after decoration
-are guarded at the next build. A class deriving from a built-in container
+``__enter__``...; not ``__len__``, so that truth tests work anywhere).
+Members added to the class (or a base) after decoration are guarded at the
+next build. A class deriving from a built-in container
 (``dict``, ``list``...) is refused: C code reads its items without calling
 any method that could check.
 """
@@ -552,15 +553,18 @@ def owned(cls: C) -> C:
     """Make instances of ``cls`` usable only inside the scope that built them.
 
     Construction records the current scope as the owner; outside any scope it
-    raises :class:`~isolation.NoContextError`. Public methods (sync, async,
-    generators), properties and ``__call__`` (and the container and context
-    manager dunders) then raise :class:`~isolation.CrossContextAccessError`
-    unless the current scope is the owner or nested in it (same principal).
-    A subclass is guarded too. Put ``@owned`` outermost, above ``@attrs.define``
-    or ``@dataclass``.
+    raises :class:`~isolation.NoContextError`. Every public callable member
+    (methods of any kind, properties, any descriptor, what ``__getattr__``
+    provides) and the protocol dunders (``__call__``, ``__await__``,
+    iteration, items, context managers) then raise
+    :class:`~isolation.CrossContextAccessError` unless the current scope is
+    the owner or nested in it (same principal). A subclass is guarded too, and
+    members added later from the next build on. Put ``@owned`` outermost,
+    above ``@attrs.define`` or ``@dataclass``.
 
     Raises:
-        UsageError: ``cls`` is not a class, or its instances can hold no owner.
+        UsageError: ``cls`` is not a class, its instances can hold no owner, or
+            it derives from a built-in container (``dict``, ``list``...).
     """
     if not isinstance(cls, type):
         raise UsageError(f"@owned decorates a class, got {type(cls).__name__}")

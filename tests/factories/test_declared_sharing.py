@@ -186,3 +186,30 @@ class TestSharePoolNotClient:
                 assert await bob.whoami() == {"acting_as": "bob"}
             assert await alice.whoami() == {"acting_as": "alice"}
         assert registry.stats().violations == 0
+
+
+class TestWrappedAndUndeclared:
+    def test_wrapper_holding_a_client_is_refused(self) -> None:
+        """A wrapper declared whole, holding a client in an attribute: refused, naming it."""
+
+        class Upstream:
+            def __init__(self) -> None:
+                self.client = httpx.AsyncClient(transport=asgi_transport())
+
+        with pytest.raises(isolation.ConfigurationError, match=r"Upstream\.client"):
+            isolation.shareable(Upstream())
+
+    def test_undeclared_shared_client_is_refused_by_the_walk(
+        self, live: Callable[..., Any]
+    ) -> None:
+        """Not declared, one client reached by two users' instances: the walk refuses it."""
+        client = httpx.AsyncClient(transport=asgi_transport())
+
+        class Holder:
+            def __init__(self) -> None:
+                self.http = client
+
+        make = isolation.request_scoped(Holder)
+        live("alice").run(make)
+        with pytest.raises(isolation.SharedStateError):
+            live("bob").run(make)

@@ -161,3 +161,20 @@ class TestSampledPerProvider:
         assert [same[0].due() for _ in range(64)] == [same[1].due() for _ in range(64)]
         fresh = [schedule_for(3, "p") for _ in range(2)]
         assert [fresh[0].due() for _ in range(256)] != [fresh[1].due() for _ in range(256)]
+
+
+class TestRequestScopedSampled:
+    def test_alternating_users_are_both_walked(self) -> None:
+        """@request_scoped(check="sampled", sample_every=2), alice then bob each round:
+        a counter walked every alice build and never bob's, so Leaky was never refused."""
+        make = isolation.request_scoped(Leaky, check="sampled", sample_every=2)
+        refused = 0
+        for _ in range(400):
+            with isolation.scope(UserContext.new("alice")):
+                make()
+                with bob(Registry()):
+                    try:
+                        make()
+                    except isolation.SharedStateError:
+                        refused += 1
+        assert refused > 0

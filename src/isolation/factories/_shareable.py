@@ -98,6 +98,15 @@ def refuse_per_user_state(cls: type, what: str) -> None:
         )
 
 
+def _attributes(obj: object) -> list[tuple[str, object]]:
+    """``obj``'s own attributes (its ``__dict__``), without running any of its code."""
+    try:
+        namespace = object.__getattribute__(obj, "__dict__")
+    except (AttributeError, TypeError):
+        return []
+    return list(namespace.items()) if isinstance(namespace, dict) else []
+
+
 def _forget(ref: weakref.ref[Any], key: int) -> None:
     # Called when a declared object dies: only drop the entry if it is still ours.
     if _weak.get(key) is ref:
@@ -117,12 +126,21 @@ def shareable(obj: T) -> T:
         pool = isolation.shareable(httpx.AsyncHTTPTransport(limits=httpx.Limits()))
 
     Raises:
-        ConfigurationError: ``obj`` (or the type) is known to carry one user's
-            state into another's requests: an httpx ``Client``/``AsyncClient``,
-            a requests ``Session`` or an aiohttp ``ClientSession`` (their cookie
-            jars). The message says what to share instead.
+        ConfigurationError: ``obj`` (or the type, or one of ``obj``'s own
+            attributes) is known to carry one user's state into another's
+            requests: an httpx ``Client``/``AsyncClient``, a requests
+            ``Session`` or an aiohttp ``ClientSession`` (their cookie jars).
+            The message says what to share instead.
     """
-    refuse_per_user_state(obj if isinstance(obj, type) else type(obj), "declared shareable")
+    if isinstance(obj, type):
+        refuse_per_user_state(obj, "declared shareable")
+    else:
+        refuse_per_user_state(type(obj), "declared shareable")
+        # One level in: a wrapper declared whole (``Upstream(client=...)``).
+        for name, value in _attributes(obj):
+            refuse_per_user_state(
+                type(value), f"declared shareable inside {type(obj).__qualname__}.{name}"
+            )
     with _lock:
         if isinstance(obj, type):
             _types.add(obj)

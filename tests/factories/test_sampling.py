@@ -70,6 +70,18 @@ class TestValuesAreApp:
 
 
 class TestBadOptions:
+    @pytest.mark.parametrize("provides", ["Cart", 3, Cart()])
+    def test_provides_must_be_a_type(self, provides: object) -> None:
+        """provide_value(provides=...) names the type resolved: a string is refused."""
+        with pytest.raises(isolation.ConfigurationError, match="provides"):
+            Registry().provide_value(Cart(), provides=provides)  # type: ignore[arg-type]
+
+    def test_provides_a_generic_alias(self) -> None:
+        registry = Registry()
+        registry.provide_value(["a"], provides=list[str])
+        with isolation.scope(UserContext.new("alice"), registry=registry) as s:
+            assert s.get(list[str]) == ["a"]
+
     @pytest.mark.parametrize(
         ("kwargs", "name"),
         [

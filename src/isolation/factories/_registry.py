@@ -337,10 +337,16 @@ class Registry:
 
         Raises:
             ConfigurationError: ``lifetime`` is not ``APP`` (one object handed
-                to every user as if it were theirs).
+                to every user as if it were theirs), or ``provides`` is not a type.
         """
         if not isinstance(lifetime, Lifetime):
             raise UsageError(f"lifetime must be an isolation.Lifetime, got {lifetime!r}")
+        if provides is not None and not (
+            isinstance(provides, type) or typing.get_origin(provides) is not None
+        ):
+            raise ConfigurationError(
+                f"provides must be a type (what the value is resolved as), got {provides!r}"
+            )
         key = provides if provides is not None else type(obj)
         if lifetime is not Lifetime.APP:
             raise ConfigurationError(

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import typing
+
 import pytest
 
 import isolation
@@ -76,11 +78,15 @@ class TestBadOptions:
         with pytest.raises(isolation.ConfigurationError, match="provides"):
             Registry().provide_value(Cart(), provides=provides)  # type: ignore[arg-type]
 
-    def test_provides_a_generic_alias(self) -> None:
+    def test_provides_a_generic_alias_or_new_type(self) -> None:
+        """What a return annotation may be, provides may be too."""
+        upstream = typing.NewType("upstream", str)
         registry = Registry()
         registry.provide_value(["a"], provides=list[str])
+        registry.provide_value("https://api", provides=upstream)  # type: ignore[arg-type]
         with isolation.scope(UserContext.new("alice"), registry=registry) as s:
             assert s.get(list[str]) == ["a"]
+            assert s.get(upstream) == "https://api"
 
     @pytest.mark.parametrize(
         ("kwargs", "name"),

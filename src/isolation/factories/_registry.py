@@ -342,7 +342,7 @@ class Registry:
         if not isinstance(lifetime, Lifetime):
             raise UsageError(f"lifetime must be an isolation.Lifetime, got {lifetime!r}")
         if provides is not None and not (
-            isinstance(provides, type) or typing.get_origin(provides) is not None
+            isinstance(provides, (type, typing.NewType)) or typing.get_origin(provides) is not None
         ):
             raise ConfigurationError(
                 f"provides must be a type (what the value is resolved as), got {provides!r}"

@@ -213,3 +213,26 @@ class TestWrappedAndUndeclared:
         live("alice").run(make)
         with pytest.raises(isolation.SharedStateError):
             live("bob").run(make)
+
+
+class TestRegistryPattern:
+    def test_pool_at_app_client_per_request(self) -> None:
+        """providers.md: the transport an APP product, the client a REQUEST product over it;
+        two users live at once under the full walk: nothing refused, nothing shared but the pool."""
+        registry = Registry()
+
+        @registry.provide(lifetime=Lifetime.APP)
+        def pool() -> httpx.AsyncHTTPTransport:
+            return httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=10))
+
+        @registry.provide
+        def client(transport: httpx.AsyncHTTPTransport) -> httpx.AsyncClient:
+            return httpx.AsyncClient(transport=transport)
+
+        with isolation.scope(UserContext.new("alice"), registry=registry) as a:
+            alices = a.get(httpx.AsyncClient)
+            with isolation.scope(UserContext.new("bob"), registry=registry, allow_switch=True) as b:
+                bobs = b.get(httpx.AsyncClient)
+        assert alices is not bobs
+        assert alices.cookies is not bobs.cookies
+        assert registry.stats().violations == 0

@@ -8,9 +8,11 @@ from isolation.report import Settings, default_registry, run_check
 
 CHECKS = [
     (5, "walk-finds-planted"),
+    (5, "sampled-reaches-every-provider"),
     (7, "request-scoped-exactly-once"),
     (11, "walk-refuses"),
     (11, "owned-refuses"),
+    (9, "owned-refuses-every-member"),
 ]
 
 

@@ -234,7 +234,9 @@ _PYDANTIC_CLASS_METADATA: Final = frozenset(
 
 def _shared_by_design(cls: type) -> bool:
     if getattr(cls, "__isolation_shareable__", False) is True:
-        return True
+        # A class that says so, unless it keeps per-user state (an HTTP
+        # client's cookie jar): that is still walked and compared.
+        return _shareable.carries_user_state(cls) is None
     return any((klass.__module__, klass.__qualname__) in _SHARED_BY_NAME for klass in cls.__mro__)
 
 

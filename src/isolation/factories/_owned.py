@@ -1,20 +1,34 @@
 """``@owned``: an instance may only be used inside the scope that built it.
 
 Construction records the current scope as the owner (and is refused outside
-any scope). Every public method (sync, async, generator, async generator),
-property and ``__call__`` then checks that the current scope is the owner, or
-a scope nested in it of the same principal; otherwise it raises
-:class:`~isolation.CrossContextAccessError`: another principal, no scope, or
-an owner scope that has ended, **even for a later request of the same user**.
-The common case costs one ContextVar read and an identity compare.
+any scope). Every public callable member then checks that the current scope
+is the owner, or a scope nested in it of the same principal; otherwise it
+raises :class:`~isolation.CrossContextAccessError`: another principal, no
+scope, or an owner scope that has ended, **even for a later request of the
+same user**. The common case costs one ContextVar read and an identity compare.
+
+Guarded: plain functions (sync, async, generators and async generators,
+checked at each resume), properties and cached properties, any other
+descriptor (``lru_cache``-wrapped methods, ``partialmethod``, class-based
+decorators, ``singledispatchmethod``: checked when bound and when called),
+callable class attributes, attributes provided by ``__getattr__`` or a
+custom ``__getattribute__``, and the protocol dunders that hand out data
+(``__call__``, ``__await__``, ``__iter__``, ``__aiter__``, ``__getitem__``,
+``__enter__``...; not ``__len__``, so that truth tests work anywhere).
+Members added to the class (or a base) after decoration are guarded at the
+next build. A class deriving from a built-in container
+(``dict``, ``list``...) is refused: C code reads its items without calling
+any method that could check.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import operator
 import threading
 import types
+import typing
 import weakref
 from collections.abc import AsyncGenerator, Callable, Generator
 from typing import Any, Final, TypeVar
@@ -36,6 +50,7 @@ _NEW_INSTALLED: Final = "__isolation_new_installed__"
 _GUARDED_DUNDERS: Final = frozenset(
     {
         "__call__",
+        "__await__",
         "__getitem__",
         "__setitem__",
         "__delitem__",
@@ -43,13 +58,20 @@ _GUARDED_DUNDERS: Final = frozenset(
         "__aiter__",
         "__next__",
         "__anext__",
+        "__reversed__",
         "__enter__",
         "__aenter__",
         "__contains__",
     }
 )
+# Hooks that provide attributes by name: guarded for public names.
+_ATTRIBUTE_HOOKS: Final = frozenset({"__getattr__", "__getattribute__"})
+# Per class: (each class of the MRO, its dict's size) and (dict, name, guard)
+# at the last guarding, to notice members added or replaced since.
+_FINGERPRINT: Final = "__isolation_owned_fingerprint__"
 
 _guard_lock = threading.Lock()
+_HEAPTYPE: Final = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a class statement
 
 # Owners of instances that have neither a __dict__ nor a slot for the owner:
 # id -> (weak reference to the instance, weak reference to its scope).
@@ -143,21 +165,25 @@ def _check_weak(instance: object) -> None:
     _check_slow(instance, current, owner)
 
 
+def _check_attribute(instance: object) -> None:
+    current = _current.get()
+    try:
+        owner = instance.__isolation_owner__  # type: ignore[attr-defined]
+    except AttributeError:
+        owner = None
+    if current is owner and owner is not None and owner._state == _ACTIVE:
+        return
+    _check_slow(instance, current, owner)
+
+
+def _checker(weak: bool) -> Callable[[object], None]:
+    """The owner check for instances whose owner is in the weak map, or on the instance."""
+    return _check_weak if weak else _check_attribute
+
+
 def _guard_function(fn: Callable[..., Any], weak: bool) -> Callable[..., Any]:
     """Wrap a method so that each call (and each resume of what it returns) is checked."""
-    if weak:
-        check = _check_weak
-    else:
-
-        def check(instance: object) -> None:
-            current = _current.get()
-            try:
-                owner = instance.__isolation_owner__  # type: ignore[attr-defined]
-            except AttributeError:
-                owner = None
-            if current is owner and owner is not None and owner._state == _ACTIVE:
-                return
-            _check_slow(instance, current, owner)
+    check = _checker(weak)
 
     wrapper: Callable[..., Any]
     if inspect.iscoroutinefunction(fn):
@@ -285,8 +311,207 @@ def _storage_of(cls: type) -> bool:
     )
 
 
-def _guard_members(cls: type, weak: bool) -> None:
+class _GuardedCall:
+    """A callable handed out by a guarded descriptor or hook: checked at each call.
+
+    Attribute reads go to the callable (``cache_info`` of an ``lru_cache``
+    method, ``__name__``...), so it stands in for the bound method.
+    """
+
+    __slots__ = ("__isolation_call__", "_check", "_instance")
+
+    def __init__(
+        self, instance: object, call: Callable[..., Any], check: Callable[[object], None]
+    ) -> None:
+        self._instance = instance
+        self._check = check
+        self.__isolation_call__ = call
+
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
+        self._check(self._instance)
+        return _guard_result(self._instance, self.__isolation_call__(*args, **kwargs), self._check)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__isolation_call__, name)
+
+    def __repr__(self) -> str:
+        return f"<owned {self.__isolation_call__!r}>"
+
+
+def _guard_result(instance: object, result: Any, check: Callable[[object], None]) -> Any:
+    """A generator or async generator from a guarded call, checked at each resume."""
+    if isinstance(result, types.GeneratorType):
+        return _guard_gen(instance, result, check)
+    if isinstance(result, types.AsyncGeneratorType):
+        return _guard_asyncgen(instance, result, check)
+    return result
+
+
+def _handed_out(instance: object, value: Any, check: Callable[[object], None]) -> Any:
+    """What a guarded access returns: a callable is wrapped so its calls are checked too."""
+    if callable(value) and not isinstance(value, (type, _GuardedCall)):
+        return _GuardedCall(instance, value, check)
+    return value
+
+
+class _GuardedDescriptor:
+    """Any descriptor or callable class attribute: checked when bound and when called."""
+
+    __slots__ = ("__isolation_raw__", "_check", "_get")
+
+    def __init__(self, raw: Any, check: Callable[[object], None]) -> None:
+        self.__isolation_raw__ = raw
+        self._check = check
+        self._get = getattr(type(raw), "__get__", None)
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        raw = self.__isolation_raw__
+        get = self._get
+        if instance is None:
+            return raw if get is None else get(raw, None, owner)
+        self._check(instance)
+        value = raw if get is None else get(raw, instance, owner)
+        return _handed_out(instance, value, self._check)
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        set_name = getattr(self.__isolation_raw__, "__set_name__", None)
+        if set_name is not None:
+            set_name(owner, name)
+
+
+class _GuardedDataDescriptor(_GuardedDescriptor):
+    """A data descriptor (it has ``__set__`` or ``__delete__``): writes are checked too."""
+
+    __slots__ = ()
+
+    def __set__(self, instance: object, value: Any) -> None:
+        self._check(instance)
+        type(self.__isolation_raw__).__set__(self.__isolation_raw__, instance, value)
+
+    def __delete__(self, instance: object) -> None:
+        self._check(instance)
+        type(self.__isolation_raw__).__delete__(self.__isolation_raw__, instance)
+
+
+def _guard_hook(name: str, raw: Any, weak: bool) -> Callable[..., Any]:
+    """Guard ``__getattr__`` or ``__getattribute__``: public names are checked.
+
+    Private names (``_x``, dunders, the owner itself) pass unchecked: the check
+    reads them, and so do copy, pickle and the walk.
+    """
+    check = _checker(weak)
+    get = getattr(type(raw), "__get__", None)
+
+    def hook(self: Any, attribute: str, /) -> Any:
+        original = raw if get is None else get(raw, self, type(self))
+        if attribute[:1] == "_":
+            return original(attribute)
+        check(self)
+        return _handed_out(self, original(attribute), check)
+
+    hook.__name__ = hook.__qualname__ = name
+    setattr(hook, _GUARDED, True)
+    return hook
+
+
+# Not guarded: classes, static and class methods (they do not see the
+# instance), and slots (data, like the attributes in an instance's __dict__).
+_UNGUARDED_MEMBERS: Final = (
+    type,
+    staticmethod,
+    classmethod,
+    types.MemberDescriptorType,
+    types.GetSetDescriptorType,
+)
+
+
+def _is_guarded(value: object) -> bool:
+    return isinstance(value, _GuardedDescriptor) or getattr(value, _GUARDED, False) is True
+
+
+def _guard_value(value: Any, weak: bool) -> Any:
+    """The guarded form of a class member, or None if it needs none (data, static, class)."""
+    if _is_guarded(value) or isinstance(value, _UNGUARDED_MEMBERS):
+        return None
+    if isinstance(value, types.FunctionType):
+        return _guard_function(value, weak)
+    if type(value) is property:
+        if value.fget is not None and getattr(value.fget, _GUARDED, False):
+            return None
+        return _guard_property(value, weak)
+    if type(value) is functools.cached_property:
+        if getattr(value.func, _GUARDED, False):
+            return None
+        return functools.cached_property(_guard_function(value.func, weak))
+    kind = type(value)
+    if hasattr(kind, "__set__") or hasattr(kind, "__delete__"):
+        return _GuardedDataDescriptor(value, _checker(weak))
+    if hasattr(kind, "__get__") or callable(value):
+        return _GuardedDescriptor(value, _checker(weak))
+    return None
+
+
+def _refuse_unguardable(cls: type) -> None:
+    """Refuse a class whose data C code reads without calling anything (a built-in base)."""
+    for klass in cls.__mro__:
+        if klass is object or klass is typing.Generic or klass.__flags__ & _HEAPTYPE:
+            continue
+        raise UsageError(
+            f"@owned cannot guard {cls.__qualname__}: it derives from {klass.__qualname__}, "
+            "whose data C code reads without calling any method (json.dumps, dict(), "
+            "iteration in C) that could check the owner",
+            hint=f"Hold the {klass.__qualname__} in an attribute of a plain class instead",
+        )
+
+
+def _unchanged(cls: type) -> bool:
+    """Whether ``cls`` was guarded and no member was added or replaced since (in a base too).
+
+    Run at each build: the sizes of the MRO's dicts, then the guarded names'
+    current values (one ``itemgetter`` call per class dict holding guards).
+    """
+    # Read through the class (a type-cache hit), then made sure it is cls's own.
+    fingerprint = getattr(cls, _FINGERPRINT, None)
+    if fingerprint is None or fingerprint[0] is not cls:
+        return False
+    _, sizes, checks = fingerprint
+    for namespace, size in sizes:
+        if len(namespace) != size:
+            return False
+    try:
+        for namespace, values_of, guards in checks:
+            if values_of(namespace) != guards:
+                return False
+    except KeyError:  # a guarded member was deleted
+        return False
+    return True
+
+
+def _fingerprint(cls: type, guards: list[tuple[Any, str, Any]]) -> tuple[Any, ...]:
+    """What :func:`_unchanged` compares: ``(cls, dict sizes, guards per dict)``."""
+    sizes = tuple(
+        (klass.__dict__, len(klass.__dict__))
+        for klass in cls.__mro__
+        if klass is not object and klass.__module__ != "builtins"
+    )
+    by_namespace: dict[int, tuple[Any, list[str], list[Any]]] = {}
+    for namespace, name, guard in guards:
+        entry = by_namespace.setdefault(id(namespace), (namespace, [], []))
+        entry[1].append(name)
+        entry[2].append(guard)
+    checks = tuple(
+        # Two names at least, so that itemgetter always returns a tuple.
+        (namespace, operator.itemgetter(*names, *names[:1]), (*values, *values[:1]))
+        for namespace, names, values in by_namespace.values()
+    )
+    return cls, sizes, checks
+
+
+def _guard_members(cls: type, weak: bool) -> list[tuple[Any, str, Any]]:
+    """Guard every public callable member of ``cls`` and its bases; ``(namespace, name,
+    guard)`` of each, so that a replacement is noticed."""
     seen: set[str] = set()
+    guards: list[tuple[Any, str, Any]] = []
     for klass in cls.__mro__:
         if klass is object or klass.__module__ == "builtins":
             continue
@@ -294,47 +519,52 @@ def _guard_members(cls: type, weak: bool) -> None:
             if name in seen:
                 continue
             seen.add(name)
-            if name.startswith("_") and name not in _GUARDED_DUNDERS:
+            if name in _ATTRIBUTE_HOOKS:
+                guarded = None if _is_guarded(value) else _guard_hook(name, value, weak)
+            elif name.startswith("_") and name not in _GUARDED_DUNDERS:
                 continue
-            if isinstance(value, types.FunctionType):
-                if getattr(value, _GUARDED, False):
-                    continue
-                setattr(cls, name, _guard_function(value, weak))
-            elif isinstance(value, property):
-                if value.fget is not None and getattr(value.fget, _GUARDED, False):
-                    continue
-                setattr(cls, name, _guard_property(value, weak))
-            elif isinstance(value, functools.cached_property):
-                if getattr(value.func, _GUARDED, False):
-                    continue
-                guarded = functools.cached_property(_guard_function(value.func, weak))
-                guarded.__set_name__(cls, name)
+            else:
+                guarded = _guard_value(value, weak)
+            if guarded is not None:
                 setattr(cls, name, guarded)
+                if isinstance(guarded, functools.cached_property):
+                    guarded.__set_name__(cls, name)
+                guards.append((cls.__dict__, name, guarded))
+            elif _is_guarded(value):
+                guards.append((klass.__dict__, name, value))
+    return guards
 
 
 def _guard_class(cls: type) -> None:
-    """Guard ``cls``'s members; a subclass of an @owned class is guarded at its first build."""
+    """Guard ``cls``'s members: at decoration, at a subclass's first build, and again at
+    the next build after a member was added to or replaced in ``cls`` or a base."""
     with _guard_lock:
-        if _MARK in cls.__dict__:
+        if _unchanged(cls):
             return
+        _refuse_unguardable(cls)
         weak = _storage_of(cls)
-        _guard_members(cls, weak)
-        setattr(cls, _MARK, weak)
+        type.__setattr__(cls, _MARK, weak)
+        type.__setattr__(cls, _FINGERPRINT, None)  # the entry exists before sizes are taken
+        guards = _guard_members(cls, weak)
+        type.__setattr__(cls, _FINGERPRINT, _fingerprint(cls, guards))
 
 
 def owned(cls: C) -> C:
     """Make instances of ``cls`` usable only inside the scope that built them.
 
     Construction records the current scope as the owner; outside any scope it
-    raises :class:`~isolation.NoContextError`. Public methods (sync, async,
-    generators), properties and ``__call__`` (and the container and context
-    manager dunders) then raise :class:`~isolation.CrossContextAccessError`
-    unless the current scope is the owner or nested in it (same principal).
-    A subclass is guarded too. Put ``@owned`` outermost, above ``@attrs.define``
-    or ``@dataclass``.
+    raises :class:`~isolation.NoContextError`. Every public callable member
+    (methods of any kind, properties, any descriptor, what ``__getattr__``
+    provides) and the protocol dunders (``__call__``, ``__await__``,
+    iteration, items, context managers) then raise
+    :class:`~isolation.CrossContextAccessError` unless the current scope is
+    the owner or nested in it (same principal). A subclass is guarded too, and
+    members added later from the next build on. Put ``@owned`` outermost,
+    above ``@attrs.define`` or ``@dataclass``.
 
     Raises:
-        UsageError: ``cls`` is not a class, or its instances can hold no owner.
+        UsageError: ``cls`` is not a class, its instances can hold no owner, or
+            it derives from a built-in container (``dict``, ``list``...).
     """
     if not isinstance(cls, type):
         raise UsageError(f"@owned decorates a class, got {type(cls).__name__}")
@@ -350,7 +580,7 @@ def owned(cls: C) -> C:
                 f"an @owned {klass.__qualname__} can only be built inside a scope",
                 hint="Build it inside `with isolation.scope(ctx):`, where it is used",
             )
-        if _MARK not in klass.__dict__:
+        if not _unchanged(klass):
             _guard_class(klass)
         instance: Any
         if original_new is object.__new__:

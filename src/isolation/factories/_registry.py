@@ -42,7 +42,8 @@ from isolation.context._model import UserContext
 from isolation.context._scope import Scope, _current, _Pending
 from isolation.factories._index import SharedStateIndex
 from isolation.factories._request_scoped import check_shared_state
-from isolation.factories._shareable import shareable
+from isolation.factories._sampling import Schedule, schedule_for
+from isolation.factories._shareable import refuse_per_user_state, shareable
 
 __all__ = ["Registry", "RegistryStats"]
 
@@ -193,9 +194,13 @@ class Registry:
     Args:
         check: ``"full"`` walks every ``REQUEST`` and ``CONNECTION`` product for
             state shared with another principal's (the default: safe unless told
-            otherwise); ``"sampled"`` walks one build in ``sample_every``;
-            ``"off"`` walks none.
+            otherwise); ``"sampled"`` walks each build with chance
+            ``1/sample_every``, drawn per provider, independently of the
+            others; ``"off"`` walks none.
         sample_every: How often ``"sampled"`` walks.
+        sample_seed: Makes the sampled builds reproducible (for tests); by
+            default each provider's generator is seeded from ``os.urandom``,
+            so that no build order can line up with the walked builds.
 
     Example::
 
@@ -211,20 +216,31 @@ class Registry:
             s.get(Assistant)
     """
 
-    def __init__(self, *, check: CheckMode = "full", sample_every: int = 100) -> None:
-        if check not in ("full", "sampled", "off"):
+    def __init__(
+        self,
+        *,
+        check: CheckMode = "full",
+        sample_every: int = 100,
+        sample_seed: int | None = None,
+    ) -> None:
+        if not isinstance(check, str) or check not in ("full", "sampled", "off"):
             raise ConfigurationError(f"check must be 'full', 'sampled' or 'off', got {check!r}")
-        if not (isinstance(sample_every, int) and sample_every >= 1):
+        # type() is int: a bool is an int, and sample_every=True is a mistake, not 1.
+        if type(sample_every) is not int or sample_every < 1:
             raise ConfigurationError(f"sample_every must be an int >= 1, got {sample_every!r}")
+        if sample_seed is not None and type(sample_seed) is not int:
+            raise ConfigurationError(f"sample_seed must be an int or None, got {sample_seed!r}")
         self._check = check
         self._sample_every = sample_every
+        self._sample_seed = sample_seed
+        # One schedule per sampled provider, kept across recompilations.
+        self._schedules: dict[_Provider, Schedule] = {}
         self._providers: dict[Any, _Provider] = {}
         self._app: dict[Any, Any] = {}
         self._app_teardowns: list[tuple[_Provider, Any]] = []
         self._lock = threading.RLock()
         self._closed = False
         self._counts = {name: Counter() for name in attrs.fields_dict(RegistryStats)}
-        self._builds = Counter()
         # Other principals' live products, for the shared-state walk (per registry).
         self._index = SharedStateIndex()
         self._needs_async: dict[Any, bool] = {}
@@ -278,17 +294,23 @@ class Registry:
 
         Raises:
             ConfigurationError: No return annotation, an unannotated parameter,
-                a type registered twice, or a captive dependency.
+                a type registered twice, a captive dependency, or an ``APP``
+                product known to keep per-user state (an HTTP client: see
+                :func:`~isolation.shareable`).
         """
         if fn is None:
             return lambda f: self.provide(f, lifetime=lifetime, check=check)
-        if check not in (None, "full", "sampled", "off"):
+        if check is not None and (
+            not isinstance(check, str) or check not in ("full", "sampled", "off")
+        ):
             raise ConfigurationError(f"check must be 'full', 'sampled' or 'off', got {check!r}")
         if not isinstance(lifetime, Lifetime):
             raise UsageError(f"lifetime must be an isolation.Lifetime, got {lifetime!r}")
         if not callable(fn):
             raise UsageError(f"provide() takes a function or class, got {type(fn).__name__}")
         key, kind = _product_type(fn)
+        if lifetime is Lifetime.APP and isinstance(key, type):
+            refuse_per_user_state(key, "an APP product, which every user shares")
         params, positional = _parameters(fn)
         provider = _Provider(
             key=key,
@@ -307,22 +329,41 @@ class Registry:
     def provide_value(
         self, obj: object, *, lifetime: Lifetime = Lifetime.APP, provides: type[Any] | None = None
     ) -> None:
-        """Register an existing object as the product of its type (or of ``provides``).
+        """Register an existing object as the ``APP`` product of its type (or of ``provides``).
 
-        An ``APP`` value is shared by every user, by declaration.
+        A value is one object, so every user gets it: registering it is the
+        declaration that it is shared (see :func:`~isolation.shareable`). A
+        per-user product needs a factory: ``registry.provide(fn, lifetime=...)``.
+
+        Raises:
+            ConfigurationError: ``lifetime`` is not ``APP`` (one object handed
+                to every user as if it were theirs), or ``provides`` is not a type.
         """
         if not isinstance(lifetime, Lifetime):
             raise UsageError(f"lifetime must be an isolation.Lifetime, got {lifetime!r}")
+        if provides is not None and not (
+            isinstance(provides, (type, typing.NewType)) or typing.get_origin(provides) is not None
+        ):
+            raise ConfigurationError(
+                f"provides must be a type (what the value is resolved as), got {provides!r}"
+            )
         key = provides if provides is not None else type(obj)
-        if lifetime is Lifetime.APP:
-            shareable(obj)  # registering at APP is the declaration
+        if lifetime is not Lifetime.APP:
+            raise ConfigurationError(
+                f"provide_value() registers one object, which every user would get: "
+                f"a value of {_name(key)} cannot have lifetime {lifetime.name}",
+                hint="Register a factory with `registry.provide(fn, "
+                f"lifetime=Lifetime.{lifetime.name})` to build one per scope, or drop "
+                "the lifetime to share the value on purpose (APP)",
+            )
+        shareable(obj)  # registering a value is the declaration
         self._add(
             _Provider(
                 key=key,
                 fn=None,
                 value=obj,
                 kind=_Kind.VALUE,
-                lifetime=lifetime,
+                lifetime=Lifetime.APP,
                 params=(),
                 name=f"value of {_name(key)}",
             )
@@ -446,7 +487,9 @@ class Registry:
         per_request = provider.lifetime is Lifetime.REQUEST
         owner_of = self._owner
         built = self._counts["built_request" if per_request else "built_connection"].increment
-        walk, every, tick = self._compiled_check(provider)
+        walk, schedule = self._compiled_check(provider)
+        sampled = schedule is not None
+        draw, chance = (schedule.draw, schedule.chance) if schedule is not None else (float, 1.0)
         product_name = provider.name
         single = dependencies[0] if len(dependencies) == 1 else None
         positional = provider.positional
@@ -496,7 +539,8 @@ class Registry:
                     if token is not None:
                         _current.reset(token)
                 built()
-                if walk is not None and not tick() % every:
+                # Sampled: Schedule.due, inlined (this provider's own generator).
+                if walk is not None and (not sampled or draw() < chance):
                     walk(owner, product, product_name)
                 data[cache_key] = product
             return product
@@ -546,43 +590,28 @@ class Registry:
             return product
         return provider.fn(**kwargs)
 
-    def _build_sync(self, owner: Scope, provider: _Provider) -> Any:
-        # Build as the owning scope, so @owned products record the right owner.
-        token = _current.set(owner)
-        try:
-            product = self._call_sync(owner, provider)
-        finally:
-            _current.reset(token)
-        self._count_build(provider)
-        self._after_build(owner, provider, product)
-        return product
-
-    def _count_build(self, provider: _Provider) -> None:
-        self._counts[
-            "built_request" if provider.lifetime is Lifetime.REQUEST else "built_connection"
-        ].increment()
-
     def _compiled_check(
         self, provider: _Provider
-    ) -> tuple[Callable[[Scope, Any, str], None] | None, int, Callable[[], int]]:
-        """``(walk, every, tick)`` for a compiled resolver: :meth:`_after_build`, unrolled.
+    ) -> tuple[Callable[[Scope, Any, str], None] | None, Schedule | None]:
+        """``(walk, schedule)`` for a compiled resolver.
 
         ``walk`` is None when nothing is walked; otherwise a build is walked
-        when ``tick() % every == 0`` (``every`` is 1 for ``"full"``).
+        always when ``schedule`` is None (``"full"``), else when the schedule
+        says so (``"sampled"``: the resolvers inline :meth:`Schedule.due`).
         """
         mode = provider.check or self._check
-        walk = None if mode == "off" else self._checker
-        return walk, self._sample_every if mode == "sampled" else 1, self._builds.increment
+        if mode == "off" or self._checker is None:
+            return None, None
+        return self._checker, self._schedule(provider) if mode == "sampled" else None
 
-    def _after_build(self, owner: Scope, provider: _Provider, product: Any) -> None:
-        """Walk a new product for shared state, per the registry's ``check``."""
-        mode = self._check if provider.check is None else provider.check
-        if self._checker is None or mode == "off":
-            return
-        # increment() returns the count before it, from 0: the first build is walked.
-        if self._builds.increment() % self._sample_every and mode == "sampled":
-            return
-        self._checker(owner, product, provider.name)
+    def _schedule(self, provider: _Provider) -> Schedule:
+        """``provider``'s own sampled walks: its own random generator (see _sampling)."""
+        with self._lock:
+            schedule = self._schedules.get(provider)
+            if schedule is None:
+                schedule = schedule_for(self._sample_every, provider.name, self._sample_seed)
+                self._schedules[provider] = schedule
+            return schedule
 
     def _walk(self, owner: Scope, product: Any, name: str) -> None:
         self._counts["walks"].increment()
@@ -692,7 +721,9 @@ class Registry:
         per_request = provider.lifetime is _REQUEST
         owner_of = self._owner
         built = self._counts["built_request" if per_request else "built_connection"].increment
-        walk, every, tick = self._compiled_check(provider)
+        walk, schedule = self._compiled_check(provider)
+        sampled = schedule is not None
+        draw, chance = (schedule.draw, schedule.chance) if schedule is not None else (float, 1.0)
         product_name = provider.name
         register_teardown = self._register_teardown
         partial = functools.partial
@@ -764,7 +795,8 @@ class Registry:
                     if token is not None:
                         _current.reset(token)
                 built()
-                if walk is not None and not tick() % every:
+                # Sampled: Schedule.due, inlined (this provider's own generator).
+                if walk is not None and (not sampled or draw() < chance):
                     walk(owner, product, product_name)
             except BaseException:
                 with lock:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import itertools
 import threading
 import typing
 import warnings
@@ -36,6 +35,7 @@ from isolation.factories._graph import (
     walk,
 )
 from isolation.factories._index import Conflict, ScopeRecord, SharedStateIndex, default_index
+from isolation.factories._sampling import schedule_for
 
 __all__ = [
     "CheckMode",
@@ -171,8 +171,8 @@ class ScopedFactory(Generic[T_co]):
 
     __slots__ = (
         "__weakref__",
-        "_counter",
         "_inject",
+        "_schedule",
         "_slot_key",
         "check",
         "fn",
@@ -211,7 +211,9 @@ class ScopedFactory(Generic[T_co]):
         self.max_objects = max_objects
         self.index = default_index() if index is None else index
         self.warn_truncated = warn_truncated
-        self._counter = itertools.count()
+        # Sampled: each build walked with chance 1/sample_every, from this factory's
+        # own generator, so that no order of users lines up with the walked builds.
+        self._schedule = schedule_for(sample_every, self.name)
         self._slot_key = object()
 
     def __repr__(self) -> str:
@@ -305,7 +307,7 @@ class ScopedFactory(Generic[T_co]):
         check = self.check
         if check == "off":
             return
-        if check == "sampled" and next(self._counter) % self.sample_every:
+        if check == "sampled" and not self._schedule.due():
             return
         check_shared_state(
             scope,

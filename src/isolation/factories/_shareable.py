@@ -7,15 +7,28 @@ read-only in practice: a connection pool, a compiled model, a settings object.
 A declared object that supports weak references is remembered weakly; any
 other (a ``dict``, a ``list``) is kept alive for the life of the process, so
 declare long-lived objects, not per-request ones.
+
+Objects known to carry one user's state through ordinary use are refused,
+whatever is declared: an HTTP client's cookie jar keeps the upstream session
+of whoever logged in last and sends it for everyone. They are known by class
+name, so that no optional library is imported here.
 """
 
 from __future__ import annotations
 
 import threading
 import weakref
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
-__all__ = ["declared_shareable", "is_shareable_type", "shareable"]
+from isolation._errors import ConfigurationError
+
+__all__ = [
+    "carries_user_state",
+    "declared_shareable",
+    "is_shareable_type",
+    "refuse_per_user_state",
+    "shareable",
+]
 
 T = TypeVar("T")
 
@@ -27,6 +40,71 @@ _weak: dict[int, weakref.ref[Any]] = {}
 _types: set[type] = set()
 # Bumped whenever _types changes, so per-walk caches of type decisions stay right.
 _generation = [0]
+
+
+# (top-level package, qualname) of a class or one of its bases -> (what it
+# keeps per user, what to share instead). Subclasses are known through their
+# bases; the package, not the module, so that a library moving its classes
+# between private modules (httpx sets __module__ to "httpx") is still known.
+_HTTPX_CLIENT: Final = (
+    "an httpx client keeps cookies (and auth, headers) in the client",
+    "share the connection pool, an httpx.AsyncHTTPTransport (or HTTPTransport) with "
+    "its limits, and build a client per user over it: "
+    "httpx.AsyncClient(transport=shared_transport)",
+)
+_PER_USER_STATE: Final = {
+    ("httpx", "Client"): _HTTPX_CLIENT,
+    ("httpx", "AsyncClient"): _HTTPX_CLIENT,
+    ("httpx", "BaseClient"): (
+        "an httpx client keeps cookies (and auth, headers) in the client",
+        "share the connection pool, an httpx.AsyncHTTPTransport (or HTTPTransport) with "
+        "its limits, and build a client per user over it: "
+        "httpx.AsyncClient(transport=shared_transport)",
+    ),
+    ("requests", "Session"): (
+        "a requests Session keeps cookies (and auth, headers) in the session",
+        "share an HTTPAdapter (its pool) and mount it on a Session built per user",
+    ),
+    ("aiohttp", "ClientSession"): (
+        "an aiohttp ClientSession keeps cookies in its cookie_jar",
+        "share an aiohttp.TCPConnector (its pool) and build a ClientSession per user "
+        "with connector=shared_connector, connector_owner=False",
+    ),
+}
+
+
+def carries_user_state(cls: type) -> tuple[str, str] | None:
+    """``(why, what to share instead)`` if ``cls`` keeps per-user state in ordinary use."""
+    for klass in cls.__mro__:
+        package = klass.__module__.partition(".")[0]
+        known = _PER_USER_STATE.get((package, klass.__qualname__))
+        if known is not None:
+            return known
+    return None
+
+
+def refuse_per_user_state(cls: type, what: str) -> None:
+    """Raise :class:`ConfigurationError` if ``cls`` keeps per-user state (see above).
+
+    ``what`` completes "cannot be ...": how the object was to be shared.
+    """
+    known = carries_user_state(cls)
+    if known is not None:
+        why, instead = known
+        raise ConfigurationError(
+            f"{cls.__qualname__} cannot be {what}: {why}, so one user's upstream "
+            "session would be sent with another user's requests",
+            hint=f"Instead, {instead}",
+        )
+
+
+def _attributes(obj: object) -> list[tuple[str, object]]:
+    """``obj``'s own attributes (its ``__dict__``), without running any of its code."""
+    try:
+        namespace = object.__getattribute__(obj, "__dict__")
+    except (AttributeError, TypeError):
+        return []
+    return list(namespace.items()) if isinstance(namespace, dict) else []
 
 
 def _forget(ref: weakref.ref[Any], key: int) -> None:
@@ -44,8 +122,25 @@ def shareable(obj: T) -> T:
 
     Example::
 
-        http = isolation.shareable(httpx.AsyncClient())  # one pool for everyone
+        # One connection pool for everyone; cookies stay in each user's client.
+        pool = isolation.shareable(httpx.AsyncHTTPTransport(limits=httpx.Limits()))
+
+    Raises:
+        ConfigurationError: ``obj`` (or the type, or one of ``obj``'s own
+            attributes) is known to carry one user's state into another's
+            requests: an httpx ``Client``/``AsyncClient``, a requests
+            ``Session`` or an aiohttp ``ClientSession`` (their cookie jars).
+            The message says what to share instead.
     """
+    if isinstance(obj, type):
+        refuse_per_user_state(obj, "declared shareable")
+    else:
+        refuse_per_user_state(type(obj), "declared shareable")
+        # One level in: a wrapper declared whole (``Upstream(client=...)``).
+        for name, value in _attributes(obj):
+            refuse_per_user_state(
+                type(value), f"declared shareable inside {type(obj).__qualname__}.{name}"
+            )
     with _lock:
         if isinstance(obj, type):
             _types.add(obj)

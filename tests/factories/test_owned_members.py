@@ -1,0 +1,279 @@
+"""@owned guards every callable member (issue 16, finding 12).
+
+Before, only plain functions, properties and a few dunders were wrapped:
+``lru_cache``-wrapped methods, class-based decorators, ``partialmethod``,
+methods attached after decoration, ``__getattr__`` delegation and ``await
+agent`` returned alice's state to bob. Each shape below builds alice's
+instance in her scope and uses it in bob's, live at the same time.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+from collections.abc import Callable, Generator
+from typing import Any
+
+import anyio.lowlevel
+import pytest
+
+import isolation
+from isolation import UserContext
+
+Refused = isolation.CrossContextAccessError
+
+
+class logged:
+    """A class-based method decorator, as logging and retry libraries write them."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        functools.update_wrapper(self, fn)
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        return self if instance is None else functools.partial(self.fn, instance)
+
+
+class Memory:
+    """What an agent delegates to."""
+
+    def __init__(self, user: str) -> None:
+        self.notes = [f"{user}'s secret"]
+
+    def recall(self) -> list[str]:
+        return list(self.notes)
+
+
+@isolation.owned
+class Agent:
+    """An agent with every member shape of the issue."""
+
+    def __init__(self, user: str) -> None:
+        self.user = user
+        self._memory = Memory(user)
+
+    @functools.lru_cache(maxsize=128)  # noqa: B019 (the shape under test)
+    def profile(self) -> str:
+        return f"profile of {self.user}"
+
+    @logged
+    def history(self) -> list[str]:
+        return self._memory.recall()
+
+    def _say(self, what: str) -> str:
+        return f"{self.user} says {what}"
+
+    greet = functools.partialmethod(_say, "hello")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._memory, name)  # delegation: agent.recall() is memory.recall()
+
+    def __await__(self) -> Generator[Any, None, str]:
+        return self._answer().__await__()
+
+    async def _answer(self) -> str:
+        await anyio.lowlevel.checkpoint()
+        return f"answer for {self.user}"
+
+
+def call(obj: object, name: str, *args: Any) -> Any:
+    """``obj.name(*args)``, the attribute read and the call both in the running scope."""
+    return getattr(obj, name)(*args)
+
+
+def alices_agent(live: Callable[..., Any]) -> tuple[Agent, Any]:
+    """Alice's agent, built and used in her scope; bob's live scope."""
+    alice = live("alice")
+    agent = alice.run(Agent, "alice")
+    assert alice.run(call, agent, "profile") == "profile of alice"
+    return agent, live("bob")
+
+
+class TestEachShapeRefusedInBobsScope:
+    def test_lru_cache_method(self, live: Callable[..., Any]) -> None:
+        agent, bob = alices_agent(live)
+        with pytest.raises(Refused):
+            bob.run(call, agent, "profile")
+
+    def test_class_based_decorator(self, live: Callable[..., Any]) -> None:
+        agent, bob = alices_agent(live)
+        with pytest.raises(Refused):
+            bob.run(call, agent, "history")
+
+    def test_partialmethod(self, live: Callable[..., Any]) -> None:
+        agent, bob = alices_agent(live)
+        with pytest.raises(Refused):
+            bob.run(call, agent, "greet")
+
+    def test_getattr_delegation(self, live: Callable[..., Any]) -> None:
+        agent, bob = alices_agent(live)
+        with pytest.raises(Refused):
+            bob.run(call, agent, "recall")
+
+    def test_method_attached_after_decoration(self, live: Callable[..., Any]) -> None:
+        """Attached after @owned, before alice's build: guarded at her build."""
+
+        @isolation.owned
+        class Late:
+            def __init__(self) -> None:
+                self.secret = "alice's"
+
+        def peek(self: Late) -> str:
+            return self.secret
+
+        Late.peek = peek  # type: ignore[attr-defined]
+        agent = live("alice").run(Late)
+        with pytest.raises(Refused):
+            live("bob").run(call, agent, "peek")
+
+    def test_method_replaced_after_a_build(self, live: Callable[..., Any]) -> None:
+        """A guarded method replaced after a build is guarded again at the next build."""
+
+        @isolation.owned
+        class Swapped:
+            def __init__(self) -> None:
+                self.secret = "alice's"
+
+            def peek(self) -> str:
+                return "nothing"
+
+        agent = live("alice").run(Swapped)
+        Swapped.peek = lambda self: self.secret  # type: ignore[method-assign]
+        live("carol").run(Swapped)  # any later build re-guards the class
+        with pytest.raises(Refused):
+            live("bob").run(call, agent, "peek")
+
+    @pytest.mark.anyio
+    async def test_await_agent(self) -> None:
+        """``await agent`` in bob's scope: refused."""
+        async with isolation.scope(UserContext.new("alice")):
+            agent = Agent("alice")
+            assert await agent == "answer for alice"
+            async with isolation.scope(UserContext.new("bob"), allow_switch=True):
+                with pytest.raises(Refused):
+                    await agent
+
+    def test_bound_in_alices_scope_called_in_bobs(self, live: Callable[..., Any]) -> None:
+        """A member bound in alice's scope is checked again when called in bob's."""
+        alice = live("alice")
+        agent = alice.run(Agent, "alice")
+        bound = [alice.run(getattr, agent, name) for name in ("profile", "recall")]
+        bob = live("bob")
+        for method in bound:
+            with pytest.raises(Refused):
+                bob.run(method)
+
+
+class TestOwnerStillWorks:
+    @pytest.mark.anyio
+    async def test_every_shape_works_for_the_owner(self) -> None:
+        async with isolation.scope(UserContext.new("alice")):
+            agent = Agent("alice")
+            assert agent.profile() == "profile of alice"
+            assert agent.profile.cache_info().hits >= 0  # the lru_cache's own API
+            assert agent.history() == ["alice's secret"]
+            assert agent.greet() == "alice says hello"
+            assert agent.recall() == ["alice's secret"]
+            assert await agent == "answer for alice"
+            assert agent._memory.notes == ["alice's secret"]  # private: not guarded
+
+    def test_custom_data_descriptor(self, live: Callable[..., Any]) -> None:
+        """A descriptor of another kind (with __set__) is checked on read and write."""
+
+        class Field:
+            def __set_name__(self, owner: type, name: str) -> None:
+                self.name = "_" + name
+
+            def __get__(self, instance: object, owner: type | None = None) -> Any:
+                return self if instance is None else getattr(instance, self.name)
+
+            def __set__(self, instance: object, value: Any) -> None:
+                setattr(instance, self.name, value)
+
+        @isolation.owned
+        class Note:
+            body = Field()
+
+            def __init__(self) -> None:
+                self.body = "alice's note"
+
+        note = live("alice").run(Note)
+        bob = live("bob")
+        with pytest.raises(Refused):
+            bob.run(lambda: note.body)
+        with pytest.raises(Refused):
+            bob.run(setattr, note, "body", "bob's")
+
+
+class TestRefusedAtDecoration:
+    @pytest.mark.parametrize("base", [dict, list, set, collections.OrderedDict, bytearray])
+    def test_builtin_container_base(self, base: type) -> None:
+        """C code reads a dict subclass's items without calling a method: refused."""
+        with pytest.raises(isolation.UsageError, match=base.__qualname__):
+            isolation.owned(type("Memory", (base,), {}))
+
+
+class TestDataStaysReadable:
+    def test_slots_repr_and_truth_are_not_guarded(self) -> None:
+        """Slots are data like __dict__ attributes; repr and truth tests work anywhere."""
+
+        @isolation.owned
+        class Slotted:
+            __slots__ = ("__weakref__", "items")
+
+            def __init__(self) -> None:
+                self.items = ["a"]
+
+            def __len__(self) -> int:
+                return len(self.items)
+
+            def __repr__(self) -> str:
+                return f"<Slotted {self.items!r}>"
+
+            def add(self, item: str) -> None:
+                self.items.append(item)
+
+        with isolation.scope(UserContext.new("alice")):
+            slotted = Slotted()
+            slotted.add("b")
+        assert slotted.items == ["a", "b"]
+        assert repr(slotted) == "<Slotted ['a', 'b']>"
+        assert slotted
+        assert len(slotted) == 2
+        with pytest.raises(Refused):
+            slotted.add("c")
+
+
+class TestMoreShapes:
+    def test_custom_getattribute(self, live: Callable[..., Any]) -> None:
+        """A class that computes attributes in __getattribute__: public names checked."""
+
+        @isolation.owned
+        class Computed:
+            def __init__(self) -> None:
+                self._secret = "alice's"
+
+            def __getattribute__(self, name: str) -> Any:
+                if name == "secret":
+                    return object.__getattribute__(self, "_secret")
+                return object.__getattribute__(self, name)
+
+        alice = live("alice")
+        computed = alice.run(Computed)
+        assert alice.run(getattr, computed, "secret") == "alice's"
+        with pytest.raises(Refused):
+            live("bob").run(getattr, computed, "secret")
+
+    def test_singledispatchmethod(self, live: Callable[..., Any]) -> None:
+        @isolation.owned
+        class Dispatch:
+            def __init__(self) -> None:
+                self.secret = "alice's"
+
+            @functools.singledispatchmethod
+            def show(self, arg: object) -> str:
+                return f"{self.secret} {arg}"
+
+        dispatch = live("alice").run(Dispatch)
+        with pytest.raises(Refused):
+            live("bob").run(call, dispatch, "show", 1)

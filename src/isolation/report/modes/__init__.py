@@ -24,6 +24,7 @@ MODULES = (
     "isolation.report.modes.fm07_ids",
     "isolation.report.modes.fm07_providers",
     "isolation.report.modes.fm08_validation",
+    "isolation.report.modes.fm08_confusable_ids",
     "isolation.report.modes.fm09_state",
     "isolation.report.modes.fm10_routing",
     "isolation.report.modes.fm10_redis",

@@ -26,6 +26,7 @@ MODULES = (
     "isolation.report.modes.fm08_validation",
     "isolation.report.modes.fm08_confusable_ids",
     "isolation.report.modes.fm09_state",
+    "isolation.report.modes.fm09_scope_yield",
     "isolation.report.modes.fm10_routing",
     "isolation.report.modes.fm10_redis",
     "isolation.report.modes.fm11_engine_ownership",

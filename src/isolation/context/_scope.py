@@ -238,6 +238,20 @@ def scope_stats() -> ScopeStats:
         return ScopeStats(**_counts)
 
 
+def _check_registry(registry: object) -> None:
+    """Refuse a ``registry=`` that is not an :class:`isolation.Registry`, at construction.
+
+    The registry's module is looked up, not imported: factories sit above this
+    layer, and a ``Registry`` can only exist once its module is loaded.
+    """
+    module = sys.modules.get("isolation.factories._registry")
+    if module is None or not isinstance(registry, module.Registry):
+        raise UsageError(
+            f"scope(registry=...) takes an isolation.Registry, got {type(registry).__name__}",
+            hint="Pass the Registry whose products this scope resolves, or leave it out",
+        )
+
+
 def _is_async_callable(fn: object) -> bool:
     code = getattr(fn, "__code__", None)
     if code is not None:  # functions, lambdas, bound methods: one flag test
@@ -322,6 +336,10 @@ class Scope:
             raise ConfigurationError(
                 f"cleanup_timeout must be finite and > 0 seconds, got {cleanup_timeout!r}"
             )
+        if registry is not None:
+            _check_registry(registry)
+        if allow_switch is not False and allow_switch is not True:
+            raise UsageError(f"allow_switch takes a bool, got {type(allow_switch).__name__}")
         self._ctx = ctx
         self._registry = registry
         self._lifetime = lifetime

@@ -179,3 +179,83 @@ class TestTokens:
             tokens.loads(token, keys=[KEY], purpose="job")
         assert isinstance(info.value.__cause__, InvalidContextError)
         assert "NFC" in str(info.value)
+
+
+class TestTypedOwnerColumns:
+    """protect() with an integer or UUID owner column: the database converts the id,
+    so "123", "0123" and "+123" (or a UUID's upper and lower case) would be one owner;
+    only the column type's canonical text is accepted."""
+
+    @staticmethod
+    async def _rows_seen(ids: list[str], typed: str) -> dict[str, object]:
+        pytest.importorskip("aiosqlite")
+        import uuid
+
+        from sqlalchemy import Integer, String, Uuid, select
+        from sqlalchemy.ext.asyncio import create_async_engine
+        from sqlalchemy.orm import DeclarativeBase, mapped_column
+
+        from isolation.sessions import SessionManager
+
+        class Base(DeclarativeBase):
+            pass
+
+        class Owned(Base):
+            __tablename__ = "typed_owned"
+            # Not annotated: the annotations of a class made in a function would not
+            # resolve under `from __future__ import annotations`.
+            id = mapped_column(Integer, primary_key=True)
+            owner = mapped_column(Integer if typed == "int" else Uuid)
+            body = mapped_column(String(80))
+
+        seen: dict[str, object] = {}
+        with tempfile.TemporaryDirectory() as directory:
+            engine = create_async_engine(f"sqlite+aiosqlite:///{directory}/typed.sqlite")
+            try:
+                async with engine.begin() as conn:
+                    await conn.run_sync(Base.metadata.create_all)
+                manager = SessionManager(engine)
+                manager.protect(Owned, user_column="owner")
+                for who in ids:
+                    try:
+                        async with isolation.scope(UserContext.new(who)), manager.session() as s:
+                            s.add(Owned(body=who))
+                    except InvalidContextError:
+                        seen[who] = "refused"
+                for who in ids:
+                    if seen.get(who) == "refused":
+                        continue
+                    async with isolation.scope(UserContext.new(who)), manager.session() as s:
+                        rows = (await s.scalars(select(Owned))).all()
+                        seen[who] = sorted(r.body for r in rows)
+                        expected = int(who) if typed == "int" else uuid.UUID(who)
+                        assert all(r.owner == expected for r in rows)
+            finally:
+                await engine.dispose()
+        return seen
+
+    @pytest.mark.anyio
+    @pytest.mark.parametrize("anyio_backend", ["asyncio"])
+    async def test_integer_owner_ids_are_canonical(self, anyio_backend: str) -> None:
+        """ "0123", "+123" and fullwidth digits are refused (InvalidContextError), not
+        folded into user 123's rows."""
+        seen = await self._rows_seen(["123", "0123", "+123", "\uff11\uff12\uff13", "-7"], "int")
+        assert seen == {
+            "123": ["123"],
+            "0123": "refused",
+            "+123": "refused",
+            "\uff11\uff12\uff13": "refused",
+            "-7": ["-7"],
+        }
+
+    @pytest.mark.anyio
+    @pytest.mark.parametrize("anyio_backend", ["asyncio"])
+    async def test_uuid_owner_ids_are_canonical(self, anyio_backend: str) -> None:
+        """A UUID owner column takes the canonical lowercase form; other spellings of the
+        same UUID are refused, not one owner."""
+        import uuid
+
+        canonical = str(uuid.uuid4())
+        upper, bare = canonical.upper(), canonical.replace("-", "")
+        seen = await self._rows_seen([canonical, upper, bare], "uuid")
+        assert seen == {canonical: [canonical], upper: "refused", bare: "refused"}

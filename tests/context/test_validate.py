@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
+import uuid
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from isolation.context._validate import (
     MAX_ID_LENGTH,
     MAX_ROLES,
     check_attributes,
+    owner_value,
 )
 from isolation.testing.strategies import (
     HOSTILE_CHARACTERS,
@@ -345,3 +347,32 @@ class TestProperties:
         ):
             with pytest.raises(InvalidContextError):
                 UserContext.new(**kwargs)  # type: ignore[arg-type]
+
+
+class TestOwnerValue:
+    @pytest.mark.parametrize(("text", "number"), [("0", 0), ("123", 123), ("-7", -7)])
+    def test_canonical_integers_convert(self, text: str, number: int) -> None:
+        """An integer owner column takes the id's one canonical decimal text."""
+        assert owner_value("user_id", text, int) == number
+
+    @pytest.mark.parametrize(
+        "text", ["0123", "+123", "1_23", "\uff11\uff12", "\u0661", "12a", "-0"]
+    )
+    def test_other_integer_spellings_refused(self, text: str) -> None:
+        """Leading zeros, signs, separators and non-ASCII digits would be the same integer."""
+        with pytest.raises(InvalidContextError) as info:
+            owner_value("user_id", text, int)
+        assert info.value.field == "user_id"
+        assert "canonical" in info.value.rule
+
+    def test_uuids(self) -> None:
+        """A UUID owner column takes the lowercase hyphenated form only."""
+        value = uuid.uuid4()
+        assert owner_value("tenant_id", str(value), uuid.UUID) == value
+        for spelling in (str(value).upper(), value.hex, f"{{{value}}}", f"urn:uuid:{value}"):
+            with pytest.raises(InvalidContextError):
+                owner_value("tenant_id", spelling, uuid.UUID)
+
+    def test_text_columns_take_the_id_as_is(self) -> None:
+        """A str column (or any other type) takes the id unchanged."""
+        assert owner_value("user_id", "\uff41lice", str) == "\uff41lice"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import unicodedata
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -32,6 +33,7 @@ __all__ = [
     "MAX_ROLES",
     "check_attributes",
     "check_principal",
+    "owner_value",
     "check_roles",
     "check_text",
     "check_timestamp",
@@ -121,6 +123,47 @@ def check_principal(user_id: Any, tenant_id: Any = None) -> tuple[str | None, st
         None if tenant_id is None else check_text("tenant_id", tenant_id),
         check_text("user_id", user_id),
     )
+
+
+def owner_value(field: str, value: str, python_type: type) -> object:
+    """Return the id as the value of an owner column of ``python_type``, or refuse it.
+
+    A ``str`` column takes the id as it is. An integer or UUID column takes it
+    only in that type's one canonical text (``str(int(x)) == x``, lowercase
+    hyphenated UUID): otherwise ``"123"``, ``"0123"`` and ``"+123"`` (or a UUID
+    in upper and lower case) would be three users to the application and one
+    owner to the database, which converts them all to the same value.
+
+    Raises:
+        InvalidContextError: The id is not the canonical text of ``python_type``.
+    """
+    if python_type is int:
+        if value.isascii():
+            try:
+                number = int(value)
+            except ValueError:
+                number = None
+            if number is not None and str(number) == value:
+                return number
+        raise _refuse(
+            field,
+            "must be an integer in canonical decimal form (no sign, leading zero, "
+            "separator or non-ASCII digit) for an integer owner column",
+            value,
+        )
+    if python_type is uuid.UUID:
+        try:
+            parsed = uuid.UUID(value)
+        except ValueError:
+            parsed = None
+        if parsed is not None and str(parsed) == value:
+            return parsed
+        raise _refuse(
+            field,
+            "must be a UUID in canonical lowercase hyphenated form for a UUID owner column",
+            value,
+        )
+    return value
 
 
 def check_roles(value: Any) -> frozenset[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
+import uuid
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from isolation.context._validate import (
     MAX_ID_LENGTH,
     MAX_ROLES,
     check_attributes,
+    owner_value,
 )
 from isolation.testing.strategies import (
     HOSTILE_CHARACTERS,
@@ -109,11 +111,42 @@ class TestIds:
         assert UserContext.new("alice", tenant_id=None).tenant_id is None
 
     @pytest.mark.parametrize("field", ID_FIELDS)
-    def test_nfc_normalised(self, field: str) -> None:
-        """Ids are stored NFC-normalised, so composed and decomposed spellings agree."""
-        ctx = make(field, "jose\u0301")
-        assert getattr(ctx, field) == "jos\u00e9"
-        assert ctx.principal == make(field, "jos\u00e9").principal
+    @pytest.mark.parametrize(
+        "spelling",
+        [
+            "jose\u0301",  # decomposed (NFD)
+            "\u212blice",  # ANGSTROM SIGN, whose NFC is U+00C5
+            "\u212aelvin",  # KELVIN SIGN, whose NFC is "K"
+            "\u2126mega",  # OHM SIGN, whose NFC is U+03A9
+        ],
+    )
+    def test_not_nfc_refused_never_rewritten(self, field: str, spelling: str) -> None:
+        """Issue 16, finding 4: an id that is not NFC is refused, never normalised into
+        another account's id; the message names the field and the rule, escaped."""
+        with pytest.raises(InvalidContextError) as info:
+            make(field, spelling)
+        assert info.value.field == field
+        assert "NFC" in info.value.rule
+        assert str(info.value).isascii()
+        assert "\\u" in info.value.value_prefix
+
+    def test_two_accounts_stay_two_principals(self) -> None:
+        """Issue 16, finding 4: "\u00c5lice" and "\u212blice" are two accounts in the
+        app; the library never makes them one principal (the second is refused)."""
+        victim = UserContext.new("\u00c5lice")
+        assert victim.user_id == "\u00c5lice"
+        with pytest.raises(InvalidContextError):
+            UserContext.new("\u212blice")
+        with pytest.raises(InvalidContextError):
+            UserContext(user_id="\u212blice")
+        with pytest.raises(InvalidContextError):
+            UserContext.new("bob", tenant_id="\u212bcme")
+
+    @pytest.mark.parametrize("field", ID_FIELDS)
+    @pytest.mark.parametrize("spelling", ["\u00c5lice", "\uff41lice", "\ufb01le", "stra\u00dfe"])
+    def test_nfc_kept_exactly(self, field: str, spelling: str) -> None:
+        """NFC ids are kept exactly as given: no case, width or compatibility folding."""
+        assert getattr(make(field, spelling), field) == spelling
 
     def test_length_limit_exact(self) -> None:
         """At most 256 characters."""
@@ -122,21 +155,11 @@ class TestIds:
             UserContext.new("a" * (MAX_ID_LENGTH + 1))
         assert info.value.rule == f"must be at most {MAX_ID_LENGTH} characters"
 
-    def test_length_counted_after_normalisation_shrinking(self) -> None:
-        """256 decomposed letters (512 code points) compose to 256 and are accepted."""
-        decomposed = "e\u0301" * MAX_ID_LENGTH
-        assert len(decomposed) == 2 * MAX_ID_LENGTH
-        assert UserContext.new(decomposed).user_id == "\u00e9" * MAX_ID_LENGTH
-        with pytest.raises(InvalidContextError):
-            UserContext.new("e\u0301" * (MAX_ID_LENGTH + 1))
-
-    def test_length_counted_after_normalisation_growing(self) -> None:
-        """A short id that NFC expands past the limit is refused (U+0958 becomes two)."""
-        growing = "\u0958" * (MAX_ID_LENGTH // 2 + 1)
-        assert len(growing) <= MAX_ID_LENGTH
-        assert len(unicodedata.normalize("NFC", growing)) > MAX_ID_LENGTH
+    def test_length_counted_as_given(self) -> None:
+        """The limit counts the code points given: nothing is normalised first."""
+        assert UserContext.new("\u00e9" * MAX_ID_LENGTH).user_id == "\u00e9" * MAX_ID_LENGTH
         with pytest.raises(InvalidContextError) as info:
-            UserContext.new(growing)
+            UserContext.new("\u00e9" * (MAX_ID_LENGTH + 1))
         assert "at most" in info.value.rule
 
     def test_huge_value_refused_without_echo(self) -> None:
@@ -212,9 +235,12 @@ class TestRoles:
             UserContext.new("a", roles=["reader", role])  # type: ignore[list-item]
         assert info.value.field == "roles"
 
-    def test_roles_normalised(self) -> None:
-        """Roles are NFC-normalised."""
-        assert UserContext.new("a", roles=["caf\u0065\u0301"]).roles == frozenset({"caf\u00e9"})
+    def test_roles_not_nfc_refused(self) -> None:
+        """Roles follow the id rules: a role that is not NFC is refused, never rewritten."""
+        assert UserContext.new("a", roles=["caf\u00e9"]).roles == frozenset({"caf\u00e9"})
+        with pytest.raises(InvalidContextError) as info:
+            UserContext.new("a", roles=["caf\u0065\u0301"])
+        assert info.value.field == "roles"
 
     def test_count_bounded(self) -> None:
         """At most MAX_ROLES roles."""
@@ -267,21 +293,24 @@ class TestAttributes:
         assert check_attributes(None) == {}
         assert UserContext.new("a", attributes=None).attributes == {}
 
-    def test_normalised_and_colliding_keys_refused(self) -> None:
-        """Keys and values are NFC-normalised; two keys equal after NFC are refused."""
-        ctx = UserContext.new("a", attributes={"caf\u0065\u0301": "cre\u0300me"})
+    def test_not_nfc_refused(self) -> None:
+        """Keys and values that are not NFC are refused, never rewritten."""
+        ctx = UserContext.new("a", attributes={"caf\u00e9": "cr\u00e8me"})
         assert dict(ctx.attributes) == {"caf\u00e9": "cr\u00e8me"}
         with pytest.raises(InvalidContextError) as info:
-            UserContext.new("a", attributes={"caf\u0065\u0301": "1", "caf\u00e9": "2"})
+            UserContext.new("a", attributes={"caf\u0065\u0301": "1"})
         assert "NFC" in info.value.rule
+        with pytest.raises(InvalidContextError) as info:
+            UserContext.new("a", attributes={"k": "cre\u0300me"})
+        assert info.value.field == "attributes['k']"
 
 
 class TestProperties:
     @given(valid_context_kwargs())
     def test_valid_always_construct(self, kwargs: dict[str, Any]) -> None:
-        """Everything the valid strategy draws is accepted, and kept as given (NFC)."""
+        """Everything the valid strategy draws is accepted, and kept exactly as given."""
         ctx = UserContext.new(**kwargs)
-        assert ctx.user_id == unicodedata.normalize("NFC", kwargs["user_id"])
+        assert ctx.user_id == kwargs["user_id"]
         assert ctx.tenant_id == kwargs.get("tenant_id")
         assert ctx.roles == frozenset(kwargs.get("roles", ()))
         assert dict(ctx.attributes) == kwargs.get("attributes", {})
@@ -318,3 +347,32 @@ class TestProperties:
         ):
             with pytest.raises(InvalidContextError):
                 UserContext.new(**kwargs)  # type: ignore[arg-type]
+
+
+class TestOwnerValue:
+    @pytest.mark.parametrize(("text", "number"), [("0", 0), ("123", 123), ("-7", -7)])
+    def test_canonical_integers_convert(self, text: str, number: int) -> None:
+        """An integer owner column takes the id's one canonical decimal text."""
+        assert owner_value("user_id", text, int) == number
+
+    @pytest.mark.parametrize(
+        "text", ["0123", "+123", "1_23", "\uff11\uff12", "\u0661", "12a", "-0"]
+    )
+    def test_other_integer_spellings_refused(self, text: str) -> None:
+        """Leading zeros, signs, separators and non-ASCII digits would be the same integer."""
+        with pytest.raises(InvalidContextError) as info:
+            owner_value("user_id", text, int)
+        assert info.value.field == "user_id"
+        assert "canonical" in info.value.rule
+
+    def test_uuids(self) -> None:
+        """A UUID owner column takes the lowercase hyphenated form only."""
+        value = uuid.uuid4()
+        assert owner_value("tenant_id", str(value), uuid.UUID) == value
+        for spelling in (str(value).upper(), value.hex, f"{{{value}}}", f"urn:uuid:{value}"):
+            with pytest.raises(InvalidContextError):
+                owner_value("tenant_id", spelling, uuid.UUID)
+
+    def test_text_columns_take_the_id_as_is(self) -> None:
+        """A str column (or any other type) takes the id unchanged."""
+        assert owner_value("user_id", "\uff41lice", str) == "\uff41lice"

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import isolation
-from isolation import UserContext
+from isolation import InvalidContextError, UserContext
 from isolation.testing import strategies as iso_st
 
 
@@ -74,11 +74,14 @@ def test_hostile_ids_include_empty_padded_long_and_non_str() -> None:
 
 
 def test_lookalikes() -> None:
-    """Look-alike pairs are valid ids; those equal after NFC become one principal."""
+    """Look-alike pairs are two principals, or the spelling that is not NFC is refused."""
     for a, b in iso_st.LOOKALIKES:
-        ca, cb = UserContext.new(a), UserContext.new(b)
-        same = unicodedata.normalize("NFC", a) == unicodedata.normalize("NFC", b)
-        assert (ca.principal == cb.principal) is same
+        ca = UserContext.new(a)
+        if unicodedata.is_normalized("NFC", b):
+            assert UserContext.new(b).principal != ca.principal
+        else:
+            with pytest.raises(InvalidContextError):
+                UserContext.new(b)
 
 
 @given(iso_st.principals())

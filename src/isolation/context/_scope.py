@@ -13,19 +13,33 @@ Rules, in the order :meth:`Scope._bind` applies them:
 * another principal is refused with :class:`ContextSwitchError` unless
   ``allow_switch=True``;
 * a copied context whose scope has ended is not bound: anything may be entered
-  there, but :func:`current_context` refuses with :class:`ScopeEndedError`.
+  there, but :func:`current_context` refuses with :class:`ScopeEndedError`;
+* a scope entered in a generator or async generator body and still bound when
+  it yields is **held across a yield**: the consumer shares the generator's
+  :class:`~contextvars.Context`, so it would run as the generator's user
+  between items (and a thread pool's next job after it). Read from outside the
+  generator, such a scope is refused with :class:`UsageError` (fail closed),
+  is not "bound" for a new scope (which opens as a root), and its exit in
+  another context or out of order raises :class:`UsageError`, never a
+  ``ValueError`` from a foreign token. Generators that are context managers
+  (``contextlib.contextmanager``, ``asynccontextmanager``) and pytest fixtures
+  hold a scope for their caller on purpose and are exempt.
 """
 
 from __future__ import annotations
 
 import _thread
+import asyncio
+import contextlib
+import dis
 import inspect
 import logging
 import math
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar, Token
-from types import CoroutineType, TracebackType
+from types import CodeType, CoroutineType, FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, final
 
 import anyio
@@ -76,6 +90,113 @@ _NEW: Final = 0
 _ACTIVE: Final = 1
 _ENDED: Final = 2
 
+_getframe = sys._getframe
+# Code flags of a body that can yield to its consumer.
+_YIELDS: Final = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
+_CONTEXTLIB: Final = vars(contextlib)
+# Test runners that drive generator fixtures: their frames are named for fixtures.
+_FIXTURE_RUNNERS: Final = frozenset({"_pytest", "anyio", "pytest_asyncio", "pytest_trio"})
+_AT_AWAIT: dict[tuple[CodeType, int], bool] = {}
+
+
+class _Unset:
+    """The type of ``_UNSET``: a held scope that did not end elsewhere."""
+
+
+_UNSET: Final = _Unset()
+
+
+@final
+class _Hold:
+    """How a generator holds a scope: its frame and driver, and what to restore.
+
+    Attributes:
+        frame: The generator's frame, ``None`` once the scope ended elsewhere.
+        by: The thread and task that drove the generator when it entered.
+        before: For a scope that ended in another context, what was bound
+            before it, for :func:`_restore`; ``_UNSET`` otherwise.
+    """
+
+    __slots__ = ("before", "by", "frame")
+
+    def __init__(self, frame: FrameType, by: tuple[int, object]) -> None:
+        self.frame: FrameType | None = frame
+        self.by = by
+        self.before: Scope | _Unset | None = _UNSET
+
+
+def _task_key() -> tuple[int, object]:
+    """The running thread and task (asyncio or trio), or ``None`` for no task."""
+    loop = asyncio._get_running_loop()
+    if loop is not None:
+        return threading.get_ident(), asyncio.current_task(loop)
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            return threading.get_ident(), trio.lowlevel.current_task()
+        except RuntimeError:
+            pass
+    return threading.get_ident(), None
+
+
+def _suspended_at_await(frame: FrameType) -> bool:
+    """Whether a suspended async generator waits on an ``await`` (not a ``yield``).
+
+    Both suspend on ``YIELD_VALUE``; an ``await`` reaches it through ``SEND``.
+    """
+    key = (frame.f_code, frame.f_lasti)
+    found = _AT_AWAIT.get(key)
+    if found is None:
+        previous = None
+        for instruction in dis.get_instructions(frame.f_code):
+            if instruction.offset >= frame.f_lasti:
+                break
+            previous = instruction.opname
+        found = _AT_AWAIT[key] = previous == "SEND"
+    return found
+
+
+def _drives_a_context_manager(caller: FrameType | None) -> bool:
+    """Whether ``caller``, which runs a generator, makes it a context manager or fixture."""
+    if caller is None:
+        return False
+    if caller.f_globals is _CONTEXTLIB:
+        return True
+    module = str(caller.f_globals.get("__name__", ""))
+    return "fixture" in caller.f_code.co_name and module.partition(".")[0] in _FIXTURE_RUNNERS
+
+
+def _across_yield(scope: Scope) -> bool:
+    """Whether the generator holding ``scope`` has yielded, seen from the caller.
+
+    A generator whose frame runs has a caller (``f_back``): whoever reads is
+    inside it, or a child of it. A suspended sync generator has yielded. A
+    suspended async generator has yielded if the task that drives it is the
+    one asking (that task runs elsewhere), or if it does not wait on an await.
+    """
+    hold = scope._held
+    frame = None if hold is None else hold.frame
+    if frame is None or frame.f_back is not None:
+        return False
+    if not frame.f_code.co_flags & inspect.CO_ASYNC_GENERATOR:
+        return True
+    return _task_key() == hold.by or not _suspended_at_await(frame)  # type: ignore[union-attr]
+
+
+def _across_yield_error(scope: Scope, what: str) -> UsageError:
+    hold = scope._held
+    frame = None if hold is None else hold.frame
+    name = "a generator" if frame is None else f"the generator {frame.f_code.co_qualname}()"
+    return UsageError(
+        f"the scope of {redact_principal(scope._ctx.principal)} entered in {name} "
+        f"is held across a yield: {what}",
+        hint=(
+            "Enter the scope in the consumer, around the loop; or, in the generator, "
+            "use scope() inside each item and leave it before yielding"
+        ),
+    )
+
+
 _counter_lock = threading.Lock()
 _counts = {"finalizer_failures": 0, "escapes_detected": 0, "expired": 0}
 
@@ -115,6 +236,20 @@ def scope_stats() -> ScopeStats:
     """Return a snapshot of the context core's counters."""
     with _counter_lock:
         return ScopeStats(**_counts)
+
+
+def _check_registry(registry: object) -> None:
+    """Refuse a ``registry=`` that is not an :class:`isolation.Registry`, at construction.
+
+    The registry's module is looked up, not imported: factories sit above this
+    layer, and a ``Registry`` can only exist once its module is loaded.
+    """
+    module = sys.modules.get("isolation.factories._registry")
+    if module is None or not isinstance(registry, module.Registry):
+        raise UsageError(
+            f"scope(registry=...) takes an isolation.Registry, got {type(registry).__name__}",
+            hint="Pass the Registry whose products this scope resolves, or leave it out",
+        )
 
 
 def _is_async_callable(fn: object) -> bool:
@@ -163,6 +298,7 @@ class Scope:
         "_deadline",
         "_fast",
         "_finalizers",
+        "_held",
         "_lifetime",
         "_lock",
         "_parent",
@@ -200,6 +336,10 @@ class Scope:
             raise ConfigurationError(
                 f"cleanup_timeout must be finite and > 0 seconds, got {cleanup_timeout!r}"
             )
+        if registry is not None:
+            _check_registry(registry)
+        if allow_switch is not False and allow_switch is not True:
+            raise UsageError(f"allow_switch takes a bool, got {type(allow_switch).__name__}")
         self._ctx = ctx
         self._registry = registry
         self._lifetime = lifetime
@@ -217,6 +357,8 @@ class Scope:
         self._finalizers: list[Finalizer] | None = None
         self._cancel_scope: anyio.CancelScope | None = None
         self._async = False
+        # Set when a generator's body entered this scope (see _across_yield).
+        self._held: _Hold | None = None
         # Per-scope values (ContextLocal, scoped instances): made on first use,
         # or now for a registry's scope, which will need them.
         self._data: dict[object, Any] | None = None if registry is None else {}
@@ -273,8 +415,8 @@ class Scope:
 
     @property
     def active(self) -> bool:
-        """Whether the scope has been entered and has not ended."""
-        return self._state == _ACTIVE
+        """Whether the scope has been entered, has not ended, and is not held across a yield."""
+        return self._state == _ACTIVE and (self._held is None or not _across_yield(self))
 
     @property
     def ended(self) -> bool:
@@ -341,6 +483,8 @@ class Scope:
         """Refuse resolving from a scope that ended, expired, or is not the caller's."""
         if self._state != _ACTIVE:
             raise _ended(self)
+        if self._held is not None and _across_yield(self):
+            raise _across_yield_error(self, "a product was asked for outside the generator")
         self._check_deadline()
         current = _current.get()
         while current is not None and current is not self:
@@ -391,7 +535,13 @@ class Scope:
         ctx = self._ctx
         deadline = ctx.expires_at
         outer = _current.get()
-        if outer is not None and outer._state == _ACTIVE:
+        if (
+            outer is not None
+            and outer._state == _ACTIVE
+            # A scope a generator holds across its yield is not bound out here:
+            # this one opens as a root, so the thread or task stays usable.
+            and (outer._held is None or not _across_yield(outer))
+        ):
             if self._lifetime > outer._lifetime:
                 raise UsageError(
                     f"a {self._lifetime.name} scope cannot be entered inside a "
@@ -424,7 +574,10 @@ class Scope:
                 f"the context of {redact_principal(ctx.principal)} has expired"
             )
         self._deadline = deadline
-        if deadline is None:
+        # A held scope has no fast path: every read asks _across_yield.
+        if self._held is not None:
+            pass
+        elif deadline is None:
             self._fast = ctx
         else:
             self._timed = deadline
@@ -439,7 +592,14 @@ class Scope:
                 f"the context of {redact_principal(self._ctx.principal)} has expired"
             )
 
-    def _unbind(self) -> None:
+    def _unbind(self) -> UsageError | None:
+        """End the scope and restore the binding; the error to raise if that was refused.
+
+        A scope exited in another :class:`~contextvars.Context` (a generator closed
+        elsewhere) cannot reset its own token there: that Context gets what was
+        bound before the scope, and the exit is refused with :class:`UsageError`,
+        never a ``ValueError`` from a foreign token.
+        """
         token, self._token = self._token, None
         self._state = _ENDED
         self._fast = None
@@ -447,12 +607,65 @@ class Scope:
         self._finalizers = None
         self._data = None
         self._cancel_scope = None
-        if token is not None:
-            _closed.increment()
-            _current.reset(token)
+        if token is None:
+            return None
+        _closed.increment()
+        if self._held is None:
+            try:
+                _current.reset(token)
+            except ValueError:  # the token was made in another Context
+                return self._exited_elsewhere(token)
+            return None
+        return self._unbind_held(token)
+
+    def _unbind_held(self, token: Token[Scope | None]) -> UsageError | None:
+        """``_unbind`` for a scope a generator entered: refuse an exit out of place."""
+        if _current.get() is self:
+            try:
+                _current.reset(token)
+            except ValueError:
+                return self._exited_elsewhere(token)
+            self._held = None
+            return None
+        # Another scope is bound on top (the consumer's), or this is a Context
+        # that never bound this scope: leave its binding alone.
+        return self._exited_elsewhere(token, reset=False)
+
+    def _exited_elsewhere(self, token: Token[Scope | None], *, reset: bool = True) -> UsageError:
+        previous = token.old_value
+        before = None if previous is Token.MISSING else previous
+        if reset:
+            _current.set(before)
+        what = (
+            "it was exited in another context than the one it was entered in"
+            if reset
+            else "it was exited under another scope, or in another context"
+        )
+        if self._held is None:
+            return UsageError(
+                f"the scope of {redact_principal(self._ctx.principal)} was exited out of "
+                f"place: {what}",
+                hint="Enter and exit a scope with `with` or `async with`, in one task",
+            )
+        # Where this scope is still bound (the generator's consumer, a pool's
+        # worker), the next read restores what was bound before it (_restore).
+        error = _across_yield_error(self, what)
+        self._held.frame = None
+        self._held.before = before
+        return error
 
     def __enter__(self) -> Scope:
-        if _current.get() is None and self._state == _NEW and self._ctx.expires_at is None:
+        # Who runs the `with`: a generator's body may hold the scope across a
+        # yield (see _across_yield). One frame look-up, the cost of the check.
+        frame = _getframe(1)
+        if frame.f_code.co_flags & _YIELDS or frame.f_globals is _CONTEXTLIB:
+            self._note_holder(frame)
+        if (
+            _current.get() is None
+            and self._state == _NEW
+            and self._ctx.expires_at is None
+            and self._held is None
+        ):
             # The common case, _bind's outcome without its questions: no enclosing
             # scope, no deadline.
             self._fast = self._ctx
@@ -462,6 +675,29 @@ class Scope:
             return self
         outer = self._bind()
         return self if outer is None else outer
+
+    def _enter_root(self) -> Scope:
+        """Bind as a root scope with no deadline (the common case of ``__aenter__``)."""
+        if self._state != _NEW:
+            return self._bind() or self  # raises: a scope is entered once
+        self._fast = self._ctx
+        self._token = _current.set(self)
+        self._state = _ACTIVE
+        _opened_increment()
+        return self
+
+    def _note_holder(self, frame: FrameType | None) -> None:
+        """Remember the generator whose body enters this scope (see _across_yield)."""
+        # Skip contextlib's ExitStack and AsyncExitStack to the code that enters.
+        while frame is not None and frame.f_globals is _CONTEXTLIB:
+            frame = frame.f_back
+        if (
+            self._state == _NEW
+            and frame is not None
+            and frame.f_code.co_flags & _YIELDS
+            and not _drives_a_context_manager(frame.f_back)
+        ):
+            self._held = _Hold(frame, _task_key())
 
     def __exit__(
         self,
@@ -475,20 +711,30 @@ class Scope:
         expired: ContextExpiredError | None = None
         if exc is None and self._deadline is not None and _clock._now() >= self._deadline:
             expired = self._expired_error()
+        refused: UsageError | None = None
         if self._finalizers:
             try:
                 self._run_sync_finalizers(exc if expired is None else expired)
             finally:
-                self._unbind()
+                refused = self._unbind()
         else:
-            self._unbind()
+            refused = self._unbind()
+        if refused is not None:
+            raise refused from exc if expired is None else expired
         if expired is not None:
             raise expired
         return False
 
     async def __aenter__(self) -> Scope:
         self._async = True
-        entered = self.__enter__()
+        frame = _getframe(1)
+        if frame.f_code.co_flags & _YIELDS or frame.f_globals is _CONTEXTLIB:
+            self._note_holder(frame)
+        if self._held is None and self._ctx.expires_at is None and _current.get() is None:
+            entered = self._enter_root()
+        else:
+            bound = self._bind()
+            entered = self if bound is None else bound
         if entered is self and self._deadline is not None:
             try:
                 self._arm_deadline()
@@ -508,7 +754,15 @@ class Scope:
             return False
         expired: ContextExpiredError | None = None
         cancel_scope = self._cancel_scope
-        if cancel_scope is not None:
+        if cancel_scope is not None and self._held is not None and _task_key() != self._held.by:
+            # An async generator closed by another task: the deadline's cancel scope
+            # belongs to the task that entered it and cannot be exited here. Disarm
+            # it, so it never cancels that task; _unbind then refuses the exit.
+            clock = _clock.get_clock()
+            if isinstance(clock, _clock.FakeClock):
+                clock._unwatch(self)
+            cancel_scope.deadline = math.inf
+        elif cancel_scope is not None:
             clock = _clock.get_clock()
             if isinstance(clock, _clock.FakeClock):
                 clock._unwatch(self)
@@ -525,11 +779,14 @@ class Scope:
                 expired = self._expired_error()
         elif exc is None and self._deadline is not None and _clock._now() >= self._deadline:
             expired = self._expired_error()
+        refused: UsageError | None = None
         try:
             if self._finalizers:
                 await self._run_async_finalizers(exc if expired is None else expired)
         finally:
-            self._unbind()
+            refused = self._unbind()
+        if refused is not None:
+            raise refused from exc if expired is None else expired
         if expired is not None:
             raise expired from exc
         return False
@@ -681,6 +938,24 @@ def _ended(scope: Scope) -> ScopeEndedError:
     )
 
 
+def _restore(scope: Scope) -> Scope | None:
+    """Unbind held scopes that ended in another context, here where they are still bound.
+
+    A generator closed elsewhere could not reset its binding in its consumer's
+    context; that binding is replaced by what was bound before the generator's
+    scope, so the consumer (or a pool's worker) is where it was, not failing closed
+    for ever.
+    """
+    found: Scope | None = scope
+    while found is not None and found._held is not None:
+        before = found._held.before
+        if isinstance(before, _Unset):
+            break
+        found = before
+    _current.set(found)
+    return found
+
+
 def current_scope() -> Scope:
     """Return the bound scope.
 
@@ -690,6 +965,8 @@ def current_scope() -> Scope:
         ContextExpiredError: The scope's deadline has passed.
     """
     scope = _current.get()
+    if scope is not None and scope._held is not None and scope._held.before is not _UNSET:
+        scope = _restore(scope)
     if scope is None:
         raise NoContextError("no isolation scope is bound here")
     if scope._state != _ACTIVE:
@@ -698,6 +975,8 @@ def current_scope() -> Scope:
         # learns that the context expired, as the issue's contract says.
         scope._check_deadline()
         raise error
+    if scope._held is not None and _across_yield(scope):
+        raise _across_yield_error(scope, "it was read outside the generator, between its items")
     scope._check_deadline()
     return scope
 

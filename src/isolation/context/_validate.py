@@ -1,16 +1,25 @@
 """Pure validation of the text fields of a :class:`~isolation.UserContext`.
 
-Rules for ids, roles and attribute keys and values: a ``str``, NFC-normalised,
-non-empty, no leading or trailing white space, no character of the Unicode
-categories Cc, Cf, Cs, Co, Cn, Zl or Zp, and at most a bounded length counted
-after normalisation. Refusals raise :class:`~isolation.InvalidContextError`
-naming the field and the rule, quoting only a short escaped prefix of the value.
+Rules for ids, roles and attribute keys and values: a ``str``, **already in
+Unicode NFC form**, non-empty, no leading or trailing white space, no character
+of the Unicode categories Cc, Cf, Cs, Co, Cn, Zl or Zp, and at most a bounded
+length. Refusals raise :class:`~isolation.InvalidContextError` naming the field
+and the rule, quoting only a short, ASCII-escaped prefix of the value.
+
+Nothing is ever rewritten: a value that passes is returned as given. Rewriting
+(normalising, folding case or width) would make two spellings the application
+keeps apart — two accounts — into one principal here. So ``"\u212blice"`` (with
+the Angstrom sign) is refused, not turned into ``"\u00c5lice"``, and
+``"\uff41lice"`` (fullwidth) is accepted and stays distinct from ``"alice"``.
+:func:`check_principal` is the one entry for every place that builds a
+principal from ids (contexts, the router's ``publish`` and look-ups).
 """
 
 from __future__ import annotations
 
 import math
 import unicodedata
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -23,6 +32,8 @@ __all__ = [
     "MAX_ID_LENGTH",
     "MAX_ROLES",
     "check_attributes",
+    "check_principal",
+    "owner_value",
     "check_roles",
     "check_text",
     "check_timestamp",
@@ -30,19 +41,21 @@ __all__ = [
 ]
 
 MAX_ID_LENGTH = 256
-"""Longest user id, tenant id, role or attribute key, in code points after NFC."""
+"""Longest user id, tenant id, role or attribute key, in code points."""
 MAX_ATTRIBUTE_VALUE_LENGTH = 4096
-"""Longest attribute value, in code points after NFC."""
+"""Longest attribute value, in code points."""
 MAX_ROLES = 64
 """Most roles a context may carry."""
 MAX_ATTRIBUTES = 64
 """Most attributes a context may carry."""
 
 _BAD_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
-# NFC composes at most a few code points into one; anything this much longer
-# than the limit cannot normalise below it, so refuse it before normalising.
-_PRECHECK_FACTOR = 16
 _PREFIX = 16
+NFC_RULE = (
+    "must already be in Unicode NFC form (it is never rewritten: two spellings "
+    "would become one principal)"
+)
+"""The rule an id breaks when it is not NFC (a decomposed or compatibility spelling)."""
 
 
 def _prefix(field: str, value: object) -> str:
@@ -59,26 +72,30 @@ def _refuse(field: str, rule: str, value: object) -> InvalidContextError:
     return InvalidContextError(field=field, rule=rule, value_prefix=_prefix(field, value))
 
 
-def check_text(field: str, value: Any, max_length: int = MAX_ID_LENGTH) -> str:
-    """Return ``value`` NFC-normalised, or raise ``InvalidContextError`` naming ``field``."""
-    if not isinstance(value, str):
-        raise _refuse(field, "must be a str", value)
-    if len(value) > max_length * _PRECHECK_FACTOR:
+def check_text(field: str, value: object, max_length: int = MAX_ID_LENGTH) -> str:
+    """Return ``value`` unchanged if it follows the rules, or raise naming ``field``.
+
+    Raises:
+        InvalidContextError: Not a ``str``, too long, empty, padded with white
+            space, holding a control, format (bidi, zero-width), surrogate,
+            private-use, unassigned or line/paragraph separator character, or
+            not already NFC.
+    """
+    if type(value) is not str:
+        if not isinstance(value, str):
+            raise _refuse(field, "must be a str", value)
+        value = str(value)  # a subclass could override __eq__ or __hash__
+    if len(value) > max_length:
         raise _refuse(field, f"must be at most {max_length} characters", value)
     if value.isascii():
         # ASCII is its own NFC form, and its only bad characters are Cc.
-        text = value
-        if not text.isprintable():
+        if not value.isprintable():
             raise _refuse(field, "must not contain control characters (Cc)", value)
     else:
-        try:
-            text = unicodedata.normalize("NFC", value)
-        except UnicodeError:  # pragma: no cover - CPython normalises lone surrogates as is
-            raise _refuse(field, "must be valid Unicode", value) from None
         # isprintable() is False exactly for categories C* and Z* except U+0020,
         # so the per-character scan runs only for the rare text that needs it.
-        if not text.isprintable():
-            for char in text:
+        if not value.isprintable():
+            for char in value:
                 category = unicodedata.category(char)
                 if category in _BAD_CATEGORIES:
                     raise _refuse(
@@ -87,13 +104,66 @@ def check_text(field: str, value: Any, max_length: int = MAX_ID_LENGTH) -> str:
                         f"(found U+{ord(char):04X})",
                         value,
                     )
-    if not text:
+        if not unicodedata.is_normalized("NFC", value):
+            raise _refuse(field, NFC_RULE, value)
+    if not value:
         raise _refuse(field, "must not be empty", value)
-    if len(text) > max_length:
-        raise _refuse(field, f"must be at most {max_length} characters", value)
-    if text[0].isspace() or text[-1].isspace():
+    if value[0].isspace() or value[-1].isspace():
         raise _refuse(field, "must not start or end with white space", value)
-    return str(text)
+    return value
+
+
+def check_principal(user_id: Any, tenant_id: Any = None) -> tuple[str | None, str]:
+    """Return ``(tenant_id, user_id)`` if both ids follow the rules of :func:`check_text`.
+
+    The one validator for every place that names a principal by its ids, so
+    a principal there is exactly a principal of a :class:`~isolation.UserContext`.
+    """
+    return (
+        None if tenant_id is None else check_text("tenant_id", tenant_id),
+        check_text("user_id", user_id),
+    )
+
+
+def owner_value(field: str, value: str, python_type: type) -> object:
+    """Return the id as the value of an owner column of ``python_type``, or refuse it.
+
+    A ``str`` column takes the id as it is. An integer or UUID column takes it
+    only in that type's one canonical text (``str(int(x)) == x``, lowercase
+    hyphenated UUID): otherwise ``"123"``, ``"0123"`` and ``"+123"`` (or a UUID
+    in upper and lower case) would be three users to the application and one
+    owner to the database, which converts them all to the same value.
+
+    Raises:
+        InvalidContextError: The id is not the canonical text of ``python_type``.
+    """
+    if python_type is int:
+        if value.isascii():
+            try:
+                number = int(value)
+            except ValueError:
+                number = None
+            if number is not None and str(number) == value:
+                return number
+        raise _refuse(
+            field,
+            "must be an integer in canonical decimal form (no sign, leading zero, "
+            "separator or non-ASCII digit) for an integer owner column",
+            value,
+        )
+    if python_type is uuid.UUID:
+        try:
+            parsed = uuid.UUID(value)
+        except ValueError:
+            parsed = None
+        if parsed is not None and str(parsed) == value:
+            return parsed
+        raise _refuse(
+            field,
+            "must be a UUID in canonical lowercase hyphenated form for a UUID owner column",
+            value,
+        )
+    return value
 
 
 def check_roles(value: Any) -> frozenset[str]:
@@ -118,8 +188,6 @@ def check_attributes(value: Any) -> dict[str, str]:
     for key, item in value.items():
         name = check_text("attributes", key)
         checked[name] = check_text(f"attributes[{name!r}]", item, MAX_ATTRIBUTE_VALUE_LENGTH)
-    if len(checked) != len(value):
-        raise _refuse("attributes", "must not hold keys equal after NFC normalisation", value)
     return checked
 
 

@@ -44,6 +44,7 @@ from isolation._errors import (
 from isolation._redact import redact_principal
 from isolation.context._model import Principal, UserContext
 from isolation.context._scope import Scope, current_context_or_none, current_scope
+from isolation.context._validate import check_principal
 from isolation.events._connection import Connection, Putter, _Blocked
 from isolation.events._model import (
     GAP,
@@ -557,6 +558,8 @@ class EventRouter:
             EventTooLargeError: ``max_event_bytes`` is set and the payload is larger.
             UsageError: ``kind`` is ``"gap"`` (reserved) or not a string, or the
                 payload is not JSON-serialisable (checked with ``max_event_bytes``).
+            InvalidContextError: An id no context can have (not NFC, a control,
+                bidi or zero-width character): never folded into another's.
             ConnectionClosedError: The router is closed.
         """
         if kind != MESSAGE:
@@ -575,6 +578,8 @@ class EventRouter:
                 payload=payload,
             )
             return await self._backend.publish(envelope)
+        # A hit is a principal some validated context connected as: its ids are
+        # valid, so only a miss pays for the check.
         conns = self._routes.get((tenant_id, user_id))
         if conns is None:
             self._check_ids(user_id, tenant_id)
@@ -727,15 +732,18 @@ class EventRouter:
                 hint="Send a reference to the data instead, or raise max_event_bytes",
             )
 
-    def _check_ids(self, user_id: object, tenant_id: object) -> None:
+    def _check_ids(self, user_id: object, tenant_id: object, method: str = "publish") -> None:
         if type(user_id) is not str or not user_id:
             raise UsageError(
-                f"publish() takes a user id (a non-empty str), got {type(user_id).__name__}"
+                f"{method}() takes a user id (a non-empty str), got {type(user_id).__name__}"
             )
         if tenant_id is not None and type(tenant_id) is not str:
             raise UsageError(
-                f"publish() takes a tenant_id str or None, got {type(tenant_id).__name__}"
+                f"{method}() takes a tenant_id str or None, got {type(tenant_id).__name__}"
             )
+        # The rules of a UserContext's ids: a spelling no context can have (not
+        # NFC, a bidi or zero-width character) is refused, never folded.
+        check_principal(user_id, tenant_id)
 
     # -- statistics -----------------------------------------------------------------
 
@@ -761,6 +769,7 @@ class EventRouter:
         self, user_id: str, *, tenant_id: str | None = None
     ) -> PrincipalStats | None:
         """Return the counters of one principal, or ``None`` if it has no live connection."""
+        self._check_ids(user_id, tenant_id, "principal_stats")
         self._sweep_expired()
         principal = (tenant_id, user_id)
         totals = self._totals.get(principal)
@@ -776,6 +785,7 @@ class EventRouter:
 
     def connections(self, user_id: str, *, tenant_id: str | None = None) -> tuple[Connection, ...]:
         """Return the live connections of one principal."""
+        self._check_ids(user_id, tenant_id, "connections")
         principal = (tenant_id, user_id)
         return tuple(c for c in self._live if c._principal == principal)
 

@@ -35,6 +35,7 @@ from isolation._errors import (
 )
 from isolation._redact import redact, redact_principal
 from isolation.context import _scope
+from isolation.context._validate import owner_value
 
 __all__ = ["Rule", "Tenancy"]
 
@@ -53,6 +54,15 @@ def _bound_tenant_id() -> str | None:
     if scope is None:
         raise NoContextError("a protected model was queried with no isolation scope bound")
     return scope._ctx.tenant_id
+
+
+def _python_type(model: type[Any], key: str) -> type:
+    """The Python type of an owner column: ``int`` and ``uuid.UUID`` convert ids."""
+    try:
+        python_type = inspect(model).columns[key].type.python_type
+    except (KeyError, NotImplementedError):
+        return str
+    return python_type if isinstance(python_type, type) else str
 
 
 def _column_key(model: type[Any], column: object, parameter: str) -> str:
@@ -80,26 +90,48 @@ def _column_key(model: type[Any], column: object, parameter: str) -> str:
 class Rule:
     """The owner columns of one protected model."""
 
-    __slots__ = ("model", "options", "tenant_key", "user_key")
+    __slots__ = ("model", "options", "tenant_key", "tenant_type", "user_key", "user_type")
 
     def __init__(self, model: type[Any], user_key: str | None, tenant_key: str | None) -> None:
         self.model = model
         self.user_key = user_key
         self.tenant_key = tenant_key
+        # Ids reach a typed owner column only in that type's canonical text
+        # (owner_value): "123" and "0123" must not be one owner to the database.
+        self.user_type = str if user_key is None else _python_type(model, user_key)
+        self.tenant_type = str if tenant_key is None else _python_type(model, tenant_key)
         clauses = []
         name = model.__name__.lower()
         if user_key is not None:
+            bound_user: Any = _bound_user_id if self.user_type is str else self._bound_user
             clauses.append(
                 getattr(model, user_key)
-                == bindparam(f"isolation_{name}_user", callable_=_bound_user_id, unique=True)
+                == bindparam(f"isolation_{name}_user", callable_=bound_user, unique=True)
             )
         if tenant_key is not None:
+            bound_tenant: Any = _bound_tenant_id if self.tenant_type is str else self._bound_tenant
             clauses.append(
                 getattr(model, tenant_key)
-                == bindparam(f"isolation_{name}_tenant", callable_=_bound_tenant_id, unique=True)
+                == bindparam(f"isolation_{name}_tenant", callable_=bound_tenant, unique=True)
             )
         criteria = clauses[0] if len(clauses) == 1 else clauses[0] & clauses[1]
         self.options = with_loader_criteria(model, criteria, include_aliases=True)
+
+    def _bound_user(self) -> object:
+        return owner_value("user_id", _bound_user_id(), self.user_type)
+
+    def _bound_tenant(self) -> object:
+        tenant = _bound_tenant_id()
+        return None if tenant is None else owner_value("tenant_id", tenant, self.tenant_type)
+
+    def values_of(self, principal: Principal) -> tuple[object, object]:
+        """``(tenant, user)`` of ``principal`` as the owner columns hold them."""
+        tenant, user = principal
+        if self.tenant_type is not str and tenant is not None:
+            tenant = owner_value("tenant_id", tenant, self.tenant_type)  # type: ignore[assignment]
+        if self.user_type is not str:
+            user = owner_value("user_id", user, self.user_type)  # type: ignore[assignment]
+        return tenant, user
 
     def refusal(self, principal: Principal) -> Exception | None:
         """Why this rule cannot serve ``principal`` at all, or ``None``."""
@@ -140,13 +172,23 @@ class Rule:
 class Tenancy:
     """The protected models of one manager, and the two hooks that enforce them."""
 
-    __slots__ = ("_lookup", "any_tenant", "any_user_only", "options", "rules", "tables")
+    __slots__ = (
+        "_lookup",
+        "any_tenant",
+        "any_typed",
+        "any_user_only",
+        "options",
+        "rules",
+        "tables",
+    )
 
     def __init__(self) -> None:
         self.rules: dict[type[Any], Rule] = {}
         # Whether some rule refuses contexts with a tenant / without one: only then
         # does a statement pay for looking up the models it touches.
         self.any_user_only = False
+        # Whether some rule has an int or UUID owner column (ids checked per statement).
+        self.any_typed = False
         self.any_tenant = False
         self._lookup: dict[type[Any], Rule | None] = {}
         self.options: tuple[Any, ...] = ()
@@ -170,6 +212,9 @@ class Tenancy:
         self._lookup.clear()
         self.options = tuple(r.options for r in self.rules.values())
         self.any_user_only = any(r.tenant_key is None for r in self.rules.values())
+        self.any_typed = any(
+            r.user_type is not str or r.tenant_type is not str for r in self.rules.values()
+        )
         self.any_tenant = any(r.tenant_key is not None for r in self.rules.values())
         self.tables.update(inspect(model).tables)
         return rule
@@ -195,13 +240,16 @@ class Tenancy:
                 # Refreshes of rows already loaded, and relationship loads that carry
                 # the criteria of the statement that loaded their parent.
                 return
-            if self.any_tenant if principal[0] is None else self.any_user_only:
+            if self.any_typed or (self.any_tenant if principal[0] is None else self.any_user_only):
                 for mapper in state.all_mappers:
                     rule = self.rule_for(mapper.class_)
                     if rule is not None:
                         refused = rule.refusal(principal)
                         if refused is not None:
                             raise refused
+                        # An id that is not its owner column's canonical text is refused
+                        # here, typed, before SQLAlchemy would wrap it in a StatementError.
+                        rule.values_of(principal)
             state.statement = state.statement.options(*self.options)
         elif state.is_insert:
             table = getattr(state.statement, "table", None)
@@ -214,7 +262,6 @@ class Tenancy:
 
     def check_flush(self, session: Session, principal: Principal) -> None:
         """``before_flush``: stamp new rows, refuse foreign rows and owner changes."""
-        tenant, user = principal
         for obj in session.new:
             rule = self.rule_for(type(obj))
             if rule is None:
@@ -222,6 +269,7 @@ class Tenancy:
             refused = rule.refusal(principal)
             if refused is not None:
                 raise refused
+            tenant, user = rule.values_of(principal)
             for key, mine in ((rule.user_key, user), (rule.tenant_key, tenant)):
                 if key is None:
                     continue
@@ -238,6 +286,7 @@ class Tenancy:
                 refused = rule.refusal(principal)
                 if refused is not None:
                     raise refused
+                tenant, user = rule.values_of(principal)
                 for committed in (True, False):
                     owner = rule.owner_of(obj, committed=committed)
                     for key, index, mine in (

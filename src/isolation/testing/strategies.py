@@ -8,7 +8,8 @@ characters, padding white space, over-long and 1 MiB strings, and non-strings.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import unicodedata
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from hypothesis import strategies as st
@@ -17,8 +18,10 @@ from isolation.context._model import UserContext
 from isolation.context._validate import MAX_ATTRIBUTE_VALUE_LENGTH, MAX_ID_LENGTH
 
 __all__ = [
+    "CONFUSABLE_SPELLINGS",
     "HOSTILE_CHARACTERS",
     "LOOKALIKES",
+    "confusable_pairs",
     "contexts",
     "hostile_ids",
     "interleavings",
@@ -143,15 +146,70 @@ LOOKALIKES: tuple[tuple[str, str], ...] = (
     ("alice", "\uff41lice"),  # fullwidth a (NFKC folds it, NFC does not): two users
     ("file", "\ufb01le"),  # the fi ligature: two users
     ("straße", "strasse"),
-    ("\u00e9lodie", "e\u0301lodie"),  # NFC makes these ONE user
-    ("\u212bngstr\u00f6m", "\u00c5ngstr\u00f6m"),  # Angstrom sign vs A-ring: NFC makes them one
+    ("\u00e9lodie", "e\u0301lodie"),  # decomposed (not NFC): the second is refused
+    ("\u00c5ngstr\u00f6m", "\u212bngstr\u00f6m"),  # Angstrom sign (not NFC): refused
 )
-"""Pairs of ids that look alike. After NFC, pairs that normalise equal are one user."""
+"""Pairs of ids that look alike: both valid and two users, or the second refused
+(not NFC). No pair is ever one principal."""
 
 
 def lookalike_pairs() -> st.SearchStrategy[tuple[str, str]]:
-    """Pairs of valid ids that differ only by case, script or normalisation."""
+    """Pairs of ids that differ only by case, script, width or normalisation."""
     return st.sampled_from(LOOKALIKES)
+
+
+_CONFUSABLE_ALPHABET = "aAkKsSeEiIlL1o0-._\u00e5\u00c5\u00e9\u00c9\u00df\u03a9\u03c9\u00f6"
+
+
+def _fullwidth(text: str) -> str:
+    return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text)
+
+
+def _compatibility_signs(text: str) -> str:
+    # ANGSTROM, KELVIN and OHM signs (their NFC is the letter) and the fi ligature.
+    for letter, sign in (
+        ("\u00c5", "\u212b"),
+        ("K", "\u212a"),
+        ("\u03a9", "\u2126"),
+        ("fi", "\ufb01"),
+    ):
+        text = text.replace(letter, sign)
+    return text
+
+
+CONFUSABLE_SPELLINGS: Mapping[str, Callable[[str], str]] = {
+    "as given": lambda s: s,
+    "NFC": lambda s: unicodedata.normalize("NFC", s),
+    "NFD": lambda s: unicodedata.normalize("NFD", s),
+    "NFKC": lambda s: unicodedata.normalize("NFKC", s),
+    "NFKD": lambda s: unicodedata.normalize("NFKD", s),
+    "casefold": str.casefold,
+    "upper": str.upper,
+    "lower": str.lower,
+    "fullwidth": _fullwidth,
+    "compatibility signs": _compatibility_signs,
+}
+"""Ways to spell one id that some layer could fold into one: normal forms, case,
+width and compatibility characters (U+212B ANGSTROM SIGN, U+212A KELVIN SIGN, ...)."""
+
+
+def confusable_pairs() -> st.SearchStrategy[tuple[str, str]]:
+    """Two distinct spellings of one short id (see :data:`CONFUSABLE_SPELLINGS`).
+
+    Some spellings are not NFC and must be refused; the rest are distinct
+    principals, and no layer (contexts, tokens, the router, the database) may
+    treat the two as one.
+    """
+    spelling = st.sampled_from(sorted(CONFUSABLE_SPELLINGS))
+    return (
+        st.tuples(
+            st.text(st.sampled_from(_CONFUSABLE_ALPHABET), min_size=1, max_size=8),
+            spelling,
+            spelling,
+        )
+        .map(lambda t: (CONFUSABLE_SPELLINGS[t[1]](t[0]), CONFUSABLE_SPELLINGS[t[2]](t[0])))
+        .filter(lambda pair: pair[0] != pair[1])
+    )
 
 
 def contexts() -> st.SearchStrategy[UserContext]:

@@ -56,7 +56,7 @@ from isolation.sessions._lifecycle import (
     nested_outcome,
     outermost_outcome,
 )
-from isolation.sessions._tenancy import Tenancy
+from isolation.sessions._tenancy import Tenancy, TenantSession
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -209,7 +209,7 @@ def _in_use(principal: Principal) -> SessionInUseError:
     )
 
 
-class _OwnedSession(Session):
+class _OwnedSession(TenantSession):
     """The sync ``Session`` behind every managed ``AsyncSession``: it knows its owner."""
 
     _isolation_owner: _Owner | None = None

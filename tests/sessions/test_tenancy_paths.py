@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from sqlalchemy import select, text, update
+from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import make_transient_to_detached
@@ -37,6 +37,7 @@ from isolation.report.modes._orm_paths import (
     reset,
     run_ops,
 )
+from isolation.report.modes._sessions import Note
 from isolation.sessions import SessionManager
 
 pytestmark = pytest.mark.anyio
@@ -122,6 +123,23 @@ class TestWrites:
         with pytest.raises((CrossContextAccessError, InvalidRequestError)):
             await as_alice(manager, lambda s: s.execute(delete(Item), [{"id": BOB_ITEM}]))
         assert await item_row(db, BOB_ITEM) == ("bob", "bob/item/00")
+
+    @pytest.mark.parametrize("many", [False, True], ids=["one", "executemany"])
+    async def test_core_only_strategy(
+        self, db: OrmDatabase, manager: SessionManager, many: bool
+    ) -> None:
+        """dml_strategy="core_only" (no loader criteria in SQLAlchemy) reaches only own rows."""
+        stmt = (
+            update(Item)
+            .where(Item.id == bindparam("i"))
+            .values(body="pwned")
+            .execution_options(dml_strategy="core_only")
+        )
+        params = [{"i": BOB_ITEM}, {"i": ALICE_ITEM}] if many else {"i": BOB_ITEM}
+        await as_alice(manager, lambda s: s.execute(stmt, params))
+        assert await item_row(db, BOB_ITEM) == ("bob", "bob/item/00")
+        if many:
+            assert await item_row(db, ALICE_ITEM) == ("alice", "pwned")
 
     async def test_bulk_update_mappings(self, db: OrmDatabase, manager: SessionManager) -> None:
         """Finding 1: bulk_update_mappings (no do_orm_execute, no before_flush) is refused."""
@@ -343,6 +361,111 @@ class TestReads:
         got = await as_alice(manager, work)
         assert got[:2] == ["alice/item/00", "alice/item/cross"]
         assert len(got) == 2 + 5
+
+
+class TestTenantPairs:
+    """The issue's shapes on the tenant-and-user model: alice@t1 against alice@t2."""
+
+    @pytest.fixture
+    async def notes(self, db: OrmDatabase) -> SessionManager:
+        from isolation.report.modes._sessions import Base
+
+        async with db.engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+        manager = SessionManager(db.engine)
+        manager.protect(Note, user_column="owner", tenant_column=Note.tenant)
+        for tenant in ("t1", "t2"):
+            async with (
+                isolation.scope(UserContext.new("alice", tenant_id=tenant)),
+                manager.session() as s,
+            ):
+                s.add(Note(id=101 if tenant == "t1" else 102, body=f"{tenant} secret"))
+        return manager
+
+    async def bodies(self, db: OrmDatabase) -> list[tuple[Any, ...]]:
+        async with db.engine.connect() as conn:
+            rows = await conn.execute(text("SELECT tenant, owner, body FROM isolation_notes"))
+            return sorted(tuple(r) for r in rows)
+
+    async def in_t1(self, manager: SessionManager, work: Callable[[AsyncSession], Any]) -> Any:
+        async with (
+            isolation.scope(UserContext.new("alice", tenant_id="t1")),
+            manager.session() as s,
+        ):
+            return await work(s)
+
+    async def test_bulk_writes_by_primary_key(self, db: OrmDatabase, notes: SessionManager) -> None:
+        """ORM bulk UPDATE by primary key and bulk_update_mappings of the same user id's
+        row in another tenant are refused."""
+        with pytest.raises(CrossContextAccessError):
+            await self.in_t1(notes, lambda s: s.execute(update(Note), [{"id": 102, "body": "x"}]))
+        with pytest.raises(CrossContextAccessError):
+            await self.in_t1(
+                notes,
+                lambda s: s.run_sync(
+                    lambda ss: ss.bulk_update_mappings(Note, [{"id": 102, "body": "x"}])
+                ),
+            )
+        assert await self.bodies(db) == [
+            ("t1", "alice", "t1 secret"),
+            ("t2", "alice", "t2 secret"),
+        ]
+
+    async def test_planting_in_another_tenant(self, db: OrmDatabase, notes: SessionManager) -> None:
+        """Mass assignment of the tenant column and bulk inserts into another tenant are
+        refused; a bulk insert without owner columns is stamped with both."""
+        with pytest.raises(CrossContextAccessError, match="tenant"):
+            await self.in_t1(
+                notes,
+                lambda s: s.execute(
+                    update(Note).where(Note.owner == "alice").values(tenant="t2", body="planted")
+                ),
+            )
+        with pytest.raises(CrossContextAccessError, match="tenant"):
+            await self.in_t1(
+                notes,
+                lambda s: s.run_sync(
+                    lambda ss: ss.bulk_insert_mappings(
+                        Note, [{"tenant": "t2", "owner": "alice", "body": "planted"}]
+                    )
+                ),
+            )
+        with pytest.raises(CrossContextAccessError, match="tenant"):
+            await self.in_t1(
+                notes,
+                lambda s: s.run_sync(
+                    lambda ss: ss.bulk_save_objects([Note(tenant="t2", body="planted")])
+                ),
+            )
+        await self.in_t1(
+            notes, lambda s: s.run_sync(lambda ss: ss.bulk_insert_mappings(Note, [{"body": "new"}]))
+        )
+        assert await self.bodies(db) == [
+            ("t1", "alice", "new"),
+            ("t1", "alice", "t1 secret"),
+            ("t2", "alice", "t2 secret"),
+        ]
+
+    async def test_reads_of_another_tenant(self, notes: SessionManager) -> None:
+        """refresh() and detached attribute loads of the other tenant's row find nothing."""
+
+        async def refresh(s: AsyncSession) -> str:
+            obj = Note(id=102, tenant="t1", owner="alice", body="x")
+            make_transient_to_detached(obj)
+            obj = await s.merge(obj, load=False)
+            await s.refresh(obj)
+            return obj.body
+
+        async def attribute(s: AsyncSession) -> str:
+            obj = Note(id=102)
+            make_transient_to_detached(obj)
+            s.add(obj)
+            return await s.run_sync(lambda _: obj.body)
+
+        with pytest.raises(InvalidRequestError):
+            await self.in_t1(notes, refresh)
+        with pytest.raises(ObjectDeletedError):
+            await self.in_t1(notes, attribute)
 
 
 class TestSurface:

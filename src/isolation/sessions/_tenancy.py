@@ -465,13 +465,18 @@ class Tenancy:
                 raise _foreign(rule.model, "set the owner of", principal, key, "<SQL expression>")
             if value.value != principal[index]:
                 raise _foreign(rule.model, "set the owner of", principal, key, value.value)
+        if state.execution_options.get("dml_strategy") == "core_only":
+            # Run as Core: SQLAlchemy applies no loader criteria, so the WHERE
+            # clause carries them.
+            where: Any = statement
+            state.statement = where.where(rule.criteria)
         parameters = state.parameters
         if not parameters:
             return
         many = parameters if isinstance(parameters, list) else [parameters]
         for mapping in many:
             rule.check_mapping(mapping, principal, "set the owner of")
-        if state.is_executemany:
+        if state.is_executemany and state.execution_options.get("dml_strategy") != "core_only":
             verb = "update" if state.is_update else "delete"
             rule.verify_owned(state.session, (rule.identity(m) for m in many), principal, verb)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import attrs
-from sqlalchemy import ForeignKey, String, delete, insert, select, text, update
+from sqlalchemy import ForeignKey, String, bindparam, delete, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import (
     DeclarativeBase,
@@ -359,6 +359,23 @@ async def _owner_parameter(s: Any, c: _Call) -> None:
     await s.execute(update(Item).where(Item.id == c.item_id), {"owner": c.other})
 
 
+async def _core_only(s: Any, c: _Call) -> None:
+    # dml_strategy="core_only": SQLAlchemy runs the statement as Core, without
+    # loader criteria; one statement, or an executemany (variant odd).
+    options = {"dml_strategy": "core_only"}
+    if c.op.variant % 2:
+        stmt = update(Item).where(Item.id == bindparam("i")).values(body=bindparam("v"))
+        await s.execute(stmt.execution_options(**options), [{"i": c.item_id, "v": c.value}])
+    else:
+        stmt = update(Item).where(Item.id == c.item_id).values(body=c.value)
+        await s.execute(stmt.execution_options(**options))
+
+
+async def _core_only_delete(s: Any, c: _Call) -> None:
+    stmt = delete(Item).where(Item.id == bindparam("i"))
+    await s.execute(stmt.execution_options(dml_strategy="core_only"), [{"i": c.item_id}])
+
+
 async def _delete_where(s: Any, c: _Call) -> None:
     await s.execute(delete(Item).where(Item.id == c.item_id))
 
@@ -504,6 +521,8 @@ OPS: Final[dict[str, tuple[Runner, Effect]]] = {
     "mass_assign": (_mass_assign, _mass),
     "owner_parameter": (_owner_parameter, _none),
     "delete_where": (_delete_where, _delete),
+    "core_only": (_core_only, _set_body),
+    "core_only_delete": (_core_only_delete, _delete),
     "bulk_pk_delete": (_bulk_pk_delete, _delete),
     "bulk_update_mappings": (_bulk_update_mappings, _set_body),
     "bulk_insert_mappings": (_bulk_insert_mappings, _insert),

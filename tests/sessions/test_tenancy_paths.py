@@ -503,3 +503,47 @@ def test_seed_ids_are_distinct() -> None:
     assert len({i[0] for i in SEED_ITEMS}) == len(SEED_ITEMS)
     assert all(isinstance(f[0], uuid.UUID) for f in SEED_FOLDERS)
     assert {i[1] for i in SEED_ITEMS if i[3] == BOB_FOLDER} == {"alice", "bob"}
+
+
+class TestCost:
+    async def test_loaded_and_new_objects_flush_without_a_check_query(
+        self, db: OrmDatabase, manager: SessionManager
+    ) -> None:
+        """Objects the session loaded or inserted are flushed with no ownership query;
+        a detached object added back is checked once, then flushed."""
+        from sqlalchemy import event
+
+        statements: list[str] = []
+
+        def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            statements.append(statement)
+
+        event.listen(db.engine.sync_engine, "before_cursor_execute", count)
+        try:
+
+            async def work(s: AsyncSession) -> Item:
+                obj = await s.get(Item, ALICE_ITEM)
+                assert obj is not None
+                new = Item(body="new")
+                s.add(new)
+                await s.flush()
+                statements.clear()
+                obj.body = "changed"
+                new.body = "changed too"
+                await s.flush()
+                assert [q.split()[0] for q in statements if q != "BEGIN"] == ["UPDATE"]
+                return obj
+
+            obj = await as_alice(manager, work)
+
+            async def again(s: AsyncSession) -> None:
+                s.add(obj)
+                obj.body = "changed again"
+                statements.clear()
+                await s.flush()
+                assert [q.split()[0] for q in statements if q != "BEGIN"] == ["SELECT", "UPDATE"]
+
+            await as_alice(manager, again)
+        finally:
+            event.remove(db.engine.sync_engine, "before_cursor_execute", count)
+        assert await item_row(db, ALICE_ITEM) == ("alice", "changed again")

@@ -64,11 +64,13 @@ __all__ = ["Rule", "Tenancy", "TenantSession"]
 
 Principal = tuple[str | None, str]
 
-# Key of InstanceState.info: the principal whose row the database showed this
-# object to be (loaded under the criteria and checked, or inserted stamped).
-_VOUCHED: Final = "isolation.owner"
+# Key of InstanceState.info: the object entered a protected session without being
+# loaded by it (add() of a detached object, merge(load=False)), so the rows its
+# flush would write are checked in the database first.
+_UNVERIFIED: Final = "isolation.unverified"
 # Primary keys per ownership query (SQLite allows 32766 parameters, old builds 999).
 _BATCH: Final = 500
+_UNLOADED: Final = object()
 # Models whose instance events are installed (once, whichever manager protects them).
 _LISTENED: weakref.WeakSet[type[Any]] = weakref.WeakSet()
 
@@ -226,19 +228,6 @@ class Rule:
             if values[key] != mine:
                 raise _foreign(self.model, verb, principal, key, values[key])
 
-    def vouch(self, state: InstanceState[Any], principal: Principal) -> None:
-        """Check the owner values an object was loaded with; remember it is the principal's.
-
-        Owner columns that were not loaded (deferred) are left to the criteria.
-        """
-        loaded = state.dict
-        for key, index in self.owners:
-            if key not in loaded:
-                return
-            if loaded[key] != principal[index]:
-                raise _foreign(self.model, "load", principal, key, loaded[key])
-        state.info[_VOUCHED] = principal
-
     def identity(self, values: Any) -> tuple[Any, ...]:
         """The primary key in a bulk mapping, for the ownership query."""
         try:
@@ -298,46 +287,58 @@ class _SessionOwner(Protocol):
     def guard(self) -> None: ...
 
 
-def _owner(session: object) -> tuple[Tenancy, Principal] | None:
-    owner: _SessionOwner | None = getattr(session, "_isolation_owner", None)
-    if owner is None or owner.tenancy is None:
-        return None
-    return owner.tenancy, owner.principal
-
-
-def _check_loaded(target: object, context: Any, attrs: Iterable[str] | None) -> None:
-    found = _owner(getattr(context, "session", None))
-    if found is None:
+def _check_loaded(state: InstanceState[Any], context: Any, attrs: Iterable[str] | None) -> None:
+    # Runs for every row the ORM turns into an object: kept to a few lookups.
+    owner: _SessionOwner | None = getattr(
+        getattr(context, "session", None), "_isolation_owner", None
+    )
+    if owner is None:
         return
-    rule = found[0].rule_for(type(target))
+    tenancy = owner.tenancy
+    if tenancy is None:
+        return
+    rule = tenancy.rule_for(state.class_)
     if rule is None or (attrs is not None and not all(key in attrs for key, _ in rule.owners)):
         return
-    state: InstanceState[Any] = inspect(target)
-    try:
-        rule.vouch(state, found[1])
-    except CrossContextAccessError:
-        # Nothing of the row stays reachable: not in the identity map (a later
-        # get() would answer from it), not in the object's attributes.
-        session = context.session
-        if state.session_id == session.hash_key:
-            session.expunge(target)
-        for key in state.manager:
-            state.dict.pop(key, None)
-        raise
+    principal = owner.principal
+    loaded = state.dict
+    for key, index in rule.owners:
+        value = loaded.get(key, _UNLOADED)
+        if value is _UNLOADED:
+            return  # a deferred owner column: the statement's criteria covered it
+        if value != principal[index]:
+            # Nothing of the row stays reachable: not in the identity map (a later
+            # get() would answer from it), not in the object's attributes.
+            session = context.session
+            obj = state.obj()
+            if obj is not None and state.session_id == session.hash_key:
+                session.expunge(obj)
+            for attr in state.manager:
+                loaded.pop(attr, None)
+            raise _foreign(rule.model, "load", principal, key, value)
 
 
-def _on_load(target: object, context: Any) -> None:
+def _on_attach(session: Session, instance: object) -> None:
+    """Session ``detached_to_persistent``: an object with a key that this session did
+    not load (``add()`` of a detached object, ``merge(load=False)``) is unverified."""
+    owner: _SessionOwner | None = getattr(session, "_isolation_owner", None)
+    tenancy = None if owner is None else owner.tenancy
+    if tenancy is not None and tenancy.rule_for(type(instance)) is not None:
+        inspect(instance).info[_UNVERIFIED] = True
+
+
+def _on_load(state: InstanceState[Any], context: Any) -> None:
     """Instance ``load``: a row turned into an object must be the principal's."""
-    _check_loaded(target, context, None)
+    _check_loaded(state, context, None)
 
 
-def _on_refresh(target: object, context: Any, attrs: Iterable[str] | None) -> None:
+def _on_refresh(state: InstanceState[Any], context: Any, attrs: Iterable[str] | None) -> None:
     """Instance ``refresh``: the same, when the refresh reloaded the owner columns.
 
     Refreshes without a query context (values an ORM update evaluated in Python,
     composites) carry no row from the database and are left alone.
     """
-    _check_loaded(target, context, attrs)
+    _check_loaded(state, context, attrs)
 
 
 @final
@@ -378,8 +379,8 @@ class Tenancy:
         self.tables.update(inspect(model).tables)
         if model not in _LISTENED:
             # Mapper-wide events: they act only in sessions whose manager protects the model.
-            event.listen(model, "load", _on_load, propagate=True)
-            event.listen(model, "refresh", _on_refresh, propagate=True)
+            event.listen(model, "load", _on_load, propagate=True, raw=True)
+            event.listen(model, "refresh", _on_refresh, propagate=True, raw=True)
             _LISTENED.add(model)
         return rule
 
@@ -499,7 +500,6 @@ class Tenancy:
                     setattr(obj, key, mine)
                 elif value != mine:
                     raise _foreign(rule.model, "insert", principal, key, value)
-            inspect(obj).info[_VOUCHED] = principal
         for collection, verb in ((session.dirty, "update"), (session.deleted, "delete")):
             unverified: dict[Rule, list[tuple[Any, ...]]] = {}
             states: list[InstanceState[Any]] = []
@@ -522,13 +522,13 @@ class Tenancy:
                                 owner[index],
                             )
                 state = inspect(obj)
-                if state.key is not None and state.info.get(_VOUCHED) != principal:
+                if state.key is not None and state.info.get(_UNVERIFIED):
                     unverified.setdefault(rule, []).append(state.key[1])
                     states.append(state)
             for rule, identities in unverified.items():
                 rule.verify_owned(session, identities, principal, verb)
             for state in states:
-                state.info[_VOUCHED] = principal
+                state.info.pop(_UNVERIFIED, None)
 
     def check_bulk_objects(
         self, session: Session, objects: Sequence[object], principal: Principal
@@ -559,7 +559,7 @@ class Tenancy:
                 for value in (*history.deleted, state.dict[key]):
                     if value != principal[index]:
                         raise _foreign(rule.model, "update", principal, key, value)
-            if state.info.get(_VOUCHED) != principal:
+            if state.session_id != session.hash_key or state.info.get(_UNVERIFIED):
                 unverified.setdefault(rule, []).append(state.key[1])
         for rule, identities in unverified.items():
             rule.verify_owned(session, identities, principal, "update")
@@ -641,3 +641,6 @@ class TenantSession(Session):
             mappings = list(mappings)
             found[0].check_bulk_mappings(self, mapper, mappings, found[1], insert=False)
         super().bulk_update_mappings(mapper, mappings)
+
+
+event.listen(TenantSession, "detached_to_persistent", _on_attach)

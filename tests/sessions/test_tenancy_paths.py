@@ -22,7 +22,7 @@ from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.orm.exc import ObjectDeletedError
 
 import isolation
-from isolation import CrossContextAccessError, UserContext
+from isolation import ConfigurationError, CrossContextAccessError, UsageError, UserContext
 from isolation.report.modes._orm_paths import (
     OPS,
     SEED_FOLDERS,
@@ -547,3 +547,52 @@ class TestCost:
         finally:
             event.remove(db.engine.sync_engine, "before_cursor_execute", count)
         assert await item_row(db, ALICE_ITEM) == ("alice", "changed again")
+
+
+class TestBulkEdges:
+    async def test_many_keys_are_checked_in_batches(
+        self, db: OrmDatabase, manager: SessionManager
+    ) -> None:
+        """More keys than one ownership query takes: all checked; one foreign key among
+        them refuses the whole write."""
+
+        def insert(ss: Any) -> None:
+            ss.bulk_insert_mappings(Item, [{"id": 5000 + n, "body": "b"} for n in range(1200)])
+
+        await as_alice(manager, lambda s: s.run_sync(insert))
+        mine = [{"id": 5000 + n, "body": "updated"} for n in range(1200)]
+        with pytest.raises(CrossContextAccessError, match="1 Item row"):
+            await as_alice(
+                manager,
+                lambda s: s.run_sync(
+                    lambda ss: ss.bulk_update_mappings(Item, [*mine, {"id": BOB_ITEM, "body": "x"}])
+                ),
+            )
+        await as_alice(
+            manager, lambda s: s.run_sync(lambda ss: ss.bulk_update_mappings(Item, mine))
+        )
+        assert (await bodies_owned_by(db, "alice")).count("updated") == 1200
+
+    async def test_mapping_without_a_primary_key(self, manager: SessionManager) -> None:
+        """A bulk update mapping that names no primary key is refused with UsageError."""
+        with pytest.raises(UsageError, match="no primary key"):
+            await as_alice(
+                manager,
+                lambda s: s.run_sync(lambda ss: ss.bulk_update_mappings(Item, [{"body": "x"}])),
+            )
+
+    async def test_bulk_methods_keep_the_tenant_rule(self, db: OrmDatabase) -> None:
+        """A model protected by its user column alone refuses bulk writes under a context
+        with a tenant, as it refuses statements."""
+        manager = SessionManager(db.engine)
+        manager.protect(Item, user_column="owner")
+        async with (
+            isolation.scope(UserContext.new("alice", tenant_id="t1")),
+            manager.session() as s,
+        ):
+            for call in (
+                lambda ss: ss.bulk_insert_mappings(Item, [{"body": "x"}]),
+                lambda ss: ss.bulk_save_objects([Item(body="x")]),
+            ):
+                with pytest.raises(ConfigurationError, match="user column alone"):
+                    await s.run_sync(call)

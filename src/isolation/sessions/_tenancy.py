@@ -455,6 +455,12 @@ class Tenancy:
         if rule is None:
             return
         statement = state.statement
+        if state.is_update and not hasattr(statement, "_values"):
+            # SQLAlchemy's (private) record of the SET clause: fail closed if it moves.
+            raise UsageError(
+                "protect() cannot read the SET clause of this ORM update() in this "
+                "SQLAlchemy version, so it refuses it"
+            )
         values = getattr(statement, "_values", None) or {}
         ordered = getattr(statement, "_ordered_values", None) or ()
         for column, value in (*values.items(), *ordered):

@@ -56,7 +56,7 @@ from isolation.sessions._lifecycle import (
     nested_outcome,
     outermost_outcome,
 )
-from isolation.sessions._tenancy import Tenancy
+from isolation.sessions._tenancy import Tenancy, TenantSession
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -209,7 +209,7 @@ def _in_use(principal: Principal) -> SessionInUseError:
     )
 
 
-class _OwnedSession(Session):
+class _OwnedSession(TenantSession):
     """The sync ``Session`` behind every managed ``AsyncSession``: it knows its owner."""
 
     _isolation_owner: _Owner | None = None
@@ -659,13 +659,17 @@ class SessionManager:
     ) -> None:
         """Filter ``model`` to the current principal in every ORM statement of these sessions.
 
-        ORM selects, updates and deletes get ``with_loader_criteria`` on the
-        owner columns (both when both are given); new rows are stamped with the
-        principal; flushing a row of another principal, or changing a row's
-        owner, raises :class:`~isolation.CrossContextAccessError`. With
-        ``user_column`` alone, a context that has a ``tenant_id`` is refused.
-        Raw ``text()`` SQL is not rewritten: use row-level security on
-        PostgreSQL for that.
+        ORM selects, updates and deletes, relationship loads of every strategy
+        and column loads (``refresh()``) get criteria on the owner columns (both
+        when both are given), and every loaded row's owner is checked; new rows
+        are stamped with the principal (flush and legacy bulk methods); writes
+        by primary key (ORM bulk UPDATE, ``bulk_update_mappings``,
+        ``bulk_save_objects``, a flush of an object the session did not load)
+        are checked in the database first; writing a row of another principal,
+        or setting an owner column to another, raises
+        :class:`~isolation.CrossContextAccessError`. With ``user_column`` alone,
+        a context that has a ``tenant_id`` is refused. Raw ``text()`` SQL is not
+        rewritten: use row-level security on PostgreSQL for that.
 
         Args:
             model: A mapped ORM class.

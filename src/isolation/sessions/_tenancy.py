@@ -2,30 +2,54 @@
 
 The ORM line of defence works on any database. For every protected model:
 
-* ORM selects, updates and deletes get ``with_loader_criteria`` comparing the
-  owner columns with the **current** principal. The criteria are built once
-  per model with bound parameters whose value is read from the bound scope at
-  execution time, so the compiled statement is cached once for every user and
-  still carries each user's own values;
-* new rows are stamped with the principal; flushing a row owned by another
-  principal, or changing a row's owner, raises
-  :class:`~isolation.CrossContextAccessError` before the flush sends anything;
+* every ORM select, update and delete gets ``with_loader_criteria`` comparing
+  the owner columns with the **current** principal, relationship loads
+  (``select``, ``selectin``, ``subquery``; ``joined`` is part of its parent's
+  statement) and column loads (``refresh()``, expired attributes) included: a
+  parent that was never loaded by a filtered statement (``merge(load=False)``,
+  ``make_transient_to_detached``) still reaches only the principal's rows. The
+  criteria are built once per model with bound parameters whose value is read
+  from the bound scope at execution time, so the compiled statement is cached
+  once for every user and still carries each user's own values;
+* every row the ORM turns into an object is checked again as it loads (the
+  instance ``load`` and ``refresh`` events): a row of another principal,
+  reached through a path the criteria do not cover (``from_statement(text())``),
+  raises :class:`~isolation.CrossContextAccessError` instead of reaching code;
+* new rows are stamped with the principal, by a flush and by
+  ``bulk_insert_mappings`` / ``bulk_save_objects`` alike; writing a row owned
+  by another principal, or setting an owner column to another principal
+  (``update().values(owner=...)``, a bulk mapping, a flush) raises
+  :class:`~isolation.CrossContextAccessError` before anything is sent;
+* writes addressed by primary key (ORM bulk UPDATE by primary key,
+  ``bulk_update_mappings``, ``bulk_save_objects``, a flush of an object the
+  session did not load or create) first check in the database, under the
+  criteria, that every key is one of the principal's rows;
 * a model protected by ``user_column`` alone is refused under a context that
   has a ``tenant_id`` (alice of one tenant would read alice of another), and a
   model with a ``tenant_column`` is refused under a context without one.
 
-Raw ``text()`` SQL, Core statements on the bare ``Table`` and ORM bulk
-``insert()`` are not rewritten: the first two are documented limits (use
-row-level security on PostgreSQL), the last is refused.
+Raw ``text()`` SQL and Core statements on the bare ``Table`` are not rewritten
+(documented limits: use row-level security on PostgreSQL); ORM bulk
+``insert()`` is refused.
 """
 
 from __future__ import annotations
 
-from typing import Any, final
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Final, Protocol, final
 
-from sqlalchemy import bindparam, inspect
-from sqlalchemy.orm import ColumnProperty, ORMExecuteState, Session, with_loader_criteria
+from sqlalchemy import bindparam, event, inspect, select, tuple_
+from sqlalchemy.orm import (
+    ColumnProperty,
+    Mapper,
+    ORMExecuteState,
+    Session,
+    with_loader_criteria,
+)
 from sqlalchemy.orm.attributes import InstrumentedAttribute
+from sqlalchemy.orm.state import InstanceState
+from sqlalchemy.sql.elements import BindParameter
 
 from isolation._errors import (
     ConfigurationError,
@@ -37,9 +61,19 @@ from isolation._redact import redact, redact_principal
 from isolation.context import _scope
 from isolation.context._validate import owner_value
 
-__all__ = ["Rule", "Tenancy"]
+__all__ = ["Rule", "Tenancy", "TenantSession"]
 
 Principal = tuple[str | None, str]
+
+# Key of InstanceState.info: the object entered a protected session without being
+# loaded by it (add() of a detached object, merge(load=False)), so the rows its
+# flush would write are checked in the database first.
+_UNVERIFIED: Final = "isolation.unverified"
+# Primary keys per ownership query (SQLite allows 32766 parameters, old builds 999).
+_BATCH: Final = 500
+_UNLOADED: Final = object()
+# Models whose instance events are installed (once, whichever manager protects them).
+_LISTENED: weakref.WeakSet[type[Any]] = weakref.WeakSet()
 
 
 def _bound_user_id() -> str:
@@ -86,11 +120,37 @@ def _column_key(model: type[Any], column: object, parameter: str) -> str:
     return key
 
 
+def _shown(value: object) -> str:
+    return repr(redact(value)) if isinstance(value, str) else repr(value)
+
+
+def _foreign(
+    model: type[Any], verb: str, principal: Principal, key: str, value: object
+) -> CrossContextAccessError:
+    return CrossContextAccessError(
+        f"refused to {verb} a {model.__name__} row with {key}={_shown(value)} under the "
+        f"context of {redact_principal(principal)}",
+        hint="A user may only read and write rows it owns; the owner columns are stamped for you",
+    )
+
+
 @final
 class Rule:
     """The owner columns of one protected model."""
 
-    __slots__ = ("model", "options", "tenant_key", "tenant_type", "user_key", "user_type")
+    __slots__ = (
+        "columns",
+        "criteria",
+        "model",
+        "options",
+        "owners",
+        "pk_keys",
+        "tenant_key",
+        "tenant_type",
+        "typed",
+        "user_key",
+        "user_type",
+    )
 
     def __init__(self, model: type[Any], user_key: str | None, tenant_key: str | None) -> None:
         self.model = model
@@ -100,6 +160,24 @@ class Rule:
         # (owner_value): "123" and "0123" must not be one owner to the database.
         self.user_type = str if user_key is None else _python_type(model, user_key)
         self.tenant_type = str if tenant_key is None else _python_type(model, tenant_key)
+        self.typed = self.user_type is not str or self.tenant_type is not str
+        mapper: Mapper[Any] = inspect(model)
+        # (attribute key, index in the principal) of each owner column.
+        self.owners: tuple[tuple[str, int], ...] = tuple(
+            (key, index) for key, index in ((tenant_key, 0), (user_key, 1)) if key is not None
+        )
+        # The owner columns as update().values() names them: Column objects and names.
+        self.columns: dict[object, str] = {}
+        for key, _ in self.owners:
+            prop = mapper.attrs[key]
+            assert isinstance(prop, ColumnProperty)
+            self.columns[key] = key
+            for column in prop.columns:
+                self.columns[column] = key
+                self.columns[getattr(column, "key", key)] = key
+        self.pk_keys: tuple[str, ...] = tuple(
+            mapper.get_property_by_column(column).key for column in mapper.primary_key
+        )
         clauses = []
         name = model.__name__.lower()
         if user_key is not None:
@@ -115,6 +193,7 @@ class Rule:
                 == bindparam(f"isolation_{name}_tenant", callable_=bound_tenant, unique=True)
             )
         criteria = clauses[0] if len(clauses) == 1 else clauses[0] & clauses[1]
+        self.criteria = criteria
         self.options = with_loader_criteria(model, criteria, include_aliases=True)
 
     def _bound_user(self) -> object:
@@ -125,13 +204,18 @@ class Rule:
         return None if tenant is None else owner_value("tenant_id", tenant, self.tenant_type)
 
     def values_of(self, principal: Principal) -> tuple[object, object]:
-        """``(tenant, user)`` of ``principal`` as the owner columns hold them."""
-        tenant, user = principal
-        if self.tenant_type is not str and tenant is not None:
-            tenant = owner_value("tenant_id", tenant, self.tenant_type)  # type: ignore[assignment]
-        if self.user_type is not str:
-            user = owner_value("user_id", user, self.user_type)  # type: ignore[assignment]
-        return tenant, user
+        """``(tenant, user)`` of ``principal`` as the owner columns hold them.
+
+        Raises:
+            InvalidContextError: An id is not its typed column's canonical text.
+        """
+        if not self.typed:
+            return principal
+        tenant_id, user_id = principal
+        user = owner_value("user_id", user_id, self.user_type)
+        if tenant_id is None:
+            return None, user
+        return owner_value("tenant_id", tenant_id, self.tenant_type), user
 
     def refusal(self, principal: Principal) -> Exception | None:
         """Why this rule cannot serve ``principal`` at all, or ``None``."""
@@ -167,10 +251,143 @@ class Rule:
             values.append(current)
         return (values[0], values[1])
 
+    def check_mapping(
+        self, values: Any, principal: Principal, verb: str, *, stamp: bool = False
+    ) -> None:
+        """Refuse owner values of another principal in ``values`` (attribute key -> value).
+
+        With ``stamp``, a missing or ``None`` owner value is set to the principal's.
+        """
+        owned = self.values_of(principal)
+        for key, index in self.owners:
+            mine = owned[index]
+            if key not in values or values[key] is None:
+                if stamp:
+                    values[key] = mine
+                elif key in values:
+                    raise _foreign(self.model, verb, principal, key, None)
+                continue
+            if values[key] != mine:
+                raise _foreign(self.model, verb, principal, key, values[key])
+
+    def identity(self, values: Any) -> tuple[Any, ...]:
+        """The primary key in a bulk mapping, for the ownership query."""
+        try:
+            return tuple(values[key] for key in self.pk_keys)
+        except KeyError:
+            raise UsageError(
+                f"a bulk update of {self.model.__name__} names no primary key",
+                hint=f"Give {', '.join(self.pk_keys)} in every mapping",
+            ) from None
+
+    def verify_owned(
+        self,
+        session: Session,
+        identities: Iterable[tuple[Any, ...]],
+        principal: Principal,
+        verb: str,
+    ) -> None:
+        """Refuse unless every primary key is one of the principal's rows in the database.
+
+        One query per ``_BATCH`` keys, with the owner columns compared with the
+        principal explicitly (not through the session's criteria).
+        """
+        wanted = list(dict.fromkeys(identities))
+        if not wanted:
+            return
+        keys = [getattr(self.model, key) for key in self.pk_keys]
+        owned = self.values_of(principal)
+        owners = [getattr(self.model, key) == owned[index] for key, index in self.owners]
+        found: set[tuple[Any, ...]] = set()
+        for chunk in _batches(wanted):
+            if len(keys) == 1:
+                where = keys[0].in_([identity[0] for identity in chunk])
+            else:
+                where = tuple_(*keys).in_(chunk)
+            rows = session.execute(select(*keys).where(where, *owners))
+            found.update(tuple(row) for row in rows)
+        missing = [identity for identity in wanted if identity not in found]
+        if missing:
+            raise CrossContextAccessError(
+                f"refused to {verb} {len(missing)} {self.model.__name__} row(s) by primary key "
+                f"under the context of {redact_principal(principal)}: they are not its rows "
+                "(another principal's, or missing)",
+                hint="A user may only write rows it owns; load them with a select first",
+            )
+
+
+def _batches(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), _BATCH):
+        yield items[start : start + _BATCH]
+
+
+class _SessionOwner(Protocol):
+    """What the session manager attaches to each managed session."""
+
+    principal: Principal
+    tenancy: Tenancy | None
+
+    def guard(self) -> None: ...
+
+
+def _check_loaded(state: InstanceState[Any], context: Any, attrs: Iterable[str] | None) -> None:
+    # Runs for every row the ORM turns into an object: kept to a few lookups.
+    owner: _SessionOwner | None = getattr(
+        getattr(context, "session", None), "_isolation_owner", None
+    )
+    if owner is None:
+        return
+    tenancy = owner.tenancy
+    if tenancy is None:
+        return
+    rule = tenancy.rule_for(state.class_)
+    if rule is None or (attrs is not None and not all(key in attrs for key, _ in rule.owners)):
+        return
+    principal = owner.principal
+    owned = rule.values_of(principal)
+    loaded = state.dict
+    for key, index in rule.owners:
+        value = loaded.get(key, _UNLOADED)
+        if value is _UNLOADED:
+            return  # a deferred owner column: the statement's criteria covered it
+        if value != owned[index]:
+            # Nothing of the row stays reachable: not in the identity map (a later
+            # get() would answer from it), not in the object's attributes.
+            session = context.session
+            obj = state.obj()
+            if obj is not None and state.session_id == session.hash_key:
+                session.expunge(obj)
+            for attr in state.manager:
+                loaded.pop(attr, None)
+            raise _foreign(rule.model, "load", principal, key, value)
+
+
+def _on_attach(session: Session, instance: object) -> None:
+    """Session ``detached_to_persistent``: an object with a key that this session did
+    not load (``add()`` of a detached object, ``merge(load=False)``) is unverified."""
+    owner: _SessionOwner | None = getattr(session, "_isolation_owner", None)
+    tenancy = None if owner is None else owner.tenancy
+    if tenancy is not None and tenancy.rule_for(type(instance)) is not None:
+        inspect(instance).info[_UNVERIFIED] = True
+
+
+def _on_load(state: InstanceState[Any], context: Any) -> None:
+    """Instance ``load``: a row turned into an object must be the principal's."""
+    _check_loaded(state, context, None)
+
+
+def _on_refresh(state: InstanceState[Any], context: Any, attrs: Iterable[str] | None) -> None:
+    """Instance ``refresh``: the same, when the refresh reloaded the owner columns.
+
+    Refreshes without a query context (values an ORM update evaluated in Python,
+    composites) carry no row from the database and are left alone.
+    """
+    _check_loaded(state, context, attrs)
+
 
 @final
 class Tenancy:
-    """The protected models of one manager, and the two hooks that enforce them."""
+    """The protected models of one manager, and the hooks that enforce them."""
 
     __slots__ = (
         "_lookup",
@@ -212,11 +429,14 @@ class Tenancy:
         self._lookup.clear()
         self.options = tuple(r.options for r in self.rules.values())
         self.any_user_only = any(r.tenant_key is None for r in self.rules.values())
-        self.any_typed = any(
-            r.user_type is not str or r.tenant_type is not str for r in self.rules.values()
-        )
         self.any_tenant = any(r.tenant_key is not None for r in self.rules.values())
+        self.any_typed = any(r.typed for r in self.rules.values())
         self.tables.update(inspect(model).tables)
+        if model not in _LISTENED:
+            # Mapper-wide events: they act only in sessions whose manager protects the model.
+            event.listen(model, "load", _on_load, propagate=True, raw=True)
+            event.listen(model, "refresh", _on_refresh, propagate=True, raw=True)
+            _LISTENED.add(model)
         return rule
 
     def rule_for(self, cls: type[Any]) -> Rule | None:
@@ -234,12 +454,10 @@ class Tenancy:
         return found
 
     def apply(self, state: ORMExecuteState, principal: Principal) -> None:
-        """``do_orm_execute``: add the criteria to ORM selects, updates and deletes."""
+        """``do_orm_execute``: criteria on every ORM select (relationship and column loads
+        too), update and delete; checks of what an update sets and whom a bulk write by
+        primary key addresses."""
         if state.is_select or state.is_update or state.is_delete:
-            if state.is_column_load or state.is_relationship_load:
-                # Refreshes of rows already loaded, and relationship loads that carry
-                # the criteria of the statement that loaded their parent.
-                return
             if self.any_typed or (self.any_tenant if principal[0] is None else self.any_user_only):
                 for mapper in state.all_mappers:
                     rule = self.rule_for(mapper.class_)
@@ -250,6 +468,24 @@ class Tenancy:
                         # An id that is not its owner column's canonical text is refused
                         # here, typed, before SQLAlchemy would wrap it in a StatementError.
                         rule.values_of(principal)
+            if state.is_relationship_load:
+                # The parent may never have been loaded by a filtered statement
+                # (merge(load=False), a detached object from a cache): refuse a
+                # foreign one; its children get the criteria below in any case.
+                parent = state.lazy_loaded_from
+                if parent is not None:
+                    self._check_parent(parent, principal)
+            elif state.is_column_load:
+                # SQLAlchemy leaves loader criteria out of the loads that refresh an
+                # object (refresh(), expired or deferred attributes): the WHERE clause
+                # gets them, so another principal's row is not found.
+                target = state.bind_mapper
+                rule = None if target is None else self.rule_for(target.class_)
+                if rule is not None:
+                    statement: Any = state.statement
+                    state.statement = statement.where(rule.criteria)
+            elif not state.is_select:
+                self._check_write(state, principal)
             state.statement = state.statement.options(*self.options)
         elif state.is_insert:
             table = getattr(state.statement, "table", None)
@@ -260,8 +496,60 @@ class Tenancy:
                     hint="Add the objects with session.add() so each row is stamped and checked",
                 )
 
+    def _check_parent(self, parent: InstanceState[Any], principal: Principal) -> None:
+        rule = self.rule_for(parent.class_)
+        if rule is None:
+            return
+        loaded = parent.dict
+        owned = rule.values_of(principal)
+        for key, index in rule.owners:
+            if key in loaded and loaded[key] != owned[index]:
+                raise _foreign(rule.model, "load the relationships of", principal, key, loaded[key])
+
+    def _check_write(self, state: ORMExecuteState, principal: Principal) -> None:
+        """An ORM update/delete: owner columns set only to the principal's values, and the
+        rows of a bulk write by primary key the principal's."""
+        mapper = state.bind_mapper
+        rule = None if mapper is None else self.rule_for(mapper.class_)
+        if rule is None:
+            return
+        statement = state.statement
+        if state.is_update and not hasattr(statement, "_values"):
+            # SQLAlchemy's (private) record of the SET clause: fail closed if it moves.
+            raise UsageError(
+                "protect() cannot read the SET clause of this ORM update() in this "
+                "SQLAlchemy version, so it refuses it"
+            )
+        owned = rule.values_of(principal)
+        values = getattr(statement, "_values", None) or {}
+        ordered = getattr(statement, "_ordered_values", None) or ()
+        for column, value in (*values.items(), *ordered):
+            key = rule.columns.get(column)
+            if key is None:
+                continue
+            index = 0 if key == rule.tenant_key else 1
+            if not isinstance(value, BindParameter) or value.callable is not None:
+                raise _foreign(rule.model, "set the owner of", principal, key, "<SQL expression>")
+            if value.value != owned[index]:
+                raise _foreign(rule.model, "set the owner of", principal, key, value.value)
+        if state.execution_options.get("dml_strategy") == "core_only":
+            # Run as Core: SQLAlchemy applies no loader criteria, so the WHERE
+            # clause carries them.
+            where: Any = statement
+            state.statement = where.where(rule.criteria)
+        parameters = state.parameters
+        if not parameters:
+            return
+        many = parameters if isinstance(parameters, list) else [parameters]
+        for mapping in many:
+            rule.check_mapping(mapping, principal, "set the owner of")
+        if state.is_executemany and state.execution_options.get("dml_strategy") != "core_only":
+            verb = "update" if state.is_update else "delete"
+            rule.verify_owned(state.session, (rule.identity(m) for m in many), principal, verb)
+
     def check_flush(self, session: Session, principal: Principal) -> None:
-        """``before_flush``: stamp new rows, refuse foreign rows and owner changes."""
+        """``before_flush``: stamp new rows, refuse foreign rows and owner changes, and
+        check in the database the rows of objects the session neither loaded nor created."""
         for obj in session.new:
             rule = self.rule_for(type(obj))
             if rule is None:
@@ -277,8 +565,10 @@ class Tenancy:
                 if value is None:
                     setattr(obj, key, mine)
                 elif value != mine:
-                    raise self._foreign(rule, "insert", principal, key, value)
+                    raise _foreign(rule.model, "insert", principal, key, value)
         for collection, verb in ((session.dirty, "update"), (session.deleted, "delete")):
+            unverified: dict[Rule, list[tuple[Any, ...]]] = {}
+            states: list[InstanceState[Any]] = []
             for obj in collection:
                 rule = self.rule_for(type(obj))
                 if rule is None:
@@ -286,29 +576,139 @@ class Tenancy:
                 refused = rule.refusal(principal)
                 if refused is not None:
                     raise refused
-                tenant, user = rule.values_of(principal)
+                owned = rule.values_of(principal)
                 for committed in (True, False):
                     owner = rule.owner_of(obj, committed=committed)
-                    for key, index, mine in (
-                        (rule.tenant_key, 0, tenant),
-                        (rule.user_key, 1, user),
-                    ):
-                        if key is not None and owner[index] != mine:
-                            raise self._foreign(
-                                rule,
+                    for key, index in rule.owners:
+                        if owner[index] != owned[index]:
+                            raise _foreign(
+                                rule.model,
                                 verb if committed else "change the owner of",
                                 principal,
                                 key,
                                 owner[index],
                             )
+                state = inspect(obj)
+                if state.key is not None and state.info.get(_UNVERIFIED):
+                    unverified.setdefault(rule, []).append(state.key[1])
+                    states.append(state)
+            for rule, identities in unverified.items():
+                rule.verify_owned(session, identities, principal, verb)
+            for state in states:
+                state.info.pop(_UNVERIFIED, None)
 
-    @staticmethod
-    def _foreign(
-        rule: Rule, verb: str, principal: Principal, key: str, value: object
-    ) -> CrossContextAccessError:
-        shown = redact(value) if isinstance(value, str) else repr(value)
-        return CrossContextAccessError(
-            f"refused to {verb} a {rule.model.__name__} row with {key}={shown!r} under the "
-            f"context of {redact_principal(principal)}",
-            hint="A user may only write rows it owns; the owner columns are stamped for you",
-        )
+    def check_bulk_objects(
+        self, session: Session, objects: Sequence[object], principal: Principal
+    ) -> None:
+        """``bulk_save_objects``: stamp and check new objects; check the owner values and,
+        in the database, the rows of the objects it updates."""
+        unverified: dict[Rule, list[tuple[Any, ...]]] = {}
+        for obj in objects:
+            rule = self.rule_for(type(obj))
+            if rule is None:
+                continue
+            refused = rule.refusal(principal)
+            if refused is not None:
+                raise refused
+            owned = rule.values_of(principal)
+            state: InstanceState[Any] = inspect(obj)
+            if state.key is None:
+                for key, index in rule.owners:
+                    value = state.dict.get(key)
+                    if value is None:
+                        setattr(obj, key, owned[index])
+                    elif value != owned[index]:
+                        raise _foreign(rule.model, "insert", principal, key, value)
+                continue
+            for key, index in rule.owners:
+                if key not in state.dict:
+                    continue
+                history = state.attrs[key].history
+                for value in (*history.deleted, state.dict[key]):
+                    if value != owned[index]:
+                        raise _foreign(rule.model, "update", principal, key, value)
+            if state.session_id != session.hash_key or state.info.get(_UNVERIFIED):
+                unverified.setdefault(rule, []).append(state.key[1])
+        for rule, identities in unverified.items():
+            rule.verify_owned(session, identities, principal, "update")
+
+    def check_bulk_mappings(
+        self,
+        session: Session,
+        mapper: Any,
+        mappings: Sequence[Any],
+        principal: Principal,
+        *,
+        insert: bool,
+    ) -> None:
+        """``bulk_insert_mappings`` (stamp, refuse foreign owners) and
+        ``bulk_update_mappings`` (refuse owner values, check the rows in the database)."""
+        rule = self.rule_for(inspect(mapper).class_)
+        if rule is None:
+            return
+        refused = rule.refusal(principal)
+        if refused is not None:
+            raise refused
+        verb = "insert" if insert else "set the owner of"
+        for mapping in mappings:
+            rule.check_mapping(mapping, principal, verb, stamp=insert)
+        if not insert:
+            rule.verify_owned(session, (rule.identity(m) for m in mappings), principal, "update")
+
+
+class TenantSession(Session):
+    """A ``Session`` whose legacy bulk methods are checked like its flushes.
+
+    ``bulk_save_objects``, ``bulk_insert_mappings`` and ``bulk_update_mappings``
+    emit their statements without ``do_orm_execute`` or ``before_flush``; the
+    managed session class derives from this one so that they are guarded,
+    stamped and checked as well.
+    """
+
+    _isolation_owner: Any = None
+
+    def _isolation_tenancy(self) -> tuple[Tenancy, Principal] | None:
+        owner: _SessionOwner | None = self._isolation_owner
+        if owner is None:
+            return None
+        owner.guard()
+        return None if owner.tenancy is None else (owner.tenancy, owner.principal)
+
+    def bulk_save_objects(
+        self,
+        objects: Iterable[object],
+        return_defaults: bool = False,
+        update_changed_only: bool = True,
+        preserve_order: bool = True,
+    ) -> None:
+        """Save ``objects`` in bulk, after the tenancy checks (see the class)."""
+        found = self._isolation_tenancy()
+        if found is not None:
+            objects = list(objects)
+            found[0].check_bulk_objects(self, objects, found[1])
+        super().bulk_save_objects(objects, return_defaults, update_changed_only, preserve_order)
+
+    def bulk_insert_mappings(
+        self,
+        mapper: Any,
+        mappings: Iterable[dict[str, Any]],
+        return_defaults: bool = False,
+        render_nulls: bool = False,
+    ) -> None:
+        """Insert ``mappings`` in bulk, stamped and checked (see the class)."""
+        found = self._isolation_tenancy()
+        if found is not None:
+            mappings = list(mappings)
+            found[0].check_bulk_mappings(self, mapper, mappings, found[1], insert=True)
+        super().bulk_insert_mappings(mapper, mappings, return_defaults, render_nulls)
+
+    def bulk_update_mappings(self, mapper: Any, mappings: Iterable[dict[str, Any]]) -> None:
+        """Update ``mappings`` in bulk, after checking whose rows they are (see the class)."""
+        found = self._isolation_tenancy()
+        if found is not None:
+            mappings = list(mappings)
+            found[0].check_bulk_mappings(self, mapper, mappings, found[1], insert=False)
+        super().bulk_update_mappings(mapper, mappings)
+
+
+event.listen(TenantSession, "detached_to_persistent", _on_attach)

@@ -143,16 +143,21 @@ def _suspended_at_await(frame: FrameType) -> bool:
     """Whether a suspended async generator waits on an ``await`` (not a ``yield``).
 
     Both suspend on ``YIELD_VALUE``; an ``await`` reaches it through ``SEND``.
+    The suspended frame's ``f_lasti`` is that ``YIELD_VALUE`` up to Python 3.12
+    and the ``RESUME`` after it from 3.13 on: the last ``YIELD_VALUE`` at or
+    before ``f_lasti`` is the one, whichever it is.
     """
     key = (frame.f_code, frame.f_lasti)
     found = _AT_AWAIT.get(key)
     if found is None:
-        previous = None
+        previous = before_yield = None
         for instruction in dis.get_instructions(frame.f_code):
-            if instruction.offset >= frame.f_lasti:
+            if instruction.offset > frame.f_lasti:
                 break
+            if instruction.opname == "YIELD_VALUE":
+                before_yield = previous
             previous = instruction.opname
-        found = _AT_AWAIT[key] = previous == "SEND"
+        found = _AT_AWAIT[key] = before_yield == "SEND"
     return found
 
 

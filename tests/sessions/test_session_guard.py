@@ -145,7 +145,9 @@ class TestConcurrentRequest:
 
 class TestEnumeration:
     @pytest.mark.parametrize(
-        ("cls", "calls"), [(AsyncSession, ASYNC_CALLS), (Session, SYNC_CALLS)], ids=str
+        ("cls", "calls"),
+        [(AsyncSession, ASYNC_CALLS), (Session, SYNC_CALLS)],
+        ids=["AsyncSession", "Session"],
     )
     def test_every_public_member_is_probed(self, cls: type, calls: dict[str, Any]) -> None:
         """Each public member of SQLAlchemy's class is probed, or listed as class-level:
@@ -153,7 +155,7 @@ class TestEnumeration:
         missing = [name for name in public_members(cls) if name not in calls]
         assert missing == [], f"{cls.__name__} members the guard test does not probe: {missing}"
 
-    @pytest.mark.parametrize("cls", [AsyncSession, Session], ids=str)
+    @pytest.mark.parametrize("cls", [AsyncSession, Session], ids=["AsyncSession", "Session"])
     def test_not_bound_members_are_class_level(self, cls: type) -> None:
         """The members left out are not bound to one session: classmethods, classes,
         class-level constants (each would otherwise be probed)."""

@@ -33,9 +33,10 @@ from isolation.report.modes.fm01_sessions import SessionSubject
 
 __all__ = [
     "ASYNC_CALLS",
+    "Leaked",
     "NOT_BOUND",
     "SYNC_CALLS",
-    "Leaked",
+    "leaked_session_scenario",
     "probe",
     "public_members",
     "register",

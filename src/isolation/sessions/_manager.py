@@ -30,6 +30,7 @@ import anyio
 import attrs
 from sqlalchemy import event, text
 from sqlalchemy import util as sa_util
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, AsyncSessionTransaction
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 from sqlalchemy.orm.session import SessionTransactionState
@@ -41,6 +42,7 @@ from isolation._errors import (
     ConfigurationError,
     ContextExpiredError,
     CrossContextAccessError,
+    DatabaseConnectionLostError,
     PoolExhaustedError,
     ScopeEndedError,
     SessionError,
@@ -553,12 +555,37 @@ class _Block:
             return False
         self._held = None
         nested = self._nested
-        if nested is not None:
-            held.owner.depth -= 1
-            await held.manager._end_nested(held, nested, exc)
-        else:
-            await held.manager._end_outermost(held, exc)
+        try:
+            if nested is not None:
+                held.owner.depth -= 1
+                await held.manager._end_nested(held, nested, exc)
+            else:
+                await held.manager._end_outermost(held, exc)
+        except DBAPIError as failure:
+            if failure.connection_invalidated and exc is None:
+                raise _connection_lost(held.owner, "while committing") from failure
+            raise
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+            raise _connection_lost(held.owner, "inside the block") from exc
         return False
+
+
+def _connection_lost(owner: _Owner, when: str) -> DatabaseConnectionLostError:
+    """The typed error for a driver error that SQLAlchemy classed as a disconnect."""
+    outcome = (
+        "the commit's outcome is unknown"
+        if when == "while committing"
+        else "the block's work was rolled back"
+    )
+    return DatabaseConnectionLostError(
+        f"the database connection of a session of {redact_principal(owner.principal)} was "
+        f"lost {when} (closed by the server or the network: a restart, an idle timeout, "
+        f"a terminated backend); {outcome}, and the pool discarded its older connections",
+        hint=(
+            "Retry the request; create the engine with pool_pre_ping=True to test idle "
+            "connections before use"
+        ),
+    )
 
 
 def _pool_capacity(engine: AsyncEngine) -> int | None:

@@ -265,18 +265,42 @@ _CHECKED_ATTRIBUTES: Final = {"identity_map": Session, "sync_session": AsyncSess
 _MEMOIZED: Final = (sa_util.memoized_property, sa_util.non_memoized_property)
 
 
-def _checked_function(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn``, refusing first when the current scope is not its session's owner's."""
-    if inspect.iscoroutinefunction(fn):
+def _checked(produce: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A getter that checks the session's owner, then returns ``produce(session)``."""
+    current_scope = _current_scope
 
-        async def checked_async(self: Any, *args: Any, **kwargs: Any) -> Any:
-            owner: _Owner = self._isolation_owner
-            current = _current_scope()
-            if current is None or current is not owner.scope_ref() or owner.closed:
-                owner.refuse(current)
-            return await fn(self, *args, **kwargs)
+    def get(self: Any) -> Any:
+        owner: _Owner = self._isolation_owner
+        current = current_scope()
+        if current is None or current is not owner.scope_ref() or owner.closed:
+            owner.refuse(current)
+        return produce(self)
 
-        return functools.wraps(fn)(checked_async)
+    return get
+
+
+def _checked_setter(put: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
+    """A setter that checks the session's owner, then calls ``put(session, value)``."""
+
+    def set_(self: Any, value: Any) -> None:
+        owner: _Owner = self._isolation_owner
+        current = _current_scope()
+        if current is None or current is not owner.scope_ref() or owner.closed:
+            owner.refuse(current)
+        put(self, value)
+
+    return set_
+
+
+def _checked_method(fn: Callable[..., Any]) -> property:
+    """``fn`` as a property: looking the method up checks the owner, then gives the bound
+    method. Cheaper than a wrapper forwarding ``*args, **kwargs`` on every call, and the
+    result is SQLAlchemy's own method (its signature, a coroutine function where it is)."""
+    return property(_checked(fn.__get__), doc=fn.__doc__)
+
+
+def _checked_dunder(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` (a special method, looked up on the type), checking the owner first."""
 
     def checked(self: Any, *args: Any, **kwargs: Any) -> Any:
         owner: _Owner = self._isolation_owner
@@ -289,26 +313,24 @@ def _checked_function(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _checked_property(name: str, raw: Any) -> property:
-    """A property checking the owner, then answering as ``raw`` (a descriptor) would."""
+    """A property checking the owner, then answering as ``raw`` (a descriptor) would;
+    ``raw=None``: a plain instance attribute, kept under another name in the instance dict."""
     if isinstance(raw, property):
         fget, fset = raw.fget, raw.fset
         assert fget is not None
         return property(
-            _checked_function(fget),
-            None if fset is None else _checked_function(fset),
-            doc=raw.__doc__,
+            _checked(fget), None if fset is None else _checked_setter(fset), doc=raw.__doc__
         )
     if raw is None:
-        # A plain instance attribute: kept under another name in the instance dict.
         key = f"_isolation_{name}"
 
         def get(self: Any) -> Any:
             return self.__dict__[key]
 
-        def set_(self: Any, value: Any) -> None:
+        def put(self: Any, value: Any) -> None:
             self.__dict__[key] = value
 
-        return property(_checked_function(get), _checked_function(set_))
+        return property(_checked(get), _checked_setter(put))
 
     # A non-data descriptor (SQLAlchemy's memoized properties): the instance dict
     # first, as Python's own lookup would.
@@ -318,7 +340,7 @@ def _checked_property(name: str, raw: Any) -> property:
         except KeyError:
             return raw.__get__(self, type(self))
 
-    return property(_checked_function(get_memo), doc=getattr(raw, "__doc__", None))
+    return property(_checked(get_memo), doc=getattr(raw, "__doc__", None))
 
 
 def _check_every_method(cls: type, base: type) -> type:
@@ -326,16 +348,20 @@ def _check_every_method(cls: type, base: type) -> type:
 
     Built from ``base``'s members when the module loads, so a method SQLAlchemy
     adds is checked too; class-level members (classmethods, nested classes,
-    constants) are not bound to a session and are left alone.
+    constants) are not bound to a session and are left alone. A method is
+    checked when it is looked up on the session: a bound method kept from the
+    owner's scope is not re-checked by itself, but every ``AsyncSession`` method
+    reaches its ``sync_session`` again, and that is checked.
     """
     for name in dir(base):
-        if name.startswith("_") and name not in _CHECKED_DUNDERS | _CHECKED_PRIVATE:
+        dunder = name in _CHECKED_DUNDERS
+        if name.startswith("_") and not dunder and name not in _CHECKED_PRIVATE:
             continue
         if name in cls.__dict__:
             continue
         raw = inspect.getattr_static(base, name)
         if inspect.isfunction(raw):
-            setattr(cls, name, _checked_function(raw))
+            setattr(cls, name, _checked_dunder(raw) if dunder else _checked_method(raw))
         elif isinstance(raw, (property, *_MEMOIZED)):
             setattr(cls, name, _checked_property(name, raw))
     for name, owner_class in _CHECKED_ATTRIBUTES.items():

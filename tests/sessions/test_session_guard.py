@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,9 @@ from isolation.report.modes.fm01_leaked_session import (
     ASYNC_CALLS,
     NOT_BOUND,
     SYNC_CALLS,
+    Leaked,
     leaked_session_scenario,
+    probe,
     public_members,
 )
 from isolation.sessions import SessionManager
@@ -143,6 +146,75 @@ class TestConcurrentRequest:
         assert await leaked_session_scenario(library_manager(db), db) == []
 
 
+class _KeptMethods:
+    """Bound methods looked up in the owner's scope, handed out later by name."""
+
+    def __init__(self, target: object, names: list[str]) -> None:
+        self._methods = {name: getattr(target, name) for name in names}
+
+    def __getattr__(self, name: str) -> Any:
+        return self._methods[name]
+
+
+def _plain_methods(cls: type) -> list[str]:
+    return [
+        name
+        for name in public_members(cls)
+        if not name.startswith("_") and inspect.isfunction(inspect.getattr_static(cls, name, None))
+    ]
+
+
+class TestKeptBoundMethods:
+    async def test_bound_methods_kept_from_the_owner_scope_are_refused(
+        self, engine: AsyncEngine
+    ) -> None:
+        """Alice's request keeps bound methods (s.rollback, s.sync_session.add, ...), not
+        the session: each is refused when Bob's concurrent request calls it, and her work
+        commits intact."""
+        db = _sqlite(engine)
+        manager = library_manager(db)
+        stored, probed = anyio.Event(), anyio.Event()
+        kept: list[Leaked] = []
+        found: list[str] = []
+        async_names, sync_names = _plain_methods(AsyncSession), _plain_methods(Session)
+
+        async def alice() -> None:
+            async with isolation.scope(ALICE), manager.session() as s:
+                s.add(Note(body="alice-kept", owner="alice", tenant="t1"))
+                await s.flush()
+                note = (await s.scalars(select(Note))).one()
+                kept.append(
+                    Leaked(
+                        session=_KeptMethods(s, async_names),
+                        sync=_KeptMethods(s.sync_session, sync_names),
+                        note=note,
+                        note_id=note.id,
+                        engine=engine,
+                        model=Note,
+                        table=db.table,
+                    )
+                )
+                stored.set()
+                await probed.wait()
+
+        async def bob() -> None:
+            await stored.wait()
+            try:
+                async with isolation.scope(BOB):
+                    found.extend(
+                        await probe(kept[0], only=lambda n: n in set(async_names) | set(sync_names))
+                    )
+            finally:
+                probed.set()
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(alice)
+                tg.start_soon(bob)
+        assert found == []
+        assert await _bodies(db) == ["alice-kept"]
+
+
 class TestEnumeration:
     @pytest.mark.parametrize(
         ("cls", "calls"),
@@ -159,8 +231,6 @@ class TestEnumeration:
     def test_not_bound_members_are_class_level(self, cls: type) -> None:
         """The members left out are not bound to one session: classmethods, classes,
         class-level constants (each would otherwise be probed)."""
-        import inspect
-
         for name in NOT_BOUND[cls.__name__]:
             if not hasattr(cls, name):
                 continue  # not in this SQLAlchemy version

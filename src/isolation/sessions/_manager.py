@@ -292,15 +292,20 @@ def _checked_setter(put: Callable[[Any, Any], None]) -> Callable[[Any, Any], Non
     return set_
 
 
-def _checked_method(fn: Callable[..., Any]) -> property:
-    """``fn`` as a property: looking the method up checks the owner, then gives the bound
-    method. Cheaper than a wrapper forwarding ``*args, **kwargs`` on every call, and the
-    result is SQLAlchemy's own method (its signature, a coroutine function where it is)."""
+def _checked_lookup(fn: Callable[..., Any]) -> property:
+    """``fn`` as a property: looking the method up checks the owner, then gives
+    SQLAlchemy's own bound method (its signature, a coroutine function where it is).
+
+    For ``AsyncSession`` methods, which all reach the checked ``sync_session``
+    before doing anything, so a bound method kept from the owner's scope is
+    refused too. Cheaper than forwarding ``*args, **kwargs`` on every call.
+    """
     return property(_checked(fn.__get__), doc=fn.__doc__)
 
 
-def _checked_dunder(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` (a special method, looked up on the type), checking the owner first."""
+def _checked_call(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn``, checking the owner when it is called (also as a bound method kept from
+    the owner's scope): the sync ``Session``'s methods act directly."""
 
     def checked(self: Any, *args: Any, **kwargs: Any) -> Any:
         owner: _Owner = self._isolation_owner
@@ -323,14 +328,19 @@ def _checked_property(name: str, raw: Any) -> property:
         )
     if raw is None:
         key = f"_isolation_{name}"
+        current_scope = _current_scope
 
-        def get(self: Any) -> Any:
+        def get(self: Any) -> Any:  # hot (identity_map): the check inline
+            owner: _Owner = self._isolation_owner
+            current = current_scope()
+            if current is None or current is not owner.scope_ref() or owner.closed:
+                owner.refuse(current)
             return self.__dict__[key]
 
         def put(self: Any, value: Any) -> None:
             self.__dict__[key] = value
 
-        return property(_checked(get), _checked_setter(put))
+        return property(get, _checked_setter(put))
 
     # A non-data descriptor (SQLAlchemy's memoized properties): the instance dict
     # first, as Python's own lookup would.
@@ -343,16 +353,16 @@ def _checked_property(name: str, raw: Any) -> property:
     return property(_checked(get_memo), doc=getattr(raw, "__doc__", None))
 
 
-def _check_every_method(cls: type, base: type) -> type:
+def _check_every_method(cls: type, base: type, *, on_lookup: bool) -> type:
     """Give ``cls`` a checked version of every public method and property of ``base``.
 
     Built from ``base``'s members when the module loads, so a method SQLAlchemy
     adds is checked too; class-level members (classmethods, nested classes,
-    constants) are not bound to a session and are left alone. A method is
-    checked when it is looked up on the session: a bound method kept from the
-    owner's scope is not re-checked by itself, but every ``AsyncSession`` method
-    reaches its ``sync_session`` again, and that is checked.
+    constants) are not bound to a session and are left alone. Methods are
+    checked when looked up (``on_lookup``) or when called; special methods,
+    looked up on the type, always when called.
     """
+    checked_method = _checked_lookup if on_lookup else _checked_call
     for name in dir(base):
         dunder = name in _CHECKED_DUNDERS
         if name.startswith("_") and not dunder and name not in _CHECKED_PRIVATE:
@@ -361,7 +371,15 @@ def _check_every_method(cls: type, base: type) -> type:
             continue
         raw = inspect.getattr_static(base, name)
         if inspect.isfunction(raw):
-            setattr(cls, name, _checked_dunder(raw) if dunder else _checked_method(raw))
+            # A private entry point is looked up by SQLAlchemy itself, never kept.
+            checker = (
+                _checked_call
+                if dunder
+                else _checked_lookup
+                if name in _CHECKED_PRIVATE
+                else checked_method
+            )
+            setattr(cls, name, checker(raw))
         elif isinstance(raw, (property, *_MEMOIZED)):
             setattr(cls, name, _checked_property(name, raw))
     for name, owner_class in _CHECKED_ATTRIBUTES.items():
@@ -393,8 +411,8 @@ class _OwnedAsyncSession(AsyncSession):
         super().__init__(bind, isolation_owner=isolation_owner, **kwargs)
 
 
-_check_every_method(_OwnedSession, Session)
-_check_every_method(_OwnedAsyncSession, AsyncSession)
+_check_every_method(_OwnedSession, Session, on_lookup=False)
+_check_every_method(_OwnedAsyncSession, AsyncSession, on_lookup=True)
 
 
 @event.listens_for(_OwnedSession, "do_orm_execute")

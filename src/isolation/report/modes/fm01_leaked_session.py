@@ -268,12 +268,18 @@ async def _outcome(
     return None
 
 
-async def probe(leaked: Leaked, *, refused_with: type[BaseException] | None = None) -> list[str]:
+async def probe(
+    leaked: Leaked,
+    *,
+    refused_with: type[BaseException] | None = None,
+    only: Callable[[str], bool] | None = None,
+) -> list[str]:
     """Call every public member of the kept session and its sync session; name those not refused.
 
     Members missing from :data:`ASYNC_CALLS` / :data:`SYNC_CALLS` (added by a newer
     SQLAlchemy) are called with no arguments: a checked method refuses first.
-    ``refused_with`` is the error expected (default ``CrossContextAccessError``).
+    ``refused_with`` is the error expected (default ``CrossContextAccessError``);
+    ``only`` keeps the members it accepts.
     """
     from sqlalchemy.ext.asyncio import AsyncSession
     from sqlalchemy.orm import Session
@@ -286,7 +292,7 @@ async def probe(leaked: Leaked, *, refused_with: type[BaseException] | None = No
         ("AsyncSession", AsyncSession, ASYNC_CALLS, leaked.session),
         ("Session", Session, SYNC_CALLS, leaked.sync),
     ):
-        members = public_members(cls)
+        members = [name for name in public_members(cls) if only is None or only(name)]
         # The table's order (reads first, endings last), then members it does not know;
         # table entries for members this SQLAlchemy lacks are skipped.
         for name in [*(n for n in calls if n in members), *(n for n in members if n not in calls)]:

@@ -371,15 +371,12 @@ def _check_every_method(cls: type, base: type, *, on_lookup: bool) -> type:
             continue
         raw = inspect.getattr_static(base, name)
         if inspect.isfunction(raw):
-            # A private entry point is looked up by SQLAlchemy itself, never kept.
-            checker = (
-                _checked_call
-                if dunder
-                else _checked_lookup
-                if name in _CHECKED_PRIVATE
-                else checked_method
-            )
-            setattr(cls, name, checker(raw))
+            if dunder:
+                setattr(cls, name, _checked_call(raw))
+            elif name in _CHECKED_PRIVATE:  # looked up by SQLAlchemy itself, never kept
+                setattr(cls, name, _checked_lookup(raw))
+            else:
+                setattr(cls, name, checked_method(raw))
         elif isinstance(raw, (property, *_MEMOIZED)):
             setattr(cls, name, _checked_property(name, raw))
     for name, owner_class in _CHECKED_ATTRIBUTES.items():

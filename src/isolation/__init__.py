@@ -19,6 +19,7 @@ from isolation._errors import ContextError as ContextError
 from isolation._errors import ContextExpiredError as ContextExpiredError
 from isolation._errors import ContextSwitchError as ContextSwitchError
 from isolation._errors import CrossContextAccessError as CrossContextAccessError
+from isolation._errors import DatabaseConnectionLostError as DatabaseConnectionLostError
 from isolation._errors import EventError as EventError
 from isolation._errors import EventTooLargeError as EventTooLargeError
 from isolation._errors import FactoryError as FactoryError
@@ -76,6 +77,7 @@ __all__ = [
     "ContextSwitchError",
     "ContextThreadPoolExecutor",
     "CrossContextAccessError",
+    "DatabaseConnectionLostError",
     "EventError",
     "EventTooLargeError",
     "FactoryError",

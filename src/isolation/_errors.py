@@ -25,7 +25,8 @@ Each error also inherits the builtin whose meaning it shares, so existing
     │   └── SharedStateError                  mutable state reachable from two principals
     ├── SessionError                          database sessions
     │   ├── PoolExhaustedError(TimeoutError)
-    │   └── SessionInUseError(RuntimeError)
+    │   ├── SessionInUseError(RuntimeError)
+    │   └── DatabaseConnectionLostError(ConnectionError)
     └── EventError                            the event router
         ├── ConnectionClosedError
         ├── ConnectionLimitError
@@ -55,6 +56,7 @@ __all__ = [
     "ContextExpiredError",
     "ContextSwitchError",
     "CrossContextAccessError",
+    "DatabaseConnectionLostError",
     "EventError",
     "EventTooLargeError",
     "FactoryError",
@@ -249,6 +251,16 @@ class PoolExhaustedError(SessionError, TimeoutError):
 
 class SessionInUseError(SessionError, RuntimeError):
     """Another task of the same scope is inside a session block."""
+
+
+class DatabaseConnectionLostError(SessionError, ConnectionError):
+    """A session block's database connection was closed by the server or the network.
+
+    For example an idle pooled connection whose backend was terminated (a
+    restart, an idle timeout, ``pg_terminate_backend``). The block's work was
+    rolled back and the connection discarded; the driver's error is the
+    ``__cause__``.
+    """
 
 
 class EventError(IsolationError):

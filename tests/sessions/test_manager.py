@@ -91,7 +91,8 @@ class TestOwnership:
         async with isolation.scope(ctx()), manager.session():
             with pytest.raises(CrossContextAccessError):
                 await kept.execute(select(Note))
-            kept.add(note("smuggled"))
+            with pytest.raises(CrossContextAccessError):
+                kept.add(note("smuggled"))
             with pytest.raises(CrossContextAccessError):
                 await kept.flush()
         assert statements == []

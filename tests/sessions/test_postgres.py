@@ -145,7 +145,7 @@ class TestRowLevelSecurity:
     async def test_terminated_backend_leaves_no_partial_commit(self, box: Sandbox) -> None:
         """pg_terminate_backend mid-transaction: nothing committed, the next request works."""
         manager = manager_for(box)
-        with pytest.raises(DBAPIError):
+        with pytest.raises(isolation.DatabaseConnectionLostError):
             async with (
                 isolation.scope(UserContext.new("alice", tenant_id="t1")),
                 manager.session() as s,

@@ -14,19 +14,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
+import inspect
 import logging
 import math
 import time
 import types
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, final
 
 import anyio
 import attrs
 from sqlalchemy import event, text
+from sqlalchemy import util as sa_util
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, AsyncSessionTransaction
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 from sqlalchemy.orm.session import SessionTransactionState
@@ -38,6 +42,7 @@ from isolation._errors import (
     ConfigurationError,
     ContextExpiredError,
     CrossContextAccessError,
+    DatabaseConnectionLostError,
     PoolExhaustedError,
     ScopeEndedError,
     SessionError,
@@ -138,6 +143,7 @@ class _Owner:
     __slots__ = (
         "__weakref__",
         "admitted",
+        "cleaners",
         "closed",
         "depth",
         "poisoned",
@@ -164,11 +170,24 @@ class _Owner:
         self.poisoned = False
         self.started = 0.0
         self.warned = False
+        self.cleaners: set[asyncio.Task[Any]] | None = None
 
-    def guard(self) -> None:
-        """Refuse use from another scope, after the scope ended, outside a block, or by
-        another task: called by SQLAlchemy's events before any SQL is sent."""
-        current = _scope._current.get()
+    def refuse(self, current: Scope | None) -> None:
+        """The slow path of every checked method: raise, unless the manager is cleaning up.
+
+        Raises :class:`CrossContextAccessError` for use from another scope or from
+        none, and :class:`ScopeEndedError` for use from a copy of the owner's scope
+        that has ended (an escaped task). The manager's own cleanup (the scope's
+        finalizer, a block's end) runs in tasks it marks, and passes.
+        """
+        cleaners = self.cleaners
+        if cleaners:
+            try:
+                task = asyncio.current_task()
+            except RuntimeError:
+                task = None
+            if task is not None and task in cleaners:
+                return
         if current is None or current is not self.scope_ref():
             where = (
                 "with no scope bound"
@@ -182,11 +201,32 @@ class _Owner:
                     "open `async with manager.session()` in the scope that uses it"
                 ),
             )
-        if self.closed:
-            raise ScopeEndedError(
-                f"a database session of {redact_principal(self.principal)} was used after "
-                "its scope ended"
-            )
+        raise ScopeEndedError(
+            f"a database session of {redact_principal(self.principal)} was used after "
+            "its scope ended"
+        )
+
+    @contextlib.contextmanager
+    def cleaning(self) -> Iterator[None]:
+        """Mark the running task as the manager's cleanup: the checks let it through."""
+        task = asyncio.current_task()
+        assert task is not None  # sessions run on asyncio tasks only (_running_task)
+        cleaners = self.cleaners
+        if cleaners is None:
+            cleaners = self.cleaners = set()
+        cleaners.add(task)
+        try:
+            yield
+        finally:
+            cleaners.discard(task)
+
+    def guard(self) -> None:
+        """Refuse use from another scope, after the scope ended, outside a block, or by
+        another task: called by SQLAlchemy's events before any SQL is sent."""
+        current = _current_scope()
+        if current is None or current is not self.scope_ref() or self.closed:
+            self.refuse(current)
+            return
         task = self.task
         if task is None:
             raise UsageError(
@@ -209,10 +249,169 @@ def _in_use(principal: Principal) -> SessionInUseError:
     )
 
 
-class _OwnedSession(TenantSession):
-    """The sync ``Session`` behind every managed ``AsyncSession``: it knows its owner."""
+_current_scope = _scope._current.get
 
-    _isolation_owner: _Owner | None = None
+# Dunder methods that reach the session's contents or end its work.
+_CHECKED_DUNDERS: Final = frozenset(
+    {"__contains__", "__iter__", "__enter__", "__exit__", "__aenter__", "__aexit__"}
+)
+# Private entry points reached with no public method on the stack: a lazy many-to-one
+# load answered from the identity map, without SQL.
+_CHECKED_PRIVATE: Final = frozenset({"_identity_lookup"})
+# Public instance attributes that hold the owner's data or its transaction: made
+# checked properties (the value lives under another name in the instance dict).
+_CHECKED_ATTRIBUTES: Final = {"identity_map": Session, "sync_session": AsyncSession}
+# SQLAlchemy's computed properties (``Session.info``, ``Session.no_autoflush``).
+_MEMOIZED: Final = (sa_util.memoized_property, sa_util.non_memoized_property)
+
+
+def _checked(produce: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A getter that checks the session's owner, then returns ``produce(session)``."""
+    current_scope = _current_scope
+
+    def get(self: Any) -> Any:
+        owner: _Owner = self._isolation_owner
+        current = current_scope()
+        if current is None or current is not owner.scope_ref() or owner.closed:
+            owner.refuse(current)
+        return produce(self)
+
+    return get
+
+
+def _checked_setter(put: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
+    """A setter that checks the session's owner, then calls ``put(session, value)``."""
+
+    def set_(self: Any, value: Any) -> None:
+        owner: _Owner = self._isolation_owner
+        current = _current_scope()
+        if current is None or current is not owner.scope_ref() or owner.closed:
+            owner.refuse(current)
+        put(self, value)
+
+    return set_
+
+
+def _checked_lookup(fn: Callable[..., Any]) -> property:
+    """``fn`` as a property: looking the method up checks the owner, then gives
+    SQLAlchemy's own bound method (its signature, a coroutine function where it is).
+
+    For ``AsyncSession`` methods, which all reach the checked ``sync_session``
+    before doing anything, so a bound method kept from the owner's scope is
+    refused too. Cheaper than forwarding ``*args, **kwargs`` on every call.
+    """
+    return property(_checked(fn.__get__), doc=fn.__doc__)
+
+
+def _checked_call(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn``, checking the owner when it is called (also as a bound method kept from
+    the owner's scope): the sync ``Session``'s methods act directly."""
+
+    def checked(self: Any, *args: Any, **kwargs: Any) -> Any:
+        owner: _Owner = self._isolation_owner
+        current = _current_scope()
+        if current is None or current is not owner.scope_ref() or owner.closed:
+            owner.refuse(current)
+        return fn(self, *args, **kwargs)
+
+    return functools.wraps(fn)(checked)
+
+
+def _checked_property(name: str, raw: Any) -> property:
+    """A property checking the owner, then answering as ``raw`` (a descriptor) would;
+    ``raw=None``: a plain instance attribute, kept under another name in the instance dict."""
+    if isinstance(raw, property):
+        fget, fset = raw.fget, raw.fset
+        assert fget is not None
+        return property(
+            _checked(fget), None if fset is None else _checked_setter(fset), doc=raw.__doc__
+        )
+    if raw is None:
+        key = f"_isolation_{name}"
+        current_scope = _current_scope
+
+        def get(self: Any) -> Any:  # hot (identity_map): the check inline
+            owner: _Owner = self._isolation_owner
+            current = current_scope()
+            if current is None or current is not owner.scope_ref() or owner.closed:
+                owner.refuse(current)
+            return self.__dict__[key]
+
+        def put(self: Any, value: Any) -> None:
+            self.__dict__[key] = value
+
+        return property(get, _checked_setter(put))
+
+    # A non-data descriptor (SQLAlchemy's memoized properties): the instance dict
+    # first, as Python's own lookup would.
+    def get_memo(self: Any) -> Any:
+        try:
+            return self.__dict__[name]
+        except KeyError:
+            return raw.__get__(self, type(self))
+
+    return property(_checked(get_memo), doc=getattr(raw, "__doc__", None))
+
+
+def _check_every_method(cls: type, base: type, *, on_lookup: bool) -> type:
+    """Give ``cls`` a checked version of every public method and property of ``base``.
+
+    Built from ``base``'s members when the module loads, so a method SQLAlchemy
+    adds is checked too; class-level members (classmethods, nested classes,
+    constants) are not bound to a session and are left alone. Methods are
+    checked when looked up (``on_lookup``) or when called; special methods,
+    looked up on the type, always when called.
+    """
+    checked_method = _checked_lookup if on_lookup else _checked_call
+    for name in dir(base):
+        dunder = name in _CHECKED_DUNDERS
+        if name.startswith("_") and not dunder and name not in _CHECKED_PRIVATE:
+            continue
+        if name in cls.__dict__:
+            continue
+        raw = inspect.getattr_static(base, name)
+        if inspect.isfunction(raw):
+            if dunder:
+                setattr(cls, name, _checked_call(raw))
+            elif name in _CHECKED_PRIVATE:  # looked up by SQLAlchemy itself, never kept
+                setattr(cls, name, _checked_lookup(raw))
+            else:
+                setattr(cls, name, checked_method(raw))
+        elif isinstance(raw, (property, *_MEMOIZED)):
+            setattr(cls, name, _checked_property(name, raw))
+    for name, owner_class in _CHECKED_ATTRIBUTES.items():
+        if issubclass(base, owner_class):
+            setattr(cls, name, _checked_property(name, None))
+    return cls
+
+
+class _OwnedSession(TenantSession):
+    """The sync ``Session`` behind every managed ``AsyncSession``: it knows its owner,
+    every public method refuses use from another scope before doing anything, and the
+    legacy bulk methods are checked by tenancy (``TenantSession``)."""
+
+    _isolation_owner: _Owner
+
+    def __init__(self, *, isolation_owner: _Owner, **kwargs: Any) -> None:
+        self._isolation_owner = isolation_owner
+        super().__init__(**kwargs)
+
+
+class _OwnedAsyncSession(AsyncSession):
+    """The ``AsyncSession`` a :class:`SessionManager` yields: every public method, property
+    and its ``sync_session`` refuse use from another scope before doing anything."""
+
+    _isolation_owner: _Owner
+    sync_session_class = _OwnedSession
+
+    def __init__(self, bind: AsyncEngine, *, isolation_owner: _Owner, **kwargs: Any) -> None:
+        self._isolation_owner = isolation_owner
+        super().__init__(bind, isolation_owner=isolation_owner, **kwargs)
+
+
+# From TenantSession, so that its checked bulk methods are the ones wrapped.
+_check_every_method(_OwnedSession, TenantSession, on_lookup=False)
+_check_every_method(_OwnedAsyncSession, AsyncSession, on_lookup=True)
 
 
 @event.listens_for(_OwnedSession, "do_orm_execute")
@@ -303,18 +502,19 @@ class _Held:
         owner.closed = True
         manager = self.manager
         try:
-            if owner.admitted:
-                # A block is still open (a task that escaped the scope, or a block never
-                # exited): its connection may be mid-operation in another task, so it is
-                # invalidated rather than rolled back politely, and its work is lost.
-                manager._rollbacks += 1
-                try:
-                    await self.session.invalidate()
-                finally:
-                    manager._release(owner)
-            elif self.session.in_transaction():
-                await self.session.rollback()
-                await self.session.close()
+            with owner.cleaning():
+                if owner.admitted:
+                    # A block is still open (a task that escaped the scope, or a block never
+                    # exited): its connection may be mid-operation in another task, so it is
+                    # invalidated rather than rolled back politely, and its work is lost.
+                    manager._rollbacks += 1
+                    try:
+                        await self.session.invalidate()
+                    finally:
+                        manager._release(owner)
+                elif self.session.in_transaction():
+                    await self.session.rollback()
+                    await self.session.close()
         finally:
             manager._closed(owner)
 
@@ -398,12 +598,37 @@ class _Block:
             return False
         self._held = None
         nested = self._nested
-        if nested is not None:
-            held.owner.depth -= 1
-            await held.manager._end_nested(held, nested, exc)
-        else:
-            await held.manager._end_outermost(held, exc)
+        try:
+            if nested is not None:
+                held.owner.depth -= 1
+                await held.manager._end_nested(held, nested, exc)
+            else:
+                await held.manager._end_outermost(held, exc)
+        except DBAPIError as failure:
+            if failure.connection_invalidated and exc is None:
+                raise _connection_lost(held.owner, "while committing") from failure
+            raise
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+            raise _connection_lost(held.owner, "inside the block") from exc
         return False
+
+
+def _connection_lost(owner: _Owner, when: str) -> DatabaseConnectionLostError:
+    """The typed error for a driver error that SQLAlchemy classed as a disconnect."""
+    outcome = (
+        "the commit's outcome is unknown"
+        if when == "while committing"
+        else "the block's work was rolled back"
+    )
+    return DatabaseConnectionLostError(
+        f"the database connection of a session of {redact_principal(owner.principal)} was "
+        f"lost {when} (closed by the server or the network: a restart, an idle timeout, "
+        f"a terminated backend); {outcome}, and the pool discarded its older connections",
+        hint=(
+            "Retry the request; create the engine with pool_pre_ping=True to test idle "
+            "connections before use"
+        ),
+    )
 
 
 def _pool_capacity(engine: AsyncEngine) -> int | None:
@@ -436,7 +661,9 @@ class SessionManager:
 
     ``async with manager.session() as s`` yields an ``AsyncSession`` **owned by
     the current scope**: nested blocks in the same scope get the same session
-    (a nested block is a SAVEPOINT), another scope never does. The outermost
+    (a nested block is a SAVEPOINT), another scope never does, and every public
+    method and property of it and of its ``sync_session`` refuses another scope
+    (or none) before doing anything. The outermost
     block commits on a clean exit and rolls back on any exception, cancellation
     or expiry, then closes and returns the connection; the commit runs
     shielded, bounded by the scope's cleanup time. The scope's finalizer is the
@@ -627,6 +854,11 @@ class SessionManager:
             UnsupportedBackendError: Not running under asyncio.
             UsageError: The scope was entered with a sync ``with``, or the
                 manager is closed.
+
+        The yielded session, used later from another scope or with none bound
+        (kept in a global or a cache), raises :class:`~isolation.CrossContextAccessError`
+        from every method and property before doing anything; from a copy of its
+        scope that has ended (an escaped task), :class:`~isolation.ScopeEndedError`.
         """
         return _Block(self)
 
@@ -759,10 +991,7 @@ class SessionManager:
             self._loop = asyncio.get_running_loop()
         principal = scope._ctx.principal
         owner = _Owner(scope, principal, self._tenancy, self._rls)
-        session = AsyncSession(
-            self._engine, sync_session_class=_OwnedSession, expire_on_commit=False
-        )
-        session.sync_session._isolation_owner = owner  # type: ignore[attr-defined]
+        session = _OwnedAsyncSession(self._engine, isolation_owner=owner, expire_on_commit=False)
         held = _Held(self, owner, session)
         scope.on_close(held.finalize)
         self._open += 1
@@ -852,15 +1081,16 @@ class SessionManager:
     async def _end_nested(
         self, held: _Held, nested: AsyncSessionTransaction, exc: BaseException | None
     ) -> None:
-        if nested_outcome(exc) is Outcome.COMMIT and not held.owner.closed:
-            try:
-                if nested.is_active:
-                    await nested.commit()
-                return
-            except BaseException:
-                await self._rollback_nested(held, nested)
-                raise
-        await self._rollback_nested(held, nested)
+        with held.owner.cleaning():
+            if nested_outcome(exc) is Outcome.COMMIT and not held.owner.closed:
+                try:
+                    if nested.is_active:
+                        await nested.commit()
+                    return
+                except BaseException:
+                    await self._rollback_nested(held, nested)
+                    raise
+            await self._rollback_nested(held, nested)
 
     async def _rollback_nested(self, held: _Held, nested: AsyncSessionTransaction) -> None:
         error: BaseException | None = None
@@ -917,7 +1147,7 @@ class SessionManager:
         cleanup_error: BaseException | None = None
         finished = False
         try:
-            with anyio.move_on_after(self._cleanup_time(held), shield=True):
+            with owner.cleaning(), anyio.move_on_after(self._cleanup_time(held), shield=True):
                 try:
                     if outcome is Outcome.COMMIT:
                         try:
@@ -989,7 +1219,7 @@ class SessionManager:
             exc_info=error,
             extra={"event": "session_invalidated"},
         )
-        with anyio.move_on_after(self._cleanup_time(held), shield=True):
+        with held.owner.cleaning(), anyio.move_on_after(self._cleanup_time(held), shield=True):
             try:
                 await held.session.invalidate()
             except Exception:

@@ -15,6 +15,7 @@ __all__ = ["MODULES", "default_registry"]
 
 MODULES = (
     "isolation.report.modes.fm01_sessions",
+    "isolation.report.modes.fm01_rls_policies",
     "isolation.report.modes.fm02_pool",
     "isolation.report.modes.fm03_expiry",
     "isolation.report.modes.fm04_rollback",

@@ -928,7 +928,8 @@ def install_return_check(
     A connection that comes back with ``isolation.user_id``,
     ``isolation.tenant_id`` or ``isolation.binding`` still set (a plain ``SET``
     somewhere, or a transaction left open) is invalidated, never reused, and
-    reported to ``on_dirty``. The check costs one round trip per sampled return.
+    reported to ``on_dirty``. The check costs one round trip per sampled return
+    (it runs outside a transaction where the driver adapter has ``autocommit``).
 
     Returns:
         A function that removes the check.
@@ -943,11 +944,20 @@ def install_return_check(
             # Returned by the garbage collector, outside any await: cannot query here.
             return
         try:
-            cursor = dbapi_connection.cursor()
-            cursor.execute(_RETURN_CHECK_SQL)
-            found = cursor.fetchone()
-            cursor.close()
-            dbapi_connection.rollback()
+            # Outside a transaction: one round trip, not BEGIN + SELECT + ROLLBACK.
+            autocommit = getattr(dbapi_connection, "autocommit", None)
+            if autocommit is False:
+                dbapi_connection.autocommit = True
+            try:
+                cursor = dbapi_connection.cursor()
+                cursor.execute(_RETURN_CHECK_SQL)
+                found = cursor.fetchone()
+                cursor.close()
+            finally:
+                if autocommit is False:
+                    dbapi_connection.autocommit = False
+            if autocommit is not False:
+                dbapi_connection.rollback()
         except Exception:
             logger.warning("the row-level security return check failed", exc_info=True)
             record.invalidate()

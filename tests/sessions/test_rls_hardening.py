@@ -21,8 +21,10 @@ from isolation import ConfigurationError, CrossContextAccessError, UserContext
 from isolation.report.modes._sessions import TABLE, Note, Sandbox, pg_sandbox
 from isolation.sessions import SessionManager
 from isolation.sessions.postgres import (
+    Binding,
     PolicyRow,
     check_policies,
+    check_role,
     quote_identifier,
     rls_policy_sql,
     rls_signing_key_sql,
@@ -178,6 +180,37 @@ class TestPolicyCheck:
         finally:
             await manager.aclose()
 
+    @pytest.mark.parametrize("signed", [False, True], ids=["plain", "signed"])
+    @pytest.mark.parametrize(
+        ("user_type", "tenant_type"),
+        [("uuid", "bigint"), ("character varying(100)", "integer"), ("text", "text")],
+    )
+    async def test_typed_library_policies_pass(
+        self, signed_box: tuple[Sandbox, bytes], user_type: str, tenant_type: str, signed: bool
+    ) -> None:
+        """The policies rls_policy_sql writes for other column types, as PostgreSQL
+        deparses them, pass the check (plain and signed)."""
+        box, key = signed_box
+        table = f"{box.schema}.typed"
+        async with box.admin.begin() as conn:
+            await conn.exec_driver_sql(
+                f"CREATE TABLE {table} (id int, owner {user_type}, tenant {tenant_type})"
+            )
+            for statement in rls_policy_sql(
+                table,
+                user_column="owner",
+                tenant_column="tenant",
+                user_type=user_type,
+                tenant_type=tenant_type,
+                signed=signed,
+                schema=box.schema,
+            ):
+                await conn.exec_driver_sql(statement)
+        binding = Binding(
+            "signed" if signed else True, key=key if signed else None, schema=box.schema
+        )
+        assert await check_role(box.engine, [table], binding=binding) == ()
+
     async def test_user_only_policy_under_a_tenant_context(self, postgres_url: str) -> None:
         """A policy on the user column alone: a context with a tenant is refused before any
         row is read (alice@t1 would read alice@t2); a context without a tenant works."""
@@ -230,6 +263,11 @@ class TestCheckPolicies:
             "current_setting('isolation.user_id'::text)) END",
             "((owner)::text <> current_setting('isolation.user_id'::text))",
             "(body = 'isolation.user_id'::text)",
+            "(upper((owner)::text) = NULLIF(current_setting('isolation.user_id'::text, true), "
+            "''::text))",
+            "((owner)::text = COALESCE(current_setting('isolation.user_id'::text, true), "
+            "(owner)::text))",
+            "((owner)::text IS NOT DISTINCT FROM current_setting('isolation.user_id'::text, true))",
         ],
     )
     def test_an_unbound_permissive_policy_is_refused(self, using: str) -> None:
@@ -267,11 +305,26 @@ class TestCheckPolicies:
         rows = [PolicyRow(name="u", permissive=True, command="*", using=using, check=None)]
         assert check_policies("t", rows) == ([], True)
 
+    def test_signed_mode_refuses_a_wrapped_function(self) -> None:
+        """Signed, only the bare function binds: lower(isolation_user_id()) does not."""
+        using = "((owner)::text = lower(( SELECT s.isolation_user_id() AS isolation_user_id)))"
+        extra = PolicyRow(name="p", permissive=True, command="r", using=using, check=None)
+        problems, _ = check_policies("t", self.rows(extra, signed=True), signed=True)
+        assert len(problems) == 1
+        assert "'p'" in problems[0]
+
     def test_signed_mode_refuses_raw_settings(self) -> None:
         """Signed, a policy that reads the settings directly is forgeable: refused."""
         problems, _ = check_policies("t", self.rows(), signed=True)
         assert len(problems) == 1
         assert "directly" in problems[0]
+
+    def test_signed_mode_accepts_a_restrictive_policy_on_raw_settings(self) -> None:
+        """Signed, a restrictive policy on the raw settings only narrows: accepted."""
+        extra = PolicyRow(
+            name="narrow", permissive=False, command="*", using=self.LIBRARY, check=None
+        )
+        assert check_policies("t", self.rows(extra, signed=True), signed=True) == ([], False)
 
     def test_plain_mode_names_signed_functions(self) -> None:
         """Plain, a signed policy would match nothing: refused with the reason."""

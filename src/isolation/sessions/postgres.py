@@ -519,13 +519,13 @@ _CAST = re.compile(
 )
 _COLUMN = re.compile(r'[a-z_][a-z0-9_$]*|"(?:[^"]|"")+"')
 _SIGNED_FUNCTION = re.compile(
-    r'(?:(?:[a-z_][a-z0-9_$]*|"(?:[^"]|"")+")\.)?isolation_(user|tenant)_id'
+    r'(?:(?:[a-z_][a-z0-9_$]*|"(?:[^"]|"")+")\.)?isolation_(user|tenant)_id\(\)'
 )
 
 
 def _plain_forms(setting: str) -> frozenset[str]:
-    quoted = f"current_setting'{setting}'"
-    return frozenset({quoted, f"{quoted},true", f"{quoted},false", f"NULLIF{quoted},true,''"})
+    read = f"current_setting('{setting}'"
+    return frozenset({f"{read})", f"{read},true)", f"{read},false)", f"NULLIF({read},true),'')"})
 
 
 _PLAIN_FORMS: Final = {_USER: _plain_forms(USER_SETTING), _TENANT: _plain_forms(TENANT_SETTING)}
@@ -585,15 +585,14 @@ def _unwrap(text: str) -> str:
 
 
 def _squash(text: str) -> str:
-    """A side of a comparison reduced to compare with the known forms: no casts,
-    no scalar ``SELECT ... AS x`` wrapper, no parentheses, no blanks."""
-    text = _CAST.sub("", _unwrap(text))
-    text = _unwrap(text)
+    """A side of a comparison reduced to compare with the known forms: no casts, no
+    enclosing parentheses, no scalar ``SELECT ... AS x`` wrapper, no blanks."""
+    text = _unwrap(_CAST.sub("", _unwrap(text)))
     if text.startswith("SELECT "):
         body = _split(text[len("SELECT ") :], " AS ")
         if len(body) == 2:
-            text = body[0]
-    return re.sub(r"[()\s]", "", text)
+            text = _unwrap(body[0])
+    return re.sub(r"\s", "", text)
 
 
 def _binds(expression: str | None) -> tuple[frozenset[str], frozenset[str]]:
@@ -686,7 +685,8 @@ def check_policies(
             for expression in expressions:
                 raw, functions = _binds(expression)
                 verified, other = (functions, raw) if signed else (raw, functions)
-                if other and signed:
+                # A restrictive policy on the raw settings only narrows: harmless when signed.
+                if other and signed and row.permissive:
                     problem(
                         row.name,
                         f"reads {_names(other)} directly: with row_level_security="
@@ -694,7 +694,7 @@ def check_policies(
                         "isolation_tenant_id() (rls_policy_sql(..., signed=True)), or app "
                         "SQL can re-bind the setting",
                     )
-                elif other:
+                elif other and not signed:
                     problem(
                         row.name,
                         "compares with the signed binding's functions, which answer NULL "

@@ -9,7 +9,8 @@ its own row (goal 0.75x); with row-level security at least 0.9x the anchor
 plus a parameterised ``set_config``. Ratios printed are of time, so lower is
 faster. ``library-rls`` includes the return check (on by default: one round
 trip per return); ``library-rls-signed`` is ``row_level_security="signed"``
-(an HMAC per transaction, the bind function, two ``sha256`` per statement).
+(an HMAC per transaction, the bind function, the two verifying getters once
+per statement).
 PostgreSQL rows need ``ISOLATION_TEST_POSTGRES_URL``.
 Run: ``pytest benchmarks/bench_sessions.py``.
 """

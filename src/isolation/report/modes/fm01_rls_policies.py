@@ -10,8 +10,8 @@ form app SQL has (``set_config`` local and session-wide, ``SET LOCAL``,
 ``SET``), then reads. Property: every row read is the reader's own. Subject: an
 :class:`RlsSubject` whose ``install`` writes the signed binding's functions
 into a schema and whose ``make`` builds a ``row_level_security="signed"``
-manager. Mutant: the same install with a verification that answers yes to any
-binding (so the re-bound setting is believed).
+manager. Mutant: the same install with getters that answer the settings
+without verifying the binding (so the re-bound setting is believed).
 
 ``opening-policies``: the library's policy plus one extra policy of the shapes
 a careless migration adds (``USING (true)``, an ``OR``, a tenant-only policy,
@@ -200,14 +200,18 @@ def _library_signed() -> RlsSubject:
 
 
 def _trusting_install(schema: str) -> list[str]:
-    """Mutant install: the library's, then a verification that believes any binding."""
+    """Mutant install: the library's, then getters that believe the settings unverified."""
     from isolation.sessions.postgres import quote_identifier, rls_signing_sql
 
+    s = quote_identifier(schema)
     return [
         *rls_signing_sql(schema=schema),
-        f"CREATE OR REPLACE FUNCTION {quote_identifier(schema)}.isolation_bound() "
-        "RETURNS boolean LANGUAGE sql STABLE SECURITY DEFINER "
-        "SET search_path = pg_catalog, pg_temp AS $$ SELECT true $$",
+        *(
+            f"CREATE OR REPLACE FUNCTION {s}.isolation_{part}_id() RETURNS text "
+            "LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS "
+            f"$$ SELECT NULLIF(pg_catalog.current_setting('isolation.{part}_id', true), '') $$"
+            for part in ("user", "tenant")
+        ),
     ]
 
 

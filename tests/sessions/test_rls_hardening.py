@@ -86,6 +86,15 @@ async def signed_box(postgres_url: str) -> AsyncIterator[tuple[Sandbox, bytes]]:
         yield sandbox, key
 
 
+def manager_binding_proof(key: bytes, tenant: str, user: str) -> str:
+    """The proof the manager sends for ``(tenant, user)``, computed as the tests' oracle."""
+    import hashlib
+    import hmac
+
+    message = f"bind|{len(tenant)}:{tenant}{len(user)}:{user}".encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
 def plain_manager(box: Sandbox, **kwargs: Any) -> SessionManager:
     return SessionManager(box.engine, row_level_security=True, rls_tables=[box.table], **kwargs)
 
@@ -450,6 +459,32 @@ class TestSignedBinding:
         manager = signed_manager(box, secrets.token_bytes(32))
         with pytest.raises(ConfigurationError, match="does not match"):
             await manager.start()
+
+    async def test_the_proof_is_never_printed(
+        self, signed_box: tuple[Sandbox, bytes], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The proof reaches the driver but not SQLAlchemy's echo log, nor the parameters
+        an error shows (a key changed under a running manager makes the bind fail)."""
+        box, key = signed_box
+        manager = signed_manager(box, key)
+        await manager.start()
+        proof = manager_binding_proof(key, "t1", "alice")
+        box.engine.sync_engine.echo = True
+        try:
+            with caplog.at_level("INFO", logger="sqlalchemy.engine"):
+                assert await read_as(manager, ALICE_T1) == []
+            statement, params = rls_signing_key_sql(secrets.token_bytes(32), schema=box.schema)
+            async with box.admin.begin() as conn:
+                await conn.execute(text(statement), params)
+            with pytest.raises(DBAPIError, match="binding was refused") as refused:
+                await read_as(manager, ALICE_T1)
+        finally:
+            box.engine.sync_engine.echo = False
+        assert "redacted proof" in caplog.text
+        assert proof not in caplog.text
+        assert proof not in str(refused.value)
+        assert proof not in repr(refused.value)
+        await manager.aclose()
 
     async def test_signed_mode_refuses_plain_policies(self, box: Sandbox) -> None:
         """Signed mode on tables with plain policies (and no functions) is refused."""

@@ -403,6 +403,16 @@ def binding_for(
     return Binding(row_level_security, key=key, schema=schema)
 
 
+class _Proof(str):
+    """The bind proof: a ``str`` for the driver, redacted wherever it is printed
+    (SQLAlchemy's ``echo`` and the parameters an error message shows)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'<isolation: redacted proof>'"
+
+
 @final
 class Binding:
     """How a :class:`~isolation.sessions.SessionManager` binds the principal to a transaction.
@@ -485,7 +495,8 @@ class Binding:
         tenant_value = "" if tenant is None else tenant
         if not self.signed:
             return {"user_id": user, "tenant_id": tenant_value}
-        return {"user_id": user, "tenant_id": tenant_value, "proof": self.proof(tenant_value, user)}
+        proof = _Proof(self.proof(tenant_value, user))
+        return {"user_id": user, "tenant_id": tenant_value, "proof": proof}
 
 
 # -- reading the policies --------------------------------------------------------

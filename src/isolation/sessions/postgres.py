@@ -323,14 +323,20 @@ def rls_signing_sql(*, schema: str = DEFAULT_SIGNING_SCHEMA) -> list[str]:
         f"  SELECT COALESCE((SELECT {binding_ok} FROM {key} k WHERE k.id = 1), false)\n"
         "$isolation$"
     )
-    # The getters repeat the check rather than call isolation_bound(): a SECURITY
-    # DEFINER SQL function calling another costs about seven times as much.
+    # The getters repeat the check rather than call isolation_bound() (a SECURITY
+    # DEFINER function calling another costs several times as much), in PL/pgSQL,
+    # whose plans a session keeps (a SQL function's body is planned per statement).
     getters = [
         f"CREATE OR REPLACE FUNCTION {s}.{function}() RETURNS text "  # noqa: S608 - quoted names
-        f"LANGUAGE sql STABLE {header} AS $isolation$\n"
-        f"  SELECT CASE WHEN {binding_ok} THEN NULLIF({now}, '') END "
-        f"FROM {key} k WHERE k.id = 1\n"
-        "$isolation$"
+        f"LANGUAGE plpgsql STABLE {header} AS $isolation$\n"
+        "DECLARE k record;\n"
+        "BEGIN\n"
+        f"  SELECT inner_pad, outer_pad INTO k FROM {key} WHERE id = 1;\n"
+        f"  IF FOUND AND {binding_ok} THEN\n"
+        f"    RETURN NULLIF({now}, '');\n"
+        "  END IF;\n"
+        "  RETURN NULL;\n"
+        "END\n$isolation$"
         for function, now in (("isolation_user_id", user_now), ("isolation_tenant_id", tenant_now))
     ]
     return [

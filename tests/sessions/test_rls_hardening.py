@@ -287,6 +287,18 @@ class TestCheckPolicies:
         assert "'p'" in problems[0]
         assert "'t'" in problems[0]
 
+    def test_a_weaker_command_is_refused(self) -> None:
+        """Reads bound to user and tenant, inserts to the tenant alone: alice would plant
+        rows of bob (found by the property below); refused."""
+        tenant = "((tenant)::text = NULLIF(current_setting('isolation.tenant_id'::text, true), ''::text))"
+        rows = [
+            PolicyRow(name="reads", permissive=True, command="r", using=self.LIBRARY, check=None),
+            PolicyRow(name="inserts", permissive=True, command="a", using=None, check=tenant),
+        ]
+        problems, _ = check_policies("t", rows)
+        assert len(problems) == 1
+        assert "'inserts'" in problems[0]
+
     def test_an_unbound_restrictive_policy_is_fine(self) -> None:
         """Restrictive policies are AND-ed: they can only narrow."""
         extra = PolicyRow(name="p", permissive=False, command="*", using="true", check=None)
@@ -571,3 +583,138 @@ class TestPolicySqlInputs:
             "NULLIF(current_setting('isolation.user_id', true), '')::text",
         ]
         assert len(rls_policy_sql("notes", user_column="owner", stamp=False)) == 4
+
+
+# -- property: whatever policy set the check accepts confines alice@t1 -------------------
+
+_BOTH = (
+    "owner = NULLIF(current_setting('isolation.user_id', true), '') "
+    "AND tenant = NULLIF(current_setting('isolation.tenant_id', true), '')"
+)
+_EXPRESSIONS = {
+    "both": _BOTH,
+    "user": "owner = NULLIF(current_setting('isolation.user_id', true), '')",
+    "tenant": "tenant = NULLIF(current_setting('isolation.tenant_id', true), '')",
+    "true": "true",
+    "or": "owner = current_setting('isolation.user_id', true) OR tenant = 't1'",
+    "upper": "upper(owner) = upper(current_setting('isolation.user_id', true))",
+    "coalesce": "owner = COALESCE(NULLIF(current_setting('isolation.user_id', true), ''), owner)",
+    "subselect": "owner = (SELECT current_setting('isolation.user_id', true)) "
+    "AND tenant = (SELECT current_setting('isolation.tenant_id', true))",
+}
+_COMMANDS = ("SELECT", "INSERT", "UPDATE", "DELETE", "ALL")
+
+
+def _policy_sets() -> Any:
+    from hypothesis import strategies as st
+
+    names = st.sampled_from(sorted(_EXPRESSIONS))
+    policy = st.tuples(st.booleans(), st.sampled_from(_COMMANDS), names, st.none() | names)
+    return st.tuples(st.booleans(), st.lists(policy, min_size=0, max_size=3))
+
+
+def _ddl(
+    table: str, library: bool, extras: Sequence[tuple[bool, str, str, str | None]]
+) -> list[str]:
+    statements = [
+        f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY",
+        f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY",
+    ]
+    if library:
+        statements.append(
+            f"CREATE POLICY library ON {table} FOR ALL USING ({_BOTH}) WITH CHECK ({_BOTH})"
+        )
+    for number, (permissive, command, using, check) in enumerate(extras):
+        kind = "PERMISSIVE" if permissive else "RESTRICTIVE"
+        clauses = "" if command == "INSERT" else f" USING ({_EXPRESSIONS[using]})"
+        if command != "SELECT" and command != "DELETE":
+            expression = _EXPRESSIONS[check or using]
+            if command == "INSERT" or check is not None:
+                clauses += f" WITH CHECK ({expression})"
+        statements.append(f"CREATE POLICY p{number} ON {table} AS {kind} FOR {command}{clauses}")
+    return statements
+
+
+async def _violations(box: Sandbox, number: int, example: Any) -> list[str]:
+    """Apply the drawn policies to a fresh table; if the manager accepts them, alice@t1
+    must read only her rows and write none of anyone else's."""
+    library, extras = example
+    table = f"{box.schema}.ex{number}"
+    async with box.admin.begin() as conn:
+        await conn.exec_driver_sql(
+            f"CREATE TABLE {table} (id serial PRIMARY KEY, tenant text, owner text, body text)"
+        )
+        await conn.exec_driver_sql(f'GRANT ALL ON {table} TO "{box.role}"')
+        await conn.exec_driver_sql(f'GRANT ALL ON SEQUENCE {table}_id_seq TO "{box.role}"')
+        for statement in _ddl(table, library, extras):
+            await conn.exec_driver_sql(statement)
+        for tenant, owner, body in ROWS:
+            await conn.execute(
+                text(f"INSERT INTO {table} (tenant, owner, body) VALUES (:t, :o, :b)"),
+                {"t": tenant, "o": owner, "b": body},
+            )
+    # A set with a permissive policy binding user and tenant makes a per-user table, whose
+    # rows are alice@t1's own only. (Without one, the table is per tenant or user-only.)
+    per_user = library or any(p and using in ("both", "subselect") for p, _, using, _ in extras)
+    if not per_user:
+        return []
+    manager = SessionManager(box.engine, row_level_security=True, rls_tables=[table])
+    found: list[str] = []
+    try:
+        try:
+            await manager.start()
+        except ConfigurationError:
+            return []
+        name = table.split(".", maxsplit=1)[1]
+        writes = [
+            f"INSERT INTO {name} (tenant, owner, body) VALUES ('t1', 'bob', 'x')",
+            f"INSERT INTO {name} (tenant, owner, body) VALUES ('t2', 'alice', 'x')",
+            f"UPDATE {name} SET body = 'hit' WHERE body <> 'alice@t1'",
+            f"UPDATE {name} SET owner = 'bob' WHERE body = 'alice@t1'",
+            f"DELETE FROM {name} WHERE body <> 'alice@t1'",
+        ]
+        try:
+            async with isolation.scope(ALICE_T1), manager.session() as s:
+                rows = (await s.execute(text(f"SELECT tenant, owner FROM {name}"))).all()
+            found += [f"read {tuple(r)}" for r in rows if tuple(r) != ("t1", "alice")]
+            for write in writes:
+                try:
+                    async with isolation.scope(ALICE_T1), manager.session() as s:
+                        await s.execute(text(write))
+                except (DBAPIError, CrossContextAccessError):
+                    pass
+        except ConfigurationError:
+            return []  # refused at run time (a user-only policy under a tenant context)
+        async with box.admin.connect() as conn:
+            after = (await conn.execute(text(f"SELECT tenant, owner, body FROM {table}"))).all()
+        expected = {
+            ("t1", "alice", "alice@t1"),
+            ("t2", "alice", "alice@t2"),
+            ("t1", "bob", "bob@t1"),
+        }
+        found += [f"wrote {tuple(r)}" for r in after if tuple(r) not in expected]
+        found += [f"deleted {row}" for row in expected if row not in {tuple(r) for r in after}]
+    finally:
+        await manager.aclose()
+    return [f"{example}: {line}" for line in found]
+
+
+def test_accepted_policy_sets_confine_the_principal(postgres_url: str) -> None:
+    """Drawn policy sets (the library's or none, plus up to three permissive or
+    restrictive policies of any command, binding both, one, nothing, an OR, a wrapped
+    column, a COALESCE): whenever the start check accepts a set, alice of t1 reads only
+    her rows and writes, moves or deletes none of anyone else's."""
+    import anyio
+
+    from isolation.report.modes._sessions import generate
+
+    examples = generate(_policy_sets(), 40, explicit=[(True, [(True, "SELECT", "true", None)])])
+
+    async def run() -> list[str]:
+        found: list[str] = []
+        async with pg_sandbox(postgres_url) as box:
+            for number, example in enumerate(examples):
+                found += await _violations(box, number, example)
+        return found
+
+    assert anyio.run(run, backend="asyncio") == []

@@ -675,19 +675,21 @@ def check_policies(
 
     Per command (SELECT, INSERT, UPDATE, DELETE): restrictive policies AND
     their bindings onto every permissive one; permissive policies are OR-ed, so
-    each must bind at least what the strongest binds. Refused: a permissive
-    policy that binds no principal setting (``USING (true)``, a disjunction), a
-    permissive policy that binds less than another (it widens it), and, when
-    ``signed``, a policy that reads the raw settings (app SQL can re-bind them).
+    each must bind all that the table's policies bind (user and tenant, the
+    user alone, or the tenant alone for a tenant-shared table), whatever its
+    command. Refused: a permissive policy that binds no principal setting
+    (``USING (true)``, a disjunction), one that binds less than the table's
+    level (it widens it, or plants rows), and, when ``signed``, one that reads
+    the raw settings (app SQL can re-bind them).
 
     Returns:
         The problems found (one line each, naming the table and the policy),
-        and whether some command binds the user without the tenant (a context
+        and whether the table binds the user without the tenant (a context
         with a tenant must then be refused).
     """
     problems: list[str] = []
-    user_only = False
     named: set[str] = set()
+    by_command: dict[str, list[tuple[PolicyRow, frozenset[str]]]] = {}
 
     def problem(policy: str, text: str) -> None:
         if policy not in named:
@@ -725,10 +727,14 @@ def check_policies(
                 permissive.append((row, bound or frozenset()))
             else:
                 floor |= bound or frozenset()
-        if not permissive:
-            continue  # no permissive policy: this command reaches no row
-        effective = [(row, bound | floor) for row, bound in permissive]
-        strongest = frozenset().union(*(bound for _, bound in effective))
+        # No permissive policy: this command reaches no row.
+        by_command[verb] = [(row, bound | floor) for row, bound in permissive]
+    # Per user or per tenant, the table has one level: every command's policies bind
+    # all of it (reads bound to the user, inserts to the tenant alone, plant rows).
+    strongest = frozenset[str]().union(
+        *(bound for effective in by_command.values() for _, bound in effective)
+    )
+    for verb, effective in by_command.items():
         for row, bound in effective:
             if not bound:
                 problem(
@@ -739,11 +745,11 @@ def check_policies(
             elif bound != strongest:
                 problem(
                     row.name,
-                    f"binds only {_names(bound)} for {verb}, while another policy binds "
-                    f"{_names(strongest)}: permissive policies are OR-ed, so it widens them",
+                    f"binds only {_names(bound)} for {verb}, while the table's policies "
+                    f"bind {_names(strongest)}: permissive policies are OR-ed, so it "
+                    "widens them",
                 )
-        if strongest == {_USER}:
-            user_only = True
+    user_only = strongest == {_USER}
     return problems, user_only
 
 

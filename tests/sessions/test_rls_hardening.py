@@ -571,6 +571,7 @@ class TestPolicySqlInputs:
             async with isolation.scope(ALICE_T1), manager.session() as s:
                 s.add(Note(body="orm", **row))
         assert "FetchedValue" in str(refused.value)
+        assert "owner columns (owner, tenant)" in str(refused.value)
         await manager.aclose()
 
     def test_stamping_statements(self) -> None:

@@ -588,7 +588,7 @@ class SessionManager:
             from isolation.sessions.postgres import install_pool_hooks
 
             self._remove_return_check = install_pool_hooks(
-                engine, self._return_check, self._dirty_return
+                engine, self._return_check, self._dirty_return, self._rls
             )
 
     def __repr__(self) -> str:

@@ -41,7 +41,7 @@ import logging
 import random
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal, final
 
 import attrs
@@ -61,6 +61,7 @@ __all__ = [
     "check_role",
     "install_pool_hooks",
     "install_return_check",
+    "owner_columns",
     "quote_identifier",
     "rls_policy_sql",
     "rls_signing_key_sql",
@@ -430,7 +431,15 @@ class Binding:
     refuses it.
     """
 
-    __slots__ = ("_key", "_statement", "schema", "signed", "statement_sql", "user_only_tables")
+    __slots__ = (
+        "_key",
+        "_statement",
+        "owner_columns",
+        "schema",
+        "signed",
+        "statement_sql",
+        "user_only_tables",
+    )
 
     def __init__(self, mode: bool | Literal["signed"], *, key: bytes | None, schema: str) -> None:
         if mode == "signed":
@@ -457,6 +466,9 @@ class Binding:
         quote_identifier(schema)
         self.schema = schema
         self.user_only_tables: tuple[str, ...] = ()
+        # Per table name (unqualified, as PostgreSQL's errors give it): the owner
+        # columns its policies bind, read by the startup check.
+        self.owner_columns: dict[str, tuple[str, ...]] = {}
         self._statement: Any = None
 
     def __repr__(self) -> str:
@@ -644,6 +656,28 @@ def _binds(expression: str | None) -> tuple[frozenset[str], frozenset[str]]:
                 if value in forms:
                     raw.add(part)
     return frozenset(raw), frozenset(functions)
+
+
+def owner_columns(rows: Sequence[PolicyRow]) -> tuple[str, ...]:
+    """The columns the permissive policies compare with a principal setting, sorted."""
+    columns: set[str] = set()
+    for row in rows:
+        if not row.permissive:
+            continue
+        for expression in (row.using, row.check):
+            if expression is None:
+                continue
+            for conjunct in _split(_unwrap(expression), " AND "):
+                sides = [_squash(side) for side in _split(_unwrap(conjunct), " = ")]
+                if len(sides) != 2:
+                    continue
+                for column, value in (sides, sides[::-1]):
+                    bound = _SIGNED_FUNCTION.fullmatch(value) is not None or any(
+                        value in forms for forms in _PLAIN_FORMS.values()
+                    )
+                    if bound and _COLUMN.fullmatch(column):
+                        columns.add(column.strip('"').replace('""', '"'))
+    return tuple(sorted(columns))
 
 
 def _expressions(row: PolicyRow, command: str) -> list[str | None] | None:
@@ -928,6 +962,8 @@ async def check_role(
                 for r in (await conn.execute(text(_POLICIES_SQL), {"name": table})).all()
             ]
             found_problems, binds_user_only = check_policies(table, rows, signed=signed)
+            if binding is not None:
+                binding.owner_columns[table.rsplit(".", 1)[-1]] = owner_columns(rows)
             problems += found_problems
             if binds_user_only:
                 user_only.append(table)
@@ -1015,16 +1051,23 @@ _POLICY_VIOLATION = re.compile(
 )
 
 
-def _policy_violation(context: Any) -> CrossContextAccessError | None:
+def _policy_violation(
+    context: Any, columns: Mapping[str, tuple[str, ...]]
+) -> CrossContextAccessError | None:
     """A typed error for PostgreSQL's refusal of a written row (``WITH CHECK``), else ``None``."""
     error: BaseException | None = context.original_exception
     while error is not None:
         found = _POLICY_VIOLATION.search(str(error))
         if found is not None:
+            table = found.group(1)
+            owners = columns.get(table, ())
+            which = (
+                "its owner columns (" + ", ".join(owners) + ")" if owners else "its owner columns"
+            )
             return CrossContextAccessError(
-                f"a row written to {found.group(1)!r} does not belong to the bound principal, "
-                "so its row-level security policy refused it (owner columns left NULL, or "
-                "set to another user or tenant)",
+                f"a row written to {table!r} does not belong to the bound principal, so its "
+                f"row-level security policy refused it: {which} were left NULL or set to "
+                "another user or tenant",
                 hint=(
                     "Leave the owner columns out of the INSERT (rls_policy_sql() makes the bound "
                     "principal their default; in an ORM model declare them with "
@@ -1036,20 +1079,24 @@ def _policy_violation(context: Any) -> CrossContextAccessError | None:
 
 
 def install_pool_hooks(
-    engine: AsyncEngine, rate: float, on_dirty: Callable[[tuple[Any, ...]], None]
+    engine: AsyncEngine,
+    rate: float,
+    on_dirty: Callable[[tuple[Any, ...]], None],
+    binding: Binding | None = None,
 ) -> Callable[[], None]:
     """Install what a row-level security manager adds to its engine; return the remover.
 
     The return check (:func:`install_return_check`, when ``rate > 0``), and the
     translation of PostgreSQL's refusal of a written row into
-    :class:`~isolation.CrossContextAccessError`, naming the table.
+    :class:`~isolation.CrossContextAccessError`, naming the table and (from
+    ``binding``, once the startup check has read the policies) its owner columns.
     """
     from sqlalchemy import event
 
     remove_check = install_return_check(engine, rate, on_dirty) if rate > 0 else None
 
     def on_error(context: Any) -> BaseException | None:
-        return _policy_violation(context)
+        return _policy_violation(context, {} if binding is None else binding.owner_columns)
 
     event.listen(engine.sync_engine, "handle_error", on_error)
 

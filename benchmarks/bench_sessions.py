@@ -7,7 +7,11 @@ adds the scope, admission and lifecycle. Targets: at least 0.85x the anchor's
 throughput (so at most 1/0.85 = 1.18x its time per request); ``protect()`` as
 its own row (goal 0.75x); with row-level security at least 0.9x the anchor
 plus a parameterised ``set_config``. Ratios printed are of time, so lower is
-faster. PostgreSQL rows need ``ISOLATION_TEST_POSTGRES_URL``.
+faster. ``library-rls`` includes the return check (on by default: one round
+trip per return); ``library-rls-signed`` is ``row_level_security="signed"``
+(an HMAC per transaction, the bind function, the two verifying getters once
+per statement).
+PostgreSQL rows need ``ISOLATION_TEST_POSTGRES_URL``.
 Run: ``pytest benchmarks/bench_sessions.py``.
 """
 
@@ -145,5 +149,53 @@ def test_postgres(benchmark: Any, pg_box: tuple[Any, Any], shape: str, row: str)
         )
         request = _library(manager)
     run = (_sequential if shape == "sequential" else _concurrent)(request)
+    portal.call(run)
+    benchmark.pedantic(lambda: portal.call(run), rounds=5, iterations=1)
+
+
+@pytest.fixture(scope="module")
+def pg_signed_box() -> Iterator[tuple[Any, Any, bytes]]:
+    if POSTGRES_URL is None:
+        pytest.skip("ISOLATION_TEST_POSTGRES_URL is not set")
+    from sqlalchemy import text as sql_text
+
+    from isolation.sessions.postgres import rls_policy_sql, rls_signing_key_sql, rls_signing_sql
+
+    def policy(table: str, **kwargs: Any) -> list[str]:
+        schema = table.split(".", maxsplit=1)[0]
+        return [
+            *rls_signing_sql(schema=schema),
+            *rls_policy_sql(table, signed=True, schema=schema, **kwargs),
+        ]
+
+    key = os.urandom(32)
+    with anyio.from_thread.start_blocking_portal("asyncio") as portal:
+        sandbox = pg_sandbox(POSTGRES_URL, policy_sql=policy, pool_size=20, max_overflow=0)
+        with portal.wrap_async_context_manager(sandbox) as box:
+            statement, params = rls_signing_key_sql(key, schema=box.schema)
+
+            async def install() -> None:
+                async with box.admin.begin() as conn:
+                    await conn.execute(sql_text(statement), params)
+
+            portal.call(install)
+            yield portal, box, key
+
+
+@pytest.mark.parametrize("shape", ["sequential", "concurrent"])
+def test_postgres_signed(benchmark: Any, pg_signed_box: tuple[Any, Any, bytes], shape: str) -> None:
+    benchmark.group = f"sessions postgres {shape}"
+    benchmark.name = f"test_postgres[library-rls-signed-{shape}]"
+    portal, box, key = pg_signed_box
+    manager = SessionManager(
+        box.engine,
+        per_user_limit=CONCURRENT,
+        acquire_timeout=60,
+        row_level_security="signed",
+        rls_key=key,
+        rls_schema=box.schema,
+        rls_tables=[box.table],
+    )
+    run = (_sequential if shape == "sequential" else _concurrent)(_library(manager))
     portal.call(run)
     benchmark.pedantic(lambda: portal.call(run), rounds=5, iterations=1)

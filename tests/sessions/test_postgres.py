@@ -7,11 +7,10 @@ from collections.abc import AsyncIterator
 import anyio
 import pytest
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import isolation
-from isolation import ConfigurationError, UserContext
+from isolation import ConfigurationError, CrossContextAccessError, UserContext
 from isolation.report.modes._sessions import Note, Sandbox, checked_out, pg_sandbox
 from isolation.sessions import SessionManager
 from isolation.sessions.postgres import rls_policy_sql
@@ -82,9 +81,9 @@ class TestRowLevelSecurity:
             assert (await conn.execute(text("SELECT count(*) FROM isolation_notes"))).scalar() == 0
 
     async def test_writing_a_foreign_row_is_refused_by_the_policy(self, box: Sandbox) -> None:
-        """WITH CHECK refuses a row of another principal even from raw SQL."""
+        """WITH CHECK refuses a row of another principal even from raw SQL (typed)."""
         manager = manager_for(box)
-        with pytest.raises(DBAPIError, match="row-level security"):
+        with pytest.raises(CrossContextAccessError, match="row-level security"):
             async with (
                 isolation.scope(UserContext.new("alice", tenant_id="t1")),
                 manager.session() as s,

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, final
 
 import anyio
 import attrs
-from sqlalchemy import event, text
+from sqlalchemy import event
 from sqlalchemy import util as sa_util
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, AsyncSessionTransaction
@@ -67,6 +67,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
     from isolation.factories._registry import Registry
+    from isolation.sessions.postgres import Binding
 
 __all__ = ["SessionManager", "SessionStats"]
 
@@ -88,17 +89,6 @@ DEFAULT_ACQUIRE_TIMEOUT: Final = 10.0
 DEFAULT_HOLD_WARNING: Final = 30.0
 DEFAULT_CLOSE_TIMEOUT: Final = 10.0
 _UNBOUNDED_PER_USER: Final = 5
-
-_SET_CONFIG: Any = None
-
-
-def _set_config_statement() -> Any:
-    global _SET_CONFIG
-    if _SET_CONFIG is None:
-        from isolation.sessions.postgres import SET_CONFIG_SQL
-
-        _SET_CONFIG = text(SET_CONFIG_SQL)
-    return _SET_CONFIG
 
 
 @attrs.frozen(kw_only=True)
@@ -157,7 +147,7 @@ class _Owner:
     )
 
     def __init__(
-        self, scope: Scope, principal: Principal, tenancy: Tenancy | None, rls: bool
+        self, scope: Scope, principal: Principal, tenancy: Tenancy | None, rls: Binding | None
     ) -> None:
         self.scope_ref = weakref.ref(scope)
         self.principal = principal
@@ -442,18 +432,16 @@ def _on_begin(session: Session, transaction: SessionTransaction, connection: Con
     if owner is None:
         return
     owner.guard()
-    if owner.rls:
+    binding = owner.rls
+    if binding is not None:
         if connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
             raise ConfigurationError(
-                "row_level_security=True refuses an AUTOCOMMIT connection: "
+                "row_level_security refuses an AUTOCOMMIT connection: "
                 "transaction-local settings would last one statement",
                 hint="Do not set isolation_level='AUTOCOMMIT' on managed sessions",
             )
-        tenant, user = owner.principal
-        connection.execute(
-            _set_config_statement(),
-            {"user_id": user, "tenant_id": "" if tenant is None else tenant},
-        )
+        # params() refuses a tenant context where a policy binds the user alone.
+        connection.execute(binding.statement, binding.params(owner.principal))
 
 
 def _running_task() -> asyncio.Task[Any]:
@@ -688,15 +676,22 @@ class SessionManager:
         hold_warning: Seconds after which the watchdog logs and counts a block
             still open. Default 30.
         row_level_security: Bind the principal to every transaction with
-            transaction-local ``set_config`` for PostgreSQL policies (see
-            :mod:`isolation.sessions.postgres`). Default ``False``.
+            transaction-local ``set_config`` for PostgreSQL policies (``True``),
+            or with the signed binding that app SQL cannot re-bind
+            (``"signed"``, needs ``rls_key``); see
+            :mod:`isolation.sessions.postgres`. Default ``False``.
+        rls_key: The signed binding's key (32 to 64 random bytes), the one
+            installed with ``rls_signing_key_sql()``.
+        rls_schema: The schema of the signed binding's functions. Default
+            ``"isolation"``.
         rls_tables: Tables the startup check verifies besides those of
             :meth:`protect` (``"schema.table"`` or ``"table"``).
         max_sessions: The global bound. Default: the pool's size plus its
             overflow (none for an unbounded pool).
         return_check: Fraction of connection returns on which the
-            row-level security settings are checked to be empty (0 to 1).
-            Default 1 in Python's development mode (``-X dev``), else 0.
+            row-level security settings are checked to be empty (0 to 1); a
+            connection with a setting left on it (a plain ``SET``) is
+            invalidated. Default 1 (one round trip per return).
         close_timeout: Seconds :meth:`aclose` waits for open blocks. Default 10.
         watchdog_interval: Seconds between watchdog passes. Default
             ``min(hold_warning / 2, 5)``.
@@ -742,8 +737,10 @@ class SessionManager:
         per_user_limit: int | None = None,
         acquire_timeout: float = DEFAULT_ACQUIRE_TIMEOUT,
         hold_warning: float = DEFAULT_HOLD_WARNING,
-        row_level_security: bool = False,
+        row_level_security: bool | Literal["signed"] = False,
         rls_tables: Iterable[str] = (),
+        rls_key: bytes | None = None,
+        rls_schema: str = "isolation",
         max_sessions: int | None = None,
         return_check: float | None = None,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
@@ -774,9 +771,7 @@ class SessionManager:
         ):
             raise ConfigurationError(f"per_user_limit must be an int >= 1, got {per_user_limit!r}")
         if return_check is None:
-            import sys
-
-            return_check = 1.0 if sys.flags.dev_mode else 0.0
+            return_check = 1.0
         elif not isinstance(return_check, int | float) or not 0.0 <= return_check <= 1.0:
             raise ConfigurationError(f"return_check must be between 0 and 1, got {return_check!r}")
         self._engine = engine
@@ -789,14 +784,18 @@ class SessionManager:
             else _positive("watchdog_interval", watchdog_interval)
         )
         self._admission = Admission(capacity, per_user_limit)
-        self._rls = bool(row_level_security)
+        self._rls: Binding | None = None
+        if row_level_security is not False or rls_key is not None:
+            from isolation.sessions.postgres import binding_for
+
+            self._rls = binding_for(row_level_security, rls_key, rls_schema)
         self._rls_tables = tuple(rls_tables)
         if isinstance(rls_tables, str):
             raise ConfigurationError("rls_tables takes a list of table names, not one string")
         self._return_check = float(return_check)
         self._remove_return_check: Callable[[], None] | None = None
         self._tenancy: Tenancy | None = None
-        self._check_pending = self._rls
+        self._check_pending = self._rls is not None
         self._check_lock: asyncio.Lock | None = None
         self._closing = False
         self._holding: set[_Owner] = set()
@@ -812,11 +811,11 @@ class SessionManager:
         self._exhausted = 0
         self._hold_warnings = 0
         self._dirty_returns = 0
-        if self._rls and self._return_check > 0:
-            from isolation.sessions.postgres import install_return_check
+        if self._rls is not None:
+            from isolation.sessions.postgres import install_pool_hooks
 
-            self._remove_return_check = install_return_check(
-                engine, self._return_check, self._dirty_return
+            self._remove_return_check = install_pool_hooks(
+                engine, self._return_check, self._dirty_return, self._rls
             )
 
     def __repr__(self) -> str:
@@ -1241,7 +1240,9 @@ class SessionManager:
                 tables = set(self._rls_tables)
                 if self._tenancy is not None:
                     tables.update(table.fullname for table in self._tenancy.tables)
-                await check_role(self._engine, tables)
+                self._rls.user_only_tables = await check_role(
+                    self._engine, tables, binding=self._rls
+                )
             self._check_pending = False
 
     async def _watch(self) -> None:

@@ -12,37 +12,67 @@ transaction of the same session sets them again. The policies that
 :func:`rls_policy_sql` writes compare the owner columns with these settings;
 with nothing bound they match no row.
 
+Any SQL of the transaction can call ``set_config`` too, so with plain settings
+app SQL can re-bind the user (``set_config('isolation.user_id', 'bob', true)``).
+``row_level_security="signed"`` closes that: the transaction begins with
+``SELECT <schema>.isolation_bind($1, $2, $3)``, a ``SECURITY DEFINER`` function
+that checks the application's proof (an HMAC of the principal under a key the
+application holds) and stores, next to the settings, an HMAC of the principal
+and the transaction (backend pid and start time) under the same key, kept in a
+table the application role cannot read. The signed policies
+(``rls_policy_sql(..., signed=True)``) compare the owner columns with
+``isolation_user_id()`` / ``isolation_tenant_id()``, which answer ``NULL``
+unless that HMAC verifies: re-bound settings match no row.
+:func:`rls_signing_sql` and :func:`rls_signing_key_sql` write the functions and
+the key.
+
 Row-level security does not apply to superusers, to roles with ``BYPASSRLS``,
 or to a table's owner unless the table has ``FORCE ROW LEVEL SECURITY``. The
-manager checks all three before its first session and refuses to start
-otherwise (:func:`check_role`).
+manager checks all three before its first session, and reads the tables'
+policies: a permissive policy that binds no principal setting (policies are
+OR-ed, so ``USING (true)`` opens the table) is refused (:func:`check_role`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import random
 import re
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Final
+import unicodedata
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, Literal, final
 
-from isolation._errors import ConfigurationError
+import attrs
+
+from isolation._errors import ConfigurationError, CrossContextAccessError
+from isolation._redact import redact_principal
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = [
+    "Binding",
+    "PolicyRow",
     "SET_CONFIG_SQL",
+    "binding_for",
+    "check_policies",
     "check_role",
+    "install_pool_hooks",
     "install_return_check",
+    "owner_columns",
     "quote_identifier",
     "rls_policy_sql",
+    "rls_signing_key_sql",
+    "rls_signing_sql",
 ]
 
 logger = logging.getLogger("isolation.sessions")
 
 USER_SETTING: Final = "isolation.user_id"
 TENANT_SETTING: Final = "isolation.tenant_id"
+BINDING_SETTING: Final = "isolation.binding"
 
 SET_CONFIG_SQL: Final = (
     f"SELECT set_config('{USER_SETTING}', :user_id, true), "
@@ -51,19 +81,41 @@ SET_CONFIG_SQL: Final = (
 """The statement that binds the principal to the current transaction."""
 
 _RETURN_CHECK_SQL: Final = (
-    f"SELECT current_setting('{USER_SETTING}', true), current_setting('{TENANT_SETTING}', true)"
+    f"SELECT current_setting('{USER_SETTING}', true), current_setting('{TENANT_SETTING}', true), "
+    f"current_setting('{BINDING_SETTING}', true)"
 )
 
 # Type names are inlined into the policy, so only plain type names pass.
 _TYPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*( [A-Za-z_][A-Za-z0-9_]*)*(\(\d+\))?(\[\])?")
 
 POLICY_NAME: Final = "isolation_principal"
+DEFAULT_SIGNING_SCHEMA: Final = "isolation"
+KEY_TABLE: Final = "isolation_key"
+_KEY_SIZES: Final = range(32, 65)
+_BLOCK: Final = 64  # SHA-256's block size: HMAC pads the key to it
+
+# Characters an identifier must not hold: controls, format characters (bidi
+# overrides, zero-width), surrogates, private use, unassigned, line separators.
+_REFUSED_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 
 def quote_identifier(name: str) -> str:
-    """Quote one SQL identifier (double quotes, doubled inside)."""
-    if not isinstance(name, str) or not name or "\x00" in name:
+    """Quote one SQL identifier (double quotes, doubled inside).
+
+    Raises:
+        ConfigurationError: Not a non-empty string, or holding a control, bidi or
+            zero-width character (a name that reads differently from what it is).
+    """
+    if not isinstance(name, str) or not name:
         raise ConfigurationError(f"not a usable SQL identifier: {name!r}")
+    bad = [ch for ch in name if unicodedata.category(ch) in _REFUSED_CATEGORIES]
+    if bad:
+        raise ConfigurationError(
+            f"not a usable SQL identifier: {name!r} holds "
+            + ", ".join(sorted({f"U+{ord(ch):04X}" for ch in bad}))
+            + " (control, bidi or zero-width characters)",
+            hint="Use a name made of visible characters",
+        )
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -82,6 +134,10 @@ def _type_name(value: str, parameter: str) -> str:
     return value
 
 
+def _setting_sql(setting: str, type_name: str) -> str:
+    return f"NULLIF(current_setting('{setting}', true), '')::{type_name}"
+
+
 def rls_policy_sql(
     table: str,
     *,
@@ -89,6 +145,9 @@ def rls_policy_sql(
     tenant_column: str | None = None,
     user_type: str = "text",
     tenant_type: str = "text",
+    signed: bool = False,
+    schema: str = DEFAULT_SIGNING_SCHEMA,
+    stamp: bool = True,
 ) -> list[str]:
     """Return the DDL that enables, **forces** and defines row-level security on ``table``.
 
@@ -99,6 +158,15 @@ def rls_policy_sql(
     ``NULLIF(current_setting('isolation.user_id', true), '')::user_type``, and
     the same for the tenant when ``tenant_column`` is given. With no principal
     bound the settings are empty, the comparison is ``NULL``, and no row matches.
+    With ``signed=True`` the columns are compared with
+    ``(SELECT <schema>.isolation_user_id())`` (and ``isolation_tenant_id()``),
+    which answer only for a binding made by ``row_level_security="signed"``
+    (install :func:`rls_signing_sql` first).
+
+    With ``stamp`` (the default) the owner columns also get the bound principal
+    as their ``DEFAULT``: an insert that leaves them out (raw SQL, or an ORM
+    model without ``protect()``) is stamped with the current principal instead
+    of failing the policy.
 
     Args:
         table: The table, optionally schema-qualified (``"app.notes"``).
@@ -106,9 +174,13 @@ def rls_policy_sql(
         tenant_column: The column holding the owner's tenant id.
         user_type: The SQL type of ``user_column`` (the setting is cast to it).
         tenant_type: The SQL type of ``tenant_column``.
+        signed: Write the policy of the signed binding.
+        schema: Where :func:`rls_signing_sql` put the functions (``signed`` only).
+        stamp: Give the owner columns the bound principal as their default.
 
     Returns:
-        The statements, in order: enable, force, drop the old policy, create the policy.
+        The statements, in order: enable, force, drop the old policy, create the
+        policy, then (with ``stamp``) one ``ALTER COLUMN ... SET DEFAULT`` per column.
 
     Raises:
         ConfigurationError: No column given, or a name or type that cannot be used.
@@ -121,17 +193,24 @@ def rls_policy_sql(
     if user_column is None and tenant_column is None:
         raise ConfigurationError("rls_policy_sql() needs user_column=, tenant_column= or both")
     quoted = _quote_table(table)
-    conditions = []
-    if tenant_column is not None:
-        conditions.append(
-            f"{quote_identifier(tenant_column)} = NULLIF(current_setting('{TENANT_SETTING}', "
-            f"true), '')::{_type_name(tenant_type, 'tenant_type')}"
-        )
-    if user_column is not None:
-        conditions.append(
-            f"{quote_identifier(user_column)} = NULLIF(current_setting('{USER_SETTING}', "
-            f"true), '')::{_type_name(user_type, 'user_type')}"
-        )
+    functions = quote_identifier(schema) if signed else ""
+    conditions: list[str] = []
+    defaults: list[str] = []
+    for column, setting, type_name, parameter, function in (
+        (tenant_column, TENANT_SETTING, tenant_type, "tenant_type", "isolation_tenant_id"),
+        (user_column, USER_SETTING, user_type, "user_type", "isolation_user_id"),
+    ):
+        if column is None:
+            continue
+        name = _type_name(type_name, parameter)
+        q_column = quote_identifier(column)
+        if signed:
+            bound = f"(SELECT {functions}.{function}())::{name}"
+            default = f"{functions}.{function}()::{name}"
+        else:
+            bound = default = _setting_sql(setting, name)
+        conditions.append(f"{q_column} = {bound}")
+        defaults.append(f"ALTER TABLE {quoted} ALTER COLUMN {q_column} SET DEFAULT {default}")
     condition = " AND ".join(conditions)
     policy = quote_identifier(POLICY_NAME)
     return [
@@ -140,25 +219,688 @@ def rls_policy_sql(
         f"DROP POLICY IF EXISTS {policy} ON {quoted}",
         f"CREATE POLICY {policy} ON {quoted} AS PERMISSIVE FOR ALL "
         f"USING ({condition}) WITH CHECK ({condition})",
+        *(defaults if stamp else ()),
     ]
 
 
-async def check_role(engine: AsyncEngine, tables: Iterable[str]) -> None:
-    """Refuse a connecting role that row-level security would not restrict.
+# -- the signed binding -----------------------------------------------------------
+
+
+def _frame_sql(expression: str) -> str:
+    """A value as ``<length>:<value>`` (SQL side of :func:`_frame`): unambiguous concatenation."""
+    return f"length({expression})::text || ':' || {expression}"
+
+
+def _frame(value: str) -> str:
+    return f"{len(value)}:{value}"
+
+
+def _mac_sql(message: str) -> str:
+    """HMAC-SHA256 of ``message`` (UTF-8) with the key row ``k``, in hex, from built-ins.
+
+    The key table holds the key already XOR-ed with HMAC's two pads, so
+    ``sha256(outer || sha256(inner || m))`` is the HMAC, without pgcrypto.
+    """
+    return (
+        "pg_catalog.encode(pg_catalog.sha256(k.outer_pad || pg_catalog.sha256(k.inner_pad || "
+        f"pg_catalog.convert_to({message}, 'UTF8'))), 'hex')"
+    )
+
+
+def _same_sql(left: str, right: str) -> str:
+    # Hashing both sides first: the comparison's timing says nothing about either.
+    return (
+        f"pg_catalog.sha256(pg_catalog.convert_to({left}, 'UTF8')) = "
+        f"pg_catalog.sha256(pg_catalog.convert_to({right}, 'UTF8'))"
+    )
+
+
+_TXN_SQL: Final = (
+    "'txn|' || pg_catalog.pg_backend_pid()::text || ':' || "
+    "pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.transaction_timestamp()) "
+    "* 1000000)::bigint::text || '|'"
+)
+
+
+def rls_signing_sql(*, schema: str = DEFAULT_SIGNING_SCHEMA) -> list[str]:
+    """Return the DDL of the signed binding: its schema, key table and functions.
+
+    Run it as the migration role (the tables' owner), never as the application
+    role, then install the key with :func:`rls_signing_key_sql` and write the
+    policies with ``rls_policy_sql(..., signed=True)``. It creates, in ``schema``:
+
+    - ``isolation_key``: one row, the key XOR-ed with HMAC's pads; ``REVOKE ALL
+      FROM PUBLIC``, so the application role can neither read nor write it.
+    - ``isolation_bind(user_id, tenant_id, proof)``: ``SECURITY DEFINER``;
+      checks ``proof`` (an HMAC of the principal that only the key's holder can
+      compute), then sets the two settings and ``isolation.binding``, an HMAC of
+      the principal, the backend's pid and the transaction's start time, all
+      transaction-local. A wrong proof raises ``insufficient_privilege``.
+    - ``isolation_bound()``: whether ``isolation.binding`` verifies for the
+      current settings and transaction.
+    - ``isolation_user_id()``, ``isolation_tenant_id()``: the settings when the
+      binding verifies, else ``NULL`` (so a re-bound setting matches no row).
+
+    Every function runs with ``search_path = pg_catalog, pg_temp`` and names
+    everything it uses, so the caller's ``search_path`` cannot redirect it.
+
+    Raises:
+        ConfigurationError: A schema name that cannot be used.
+    """
+    s = quote_identifier(schema)
+    key = f"{s}.{KEY_TABLE}"
+    header = "SECURITY DEFINER SET search_path = pg_catalog, pg_temp"
+    principal = f"{_frame_sql('p_tenant')} || {_frame_sql('p_user')}"
+    user_now = f"pg_catalog.current_setting('{USER_SETTING}', true)"
+    tenant_now = f"pg_catalog.current_setting('{TENANT_SETTING}', true)"
+    principal_now = f"{_frame_sql(tenant_now)} || {_frame_sql(user_now)}"
+    proof_ok = _same_sql("p_proof", _mac_sql(f"'bind|' || {principal}"))
+    binding = _mac_sql(f"{_TXN_SQL} || {principal}")
+    binding_ok = _same_sql(
+        f"pg_catalog.current_setting('{BINDING_SETTING}', true)",
+        _mac_sql(f"{_TXN_SQL} || {principal_now}"),
+    )
+    # Every name below is quoted by quote_identifier() or is our own constant.
+    bind = (
+        f"CREATE OR REPLACE FUNCTION {s}.isolation_bind(p_user text, p_tenant text, "  # noqa: S608 - quoted names
+        f"p_proof text) RETURNS boolean LANGUAGE plpgsql VOLATILE {header} AS $isolation$\n"
+        "DECLARE k record;\n"
+        "BEGIN\n"
+        f"  SELECT inner_pad, outer_pad INTO k FROM {key} WHERE id = 1;\n"
+        "  IF NOT FOUND OR p_user IS NULL OR p_user = '' OR p_tenant IS NULL "
+        f"OR p_proof IS NULL OR NOT ({proof_ok}) THEN\n"
+        "    RAISE EXCEPTION 'isolation: the principal binding was refused'\n"
+        "      USING ERRCODE = 'insufficient_privilege';\n"
+        "  END IF;\n"
+        f"  PERFORM pg_catalog.set_config('{USER_SETTING}', p_user, true),\n"
+        f"    pg_catalog.set_config('{TENANT_SETTING}', p_tenant, true),\n"
+        f"    pg_catalog.set_config('{BINDING_SETTING}', {binding}, true);\n"
+        "  RETURN true;\n"
+        "END\n$isolation$"
+    )
+    bound = (
+        f"CREATE OR REPLACE FUNCTION {s}.isolation_bound() RETURNS boolean "  # noqa: S608 - quoted names
+        f"LANGUAGE sql STABLE {header} AS $isolation$\n"
+        f"  SELECT COALESCE((SELECT {binding_ok} FROM {key} k WHERE k.id = 1), false)\n"
+        "$isolation$"
+    )
+    # The getters repeat the check rather than call isolation_bound() (a SECURITY
+    # DEFINER function calling another costs several times as much), in PL/pgSQL,
+    # whose plans a session keeps (a SQL function's body is planned per statement).
+    getters = [
+        f"CREATE OR REPLACE FUNCTION {s}.{function}() RETURNS text "  # noqa: S608 - quoted names
+        f"LANGUAGE plpgsql STABLE {header} AS $isolation$\n"
+        "DECLARE k record;\n"
+        "BEGIN\n"
+        f"  SELECT inner_pad, outer_pad INTO k FROM {key} WHERE id = 1;\n"
+        f"  IF FOUND AND {binding_ok} THEN\n"
+        f"    RETURN NULLIF({now}, '');\n"
+        "  END IF;\n"
+        "  RETURN NULL;\n"
+        "END\n$isolation$"
+        for function, now in (("isolation_user_id", user_now), ("isolation_tenant_id", tenant_now))
+    ]
+    return [
+        f"CREATE SCHEMA IF NOT EXISTS {s}",
+        f"CREATE TABLE IF NOT EXISTS {key} (id integer PRIMARY KEY CHECK (id = 1), "
+        f"inner_pad bytea NOT NULL CHECK (length(inner_pad) = {_BLOCK}), "
+        f"outer_pad bytea NOT NULL CHECK (length(outer_pad) = {_BLOCK}))",
+        f"REVOKE ALL ON {key} FROM PUBLIC",
+        bind,
+        bound,
+        *getters,
+        f"GRANT USAGE ON SCHEMA {s} TO PUBLIC",
+    ]
+
+
+def _signing_key(key: object) -> bytes:
+    if not isinstance(key, bytes | bytearray) or len(key) not in _KEY_SIZES:
+        raise ConfigurationError(
+            "the row-level security signing key must be 32 to 64 random bytes",
+            hint="Generate one with secrets.token_bytes(32) and keep it with your other secrets",
+        )
+    if len(set(key)) < 8:
+        raise ConfigurationError(
+            "the row-level security signing key has too few distinct bytes to be random",
+            hint="Generate one with secrets.token_bytes(32)",
+        )
+    return bytes(key)
+
+
+def rls_signing_key_sql(
+    key: bytes, *, schema: str = DEFAULT_SIGNING_SCHEMA
+) -> tuple[str, dict[str, bytes]]:
+    """Return the statement (with bind parameters) that installs or replaces the signing key.
+
+    The key travels as parameters, never in the statement's text (which logs and
+    ``pg_stat_statements`` may keep). Run it as the migration role::
+
+        statement, params = rls_signing_key_sql(key)
+        await conn.execute(sqlalchemy.text(statement), params)
+        # Alembic: op.execute(sa.text(statement).bindparams(**params))
+
+    Raises:
+        ConfigurationError: A key that is not 32 to 64 random bytes, or a bad schema name.
+    """
+    padded = _signing_key(key).ljust(_BLOCK, b"\x00")
+    inner = bytes(b ^ 0x36 for b in padded)
+    outer = bytes(b ^ 0x5C for b in padded)
+    table = f"{quote_identifier(schema)}.{KEY_TABLE}"
+    return (
+        f"INSERT INTO {table} (id, inner_pad, outer_pad) VALUES (1, :inner_pad, :outer_pad) "  # noqa: S608 - a quoted name
+        "ON CONFLICT (id) DO UPDATE SET inner_pad = EXCLUDED.inner_pad, "
+        "outer_pad = EXCLUDED.outer_pad",
+        {"inner_pad": inner, "outer_pad": outer},
+    )
+
+
+def binding_for(
+    row_level_security: bool | Literal["signed"], key: bytes | None, schema: str
+) -> Binding | None:
+    """The binding of a manager's ``row_level_security`` option, or ``None`` when off.
+
+    Raises:
+        ConfigurationError: An unknown option, a key without the signed mode (or
+            the reverse), a bad key or schema name.
+    """
+    if row_level_security is False:
+        if key is not None:
+            raise ConfigurationError('rls_key= is used only with row_level_security="signed"')
+        return None
+    return Binding(row_level_security, key=key, schema=schema)
+
+
+class _Proof(str):
+    """The bind proof: a ``str`` for the driver, redacted wherever it is printed
+    (SQLAlchemy's ``echo`` and the parameters an error message shows)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'<isolation: redacted proof>'"
+
+
+@final
+class Binding:
+    """How a :class:`~isolation.sessions.SessionManager` binds the principal to a transaction.
+
+    Built from the manager's ``row_level_security`` option: plain settings
+    (``True``) or the signed binding (``"signed"``, with the key). The startup
+    check records the tables whose policies bind the user alone; a context with
+    a tenant is then refused at the start of each transaction, as ``protect()``
+    refuses it.
+    """
+
+    __slots__ = (
+        "_key",
+        "_statement",
+        "owner_columns",
+        "schema",
+        "signed",
+        "statement_sql",
+        "user_only_tables",
+    )
+
+    def __init__(self, mode: bool | Literal["signed"], *, key: bytes | None, schema: str) -> None:
+        if mode == "signed":
+            if key is None:
+                raise ConfigurationError(
+                    'row_level_security="signed" needs rls_key=, the key installed with '
+                    "rls_signing_key_sql()"
+                )
+            self._key: bytes | None = _signing_key(key)
+            self.signed = True
+            self.statement_sql = (
+                f"SELECT {quote_identifier(schema)}.isolation_bind(:user_id, :tenant_id, :proof)"
+            )
+        elif mode is True:
+            if key is not None:
+                raise ConfigurationError('rls_key= is used only with row_level_security="signed"')
+            self._key = None
+            self.signed = False
+            self.statement_sql = SET_CONFIG_SQL
+        else:
+            raise ConfigurationError(
+                'row_level_security takes False, True or "signed", got ' + repr(mode)
+            )
+        quote_identifier(schema)
+        self.schema = schema
+        self.user_only_tables: tuple[str, ...] = ()
+        # Per table name (unqualified, as PostgreSQL's errors give it): the owner
+        # columns its policies bind, read by the startup check.
+        self.owner_columns: dict[str, tuple[str, ...]] = {}
+        self._statement: Any = None
+
+    def __repr__(self) -> str:
+        return f"<isolation.sessions.postgres.Binding {'signed' if self.signed else 'plain'}>"
+
+    @property
+    def statement(self) -> Any:
+        """The binding statement, compiled once (a SQLAlchemy ``text()``)."""
+        statement = self._statement
+        if statement is None:
+            from sqlalchemy import text
+
+            statement = self._statement = text(self.statement_sql)
+        return statement
+
+    def proof(self, tenant: str, user: str) -> str:
+        """The HMAC that ``isolation_bind`` checks for this principal (signed mode)."""
+        key = self._key
+        if key is None:
+            raise ConfigurationError("a plain binding has no proof")
+        message = f"bind|{_frame(tenant)}{_frame(user)}".encode()
+        return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+    def params(self, principal: tuple[str | None, str]) -> dict[str, str]:
+        """The binding statement's parameters for ``principal``.
+
+        Raises:
+            ConfigurationError: The context has a tenant, and the policies of
+                some table bind the user alone (the same user id in another
+                tenant would see those rows).
+        """
+        tenant, user = principal
+        if tenant is not None and self.user_only_tables:
+            raise ConfigurationError(
+                "the row-level security policies of "
+                + ", ".join(self.user_only_tables)
+                + f" bind the user alone, but the bound context of {redact_principal(principal)} "
+                "has a tenant: the same user id in another tenant would see these rows",
+                hint="Bind the tenant column too: rls_policy_sql(table, user_column=..., "
+                "tenant_column=...)",
+            )
+        tenant_value = "" if tenant is None else tenant
+        if not self.signed:
+            return {"user_id": user, "tenant_id": tenant_value}
+        proof = _Proof(self.proof(tenant_value, user))
+        return {"user_id": user, "tenant_id": tenant_value, "proof": proof}
+
+
+# -- reading the policies --------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class PolicyRow:
+    """One policy of a table, as ``pg_policy`` holds it (expressions deparsed).
+
+    Attributes:
+        name: The policy's name.
+        permissive: ``PERMISSIVE`` (OR-ed with the others) or ``RESTRICTIVE`` (AND-ed).
+        command: ``"r"`` SELECT, ``"a"`` INSERT, ``"w"`` UPDATE, ``"d"`` DELETE, ``"*"`` ALL.
+        using: The ``USING`` expression, or ``None``.
+        check: The ``WITH CHECK`` expression, or ``None``.
+    """
+
+    name: str
+    permissive: bool
+    command: str
+    using: str | None
+    check: str | None
+
+
+_COMMANDS: Final = {"r": "SELECT", "a": "INSERT", "w": "UPDATE", "d": "DELETE"}
+_USER: Final = "user"
+_TENANT: Final = "tenant"
+
+# Casts pg_get_expr writes (``''::text``, ``(owner)::character varying``).
+_CAST = re.compile(
+    r"::(?:\"[^\"]+\"|(?:character varying|double precision|bit varying|"
+    r"timestamp with(?:out)? time zone|time with(?:out)? time zone|[a-z_][a-z0-9_]*)"
+    r"(?:\(\d+(?:,\s*\d+)?\))?(?:\[\])?)"
+)
+_COLUMN = re.compile(r'[a-z_][a-z0-9_$]*|"(?:[^"]|"")+"')
+_SIGNED_FUNCTION = re.compile(
+    r'(?:(?:[a-z_][a-z0-9_$]*|"(?:[^"]|"")+")\.)?isolation_(user|tenant)_id\(\)'
+)
+
+
+def _plain_forms(setting: str) -> frozenset[str]:
+    read = f"current_setting('{setting}'"
+    return frozenset({f"{read})", f"{read},true)", f"{read},false)", f"NULLIF({read},true),'')"})
+
+
+_PLAIN_FORMS: Final = {_USER: _plain_forms(USER_SETTING), _TENANT: _plain_forms(TENANT_SETTING)}
+
+
+def _scan(text: str) -> list[tuple[int, int]]:
+    """``(index, depth)`` of every character outside quotes (depth of parentheses)."""
+    out: list[tuple[int, int]] = []
+    depth = 0
+    quote: str | None = None
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if quote is not None:
+            if ch == quote:
+                if i + 1 < len(text) and text[i + 1] == quote:
+                    i += 2
+                    continue
+                quote = None
+        elif ch in "'\"":
+            quote = ch
+        else:
+            if ch == ")":
+                depth -= 1
+            out.append((i, depth))
+            if ch == "(":
+                depth += 1
+        i += 1
+    return out
+
+
+def _split(text: str, separator: str) -> list[str]:
+    """``text`` split at ``separator`` where it stands outside parentheses and quotes."""
+    parts: list[str] = []
+    start = 0
+    skip_to = -1
+    for i, depth in _scan(text):
+        if i < skip_to or depth != 0:
+            continue
+        if text.startswith(separator, i):
+            parts.append(text[start:i])
+            start = skip_to = i + len(separator)
+    parts.append(text[start:])
+    return parts
+
+
+def _unwrap(text: str) -> str:
+    """``text`` without the parentheses that enclose all of it."""
+    text = text.strip()
+    while text.startswith("(") and text.endswith(")"):
+        scanned = _scan(text)
+        # The opening parenthesis closes only at the very end: it wraps everything.
+        if any(depth == 0 and text[i] == ")" for i, depth in scanned[:-1]):
+            break
+        text = text[1:-1].strip()
+    return text
+
+
+def _squash(text: str) -> str:
+    """A side of a comparison reduced to compare with the known forms: no casts, no
+    enclosing parentheses, no scalar ``SELECT ... AS x`` wrapper, no blanks."""
+    text = _unwrap(_CAST.sub("", _unwrap(text)))
+    if text.startswith("SELECT "):
+        body = _split(text[len("SELECT ") :], " AS ")
+        if len(body) == 2:
+            text = _unwrap(body[0])
+    return re.sub(r"\s", "", text)
+
+
+def _binds(expression: str | None) -> tuple[frozenset[str], frozenset[str]]:
+    """What an expression binds: the principal parts compared with the raw settings,
+    and those compared with the signed binding's functions.
+
+    A part is bound when a conjunct at the top level compares a column with
+    the part's setting (``col = NULLIF(current_setting('isolation.user_id',
+    true), '')`` and its casts), or with ``isolation_user_id()``. A
+    disjunction, a ``CASE`` or anything else binds nothing.
+    """
+    if expression is None:
+        return frozenset(), frozenset()
+    raw: set[str] = set()
+    functions: set[str] = set()
+    for conjunct in _split(_unwrap(expression), " AND "):
+        sides = _split(_unwrap(conjunct), " = ")
+        if len(sides) != 2:
+            continue
+        left, right = (_squash(side) for side in sides)
+        for column, value in ((left, right), (right, left)):
+            if not _COLUMN.fullmatch(column):
+                continue
+            signed_match = _SIGNED_FUNCTION.fullmatch(value)
+            if signed_match is not None:
+                functions.add(signed_match.group(1))
+                continue
+            for part, forms in _PLAIN_FORMS.items():
+                if value in forms:
+                    raw.add(part)
+    return frozenset(raw), frozenset(functions)
+
+
+def owner_columns(rows: Sequence[PolicyRow]) -> tuple[str, ...]:
+    """The columns the permissive policies compare with a principal setting, sorted."""
+    columns: set[str] = set()
+    for row in rows:
+        if not row.permissive:
+            continue
+        for expression in (row.using, row.check):
+            if expression is None:
+                continue
+            for conjunct in _split(_unwrap(expression), " AND "):
+                sides = [_squash(side) for side in _split(_unwrap(conjunct), " = ")]
+                if len(sides) != 2:
+                    continue
+                for column, value in (sides, sides[::-1]):
+                    bound = _SIGNED_FUNCTION.fullmatch(value) is not None or any(
+                        value in forms for forms in _PLAIN_FORMS.values()
+                    )
+                    if bound and _COLUMN.fullmatch(column):
+                        columns.add(column.strip('"').replace('""', '"'))
+    return tuple(sorted(columns))
+
+
+def _expressions(row: PolicyRow, command: str) -> list[str | None] | None:
+    """The expressions of ``row`` that apply to ``command``, or ``None`` if it does not."""
+    if row.command not in (command, "*"):
+        return None
+    if command in ("r", "d"):
+        return [row.using]
+    if command == "a":
+        return [row.check if row.check is not None else row.using]
+    return [row.using, row.check if row.check is not None else row.using]
+
+
+def _names(parts: frozenset[str]) -> str:
+    return (
+        " and ".join(
+            setting
+            for part, setting in ((_USER, USER_SETTING), (_TENANT, TENANT_SETTING))
+            if part in parts
+        )
+        or "no principal setting"
+    )
+
+
+def check_policies(
+    table: str, rows: Sequence[PolicyRow], *, signed: bool = False
+) -> tuple[list[str], bool]:
+    """Decide whether the policies that apply to the role confine it to its principal.
+
+    Per command (SELECT, INSERT, UPDATE, DELETE): restrictive policies AND
+    their bindings onto every permissive one; permissive policies are OR-ed, so
+    each must bind all that the table's policies bind (user and tenant, the
+    user alone, or the tenant alone for a tenant-shared table), whatever its
+    command. Refused: a permissive policy that binds no principal setting
+    (``USING (true)``, a disjunction), one that binds less than the table's
+    level (it widens it, or plants rows), and, when ``signed``, one that reads
+    the raw settings (app SQL can re-bind them).
+
+    Returns:
+        The problems found (one line each, naming the table and the policy),
+        and whether the table binds the user without the tenant (a context
+        with a tenant must then be refused).
+    """
+    problems: list[str] = []
+    named: set[str] = set()
+    by_command: dict[str, list[tuple[PolicyRow, frozenset[str]]]] = {}
+
+    def problem(policy: str, text: str) -> None:
+        if policy not in named:
+            named.add(policy)
+            problems.append(f"the policy {policy!r} on {table!r} {text}")
+
+    for command, verb in _COMMANDS.items():
+        floor: set[str] = set()
+        permissive: list[tuple[PolicyRow, frozenset[str]]] = []
+        for row in rows:
+            expressions = _expressions(row, command)
+            if expressions is None:
+                continue
+            bound: frozenset[str] | None = None
+            for expression in expressions:
+                raw, functions = _binds(expression)
+                verified, other = (functions, raw) if signed else (raw, functions)
+                # A restrictive policy on the raw settings only narrows: harmless when signed.
+                if other and signed and row.permissive:
+                    problem(
+                        row.name,
+                        f"reads {_names(other)} directly: with row_level_security="
+                        '"signed" the policy must compare with isolation_user_id() / '
+                        "isolation_tenant_id() (rls_policy_sql(..., signed=True)), or app "
+                        "SQL can re-bind the setting",
+                    )
+                elif other and not signed:
+                    problem(
+                        row.name,
+                        "compares with the signed binding's functions, which answer NULL "
+                        'here: connect with row_level_security="signed"',
+                    )
+                bound = verified if bound is None else bound & verified
+            if row.permissive:
+                permissive.append((row, bound or frozenset()))
+            else:
+                floor |= bound or frozenset()
+        # No permissive policy: this command reaches no row.
+        by_command[verb] = [(row, bound | floor) for row, bound in permissive]
+    # Per user or per tenant, the table has one level: every command's policies bind
+    # all of it (reads bound to the user, inserts to the tenant alone, plant rows).
+    strongest = frozenset[str]().union(
+        *(bound for effective in by_command.values() for _, bound in effective)
+    )
+    for verb, effective in by_command.items():
+        for row, bound in effective:
+            if not bound:
+                problem(
+                    row.name,
+                    f"lets {verb} reach rows without binding {USER_SETTING}: permissive "
+                    "policies are OR-ed, so it opens the table to every principal",
+                )
+            elif bound != strongest:
+                problem(
+                    row.name,
+                    f"binds only {_names(bound)} for {verb}, while the table's policies "
+                    f"bind {_names(strongest)}: permissive policies are OR-ed, so it "
+                    "widens them",
+                )
+    user_only = strongest == {_USER}
+    return problems, user_only
+
+
+_POLICIES_SQL: Final = (
+    "SELECT p.polname, p.polpermissive, p.polcmd, pg_get_expr(p.polqual, p.polrelid), "
+    "pg_get_expr(p.polwithcheck, p.polrelid) FROM pg_policy p "
+    "WHERE p.polrelid = to_regclass(:name) AND (0 = ANY(p.polroles) OR EXISTS "
+    "(SELECT 1 FROM unnest(p.polroles) r WHERE pg_has_role(current_user, r, 'MEMBER'))) "
+    "ORDER BY p.polname"
+)
+
+
+async def _signing_problems(conn: Any, binding: Binding, role: str) -> list[str]:
+    """Why the signed binding would not hold for this role (functions, key, key table)."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    schema = quote_identifier(binding.schema)
+    problems: list[str] = []
+    row = (
+        await conn.execute(
+            text(
+                "SELECT k.oid IS NOT NULL, "
+                "k.oid IS NOT NULL AND (pg_has_role(current_user, k.relowner, 'MEMBER') "
+                "OR has_table_privilege(current_user, k.oid, "
+                "'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER')), "
+                "b.oid IS NOT NULL AND u.oid IS NOT NULL AND t.oid IS NOT NULL "
+                "AND v.oid IS NOT NULL, "
+                "COALESCE(bp.prosecdef AND vp.prosecdef AND up.prosecdef AND tp.prosecdef, false), "
+                "COALESCE(pg_has_role(current_user, bp.proowner, 'MEMBER') "
+                "OR pg_has_role(current_user, vp.proowner, 'MEMBER') "
+                "OR pg_has_role(current_user, up.proowner, 'MEMBER') "
+                "OR pg_has_role(current_user, tp.proowner, 'MEMBER') "
+                "OR pg_has_role(current_user, n.nspowner, 'MEMBER') "
+                "OR has_schema_privilege(current_user, n.oid, 'CREATE'), false) "
+                "FROM (SELECT to_regclass(:key) AS oid) k0 "
+                "LEFT JOIN pg_class k ON k.oid = k0.oid "
+                "CROSS JOIN (SELECT to_regprocedure(:bind) AS oid) b "
+                "CROSS JOIN (SELECT to_regprocedure(:bound) AS oid) v "
+                "CROSS JOIN (SELECT to_regprocedure(:user) AS oid) u "
+                "CROSS JOIN (SELECT to_regprocedure(:tenant) AS oid) t "
+                "LEFT JOIN pg_proc bp ON bp.oid = b.oid LEFT JOIN pg_proc vp ON vp.oid = v.oid "
+                "LEFT JOIN pg_proc up ON up.oid = u.oid LEFT JOIN pg_proc tp ON tp.oid = t.oid "
+                "LEFT JOIN pg_namespace n ON n.nspname = :schema"
+            ),
+            {
+                "key": f"{schema}.{KEY_TABLE}",
+                "bind": f"{schema}.isolation_bind(text,text,text)",
+                "bound": f"{schema}.isolation_bound()",
+                "user": f"{schema}.isolation_user_id()",
+                "tenant": f"{schema}.isolation_tenant_id()",
+                "schema": binding.schema,
+            },
+        )
+    ).one()
+    has_key_table, key_reachable, has_functions, definer, owns = (bool(v) for v in row)
+    where = f"schema {binding.schema!r}"
+    if not has_key_table or not has_functions:
+        return [
+            f"the signed binding is not installed in the {where} (run rls_signing_sql() "
+            "and rls_signing_key_sql() as the migration role)"
+        ]
+    if key_reachable:
+        problems.append(
+            f"the role {role!r} can read, write or owns the signing key table of the {where}"
+        )
+    if not definer:
+        problems.append(f"the signed binding's functions in the {where} are not SECURITY DEFINER")
+    if owns:
+        problems.append(
+            f"the role {role!r} owns or may create in the {where}, or owns the signed "
+            "binding's functions, so it could replace or shadow them"
+        )
+    if problems:
+        return problems
+    # The application's key must be the database's: bind a probe principal once.
+    probe = binding.params((None, "isolation-startup-probe"))
+    try:
+        async with conn.begin_nested():
+            await conn.execute(text(binding.statement_sql), probe)
+            bound = (await conn.execute(text(f"SELECT {schema}.isolation_user_id()"))).scalar()
+    except DBAPIError:
+        bound = None
+    if bound != "isolation-startup-probe":
+        problems.append(
+            f"the rls_key given does not match the signing key installed in the {where}"
+        )
+    return problems
+
+
+async def check_role(
+    engine: AsyncEngine, tables: Iterable[str], *, binding: Binding | None = None
+) -> tuple[str, ...]:
+    """Refuse a connecting role, or policies, that row-level security would not restrict.
 
     Checks that the engine is PostgreSQL and not in autocommit, that its role
     is neither a superuser nor ``BYPASSRLS``, and that every table in
     ``tables`` exists, has row-level security enabled, and is not owned by the
     role (or by a role it inherits) unless the table forces row-level security.
+    Then reads the policies that apply to the role (``pg_policy``) and refuses
+    those that do not confine it to its principal (:func:`check_policies`).
+    With a signed ``binding``, also checks that the functions and the key are
+    installed, the key table is out of the role's reach, and the key matches.
+
+    Returns:
+        The tables whose policies bind the user without the tenant.
 
     Raises:
         ConfigurationError: Naming every problem found.
     """
     from sqlalchemy import text
 
+    signed = binding is not None and binding.signed
+    option = 'row_level_security="signed"' if signed else "row_level_security=True"
     if engine.dialect.name != "postgresql":
         raise ConfigurationError(
-            f"row_level_security=True needs PostgreSQL, this engine is {engine.dialect.name!r}",
+            f"{option} needs PostgreSQL, this engine is {engine.dialect.name!r}",
             hint="Use protect() for the ORM filter on other databases",
         )
     if (
@@ -166,11 +908,12 @@ async def check_role(engine: AsyncEngine, tables: Iterable[str]) -> None:
         or engine.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
     ):
         raise ConfigurationError(
-            "row_level_security=True refuses an AUTOCOMMIT engine: transaction-local "
+            f"{option} refuses an AUTOCOMMIT engine: transaction-local "
             "settings would last one statement",
             hint="Create the engine without isolation_level='AUTOCOMMIT'",
         )
     problems: list[str] = []
+    user_only: list[str] = []
     async with engine.connect() as conn:
         row = (
             await conn.execute(
@@ -202,31 +945,53 @@ async def check_role(engine: AsyncEngine, tables: Iterable[str]) -> None:
             enabled, forced, owns = bool(found[0]), bool(found[1]), bool(found[2])
             if not enabled:
                 problems.append(f"the table {table!r} does not have row-level security enabled")
-            elif owns and not forced:
+                continue
+            if owns and not forced:
                 problems.append(
                     f"the role {role!r} owns the table {table!r}, which does not FORCE "
                     "row-level security"
                 )
+            rows = [
+                PolicyRow(
+                    name=str(r[0]),
+                    permissive=bool(r[1]),
+                    command=r[2].decode() if isinstance(r[2], bytes) else str(r[2]),
+                    using=None if r[3] is None else str(r[3]),
+                    check=None if r[4] is None else str(r[4]),
+                )
+                for r in (await conn.execute(text(_POLICIES_SQL), {"name": table})).all()
+            ]
+            found_problems, binds_user_only = check_policies(table, rows, signed=signed)
+            if binding is not None:
+                binding.owner_columns[table.rsplit(".", 1)[-1]] = owner_columns(rows)
+            problems += found_problems
+            if binds_user_only:
+                user_only.append(table)
+        if signed and binding is not None and not superuser:
+            problems += await _signing_problems(conn, binding, role)
         await conn.rollback()
     if problems:
         raise ConfigurationError(
             "row-level security would not restrict this engine's role: " + "; ".join(problems),
             hint=(
                 "Connect as a LOGIN role that is not a superuser, has NOBYPASSRLS and does "
-                "not own the tables, and apply rls_policy_sql() to each table"
+                "not own the tables, apply rls_policy_sql() to each table, and drop or "
+                "narrow (TO another_role) the permissive policies named"
             ),
         )
+    return tuple(user_only)
 
 
 def install_return_check(
-    engine: AsyncEngine, rate: float, on_dirty: Callable[[tuple[Any, Any]], None]
+    engine: AsyncEngine, rate: float, on_dirty: Callable[[tuple[Any, ...]], None]
 ) -> Callable[[], None]:
-    """Check, on a sample of returns to the pool, that both settings are empty.
+    """Check, on a sample of returns to the pool, that the principal settings are empty.
 
-    A connection that comes back with ``isolation.user_id`` or
-    ``isolation.tenant_id`` still set (a plain ``SET`` somewhere, or a
-    transaction left open) is invalidated, never reused, and reported to
-    ``on_dirty``. The check costs one round trip per sampled return.
+    A connection that comes back with ``isolation.user_id``,
+    ``isolation.tenant_id`` or ``isolation.binding`` still set (a plain ``SET``
+    somewhere, or a transaction left open) is invalidated, never reused, and
+    reported to ``on_dirty``. The check costs one round trip per sampled return
+    (it runs outside a transaction where the driver adapter has ``autocommit``).
 
     Returns:
         A function that removes the check.
@@ -241,18 +1006,27 @@ def install_return_check(
             # Returned by the garbage collector, outside any await: cannot query here.
             return
         try:
-            cursor = dbapi_connection.cursor()
-            cursor.execute(_RETURN_CHECK_SQL)
-            found = cursor.fetchone()
-            cursor.close()
-            dbapi_connection.rollback()
+            # Outside a transaction: one round trip, not BEGIN + SELECT + ROLLBACK.
+            autocommit = getattr(dbapi_connection, "autocommit", None)
+            if autocommit is False:
+                dbapi_connection.autocommit = True
+            try:
+                cursor = dbapi_connection.cursor()
+                cursor.execute(_RETURN_CHECK_SQL)
+                found = cursor.fetchone()
+                cursor.close()
+            finally:
+                if autocommit is False:
+                    dbapi_connection.autocommit = False
+            if autocommit is not False:
+                dbapi_connection.rollback()
         except Exception:
             logger.warning("the row-level security return check failed", exc_info=True)
             record.invalidate()
             return
         if found is None:
             return
-        values = (found[0], found[1])
+        values = tuple(found)
         if any(value not in (None, "") for value in values):
             logger.error(
                 "a connection returned to the pool with row-level security settings still set",
@@ -265,5 +1039,70 @@ def install_return_check(
 
     def remove() -> None:
         event.remove(engine.sync_engine.pool, "checkin", on_checkin)
+
+    return remove
+
+
+# PostgreSQL's wordings: "... policy for table", "... policy \"name\" for table",
+# "... policy (USING expression) for table".
+_POLICY_VIOLATION = re.compile(
+    r'violates row-level security policy(?: "[^"]*")?(?: \(USING expression\))? '
+    r'for table "([^"]+)"'
+)
+
+
+def _policy_violation(
+    context: Any, columns: Mapping[str, tuple[str, ...]]
+) -> CrossContextAccessError | None:
+    """A typed error for PostgreSQL's refusal of a written row (``WITH CHECK``), else ``None``."""
+    error: BaseException | None = context.original_exception
+    while error is not None:
+        found = _POLICY_VIOLATION.search(str(error))
+        if found is not None:
+            table = found.group(1)
+            owners = columns.get(table, ())
+            which = (
+                "its owner columns (" + ", ".join(owners) + ")" if owners else "its owner columns"
+            )
+            return CrossContextAccessError(
+                f"a row written to {table!r} does not belong to the bound principal, so its "
+                f"row-level security policy refused it: {which} were left NULL or set to "
+                "another user or tenant",
+                hint=(
+                    "Leave the owner columns out of the INSERT (rls_policy_sql() makes the bound "
+                    "principal their default; in an ORM model declare them with "
+                    "server_default=FetchedValue()), or protect() the model to stamp them"
+                ),
+            )
+        error = error.__cause__
+    return None
+
+
+def install_pool_hooks(
+    engine: AsyncEngine,
+    rate: float,
+    on_dirty: Callable[[tuple[Any, ...]], None],
+    binding: Binding | None = None,
+) -> Callable[[], None]:
+    """Install what a row-level security manager adds to its engine; return the remover.
+
+    The return check (:func:`install_return_check`, when ``rate > 0``), and the
+    translation of PostgreSQL's refusal of a written row into
+    :class:`~isolation.CrossContextAccessError`, naming the table and (from
+    ``binding``, once the startup check has read the policies) its owner columns.
+    """
+    from sqlalchemy import event
+
+    remove_check = install_return_check(engine, rate, on_dirty) if rate > 0 else None
+
+    def on_error(context: Any) -> BaseException | None:
+        return _policy_violation(context, {} if binding is None else binding.owner_columns)
+
+    event.listen(engine.sync_engine, "handle_error", on_error)
+
+    def remove() -> None:
+        event.remove(engine.sync_engine, "handle_error", on_error)
+        if remove_check is not None:
+            remove_check()
 
     return remove

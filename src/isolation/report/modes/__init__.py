@@ -17,6 +17,7 @@ MODULES = (
     "isolation.report.modes.fm01_sessions",
     "isolation.report.modes.fm01_orm_paths",
     "isolation.report.modes.fm01_leaked_session",
+    "isolation.report.modes.fm01_rls_policies",
     "isolation.report.modes.fm02_pool",
     "isolation.report.modes.fm03_expiry",
     "isolation.report.modes.fm04_rollback",

@@ -40,6 +40,7 @@ from isolation.events._model import (
 )
 from isolation.events._queue import Action, decide
 from isolation.events._routing import Verdict, transition, verdict
+from isolation.events._snapshot import _scan
 from isolation.events._wake import Park, Wake
 
 if TYPE_CHECKING:
@@ -329,6 +330,12 @@ class Connection:
                     and (expires_at is None or _clock._now() < expires_at)
                 ):
                     self._delivered += 1
+                    # This consumer's own copy of the snapshot (_snapshot.thaw, inlined).
+                    kind = type(payload)
+                    if kind is dict or kind is list:
+                        payload = payload.copy()
+                    elif kind is str:
+                        payload = _scan(payload, 0)[0]
                     return make_event(packed, payload, seq)
                 self._last_step_refused(packed)
             elif self._state is not _OPEN:

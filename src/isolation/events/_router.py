@@ -59,6 +59,7 @@ from isolation.events._model import (
     event_id,
     next_event_number,
 )
+from isolation.events._snapshot import freeze, thaw
 from isolation.events._wake import current_backend, for_backend
 from isolation.events.backends import Backend
 from isolation.events.backends.memory import MemoryBackend
@@ -546,7 +547,11 @@ class EventRouter:
         """Deliver ``payload`` to every live connection of ``(tenant_id, user_id)``, and no other.
 
         Each connection gets its own :class:`Event` (same ``id``, its own
-        ``seq``) and applies the overflow policy. A principal with no live
+        ``seq``) and applies the overflow policy. The payload is snapshotted
+        here, before ``publish`` returns or waits: each recipient gets its own
+        copy of it as it was at this call, in its JSON form (as through Redis),
+        so mutating ``payload`` afterwards, or one recipient's copy, changes
+        nothing any recipient gets. A principal with no live
         connection gets nothing: ``publish`` returns ``delivered == 0`` and
         the router counts it as ``undeliverable``. Returns without a
         checkpoint unless a ``BLOCK`` connection is full.
@@ -555,14 +560,17 @@ class EventRouter:
             QueueFullError: ``BLOCK``, and some connections had no room within
                 ``publish_timeout``; it carries the partial result.
             EventTooLargeError: ``max_event_bytes`` is set and the payload is larger.
-            UsageError: ``kind`` is ``"gap"`` (reserved) or not a string, or the
-                payload is not JSON-serialisable (checked with ``max_event_bytes``).
+            UsageError: ``kind`` is ``"gap"`` (reserved) or not a string, or JSON
+                cannot carry the payload (the types the Redis backend refuses).
             ConnectionClosedError: The router is closed.
         """
         if kind != MESSAGE:
             _check_kind(kind)
         if self._max_event_bytes is not None:
             self._check_size(payload)
+        # The snapshot, taken before anything else can run: what every recipient
+        # gets, whatever the publisher does with ``payload`` afterwards.
+        snapshot = freeze(payload)
         if self._shared:
             self._check_ids(user_id, tenant_id)
             self._check_open()
@@ -572,7 +580,8 @@ class EventRouter:
                 tenant_id=tenant_id,
                 kind=kind,
                 created_at=_clock._now(),
-                payload=payload,
+                # A private copy: the backend may deliver it locally after awaiting.
+                payload=thaw(snapshot),
             )
             return await self._backend.publish(envelope)
         conns = self._routes.get((tenant_id, user_id))
@@ -583,7 +592,7 @@ class EventRouter:
             return _NOTHING
         self._published += 1
         result = self._fanout(
-            conns, (next_event_number(), user_id, tenant_id, kind, _clock._now()), payload
+            conns, (next_event_number(), user_id, tenant_id, kind, _clock._now()), snapshot
         )
         if type(result) is PublishResult:
             return result
@@ -612,7 +621,7 @@ class EventRouter:
                 envelope.kind,
                 envelope.created_at,
             ),
-            envelope.payload,
+            freeze(envelope.payload),
         )
         if type(result) is PublishResult:
             return result
@@ -630,13 +639,17 @@ class EventRouter:
             return 0
         tenant_id, user_id = principal
         packed: Packed = (next_event_number(), user_id, tenant_id, GAP, _clock._now())
-        payload = {"reason": reason}
+        payload = freeze({"reason": reason})
         return sum(1 for conn in conns if conn._push_gap(packed, payload))
 
     def _fanout(
         self, conns: tuple[Connection, ...], packed: Packed, payload: Any
     ) -> PublishResult | _Waiting:
-        """Offer one event to each connection; return the result, or what still waits for room."""
+        """Offer one event to each connection; return the result, or what still waits for room.
+
+        ``payload`` is a snapshot (:func:`~isolation.events._snapshot.freeze`):
+        each connection thaws its own copy when its consumer takes the event.
+        """
         now = packed[4]
         delivered = dropped = 0
         waits: list[tuple[Connection, Putter]] | None = None

@@ -360,7 +360,8 @@ class TestOnMessage:
         ):
             socket.send_text(ticket)
             assert socket.receive_json()["payload"] == "renewed"
-        assert harness.connections["alice"].expires_at is None
+        # The socket now lives as long as the ticket that re-authenticated it.
+        assert harness.connections["alice"].expires_at is not None
 
     def test_expired_context_in_on_message_closes_with_4001(self, backend: str) -> None:
         """on_message raising ContextExpiredError closes the socket with CLOSE_EXPIRED."""

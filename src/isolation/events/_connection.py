@@ -583,7 +583,7 @@ class Connection:
         ``token`` is resolved as in :meth:`EventRouter.connect`: a ticket first
         (single use), else the router's ``authenticate`` callable. It must yield
         this connection's principal; the connection then lives until the new
-        context's ``expires_at``. Anything else (another principal, a replayed,
+        context's ``expires_at`` (or a ticket's expiry, if that is sooner). Anything else (another principal, a replayed,
         foreign-purpose, forged or expired token) closes the connection with
         ``REAUTH_FAILED``.
 
@@ -594,14 +594,16 @@ class Connection:
         if self._state is not _OPEN:
             raise self._closed_error()
         try:
-            ctx = await self._router._context_from_token(token, principal=self._principal)
+            ctx, expires_at = await self._router._context_from_token(
+                token, principal=self._principal
+            )
         except Exception as exc:  # fail closed, whatever the authenticator raised
             self._close(CloseReason.REAUTH_FAILED)
             raise self._closed_error() from exc
         if self._state is not _OPEN:  # closed while the token was checked
             raise self._closed_error()
         self._ctx = ctx
-        self._router._set_expiry(self, ctx.expires_at)
+        self._router._set_expiry(self, expires_at)
 
 
 Connection.__module__ = "isolation.events"

@@ -37,6 +37,7 @@ from isolation._errors import (
     MalformedTokenError,
     NoContextError,
     QueueFullError,
+    TokenExpiredError,
     TokenPurposeError,
     TokenReplayedError,
     UsageError,
@@ -271,7 +272,10 @@ class EventRouter:
         otherwise a token for ``authenticate``); or, with neither, the current
         scope's context, in which case the connection closes when that scope
         ends. A connection opened with ``ctx`` or ``token`` lives until it is
-        closed, expires, is closed by a policy, or the router closes.
+        closed, expires, is closed by a policy, or the router closes. It
+        expires (``CloseReason.EXPIRED``) with its credential: the context's
+        ``expires_at`` and, when opened from a ticket, the ticket's expiry,
+        whichever is first, unless :meth:`Connection.reauthenticate` extends it.
 
         Raises:
             UsageError: Both ``ctx`` and ``token`` were given.
@@ -315,8 +319,9 @@ class EventRouter:
                 f"cannot connect as {redact_principal(principal)} inside the scope of "
                 f"{redact_principal((bound.tenant_id, bound.user_id))}"
             )
-        expires_at = scope.deadline if scope is not None else ctx.expires_at
+        expires_at = scope.deadline if scope is not None else _until(ctx, ticket_expiry)
         if expires_at is not None and _clock._now() >= expires_at:
+            _check_ticket_live(ticket_expiry, expires_at)
             raise ContextExpiredError(
                 f"the context of {redact_principal(principal)} has expired; it cannot connect"
             )
@@ -520,19 +525,26 @@ class EventRouter:
                 hint="Issue a new ticket for each connection",
             )
 
-    async def _context_from_token(self, token: str | bytes, *, principal: Principal) -> UserContext:
-        """Resolve ``token`` for re-authentication: same principal, live, ticket claimed."""
+    async def _context_from_token(
+        self, token: str | bytes, *, principal: Principal
+    ) -> tuple[UserContext, float | None]:
+        """Resolve ``token`` for re-authentication: same principal, live, ticket claimed.
+
+        Returns the context and when the connection it re-authenticates expires.
+        """
         ctx, ticket_expiry = await self._resolve_token(token)
         if (ctx.tenant_id, ctx.user_id) != principal:
             raise ContextSwitchError(
                 f"a token of {redact_principal(ctx.principal)} cannot re-authenticate a "
                 f"connection of {redact_principal(principal)}"
             )
-        if ctx.expired:
+        expires_at = _until(ctx, ticket_expiry)
+        if expires_at is not None and _clock._now() >= expires_at:
+            _check_ticket_live(ticket_expiry, expires_at)
             raise ContextExpiredError(f"the context of {redact_principal(principal)} has expired")
         if ticket_expiry is not None:
             await self._claim(token, ticket_expiry)
-        return ctx
+        return ctx, expires_at
 
     # -- publishing --------------------------------------------------------------------
 
@@ -859,6 +871,25 @@ class _Waiting:
         self.delivered = delivered
         self.dropped = dropped
         self.waits = waits
+
+
+def _until(ctx: UserContext, ticket_expiry: float | None) -> float | None:
+    """When a connection authenticated by ``ctx`` (from a ticket expiring then) expires.
+
+    A ticket is a credential like any token: the connection it opens or
+    re-authenticates ends with it (or with the context, if that is sooner),
+    unless re-authenticated again.
+    """
+    expires_at = ctx.expires_at
+    if ticket_expiry is None:
+        return expires_at
+    return ticket_expiry if expires_at is None else min(expires_at, ticket_expiry)
+
+
+def _check_ticket_live(ticket_expiry: float | None, expires_at: float) -> None:
+    """A connection would expire at once: ``TokenExpiredError`` if the ticket is why."""
+    if ticket_expiry is not None and expires_at == ticket_expiry:
+        raise TokenExpiredError("the ticket has expired", hint="Ask for a new ticket")
 
 
 def _check_kind(kind: object) -> None:

@@ -68,8 +68,20 @@ _encode: Final = _make_encode()
 _scan: Final[Any] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
-def freeze(payload: Any) -> Any:
+def freeze(
+    payload: Any,
+    _dict: type = dict,
+    _list: type = list,
+    _str: type = str,
+    _int: type = int,
+    _float: type = float,
+    _bool: type = bool,
+    _low: int = -_INT_LIMIT,
+    _high: int = _INT_LIMIT,
+) -> Any:
     """Return the snapshot of ``payload`` taken now (see the module docstring).
+
+    (The defaults are local bindings for the hot path, never arguments.)
 
     Raises:
         UsageError: JSON cannot carry the payload (an object of another type,
@@ -77,34 +89,34 @@ def freeze(payload: Any) -> Any:
             nesting too deep, an integer too long to print).
     """
     kind = type(payload)
-    if kind is dict:
+    if kind is _dict:
         for key, value in payload.items():
-            if type(key) is not str:
+            if type(key) is not _str:
                 break
             # _flat(value), inlined: this loop is the hot path of most publishes.
             of = type(value)
-            if of is str or of is bool or value is None:
+            if of is _str or of is _bool or value is None:
                 continue
-            if of is int:
-                if -_INT_LIMIT < value < _INT_LIMIT:
+            if of is _int:
+                if _low < value < _high:
                     continue
-            elif of is float and value - value == 0.0:
+            elif of is _float and value - value == 0.0:  # finite
                 continue
             break
         else:
             return payload.copy()
-    elif kind is list:
+    elif kind is _list:
         for value in payload:
             if not _flat(value):
                 break
         else:
             return payload.copy()
-    elif payload is None or kind is bool:
+    elif payload is None or kind is _bool:
         return payload
-    elif kind is int:
-        if -_INT_LIMIT < payload < _INT_LIMIT:
+    elif kind is _int:
+        if _low < payload < _high:
             return payload
-    elif kind is float and payload - payload == 0.0:  # finite
+    elif kind is _float and payload - payload == 0.0:
         return payload
     try:
         return _encode(payload)

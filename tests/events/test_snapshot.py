@@ -216,3 +216,11 @@ def _scribble(value: Any) -> None:
         for item in value:
             _scribble(item)
         value.append("scribbled")
+
+
+def test_publish_inlines_the_snapshot_bounds() -> None:
+    """publish() inlines freeze()'s integer bounds as literals: they must agree."""
+    from isolation.events import _snapshot
+
+    assert _snapshot.INT_MIN == -0x8000000000000000
+    assert _snapshot.INT_MAX == 0x8000000000000000

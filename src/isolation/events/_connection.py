@@ -40,7 +40,7 @@ from isolation.events._model import (
 )
 from isolation.events._queue import Action, decide
 from isolation.events._routing import Verdict, transition, verdict
-from isolation.events._snapshot import _scan
+from isolation.events._snapshot import Json, _scan
 from isolation.events._wake import Park, Wake
 
 if TYPE_CHECKING:
@@ -334,7 +334,7 @@ class Connection:
                     kind = type(payload)
                     if kind is dict or kind is list:
                         payload = payload.copy()
-                    elif kind is str:
+                    elif kind is Json:
                         payload = _scan(payload, 0)[0]
                     return make_event(packed, payload, seq)
                 self._last_step_refused(packed)

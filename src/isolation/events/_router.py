@@ -582,7 +582,12 @@ class EventRouter:
             self._check_size(payload)
         # The snapshot, taken before anything else can run: what every recipient
         # gets, whatever the publisher does with ``payload`` afterwards.
-        snapshot = freeze(payload)
+        of = type(payload)
+        # Immutable: its own snapshot (freeze's cases, inlined with literal INT_MIN/INT_MAX).
+        if of is str or (of is int and -0x8000000000000000 < payload < 0x8000000000000000):
+            snapshot = payload
+        else:
+            snapshot = freeze(payload)
         if self._shared:
             self._check_ids(user_id, tenant_id)
             self._check_open()

@@ -9,11 +9,11 @@ nothing anyone else receives. The copy is the payload's JSON form, as a
 Redis round trip gives it (tuples arrive as lists, dict keys as strings,
 enum members as their values).
 
-A snapshot is one of: an immutable scalar (``None``, a ``bool``, an ``int``
-of at most 63 bits, a finite ``float``) kept as is; a flat ``dict`` or
+A snapshot is one of: an immutable scalar (a ``str``, ``None``, a ``bool``,
+an ``int`` of at most 63 bits, a finite ``float``) kept as is; a flat ``dict`` or
 ``list`` of such scalars and ``str`` (string keys), copied once here and
 copied again per recipient, the common case and the cheap one; anything else
-as its compact JSON text, decoded per recipient.
+as its compact JSON text (a :class:`Json`), decoded per recipient.
 """
 
 from __future__ import annotations
@@ -24,9 +24,18 @@ from typing import Any, Final
 
 from isolation._errors import UsageError
 
-__all__ = ["freeze", "thaw"]
+__all__ = ["INT_MAX", "INT_MIN", "Json", "freeze", "thaw"]
 
 _INT_LIMIT: Final = 1 << 63
+INT_MIN: Final = -_INT_LIMIT
+"""Integers above ``INT_MIN`` and below ``INT_MAX`` are their own snapshot."""
+INT_MAX: Final = _INT_LIMIT
+
+
+class Json(str):
+    """The compact JSON text of a snapshot: marked, so that a ``str`` payload is kept as is."""
+
+    __slots__ = ()
 
 
 def _make_encode() -> Any:
@@ -111,7 +120,7 @@ def freeze(
                 break
         else:
             return payload.copy()
-    elif payload is None or kind is _bool:
+    elif kind is _str or payload is None or kind is _bool:
         return payload
     elif kind is _int:
         if _low < payload < _high:
@@ -119,7 +128,7 @@ def freeze(
     elif kind is _float and payload - payload == 0.0:
         return payload
     try:
-        return _encode(payload)
+        return Json(_encode(payload))
     except (TypeError, ValueError, RecursionError) as exc:
         reason = "it nests too deep or refers to itself" if type(exc) is RecursionError else exc
         raise UsageError(
@@ -145,6 +154,6 @@ def thaw(snapshot: Any) -> Any:
     kind = type(snapshot)
     if kind is dict or kind is list:
         return snapshot.copy()
-    if kind is str:
+    if kind is Json:
         return _scan(snapshot, 0)[0]
     return snapshot

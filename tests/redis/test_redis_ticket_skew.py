@@ -110,3 +110,26 @@ def test_ticket_single_use_across_skewed_clocks(
     finally:
         client.close()
     assert remaining_ms >= (EDGE - replayer) * 1000 + tokens.LEEWAY * 1000 / 2
+
+
+@pytest.mark.anyio
+async def test_claim_decides_expiry_at_its_own_reading(
+    routers: Any, live_redis: str, namespace: str
+) -> None:
+    """At expiry + LEEWAY a used ticket is still recorded; a moment later the claim refuses it."""
+    import isolation
+
+    clock = FakeClock(START)
+    with use_clock(clock):
+        backend = routers().backend
+        assert await backend.claim_ticket("iso1.t", expires_at=EXPIRES)
+        clock.advance(TTL + tokens.LEEWAY)
+        assert await backend.claim_ticket("iso1.t", expires_at=EXPIRES) is False
+        clock.advance(2.0**-10)
+        with pytest.raises(isolation.TokenExpiredError):
+            await backend.claim_ticket("iso1.other", expires_at=EXPIRES)
+    client = redis.Redis.from_url(live_redis)
+    try:
+        assert not client.exists(f"{namespace}:ticket:" + hashlib.sha256(b"iso1.other").hexdigest())
+    finally:
+        client.close()

@@ -112,14 +112,16 @@ class TestTickets:
         assert (await router.connect(token=ticket)).user_id == "bob"
 
     async def test_record_bounded_by_lifetime(self, fake_clock: FakeClock) -> None:
-        """Used tickets are remembered until they expire, then forgotten."""
+        """Used tickets are remembered until LEEWAY past their last accepted instant."""
         backend = MemoryBackend()
         router = EventRouter(keys=[KEY], backend=backend)
         for _ in range(20):
             conn = await router.connect(token=router.issue_ticket(alice(), ttl=30))
             await conn.aclose()
         assert backend.tickets_recorded == 20
-        fake_clock.advance(30 + tokens.LEEWAY + 0.1)
+        fake_clock.advance(30 + tokens.LEEWAY + 0.1)  # refused as expired from here on
+        assert backend.tickets_recorded == 20
+        fake_clock.advance(tokens.LEEWAY)
         assert backend.tickets_recorded == 0
         assert "tickets=0" in repr(backend)
 

@@ -40,6 +40,7 @@ from isolation.events._model import (
 )
 from isolation.events._queue import Action, decide
 from isolation.events._routing import Verdict, transition, verdict
+from isolation.events._snapshot import Json, _scan
 from isolation.events._wake import Park, Wake
 
 if TYPE_CHECKING:
@@ -329,6 +330,12 @@ class Connection:
                     and (expires_at is None or _clock._now() < expires_at)
                 ):
                     self._delivered += 1
+                    # This consumer's own copy of the snapshot (_snapshot.thaw, inlined).
+                    kind = type(payload)
+                    if kind is dict or kind is list:
+                        payload = payload.copy()
+                    elif kind is Json:
+                        payload = _scan(payload, 0)[0]
                     return make_event(packed, payload, seq)
                 self._last_step_refused(packed)
             elif self._state is not _OPEN:
@@ -576,7 +583,7 @@ class Connection:
         ``token`` is resolved as in :meth:`EventRouter.connect`: a ticket first
         (single use), else the router's ``authenticate`` callable. It must yield
         this connection's principal; the connection then lives until the new
-        context's ``expires_at``. Anything else (another principal, a replayed,
+        context's ``expires_at`` (or a ticket's expiry, if that is sooner). Anything else (another principal, a replayed,
         foreign-purpose, forged or expired token) closes the connection with
         ``REAUTH_FAILED``.
 
@@ -587,14 +594,16 @@ class Connection:
         if self._state is not _OPEN:
             raise self._closed_error()
         try:
-            ctx = await self._router._context_from_token(token, principal=self._principal)
+            ctx, expires_at = await self._router._context_from_token(
+                token, principal=self._principal
+            )
         except Exception as exc:  # fail closed, whatever the authenticator raised
             self._close(CloseReason.REAUTH_FAILED)
             raise self._closed_error() from exc
         if self._state is not _OPEN:  # closed while the token was checked
             raise self._closed_error()
         self._ctx = ctx
-        self._router._set_expiry(self, ctx.expires_at)
+        self._router._set_expiry(self, expires_at)
 
 
 Connection.__module__ = "isolation.events"

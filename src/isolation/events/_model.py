@@ -153,7 +153,9 @@ class Event(_EventSlots):
             exactly one per event, assigned **before** the overflow decision, so
             a dropped event shows as a gap in ``seq``.
         created_at: Epoch seconds when it was published (the library's clock).
-        payload: The published payload, not copied: do not mutate it after publishing.
+        payload: This recipient's own copy of the payload as it was published,
+            in its JSON form: mutating it, or the published object, changes
+            nothing another recipient gets.
     """
 
     __slots__ = ()

@@ -37,6 +37,7 @@ from isolation._errors import (
     MalformedTokenError,
     NoContextError,
     QueueFullError,
+    TokenExpiredError,
     TokenPurposeError,
     TokenReplayedError,
     UsageError,
@@ -60,6 +61,7 @@ from isolation.events._model import (
     event_id,
     next_event_number,
 )
+from isolation.events._snapshot import freeze, thaw
 from isolation.events._wake import current_backend, for_backend
 from isolation.events.backends import Backend
 from isolation.events.backends.memory import MemoryBackend
@@ -271,7 +273,10 @@ class EventRouter:
         otherwise a token for ``authenticate``); or, with neither, the current
         scope's context, in which case the connection closes when that scope
         ends. A connection opened with ``ctx`` or ``token`` lives until it is
-        closed, expires, is closed by a policy, or the router closes.
+        closed, expires, is closed by a policy, or the router closes. It
+        expires (``CloseReason.EXPIRED``) with its credential: the context's
+        ``expires_at`` and, when opened from a ticket, the ticket's expiry,
+        whichever is first, unless :meth:`Connection.reauthenticate` extends it.
 
         Raises:
             UsageError: Both ``ctx`` and ``token`` were given.
@@ -315,8 +320,9 @@ class EventRouter:
                 f"cannot connect as {redact_principal(principal)} inside the scope of "
                 f"{redact_principal((bound.tenant_id, bound.user_id))}"
             )
-        expires_at = scope.deadline if scope is not None else ctx.expires_at
+        expires_at = scope.deadline if scope is not None else _until(ctx, ticket_expiry)
         if expires_at is not None and _clock._now() >= expires_at:
+            _check_ticket_live(ticket_expiry, expires_at)
             raise ContextExpiredError(
                 f"the context of {redact_principal(principal)} has expired; it cannot connect"
             )
@@ -520,19 +526,26 @@ class EventRouter:
                 hint="Issue a new ticket for each connection",
             )
 
-    async def _context_from_token(self, token: str | bytes, *, principal: Principal) -> UserContext:
-        """Resolve ``token`` for re-authentication: same principal, live, ticket claimed."""
+    async def _context_from_token(
+        self, token: str | bytes, *, principal: Principal
+    ) -> tuple[UserContext, float | None]:
+        """Resolve ``token`` for re-authentication: same principal, live, ticket claimed.
+
+        Returns the context and when the connection it re-authenticates expires.
+        """
         ctx, ticket_expiry = await self._resolve_token(token)
         if (ctx.tenant_id, ctx.user_id) != principal:
             raise ContextSwitchError(
                 f"a token of {redact_principal(ctx.principal)} cannot re-authenticate a "
                 f"connection of {redact_principal(principal)}"
             )
-        if ctx.expired:
+        expires_at = _until(ctx, ticket_expiry)
+        if expires_at is not None and _clock._now() >= expires_at:
+            _check_ticket_live(ticket_expiry, expires_at)
             raise ContextExpiredError(f"the context of {redact_principal(principal)} has expired")
         if ticket_expiry is not None:
             await self._claim(token, ticket_expiry)
-        return ctx
+        return ctx, expires_at
 
     # -- publishing --------------------------------------------------------------------
 
@@ -547,7 +560,11 @@ class EventRouter:
         """Deliver ``payload`` to every live connection of ``(tenant_id, user_id)``, and no other.
 
         Each connection gets its own :class:`Event` (same ``id``, its own
-        ``seq``) and applies the overflow policy. A principal with no live
+        ``seq``) and applies the overflow policy. The payload is snapshotted
+        here, before ``publish`` returns or waits: each recipient gets its own
+        copy of it as it was at this call, in its JSON form (as through Redis),
+        so mutating ``payload`` afterwards, or one recipient's copy, changes
+        nothing any recipient gets. A principal with no live
         connection gets nothing: ``publish`` returns ``delivered == 0`` and
         the router counts it as ``undeliverable``. Returns without a
         checkpoint unless a ``BLOCK`` connection is full.
@@ -556,8 +573,8 @@ class EventRouter:
             QueueFullError: ``BLOCK``, and some connections had no room within
                 ``publish_timeout``; it carries the partial result.
             EventTooLargeError: ``max_event_bytes`` is set and the payload is larger.
-            UsageError: ``kind`` is ``"gap"`` (reserved) or not a string, or the
-                payload is not JSON-serialisable (checked with ``max_event_bytes``).
+            UsageError: ``kind`` is ``"gap"`` (reserved) or not a string, or JSON
+                cannot carry the payload (the types the Redis backend refuses).
             InvalidContextError: An id no context can have (not NFC, a control,
                 bidi or zero-width character): never folded into another's.
             ConnectionClosedError: The router is closed.
@@ -566,6 +583,14 @@ class EventRouter:
             _check_kind(kind)
         if self._max_event_bytes is not None:
             self._check_size(payload)
+        # The snapshot, taken before anything else can run: what every recipient
+        # gets, whatever the publisher does with ``payload`` afterwards.
+        of = type(payload)
+        # Immutable: its own snapshot (freeze's cases, inlined with literal INT_MIN/INT_MAX).
+        if of is str or (of is int and -0x8000000000000000 < payload < 0x8000000000000000):
+            snapshot = payload
+        else:
+            snapshot = freeze(payload)
         if self._shared:
             self._check_ids(user_id, tenant_id)
             self._check_open()
@@ -575,7 +600,8 @@ class EventRouter:
                 tenant_id=tenant_id,
                 kind=kind,
                 created_at=_clock._now(),
-                payload=payload,
+                # A private copy: the backend may deliver it locally after awaiting.
+                payload=thaw(snapshot),
             )
             return await self._backend.publish(envelope)
         # A hit is a principal some validated context connected as: its ids are
@@ -588,7 +614,7 @@ class EventRouter:
             return _NOTHING
         self._published += 1
         result = self._fanout(
-            conns, (next_event_number(), user_id, tenant_id, kind, _clock._now()), payload
+            conns, (next_event_number(), user_id, tenant_id, kind, _clock._now()), snapshot
         )
         if type(result) is PublishResult:
             return result
@@ -617,7 +643,7 @@ class EventRouter:
                 envelope.kind,
                 envelope.created_at,
             ),
-            envelope.payload,
+            freeze(envelope.payload),
         )
         if type(result) is PublishResult:
             return result
@@ -635,13 +661,17 @@ class EventRouter:
             return 0
         tenant_id, user_id = principal
         packed: Packed = (next_event_number(), user_id, tenant_id, GAP, _clock._now())
-        payload = {"reason": reason}
+        payload = freeze({"reason": reason})
         return sum(1 for conn in conns if conn._push_gap(packed, payload))
 
     def _fanout(
         self, conns: tuple[Connection, ...], packed: Packed, payload: Any
     ) -> PublishResult | _Waiting:
-        """Offer one event to each connection; return the result, or what still waits for room."""
+        """Offer one event to each connection; return the result, or what still waits for room.
+
+        ``payload`` is a snapshot (:func:`~isolation.events._snapshot.freeze`):
+        each connection thaws its own copy when its consumer takes the event.
+        """
         now = packed[4]
         delivered = dropped = 0
         waits: list[tuple[Connection, Putter]] | None = None
@@ -856,6 +886,25 @@ class _Waiting:
         self.delivered = delivered
         self.dropped = dropped
         self.waits = waits
+
+
+def _until(ctx: UserContext, ticket_expiry: float | None) -> float | None:
+    """When a connection authenticated by ``ctx`` (from a ticket expiring then) expires.
+
+    A ticket is a credential like any token: the connection it opens or
+    re-authenticates ends with it (or with the context, if that is sooner),
+    unless re-authenticated again.
+    """
+    expires_at = ctx.expires_at
+    if ticket_expiry is None:
+        return expires_at
+    return ticket_expiry if expires_at is None else min(expires_at, ticket_expiry)
+
+
+def _check_ticket_live(ticket_expiry: float | None, expires_at: float) -> None:
+    """A connection would expire at once: ``TokenExpiredError`` if the ticket is why."""
+    if ticket_expiry is not None and expires_at == ticket_expiry:
+        raise TokenExpiredError("the ticket has expired", hint="Ask for a new ticket")
 
 
 def _check_kind(kind: object) -> None:

@@ -117,10 +117,14 @@ class Backend(Protocol):
     async def claim_ticket(self, token: str, *, expires_at: float) -> bool:
         """Record a verified ticket as used; ``False`` if it was used before.
 
-        Store only a keyed digest of ``token``, never the token, and keep each
-        record until ``expires_at`` (the ticket's own expiry) plus the tokens'
-        leeway: after that the ticket is refused as expired anyway, so the
-        record stays bounded by the ticket lifetime.
+        Store only a keyed digest of ``token``, never the token. Read the clock
+        once: refuse a ticket past ``expires_at`` plus the tokens' ``LEEWAY`` at
+        that reading (``TokenExpiredError``), and keep each record at least
+        until ``expires_at + 2 * LEEWAY`` by it (longer in a store shared by
+        processes whose clocks differ): the ticket is accepted until
+        ``expires_at + LEEWAY``, and the record must outlive that by the skew
+        tolerance, or an edge-of-expiry replay finds it gone. Still bounded by
+        the ticket lifetime.
         """
         ...
 

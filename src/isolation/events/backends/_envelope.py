@@ -160,7 +160,7 @@ class Codec:
         }
         try:
             text = _JSON.encode(fields)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             raise UsageError(
                 f"the payload is not JSON-serialisable: {exc}",
                 hint="Publish dicts, lists, str, int, float, bool and None only",

@@ -12,7 +12,7 @@ from isolation import _clock
 from isolation._errors import ConfigurationError
 from isolation.context._model import Principal
 from isolation.events._model import Envelope, PublishResult
-from isolation.tokens import LEEWAY
+from isolation.events.backends._tickets import RECORD_SLACK, check_claimable
 
 __all__ = ["MemoryBackend"]
 
@@ -26,8 +26,9 @@ class MemoryBackend:
     ``shared`` is ``False``, so the router delivers each publish to its own
     connections directly; :meth:`publish` is the same loopback, for code that
     calls the protocol. Used tickets are remembered as HMAC-SHA256 digests under
-    a random per-backend key, each until its ticket's expiry plus
-    :data:`isolation.tokens.LEEWAY`. One backend serves one router.
+    a random per-backend key, each until its ticket's expiry plus twice
+    :data:`isolation.tokens.LEEWAY` (a ticket is accepted until its expiry plus
+    ``LEEWAY``). One backend serves one router.
     """
 
     __slots__ = ("_deliver", "_digest_key", "_expiries", "_used")
@@ -67,8 +68,19 @@ class MemoryBackend:
         """Nothing to do: every event is published in this process."""
 
     async def claim_ticket(self, token: str, *, expires_at: float) -> bool:
-        """Record ``token`` as used (as a keyed digest); ``False`` if it already was."""
-        self._purge(_clock._now())
+        """Record ``token`` as used (as a keyed digest); ``False`` if it already was.
+
+        One clock reading decides everything: a ticket past its expiry plus
+        ``LEEWAY`` then is refused, and records are forgotten only past their
+        ticket's expiry plus ``2 * LEEWAY`` then, so no ticket is ever accepted
+        after its record is gone.
+
+        Raises:
+            TokenExpiredError: The ticket has expired at this claim's reading.
+        """
+        now = _clock._now()
+        check_claimable(expires_at, now)
+        self._purge(now)
         digest = hmac.new(self._digest_key, token.encode("ascii"), hashlib.sha256).digest()
         if digest in self._used:
             return False
@@ -84,7 +96,7 @@ class MemoryBackend:
 
     def _purge(self, now: float) -> None:
         expiries = self._expiries
-        while expiries and expiries[0][0] + LEEWAY < now:
+        while expiries and expiries[0][0] + RECORD_SLACK < now:
             _, digest = heapq.heappop(expiries)
             self._used.pop(digest, None)
 

@@ -75,7 +75,7 @@ from isolation.events.backends._envelope import (
     channel_name,
     check_namespace,
 )
-from isolation.tokens import LEEWAY
+from isolation.events.backends._tickets import check_claimable, record_ms
 
 __all__ = [
     "DEFAULT_HEALTH_INTERVAL",
@@ -483,14 +483,20 @@ class RedisBackend:
 
         The key is ``{namespace}:ticket:`` and the SHA-256 of the token (the
         token itself is never stored). The value is a random nonce, so a claim
-        whose reply was lost and retried still recognises its own record.
+        whose reply was lost and retried still recognises its own record. The
+        record lives ``expires_at - now + 2 * LEEWAY + 1`` seconds (at least
+        ``2 * LEEWAY``): past the last instant any process whose clock is within
+        ``LEEWAY`` of this one's still accepts the ticket.
 
         Raises:
+            TokenExpiredError: The ticket has expired at this claim's clock reading.
             BackendUnavailableError: Redis did not answer within ``unavailable_timeout``.
         """
         self._start()
+        now = _clock._now()  # the one reading: the refusal and the record's lifetime agree
+        check_claimable(expires_at, now)
         key = f"{self._namespace}:ticket:{hashlib.sha256(token.encode('ascii')).hexdigest()}"
-        ttl_ms = max(1, math.ceil((expires_at + LEEWAY - _clock._now()) * 1000))
+        ttl_ms = record_ms(expires_at, now)
         nonce = os.urandom(16).hex().encode("ascii")
 
         async def claim(client: aioredis.Redis) -> bool:

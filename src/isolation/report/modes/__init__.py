@@ -34,6 +34,7 @@ MODULES = (
     "isolation.report.modes.fm09_scope_yield",
     "isolation.report.modes.fm10_routing",
     "isolation.report.modes.fm10_redis",
+    "isolation.report.modes.fm10_payload_snapshot",
     "isolation.report.modes.fm11_engine_ownership",
     "isolation.report.modes.fm12_threads",
     "isolation.report.modes.fm13_binding",
@@ -42,6 +43,7 @@ MODULES = (
     "isolation.report.modes.fm15_redis",
     "isolation.report.modes.fm16_tokens",
     "isolation.report.modes.fm16_token_expiry",
+    "isolation.report.modes.fm16_ticket_expiry",
     # After the modes it reuses: it registers Redis variants of their checks.
     "isolation.report.modes.fm_events_redis",
 )

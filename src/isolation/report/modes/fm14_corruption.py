@@ -25,6 +25,7 @@ from isolation.context._model import Principal, UserContext
 from isolation.events._connection import Connection
 from isolation.events._model import CloseReason, Event, RouterStats, make_event
 from isolation.events._router import EventRouter
+from isolation.events._snapshot import thaw
 from isolation.report._registry import Backend, Check, ModeRegistry, Settings
 from isolation.report.modes._events import drain_all, principal_of
 from isolation.testing._unsafe import unsafe_corrupt_routing
@@ -114,7 +115,7 @@ class _UncheckedConnection:
         inner = self._inner
         if inner._queue:
             packed = inner._queue.popleft()
-            return make_event(packed, inner._payloads.popleft(), inner._seqs.popleft())
+            return make_event(packed, thaw(inner._payloads.popleft()), inner._seqs.popleft())
         if inner.closed:
             raise ConnectionClosedError("closed", reason=inner.close_reason or CloseReason.CLOSED)
         return await inner.receive()

@@ -86,7 +86,7 @@ async def _burst_without_consumer(
             owner = result.conn.principal
             where = f"{policy.value}: a connection of {owner[1]} ({owner[0]})"
             for event in result.events:
-                if principal_of(event) != owner or event.payload[:2] != owner:
+                if principal_of(event) != owner or tuple(event.payload[:2]) != owner:
                     violations.append(f"{where} was handed an event for {event.payload[:2]}")
             seqs = tuple(e.seq for e in result.events)
             if seqs != model.kept:

@@ -174,8 +174,9 @@ def create_app(*, database_url: str, secret: bytes, queue_size: int | None = Non
 
     @app.post("/ws-ticket")
     async def ws_ticket(request: Request) -> dict[str, str]:
-        # The context as authenticated: the request's own is capped at REQUEST_TTL,
-        # and a connection lives until its ticket's context expires.
+        # The context as authenticated: the request's own is capped at REQUEST_TTL.
+        # A connection lives until its ticket expires; the client re-authenticates
+        # over the socket with a fresh ticket before then (see _reauthenticate).
         return {"ticket": router.issue_ticket(authenticated_context(request))}
 
     @app.post("/messages", status_code=201)

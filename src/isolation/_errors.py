@@ -204,7 +204,8 @@ class TokenSignatureError(TokenError):
 
 
 class TokenExpiredError(TokenError):
-    """The token's expiry has passed."""
+    """The token's expiry has passed, or it was issued further in the future than the
+    clock-skew tolerance allows."""
 
 
 class TokenPurposeError(TokenError):

@@ -125,19 +125,24 @@ def _mutant() -> Maker:
 
 
 def register(registry: ModeRegistry) -> None:
-    """Register the confusable-ids check under FM8 (validation)."""
-    registry.register(
-        8,
-        Check(
-            name="confusable-ids-refused",
-            backend=Backend.MEMORY,
-            run=check_confusable_ids_refused,
-            library=_library,
-            mutant=_mutant,
-            requires=("hypothesis",),
-            description=(
-                "NFC/NFD, compatibility-sign, case and fullwidth pairs: ids not NFC are "
-                "refused, the rest stay two principals through tokens and the router"
+    """Register the confusable-ids check under FM8 (validation) and FM16 (tokens).
+
+    One property, two modes: an id refused at validation (8) is what keeps a
+    token or ticket of one spelling from opening the other's connection (16).
+    """
+    for mode, name in ((8, "confusable-ids-refused"), (16, "confusable-ids-tokens")):
+        registry.register(
+            mode,
+            Check(
+                name=name,
+                backend=Backend.MEMORY,
+                run=check_confusable_ids_refused,
+                library=_library,
+                mutant=_mutant,
+                requires=("hypothesis",),
+                description=(
+                    "NFC/NFD, compatibility-sign, case and fullwidth pairs: ids not NFC are "
+                    "refused, the rest stay two principals through tokens and the router"
+                ),
             ),
-        ),
-    )
+        )

@@ -103,6 +103,7 @@ class TestRefused:
     def test_requests_session_is_refused(self) -> None:
         """A requests Session keeps cookies too (known by name: requests need not be installed)."""
         import requests
+
         with pytest.raises(isolation.ConfigurationError, match="HTTPAdapter"):
             isolation.shareable(requests.Session())
 

@@ -337,3 +337,71 @@ async def test_lazy_load_from_the_identity_map_is_refused(engine: AsyncEngine) -
 
 def _sqlite(engine: AsyncEngine) -> Database:
     return Database(engine=engine, raw=engine, backend="sqlite", table="isolation_notes")
+
+
+class TestKeptConnection:
+    """The connection ``await s.connection()`` hands out is the transaction's: kept, it
+    refuses SQL from another scope (the attack review's follow-up to finding 5)."""
+
+    async def test_kept_connection_refuses_a_concurrent_request(self, db: Database) -> None:
+        """Alice's request keeps its session's connection in a global; Bob's concurrent
+        request reading and writing through it is refused before any SQL runs, and her
+        work commits as she left it (on PostgreSQL, under her row-level security binding)."""
+        manager = library_manager(db)
+        kept: list[Any] = []
+        stored, probed = anyio.Event(), anyio.Event()
+        refused: list[BaseException] = []
+
+        async def alice() -> None:
+            async with isolation.scope(ALICE), manager.session() as s:
+                s.add(Note(body="alice-secret", owner="alice", tenant="t1"))
+                await s.flush()
+                conn = await s.connection()
+                assert len((await conn.execute(text(f"SELECT body FROM {db.table}"))).all()) == 1
+                kept.append(conn)
+                stored.set()
+                await probed.wait()
+
+        async def bob() -> None:
+            await stored.wait()
+            conn = kept[0]
+            async with isolation.scope(BOB):
+                for sql in (
+                    f"SELECT body FROM {db.table}",
+                    f"UPDATE {db.table} SET body = 'written by bob'",
+                ):
+                    with pytest.raises(CrossContextAccessError, match="another scope") as caught:
+                        await conn.execute(text(sql))
+                    refused.append(caught.value)
+            probed.set()
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(alice)
+                tg.start_soon(bob)
+        assert len(refused) == 2
+        assert await _bodies(db) == ["alice-secret"]
+        assert manager.stats().open_sessions == 0
+
+    async def test_the_next_borrower_of_the_connection_is_not_refused(
+        self, engine: AsyncEngine
+    ) -> None:
+        """The owner mark ends with the transaction: the pooled connection serves the
+        next request, and plain engine use, as usual."""
+        manager = library_manager(_sqlite(engine))
+        async with isolation.scope(ALICE), manager.session() as s:
+            s.add(Note(body="mine", owner="alice", tenant="t1"))
+            await (await s.connection()).execute(text("SELECT 1"))
+        async with isolation.scope(BOB), manager.session() as s:
+            assert (await s.scalars(select(Note))).all() == []
+        async with engine.connect() as conn:  # no manager, no scope: untouched
+            assert (await conn.execute(text("SELECT count(*) FROM isolation_notes"))).scalar() == 1
+
+
+async def test_session_used_from_a_worker_thread_is_a_typed_refusal(engine: AsyncEngine) -> None:
+    """The scope's own session driven from isolation.to_thread (no event loop there) is
+    refused with SessionInUseError, not an untyped RuntimeError from asyncio."""
+    manager = library_manager(_sqlite(engine))
+    async with isolation.scope(ALICE), manager.session() as s:
+        with pytest.raises(isolation.SessionInUseError):
+            await isolation.to_thread(lambda: s.sync_session.execute(text("SELECT 1")))

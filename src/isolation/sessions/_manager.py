@@ -30,7 +30,7 @@ import anyio
 import attrs
 from sqlalchemy import event
 from sqlalchemy import util as sa_util
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, AsyncSessionTransaction
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 from sqlalchemy.orm.session import SessionTransactionState
@@ -64,7 +64,7 @@ from isolation.sessions._lifecycle import (
 from isolation.sessions._tenancy import Tenancy, TenantSession
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection
+    from sqlalchemy.engine import Connection, Engine
 
     from isolation.factories._registry import Registry
     from isolation.sessions.postgres import Binding
@@ -224,7 +224,11 @@ class _Owner:
                 "outside its `async with manager.session()` block",
                 hint="Do the database work inside the block; objects stay readable after it",
             )
-        if task is not asyncio.current_task():
+        try:
+            running = asyncio.current_task()
+        except RuntimeError:  # a worker thread (to_thread) has no running loop
+            running = None
+        if task is not running:
             raise _in_use(self.principal)
 
 
@@ -426,12 +430,58 @@ def _on_flush(session: Session, flush_context: Any, instances: Any) -> None:
         tenancy.check_flush(session, owner.principal)
 
 
+# Key of a pooled connection's info: the owner of the managed session whose
+# transaction holds it, from its begin to its commit or rollback.
+_CONNECTION_OWNER: Final = "isolation.owner"
+_GUARDED_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _guard_connection(conn: Connection, *args: Any) -> None:
+    """Engine ``before_cursor_execute``: SQL on a connection that a managed session's
+    transaction holds runs only from that session's scope and task.
+
+    ``await session.connection()`` hands out the transaction's connection: kept
+    in a global, it would otherwise run another request's SQL in the owner's
+    transaction, under the owner's row-level security binding.
+    """
+    owner: _Owner | None = conn.info.get(_CONNECTION_OWNER)
+    if owner is not None:
+        owner.guard()
+
+
+def _forget_owner(conn: Connection) -> None:
+    """Engine ``commit`` / ``rollback``: the transaction ended; the connection goes back."""
+    try:
+        info = conn.info
+    except SQLAlchemyError:  # invalidated: the pool's checkin forgets it (below)
+        return
+    info.pop(_CONNECTION_OWNER, None)
+
+
+def _forget_owner_on_checkin(dbapi_connection: Any, record: Any) -> None:
+    record.info.pop(_CONNECTION_OWNER, None)
+
+
+def _install_connection_guard(engine: AsyncEngine) -> None:
+    """Listen once per engine; the listeners act only while a managed session's
+    transaction holds a connection (one dict lookup per statement otherwise)."""
+    sync_engine = engine.sync_engine
+    if sync_engine in _GUARDED_ENGINES:
+        return
+    event.listen(sync_engine, "before_cursor_execute", _guard_connection)
+    event.listen(sync_engine, "commit", _forget_owner)
+    event.listen(sync_engine, "rollback", _forget_owner)
+    event.listen(sync_engine.pool, "checkin", _forget_owner_on_checkin)
+    _GUARDED_ENGINES.add(sync_engine)
+
+
 @event.listens_for(_OwnedSession, "after_begin")
 def _on_begin(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
     owner: _Owner | None = session._isolation_owner  # type: ignore[attr-defined]
     if owner is None:
         return
     owner.guard()
+    connection.info[_CONNECTION_OWNER] = owner
     binding = owner.rls
     if binding is not None:
         if connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
@@ -775,6 +825,7 @@ class SessionManager:
         elif not isinstance(return_check, int | float) or not 0.0 <= return_check <= 1.0:
             raise ConfigurationError(f"return_check must be between 0 and 1, got {return_check!r}")
         self._engine = engine
+        _install_connection_guard(engine)
         self._timeout = _positive("acquire_timeout", acquire_timeout)
         self._hold_warning = _positive("hold_warning", hold_warning)
         self._close_timeout = _positive("close_timeout", close_timeout)

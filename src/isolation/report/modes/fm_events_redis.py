@@ -368,9 +368,11 @@ async def _tokens_scenario(pair: RouterPair, clock: FakeClock, violations: list[
 
 def register(registry: ModeRegistry) -> None:
     """Register the two-router Redis checks of modes 13, 14 and 16."""
+    # By name: a mode may hold other memory checks, registered by other modules.
+    twins = {13: "bound-for-life", 14: "corrupted-routes-refused", 16: "tokens-bound"}
     memory = {
-        mode_id: next(c for c in registry.mode(mode_id).checks if c.backend is Backend.MEMORY)
-        for mode_id in (13, 14, 16)
+        mode_id: next(c for c in registry.mode(mode_id).checks if c.name == name)
+        for mode_id, name in twins.items()
     }
 
     def redis_twin(mode_id: int, run: Any, description: str, **subjects: Any) -> None:

@@ -80,9 +80,24 @@ SET_CONFIG_SQL: Final = (
 )
 """The statement that binds the principal to the current transaction."""
 
+# One round trip: the principal settings, then what else a session can leave on the
+# connection for the next borrower: a role switched with SET ROLE, temporary
+# objects (whatever depends on the backend's temporary schema: one index probe of
+# pg_depend), and WITH HOLD cursors (both hold rows read under the previous principal).
 _RETURN_CHECK_SQL: Final = (
-    f"SELECT current_setting('{USER_SETTING}', true), current_setting('{TENANT_SETTING}', true), "
-    f"current_setting('{BINDING_SETTING}', true)"
+    f"SELECT current_setting('{USER_SETTING}', true), current_setting('{TENANT_SETTING}', true), "  # noqa: S608 - our own constants
+    f"current_setting('{BINDING_SETTING}', true), "
+    "current_user <> session_user, "
+    "EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.refclassid = "
+    "'pg_catalog.pg_namespace'::pg_catalog.regclass "
+    "AND d.refobjid = pg_catalog.pg_my_temp_schema()), "
+    "EXISTS (SELECT 1 FROM pg_catalog.pg_cursors k WHERE k.is_holdable)"
+)
+_SETTINGS_CHECKED: Final = 3
+_LEFTOVERS: Final = (
+    "a role set with SET ROLE",
+    "temporary tables or other objects",
+    "WITH HOLD cursors",
 )
 
 # Type names are inlined into the policy, so only plain type names pass.
@@ -985,13 +1000,17 @@ async def check_role(
 def install_return_check(
     engine: AsyncEngine, rate: float, on_dirty: Callable[[tuple[Any, ...]], None]
 ) -> Callable[[], None]:
-    """Check, on a sample of returns to the pool, that the principal settings are empty.
+    """Check, on a sample of returns to the pool, that nothing of the session is left on it.
 
     A connection that comes back with ``isolation.user_id``,
     ``isolation.tenant_id`` or ``isolation.binding`` still set (a plain ``SET``
-    somewhere, or a transaction left open) is invalidated, never reused, and
-    reported to ``on_dirty``. The check costs one round trip per sampled return
-    (it runs outside a transaction where the driver adapter has ``autocommit``).
+    somewhere, or a transaction left open), with another role than its login
+    role (a session-level ``SET ROLE``: the next borrower would run as that
+    role, perhaps one row-level security does not restrict), or holding
+    temporary tables or ``WITH HOLD`` cursors (rows read under the previous
+    principal) is invalidated, never reused, and reported to ``on_dirty``. The
+    check costs one round trip per sampled return (it runs outside a
+    transaction where the driver adapter has ``autocommit``).
 
     Returns:
         A function that removes the check.
@@ -1027,10 +1046,23 @@ def install_return_check(
         if found is None:
             return
         values = tuple(found)
-        if any(value not in (None, "") for value in values):
+        left = [
+            f"the setting {name}"
+            for name, value in zip(
+                (USER_SETTING, TENANT_SETTING, BINDING_SETTING),
+                values[:_SETTINGS_CHECKED],
+                strict=True,
+            )
+            if value not in (None, "")
+        ]
+        left += [
+            what for what, flag in zip(_LEFTOVERS, values[_SETTINGS_CHECKED:], strict=True) if flag
+        ]
+        if left:
             logger.error(
-                "a connection returned to the pool with row-level security settings still set",
-                extra={"event": "rls_dirty_return"},
+                "a connection returned to the pool with %s left on it: invalidated",
+                ", ".join(left),
+                extra={"event": "rls_dirty_return", "left": tuple(left)},
             )
             on_dirty(values)
             record.invalidate()

@@ -28,9 +28,14 @@ the key.
 
 Row-level security does not apply to superusers, to roles with ``BYPASSRLS``,
 or to a table's owner unless the table has ``FORCE ROW LEVEL SECURITY``. The
-manager checks all three before its first session, and reads the tables'
-policies: a permissive policy that binds no principal setting (policies are
-OR-ed, so ``USING (true)`` opens the table) is refused (:func:`check_role`).
+manager checks all three before its first session, for the role and for every
+role it could ``SET ROLE`` to, on the tables and on the partitions and
+inheritance children the role can name, and reads the tables' policies: a
+permissive policy that binds no principal setting (policies are OR-ed, so
+``USING (true)`` opens the table) is refused, and so is a case-insensitive
+owner column (:func:`check_role`). On every return to the pool, a connection
+left with a setting, another role, temporary objects or held cursors is
+invalidated (:func:`install_return_check`).
 """
 
 from __future__ import annotations

@@ -1004,7 +1004,7 @@ async def _table_problems(
     whose = (
         f"the role {role!r} owns {label}"
         if owns
-        else (f"the role {role!r} is a member of {owner!r}, the owner of {label}")
+        else f"the role {role!r} is a member of {owner!r}, the owner of {label}"
     )
     if member and not forced:
         problems.append(f"{whose}, which does not FORCE row-level security")
@@ -1050,12 +1050,13 @@ async def check_role(
     is neither a superuser, ``BYPASSRLS`` nor ``CREATEROLE``, nor a member of
     such a role (it could ``SET ROLE`` to it); and that every table in
     ``tables``, and every partition or inheritance child of it that the role
-    can reach by name, exists, has row-level security enabled, and is not owned by the role or by a role it is a
-    member of unless the table forces row-level security (signed: not at all,
-    the owner could un-force it). Then reads the policies that apply to the
-    role (``pg_policy``) and refuses those that do not confine it to its
-    principal (:func:`check_policies`), and owner columns that compare case-
-    or accent-insensitively (``citext``, a nondeterministic collation).
+    can reach by name, exists, has row-level security enabled, and is not
+    owned by the role or by a role it is a member of unless the table forces
+    row-level security (signed: not at all, the owner could un-force it).
+    Then reads the policies that apply to the role (``pg_policy``) and refuses
+    those that do not confine it to its principal (:func:`check_policies`),
+    and owner columns that compare case- or accent-insensitively (``citext``,
+    a nondeterministic collation).
     With a signed ``binding``, also checks that the functions and the key are
     installed, the key table is out of the role's reach, and the key matches.
 
@@ -1125,10 +1126,11 @@ async def check_role(
             "row-level security would not restrict this engine's role: " + "; ".join(problems),
             hint=(
                 "Connect as a LOGIN role that is not a superuser, has NOBYPASSRLS and "
-                "NOCREATEROLE, is a member of no such role and of no table owner; apply rls_policy_sql() to each table and to each partition the "
-                "role can reach (or revoke its privileges on them); drop or narrow (TO "
-                "another_role) the permissive policies named; keep owner columns text with "
-                "a deterministic collation"
+                "NOCREATEROLE, is a member of no such role and of no table owner; apply "
+                "rls_policy_sql() to each table and to each partition the role can reach "
+                "(or revoke its privileges on them); drop or narrow (TO another_role) the "
+                "permissive policies named; keep owner columns text with a deterministic "
+                "collation"
             ),
         )
     return tuple(user_only)

@@ -28,9 +28,14 @@ the key.
 
 Row-level security does not apply to superusers, to roles with ``BYPASSRLS``,
 or to a table's owner unless the table has ``FORCE ROW LEVEL SECURITY``. The
-manager checks all three before its first session, and reads the tables'
-policies: a permissive policy that binds no principal setting (policies are
-OR-ed, so ``USING (true)`` opens the table) is refused (:func:`check_role`).
+manager checks all three before its first session, for the role and for every
+role it could ``SET ROLE`` to, on the tables and on the partitions and
+inheritance children the role can name, and reads the tables' policies: a
+permissive policy that binds no principal setting (policies are OR-ed, so
+``USING (true)`` opens the table) is refused, and so is a case-insensitive
+owner column (:func:`check_role`). On every return to the pool, a connection
+left with a setting, another role, temporary objects or held cursors is
+invalidated (:func:`install_return_check`).
 """
 
 from __future__ import annotations
@@ -80,9 +85,24 @@ SET_CONFIG_SQL: Final = (
 )
 """The statement that binds the principal to the current transaction."""
 
+# One round trip: the principal settings, then what else a session can leave on the
+# connection for the next borrower: a role switched with SET ROLE, temporary
+# objects (whatever depends on the backend's temporary schema: one index probe of
+# pg_depend), and WITH HOLD cursors (both hold rows read under the previous principal).
 _RETURN_CHECK_SQL: Final = (
-    f"SELECT current_setting('{USER_SETTING}', true), current_setting('{TENANT_SETTING}', true), "
-    f"current_setting('{BINDING_SETTING}', true)"
+    f"SELECT current_setting('{USER_SETTING}', true), current_setting('{TENANT_SETTING}', true), "  # noqa: S608 - our own constants
+    f"current_setting('{BINDING_SETTING}', true), "
+    "current_user <> session_user, "
+    "EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.refclassid = "
+    "'pg_catalog.pg_namespace'::pg_catalog.regclass "
+    "AND d.refobjid = pg_catalog.pg_my_temp_schema()), "
+    "EXISTS (SELECT 1 FROM pg_catalog.pg_cursors k WHERE k.is_holdable)"
+)
+_SETTINGS_CHECKED: Final = 3
+_LEFTOVERS: Final = (
+    "a role set with SET ROLE",
+    "temporary tables or other objects",
+    "WITH HOLD cursors",
 )
 
 # Type names are inlined into the policy, so only plain type names pass.
@@ -874,17 +894,169 @@ async def _signing_problems(conn: Any, binding: Binding, role: str) -> list[str]
     return problems
 
 
+_ROLE_SQL: Final = (
+    "SELECT current_user, r.rolsuper, r.rolbypassrls, r.rolcreaterole, "
+    "ARRAY(SELECT o.rolname || CASE WHEN o.rolsuper THEN ' (a superuser)' "
+    "WHEN o.rolbypassrls THEN ' (BYPASSRLS)' ELSE ' (CREATEROLE)' END "
+    "FROM pg_catalog.pg_roles o WHERE o.oid <> r.oid "
+    "AND (o.rolsuper OR o.rolbypassrls OR o.rolcreaterole) "
+    "AND pg_catalog.pg_has_role(current_user, o.oid, 'MEMBER') ORDER BY o.rolname) "
+    "FROM pg_catalog.pg_roles r WHERE r.rolname = current_user"
+)
+
+_TABLE_SQL: Final = (
+    "SELECT c.relrowsecurity, c.relforcerowsecurity, "
+    "pg_catalog.pg_has_role(current_user, c.relowner, 'MEMBER'), "
+    "pg_catalog.pg_get_userbyid(c.relowner), "
+    "c.relowner = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user) "
+    "FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass(:name)"
+)
+
+# Partitions and inheritance children, at any depth, that the role can reach by
+# name (a privilege on them, or membership in their owner): the parent's policies
+# do not apply when a child is named in the query.
+_CHILDREN_SQL: Final = (
+    "WITH RECURSIVE tree(oid) AS (SELECT i.inhrelid FROM pg_catalog.pg_inherits i "
+    "WHERE i.inhparent = pg_catalog.to_regclass(:name) UNION "
+    "SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree t ON i.inhparent = t.oid) "
+    "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM tree t "
+    "JOIN pg_catalog.pg_class c ON c.oid = t.oid "
+    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE pg_catalog.has_table_privilege(current_user, c.oid, "
+    "'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER') "
+    "OR pg_catalog.has_any_column_privilege(current_user, c.oid, 'SELECT, INSERT, UPDATE') "
+    "OR pg_catalog.pg_has_role(current_user, c.relowner, 'MEMBER') ORDER BY 1"
+)
+
+# Owner columns whose equality is not the text's: citext (through domains too) or a
+# nondeterministic collation ("ALICE" = "alice"), so two principals would share rows.
+_FOLDED_COLUMNS_SQL: Final = (
+    "SELECT a.attname, COALESCE(NOT co.collisdeterministic, false), "
+    "EXISTS (WITH RECURSIVE b(oid) AS (SELECT a.atttypid UNION ALL "
+    "SELECT t.typbasetype FROM pg_catalog.pg_type t JOIN b ON t.oid = b.oid "
+    "WHERE t.typtype = 'd') SELECT 1 FROM b JOIN pg_catalog.pg_type t ON t.oid = b.oid "
+    "WHERE t.typname = 'citext'), co.collname "
+    "FROM pg_catalog.pg_attribute a LEFT JOIN pg_catalog.pg_collation co "
+    "ON co.oid = a.attcollation WHERE a.attrelid = pg_catalog.to_regclass(:name) "
+    "AND a.attname = ANY(:columns) AND NOT a.attisdropped ORDER BY a.attname"
+)
+
+
+async def _role_problems(conn: Any) -> tuple[str, bool, list[str]]:
+    """The role's name, whether it is a superuser, and why RLS would not restrict it.
+
+    Refused: a superuser, ``BYPASSRLS`` or ``CREATEROLE`` role (before PostgreSQL
+    16, ``CREATEROLE`` may grant itself any non-superuser role), and a member of
+    such a role, inherited or not: app SQL can ``SET ROLE`` to it.
+    """
+    from sqlalchemy import text
+
+    row = (await conn.execute(text(_ROLE_SQL))).one()
+    role, superuser, bypass, createrole = str(row[0]), bool(row[1]), bool(row[2]), bool(row[3])
+    problems: list[str] = []
+    if superuser:
+        return role, True, [f"the role {role!r} is a superuser"]
+    if bypass:
+        problems.append(f"the role {role!r} has BYPASSRLS")
+    if createrole:
+        problems.append(
+            f"the role {role!r} has CREATEROLE (it can grant itself a role that bypasses "
+            "row-level security)"
+        )
+    members_of = [str(name) for name in row[4] or ()]
+    if members_of:
+        problems.append(
+            f"the role {role!r} is a member of "
+            + ", ".join(members_of)
+            + ": app SQL can SET ROLE to it and bypass row-level security"
+        )
+    return role, False, problems
+
+
+async def _table_problems(
+    conn: Any, table: str, role: str, *, signed: bool, parent: str | None
+) -> tuple[list[str], bool]:
+    """Why ``table``'s row-level security would not restrict ``role``, and whether
+    its policies and children are worth reading (it exists and has RLS enabled)."""
+    from sqlalchemy import text
+
+    label = (
+        f"the table {table!r}"
+        if parent is None
+        else f"the partition or inheritance child {table!r} of {parent!r}"
+    )
+    found = (await conn.execute(text(_TABLE_SQL), {"name": table})).one_or_none()
+    if found is None:
+        return [f"{label} does not exist for the role {role!r}"], False
+    enabled, forced, member, owner, owns = (
+        bool(found[0]),
+        bool(found[1]),
+        bool(found[2]),
+        str(found[3]),
+        bool(found[4]),
+    )
+    problems: list[str] = []
+    if not enabled:
+        return [
+            f"{label} does not have row-level security enabled"
+            + ("" if parent is None else " (naming it in a query skips the parent's policies)")
+        ], False
+    whose = (
+        f"the role {role!r} owns {label}"
+        if owns
+        else f"the role {role!r} is a member of {owner!r}, the owner of {label}"
+    )
+    if member and not forced:
+        problems.append(f"{whose}, which does not FORCE row-level security")
+    elif member and signed:
+        problems.append(
+            f"{whose}: the owner can ALTER TABLE ... NO FORCE ROW LEVEL SECURITY or "
+            'replace the policies, which row_level_security="signed" must not allow app '
+            "SQL to do"
+        )
+    return problems, True
+
+
+async def _folded_owner_columns(conn: Any, table: str, columns: Sequence[str]) -> list[str]:
+    """Owner columns of ``table`` whose equality folds spellings together, named."""
+    from sqlalchemy import text
+
+    if not columns:
+        return []
+    problems: list[str] = []
+    rows = (
+        await conn.execute(text(_FOLDED_COLUMNS_SQL), {"name": table, "columns": list(columns)})
+    ).all()
+    for name, nondeterministic, citext, collation in rows:
+        if citext:
+            why = "is of type citext"
+        elif nondeterministic:
+            why = f"has the nondeterministic collation {str(collation)!r}"
+        else:
+            continue
+        problems.append(
+            f"the owner column {str(name)!r} of {table!r} {why}: two spellings of a user or "
+            'tenant id ("ALICE", "alice") would be one owner'
+        )
+    return problems
+
+
 async def check_role(
     engine: AsyncEngine, tables: Iterable[str], *, binding: Binding | None = None
 ) -> tuple[str, ...]:
     """Refuse a connecting role, or policies, that row-level security would not restrict.
 
-    Checks that the engine is PostgreSQL and not in autocommit, that its role
-    is neither a superuser nor ``BYPASSRLS``, and that every table in
-    ``tables`` exists, has row-level security enabled, and is not owned by the
-    role (or by a role it inherits) unless the table forces row-level security.
+    Checks that the engine is PostgreSQL and not in autocommit; that its role
+    is neither a superuser, ``BYPASSRLS`` nor ``CREATEROLE``, nor a member of
+    such a role (it could ``SET ROLE`` to it); and that every table in
+    ``tables``, and every partition or inheritance child of it that the role
+    can reach by name, exists, has row-level security enabled, and is not
+    owned by the role or by a role it is a member of unless the table forces
+    row-level security (signed: not at all, the owner could un-force it).
     Then reads the policies that apply to the role (``pg_policy``) and refuses
-    those that do not confine it to its principal (:func:`check_policies`).
+    those that do not confine it to its principal (:func:`check_policies`),
+    and owner columns that compare case- or accent-insensitively (``citext``,
+    a nondeterministic collation).
     With a signed ``binding``, also checks that the functions and the key are
     installed, the key table is out of the role's reach, and the key matches.
 
@@ -912,45 +1084,22 @@ async def check_role(
             "settings would last one statement",
             hint="Create the engine without isolation_level='AUTOCOMMIT'",
         )
-    problems: list[str] = []
     user_only: list[str] = []
     async with engine.connect() as conn:
-        row = (
-            await conn.execute(
-                text(
-                    "SELECT current_user, r.rolsuper, r.rolbypassrls FROM pg_roles r "
-                    "WHERE r.rolname = current_user"
-                )
-            )
-        ).one()
-        role, superuser, bypass = str(row[0]), bool(row[1]), bool(row[2])
-        if superuser:
-            problems.append(f"the role {role!r} is a superuser")
-        if bypass:
-            problems.append(f"the role {role!r} has BYPASSRLS")
-        for table in sorted(set(tables)):
-            found = (
-                await conn.execute(
-                    text(
-                        "SELECT c.relrowsecurity, c.relforcerowsecurity, "
-                        "pg_has_role(current_user, c.relowner, 'USAGE') "
-                        "FROM pg_class c WHERE c.oid = to_regclass(:name)"
-                    ),
-                    {"name": table},
-                )
-            ).one_or_none()
-            if found is None:
-                problems.append(f"the table {table!r} does not exist for the role {role!r}")
+        role, superuser, problems = await _role_problems(conn)
+        queue: list[tuple[str, str | None]] = [(table, None) for table in sorted(set(tables))]
+        seen: set[str] = set()
+        while queue:
+            table, parent = queue.pop(0)
+            if table in seen:
                 continue
-            enabled, forced, owns = bool(found[0]), bool(found[1]), bool(found[2])
-            if not enabled:
-                problems.append(f"the table {table!r} does not have row-level security enabled")
+            seen.add(table)
+            found, usable = await _table_problems(conn, table, role, signed=signed, parent=parent)
+            problems += found
+            if not usable:
                 continue
-            if owns and not forced:
-                problems.append(
-                    f"the role {role!r} owns the table {table!r}, which does not FORCE "
-                    "row-level security"
-                )
+            children = (await conn.execute(text(_CHILDREN_SQL), {"name": table})).scalars()
+            queue += [(str(child), table) for child in children]
             rows = [
                 PolicyRow(
                     name=str(r[0]),
@@ -961,10 +1110,12 @@ async def check_role(
                 )
                 for r in (await conn.execute(text(_POLICIES_SQL), {"name": table})).all()
             ]
-            found_problems, binds_user_only = check_policies(table, rows, signed=signed)
+            policy_problems, binds_user_only = check_policies(table, rows, signed=signed)
+            columns = owner_columns(rows)
             if binding is not None:
-                binding.owner_columns[table.rsplit(".", 1)[-1]] = owner_columns(rows)
-            problems += found_problems
+                binding.owner_columns[table.rsplit(".", 1)[-1]] = columns
+            problems += policy_problems
+            problems += await _folded_owner_columns(conn, table, columns)
             if binds_user_only:
                 user_only.append(table)
         if signed and binding is not None and not superuser:
@@ -974,9 +1125,12 @@ async def check_role(
         raise ConfigurationError(
             "row-level security would not restrict this engine's role: " + "; ".join(problems),
             hint=(
-                "Connect as a LOGIN role that is not a superuser, has NOBYPASSRLS and does "
-                "not own the tables, apply rls_policy_sql() to each table, and drop or "
-                "narrow (TO another_role) the permissive policies named"
+                "Connect as a LOGIN role that is not a superuser, has NOBYPASSRLS and "
+                "NOCREATEROLE, is a member of no such role and of no table owner; apply "
+                "rls_policy_sql() to each table and to each partition the role can reach "
+                "(or revoke its privileges on them); drop or narrow (TO another_role) the "
+                "permissive policies named; keep owner columns text with a deterministic "
+                "collation"
             ),
         )
     return tuple(user_only)
@@ -985,13 +1139,17 @@ async def check_role(
 def install_return_check(
     engine: AsyncEngine, rate: float, on_dirty: Callable[[tuple[Any, ...]], None]
 ) -> Callable[[], None]:
-    """Check, on a sample of returns to the pool, that the principal settings are empty.
+    """Check, on a sample of returns to the pool, that nothing of the session is left on it.
 
     A connection that comes back with ``isolation.user_id``,
     ``isolation.tenant_id`` or ``isolation.binding`` still set (a plain ``SET``
-    somewhere, or a transaction left open) is invalidated, never reused, and
-    reported to ``on_dirty``. The check costs one round trip per sampled return
-    (it runs outside a transaction where the driver adapter has ``autocommit``).
+    somewhere, or a transaction left open), with another role than its login
+    role (a session-level ``SET ROLE``: the next borrower would run as that
+    role, perhaps one row-level security does not restrict), or holding
+    temporary tables or ``WITH HOLD`` cursors (rows read under the previous
+    principal) is invalidated, never reused, and reported to ``on_dirty``. The
+    check costs one round trip per sampled return (it runs outside a
+    transaction where the driver adapter has ``autocommit``).
 
     Returns:
         A function that removes the check.
@@ -1027,10 +1185,23 @@ def install_return_check(
         if found is None:
             return
         values = tuple(found)
-        if any(value not in (None, "") for value in values):
+        left = [
+            f"the setting {name}"
+            for name, value in zip(
+                (USER_SETTING, TENANT_SETTING, BINDING_SETTING),
+                values[:_SETTINGS_CHECKED],
+                strict=True,
+            )
+            if value not in (None, "")
+        ]
+        left += [
+            what for what, flag in zip(_LEFTOVERS, values[_SETTINGS_CHECKED:], strict=True) if flag
+        ]
+        if left:
             logger.error(
-                "a connection returned to the pool with row-level security settings still set",
-                extra={"event": "rls_dirty_return"},
+                "a connection returned to the pool with %s left on it: invalidated",
+                ", ".join(left),
+                extra={"event": "rls_dirty_return", "left": tuple(left)},
             )
             on_dirty(values)
             record.invalidate()

@@ -7,7 +7,9 @@ and connects as that role.
 ``signed-binding``: the rows of four principals (one user id in two tenants);
 each reader's raw SQL re-binds the settings to every other principal, in every
 form app SQL has (``set_config`` local and session-wide, ``SET LOCAL``,
-``SET``), then reads. Property: every row read is the reader's own. Subject: an
+``SET``), then reads; then one request leaves a session-level ``SET ROLE`` to a
+``BYPASSRLS`` role (granted after the start check) on its pooled connection, and
+the next principal reads. Property: every row read is the reader's own. Subject: an
 :class:`RlsSubject` whose ``install`` writes the signed binding's functions
 into a schema and whose ``make`` builds a ``row_level_security="signed"``
 manager. Mutant: the same install with getters that answer the settings
@@ -175,10 +177,43 @@ async def check_signed_binding(subject: RlsSubject, settings: Settings) -> list[
                                 f"{len(foreign)} rows of others, e.g. {foreign[0]!r}"
                             )
                             return found
+            found += await _set_role_round(box, manager)
         finally:
             logging.getLogger("isolation.sessions").removeFilter(quiet)
             await _close(manager)
     return found
+
+
+async def _set_role_round(box: Any, manager: Any) -> list[str]:
+    """A session-level ``SET ROLE`` to a ``BYPASSRLS`` role (granted after the start
+    check read the roles) in one request: the next principal's request must not run
+    as that role on the pooled connection."""
+    from isolation.sessions.postgres import quote_identifier
+
+    admin = quote_identifier(f"{box.role}_admin")
+    async with box.admin.begin() as conn:
+        for statement in (
+            f"CREATE ROLE {admin} NOLOGIN BYPASSRLS",
+            f"GRANT USAGE ON SCHEMA {quote_identifier(box.schema)} TO {admin}",
+            f"GRANT SELECT ON {box.table} TO {admin}",
+            f"GRANT {admin} TO {quote_identifier(box.role)}",
+        ):
+            await conn.exec_driver_sql(statement)
+    try:
+        await _read(manager, PRINCIPALS[0], (f"SET ROLE {admin}",))
+        reader = PRINCIPALS[2]
+        foreign = [r for r in await _read(manager, reader, ()) if r != reader]
+    finally:
+        async with box.admin.begin() as conn:
+            await conn.exec_driver_sql(f"DROP OWNED BY {admin}")
+            await conn.exec_driver_sql(f"DROP ROLE {admin}")
+    if foreign:
+        return [
+            f"a SET ROLE left on the pooled connection by {PRINCIPALS[0][1]!r}'s request let "
+            f"{reader[1]!r} of {reader[0]!r} read {len(foreign)} rows of others, "
+            f"e.g. {foreign[0]!r}"
+        ]
+    return []
 
 
 def _signed_manager(engine: Any, table: str, key: bytes, schema: str) -> Any:
@@ -316,8 +351,9 @@ def register(registry: ModeRegistry) -> None:
             mutant=_mutant_signed,
             requires=("sqlalchemy", "asyncpg"),
             description=(
-                "4 principals, each re-binding to every other with set_config / SET: "
-                "signed row-level security reads own rows only"
+                "4 principals, each re-binding to every other with set_config / SET, and a "
+                "SET ROLE left on a pooled connection: signed row-level security reads own "
+                "rows only"
             ),
         ),
     )

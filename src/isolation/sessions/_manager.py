@@ -108,7 +108,7 @@ class SessionStats:
         exhausted: :class:`~isolation.PoolExhaustedError` raised.
         hold_warnings: Blocks the watchdog saw held past ``hold_warning``.
         dirty_returns: Connections the row-level security return check found
-            with settings left on them (each was invalidated).
+            with settings, a role, temporary objects or held cursors left on them (each was invalidated).
     """
 
     open_sessions: int

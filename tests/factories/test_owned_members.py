@@ -406,3 +406,25 @@ class TestCachedAndComparedForTheOwner:
         with isolation.scope(UserContext.new("bob")):
             assert hash(assistant) == hash("alice")
             assert assistant in {assistant}  # identity first: no comparison runs
+
+
+class TestCachedInASlot:
+    def test_cached_property_of_a_slotted_attrs_class(self) -> None:
+        """``@attrs.define`` keeps a cached property in a slot, filled by its __getattr__."""
+        import attrs
+
+        @isolation.owned
+        @attrs.define
+        class Slotted:
+            user: str
+
+            @functools.cached_property
+            def profile(self) -> str:
+                return f"{self.user}'s profile"
+
+        with isolation.scope(UserContext.new("alice")):
+            slotted = Slotted("alice")
+            assert slotted.profile == "alice's profile"
+            assert slotted.profile == "alice's profile"  # from the slot
+        with isolation.scope(UserContext.new("bob")), pytest.raises(Refused):
+            slotted.profile

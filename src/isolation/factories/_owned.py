@@ -570,11 +570,34 @@ def _fingerprint(cls: type, guards: list[tuple[Any, str, Any]]) -> tuple[Any, ..
     return cls, sizes, checks
 
 
+def _cached_slots(cls: type) -> frozenset[str]:
+    """The slots in which attrs keeps a slotted class's cached properties.
+
+    ``@attrs.define`` turns each ``functools.cached_property`` into a slot and a
+    generated ``__getattr__`` that computes the value into the slot on its first
+    read; later reads hit the slot. Those slots are guarded like the cached
+    properties they replace (other slots are data and are not).
+    """
+    for klass in cls.__mro__:
+        hook = klass.__dict__.get("__getattr__")
+        if not isinstance(hook, types.FunctionType):
+            continue
+        code = hook.__code__
+        names = code.co_varnames[: code.co_argcount]
+        defaults = hook.__defaults__ or ()
+        if "cached_properties" in names and defaults:
+            index = names.index("cached_properties") - (len(names) - len(defaults))
+            if 0 <= index < len(defaults) and isinstance(defaults[index], dict):
+                return frozenset(name for name in defaults[index] if isinstance(name, str))
+    return frozenset()
+
+
 def _guard_members(cls: type, weak: bool) -> list[tuple[Any, str, Any]]:
     """Guard every public callable member of ``cls`` and its bases; ``(namespace, name,
     guard)`` of each, so that a replacement is noticed."""
     seen: set[str] = set()
     guards: list[tuple[Any, str, Any]] = []
+    cached_slots = _cached_slots(cls)
     for klass in cls.__mro__:
         if klass is object or klass.__module__ == "builtins":
             continue
@@ -582,10 +605,13 @@ def _guard_members(cls: type, weak: bool) -> list[tuple[Any, str, Any]]:
             if name in seen:
                 continue
             seen.add(name)
+            guarded: Any
             if name in _ATTRIBUTE_HOOKS:
                 guarded = None if _is_guarded(value) else _guard_hook(name, value, weak)
             elif name.startswith("_") and name not in _GUARDED_DUNDERS:
                 continue
+            elif name in cached_slots and isinstance(value, types.MemberDescriptorType):
+                guarded = _GuardedDataDescriptor(value, _checker(weak))
             else:
                 guarded = _guard_value(value, weak, name)
             if guarded is not None:

@@ -415,3 +415,17 @@ class TestPerUserStateAnywhereInside:
             deep = [deep]
         with pytest.warns(isolation.WalkTruncatedWarning, match="not searched"):
             isolation.shareable(deep)
+
+    def test_app_product_holding_a_client_is_refused(self) -> None:
+        """An APP product is declared shareable when built: searched the same way."""
+        registry = Registry()
+
+        @registry.provide(lifetime=Lifetime.APP)
+        def service() -> Service:
+            return Service()
+
+        with (
+            isolation.scope(UserContext.new("alice"), registry=registry) as a,
+            pytest.raises(isolation.ConfigurationError, match=r"Service\.api\.http"),
+        ):
+            a.get(Service)

@@ -95,7 +95,10 @@ _PER_USER_STATE: Final = {
 def carries_user_state(cls: type) -> tuple[str, str] | None:
     """``(why, what to share instead)`` if ``cls`` keeps per-user state in ordinary use."""
     for klass in cls.__mro__:
-        package = klass.__module__.partition(".")[0]
+        module = getattr(klass, "__module__", None)
+        if not isinstance(module, str):
+            continue
+        package = module.partition(".")[0]
         known = _PER_USER_STATE.get((package, klass.__qualname__))
         if known is not None:
             return known

@@ -428,3 +428,28 @@ class TestCachedInASlot:
             assert slotted.profile == "alice's profile"  # from the slot
         with isolation.scope(UserContext.new("bob")), pytest.raises(Refused):
             slotted.profile
+
+
+class TestWalkOfGuardedClasses:
+    def test_cached_property_is_not_shared_state(self, live: Callable[..., Any]) -> None:
+        """The guard that replaces a cached_property lives on the class; the walk sees
+        through it (to the cached_property, which holds no user's data), so two users'
+        builds of one @owned class are not refused."""
+
+        @isolation.owned
+        class Profiled:
+            def __init__(self) -> None:
+                self.user = isolation.current_context().user_id
+
+            @functools.cached_property
+            def profile(self) -> str:
+                return f"{self.user}'s profile"
+
+        make = isolation.request_scoped(Profiled)
+        alice, bob = live("alice"), live("bob")
+        alices = alice.run(make)
+        assert alice.run(getattr, alices, "profile") == "alice's profile"
+        bobs = bob.run(make)
+        assert bob.run(getattr, bobs, "profile") == "bob's profile"
+        with pytest.raises(Refused):
+            bob.run(getattr, alices, "profile")

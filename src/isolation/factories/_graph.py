@@ -411,9 +411,24 @@ def _class_level_state(fn: types.FunctionType) -> object | None:
     return current
 
 
+def _owned_guard_raw(value: object) -> object:
+    """What an ``@owned`` guard descriptor guards (the class member it replaced), else
+    ``value``: the guard is the library's, the member is what the class defines."""
+    for klass in type(value).__mro__:
+        slot = klass.__dict__.get("__isolation_raw__")
+        if isinstance(slot, types.MemberDescriptorType):
+            try:
+                return slot.__get__(value, type(value))
+            except AttributeError:
+                return value
+    return value
+
+
 def _unwrapped(value: object) -> tuple[object, ...]:
     """What a class attribute runs: the function inside a staticmethod or
-    classmethod, a property's accessors, else the value itself."""
+    classmethod, a property's accessors, else the value itself (seen through
+    an ``@owned`` guard)."""
+    value = _owned_guard_raw(value)
     if isinstance(value, staticmethod | classmethod):
         return (value.__func__,)
     if isinstance(value, property):

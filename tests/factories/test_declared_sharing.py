@@ -237,3 +237,195 @@ class TestRegistryPattern:
         assert alices is not bobs
         assert alices.cookies is not bobs.cookies
         assert registry.stats().violations == 0
+
+
+class Api:
+    """An SDK-style wrapper that keeps its own client."""
+
+    def __init__(self) -> None:
+        self.http = httpx.AsyncClient()
+
+
+class Service:
+    """The app's service object, holding the SDK: the client is two levels in."""
+
+    def __init__(self) -> None:
+        self.api = Api()
+
+
+class SlottedHolder:
+    __slots__ = ("client",)
+
+    def __init__(self) -> None:
+        self.client = httpx.AsyncClient()
+
+
+class CrmSdk:
+    """A vendor SDK: keeps its own client."""
+
+    def __init__(self) -> None:
+        self._http = httpx.AsyncClient(transport=asgi_transport(), base_url="http://crm")
+
+    async def get(self, path: str, **kw: Any) -> Any:
+        return (await self._http.get(path, **kw)).json()
+
+
+class CrmService:
+    """The app's service, "shared on purpose"."""
+
+    def __init__(self) -> None:
+        self.sdk = CrmSdk()
+
+
+class Desk:
+    def __init__(self, ctx: UserContext, crm: CrmService) -> None:
+        self.user = ctx.user_id
+        self.crm = crm
+
+
+def _fetcher(client: httpx.AsyncClient) -> Callable[[], object]:
+    """A callback closing over a client."""
+    return lambda: client.get("/")
+
+
+def _deep_shapes() -> dict[str, Callable[[], object]]:
+    """The review's shapes (second review of issue 16, H4): per-user state further in."""
+    import functools
+    import http.cookiejar
+
+    import httpx2
+    import requests
+
+    return {
+        "wrapper two deep": Service,
+        "dict of clients": lambda: {"github": httpx.AsyncClient()},
+        "list of sessions": lambda: [requests.Session()],
+        "slots wrapper": SlottedHolder,
+        "bound method": lambda: httpx.AsyncClient().get,
+        "partial of a bound method": lambda: functools.partial(requests.Session().get, "https://x"),
+        "bare httpx cookies": httpx.Cookies,
+        "bare stdlib cookie jar": http.cookiejar.CookieJar,
+        "bare requests cookie jar": requests.cookies.RequestsCookieJar,
+        "httpx2 client": httpx2.AsyncClient,
+        "httpx2 client in a wrapper": lambda: types.SimpleNamespace(http=httpx2.Client()),
+        "httpx2 cookies": httpx2.Cookies,
+        "closure over a client": lambda: _fetcher(httpx.AsyncClient()),
+    }
+
+
+class TestPerUserStateAnywhereInside:
+    """Declared sharing is refused wherever the per-user state sits, not one attribute in.
+
+    Before, ``shareable()`` looked at the object and its own attributes, and knew
+    clients by class name only: each shape below was accepted and the walk then
+    skipped it (second review of issue 16, H4; the end-to-end flow is below).
+    """
+
+    @pytest.mark.parametrize("shape", list(_deep_shapes()))
+    def test_refused(self, shape: str) -> None:
+        obj = _deep_shapes()[shape]()
+        with pytest.raises(isolation.ConfigurationError, match="cannot be declared shareable"):
+            isolation.shareable(obj)
+
+    def test_message_names_the_path_and_what_to_share(self) -> None:
+        with pytest.raises(isolation.ConfigurationError) as caught:
+            isolation.shareable(Service())
+        message = str(caught.value)
+        assert "Service.api.http" in message
+        assert "AsyncHTTPTransport" in message
+        with pytest.raises(isolation.ConfigurationError, match=r"dict\['github'\]"):
+            isolation.shareable({"github": httpx.AsyncClient()})
+
+    def test_known_by_name_without_the_library(self) -> None:
+        """aiohttp's cookie jars (any AbstractCookieJar) and httpx2's clients, by name."""
+        for module, name in (
+            ("aiohttp.abc", "AbstractCookieJar"),
+            ("httpx2._client", "BaseClient"),
+            ("httpx2", "Cookies"),
+        ):
+            base = types.new_class(name, ())
+            base.__module__ = module
+            sub = types.new_class("Mine", (base,))
+            with pytest.raises(isolation.ConfigurationError, match="cannot be declared shareable"):
+                isolation.shareable(types.SimpleNamespace(inner=[sub()]))
+            with pytest.raises(isolation.ConfigurationError, match="cannot be declared shareable"):
+                isolation.shareable(sub)
+
+    def test_a_wrapper_class_saying_shareable_is_entered(self) -> None:
+        """``__isolation_shareable__ = True`` on the wrapper does not hide the client inside."""
+
+        class Wrapper:
+            __isolation_shareable__ = True
+
+            def __init__(self) -> None:
+                self.inner = Api()
+
+        with pytest.raises(isolation.ConfigurationError, match=r"Wrapper\.inner\.http"):
+            isolation.shareable(Wrapper())
+
+    @pytest.mark.anyio
+    async def test_service_holding_an_sdk_holding_a_client(self) -> None:
+        """The review's flow: alice's upstream session reached bob through a declared service."""
+
+        refused: isolation.ConfigurationError | None = None
+        try:
+            crm = isolation.shareable(CrmService())
+        except isolation.ConfigurationError as error:
+            refused = error
+        if refused is not None:
+            assert "CrmService.sdk._http" in str(refused)
+            return
+        registry = Registry()
+        registry.provide_value(crm, provides=CrmService)
+        registry.provide(Desk)
+        async with isolation.scope(UserContext.new("alice"), registry=registry) as a:
+            await (await a.aget(Desk)).crm.sdk.get("/login", params={"user": "alice"})
+        async with isolation.scope(UserContext.new("bob"), registry=registry) as b:
+            got = await (await b.aget(Desk)).crm.sdk.get("/whoami")
+        pytest.fail(f"shareable() accepted a service holding a client; bob got: {got}")
+
+    def test_legitimate_shared_objects_are_accepted(self) -> None:
+        """Pools, engines, regexes, settings, and wrappers of them: still declarable."""
+        import re
+
+        import requests
+        import sqlalchemy
+
+        transport = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=10))
+        engine = sqlalchemy.create_engine("sqlite://")
+        try:
+            accepted: list[object] = [
+                transport,
+                httpx.HTTPTransport(),
+                requests.adapters.HTTPAdapter(),
+                engine,
+                re.compile(r"\d+"),
+                {"upstream": "https://api.example.com", "retries": [1, 2, 4]},
+                types.SimpleNamespace(pool=transport, engine=engine, limits=httpx.Limits()),
+            ]
+            for obj in accepted:
+                assert isolation.shareable(obj) is obj
+        finally:
+            engine.dispose()
+
+    def test_search_is_bounded_and_says_so(self) -> None:
+        """Beyond the walk's bounds nothing is searched, and a warning says so."""
+        deep: list[object] = [httpx.AsyncClient()]
+        for _ in range(12):
+            deep = [deep]
+        with pytest.warns(isolation.WalkTruncatedWarning, match="not searched"):
+            isolation.shareable(deep)
+
+    def test_app_product_holding_a_client_is_refused(self) -> None:
+        """An APP product is declared shareable when built: searched the same way."""
+        registry = Registry()
+
+        @registry.provide(lifetime=Lifetime.APP)
+        def service() -> Service:
+            return Service()
+
+        with (
+            isolation.scope(UserContext.new("alice"), registry=registry) as a,
+            pytest.raises(isolation.ConfigurationError, match=r"Service\.api\.http"),
+        ):
+            a.get(Service)

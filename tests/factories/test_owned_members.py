@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import operator
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -277,3 +278,178 @@ class TestMoreShapes:
         dispatch = live("alice").run(Dispatch)
         with pytest.raises(Refused):
             live("bob").run(call, dispatch, "show", 1)
+
+
+class caching:
+    """A caching descriptor of the kind Django and others ship: not a subclass of
+    functools.cached_property, it stores the value in the instance dict under its name."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self.name = fn.__name__
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        value = instance.__dict__[self.name] = self.fn(instance)
+        return value
+
+
+@isolation.owned
+class Assistant:
+    """The second review's shape (issue 16, M2): members that still handed alice's data to bob."""
+
+    def __init__(self, user: str) -> None:
+        self._user = user
+        self._notes = [f"{user}'s medical note"]
+        self.computed = 0
+
+    @functools.cached_property
+    def profile(self) -> dict[str, object]:  # computed once per instance
+        self.computed += 1
+        return {"user": self._user, "notes": list(self._notes)}
+
+    @caching
+    def summary(self) -> str:
+        return "; ".join(self._notes)
+
+    def __format__(self, spec: str) -> str:
+        return str(self._notes)
+
+    def __eq__(self, other: object) -> bool:
+        return self._notes == other
+
+    def __lt__(self, other: object) -> bool:
+        return bool(self._notes < other)  # type: ignore[operator]
+
+    def __hash__(self) -> int:
+        return hash(self._user)
+
+
+def alices_assistant() -> Assistant:
+    """Alice's assistant, its cached members read once in her scope (which then ends)."""
+    with isolation.scope(UserContext.new("alice")):
+        assistant = Assistant("alice")
+        assert assistant.profile["user"] == "alice"  # cached in the instance dict now
+        assert assistant.summary == "alice's medical note"
+    return assistant
+
+
+class TestCachedAndComparedInBobsScope:
+    """Before, a cached_property was checked on its first read only (then the instance
+    dict answered), and ``f'{a}'`` and ``a == [...]`` ran for anyone."""
+
+    def test_cached_property_after_the_owners_read(self) -> None:
+        assistant = alices_assistant()
+        with isolation.scope(UserContext.new("bob")), pytest.raises(Refused):
+            assistant.profile
+
+    def test_caching_descriptor_after_the_owners_read(self) -> None:
+        assistant = alices_assistant()
+        with isolation.scope(UserContext.new("bob")), pytest.raises(Refused):
+            assistant.summary
+
+    def test_cached_property_live_scopes(self, live: Callable[..., Any]) -> None:
+        """Alice's scope still live: bob's read, write and delete are all refused."""
+        alice = live("alice")
+        assistant = alice.run(Assistant, "alice")
+        alice.run(getattr, assistant, "profile")
+        bob = live("bob")
+        with pytest.raises(Refused):
+            bob.run(getattr, assistant, "profile")
+        with pytest.raises(Refused):
+            bob.run(setattr, assistant, "profile", {"user": "bob"})
+        with pytest.raises(Refused):
+            bob.run(delattr, assistant, "profile")
+        assert alice.run(getattr, assistant, "profile")["user"] == "alice"
+
+    def test_format(self) -> None:
+        assistant = alices_assistant()
+        with isolation.scope(UserContext.new("bob")):
+            with pytest.raises(Refused):
+                f"{assistant}"
+            with pytest.raises(Refused):
+                format(assistant, "")
+
+    def test_comparisons(self) -> None:
+        assistant = alices_assistant()
+        with isolation.scope(UserContext.new("bob")):
+            with pytest.raises(Refused):
+                assistant == ["alice's medical note"]  # noqa: B015
+            with pytest.raises(Refused):
+                assistant < ["b"]  # noqa: B015
+            with pytest.raises(Refused):
+                operator.eq(["alice's medical note"], assistant)  # reflected
+
+
+class TestCachedAndComparedForTheOwner:
+    def test_cached_property_still_caches(self) -> None:
+        """The owner computes once, reads the cache, can assign and delete (recompute)."""
+        with isolation.scope(UserContext.new("alice")):
+            assistant = Assistant("alice")
+            first = assistant.profile
+            assert assistant.profile is first
+            assert assistant.computed == 1
+            assistant.profile = {"user": "set"}
+            assert assistant.profile == {"user": "set"}
+            del assistant.profile
+            assert assistant.profile["user"] == "alice"
+            assert assistant.computed == 2
+            assert assistant.summary == "alice's medical note"
+            assert f"{assistant}" == '["alice\'s medical note"]'
+            assert assistant == ["alice's medical note"]
+            assert assistant < ["b"]
+
+    def test_hash_works_anywhere(self) -> None:
+        """``__hash__`` is not guarded: the instance stays a dict key and a set member."""
+        assistant = alices_assistant()
+        with isolation.scope(UserContext.new("bob")):
+            assert hash(assistant) == hash("alice")
+            assert assistant in {assistant}  # identity first: no comparison runs
+
+
+class TestCachedInASlot:
+    def test_cached_property_of_a_slotted_attrs_class(self) -> None:
+        """``@attrs.define`` keeps a cached property in a slot, filled by its __getattr__."""
+        import attrs
+
+        @isolation.owned
+        @attrs.define
+        class Slotted:
+            user: str
+
+            @functools.cached_property
+            def profile(self) -> str:
+                return f"{self.user}'s profile"
+
+        with isolation.scope(UserContext.new("alice")):
+            slotted = Slotted("alice")
+            assert slotted.profile == "alice's profile"
+            assert slotted.profile == "alice's profile"  # from the slot
+        with isolation.scope(UserContext.new("bob")), pytest.raises(Refused):
+            slotted.profile
+
+
+class TestWalkOfGuardedClasses:
+    def test_cached_property_is_not_shared_state(self, live: Callable[..., Any]) -> None:
+        """The guard that replaces a cached_property lives on the class; the walk sees
+        through it (to the cached_property, which holds no user's data), so two users'
+        builds of one @owned class are not refused."""
+
+        @isolation.owned
+        class Profiled:
+            def __init__(self) -> None:
+                self.user = isolation.current_context().user_id
+
+            @functools.cached_property
+            def profile(self) -> str:
+                return f"{self.user}'s profile"
+
+        make = isolation.request_scoped(Profiled)
+        alice, bob = live("alice"), live("bob")
+        alices = alice.run(make)
+        assert alice.run(getattr, alices, "profile") == "alice's profile"
+        bobs = bob.run(make)
+        assert bob.run(getattr, bobs, "profile") == "bob's profile"
+        with pytest.raises(Refused):
+            bob.run(getattr, alices, "profile")

@@ -46,7 +46,7 @@ import types
 import uuid
 import weakref
 from collections.abc import Callable, Iterator
-from typing import Any, Final, final
+from typing import Any, Final, TypeVar, final
 
 from isolation._redact import redact
 from isolation.factories import _shareable
@@ -59,6 +59,7 @@ __all__ = [
     "Path",
     "WalkResult",
     "WalkTruncatedWarning",
+    "find_reachable",
     "render_path",
     "walk",
 ]
@@ -71,6 +72,8 @@ DEFAULT_MAX_OBJECTS: Final = 10_000
 
 MIN_MAX_DEPTH: Final = 1
 MIN_MAX_OBJECTS: Final = 1
+
+T = TypeVar("T")
 
 Path = tuple[str, ...]
 """An attribute path: the root's type name, then one label per edge: ``("Engine", "cache")``."""
@@ -232,12 +235,17 @@ _PYDANTIC_CLASS_METADATA: Final = frozenset(
 )
 
 
-def _shared_by_design(cls: type) -> bool:
-    if getattr(cls, "__isolation_shareable__", False) is True:
-        # A class that says so, unless it keeps per-user state (an HTTP
-        # client's cookie jar): that is still walked and compared.
-        return _shareable.carries_user_state(cls) is None
+def _shared_by_name(cls: type) -> bool:
     return any((klass.__module__, klass.__qualname__) in _SHARED_BY_NAME for klass in cls.__mro__)
+
+
+def _says_shareable(cls: type) -> bool:
+    # A class that says so, unless it keeps per-user state (an HTTP client's
+    # cookie jar): that is still walked and compared.
+    return (
+        getattr(cls, "__isolation_shareable__", False) is True
+        and _shareable.carries_user_state(cls) is None
+    )
 
 
 def _view_types() -> frozenset[type]:
@@ -403,9 +411,24 @@ def _class_level_state(fn: types.FunctionType) -> object | None:
     return current
 
 
+def _owned_guard_raw(value: object) -> object:
+    """What an ``@owned`` guard descriptor guards (the class member it replaced), else
+    ``value``: the guard is the library's, the member is what the class defines."""
+    for klass in type(value).__mro__:
+        slot = klass.__dict__.get("__isolation_raw__")
+        if isinstance(slot, types.MemberDescriptorType):
+            try:
+                return slot.__get__(value, type(value))
+            except AttributeError:
+                return value
+    return value
+
+
 def _unwrapped(value: object) -> tuple[object, ...]:
     """What a class attribute runs: the function inside a staticmethod or
-    classmethod, a property's accessors, else the value itself."""
+    classmethod, a property's accessors, else the value itself (seen through
+    an ``@owned`` guard)."""
+    value = _owned_guard_raw(value)
     if isinstance(value, staticmethod | classmethod):
         return (value.__func__,)
     if isinstance(value, property):
@@ -451,13 +474,17 @@ def _class_edges(cls: type) -> tuple[tuple[str, object], ...]:
     return tuple(edges)
 
 
-def _classify(cls: type) -> _TypeInfo:
+def _classify(cls: type, *, declarations: bool = True) -> _TypeInfo:
+    """How the walk treats instances of ``cls``; with ``declarations=False``, types
+    declared shareable (by :func:`isolation.shareable` or by the class) are entered."""
     global _INFRA
     if cls in _ATOMS or issubclass(cls, type):
         return _SKIP_INFO
     if _INFRA is None:
         _INFRA = _infrastructure()
-    if issubclass(cls, _INFRA) or _shareable.is_shareable_type(cls) or _shared_by_design(cls):
+    if issubclass(cls, _INFRA) or _shared_by_name(cls):
+        return _SKIP_INFO
+    if declarations and (_shareable.is_shareable_type(cls) or _says_shareable(cls)):
         return _SKIP_INFO
     if cls.__module__ in ("typing", "typing_extensions") or issubclass(cls, _WEAKREF_TYPES):
         return _SKIP_INFO
@@ -844,3 +871,68 @@ def walk(
             if kind not in (_OPAQUE, _MUTABLE_ATOM):
                 queue.append((child, child_info, child_depth))
     return WalkResult(root, nodes, mutable, deepest, truncated)
+
+
+def find_reachable(
+    root: object,
+    match: Callable[[type], T | None],
+    *,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    max_objects: int = DEFAULT_MAX_OBJECTS,
+) -> tuple[tuple[Path, object, T] | None, str | None]:
+    """The shallowest object reachable from ``root`` whose type ``match`` recognises.
+
+    Follows the walk's edges, breadth first and with its bounds, and enters
+    what the walk skips as declared shareable (objects and types declared with
+    :func:`isolation.shareable`, classes saying ``__isolation_shareable__``):
+    it is what checks a declaration. Run once per declaration, not per build.
+
+    Returns:
+        ``((path, object, what match returned) or None, why it stopped early or None)``.
+    """
+    infos: dict[type, _TypeInfo] = {}
+    matches: dict[type, T | None] = {}
+
+    def found(cls: type) -> T | None:
+        if cls not in matches:
+            matches[cls] = match(cls)
+        return matches[cls]
+
+    def info_of(cls: type) -> _TypeInfo:
+        info = infos.get(cls)
+        if info is None:
+            info = infos[cls] = _classify(cls, declarations=False)
+        return info
+
+    nodes: dict[int, tuple[object, int, int, object]] = {id(root): (root, -1, _E_ROOT, None)}
+    hit = found(type(root))
+    if hit is not None:
+        return ((type(root).__name__,), root, hit), None
+    root_info = info_of(type(root))
+    queue: collections.deque[tuple[object, _TypeInfo, int]] = collections.deque()
+    if root_info.kind not in (_SKIP, _OPAQUE, _MUTABLE_ATOM):
+        queue.append((root, root_info, 0))
+    truncated: str | None = None
+    while queue:
+        obj, info, depth = queue.popleft()
+        parent = id(obj)
+        for edge, key, child in _edges(obj, info):
+            cid = id(child)
+            if cid in nodes:
+                continue
+            hit = found(type(child))
+            child_info = info_of(type(child))
+            if hit is None and child_info.kind == _SKIP:
+                continue
+            if depth + 1 > max_depth:
+                truncated = truncated or f"the depth bound of {max_depth} edges"
+                continue
+            if len(nodes) >= max_objects:
+                return None, f"the bound of {max_objects} objects"
+            nodes[cid] = (child, parent, edge, key)
+            if hit is not None:
+                path = WalkResult(root, nodes, [], 0, None).path(cid)
+                return (path, child, hit), None
+            if child_info.kind not in (_OPAQUE, _MUTABLE_ATOM):
+                queue.append((child, child_info, depth + 1))
+    return None, truncated

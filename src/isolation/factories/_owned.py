@@ -8,13 +8,16 @@ scope, or an owner scope that has ended, **even for a later request of the
 same user**. The common case costs one ContextVar read and an identity compare.
 
 Guarded: plain functions (sync, async, generators and async generators,
-checked at each resume), properties and cached properties, any other
-descriptor (``lru_cache``-wrapped methods, ``partialmethod``, class-based
-decorators, ``singledispatchmethod``: checked when bound and when called),
-callable class attributes, attributes provided by ``__getattr__`` or a
-custom ``__getattribute__``, and the protocol dunders that hand out data
-(``__call__``, ``__await__``, ``__iter__``, ``__aiter__``, ``__getitem__``,
-``__enter__``...; not ``__len__``, so that truth tests work anywhere).
+checked at each resume), properties, cached properties (on every read, also
+once cached: the guard is a data descriptor, consulted before the instance
+dict), any other descriptor (``lru_cache``-wrapped methods,
+``partialmethod``, class-based decorators, ``singledispatchmethod``: checked
+when bound and when called), callable class attributes, attributes provided
+by ``__getattr__`` or a custom ``__getattribute__``, and the protocol dunders
+that hand out data (``__call__``, ``__await__``, ``__iter__``, ``__aiter__``,
+``__getitem__``, ``__enter__``..., ``__format__``, ``__eq__`` and the other
+comparisons; not ``__len__``, so that truth tests work anywhere, nor
+``__hash__``, so that an instance stays a dict key anywhere).
 Members added to the class (or a base) after decoration are guarded at the
 next build. A class deriving from a built-in container
 (``dict``, ``list``...) is refused: C code reads its items without calling
@@ -62,6 +65,16 @@ _GUARDED_DUNDERS: Final = frozenset(
         "__enter__",
         "__aenter__",
         "__contains__",
+        # Formatting and comparisons answer with (or about) the data: f"{agent}",
+        # agent == [...]. Not __hash__, so that an instance stays a dict key anywhere.
+        "__format__",
+        "__bytes__",
+        "__eq__",
+        "__ne__",
+        "__lt__",
+        "__le__",
+        "__gt__",
+        "__ge__",
     }
 )
 # Hooks that provide attributes by name: guarded for public names.
@@ -379,6 +392,59 @@ class _GuardedDescriptor:
             set_name(owner, name)
 
 
+def _instance_dict(instance: object) -> dict[str, Any] | None:
+    try:
+        namespace = object.__getattribute__(instance, "__dict__")
+    except AttributeError:
+        return None
+    return namespace if isinstance(namespace, dict) else None
+
+
+class _GuardedNonDataDescriptor(_GuardedDescriptor):
+    """A descriptor without ``__set__`` (``functools.cached_property``, a method
+    decorator, any caching descriptor), or a callable class attribute.
+
+    Guarded as a *data* descriptor, which Python consults before the instance
+    dict: a value cached there under the member's name (what a cached property
+    stores on its first read), or assigned there, is read through the check too.
+    Reads, writes and deletes otherwise behave as they would without the guard.
+    """
+
+    __slots__ = ("_name",)
+
+    def __init__(self, raw: Any, check: Callable[[object], None], name: str) -> None:
+        super().__init__(raw, check)
+        self._name = name
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        if instance is None:
+            return super().__get__(None, owner)
+        self._check(instance)
+        namespace = _instance_dict(instance)
+        if namespace is not None and self._name in namespace:
+            value = namespace[self._name]
+        else:
+            raw, get = self.__isolation_raw__, self._get
+            value = raw if get is None else get(raw, instance, owner)
+        return _handed_out(instance, value, self._check)
+
+    def __set__(self, instance: object, value: Any) -> None:
+        self._check(instance)
+        namespace = _instance_dict(instance)
+        if namespace is None:
+            raise AttributeError(
+                f"{type(instance).__qualname__!r} object attribute {self._name!r} is read-only"
+            )
+        namespace[self._name] = value
+
+    def __delete__(self, instance: object) -> None:
+        self._check(instance)
+        namespace = _instance_dict(instance)
+        if namespace is None or self._name not in namespace:
+            raise AttributeError(self._name)
+        del namespace[self._name]
+
+
 class _GuardedDataDescriptor(_GuardedDescriptor):
     """A data descriptor (it has ``__set__`` or ``__delete__``): writes are checked too."""
 
@@ -429,8 +495,9 @@ def _is_guarded(value: object) -> bool:
     return isinstance(value, _GuardedDescriptor) or getattr(value, _GUARDED, False) is True
 
 
-def _guard_value(value: Any, weak: bool) -> Any:
-    """The guarded form of a class member, or None if it needs none (data, static, class)."""
+def _guard_value(value: Any, weak: bool, name: str) -> Any:
+    """The guarded form of class member ``name``, or None if it needs none (data,
+    static, class)."""
     if _is_guarded(value) or isinstance(value, _UNGUARDED_MEMBERS):
         return None
     if isinstance(value, types.FunctionType):
@@ -439,15 +506,11 @@ def _guard_value(value: Any, weak: bool) -> Any:
         if value.fget is not None and getattr(value.fget, _GUARDED, False):
             return None
         return _guard_property(value, weak)
-    if type(value) is functools.cached_property:
-        if getattr(value.func, _GUARDED, False):
-            return None
-        return functools.cached_property(_guard_function(value.func, weak))
     kind = type(value)
     if hasattr(kind, "__set__") or hasattr(kind, "__delete__"):
         return _GuardedDataDescriptor(value, _checker(weak))
     if hasattr(kind, "__get__") or callable(value):
-        return _GuardedDescriptor(value, _checker(weak))
+        return _GuardedNonDataDescriptor(value, _checker(weak), name)
     return None
 
 
@@ -507,11 +570,34 @@ def _fingerprint(cls: type, guards: list[tuple[Any, str, Any]]) -> tuple[Any, ..
     return cls, sizes, checks
 
 
+def _cached_slots(cls: type) -> frozenset[str]:
+    """The slots in which attrs keeps a slotted class's cached properties.
+
+    ``@attrs.define`` turns each ``functools.cached_property`` into a slot and a
+    generated ``__getattr__`` that computes the value into the slot on its first
+    read; later reads hit the slot. Those slots are guarded like the cached
+    properties they replace (other slots are data and are not).
+    """
+    for klass in cls.__mro__:
+        hook = klass.__dict__.get("__getattr__")
+        if not isinstance(hook, types.FunctionType):
+            continue
+        code = hook.__code__
+        names = code.co_varnames[: code.co_argcount]
+        defaults = hook.__defaults__ or ()
+        if "cached_properties" in names and defaults:
+            index = names.index("cached_properties") - (len(names) - len(defaults))
+            if 0 <= index < len(defaults) and isinstance(defaults[index], dict):
+                return frozenset(name for name in defaults[index] if isinstance(name, str))
+    return frozenset()
+
+
 def _guard_members(cls: type, weak: bool) -> list[tuple[Any, str, Any]]:
     """Guard every public callable member of ``cls`` and its bases; ``(namespace, name,
     guard)`` of each, so that a replacement is noticed."""
     seen: set[str] = set()
     guards: list[tuple[Any, str, Any]] = []
+    cached_slots = _cached_slots(cls)
     for klass in cls.__mro__:
         if klass is object or klass.__module__ == "builtins":
             continue
@@ -519,16 +605,17 @@ def _guard_members(cls: type, weak: bool) -> list[tuple[Any, str, Any]]:
             if name in seen:
                 continue
             seen.add(name)
+            guarded: Any
             if name in _ATTRIBUTE_HOOKS:
                 guarded = None if _is_guarded(value) else _guard_hook(name, value, weak)
             elif name.startswith("_") and name not in _GUARDED_DUNDERS:
                 continue
+            elif name in cached_slots and isinstance(value, types.MemberDescriptorType):
+                guarded = _GuardedDataDescriptor(value, _checker(weak))
             else:
-                guarded = _guard_value(value, weak)
+                guarded = _guard_value(value, weak, name)
             if guarded is not None:
                 setattr(cls, name, guarded)
-                if isinstance(guarded, functools.cached_property):
-                    guarded.__set_name__(cls, name)
                 guards.append((cls.__dict__, name, guarded))
             elif _is_guarded(value):
                 guards.append((klass.__dict__, name, value))
@@ -555,8 +642,9 @@ def owned(cls: C) -> C:
     Construction records the current scope as the owner; outside any scope it
     raises :class:`~isolation.NoContextError`. Every public callable member
     (methods of any kind, properties, any descriptor, what ``__getattr__``
-    provides) and the protocol dunders (``__call__``, ``__await__``,
-    iteration, items, context managers) then raise
+    provides, cached properties on every read) and the protocol dunders
+    (``__call__``, ``__await__``, iteration, items, context managers,
+    ``__format__``, comparisons) then raise
     :class:`~isolation.CrossContextAccessError` unless the current scope is
     the owner or nested in it (same principal). A subclass is guarded too, and
     members added later from the next build on. Put ``@owned`` outermost,

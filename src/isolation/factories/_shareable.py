@@ -9,14 +9,18 @@ other (a ``dict``, a ``list``) is kept alive for the life of the process, so
 declare long-lived objects, not per-request ones.
 
 Objects known to carry one user's state through ordinary use are refused,
-whatever is declared: an HTTP client's cookie jar keeps the upstream session
-of whoever logged in last and sends it for everyone. They are known by class
-name, so that no optional library is imported here.
+whatever is declared, and wherever they sit inside the declared object: an
+HTTP client's cookie jar keeps the upstream session of whoever logged in last
+and sends it for everyone. The declared object's graph is searched once, at
+declaration, with the walk's edges and bounds. The jars and clients are known
+by their classes' package and name, so that no optional library is imported
+here.
 """
 
 from __future__ import annotations
 
 import threading
+import warnings
 import weakref
 from typing import Any, Final, TypeVar
 
@@ -52,15 +56,30 @@ _HTTPX_CLIENT: Final = (
     "its limits, and build a client per user over it: "
     "httpx.AsyncClient(transport=shared_transport)",
 )
+_HTTPX2_CLIENT: Final = (
+    "an httpx2 client keeps cookies (and auth, headers) in the client",
+    "share the connection pool, an httpx2.AsyncHTTPTransport (or HTTPTransport) with "
+    "its limits, and build a client per user over it: "
+    "httpx2.AsyncClient(transport=shared_transport)",
+)
+_COOKIE_JAR: Final = (
+    "a cookie jar keeps the session cookies the upstream set for whoever used it last",
+    "keep cookies per user: share the connection pool (an httpx transport, a requests "
+    "HTTPAdapter, an aiohttp TCPConnector) and build a client, with its own cookies, "
+    "per user over it",
+)
 _PER_USER_STATE: Final = {
     ("httpx", "Client"): _HTTPX_CLIENT,
     ("httpx", "AsyncClient"): _HTTPX_CLIENT,
-    ("httpx", "BaseClient"): (
-        "an httpx client keeps cookies (and auth, headers) in the client",
-        "share the connection pool, an httpx.AsyncHTTPTransport (or HTTPTransport) with "
-        "its limits, and build a client per user over it: "
-        "httpx.AsyncClient(transport=shared_transport)",
-    ),
+    ("httpx", "BaseClient"): _HTTPX_CLIENT,
+    ("httpx2", "BaseClient"): _HTTPX2_CLIENT,
+    # The cookie jars themselves, held outside a client (requests' RequestsCookieJar
+    # is a stdlib CookieJar; aiohttp's jars derive from its AbstractCookieJar).
+    ("http", "CookieJar"): _COOKIE_JAR,
+    ("httpx", "Cookies"): _COOKIE_JAR,
+    ("httpx2", "Cookies"): _COOKIE_JAR,
+    ("requests", "RequestsCookieJar"): _COOKIE_JAR,
+    ("aiohttp", "AbstractCookieJar"): _COOKIE_JAR,
     ("requests", "Session"): (
         "a requests Session keeps cookies (and auth, headers) in the session",
         "share an HTTPAdapter (its pool) and mount it on a Session built per user",
@@ -76,7 +95,10 @@ _PER_USER_STATE: Final = {
 def carries_user_state(cls: type) -> tuple[str, str] | None:
     """``(why, what to share instead)`` if ``cls`` keeps per-user state in ordinary use."""
     for klass in cls.__mro__:
-        package = klass.__module__.partition(".")[0]
+        module = getattr(klass, "__module__", None)
+        if not isinstance(module, str):
+            continue
+        package = module.partition(".")[0]
         known = _PER_USER_STATE.get((package, klass.__qualname__))
         if known is not None:
             return known
@@ -98,13 +120,38 @@ def refuse_per_user_state(cls: type, what: str) -> None:
         )
 
 
-def _attributes(obj: object) -> list[tuple[str, object]]:
-    """``obj``'s own attributes (its ``__dict__``), without running any of its code."""
-    try:
-        namespace = object.__getattribute__(obj, "__dict__")
-    except (AttributeError, TypeError):
-        return []
-    return list(namespace.items()) if isinstance(namespace, dict) else []
+def _refuse_reachable_state(obj: object) -> None:
+    """Raise :class:`ConfigurationError` if per-user state is reachable from ``obj``.
+
+    Searched with the walk's edges (attributes, slots, class attributes, items,
+    a bound method's ``__self__``, a partial's parts, defaults and closure
+    cells) and bounds; a search stopped by a bound warns, as the walk does.
+    """
+    from isolation.factories._graph import WalkTruncatedWarning, find_reachable, render_path
+
+    found, truncated = find_reachable(obj, carries_user_state)
+    if found is not None:
+        path, value, (why, instead) = found
+        cls = type(value)
+        subject, reaches = cls.__qualname__, ""
+        if len(path) > 1:  # inside: say where
+            package = cls.__module__.partition(".")[0]
+            subject = type(obj).__qualname__
+            reaches = f"it reaches {package}.{cls.__qualname__} at {render_path(path)}; "
+        raise ConfigurationError(
+            f"{subject} cannot be declared shareable: {reaches}{why}, so one user's "
+            "upstream session would be sent with another user's requests",
+            hint=f"Instead, {instead}",
+        )
+    if truncated is not None:
+        warnings.warn(
+            WalkTruncatedWarning(
+                f"isolation.shareable() searched a {type(obj).__qualname__} for per-user "
+                f"state (HTTP clients, cookie jars) up to {truncated}: what lies beyond "
+                "was not searched"
+            ),
+            stacklevel=3,
+        )
 
 
 def _forget(ref: weakref.ref[Any], key: int) -> None:
@@ -126,21 +173,23 @@ def shareable(obj: T) -> T:
         pool = isolation.shareable(httpx.AsyncHTTPTransport(limits=httpx.Limits()))
 
     Raises:
-        ConfigurationError: ``obj`` (or the type, or one of ``obj``'s own
-            attributes) is known to carry one user's state into another's
-            requests: an httpx ``Client``/``AsyncClient``, a requests
-            ``Session`` or an aiohttp ``ClientSession`` (their cookie jars).
-            The message says what to share instead.
+        ConfigurationError: ``obj`` (or the type), or anything reachable from
+            ``obj`` (attributes at any depth, slots, items, a bound method's
+            instance, a partial's arguments, closure cells), is known to carry
+            one user's state into another's requests: an httpx or httpx2
+            ``Client``/``AsyncClient``, a requests ``Session``, an aiohttp
+            ``ClientSession``, or a cookie jar itself (``http.cookiejar``,
+            ``httpx.Cookies``, aiohttp's). The message says where, and what to
+            share instead.
+
+    Warns:
+        WalkTruncatedWarning: the search for such state stopped at the walk's
+            bounds (10 edges, 10,000 objects): what lies beyond was not searched.
     """
     if isinstance(obj, type):
         refuse_per_user_state(obj, "declared shareable")
     else:
-        refuse_per_user_state(type(obj), "declared shareable")
-        # One level in: a wrapper declared whole (``Upstream(client=...)``).
-        for name, value in _attributes(obj):
-            refuse_per_user_state(
-                type(value), f"declared shareable inside {type(obj).__qualname__}.{name}"
-            )
+        _refuse_reachable_state(obj)
     with _lock:
         if isinstance(obj, type):
             _types.add(obj)

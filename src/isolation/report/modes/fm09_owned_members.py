@@ -4,7 +4,9 @@ Subject: a class decorator with the contract of :func:`isolation.owned`. An
 agent class carries its state behind every shape of member an application
 writes: an ``lru_cache``-wrapped method, a class-based decorator, a
 ``partialmethod``, a method attached after decoration, ``__getattr__``
-delegation, ``__await__``, ``__iter__`` and ``__call__``. Alice's agent is
+delegation, ``__await__``, ``__iter__``, ``__call__``, a
+``functools.cached_property`` (cached by alice's read), ``__format__`` and
+``__eq__``. Alice's agent is
 built and used in her scope, then each member is used in bob's scope, live at
 the same time: each must raise :class:`~isolation.CrossContextAccessError`,
 and each must keep working for alice. The mutant is ``@owned`` as it was
@@ -88,6 +90,18 @@ def _agent_class(decorate: Decorator) -> type:
         def __call__(self) -> str:
             return self.user
 
+        @functools.cached_property
+        def plan(self) -> list[str]:
+            return list(self._memory.notes)
+
+        def __format__(self, spec: str) -> str:
+            return str(self._memory.notes)
+
+        def __eq__(self, other: object) -> bool:
+            return self._memory.notes == other
+
+        __hash__ = object.__hash__
+
     decorated = decorate(Agent)
 
     def peek(self: Any) -> str:
@@ -105,6 +119,10 @@ _USES: tuple[tuple[str, Callable[[Any], Any]], ...] = (
     ("__getattr__ delegation", lambda agent: agent.recall()),
     ("iteration", list),
     ("a call", lambda agent: agent()),
+    # Alice's read comes first: the value is then cached in the instance dict.
+    ("a cached_property", lambda agent: agent.plan),
+    ("formatting", lambda agent: f"{agent}"),
+    ("a comparison", lambda agent: agent == ["fm9-alice's secret"]),
 )
 
 
@@ -183,8 +201,9 @@ def register(registry: ModeRegistry) -> None:
             mutant=_mutant,
             description=(
                 "alice's @owned agent used in bob's live scope through lru_cache, a class "
-                "decorator, partialmethod, a late method, __getattr__, await, iter and call: "
-                "each refused, each still alice's"
+                "decorator, partialmethod, a late method, __getattr__, await, iter, call, a "
+                "cached_property after alice's read, format and ==: each refused, each still "
+                "alice's"
             ),
         ),
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import importlib.util
 import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -674,3 +675,42 @@ class TestChildOfAVisibleScope:
         assert response.text == "alice row 0\nalice row 1\n"
         assert audited
         assert set(audited) == {"alice"}
+
+
+_PYTEST_ASYNCIO_FIXTURES = """
+import pytest, pytest_asyncio
+import isolation
+from isolation import UserContext, current_context
+
+@pytest_asyncio.fixture
+async def as_alice():
+    async with isolation.scope(UserContext.new("alice")) as s:
+        yield s
+
+@pytest.mark.asyncio
+async def test_reads_user(as_alice):
+    assert current_context().user_id == "alice"
+
+@pytest_asyncio.fixture
+async def sync_with_alice():
+    with isolation.scope(UserContext.new("alice")) as s:
+        yield s
+
+@pytest.mark.asyncio
+async def test_reads_user_sync_with(sync_with_alice):
+    assert current_context() is sync_with_alice.context
+"""
+
+
+def test_pytest_asyncio_generator_fixtures_hold_for_their_test(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pytest-asyncio drives async generator fixtures from its own frames (not named
+    for fixtures): a fixture entering a scope holds it for its test, as pytest's do."""
+    if importlib.util.find_spec("pytest_asyncio") is None:
+        pytest.skip("pytest-asyncio is not installed (it is in the `tests` extra)")
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(_PYTEST_ASYNCIO_FIXTURES)
+    result = pytester.runpytest_subprocess("-p", "pytest_asyncio.plugin", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)

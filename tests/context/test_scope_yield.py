@@ -714,3 +714,88 @@ def test_pytest_asyncio_generator_fixtures_hold_for_their_test(
     pytester.makepyfile(_PYTEST_ASYNCIO_FIXTURES)
     result = pytester.runpytest_subprocess("-p", "pytest_asyncio.plugin", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
+
+
+@isolation.owned
+class Mailbox:
+    """Alice's mailbox: an @owned object, usable only in the scope that built it."""
+
+    def __init__(self) -> None:
+        self.items = ["statement"]
+
+    def read(self) -> list[str]:
+        return list(self.items)
+
+
+class TestOwnedInAHeldScope:
+    def test_owned_built_in_a_held_scope_is_refused_outside_the_generator(self) -> None:
+        """An @owned object built in a generator's held scope works inside it, and is
+        refused in the consumer between items and in a later, unrelated pool job."""
+
+        def mailboxes() -> Iterator[Mailbox]:
+            with isolation.scope(ALICE):
+                box = Mailbox()
+                assert box.read() == ["statement"]
+                yield box
+                assert box.read() == ["statement"]
+                yield box
+
+        gen = mailboxes()
+        box = next(gen)
+        with pytest.raises(isolation.CrossContextAccessError, match="holds across a yield"):
+            box.read()
+        assert next(gen) is box
+        gen.close()
+
+        cache: dict[str, Any] = {}
+
+        def first_job() -> None:
+            cache["gen"] = mailboxes()
+            cache["box"] = next(cache["gen"])
+
+        def unrelated_job() -> str:
+            try:
+                return repr(cache["box"].read())
+            except isolation.IsolationError as exc:
+                return type(exc).__name__
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pool.submit(first_job).result(timeout=30)
+            assert pool.submit(unrelated_job).result(timeout=30) == "CrossContextAccessError"
+            pool.submit(cache["gen"].close).result(timeout=30)
+
+    def test_owned_built_between_items_is_refused(self) -> None:
+        """Building an @owned object in the consumer between items is refused (the held
+        scope is not the consumer's to own it); in its own scope it works."""
+        gen = jobs()
+        next(gen)
+        with pytest.raises(UsageError, match="held across a yield"):
+            Mailbox()
+        with isolation.scope(UserContext.new("bob")):
+            assert Mailbox().read() == ["statement"]
+        gen.close()
+
+    @pytest.mark.anyio
+    async def test_owned_in_an_async_generator(self) -> None:
+        """The same for an async generator, on asyncio and trio: refused in the consuming
+        task, and in a task the generator starts."""
+        refused: list[str] = []
+
+        async def use(box: Mailbox) -> None:
+            try:
+                box.read()
+            except isolation.CrossContextAccessError as exc:
+                refused.append(type(exc).__name__)
+
+        async def amailboxes() -> AsyncIterator[Mailbox]:
+            async with isolation.scope(ALICE):
+                box = Mailbox()
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(use, box)
+                yield box
+
+        gen = amailboxes()
+        box = await gen.__anext__()
+        await use(box)
+        assert refused == ["CrossContextAccessError", "CrossContextAccessError"]
+        await gen.aclose()

@@ -151,13 +151,26 @@ def _runs_in(frame: FrameType) -> bool:
     A generator's frame is on the stack of the code it runs (and of what that
     code calls or awaits), never on the stack of its consumer between items, of
     a task or a thread started from it, or of a later job on the same worker:
-    the answer depends on who reads, not on when.
+    the answer depends on who reads, not on when. Code in a greenlet (SQLAlchemy's
+    async sessions run their sync core in one) continues its stack in the
+    greenlets that switched into it and wait for it to return.
     """
     current: FrameType | None = _getframe(1)
     while current is not None:
         if current is frame:
             return True
         current = current.f_back
+    greenlet = sys.modules.get("greenlet")
+    if greenlet is None:
+        return False
+    waiting = greenlet.getcurrent().parent
+    while waiting is not None:
+        current = waiting.gr_frame
+        while current is not None:
+            if current is frame:
+                return True
+            current = current.f_back
+        waiting = waiting.parent
     return False
 
 

@@ -799,3 +799,49 @@ class TestOwnedInAHeldScope:
         await use(box)
         assert refused == ["CrossContextAccessError", "CrossContextAccessError"]
         await gen.aclose()
+
+
+class TestPerItemScopes:
+    def test_per_item_scope_in_a_function_the_generator_calls(self) -> None:
+        """The documented fix: a per-item scope entered in a plain function is that
+        function's, so threads it starts see it; one entered in the generator's own
+        body is the generator's, and its threads are refused (documented)."""
+
+        def one_job(ctx: UserContext) -> tuple[str, str]:
+            with isolation.scope(ctx), isolation.ContextThreadPoolExecutor(1) as pool:
+                return _who(), pool.submit(_who).result(30)
+
+        def jobs_via_function() -> Iterator[tuple[str, str]]:
+            for user in ("alice", "bob"):
+                yield one_job(UserContext.new(user))
+
+        def jobs_in_body() -> Iterator[tuple[str, str]]:
+            for user in ("alice", "bob"):
+                with isolation.scope(UserContext.new(user)):
+                    with isolation.ContextThreadPoolExecutor(1) as pool:
+                        result = _who(), pool.submit(_who).result(30)
+                yield result
+
+        assert list(jobs_via_function()) == [("alice", "alice"), ("bob", "bob")]
+        assert list(jobs_in_body()) == [("alice", "UsageError"), ("bob", "UsageError")]
+
+    @pytest.mark.anyio
+    async def test_async_per_item_scope_in_a_coroutine(self) -> None:
+        """The same for an async generator: a coroutine's scope reaches its tasks."""
+
+        async def one_job(ctx: UserContext) -> list[str]:
+            seen: list[str] = []
+            async with isolation.scope(ctx):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_record, seen)
+                seen.append(await isolation.to_thread(_who))
+            return seen
+
+        async def jobs_via_coroutine() -> AsyncIterator[list[str]]:
+            for user in ("alice", "bob"):
+                yield await one_job(UserContext.new(user))
+
+        assert [item async for item in jobs_via_coroutine()] == [
+            ["alice", "alice"],
+            ["bob", "bob"],
+        ]

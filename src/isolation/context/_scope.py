@@ -226,8 +226,9 @@ def _across_yield_error(scope: Scope, what: str) -> UsageError:
         f"is held across a yield: {what}",
         hint=(
             "Enter the scope in the consumer, around the loop; or, in the generator, "
-            "use scope() inside each item and leave it before yielding. Tasks and threads "
-            "the generator starts open their own scope (pass them the context)"
+            "call a function that enters scope() for one item and returns its result. "
+            "Tasks and threads started in a generator's own scope open their own scope "
+            "(pass them the context)"
         ),
     )
 

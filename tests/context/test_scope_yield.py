@@ -845,3 +845,27 @@ class TestPerItemScopes:
             ["alice", "alice"],
             ["bob", "bob"],
         ]
+
+
+@pytest.mark.xfail(
+    reason=(
+        "documented limit: a generator resumed from another thread or task, whose context "
+        "never bound its scope, under another user's scope runs as that user until its "
+        "scope's exit refuses (no hook on a generator's resume)"
+    ),
+    raises=AssertionError,
+)
+def test_resumed_from_another_context_under_another_scope() -> None:
+    gen = digest()
+    assert next(gen) == "built as alice"
+
+    def bob_job() -> str:
+        with isolation.scope(UserContext.new("bob")):
+            return next(gen)
+
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            assert pool.submit(bob_job).result(timeout=30) == "built as UsageError"
+    finally:
+        with contextlib.suppress(UsageError):
+            gen.close()

@@ -616,6 +616,9 @@ class TestChildOfAVisibleScope:
             gen = rows()
             assert await gen.__anext__() == "alice"
             assert isolation.current_scope() is request
+            record = logging.LogRecord("x", logging.INFO, __file__, 1, "msg", None, None)
+            ContextFilter().filter(record)
+            assert record.request_id == request.context.request_id
             assert await gen.__anext__() == "alice"
             with pytest.raises(ContextSwitchError):
                 async with isolation.scope(UserContext.new("bob")):

@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import logging
 
-from isolation._errors import ConfigurationError, ContextError
+from isolation._errors import ConfigurationError, IsolationError
 from isolation._redact import Redactor, redact, set_redactor
 
 __all__ = ["ContextFilter", "Redactor", "get_logger", "hmac_redactor", "redact", "set_redactor"]
@@ -44,14 +44,17 @@ class ContextFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from isolation.context._scope import _current
+        from isolation.context._scope import _current, current_scope
 
         scope = _current.get()
         ctx = None
         if scope is not None:
             try:
                 ctx = scope.context if scope.active else None
-            except ContextError:  # pragma: no cover - `context` never raises today
+                if ctx is None and scope._held is not None:
+                    # Held across a yield: the scope seen here (its parent), if any.
+                    ctx = current_scope().context
+            except IsolationError:  # refused: no user stamped
                 ctx = None
         if ctx is None:
             record.user_id = record.tenant_id = record.request_id = "-"

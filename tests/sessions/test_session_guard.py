@@ -405,3 +405,26 @@ async def test_session_used_from_a_worker_thread_is_a_typed_refusal(engine: Asyn
     async with isolation.scope(ALICE), manager.session() as s:
         with pytest.raises(isolation.SessionInUseError):
             await isolation.to_thread(lambda: s.sync_session.execute(text("SELECT 1")))
+
+
+async def test_session_of_a_generator_held_scope_is_refused_outside_it(
+    engine: AsyncEngine,
+) -> None:
+    """A session opened in a scope an async generator holds across a yield works in the
+    generator, and is refused in its consumer between items (it passed: the held scope
+    is still the bound one there)."""
+    manager = library_manager(_sqlite(engine))
+
+    async def sessions() -> AsyncIterator[AsyncSession]:
+        async with isolation.scope(ALICE), manager.session() as s:
+            await s.execute(text("SELECT 1"))
+            yield s
+            await s.execute(text("SELECT 1"))
+            yield s
+
+    gen = sessions()
+    s = await gen.__anext__()
+    with pytest.raises(CrossContextAccessError, match="holds its scope across a yield"):
+        await s.execute(text("SELECT 1"))
+    assert await gen.__anext__() is s
+    await gen.aclose()

@@ -14,16 +14,21 @@ Rules, in the order :meth:`Scope._bind` applies them:
   ``allow_switch=True``;
 * a copied context whose scope has ended is not bound: anything may be entered
   there, but :func:`current_context` refuses with :class:`ScopeEndedError`;
-* a scope entered in a generator or async generator body and still bound when
-  it yields is **held across a yield**: the consumer shares the generator's
-  :class:`~contextvars.Context`, so it would run as the generator's user
-  between items (and a thread pool's next job after it). Read from outside the
-  generator, such a scope is refused with :class:`UsageError` (fail closed),
-  is not "bound" for a new scope (which opens as a root), and its exit in
-  another context or out of order raises :class:`UsageError`, never a
-  ``ValueError`` from a foreign token. Generators that are context managers
-  (``contextlib.contextmanager``, ``asynccontextmanager``) and pytest fixtures
-  hold a scope for their caller on purpose and are exempt.
+* a scope entered in a generator or async generator body (directly, through
+  an ``ExitStack``, or through a ``@contextmanager`` / ``@asynccontextmanager``
+  helper) and still bound when it yields is **held across a yield**: the
+  consumer shares the generator's :class:`~contextvars.Context`, so it would
+  run as the generator's user between items (and a thread pool's next job
+  after it). A held scope is seen only by code whose stack runs through the
+  generator's frame: elsewhere (the consumer, tasks and threads started by
+  either side, a later job) it is refused with :class:`UsageError`, or, if it
+  is the child of a scope of the same principal seen there, that scope
+  answers. A new scope entered there binds over it and remembers it: the
+  generator, resumed under that scope, is refused instead of running as its
+  user. An exit in another context or out of order raises
+  :class:`UsageError`, never a ``ValueError`` from a foreign token. Context
+  managers and pytest fixtures hold a scope for their caller on purpose and
+  are exempt.
 """
 
 from __future__ import annotations
@@ -31,7 +36,6 @@ from __future__ import annotations
 import _thread
 import asyncio
 import contextlib
-import dis
 import inspect
 import logging
 import math
@@ -39,7 +43,7 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar, Token
-from types import CodeType, CoroutineType, FrameType, TracebackType
+from types import CoroutineType, FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, final
 
 import anyio
@@ -95,8 +99,10 @@ _getframe = sys._getframe
 _YIELDS: Final = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
 _CONTEXTLIB: Final = vars(contextlib)
 # Test runners that drive generator fixtures: their frames are named for fixtures.
-_FIXTURE_RUNNERS: Final = frozenset({"_pytest", "anyio", "pytest_asyncio", "pytest_trio"})
-_AT_AWAIT: dict[tuple[CodeType, int], bool] = {}
+_FIXTURE_RUNNERS: Final = frozenset({"_pytest", "anyio"})
+# Plugins that only drive fixtures and tests: any frame of theirs (pytest-asyncio's
+# `async def setup()` is not named for fixtures).
+_FIXTURE_PLUGINS: Final = frozenset({"pytest_asyncio", "pytest_trio"})
 
 
 class _Unset:
@@ -139,53 +145,76 @@ def _task_key() -> tuple[int, object]:
     return threading.get_ident(), None
 
 
-def _suspended_at_await(frame: FrameType) -> bool:
-    """Whether a suspended async generator waits on an ``await`` (not a ``yield``).
+def _runs_in(frame: FrameType) -> bool:
+    """Whether the calling code runs inside ``frame``: it is on the caller's stack.
 
-    Both suspend on ``YIELD_VALUE``; an ``await`` reaches it through ``SEND``.
-    The suspended frame's ``f_lasti`` is that ``YIELD_VALUE`` up to Python 3.12
-    and the ``RESUME`` after it from 3.13 on: the last ``YIELD_VALUE`` at or
-    before ``f_lasti`` is the one, whichever it is.
+    A generator's frame is on the stack of the code it runs (and of what that
+    code calls or awaits), never on the stack of its consumer between items, of
+    a task or a thread started from it, or of a later job on the same worker:
+    the answer depends on who reads, not on when. Code in a greenlet (SQLAlchemy's
+    async sessions run their sync core in one) continues its stack in the
+    greenlets that switched into it and wait for it to return.
     """
-    key = (frame.f_code, frame.f_lasti)
-    found = _AT_AWAIT.get(key)
-    if found is None:
-        previous = before_yield = None
-        for instruction in dis.get_instructions(frame.f_code):
-            if instruction.offset > frame.f_lasti:
-                break
-            if instruction.opname == "YIELD_VALUE":
-                before_yield = previous
-            previous = instruction.opname
-        found = _AT_AWAIT[key] = before_yield == "SEND"
-    return found
+    current: FrameType | None = _getframe(1)
+    while current is not None:
+        if current is frame:
+            return True
+        current = current.f_back
+    greenlet = sys.modules.get("greenlet")
+    if greenlet is None:
+        return False
+    waiting = greenlet.getcurrent().parent
+    while waiting is not None:
+        current = waiting.gr_frame
+        while current is not None:
+            if current is frame:
+                return True
+            current = current.f_back
+        waiting = waiting.parent
+    return False
 
 
-def _drives_a_context_manager(caller: FrameType | None) -> bool:
-    """Whether ``caller``, which runs a generator, makes it a context manager or fixture."""
+def _fixture_runner(caller: FrameType | None) -> bool:
+    """Whether ``caller``, which runs a generator, is a test runner driving a fixture."""
     if caller is None:
         return False
-    if caller.f_globals is _CONTEXTLIB:
+    module = str(caller.f_globals.get("__name__", "")).partition(".")[0]
+    if module in _FIXTURE_PLUGINS:
         return True
-    module = str(caller.f_globals.get("__name__", ""))
-    return "fixture" in caller.f_code.co_name and module.partition(".")[0] in _FIXTURE_RUNNERS
+    return "fixture" in caller.f_code.co_name and module in _FIXTURE_RUNNERS
 
 
-def _across_yield(scope: Scope) -> bool:
-    """Whether the generator holding ``scope`` has yielded, seen from the caller.
-
-    A generator whose frame runs has a caller (``f_back``): whoever reads is
-    inside it, or a child of it. A suspended sync generator has yielded. A
-    suspended async generator has yielded if the task that drives it is the
-    one asking (that task runs elsewhere), or if it does not wait on an await.
-    """
+def _hidden(scope: Scope) -> bool:
+    """Whether the generator holding ``scope`` has yielded it, seen from the caller."""
     hold = scope._held
     frame = None if hold is None else hold.frame
-    if frame is None or frame.f_back is not None:
-        return False
-    if not frame.f_code.co_flags & inspect.CO_ASYNC_GENERATOR:
-        return True
-    return _task_key() == hold.by or not _suspended_at_await(frame)  # type: ignore[union-attr]
+    return frame is not None and not _runs_in(frame)
+
+
+def _shadows(scope: Scope) -> bool:
+    """Whether ``scope``, opened over a held scope, is read from inside that scope's generator."""
+    over = scope._over
+    hold = None if over is None else over._held
+    frame = None if hold is None else hold.frame
+    return frame is not None and _runs_in(frame)
+
+
+def _seen(scope: Scope) -> Scope:
+    """The scope the caller sees where ``scope`` (held, or opened over a held one) is bound.
+
+    A held scope read from outside its generator is refused, unless it is the
+    child of a scope of the same principal that the caller sees (a body
+    generator's own deadline inside a request): that one answers. A scope
+    opened over a held one is refused inside that generator, resumed under it.
+    """
+    while _hidden(scope):
+        parent = scope._parent
+        if parent is None:
+            raise _across_yield_error(scope, "it was read outside the generator, between its items")
+        scope = parent
+    if _shadows(scope):
+        raise _resumed_error(scope)
+    return scope
 
 
 def _across_yield_error(scope: Scope, what: str) -> UsageError:
@@ -197,8 +226,24 @@ def _across_yield_error(scope: Scope, what: str) -> UsageError:
         f"is held across a yield: {what}",
         hint=(
             "Enter the scope in the consumer, around the loop; or, in the generator, "
-            "use scope() inside each item and leave it before yielding"
+            "call a function that enters scope() for one item and returns its result. "
+            "Tasks and threads started in a generator's own scope open their own scope "
+            "(pass them the context)"
         ),
+    )
+
+
+def _resumed_error(scope: Scope) -> UsageError:
+    over = scope._over
+    assert over is not None
+    hold = over._held
+    frame = None if hold is None else hold.frame
+    name = "a generator" if frame is None else f"the generator {frame.f_code.co_qualname}()"
+    return UsageError(
+        f"{name} holding the scope of {redact_principal(over._ctx.principal)} was resumed "
+        f"inside the scope of {redact_principal(scope._ctx.principal)}: its body would run "
+        "as another user",
+        hint="Resume (next(), send(), anext()) the generator outside other users' scopes",
     )
 
 
@@ -306,6 +351,7 @@ class Scope:
         "_held",
         "_lifetime",
         "_lock",
+        "_over",
         "_parent",
         "_reentered",
         "_registry",
@@ -362,8 +408,10 @@ class Scope:
         self._finalizers: list[Finalizer] | None = None
         self._cancel_scope: anyio.CancelScope | None = None
         self._async = False
-        # Set when a generator's body entered this scope (see _across_yield).
+        # Set when a generator's body entered this scope (see _seen).
         self._held: _Hold | None = None
+        # The held scope this one was opened over, out of its generator's sight (see _seen).
+        self._over: Scope | None = None
         # Per-scope values (ContextLocal, scoped instances): made on first use,
         # or now for a registry's scope, which will need them.
         self._data: dict[object, Any] | None = None if registry is None else {}
@@ -420,8 +468,14 @@ class Scope:
 
     @property
     def active(self) -> bool:
-        """Whether the scope has been entered, has not ended, and is not held across a yield."""
-        return self._state == _ACTIVE and (self._held is None or not _across_yield(self))
+        """Whether the scope has been entered, has not ended, and is the caller's to use.
+
+        ``False`` for a scope a generator holds across a yield, read from outside
+        that generator, and for a scope opened over such a scope, read from inside it.
+        """
+        return self._state == _ACTIVE and (
+            (self._held is None and self._over is None) or not (_hidden(self) or _shadows(self))
+        )
 
     @property
     def ended(self) -> bool:
@@ -488,8 +542,10 @@ class Scope:
         """Refuse resolving from a scope that ended, expired, or is not the caller's."""
         if self._state != _ACTIVE:
             raise _ended(self)
-        if self._held is not None and _across_yield(self):
+        if self._held is not None and _hidden(self):
             raise _across_yield_error(self, "a product was asked for outside the generator")
+        if self._over is not None and _shadows(self):
+            raise _resumed_error(self)
         self._check_deadline()
         current = _current.get()
         while current is not None and current is not self:
@@ -540,13 +596,9 @@ class Scope:
         ctx = self._ctx
         deadline = ctx.expires_at
         outer = _current.get()
-        if (
-            outer is not None
-            and outer._state == _ACTIVE
-            # A scope a generator holds across its yield is not bound out here:
-            # this one opens as a root, so the thread or task stays usable.
-            and (outer._held is None or not _across_yield(outer))
-        ):
+        if outer is not None and (outer._held is not None or outer._over is not None):
+            outer = self._outer_seen(outer)
+        if outer is not None and outer._state == _ACTIVE:
             if self._lifetime > outer._lifetime:
                 raise UsageError(
                     f"a {self._lifetime.name} scope cannot be entered inside a "
@@ -579,8 +631,8 @@ class Scope:
                 f"the context of {redact_principal(ctx.principal)} has expired"
             )
         self._deadline = deadline
-        # A held scope has no fast path: every read asks _across_yield.
-        if self._held is not None:
+        # A held scope, or one over a held scope, has no fast path: every read asks _seen.
+        if self._held is not None or self._over is not None:
             pass
         elif deadline is None:
             self._fast = ctx
@@ -590,6 +642,26 @@ class Scope:
         self._state = _ACTIVE
         _opened.increment()
         return None
+
+    def _outer_seen(self, outer: Scope) -> Scope | None:
+        """The enclosing scope as this code sees it, past held scopes out of its sight.
+
+        A held scope of a generator that has yielded is not bound out here: this
+        scope binds over it (as a child of its visible parent, or as a root, so
+        the thread or task stays usable) and remembers it, so that the
+        generator, resumed under this scope, is refused rather than run as its
+        user. Inside a generator resumed under another scope, nothing binds.
+        """
+        found: Scope | None = outer
+        while found is not None and _hidden(found):
+            found = found._parent
+        if found is not None and found._over is not None:
+            if _shadows(found):
+                raise _resumed_error(found)
+            self._over = found._over
+        if found is not outer:
+            self._over = outer
+        return found
 
     def _check_deadline(self) -> None:
         if self._deadline is not None and _clock._now() >= self._deadline:
@@ -661,7 +733,7 @@ class Scope:
 
     def __enter__(self) -> Scope:
         # Who runs the `with`: a generator's body may hold the scope across a
-        # yield (see _across_yield). One frame look-up, the cost of the check.
+        # yield (see _seen). One frame look-up, the cost of the check.
         frame = _getframe(1)
         if frame.f_code.co_flags & _YIELDS or frame.f_globals is _CONTEXTLIB:
             self._note_holder(frame)
@@ -692,17 +764,28 @@ class Scope:
         return self
 
     def _note_holder(self, frame: FrameType | None) -> None:
-        """Remember the generator whose body enters this scope (see _across_yield)."""
-        # Skip contextlib's ExitStack and AsyncExitStack to the code that enters.
-        while frame is not None and frame.f_globals is _CONTEXTLIB:
-            frame = frame.f_back
-        if (
-            self._state == _NEW
-            and frame is not None
-            and frame.f_code.co_flags & _YIELDS
-            and not _drives_a_context_manager(frame.f_back)
-        ):
-            self._held = _Hold(frame, _task_key())
+        """Remember the generator whose body enters this scope (see _seen).
+
+        contextlib's frames (``ExitStack``, the ``__enter__`` of a
+        ``@contextmanager``) are skipped to the code that enters. A generator
+        that a context manager drives holds the scope for whoever entered that
+        context manager: if that is itself a generator's body, the scope is held
+        there. Generator fixtures hold a scope for their test, on purpose.
+        """
+        if self._state != _NEW:
+            return
+        while frame is not None:
+            while frame is not None and frame.f_globals is _CONTEXTLIB:
+                frame = frame.f_back
+            if frame is None or not frame.f_code.co_flags & _YIELDS:
+                return
+            caller = frame.f_back
+            if caller is not None and caller.f_globals is _CONTEXTLIB:
+                frame = caller  # a @contextmanager helper: who entered it?
+                continue
+            if not _fixture_runner(caller):
+                self._held = _Hold(frame, _task_key())
+            return
 
     def __exit__(
         self,
@@ -974,14 +1057,14 @@ def current_scope() -> Scope:
         scope = _restore(scope)
     if scope is None:
         raise NoContextError("no isolation scope is bound here")
+    if scope._held is not None or scope._over is not None:
+        scope = _seen(scope)
     if scope._state != _ACTIVE:
         error = _ended(scope)
         # Work left running after its deadline (a thread abandoned on cancel)
         # learns that the context expired, as the issue's contract says.
         scope._check_deadline()
         raise error
-    if scope._held is not None and _across_yield(scope):
-        raise _across_yield_error(scope, "it was read outside the generator, between its items")
     scope._check_deadline()
     return scope
 

@@ -38,7 +38,7 @@ from typing import Any, Final, TypeVar
 
 from isolation._errors import CrossContextAccessError, NoContextError, UsageError
 from isolation._redact import redact_principal
-from isolation.context._scope import _ACTIVE, Scope, _current
+from isolation.context._scope import _ACTIVE, Scope, _current, current_scope
 
 __all__ = ["OWNER_ATTRIBUTE", "owned", "owner_of"]
 
@@ -129,6 +129,13 @@ def _refusal(
     whose = redact_principal(owner._ctx.principal)
     if current is None:
         return CrossContextAccessError(f"this {what} of {whose} was used outside any scope")
+    if owner._state == _ACTIVE and not owner.active:
+        return CrossContextAccessError(
+            f"this {what} was built in a scope of {whose} that a generator holds across a "
+            "yield, and was used outside that generator (its consumer, another task or "
+            "thread, a later job)",
+            hint="Use it inside the generator, or build it in the scope that uses it",
+        )
     if owner._state != _ACTIVE:
         if current._ctx.principal == owner._ctx.principal:
             return CrossContextAccessError(
@@ -160,9 +167,11 @@ def _check_slow(instance: object, current: Scope | None, owner: Scope | None) ->
         and owner is not None
         and owner._state == _ACTIVE
         and current._state == _ACTIVE
+        # Not a scope a generator holds across a yield, seen from outside it.
+        and owner.active
     ):
-        # A nested scope of the same principal: usually zero or one step up.
-        scope = current._parent
+        # The owner, or a nested scope of the same principal: usually zero or one step up.
+        scope: Scope | None = current
         while scope is not None:
             if scope is owner:
                 return
@@ -170,10 +179,19 @@ def _check_slow(instance: object, current: Scope | None, owner: Scope | None) ->
     raise _refusal(instance, current, owner)
 
 
+# The fast paths below pass an owner that is the current scope and readable without
+# questions: a scope has ``_fast`` (no deadline) or ``_timed`` (a deadline) only while it
+# is active and neither held across a yield nor bound over a held one (see Scope._bind).
+
+
 def _check_weak(instance: object) -> None:
     current = _current.get()
     owner = owner_of(instance)
-    if current is owner and owner is not None and owner._state == _ACTIVE:
+    if (
+        current is owner
+        and owner is not None
+        and (owner._fast is not None or owner._timed is not None)
+    ):
         return
     _check_slow(instance, current, owner)
 
@@ -184,7 +202,11 @@ def _check_attribute(instance: object) -> None:
         owner = instance.__isolation_owner__  # type: ignore[attr-defined]
     except AttributeError:
         owner = None
-    if current is owner and owner is not None and owner._state == _ACTIVE:
+    if (
+        current is owner
+        and owner is not None
+        and (owner._fast is not None or owner._timed is not None)
+    ):
         return
     _check_slow(instance, current, owner)
 
@@ -222,7 +244,6 @@ def _guard_function(fn: Callable[..., Any], weak: bool) -> Callable[..., Any]:
         wrapper = guarded_gen
     else:
         get_current = _current.get
-        active = _ACTIVE
 
         def guarded(self: Any, /, *args: Any, **kwargs: Any) -> Any:
             # The common case: one ContextVar read and an identity compare (an
@@ -232,7 +253,11 @@ def _guard_function(fn: Callable[..., Any], weak: bool) -> Callable[..., Any]:
                 owner = self.__isolation_owner__
             except AttributeError:
                 owner = None
-            if current is owner and owner is not None and owner._state == active:
+            if (
+                current is owner
+                and owner is not None
+                and (owner._fast is not None or owner._timed is not None)
+            ):
                 return fn(self, *args, **kwargs)
             check(self)
             return fn(self, *args, **kwargs)
@@ -663,6 +688,8 @@ def owned(cls: C) -> C:
 
     def __new__(klass: type, /, *args: Any, **kwargs: Any) -> Any:  # noqa: N807
         current = _current.get()
+        if current is not None and (current._held is not None or current._over is not None):
+            current = current_scope()  # held across a yield: refused, or the scope seen here
         if current is None or current._state != _ACTIVE:
             raise NoContextError(
                 f"an @owned {klass.__qualname__} can only be built inside a scope",

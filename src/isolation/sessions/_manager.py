@@ -178,6 +178,14 @@ class _Owner:
                 task = None
             if task is not None and task in cleaners:
                 return
+        if current is not None and current._held and current is self.scope_ref():
+            if current.active and not self.closed:
+                return  # in the generator that holds its scope across a yield
+            if not self.closed:
+                raise CrossContextAccessError(
+                    f"a database session of {redact_principal(self.principal)} was used "
+                    "outside the generator that holds its scope across a yield"
+                )
         if current is None or current is not self.scope_ref():
             where = (
                 "with no scope bound"
@@ -266,7 +274,7 @@ def _checked(produce: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def get(self: Any) -> Any:
         owner: _Owner = self._isolation_owner
         current = current_scope()
-        if current is None or current is not owner.scope_ref() or owner.closed:
+        if current is None or current is not owner.scope_ref() or owner.closed or current._held:
             owner.refuse(current)
         return produce(self)
 
@@ -279,7 +287,7 @@ def _checked_setter(put: Callable[[Any, Any], None]) -> Callable[[Any, Any], Non
     def set_(self: Any, value: Any) -> None:
         owner: _Owner = self._isolation_owner
         current = _current_scope()
-        if current is None or current is not owner.scope_ref() or owner.closed:
+        if current is None or current is not owner.scope_ref() or owner.closed or current._held:
             owner.refuse(current)
         put(self, value)
 
@@ -304,7 +312,7 @@ def _checked_call(fn: Callable[..., Any]) -> Callable[..., Any]:
     def checked(self: Any, *args: Any, **kwargs: Any) -> Any:
         owner: _Owner = self._isolation_owner
         current = _current_scope()
-        if current is None or current is not owner.scope_ref() or owner.closed:
+        if current is None or current is not owner.scope_ref() or owner.closed or current._held:
             owner.refuse(current)
         return fn(self, *args, **kwargs)
 
@@ -327,7 +335,7 @@ def _checked_property(name: str, raw: Any) -> property:
         def get(self: Any) -> Any:  # hot (identity_map): the check inline
             owner: _Owner = self._isolation_owner
             current = current_scope()
-            if current is None or current is not owner.scope_ref() or owner.closed:
+            if current is None or current is not owner.scope_ref() or owner.closed or current._held:
                 owner.refuse(current)
             return self.__dict__[key]
 

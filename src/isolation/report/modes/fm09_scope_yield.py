@@ -8,6 +8,9 @@ pattern written as a generator. The property, with real threads and tasks:
 * the consumer between items, in a task, and in a thread of a bare
   ``ThreadPoolExecutor`` (a later, unrelated job on the worker that ran the
   generator), never reads the generator's user; it can open a scope of its own;
+* a generator resumed under the consumer's own scope never builds an item as
+  the consumer's user, and a scope held through a ``@contextmanager`` helper
+  is held too;
 * a generator closed in another context, thread or task ends with a typed
   :class:`~isolation.IsolationError`, never a ``ValueError`` from a foreign token,
   and the closing task can then open a new scope.
@@ -19,6 +22,7 @@ consumer read the generator's user.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 from collections.abc import AsyncGenerator, Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +61,53 @@ async def _ajobs(make: Make, ctx: UserContext) -> AsyncGenerator[str, None]:
     async with make(ctx):
         yield current_context().user_id
         yield current_context().user_id
+
+
+def _digest(make: Make, ctx: UserContext) -> Generator[str, None, None]:
+    """Items built as whoever the body runs as: the generator's user, or a refusal."""
+    with make(ctx):
+        yield _who()
+        yield _who()
+
+
+@contextlib.contextmanager
+def _as_user(make: Make, ctx: UserContext) -> Generator[None, None, None]:
+    """An application's helper: the scope reaches the generator through it."""
+    with make(ctx):
+        yield
+
+
+def _helper_jobs(make: Make, ctx: UserContext) -> Generator[str, None, None]:
+    with _as_user(make, ctx):
+        yield _who()
+        yield _who()
+
+
+def _resumed_and_helpers(make: Make, users: list[UserContext], violations: list[str]) -> None:
+    """A generator resumed under the consumer's own scope never builds an item as the
+    consumer's user; a scope held through a @contextmanager helper is held too."""
+    for ctx in users:
+        gen = _digest(make, ctx)
+        next(gen)
+        with Scope(UserContext.new("fm9-consumer"), allow_switch=True):
+            try:
+                if next(gen) == "fm9-consumer":
+                    violations.append(
+                        f"the generator of {ctx.user_id}, resumed under the consumer's "
+                        "scope, built an item as the consumer's user"
+                    )
+            except IsolationError:
+                pass
+            _close(gen, "under the consumer's scope", violations)
+        _close(gen, "after the consumer's scope", violations)
+        helper = _helper_jobs(make, ctx)
+        next(helper)
+        if _who() == ctx.user_id:
+            violations.append(
+                f"the consumer ran as {ctx.user_id} between the items of a generator "
+                "holding its scope through a @contextmanager helper"
+            )
+        _close(helper, "in another context", violations)
 
 
 def _close(gen: Generator[str, None, None], where: str, violations: list[str]) -> None:
@@ -134,6 +185,7 @@ async def check_no_scope_across_yield(make: Make, settings: Settings) -> list[st
     violations: list[str] = []
     users = [UserContext.new(f"fm9-job-user-{i}", tenant_id="fm9") for i in range(USERS)]
     _sync_consumers(make, users, violations)
+    _resumed_and_helpers(make, users, violations)
     await anyio.to_thread.run_sync(_pool_jobs, make, users, violations)
     for ctx in users:
         await _closed_by_another_task(make, ctx, violations)

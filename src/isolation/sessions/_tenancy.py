@@ -54,6 +54,7 @@ from sqlalchemy.sql.elements import BindParameter
 from isolation._errors import (
     ConfigurationError,
     CrossContextAccessError,
+    InvalidContextError,
     NoContextError,
     UsageError,
 )
@@ -142,6 +143,7 @@ class Rule:
         "columns",
         "criteria",
         "model",
+        "names",
         "options",
         "owners",
         "pk_keys",
@@ -168,13 +170,23 @@ class Rule:
         )
         # The owner columns as update().values() names them: Column objects and names.
         self.columns: dict[object, str] = {}
+        # The execute parameter names that set an owner column (attribute key, column
+        # key and name, the multi-table "table_column" bind name) -> attribute key.
+        self.names: dict[str, str] = {}
         for key, _ in self.owners:
             prop = mapper.attrs[key]
             assert isinstance(prop, ColumnProperty)
             self.columns[key] = key
+            self.names[key] = key
             for column in prop.columns:
                 self.columns[column] = key
                 self.columns[getattr(column, "key", key)] = key
+                for name in (getattr(column, "key", None), getattr(column, "name", None)):
+                    if isinstance(name, str):
+                        self.names[name] = key
+                        table = getattr(column, "table", None)
+                        if table is not None:
+                            self.names[f"{table.name}_{name}"] = key
         self.pk_keys: tuple[str, ...] = tuple(
             mapper.get_property_by_column(column).key for column in mapper.primary_key
         )
@@ -217,6 +229,21 @@ class Rule:
             return None, user
         return owner_value("tenant_id", tenant_id, self.tenant_type), user
 
+    def owns(self, index: int, value: object, mine: object) -> bool:
+        """Whether ``value``, given for owner column ``index`` (0 tenant, 1 user), is the
+        principal's ``mine``: a ``str`` for an int or UUID column counts when it is the
+        canonical text of ``mine`` (what ``current_context()`` holds), no other spelling.
+        """
+        if value == mine:
+            return True
+        kind = self.user_type if index else self.tenant_type
+        if kind is str or not isinstance(value, str):
+            return False
+        try:
+            return owner_value("user_id" if index else "tenant_id", value, kind) == mine
+        except InvalidContextError:
+            return False
+
     def refusal(self, principal: Principal) -> Exception | None:
         """Why this rule cannot serve ``principal`` at all, or ``None``."""
         tenant = principal[0]
@@ -252,23 +279,31 @@ class Rule:
         return (values[0], values[1])
 
     def check_mapping(
-        self, values: Any, principal: Principal, verb: str, *, stamp: bool = False
+        self,
+        values: Any,
+        principal: Principal,
+        verb: str,
+        *,
+        stamp: bool = False,
+        names: dict[str, str] | None = None,
     ) -> None:
-        """Refuse owner values of another principal in ``values`` (attribute key -> value).
+        """Refuse owner values of another principal in ``values`` (parameter name -> value),
+        under every name that sets an owner column (``names``, by default the rule's).
 
         With ``stamp``, a missing or ``None`` owner value is set to the principal's.
         """
         owned = self.values_of(principal)
-        for key, index in self.owners:
-            mine = owned[index]
-            if key not in values or values[key] is None:
-                if stamp:
-                    values[key] = mine
-                elif key in values:
-                    raise _foreign(self.model, verb, principal, key, None)
+        if stamp:
+            for key, index in self.owners:
+                if values.get(key) is None:
+                    values[key] = owned[index]
+        for name, key in (self.names if names is None else names).items():
+            if name not in values:
                 continue
-            if values[key] != mine:
-                raise _foreign(self.model, verb, principal, key, values[key])
+            index = 0 if key == self.tenant_key else 1
+            value = values[name]
+            if value is None or not self.owns(index, value, owned[index]):
+                raise _foreign(self.model, verb, principal, key, value)
 
     def identity(self, values: Any) -> tuple[Any, ...]:
         """The primary key in a bulk mapping, for the ownership query."""
@@ -503,7 +538,7 @@ class Tenancy:
         loaded = parent.dict
         owned = rule.values_of(principal)
         for key, index in rule.owners:
-            if key in loaded and loaded[key] != owned[index]:
+            if key in loaded and not rule.owns(index, loaded[key], owned[index]):
                 raise _foreign(rule.model, "load the relationships of", principal, key, loaded[key])
 
     def _check_write(self, state: ORMExecuteState, principal: Principal) -> None:
@@ -521,6 +556,11 @@ class Tenancy:
                 "SQLAlchemy version, so it refuses it"
             )
         owned = rule.values_of(principal)
+        parameters = state.parameters
+        many: list[Any] = []
+        if parameters:
+            many = parameters if isinstance(parameters, list) else [parameters]
+        names = rule.names
         values = getattr(statement, "_values", None) or {}
         ordered = getattr(statement, "_ordered_values", None) or ()
         for column, value in (*values.items(), *ordered):
@@ -530,19 +570,23 @@ class Tenancy:
             index = 0 if key == rule.tenant_key else 1
             if not isinstance(value, BindParameter) or value.callable is not None:
                 raise _foreign(rule.model, "set the owner of", principal, key, "<SQL expression>")
-            if value.value != owned[index]:
+            # An execute parameter named like the bind replaces its value
+            # (values(owner=bindparam("o", mine)) run with {"o": other}).
+            given = sum(1 for mapping in many if value.key in mapping)
+            default_used = given < len(many) or not many
+            if default_used and not rule.owns(index, value.value, owned[index]):
                 raise _foreign(rule.model, "set the owner of", principal, key, value.value)
+            if given and value.key not in names:
+                names = {**names, value.key: key}
         if state.execution_options.get("dml_strategy") == "core_only":
             # Run as Core: SQLAlchemy applies no loader criteria, so the WHERE
             # clause carries them.
             where: Any = statement
             state.statement = where.where(rule.criteria)
-        parameters = state.parameters
-        if not parameters:
+        if not many:
             return
-        many = parameters if isinstance(parameters, list) else [parameters]
         for mapping in many:
-            rule.check_mapping(mapping, principal, "set the owner of")
+            rule.check_mapping(mapping, principal, "set the owner of", names=names)
         if state.is_executemany and state.execution_options.get("dml_strategy") != "core_only":
             verb = "update" if state.is_update else "delete"
             rule.verify_owned(state.session, (rule.identity(m) for m in many), principal, verb)
@@ -564,7 +608,7 @@ class Tenancy:
                 value = getattr(obj, key)
                 if value is None:
                     setattr(obj, key, mine)
-                elif value != mine:
+                elif not rule.owns(0 if key == rule.tenant_key else 1, value, mine):
                     raise _foreign(rule.model, "insert", principal, key, value)
         for collection, verb in ((session.dirty, "update"), (session.deleted, "delete")):
             unverified: dict[Rule, list[tuple[Any, ...]]] = {}
@@ -580,7 +624,7 @@ class Tenancy:
                 for committed in (True, False):
                     owner = rule.owner_of(obj, committed=committed)
                     for key, index in rule.owners:
-                        if owner[index] != owned[index]:
+                        if not rule.owns(index, owner[index], owned[index]):
                             raise _foreign(
                                 rule.model,
                                 verb if committed else "change the owner of",
@@ -617,7 +661,7 @@ class Tenancy:
                     value = state.dict.get(key)
                     if value is None:
                         setattr(obj, key, owned[index])
-                    elif value != owned[index]:
+                    elif not rule.owns(index, value, owned[index]):
                         raise _foreign(rule.model, "insert", principal, key, value)
                 continue
             for key, index in rule.owners:
@@ -625,7 +669,7 @@ class Tenancy:
                     continue
                 history = state.attrs[key].history
                 for value in (*history.deleted, state.dict[key]):
-                    if value != owned[index]:
+                    if not rule.owns(index, value, owned[index]):
                         raise _foreign(rule.model, "update", principal, key, value)
             if state.session_id != session.hash_key or state.info.get(_UNVERIFIED):
                 unverified.setdefault(rule, []).append(state.key[1])

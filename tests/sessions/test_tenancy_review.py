@@ -15,12 +15,12 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import Integer, String, Uuid, bindparam, insert, text, update
+from sqlalchemy import Integer, String, Uuid, bindparam, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import DeclarativeBase, mapped_column
+from sqlalchemy.orm import DeclarativeBase, aliased, mapped_column
 
 import isolation
-from isolation import CrossContextAccessError, UserContext
+from isolation import ConfigurationError, CrossContextAccessError, UserContext
 from isolation.report.modes._orm_paths import (
     SEED_ITEMS,
     Item,
@@ -35,6 +35,7 @@ from isolation.sessions import SessionManager
 pytestmark = pytest.mark.anyio
 
 ALICE_ITEMS = [i[0] for i in SEED_ITEMS if i[1] == "alice"]
+ALICE_BODIES = sorted(i[2] for i in SEED_ITEMS if i[1] == "alice")
 BOB_ITEM = next(i[0] for i in SEED_ITEMS if i[1] == "bob")
 ALICE_U = "11111111-1111-1111-1111-111111111111"
 BOB_U = "22222222-2222-2222-2222-222222222222"
@@ -189,6 +190,70 @@ class TestNamedBindOfTheOwner:
         params = [{"i": i, "o": "alice"} for i in ALICE_ITEMS[:2]]
         await as_user(manager, lambda s: s.execute(many, params))
         assert [await item(db, i) for i in ALICE_ITEMS[:2]] == [("alice", "many")] * 2
+
+
+class TestInsertFromSelect:
+    """H2: the SELECT inside an ORM insert of an unprotected table is filtered."""
+
+    @pytest.mark.parametrize(
+        "shape", ["from_select", "scalar_subquery", "union", "aliased", "cte", "exists"]
+    )
+    async def test_copies_only_own_rows(
+        self, db: OrmDatabase, manager: SessionManager, shape: str
+    ) -> None:
+        """Each shape run by alice copies her rows only; bob's never reach the log."""
+        alias = aliased(Item)
+        cte = select(Item.body).cte("bodies")
+        stmt: Any = {
+            "from_select": insert(Log).from_select(["body"], select(Item.body)),
+            "scalar_subquery": insert(Log).values(
+                body=select(Item.body).where(Item.id == BOB_ITEM).scalar_subquery()
+            ),
+            "union": insert(Log).from_select(
+                ["body"], select(Item.body).union_all(select(alias.body))
+            ),
+            "aliased": insert(Log).from_select(["body"], select(alias.body)),
+            "cte": insert(Log).from_select(["body"], select(cte.c.body)),
+            "exists": insert(Log).from_select(
+                ["body"],
+                select(Item.body).where(
+                    select(alias.id).where(alias.owner == "bob").exists()
+                    | (Item.id == ALICE_ITEMS[0])
+                ),
+            ),
+        }[shape]
+        await as_user(manager, lambda s: s.execute(stmt))
+        copied = [r[0] for r in await rows(db, "SELECT body FROM isolation_review_log")]
+        assert not [b for b in copied if b is not None and b.startswith("bob")]
+        expected = {
+            "from_select": ALICE_BODIES,
+            "scalar_subquery": [None],
+            "union": sorted(ALICE_BODIES * 2),
+            "aliased": ALICE_BODIES,
+            "cte": ALICE_BODIES,
+            "exists": ["alice/item/00"],
+        }[shape]
+        assert sorted(copied, key=str) == expected
+
+    async def test_tenant_rule_is_kept(self, db: OrmDatabase, manager: SessionManager) -> None:
+        """A model protected by its user column alone refuses an insert reading it under a
+        context with a tenant, as it refuses a select."""
+        async with isolation.scope(UserContext.new("alice", tenant_id="t1")):
+            with pytest.raises(ConfigurationError, match="user column alone"):
+                async with manager.session() as s:
+                    await s.execute(insert(Log).from_select(["body"], select(Item.body)))
+        assert await rows(db, "SELECT body FROM isolation_review_log") == []
+
+    async def test_plain_inserts_of_unprotected_tables_work(
+        self, db: OrmDatabase, manager: SessionManager
+    ) -> None:
+        await as_user(manager, lambda s: s.execute(insert(Log), [{"body": "a"}, {"body": "b"}]))
+        await as_user(manager, lambda s: s.execute(insert(Log).values(body="c")))
+        assert sorted(r[0] for r in await rows(db, "SELECT body FROM isolation_review_log")) == [
+            "a",
+            "b",
+            "c",
+        ]
 
 
 class TestTypedOwnerGivenAsText:

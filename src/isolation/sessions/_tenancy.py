@@ -2,7 +2,9 @@
 
 The ORM line of defence works on any database. For every protected model:
 
-* every ORM select, update and delete gets ``with_loader_criteria`` comparing
+* every ORM select, update and delete, and every ORM insert into an
+  unprotected table that reads a protected model (``from_select``, a scalar
+  subquery), gets ``with_loader_criteria`` comparing
   the owner columns with the **current** principal, relationship loads
   (``select``, ``selectin``, ``subquery``; ``joined`` is part of its parent's
   statement) and column loads (``refresh()``, expired attributes) included: a
@@ -50,6 +52,7 @@ from sqlalchemy.orm import (
 from sqlalchemy.orm.attributes import InstrumentedAttribute
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy.sql.util import find_tables
 
 from isolation._errors import (
     ConfigurationError,
@@ -530,6 +533,26 @@ class Tenancy:
                     "stamped with the owner",
                     hint="Add the objects with session.add() so each row is stamped and checked",
                 )
+            self._filter_insert(state, principal)
+
+    def _filter_insert(self, state: ORMExecuteState, principal: Principal) -> None:
+        """An ORM insert into an unprotected table that reads protected models
+        (``insert().from_select(select(Model...))``, a scalar subquery in ``values()``):
+        the criteria, which SQLAlchemy applies to the embedded selects as to any
+        subquery, and the rules' refusals of the principal."""
+        statement: Any = state.statement
+        read = [
+            table for table in find_tables(statement, check_columns=True) if table in self.tables
+        ]
+        if not read:
+            return
+        for rule in self.rules.values():
+            if any(table in read for table in inspect(rule.model).tables):
+                refused = rule.refusal(principal)
+                if refused is not None:
+                    raise refused
+                rule.values_of(principal)
+        state.statement = statement.options(*self.options)
 
     def _check_parent(self, parent: InstanceState[Any], principal: Principal) -> None:
         rule = self.rule_for(parent.class_)

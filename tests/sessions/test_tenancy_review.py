@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, aliased, mapped_column
 
 import isolation
-from isolation import ConfigurationError, CrossContextAccessError, UserContext
+from isolation import ConfigurationError, CrossContextAccessError, UsageError, UserContext
 from isolation.report.modes._orm_paths import (
     SEED_ITEMS,
     Item,
@@ -254,6 +254,68 @@ class TestInsertFromSelect:
             "b",
             "c",
         ]
+
+
+class TestFromStatement:
+    """M1: rows of select(Model).from_statement(...) the criteria never touched."""
+
+    async def test_rows_without_the_owner_column_are_refused(self, manager: SessionManager) -> None:
+        """bob's row, selected without the owner column, is refused and dropped."""
+
+        async def work(s: AsyncSession) -> Any:
+            stmt = select(Item).from_statement(
+                text("SELECT id, body, folder_id FROM isolation_orm_items")
+            )
+            with pytest.raises(UsageError, match="owner column"):
+                await s.scalars(stmt)
+            return await s.get(Item, BOB_ITEM)
+
+        assert await as_user(manager, work) is None
+
+    @pytest.mark.parametrize("verb", ["update", "delete"])
+    async def test_forged_owner_column_cannot_write(
+        self, db: OrmDatabase, manager: SessionManager, verb: str
+    ) -> None:
+        """bob's row selected as 'alice' AS owner loads, but its flush is checked in the
+        database and refused."""
+
+        async def work(s: AsyncSession) -> None:
+            stmt = select(Item).from_statement(
+                text(
+                    "SELECT id, 'alice' AS owner, body, folder_id FROM isolation_orm_items "
+                    "WHERE id = :i"
+                )
+            )
+            found = (await s.scalars(stmt, {"i": BOB_ITEM})).all()
+            assert [n.id for n in found] == [BOB_ITEM]
+            if verb == "update":
+                found[0].body = "overwritten by alice"
+            else:
+                await s.delete(found[0])
+            await s.flush()
+
+        with pytest.raises(CrossContextAccessError, match="by primary key"):
+            await as_user(manager, work)
+        assert await item(db, BOB_ITEM) == ("bob", "bob/item/00")
+
+    async def test_own_rows_load_and_write(self, db: OrmDatabase, manager: SessionManager) -> None:
+        """The principal's own rows through from_statement with the owner column: loaded,
+        updated and deleted (after one ownership query)."""
+
+        async def work(s: AsyncSession) -> list[str]:
+            stmt = select(Item).from_statement(
+                text("SELECT * FROM isolation_orm_items WHERE owner = 'alice' ORDER BY id")
+            )
+            found = (await s.scalars(stmt)).all()
+            found[0].body = "updated"
+            await s.delete(found[1])
+            await s.flush()
+            return [n.body for n in found]
+
+        got = await as_user(manager, work)
+        assert len(got) == len(ALICE_ITEMS)
+        assert await item(db, ALICE_ITEMS[0]) == ("alice", "updated")
+        assert not await rows(db, f"SELECT id FROM isolation_orm_items WHERE id = {ALICE_ITEMS[1]}")
 
 
 class TestTypedOwnerGivenAsText:

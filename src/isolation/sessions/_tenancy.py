@@ -17,6 +17,9 @@ The ORM line of defence works on any database. For every protected model:
   instance ``load`` and ``refresh`` events): a row of another principal,
   reached through a path the criteria do not cover (``from_statement(text())``),
   raises :class:`~isolation.CrossContextAccessError` instead of reaching code;
+  a ``from_statement()`` row without the owner columns raises
+  :class:`~isolation.UsageError`, and the objects it loads are flushed only
+  after their rows are checked in the database (their owner may be forged);
 * new rows are stamped with the principal, by a flush and by
   ``bulk_insert_mappings`` / ``bulk_save_objects`` alike; writing a row owned
   by another principal, or setting an owner column to another principal
@@ -50,6 +53,7 @@ from sqlalchemy.orm import (
     with_loader_criteria,
 )
 from sqlalchemy.orm.attributes import InstrumentedAttribute
+from sqlalchemy.orm.context import FromStatement
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.sql.util import find_tables
@@ -387,17 +391,40 @@ def _check_loaded(state: InstanceState[Any], context: Any, attrs: Iterable[str] 
     for key, index in rule.owners:
         value = loaded.get(key, _UNLOADED)
         if value is _UNLOADED:
-            return  # a deferred owner column: the statement's criteria covered it
+            if not _from_statement(context):
+                return  # a deferred owner column: the statement's criteria covered it
+            _drop(state, context)
+            raise UsageError(
+                f"a {rule.model.__name__} row loaded by from_statement() has no {key!r} "
+                "owner column, so protect() cannot tell whose row it is",
+                hint=f"Select the owner column {key!r} in the statement (or use select())",
+            )
         if value != owned[index]:
-            # Nothing of the row stays reachable: not in the identity map (a later
-            # get() would answer from it), not in the object's attributes.
-            session = context.session
-            obj = state.obj()
-            if obj is not None and state.session_id == session.hash_key:
-                session.expunge(obj)
-            for attr in state.manager:
-                loaded.pop(attr, None)
+            _drop(state, context)
             raise _foreign(rule.model, "load", principal, key, value)
+    if _from_statement(context):
+        # No criteria reached this row: its owner column may be forged ("SELECT id,
+        # 'alice' AS owner ..."), so a flush of the object checks its row first.
+        state.info[_UNVERIFIED] = True
+
+
+def _from_statement(context: Any) -> bool:
+    """Whether the rows come from the user's ``select(Model).from_statement(...)``
+    (not from the ``FromStatement`` SQLAlchemy builds for an ``UPDATE .. RETURNING``)."""
+    query = getattr(context, "user_passed_query", None)
+    return isinstance(getattr(context, "query", None) if query is None else query, FromStatement)
+
+
+def _drop(state: InstanceState[Any], context: Any) -> None:
+    """Leave nothing of a refused row reachable: not in the identity map (a later
+    ``get()`` would answer from it), not in the object's attributes."""
+    session = context.session
+    obj = state.obj()
+    if obj is not None and state.session_id == session.hash_key:
+        session.expunge(obj)
+    loaded = state.dict
+    for attr in state.manager:
+        loaded.pop(attr, None)
 
 
 def _on_attach(session: Session, instance: object) -> None:

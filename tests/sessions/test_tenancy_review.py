@@ -196,7 +196,8 @@ class TestInsertFromSelect:
     """H2: the SELECT inside an ORM insert of an unprotected table is filtered."""
 
     @pytest.mark.parametrize(
-        "shape", ["from_select", "scalar_subquery", "union", "aliased", "cte", "exists"]
+        "shape",
+        ["from_select", "scalar_subquery", "multi_values", "union", "aliased", "cte", "exists"],
     )
     async def test_copies_only_own_rows(
         self, db: OrmDatabase, manager: SessionManager, shape: str
@@ -208,6 +209,12 @@ class TestInsertFromSelect:
             "from_select": insert(Log).from_select(["body"], select(Item.body)),
             "scalar_subquery": insert(Log).values(
                 body=select(Item.body).where(Item.id == BOB_ITEM).scalar_subquery()
+            ),
+            "multi_values": insert(Log).values(
+                [
+                    {"body": select(Item.body).where(Item.id == BOB_ITEM).scalar_subquery()},
+                    {"body": select(Item.body).where(Item.id == ALICE_ITEMS[0]).scalar_subquery()},
+                ]
             ),
             "union": insert(Log).from_select(
                 ["body"], select(Item.body).union_all(select(alias.body))
@@ -228,6 +235,7 @@ class TestInsertFromSelect:
         expected = {
             "from_select": ALICE_BODIES,
             "scalar_subquery": [None],
+            "multi_values": [None, "alice/item/00"],
             "union": sorted(ALICE_BODIES * 2),
             "aliased": ALICE_BODIES,
             "cte": ALICE_BODIES,

@@ -55,7 +55,7 @@ from sqlalchemy.orm import (
 from sqlalchemy.orm.attributes import InstrumentedAttribute
 from sqlalchemy.orm.context import FromStatement
 from sqlalchemy.orm.state import InstanceState
-from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy.sql.elements import BindParameter, ClauseElement
 from sqlalchemy.sql.util import find_tables
 
 from isolation._errors import (
@@ -568,9 +568,14 @@ class Tenancy:
         the criteria, which SQLAlchemy applies to the embedded selects as to any
         subquery, and the rules' refusals of the principal."""
         statement: Any = state.statement
-        read = [
-            table for table in find_tables(statement, check_columns=True) if table in self.tables
-        ]
+        found = find_tables(statement, check_columns=True)
+        # The rows of a multi-row values() are not among the children it visits.
+        for rows in getattr(statement, "_multi_values", None) or ():
+            for row in rows:
+                for value in row.values() if isinstance(row, dict) else row:
+                    if isinstance(value, ClauseElement):
+                        found += find_tables(value, check_columns=True)
+        read = [table for table in found if table in self.tables]
         if not read:
             return
         for rule in self.rules.values():

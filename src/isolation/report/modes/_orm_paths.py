@@ -368,16 +368,18 @@ async def _from_text_forged(s: Any, c: _Call) -> None:
 
 async def _insert_from_select(s: Any, c: _Call) -> list[str]:
     # An ORM insert into an unprotected table reading items: from_select, a scalar
-    # subquery, a union with an alias. What it copied is returned (the export table
-    # is emptied first, so only this operation's copies are).
+    # subquery, multi-row values, a union with an alias. What it copied is returned
+    # (the export table is emptied first, so only this operation's copies are).
     await s.execute(delete(Export))
     alias = aliased(Item)
-    shape = c.op.variant % 3
+    shape = c.op.variant % 4
+    body = select(Item.body).where(Item.id == c.item_id).scalar_subquery()
     if shape == 0:
         stmt = insert(Export).from_select(["body"], select(Item.body))
     elif shape == 1:
-        body = select(Item.body).where(Item.id == c.item_id).scalar_subquery()
         stmt = insert(Export).values(body=body)
+    elif shape == 2:
+        stmt = insert(Export).values([{"body": body}, {"body": c.value}])
     else:
         both = select(Item.body).union_all(select(alias.body).where(alias.id == c.item_id))
         stmt = insert(Export).from_select(["body"], both)
@@ -633,6 +635,7 @@ def attacks() -> list[list[Op]]:
         ("insert_from_select", 0),
         ("insert_from_select", 1),
         ("insert_from_select", 2),
+        ("insert_from_select", 3),
         ("from_text_no_owner", 0),
         ("from_text_forged", 0),
     ]

@@ -15,7 +15,16 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import Integer, String, Uuid, bindparam, insert, select, text, update
+from sqlalchemy import (
+    Integer,
+    String,
+    Uuid,
+    bindparam,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, aliased, mapped_column
 
@@ -305,6 +314,60 @@ class TestFromStatement:
         with pytest.raises(CrossContextAccessError, match="by primary key"):
             await as_user(manager, work)
         assert await item(db, BOB_ITEM) == ("bob", "bob/item/00")
+
+    async def test_entity_aliased_to_a_forging_subquery_cannot_write(
+        self, db: OrmDatabase, manager: SessionManager
+    ) -> None:
+        """aliased(Item, <text subquery selecting 'alice' AS owner>): the criteria compare
+        the forged column, so the objects are checked in the database before a flush."""
+        forging = (
+            text("SELECT id, 'alice' AS owner, body, folder_id FROM isolation_orm_items")
+            .columns(Item.id, Item.owner, Item.body, Item.folder_id)
+            .subquery()
+        )
+        entity = aliased(Item, forging)
+
+        async def work(s: AsyncSession) -> None:
+            found = (await s.scalars(select(entity).where(entity.id == BOB_ITEM))).all()
+            for obj in found:
+                obj.body = "overwritten by alice"
+            await s.flush()
+
+        with pytest.raises(CrossContextAccessError, match="by primary key"):
+            await as_user(manager, work)
+        assert await item(db, BOB_ITEM) == ("bob", "bob/item/00")
+
+    async def test_tenant_rule_is_kept(self, manager: SessionManager) -> None:
+        """A model protected by its user column alone refuses from_statement() under a
+        context with a tenant (alice of another tenant owns the same rows)."""
+        stmt = select(Item).from_statement(text("SELECT * FROM isolation_orm_items"))
+        async with isolation.scope(UserContext.new("alice", tenant_id="t1")):
+            with pytest.raises(ConfigurationError, match="user column alone"):
+                async with manager.session() as s:
+                    await s.scalars(stmt)
+
+    async def test_own_rows_through_aliases_write(
+        self, db: OrmDatabase, manager: SessionManager
+    ) -> None:
+        """A plain alias, and an entity aliased to a text subquery of the principal's rows,
+        load and write them."""
+        own = (
+            text("SELECT * FROM isolation_orm_items WHERE owner = 'alice'")
+            .columns(Item.id, Item.owner, Item.body, Item.folder_id)
+            .subquery()
+        )
+
+        async def work(s: AsyncSession) -> None:
+            for n, entity in enumerate((aliased(Item), aliased(Item, own))):
+                obj = (await s.scalars(select(entity).where(entity.id == ALICE_ITEMS[n]))).one()
+                obj.body = f"via alias {n}"
+            await s.flush()
+
+        await as_user(manager, work)
+        assert [await item(db, i) for i in ALICE_ITEMS[:2]] == [
+            ("alice", "via alias 0"),
+            ("alice", "via alias 1"),
+        ]
 
     async def test_own_rows_load_and_write(self, db: OrmDatabase, manager: SessionManager) -> None:
         """The principal's own rows through from_statement with the owner column: loaded,

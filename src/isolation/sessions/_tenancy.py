@@ -17,9 +17,10 @@ The ORM line of defence works on any database. For every protected model:
   instance ``load`` and ``refresh`` events): a row of another principal,
   reached through a path the criteria do not cover (``from_statement(text())``),
   raises :class:`~isolation.CrossContextAccessError` instead of reaching code;
-  a ``from_statement()`` row without the owner columns raises
-  :class:`~isolation.UsageError`, and the objects it loads are flushed only
-  after their rows are checked in the database (their owner may be forged);
+  a row of ``from_statement()`` or of an entity aliased to a text or Core
+  subquery without the owner columns raises :class:`~isolation.UsageError`,
+  and the objects they load are flushed only after their rows are checked in
+  the database (their owner column may be forged);
 * new rows are stamped with the principal, by a flush and by
   ``bulk_insert_mappings`` / ``bulk_save_objects`` alike; writing a row owned
   by another principal, or setting an owner column to another principal
@@ -56,6 +57,7 @@ from sqlalchemy.orm.attributes import InstrumentedAttribute
 from sqlalchemy.orm.context import FromStatement
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql.elements import BindParameter, ClauseElement
+from sqlalchemy.sql.selectable import Alias, Join, TableClause
 from sqlalchemy.sql.util import find_tables
 
 from isolation._errors import (
@@ -77,6 +79,10 @@ Principal = tuple[str | None, str]
 # loaded by it (add() of a detached object, merge(load=False)), so the rows its
 # flush would write are checked in the database first.
 _UNVERIFIED: Final = "isolation.unverified"
+# Execution option set on ORM selects whose rows the criteria may not cover
+# (from_statement(), an entity aliased to a text or Core subquery): what they
+# load must carry its owner columns, and counts as unverified.
+_UNCOVERED: Final = "isolation_uncovered"
 # Primary keys per ownership query (SQLite allows 32766 parameters, old builds 999).
 _BATCH: Final = 500
 _UNLOADED: Final = object()
@@ -391,28 +397,46 @@ def _check_loaded(state: InstanceState[Any], context: Any, attrs: Iterable[str] 
     for key, index in rule.owners:
         value = loaded.get(key, _UNLOADED)
         if value is _UNLOADED:
-            if not _from_statement(context):
+            if not _uncovered_load(context):
                 return  # a deferred owner column: the statement's criteria covered it
             _drop(state, context)
             raise UsageError(
-                f"a {rule.model.__name__} row loaded by from_statement() has no {key!r} "
-                "owner column, so protect() cannot tell whose row it is",
-                hint=f"Select the owner column {key!r} in the statement (or use select())",
+                f"a {rule.model.__name__} row loaded from SQL the criteria do not reach "
+                f"(from_statement(), an entity aliased to a subquery) has no {key!r} owner "
+                "column, so protect() cannot tell whose row it is",
+                hint=f"Select the owner column {key!r} in the statement, or use select(Model)",
             )
         if value != owned[index]:
             _drop(state, context)
             raise _foreign(rule.model, "load", principal, key, value)
-    if _from_statement(context):
+    if _uncovered_load(context):
         # No criteria reached this row: its owner column may be forged ("SELECT id,
         # 'alice' AS owner ..."), so a flush of the object checks its row first.
         state.info[_UNVERIFIED] = True
 
 
-def _from_statement(context: Any) -> bool:
-    """Whether the rows come from the user's ``select(Model).from_statement(...)``
-    (not from the ``FromStatement`` SQLAlchemy builds for an ``UPDATE .. RETURNING``)."""
-    query = getattr(context, "user_passed_query", None)
-    return isinstance(getattr(context, "query", None) if query is None else query, FromStatement)
+def _uncovered_load(context: Any) -> bool:
+    """Whether the rows come from a statement whose owner columns the criteria may not
+    have reached (see :func:`_uncovered`)."""
+    return bool(getattr(context, "execution_options", {}).get(_UNCOVERED))
+
+
+def _uncovered(statement: Any) -> bool:
+    """Whether an ORM select loads rows the criteria do not compare on the real owner
+    columns: ``select(Model).from_statement(...)``, or an entity aliased to an arbitrary
+    selectable (``aliased(Model, text(...).columns(...).subquery())``, whose owner
+    column the SQL may forge). Plain tables, their aliases and joins are covered."""
+    if isinstance(statement, FromStatement):
+        return True
+    for column in getattr(statement, "_raw_columns", ()):
+        entity = column._annotations.get("parententity")
+        if entity is not None and entity.is_aliased_class:
+            selectable = entity.selectable
+            while isinstance(selectable, Alias):
+                selectable = selectable.element
+            if not isinstance(selectable, (TableClause, Join)):
+                return True
+    return False
 
 
 def _drop(state: InstanceState[Any], context: Any) -> None:
@@ -523,16 +547,7 @@ class Tenancy:
         too), update and delete; checks of what an update sets and whom a bulk write by
         primary key addresses."""
         if state.is_select or state.is_update or state.is_delete:
-            if self.any_typed or (self.any_tenant if principal[0] is None else self.any_user_only):
-                for mapper in state.all_mappers:
-                    rule = self.rule_for(mapper.class_)
-                    if rule is not None:
-                        refused = rule.refusal(principal)
-                        if refused is not None:
-                            raise refused
-                        # An id that is not its owner column's canonical text is refused
-                        # here, typed, before SQLAlchemy would wrap it in a StatementError.
-                        rule.values_of(principal)
+            self._refuse_principal(state, principal)
             if state.is_relationship_load:
                 # The parent may never have been loaded by a filtered statement
                 # (merge(load=False), a detached object from a cache): refuse a
@@ -551,6 +566,8 @@ class Tenancy:
                     state.statement = statement.where(rule.criteria)
             elif not state.is_select:
                 self._check_write(state, principal)
+            elif _uncovered(state.statement):
+                state.update_execution_options(**{_UNCOVERED: True})
             state.statement = state.statement.options(*self.options)
         elif state.is_insert:
             table = getattr(state.statement, "table", None)
@@ -561,6 +578,24 @@ class Tenancy:
                     hint="Add the objects with session.add() so each row is stamped and checked",
                 )
             self._filter_insert(state, principal)
+        elif isinstance(state.statement, FromStatement):
+            # from_statement(text(...)): no criteria can reach its rows; they are
+            # checked as they load, and their objects in the database before a flush.
+            self._refuse_principal(state, principal)
+            state.update_execution_options(**{_UNCOVERED: True})
+
+    def _refuse_principal(self, state: ORMExecuteState, principal: Principal) -> None:
+        """Refuse a principal that a rule of a model the statement touches cannot serve."""
+        if self.any_typed or (self.any_tenant if principal[0] is None else self.any_user_only):
+            for mapper in state.all_mappers:
+                rule = self.rule_for(mapper.class_)
+                if rule is not None:
+                    refused = rule.refusal(principal)
+                    if refused is not None:
+                        raise refused
+                    # An id that is not its owner column's canonical text is refused
+                    # here, typed, before SQLAlchemy would wrap it in a StatementError.
+                    rule.values_of(principal)
 
     def _filter_insert(self, state: ORMExecuteState, principal: Principal) -> None:
         """An ORM insert into an unprotected table that reads protected models

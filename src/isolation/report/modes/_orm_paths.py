@@ -366,6 +366,23 @@ async def _from_text_forged(s: Any, c: _Call) -> None:
     await s.flush()
 
 
+async def _aliased_text_forged(s: Any, c: _Call) -> list[str]:
+    # An entity aliased to a text subquery claiming the principal owns every row: the
+    # criteria compare the forged column; a flush of what it loaded must be checked.
+    forging = (
+        text(f"SELECT id, :me AS owner, body, folder_id FROM {ITEMS}")  # noqa: S608
+        .bindparams(me=c.me)
+        .columns(Item.id, Item.owner, Item.body, Item.folder_id)
+        .subquery()
+    )
+    entity = aliased(Item, forging)
+    found = (await s.scalars(select(entity).where(entity.id == c.item_id))).all()
+    for obj in found:
+        obj.body = c.value
+    await s.flush()
+    return []
+
+
 async def _insert_from_select(s: Any, c: _Call) -> list[str]:
     # An ORM insert into an unprotected table reading items: from_select, a scalar
     # subquery, multi-row values, a union with an alias. What it copied is returned
@@ -583,6 +600,7 @@ OPS: Final[dict[str, tuple[Runner, Effect]]] = {
     "from_text": (_from_text, _none),
     "from_text_no_owner": (_from_text_no_owner, _none),
     "from_text_forged": (_from_text_forged, _set_body),
+    "aliased_text_forged": (_aliased_text_forged, _set_body),
     "insert_from_select": (_insert_from_select, _none),
     "update_where": (_update_where, _set_body),
     "update_all": (_update_all, _set_all_bodies),
@@ -638,6 +656,7 @@ def attacks() -> list[list[Op]]:
         ("insert_from_select", 3),
         ("from_text_no_owner", 0),
         ("from_text_forged", 0),
+        ("aliased_text_forged", 0),
     ]
     return [[Op(kind, 0, bob_item, bob_folder, variant)] for kind, variant in shapes] + [
         [Op("owner_bind", 0, alice_item, bob_folder, 1)]

@@ -26,12 +26,13 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import DeclarativeBase, aliased, mapped_column
+from sqlalchemy.orm import DeclarativeBase, aliased, contains_eager, mapped_column
 
 import isolation
 from isolation import ConfigurationError, CrossContextAccessError, UsageError, UserContext
 from isolation.report.modes._orm_paths import (
     SEED_ITEMS,
+    Folder,
     Item,
     OrmDatabase,
     open_orm_database,
@@ -336,6 +337,41 @@ class TestFromStatement:
         with pytest.raises(CrossContextAccessError, match="by primary key"):
             await as_user(manager, work)
         assert await item(db, BOB_ITEM) == ("bob", "bob/item/00")
+
+    @pytest.mark.parametrize("forging", [True, False], ids=["text-alias", "plain-alias"])
+    async def test_contains_eager_of_an_aliased_subquery(
+        self, db: OrmDatabase, manager: SessionManager, forging: bool
+    ) -> None:
+        """Items eagerly loaded through an alias of a text subquery forging the owner are
+        checked before a flush (bob's item in alice's folder is not overwritten); through
+        a plain alias, alice's items are written."""
+        cross = next(i[0] for i in SEED_ITEMS if i[1] == "bob" and i[2].endswith("cross"))
+        sql = "SELECT id, 'alice' AS owner, body, folder_id FROM isolation_orm_items"
+        entity = (
+            aliased(
+                Item,
+                text(sql).columns(Item.id, Item.owner, Item.body, Item.folder_id).subquery(),
+            )
+            if forging
+            else aliased(Item)
+        )
+        path = Folder.items_select.of_type(entity)
+
+        async def work(s: AsyncSession) -> None:
+            stmt = select(Folder).join(path).options(contains_eager(path))
+            folders = (await s.scalars(stmt)).unique().all()
+            for obj in (i for f in folders for i in f.items_select):
+                obj.body = "overwritten"
+            await s.flush()
+
+        if forging:
+            with pytest.raises(CrossContextAccessError, match="by primary key"):
+                await as_user(manager, work)
+            assert await item(db, cross) == ("bob", "bob/item/cross")
+        else:
+            await as_user(manager, work)
+            assert await item(db, ALICE_ITEMS[0]) == ("alice", "overwritten")
+            assert await item(db, cross) == ("bob", "bob/item/cross")
 
     async def test_tenant_rule_is_kept(self, manager: SessionManager) -> None:
         """A model protected by its user column alone refuses from_statement() under a

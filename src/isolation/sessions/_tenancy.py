@@ -425,11 +425,28 @@ def _uncovered(statement: Any) -> bool:
     """Whether an ORM select loads rows the criteria do not compare on the real owner
     columns: ``select(Model).from_statement(...)``, or an entity aliased to an arbitrary
     selectable (``aliased(Model, text(...).columns(...).subquery())``, whose owner
-    column the SQL may forge). Plain tables, their aliases and joins are covered."""
+    column the SQL may forge), selected, joined (``contains_eager``) or in the FROM
+    list. Plain tables, their aliases and joins are covered."""
     if isinstance(statement, FromStatement):
         return True
-    for column in getattr(statement, "_raw_columns", ()):
-        entity = column._annotations.get("parententity")
+    # Entities loaded from its columns, its joins (contains_eager: the target, or the
+    # relationship's of_type()) and its FROM list.
+    joined = tuple(
+        part
+        for join in getattr(statement, "_setup_joins", ())
+        for part in join[:2]
+        if part is not None
+    )
+    for element in (
+        *getattr(statement, "_raw_columns", ()),
+        *joined,
+        *getattr(statement, "_from_obj", ()),
+    ):
+        of_type = getattr(element, "_of_type", None)
+        if of_type is not None:
+            entity = inspect(of_type)
+        else:
+            entity = getattr(element, "_annotations", {}).get("parententity")
         if entity is not None and entity.is_aliased_class:
             selectable = entity.selectable
             while isinstance(selectable, Alias):

@@ -82,6 +82,15 @@ class INote(ReviewBase):
     body = mapped_column(String(200))
 
 
+class KNote(ReviewBase):
+    """A row owned through an attribute whose column has another name."""
+
+    __tablename__ = "isolation_review_knotes"
+    id = mapped_column(Integer, primary_key=True)
+    owner_id = mapped_column("owner", String(100), nullable=False)
+    body = mapped_column(String(200))
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def db(request: pytest.FixtureRequest) -> AsyncIterator[OrmDatabase]:
     url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
@@ -177,6 +186,18 @@ class TestNamedBindOfTheOwner:
         assert await rows(db, "SELECT tenant, owner, body FROM isolation_notes") == [
             ("t1", "alice", "moved")
         ]
+
+    async def test_owner_column_named_unlike_its_attribute(self, db: OrmDatabase) -> None:
+        """An execute parameter named like the owner's column (Core's key for it), not its
+        attribute, is checked as well; the principal's own value passes."""
+        manager = SessionManager(db.engine)
+        manager.protect(KNote, user_column="owner_id")
+        await as_user(manager, lambda s: s.run_sync(lambda ss: ss.add(KNote(id=1, body="b"))))
+        stmt = update(KNote).where(KNote.id == 1)
+        with pytest.raises(CrossContextAccessError, match="set the owner"):
+            await as_user(manager, lambda s: s.execute(stmt, {"owner": "bob"}))
+        await as_user(manager, lambda s: s.execute(stmt.values(body="c"), {"owner": "alice"}))
+        assert await rows(db, "SELECT owner, body FROM isolation_review_knotes") == [("alice", "c")]
 
     async def test_own_values_through_a_named_bind_work(
         self, db: OrmDatabase, manager: SessionManager

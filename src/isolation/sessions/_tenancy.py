@@ -2,7 +2,9 @@
 
 The ORM line of defence works on any database. For every protected model:
 
-* every ORM select, update and delete gets ``with_loader_criteria`` comparing
+* every ORM select, update and delete, and every ORM insert into an
+  unprotected table that reads a protected model (``from_select``, a scalar
+  subquery), gets ``with_loader_criteria`` comparing
   the owner columns with the **current** principal, relationship loads
   (``select``, ``selectin``, ``subquery``; ``joined`` is part of its parent's
   statement) and column loads (``refresh()``, expired attributes) included: a
@@ -15,6 +17,10 @@ The ORM line of defence works on any database. For every protected model:
   instance ``load`` and ``refresh`` events): a row of another principal,
   reached through a path the criteria do not cover (``from_statement(text())``),
   raises :class:`~isolation.CrossContextAccessError` instead of reaching code;
+  a row of ``from_statement()`` or of an entity aliased to a text or Core
+  subquery without the owner columns raises :class:`~isolation.UsageError`,
+  and the objects they load are flushed only after their rows are checked in
+  the database (their owner column may be forged);
 * new rows are stamped with the principal, by a flush and by
   ``bulk_insert_mappings`` / ``bulk_save_objects`` alike; writing a row owned
   by another principal, or setting an owner column to another principal
@@ -48,12 +54,16 @@ from sqlalchemy.orm import (
     with_loader_criteria,
 )
 from sqlalchemy.orm.attributes import InstrumentedAttribute
+from sqlalchemy.orm.context import FromStatement
 from sqlalchemy.orm.state import InstanceState
-from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy.sql.elements import BindParameter, ClauseElement
+from sqlalchemy.sql.selectable import Alias, Join, TableClause
+from sqlalchemy.sql.util import find_tables
 
 from isolation._errors import (
     ConfigurationError,
     CrossContextAccessError,
+    InvalidContextError,
     NoContextError,
     UsageError,
 )
@@ -69,6 +79,10 @@ Principal = tuple[str | None, str]
 # loaded by it (add() of a detached object, merge(load=False)), so the rows its
 # flush would write are checked in the database first.
 _UNVERIFIED: Final = "isolation.unverified"
+# Execution option set on ORM selects whose rows the criteria may not cover
+# (from_statement(), an entity aliased to a text or Core subquery): what they
+# load must carry its owner columns, and counts as unverified.
+_UNCOVERED: Final = "isolation_uncovered"
 # Primary keys per ownership query (SQLite allows 32766 parameters, old builds 999).
 _BATCH: Final = 500
 _UNLOADED: Final = object()
@@ -142,6 +156,7 @@ class Rule:
         "columns",
         "criteria",
         "model",
+        "names",
         "options",
         "owners",
         "pk_keys",
@@ -168,13 +183,23 @@ class Rule:
         )
         # The owner columns as update().values() names them: Column objects and names.
         self.columns: dict[object, str] = {}
+        # The execute parameter names that set an owner column (attribute key, column
+        # key and name, the multi-table "table_column" bind name) -> attribute key.
+        self.names: dict[str, str] = {}
         for key, _ in self.owners:
             prop = mapper.attrs[key]
             assert isinstance(prop, ColumnProperty)
             self.columns[key] = key
+            self.names[key] = key
             for column in prop.columns:
                 self.columns[column] = key
                 self.columns[getattr(column, "key", key)] = key
+                for name in (getattr(column, "key", None), getattr(column, "name", None)):
+                    if isinstance(name, str):
+                        self.names[name] = key
+                        table = getattr(column, "table", None)
+                        if table is not None:
+                            self.names[f"{table.name}_{name}"] = key
         self.pk_keys: tuple[str, ...] = tuple(
             mapper.get_property_by_column(column).key for column in mapper.primary_key
         )
@@ -217,6 +242,21 @@ class Rule:
             return None, user
         return owner_value("tenant_id", tenant_id, self.tenant_type), user
 
+    def owns(self, index: int, value: object, mine: object) -> bool:
+        """Whether ``value``, given for owner column ``index`` (0 tenant, 1 user), is the
+        principal's ``mine``: a ``str`` for an int or UUID column counts when it is the
+        canonical text of ``mine`` (what ``current_context()`` holds), no other spelling.
+        """
+        if value == mine:
+            return True
+        kind = self.user_type if index else self.tenant_type
+        if kind is str or not isinstance(value, str):
+            return False
+        try:
+            return owner_value("user_id" if index else "tenant_id", value, kind) == mine
+        except InvalidContextError:
+            return False
+
     def refusal(self, principal: Principal) -> Exception | None:
         """Why this rule cannot serve ``principal`` at all, or ``None``."""
         tenant = principal[0]
@@ -252,23 +292,31 @@ class Rule:
         return (values[0], values[1])
 
     def check_mapping(
-        self, values: Any, principal: Principal, verb: str, *, stamp: bool = False
+        self,
+        values: Any,
+        principal: Principal,
+        verb: str,
+        *,
+        stamp: bool = False,
+        names: dict[str, str] | None = None,
     ) -> None:
-        """Refuse owner values of another principal in ``values`` (attribute key -> value).
+        """Refuse owner values of another principal in ``values`` (parameter name -> value),
+        under every name that sets an owner column (``names``, by default the rule's).
 
         With ``stamp``, a missing or ``None`` owner value is set to the principal's.
         """
         owned = self.values_of(principal)
-        for key, index in self.owners:
-            mine = owned[index]
-            if key not in values or values[key] is None:
-                if stamp:
-                    values[key] = mine
-                elif key in values:
-                    raise _foreign(self.model, verb, principal, key, None)
+        if stamp:
+            for key, index in self.owners:
+                if values.get(key) is None:
+                    values[key] = owned[index]
+        for name, key in (self.names if names is None else names).items():
+            if name not in values:
                 continue
-            if values[key] != mine:
-                raise _foreign(self.model, verb, principal, key, values[key])
+            index = 0 if key == self.tenant_key else 1
+            value = values[name]
+            if value is None or not self.owns(index, value, owned[index]):
+                raise _foreign(self.model, verb, principal, key, value)
 
     def identity(self, values: Any) -> tuple[Any, ...]:
         """The primary key in a bulk mapping, for the ownership query."""
@@ -349,17 +397,75 @@ def _check_loaded(state: InstanceState[Any], context: Any, attrs: Iterable[str] 
     for key, index in rule.owners:
         value = loaded.get(key, _UNLOADED)
         if value is _UNLOADED:
-            return  # a deferred owner column: the statement's criteria covered it
+            if not _uncovered_load(context):
+                return  # a deferred owner column: the statement's criteria covered it
+            _drop(state, context)
+            raise UsageError(
+                f"a {rule.model.__name__} row loaded from SQL the criteria do not reach "
+                f"(from_statement(), an entity aliased to a subquery) has no {key!r} owner "
+                "column, so protect() cannot tell whose row it is",
+                hint=f"Select the owner column {key!r} in the statement, or use select(Model)",
+            )
         if value != owned[index]:
-            # Nothing of the row stays reachable: not in the identity map (a later
-            # get() would answer from it), not in the object's attributes.
-            session = context.session
-            obj = state.obj()
-            if obj is not None and state.session_id == session.hash_key:
-                session.expunge(obj)
-            for attr in state.manager:
-                loaded.pop(attr, None)
+            _drop(state, context)
             raise _foreign(rule.model, "load", principal, key, value)
+    if _uncovered_load(context):
+        # No criteria reached this row: its owner column may be forged ("SELECT id,
+        # 'alice' AS owner ..."), so a flush of the object checks its row first.
+        state.info[_UNVERIFIED] = True
+
+
+def _uncovered_load(context: Any) -> bool:
+    """Whether the rows come from a statement whose owner columns the criteria may not
+    have reached (see :func:`_uncovered`)."""
+    return bool(getattr(context, "execution_options", {}).get(_UNCOVERED))
+
+
+def _uncovered(statement: Any) -> bool:
+    """Whether an ORM select loads rows the criteria do not compare on the real owner
+    columns: ``select(Model).from_statement(...)``, or an entity aliased to an arbitrary
+    selectable (``aliased(Model, text(...).columns(...).subquery())``, whose owner
+    column the SQL may forge), selected, joined (``contains_eager``) or in the FROM
+    list. Plain tables, their aliases and joins are covered."""
+    if isinstance(statement, FromStatement):
+        return True
+    # Entities loaded from its columns, its joins (contains_eager: the target, or the
+    # relationship's of_type()) and its FROM list.
+    joined = tuple(
+        part
+        for join in getattr(statement, "_setup_joins", ())
+        for part in join[:2]
+        if part is not None
+    )
+    for element in (
+        *getattr(statement, "_raw_columns", ()),
+        *joined,
+        *getattr(statement, "_from_obj", ()),
+    ):
+        of_type = getattr(element, "_of_type", None)
+        if of_type is not None:
+            entity = inspect(of_type)
+        else:
+            entity = getattr(element, "_annotations", {}).get("parententity")
+        if entity is not None and entity.is_aliased_class:
+            selectable = entity.selectable
+            while isinstance(selectable, Alias):
+                selectable = selectable.element
+            if not isinstance(selectable, (TableClause, Join)):
+                return True
+    return False
+
+
+def _drop(state: InstanceState[Any], context: Any) -> None:
+    """Leave nothing of a refused row reachable: not in the identity map (a later
+    ``get()`` would answer from it), not in the object's attributes."""
+    session = context.session
+    obj = state.obj()
+    if obj is not None and state.session_id == session.hash_key:
+        session.expunge(obj)
+    loaded = state.dict
+    for attr in state.manager:
+        loaded.pop(attr, None)
 
 
 def _on_attach(session: Session, instance: object) -> None:
@@ -458,16 +564,7 @@ class Tenancy:
         too), update and delete; checks of what an update sets and whom a bulk write by
         primary key addresses."""
         if state.is_select or state.is_update or state.is_delete:
-            if self.any_typed or (self.any_tenant if principal[0] is None else self.any_user_only):
-                for mapper in state.all_mappers:
-                    rule = self.rule_for(mapper.class_)
-                    if rule is not None:
-                        refused = rule.refusal(principal)
-                        if refused is not None:
-                            raise refused
-                        # An id that is not its owner column's canonical text is refused
-                        # here, typed, before SQLAlchemy would wrap it in a StatementError.
-                        rule.values_of(principal)
+            self._refuse_principal(state, principal)
             if state.is_relationship_load:
                 # The parent may never have been loaded by a filtered statement
                 # (merge(load=False), a detached object from a cache): refuse a
@@ -486,6 +583,8 @@ class Tenancy:
                     state.statement = statement.where(rule.criteria)
             elif not state.is_select:
                 self._check_write(state, principal)
+            elif _uncovered(state.statement):
+                state.update_execution_options(**{_UNCOVERED: True})
             state.statement = state.statement.options(*self.options)
         elif state.is_insert:
             table = getattr(state.statement, "table", None)
@@ -495,6 +594,49 @@ class Tenancy:
                     "stamped with the owner",
                     hint="Add the objects with session.add() so each row is stamped and checked",
                 )
+            self._filter_insert(state, principal)
+        elif isinstance(state.statement, FromStatement):
+            # from_statement(text(...)): no criteria can reach its rows; they are
+            # checked as they load, and their objects in the database before a flush.
+            self._refuse_principal(state, principal)
+            state.update_execution_options(**{_UNCOVERED: True})
+
+    def _refuse_principal(self, state: ORMExecuteState, principal: Principal) -> None:
+        """Refuse a principal that a rule of a model the statement touches cannot serve."""
+        if self.any_typed or (self.any_tenant if principal[0] is None else self.any_user_only):
+            for mapper in state.all_mappers:
+                rule = self.rule_for(mapper.class_)
+                if rule is not None:
+                    refused = rule.refusal(principal)
+                    if refused is not None:
+                        raise refused
+                    # An id that is not its owner column's canonical text is refused
+                    # here, typed, before SQLAlchemy would wrap it in a StatementError.
+                    rule.values_of(principal)
+
+    def _filter_insert(self, state: ORMExecuteState, principal: Principal) -> None:
+        """An ORM insert into an unprotected table that reads protected models
+        (``insert().from_select(select(Model...))``, a scalar subquery in ``values()``):
+        the criteria, which SQLAlchemy applies to the embedded selects as to any
+        subquery, and the rules' refusals of the principal."""
+        statement: Any = state.statement
+        found = find_tables(statement, check_columns=True)
+        # The rows of a multi-row values() are not among the children it visits.
+        for rows in getattr(statement, "_multi_values", None) or ():
+            for row in rows:
+                for value in row.values() if isinstance(row, dict) else row:
+                    if isinstance(value, ClauseElement):
+                        found += find_tables(value, check_columns=True)
+        read = [table for table in found if table in self.tables]
+        if not read:
+            return
+        for rule in self.rules.values():
+            if any(table in read for table in inspect(rule.model).tables):
+                refused = rule.refusal(principal)
+                if refused is not None:
+                    raise refused
+                rule.values_of(principal)
+        state.statement = statement.options(*self.options)
 
     def _check_parent(self, parent: InstanceState[Any], principal: Principal) -> None:
         rule = self.rule_for(parent.class_)
@@ -503,7 +645,7 @@ class Tenancy:
         loaded = parent.dict
         owned = rule.values_of(principal)
         for key, index in rule.owners:
-            if key in loaded and loaded[key] != owned[index]:
+            if key in loaded and not rule.owns(index, loaded[key], owned[index]):
                 raise _foreign(rule.model, "load the relationships of", principal, key, loaded[key])
 
     def _check_write(self, state: ORMExecuteState, principal: Principal) -> None:
@@ -521,6 +663,11 @@ class Tenancy:
                 "SQLAlchemy version, so it refuses it"
             )
         owned = rule.values_of(principal)
+        parameters = state.parameters
+        many: list[Any] = []
+        if parameters:
+            many = parameters if isinstance(parameters, list) else [parameters]
+        names = rule.names
         values = getattr(statement, "_values", None) or {}
         ordered = getattr(statement, "_ordered_values", None) or ()
         for column, value in (*values.items(), *ordered):
@@ -530,19 +677,23 @@ class Tenancy:
             index = 0 if key == rule.tenant_key else 1
             if not isinstance(value, BindParameter) or value.callable is not None:
                 raise _foreign(rule.model, "set the owner of", principal, key, "<SQL expression>")
-            if value.value != owned[index]:
+            # An execute parameter named like the bind replaces its value
+            # (values(owner=bindparam("o", mine)) run with {"o": other}).
+            given = sum(1 for mapping in many if value.key in mapping)
+            default_used = given < len(many) or not many
+            if default_used and not rule.owns(index, value.value, owned[index]):
                 raise _foreign(rule.model, "set the owner of", principal, key, value.value)
+            if given and value.key not in names:
+                names = {**names, value.key: key}
         if state.execution_options.get("dml_strategy") == "core_only":
             # Run as Core: SQLAlchemy applies no loader criteria, so the WHERE
             # clause carries them.
             where: Any = statement
             state.statement = where.where(rule.criteria)
-        parameters = state.parameters
-        if not parameters:
+        if not many:
             return
-        many = parameters if isinstance(parameters, list) else [parameters]
         for mapping in many:
-            rule.check_mapping(mapping, principal, "set the owner of")
+            rule.check_mapping(mapping, principal, "set the owner of", names=names)
         if state.is_executemany and state.execution_options.get("dml_strategy") != "core_only":
             verb = "update" if state.is_update else "delete"
             rule.verify_owned(state.session, (rule.identity(m) for m in many), principal, verb)
@@ -564,7 +715,7 @@ class Tenancy:
                 value = getattr(obj, key)
                 if value is None:
                     setattr(obj, key, mine)
-                elif value != mine:
+                elif not rule.owns(0 if key == rule.tenant_key else 1, value, mine):
                     raise _foreign(rule.model, "insert", principal, key, value)
         for collection, verb in ((session.dirty, "update"), (session.deleted, "delete")):
             unverified: dict[Rule, list[tuple[Any, ...]]] = {}
@@ -580,7 +731,7 @@ class Tenancy:
                 for committed in (True, False):
                     owner = rule.owner_of(obj, committed=committed)
                     for key, index in rule.owners:
-                        if owner[index] != owned[index]:
+                        if not rule.owns(index, owner[index], owned[index]):
                             raise _foreign(
                                 rule.model,
                                 verb if committed else "change the owner of",
@@ -617,7 +768,7 @@ class Tenancy:
                     value = state.dict.get(key)
                     if value is None:
                         setattr(obj, key, owned[index])
-                    elif value != owned[index]:
+                    elif not rule.owns(index, value, owned[index]):
                         raise _foreign(rule.model, "insert", principal, key, value)
                 continue
             for key, index in rule.owners:
@@ -625,7 +776,7 @@ class Tenancy:
                     continue
                 history = state.attrs[key].history
                 for value in (*history.deleted, state.dict[key]):
-                    if value != owned[index]:
+                    if not rule.owns(index, value, owned[index]):
                         raise _foreign(rule.model, "update", principal, key, value)
             if state.session_id != session.hash_key or state.info.get(_UNVERIFIED):
                 unverified.setdefault(rule, []).append(state.key[1])

@@ -8,7 +8,9 @@ runs as one principal in its own session block, aimed at a row of either
 principal, through one shape of the SQLAlchemy 2 ORM: selects, ``get``,
 relationship loads from loaded, merged and forged parents, ``refresh``,
 detached objects, ORM ``update``/``delete`` (by criteria and in bulk by primary
-key), ``insert``, the legacy bulk methods, ``merge`` and flushes. Afterwards
+key, the owner through a named bind), ``insert``, ``insert().from_select()``
+into an unprotected table, ``from_statement()`` loads and their flushes, the
+legacy bulk methods, ``merge`` and flushes. Afterwards
 every value the operation returned must be the principal's, and the database
 must hold exactly what a reference model says: the operation's effect on the
 principal's own rows if it succeeded, nothing if it was refused.
@@ -31,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
+    aliased,
     joinedload,
     make_transient_to_detached,
     mapped_column,
@@ -45,6 +48,7 @@ from isolation.report.modes._sessions import sqlite_engine
 __all__ = [
     "OPS",
     "PRINCIPALS",
+    "Export",
     "Folder",
     "Item",
     "Op",
@@ -58,6 +62,7 @@ PRINCIPALS: Final = ("alice", "bob")
 STRATEGIES: Final = ("select", "selectin", "joined", "subquery")
 FOLDERS: Final = "isolation_orm_folders"
 ITEMS: Final = "isolation_orm_items"
+EXPORTS: Final = "isolation_orm_exports"
 
 
 class OrmBase(DeclarativeBase):
@@ -90,8 +95,18 @@ class Item(OrmBase):
     folder: Mapped[Folder | None] = relationship(lazy="select", viewonly=True)
 
 
+class Export(OrmBase):
+    """An unprotected table (an export, an audit log) that ORM inserts copy items into."""
+
+    __tablename__ = EXPORTS
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    body: Mapped[str | None] = mapped_column(String(200))
+
+
 _FOLDERS: Final = OrmBase.metadata.tables[FOLDERS]
 _ITEMS: Final = OrmBase.metadata.tables[ITEMS]
+_EXPORTS: Final = OrmBase.metadata.tables[EXPORTS]
 
 # -- seeds ---------------------------------------------------------------------
 
@@ -172,6 +187,7 @@ async def open_orm_database(backend: str, postgres_url: str | None) -> AsyncIter
 async def reset(db: OrmDatabase) -> None:
     """Put the seed rows back (and nothing else)."""
     async with db.engine.begin() as conn:
+        await conn.execute(delete(_EXPORTS))
         await conn.execute(delete(_ITEMS))
         await conn.execute(delete(_FOLDERS))
         await conn.execute(
@@ -334,6 +350,60 @@ async def _from_text(s: Any, c: _Call) -> list[str]:
     return [i.body for i in (await s.scalars(stmt)).all()]
 
 
+async def _from_text_no_owner(s: Any, c: _Call) -> list[str]:
+    # Rows without the owner column: protect() cannot check them.
+    stmt = select(Item).from_statement(text(f"SELECT id, body, folder_id FROM {ITEMS}"))  # noqa: S608
+    return [i.body for i in (await s.scalars(stmt)).all()]
+
+
+async def _from_text_forged(s: Any, c: _Call) -> None:
+    # A hand-written query claiming the principal owns the row, then a flush of it.
+    stmt = select(Item).from_statement(
+        text(f"SELECT id, :me AS owner, body, folder_id FROM {ITEMS} WHERE id = :i")  # noqa: S608
+    )
+    for obj in (await s.scalars(stmt, {"me": c.me, "i": c.item_id})).all():
+        obj.body = c.value
+    await s.flush()
+
+
+async def _aliased_text_forged(s: Any, c: _Call) -> list[str]:
+    # An entity aliased to a text subquery claiming the principal owns every row: the
+    # criteria compare the forged column; a flush of what it loaded must be checked.
+    forging = (
+        text(f"SELECT id, :me AS owner, body, folder_id FROM {ITEMS}")  # noqa: S608
+        .bindparams(me=c.me)
+        .columns(Item.id, Item.owner, Item.body, Item.folder_id)
+        .subquery()
+    )
+    entity = aliased(Item, forging)
+    found = (await s.scalars(select(entity).where(entity.id == c.item_id))).all()
+    for obj in found:
+        obj.body = c.value
+    await s.flush()
+    return []
+
+
+async def _insert_from_select(s: Any, c: _Call) -> list[str]:
+    # An ORM insert into an unprotected table reading items: from_select, a scalar
+    # subquery, multi-row values, a union with an alias. What it copied is returned
+    # (the export table is emptied first, so only this operation's copies are).
+    await s.execute(delete(Export))
+    alias = aliased(Item)
+    shape = c.op.variant % 4
+    body = select(Item.body).where(Item.id == c.item_id).scalar_subquery()
+    if shape == 0:
+        stmt = insert(Export).from_select(["body"], select(Item.body))
+    elif shape == 1:
+        stmt = insert(Export).values(body=body)
+    elif shape == 2:
+        stmt = insert(Export).values([{"body": body}, {"body": c.value}])
+    else:
+        both = select(Item.body).union_all(select(alias.body).where(alias.id == c.item_id))
+        stmt = insert(Export).from_select(["body"], both)
+    await s.execute(stmt)
+    return [b for b in (await s.scalars(select(Export.body))).all() if b is not None]
+
+
 async def _update_where(s: Any, c: _Call) -> None:
     await s.execute(update(Item).where(Item.id == c.item_id).values(body=c.value))
 
@@ -357,6 +427,15 @@ async def _mass_assign(s: Any, c: _Call) -> None:
 
 async def _owner_parameter(s: Any, c: _Call) -> None:
     await s.execute(update(Item).where(Item.id == c.item_id), {"owner": c.other})
+
+
+async def _owner_bind(s: Any, c: _Call) -> None:
+    # The owner set through a named bind whose execute parameter replaces its
+    # default (the principal's): the parameter is the principal's (variant even)
+    # or the other's.
+    owner = c.me if c.op.variant % 2 == 0 else c.other
+    stmt = update(Item).where(Item.id == c.item_id)
+    await s.execute(stmt.values(owner=bindparam("o", c.me), body=c.value), {"o": owner})
 
 
 async def _core_only(s: Any, c: _Call) -> None:
@@ -480,6 +559,11 @@ def _mass(rows: Rows, c: _Call) -> None:
         _set_all_bodies(rows, c)
 
 
+def _bind(rows: Rows, c: _Call) -> None:
+    if c.op.variant % 2 == 0:
+        _set_body(rows, c)
+
+
 def _delete(rows: Rows, c: _Call) -> None:
     key = ("item", c.item_id)
     if rows[key][0] == c.me:
@@ -514,12 +598,17 @@ OPS: Final[dict[str, tuple[Runner, Effect]]] = {
     "detached_access": (_detached_access, _none),
     "merged_attribute": (_merged_attribute, _none),
     "from_text": (_from_text, _none),
+    "from_text_no_owner": (_from_text_no_owner, _none),
+    "from_text_forged": (_from_text_forged, _set_body),
+    "aliased_text_forged": (_aliased_text_forged, _set_body),
+    "insert_from_select": (_insert_from_select, _none),
     "update_where": (_update_where, _set_body),
     "update_all": (_update_all, _set_all_bodies),
     "bulk_pk": (_bulk_pk, _set_body),
     "bulk_pk_owner": (_bulk_pk_owner, _none),
     "mass_assign": (_mass_assign, _mass),
     "owner_parameter": (_owner_parameter, _none),
+    "owner_bind": (_owner_bind, _bind),
     "delete_where": (_delete_where, _delete),
     "core_only": (_core_only, _set_body),
     "core_only_delete": (_core_only_delete, _delete),
@@ -540,8 +629,11 @@ OPS: Final[dict[str, tuple[Runner, Effect]]] = {
 
 
 def attacks() -> list[list[Op]]:
-    """The shapes of issue 16's findings 1 to 3, each as alice against bob's rows."""
+    """The shapes of issue 16's findings 1 to 3 and of the session review (a named
+    bind of the owner, insert from select, from_statement), each as alice against
+    bob's rows."""
     bob_item = next(n for n, i in enumerate(SEED_ITEMS) if i[1] == "bob")
+    alice_item = next(n for n, i in enumerate(SEED_ITEMS) if i[1] == "alice")
     bob_folder = next(n for n, f in enumerate(SEED_FOLDERS) if f[1] == "bob")
     shapes = [
         ("bulk_pk", 0),
@@ -558,8 +650,17 @@ def attacks() -> list[list[Op]]:
         ("merge_forged_modify", 0),
         ("forged_delete", 0),
         ("folder_bulk", 0),
+        ("insert_from_select", 0),
+        ("insert_from_select", 1),
+        ("insert_from_select", 2),
+        ("insert_from_select", 3),
+        ("from_text_no_owner", 0),
+        ("from_text_forged", 0),
+        ("aliased_text_forged", 0),
     ]
-    return [[Op(kind, 0, bob_item, bob_folder, variant)] for kind, variant in shapes]
+    return [[Op(kind, 0, bob_item, bob_folder, variant)] for kind, variant in shapes] + [
+        [Op("owner_bind", 0, alice_item, bob_folder, 1)]
+    ]
 
 
 def ops_strategy(max_size: int = 4) -> Any:

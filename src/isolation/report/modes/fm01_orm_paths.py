@@ -8,7 +8,10 @@ replays the shapes of the findings (ORM bulk UPDATE by primary key,
 ``bulk_update_mappings``, owner mass assignment, ``bulk_insert_mappings``,
 ``bulk_save_objects``, lazy loads from a cached parent merged with
 ``load=False``, ``refresh()`` and attribute loads of forged objects, flushes of
-forged objects), then operation sequences Hypothesis draws over the ORM
+forged objects) and of the session review (the owner set through a named
+bind, ``insert().from_select()`` into an unprotected table, ``from_statement()``
+rows without the owner column or with a forged one then flushed), then
+operation sequences Hypothesis draws over the ORM
 surface, as two principals on each other's rows. Properties: no value of the
 other principal is returned, and after every operation the database holds
 exactly what the reference model allows (the effect on the principal's own
@@ -136,7 +139,8 @@ def register(registry: ModeRegistry) -> None:
         requires=("sqlalchemy", "aiosqlite", "hypothesis"),
         description=(
             "bulk writes by primary key, legacy bulk methods, owner mass assignment, "
-            "relationship loads of merged parents, refresh and forged objects: "
+            "relationship loads of merged parents, refresh and forged objects, insert from "
+            "select, from_statement loads: "
             "nothing of another principal read or written"
         ),
     )

@@ -449,15 +449,11 @@ class TestFromStatement:
 class TestTypedOwnerGivenAsText:
     """L1: the owner's own id as the str of the context, for an int or UUID column."""
 
-    @pytest.fixture
-    def uuid_pg(self, db: OrmDatabase) -> None:
-        if db.backend != "postgres":
-            # SQLAlchemy's Uuid type takes no str on SQLite, protected or not.
-            pytest.skip("a str for a UUID column is a PostgreSQL form")
-
-    async def test_uuid_owner_as_text(
-        self, db: OrmDatabase, manager: SessionManager, uuid_pg: None
-    ) -> None:
+    # SQLAlchemy's Uuid type takes no str on SQLite, protected or not: PostgreSQL only.
+    @pytest.mark.parametrize(
+        "db", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+    )
+    async def test_uuid_owner_as_text(self, db: OrmDatabase, manager: SessionManager) -> None:
         own = isolation.current_context
 
         async def work(s: AsyncSession) -> None:
@@ -496,11 +492,11 @@ class TestTypedOwnerGivenAsText:
             2,
         ]
 
+    # asyncpg takes no str for an integer column, protected or not: SQLite only.
+    @pytest.mark.parametrize("db", ["sqlite"], indirect=True)
     async def test_integer_owner_as_text(self, db: OrmDatabase, manager: SessionManager) -> None:
         """SQLite converts "42" for an integer column: the owner's own id as text works,
         "042" and another id are refused."""
-        if db.backend != "sqlite":
-            pytest.skip("asyncpg takes no str for an integer column, protected or not")
 
         async def mine(s: AsyncSession) -> None:
             await s.run_sync(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,7 +26,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, aliased, contains_eager, mapped_column
 
 import isolation
@@ -517,3 +518,52 @@ class TestTypedOwnerGivenAsText:
             (2, 7, "bob i"),
             (3, 42, "b"),
         ]
+
+
+class TestLooseOwnerColumns:
+    """Owner columns that compare case- or accent-insensitively would make two principals
+    one owner (the second review's H5: "0oa1AbC" and "0oa1abc" on a NOCASE column)."""
+
+    @pytest.mark.parametrize("collation", ["NOCASE", "utf8mb4_0900_ai_ci", "und-x-icu-ci"])
+    def test_a_folding_collation_is_refused(self, collation: str) -> None:
+        """protect() refuses a declared folding collation, naming the column."""
+
+        class Base(DeclarativeBase):
+            pass
+
+        class Loose(Base):
+            __tablename__ = "isolation_review_loose"
+            id = mapped_column(Integer, primary_key=True)
+            owner = mapped_column(String(64, collation=collation))
+
+        manager = SessionManager(create_async_engine("sqlite+aiosqlite://"))
+        with pytest.raises(ConfigurationError, match="'owner' compares ids loosely"):
+            manager.protect(Loose, user_column="owner")
+
+    async def test_two_subjects_stay_two_owners_on_a_binary_column(self, tmp_path: Path) -> None:
+        """The default (binary) collation keeps case-sensitive subjects apart end to end."""
+
+        class Base(DeclarativeBase):
+            pass
+
+        class Strict(Base):
+            __tablename__ = "isolation_review_strict"
+            id = mapped_column(Integer, primary_key=True)
+            owner = mapped_column(String(64))
+            body = mapped_column(String(64))
+
+        engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'strict.db'}")
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(Base.metadata.create_all)
+            manager = SessionManager(engine)
+            manager.protect(Strict, user_column="owner")
+            async with isolation.scope(UserContext.new("0oa1AbC")), manager.session() as s:
+                s.add(Strict(body="victim"))
+            async with isolation.scope(UserContext.new("0oa1abc")), manager.session() as s:
+                result = await s.execute(update(Strict).values(body="overwritten"))
+                assert result.rowcount == 0
+            async with isolation.scope(UserContext.new("0oa1AbC")), manager.session() as s:
+                assert (await s.scalars(select(Strict.body))).all() == ["victim"]
+        finally:
+            await engine.dispose()

@@ -113,6 +113,26 @@ def _python_type(model: type[Any], key: str) -> type:
     return python_type if isinstance(python_type, type) else str
 
 
+def _folding(model: type[Any], key: str) -> str | None:
+    """Why the owner column ``key`` compares case- or accent-insensitively, or ``None``.
+
+    The criteria compare with SQL ``=``: under such a collation ``"0oa1AbC"`` and
+    ``"0oa1abc"`` (two case-sensitive OIDC subjects, two principals here) would be
+    one owner to the database. Only what the model declares can be seen here; a
+    database's or server's default collation cannot (see the docs' limit).
+    """
+    for column in inspect(model).attrs[key].columns:
+        column_type = getattr(column, "type", None)
+        if type(column_type).__name__.lower() == "citext":
+            return "its type is citext"
+        collation = str(getattr(column_type, "collation", None) or "")
+        folded = collation.lower()
+        parts = set(folded.replace("-", "_").split("_"))
+        if folded in {"nocase", "rtrim"} or "ci" in parts or "ai" in parts:
+            return f"its collation {collation!r} folds case, accents or trailing spaces"
+    return None
+
+
 def _column_key(model: type[Any], column: object, parameter: str) -> str:
     mapper = inspect(model, raiseerr=False)
     if mapper is None or not hasattr(mapper, "attrs"):
@@ -171,6 +191,14 @@ class Rule:
         self.model = model
         self.user_key = user_key
         self.tenant_key = tenant_key
+        for key in (user_key, tenant_key):
+            folding = None if key is None else _folding(model, key)
+            if folding is not None:
+                raise ConfigurationError(
+                    f"protect({model.__name__}): the owner column {key!r} compares ids "
+                    f"loosely ({folding}), so two principals could be one owner",
+                    hint="Give owner columns a binary collation (the type's default)",
+                )
         # Ids reach a typed owner column only in that type's canonical text
         # (owner_value): "123" and "0123" must not be one owner to the database.
         self.user_type = str if user_key is None else _python_type(model, user_key)

@@ -573,6 +573,16 @@ class Tenancy:
             _LISTENED.add(model)
         return rule
 
+    def serving_rule(self, cls: type[Any], principal: Principal) -> Rule | None:
+        """The rule that covers ``cls`` (``None``: unprotected), after refusing a
+        principal it cannot serve (a tenant context on a user-only rule, or none)."""
+        rule = self.rule_for(cls)
+        if rule is not None:
+            refused = rule.refusal(principal)
+            if refused is not None:
+                raise refused
+        return rule
+
     def rule_for(self, cls: type[Any]) -> Rule | None:
         """The rule that covers instances of ``cls`` (its own or a base class's)."""
         try:
@@ -730,12 +740,9 @@ class Tenancy:
         """``before_flush``: stamp new rows, refuse foreign rows and owner changes, and
         check in the database the rows of objects the session neither loaded nor created."""
         for obj in session.new:
-            rule = self.rule_for(type(obj))
+            rule = self.serving_rule(type(obj), principal)
             if rule is None:
                 continue
-            refused = rule.refusal(principal)
-            if refused is not None:
-                raise refused
             tenant, user = rule.values_of(principal)
             for key, mine in ((rule.user_key, user), (rule.tenant_key, tenant)):
                 if key is None:
@@ -749,12 +756,9 @@ class Tenancy:
             unverified: dict[Rule, list[tuple[Any, ...]]] = {}
             states: list[InstanceState[Any]] = []
             for obj in collection:
-                rule = self.rule_for(type(obj))
+                rule = self.serving_rule(type(obj), principal)
                 if rule is None:
                     continue
-                refused = rule.refusal(principal)
-                if refused is not None:
-                    raise refused
                 owned = rule.values_of(principal)
                 for committed in (True, False):
                     owner = rule.owner_of(obj, committed=committed)
@@ -783,12 +787,9 @@ class Tenancy:
         in the database, the rows of the objects it updates."""
         unverified: dict[Rule, list[tuple[Any, ...]]] = {}
         for obj in objects:
-            rule = self.rule_for(type(obj))
+            rule = self.serving_rule(type(obj), principal)
             if rule is None:
                 continue
-            refused = rule.refusal(principal)
-            if refused is not None:
-                raise refused
             owned = rule.values_of(principal)
             state: InstanceState[Any] = inspect(obj)
             if state.key is None:

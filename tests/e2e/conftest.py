@@ -12,7 +12,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,27 +53,38 @@ class ChatServer:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def _listening_socket() -> socket.socket:
+    """A socket bound to a free port on 127.0.0.1 and already listening.
+
+    uvicorn serves it (``--fd``), so a request made before uvicorn is up waits
+    in the kernel's backlog instead of being refused: readiness needs no poll.
+    """
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    return listener
 
 
 def _wait_ready(process: subprocess.Popen[bytes], server: ChatServer) -> None:
-    """Poll /health until it answers: a bounded loop, so a broken start fails instead of hanging."""
+    """One /health request, answered once uvicorn accepts it from the backlog.
+
+    The server holds the only copy of the listening socket, so if it dies first
+    the request is refused at once; ``STARTUP_TIMEOUT`` only guards a hang.
+    """
     import httpx
 
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the chat server exited with {process.returncode}:\n{server.log()}")
-        try:
-            if httpx.get(f"{server.base_url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)  # the poll interval of a hang guard, not synchronisation
-    pytest.fail(f"the chat server did not answer within {STARTUP_TIMEOUT} s:\n{server.log()}")
+    try:
+        status = httpx.get(f"{server.base_url}/health", timeout=STARTUP_TIMEOUT).status_code
+    except httpx.TransportError as exc:
+        status = None
+        problem = f"{type(exc).__name__}: {exc}"
+    if status == 200:
+        return
+    if status is not None:
+        problem = f"/health answered {status}"
+    if process.poll() is not None:
+        problem = f"the chat server exited with {process.returncode}"
+    pytest.fail(f"the chat server did not start ({problem}):\n{server.log()}")
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +93,8 @@ def chat_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatServer
     pytest.importorskip("uvicorn", reason="needs uvicorn (the tests extra)")
     directory = tmp_path_factory.mktemp("chat")
     secret = os.urandom(32)
-    server = ChatServer(_free_port(), secret, directory / "server.log")
+    listener = _listening_socket()
+    server = ChatServer(listener.getsockname()[1], secret, directory / "server.log")
     env = {
         **os.environ,
         "CHAT_SECRET": secret.hex(),
@@ -96,17 +107,22 @@ def chat_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatServer
         "-m",
         "uvicorn",
         "examples.chat.app:app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(server.port),
+        "--fd",
+        str(listener.fileno()),
         "--log-level",
         "info",
         "--timeout-graceful-shutdown",
         "5",
     ]
-    with server.log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    with listener, server.log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            pass_fds=(listener.fileno(),),
+        )
     try:
         _wait_ready(process, server)
         yield server

@@ -20,27 +20,13 @@ import isolation
 import isolation.events
 from isolation import UserContext, tokens
 from isolation.events import EventRouter, MemoryBackend
+from isolation.report.modes.fm16_ticket_expiry import STEP, TickingClock
 from isolation.testing import FakeClock, use_clock
 
 pytestmark = pytest.mark.anyio
 
 KEY = b"ticket-expiry-test-key-0123456789abcdef"
-STEP = 2.0**-10  # exact in binary: every reading is an exact float
 TTL = 30
-
-
-class TickingClock(FakeClock):
-    """A fake clock that moves ``STEP`` forward after every reading, as a real one does."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ticking = False
-
-    def time(self) -> float:
-        now = self._t
-        if self.ticking:
-            self._t = now + STEP
-        return now
 
 
 @pytest.fixture

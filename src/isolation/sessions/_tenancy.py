@@ -175,6 +175,7 @@ class Rule:
     __slots__ = (
         "columns",
         "criteria",
+        "last",
         "model",
         "names",
         "options",
@@ -204,6 +205,7 @@ class Rule:
         self.user_type = str if user_key is None else _python_type(model, user_key)
         self.tenant_type = str if tenant_key is None else _python_type(model, tenant_key)
         self.typed = self.user_type is not str or self.tenant_type is not str
+        self.last: tuple[Principal, tuple[object, object]] | None = None
         mapper: Mapper[Any] = inspect(model)
         # (attribute key, index in the principal) of each owner column.
         self.owners: tuple[tuple[str, int], ...] = tuple(
@@ -264,11 +266,18 @@ class Rule:
         """
         if not self.typed:
             return principal
+        # Asked once per loaded row with the session's one principal object: keep
+        # the last answer (holding the principal, so its identity cannot be reused).
+        last = self.last
+        if last is not None and last[0] is principal:
+            return last[1]
         tenant_id, user_id = principal
         user = owner_value("user_id", user_id, self.user_type)
-        if tenant_id is None:
-            return None, user
-        return owner_value("tenant_id", tenant_id, self.tenant_type), user
+        tenant = (
+            None if tenant_id is None else owner_value("tenant_id", tenant_id, self.tenant_type)
+        )
+        self.last = (principal, (tenant, user))
+        return tenant, user
 
     def owns(self, index: int, value: object, mine: object) -> bool:
         """Whether ``value``, given for owner column ``index`` (0 tenant, 1 user), is the

@@ -18,11 +18,21 @@ import functools
 import inspect
 import logging
 import math
+import threading
 import time
 import types
+import typing
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, final
 
@@ -30,6 +40,7 @@ import anyio
 import attrs
 from sqlalchemy import event
 from sqlalchemy import util as sa_util
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, AsyncSessionTransaction
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
@@ -43,6 +54,7 @@ from isolation._errors import (
     ContextExpiredError,
     CrossContextAccessError,
     DatabaseConnectionLostError,
+    IsolationError,
     PoolExhaustedError,
     ScopeEndedError,
     SessionError,
@@ -64,7 +76,7 @@ from isolation.sessions._lifecycle import (
 from isolation.sessions._tenancy import Tenancy, TenantSession
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.engine import Connection
 
     from isolation.factories._registry import Registry
     from isolation.sessions.postgres import Binding
@@ -141,26 +153,45 @@ class _Owner:
         "rls",
         "scope_ref",
         "started",
+        "sync",
         "task",
         "tenancy",
         "warned",
     )
 
     def __init__(
-        self, scope: Scope, principal: Principal, tenancy: Tenancy | None, rls: Binding | None
+        self,
+        scope: Scope,
+        principal: Principal,
+        tenancy: Tenancy | None,
+        rls: Binding | None,
+        *,
+        sync: bool = False,
     ) -> None:
         self.scope_ref = weakref.ref(scope)
         self.principal = principal
         self.tenancy = tenancy
         self.rls = rls
-        self.task: asyncio.Task[Any] | None = None
+        self.sync = sync
+        # The task inside the block (async face); the face's marker of an open block (sync).
+        self.task: object | None = None
         self.depth = 0
         self.admitted = False
         self.closed = False
         self.poisoned = False
         self.started = 0.0
         self.warned = False
-        self.cleaners: set[asyncio.Task[Any]] | None = None
+        # Who runs the manager's own cleanup: tasks (async face), thread idents (sync face).
+        self.cleaners: set[object] | None = None
+
+    def worker(self) -> object | None:
+        """The running asyncio task (async face) or thread ident (sync face)."""
+        if self.sync:
+            return threading.get_ident()
+        try:
+            return asyncio.current_task()
+        except RuntimeError:
+            return None
 
     def refuse(self, current: Scope | None) -> None:
         """The slow path of every checked method: raise, unless the manager is cleaning up.
@@ -172,11 +203,8 @@ class _Owner:
         """
         cleaners = self.cleaners
         if cleaners:
-            try:
-                task = asyncio.current_task()
-            except RuntimeError:
-                task = None
-            if task is not None and task in cleaners:
+            worker = self.worker()
+            if worker is not None and worker in cleaners:
                 return
         if current is not None and current._held and current is self.scope_ref():
             if current.active and not self.closed:
@@ -206,17 +234,17 @@ class _Owner:
 
     @contextlib.contextmanager
     def cleaning(self) -> Iterator[None]:
-        """Mark the running task as the manager's cleanup: the checks let it through."""
-        task = asyncio.current_task()
-        assert task is not None  # sessions run on asyncio tasks only (_running_task)
+        """Mark the running task (or thread) as the manager's cleanup: the checks let it through."""
+        worker = self.worker()
+        assert worker is not None  # the async face runs on asyncio tasks only (_running_task)
         cleaners = self.cleaners
         if cleaners is None:
             cleaners = self.cleaners = set()
-        cleaners.add(task)
+        cleaners.add(worker)
         try:
             yield
         finally:
-            cleaners.discard(task)
+            cleaners.discard(worker)
 
     def guard(self) -> None:
         """Refuse use from another scope, after the scope ended, outside a block, or by
@@ -229,9 +257,18 @@ class _Owner:
         if task is None:
             raise UsageError(
                 f"the database session of {redact_principal(self.principal)} was used "
-                "outside its `async with manager.session()` block",
+                f"outside its `{'' if self.sync else 'async '}with manager.session()` block",
                 hint="Do the database work inside the block; objects stay readable after it",
             )
+        if self.sync:
+            # No task to cancel at the deadline: the next statement is refused instead.
+            deadline = current._deadline
+            if deadline is not None and _clock._now() >= deadline:
+                raise ContextExpiredError(
+                    f"the context of {redact_principal(self.principal)} expired inside a "
+                    "session block; its work will be rolled back"
+                )
+            return
         try:
             running = asyncio.current_task()
         except RuntimeError:  # a worker thread (to_thread) has no running loop
@@ -387,16 +424,21 @@ def _check_every_method(cls: type, base: type, *, on_lookup: bool) -> type:
     return cls
 
 
-class _OwnedSession(TenantSession):
-    """The sync ``Session`` behind every managed ``AsyncSession``: it knows its owner,
-    every public method refuses use from another scope before doing anything, and the
-    legacy bulk methods are checked by tenancy (``TenantSession``)."""
+class _OwnedBase(TenantSession):
+    """What every managed sync ``Session`` class derives from: it knows its owner, the
+    SQLAlchemy events below listen on it, and the legacy bulk methods are checked by
+    tenancy (``TenantSession``)."""
 
     _isolation_owner: _Owner
 
     def __init__(self, *, isolation_owner: _Owner, **kwargs: Any) -> None:
         self._isolation_owner = isolation_owner
         super().__init__(**kwargs)
+
+
+class _OwnedSession(_OwnedBase):
+    """The managed sync ``Session`` (and the one behind every managed ``AsyncSession``):
+    every public method refuses use from another scope before doing anything."""
 
 
 class _OwnedAsyncSession(AsyncSession):
@@ -411,12 +453,64 @@ class _OwnedAsyncSession(AsyncSession):
         super().__init__(bind, isolation_owner=isolation_owner, **kwargs)
 
 
-# From TenantSession, so that its checked bulk methods are the ones wrapped.
-_check_every_method(_OwnedSession, TenantSession, on_lookup=False)
+# From _OwnedBase, so that TenantSession's checked bulk methods are the ones wrapped.
+_check_every_method(_OwnedSession, _OwnedBase, on_lookup=False)
 _check_every_method(_OwnedAsyncSession, AsyncSession, on_lookup=True)
 
+# Managed classes made for a ``session_class=`` (SQLModel's ``Session``, an app's own).
+_OWNED_CLASSES: dict[type, type] = {Session: _OwnedSession, AsyncSession: _OwnedAsyncSession}
+_owned_classes_lock = threading.RLock()
 
-@event.listens_for(_OwnedSession, "do_orm_execute")
+
+def _owned_async_init(base: type[Any]) -> Callable[..., None]:
+    """``__init__`` of a managed subclass of ``base`` made at run time (no ``super()`` cell)."""
+
+    def init(self: Any, bind: AsyncEngine, *, isolation_owner: _Owner, **kwargs: Any) -> None:
+        self._isolation_owner = isolation_owner
+        base.__init__(self, bind, isolation_owner=isolation_owner, **kwargs)
+
+    return init
+
+
+def _owned_class(session_class: object, *, is_async: bool) -> type[Any]:
+    """The managed subclass of ``session_class``, made once: every public member of it
+    (``exec()`` of SQLModel's included) checked, SQLAlchemy's events listening."""
+    base = AsyncSession if is_async else Session
+    if not isinstance(session_class, type) or not issubclass(session_class, base):
+        face = "an AsyncEngine" if is_async else "a sync Engine"
+        raise ConfigurationError(
+            f"session_class must be a subclass of sqlalchemy's {base.__name__} for a manager "
+            f"of {face}, got {session_class!r}",
+            hint="SQLModel: sqlmodel.Session (sync) or sqlmodel.ext.asyncio.session.AsyncSession",
+        )
+    with _owned_classes_lock:
+        owned = _OWNED_CLASSES.get(session_class)
+        if owned is not None:
+            return owned
+        name = session_class.__name__
+        if is_async:
+            sync_class = _owned_class(
+                getattr(session_class, "sync_session_class", Session), is_async=False
+            )
+            owned = type(
+                f"Owned{name}",
+                (session_class,),
+                {
+                    "sync_session_class": sync_class,
+                    "__init__": _owned_async_init(session_class),
+                    "__module__": __name__,
+                },
+            )
+            _check_every_method(owned, session_class, on_lookup=True)
+        else:
+            combined = type(f"Tenant{name}", (_OwnedBase, session_class), {"__module__": __name__})
+            owned = type(f"Owned{name}", (combined,), {"__module__": __name__})
+            _check_every_method(owned, combined, on_lookup=False)
+        _OWNED_CLASSES[session_class] = owned
+        return owned
+
+
+@event.listens_for(_OwnedBase, "do_orm_execute")
 def _on_execute(state: ORMExecuteState) -> None:
     owner: _Owner | None = state.session._isolation_owner  # type: ignore[attr-defined]
     if owner is None:
@@ -427,7 +521,7 @@ def _on_execute(state: ORMExecuteState) -> None:
         tenancy.apply(state, owner.principal)
 
 
-@event.listens_for(_OwnedSession, "before_flush")
+@event.listens_for(_OwnedBase, "before_flush")
 def _on_flush(session: Session, flush_context: Any, instances: Any) -> None:
     owner: _Owner | None = session._isolation_owner  # type: ignore[attr-defined]
     if owner is None:
@@ -470,10 +564,9 @@ def _forget_owner_on_checkin(dbapi_connection: Any, record: Any) -> None:
     record.info.pop(_CONNECTION_OWNER, None)
 
 
-def _install_connection_guard(engine: AsyncEngine) -> None:
+def _install_connection_guard(sync_engine: Engine) -> None:
     """Listen once per engine; the listeners act only while a managed session's
     transaction holds a connection (one dict lookup per statement otherwise)."""
-    sync_engine = engine.sync_engine
     if sync_engine in _GUARDED_ENGINES:
         return
     event.listen(sync_engine, "before_cursor_execute", _guard_connection)
@@ -483,7 +576,7 @@ def _install_connection_guard(engine: AsyncEngine) -> None:
     _GUARDED_ENGINES.add(sync_engine)
 
 
-@event.listens_for(_OwnedSession, "after_begin")
+@event.listens_for(_OwnedBase, "after_begin")
 def _on_begin(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
     owner: _Owner | None = session._isolation_owner  # type: ignore[attr-defined]
     if owner is None:
@@ -500,6 +593,10 @@ def _on_begin(session: Session, transaction: SessionTransaction, connection: Con
             )
         # params() refuses a tenant context where a policy binds the user alone.
         connection.execute(binding.statement, binding.params(owner.principal))
+
+
+# ``_Owner.task`` of a sync session's open block: its threads take turns, none owns it.
+_SYNC_BLOCK: Final = object()
 
 
 def _running_task() -> asyncio.Task[Any]:
@@ -521,7 +618,9 @@ class _Held:
 
     __slots__ = ("__weakref__", "manager", "owner", "session")
 
-    def __init__(self, manager: SessionManager, owner: _Owner, session: AsyncSession) -> None:
+    def __init__(
+        self, manager: SessionManager, owner: _Owner, session: AsyncSession | Session
+    ) -> None:
         self.manager = manager
         self.owner = owner
         self.session = session
@@ -531,9 +630,20 @@ class _Held:
 
         Usually every block has ended and there is nothing to await: then this
         returns ``None`` and the scope pays for no shielded cancel scope.
+        A sync session's block still running in a thread cannot be cut off from
+        here: it is marked closed, so its next statement is refused and its end
+        rolls back.
         """
         owner = self.owner
         if owner.closed:
+            return None
+        if owner.sync:
+            sync_session = typing.cast(Session, self.session)
+            with owner.cleaning():
+                owner.closed = True
+                if not owner.admitted and sync_session.in_transaction():
+                    sync_session.close()
+            self.manager._closed(owner)
             return None
         if owner.admitted or self.session.in_transaction():
             return self._finalize(exc)
@@ -554,13 +664,15 @@ class _Held:
                     # exited): its connection may be mid-operation in another task, so it is
                     # invalidated rather than rolled back politely, and its work is lost.
                     manager._rollbacks += 1
+                    session: AsyncSession = self.session  # type: ignore[assignment]
                     try:
-                        await self.session.invalidate()
+                        await session.invalidate()
                     finally:
                         manager._release(owner)
                 elif self.session.in_transaction():
-                    await self.session.rollback()
-                    await self.session.close()
+                    session = self.session  # type: ignore[assignment]
+                    await session.rollback()
+                    await session.close()
         finally:
             manager._closed(owner)
 
@@ -584,17 +696,92 @@ class _Held:
 
 @final
 class _Block:
-    """One ``async with manager.session()`` block (single use)."""
+    """One ``async with manager.session()`` block, or ``with`` for a sync engine (single use)."""
 
     __slots__ = ("_held", "_manager", "_nested")
 
     def __init__(self, manager: SessionManager) -> None:
         self._manager = manager
         self._held: _Held | None = None
-        self._nested: AsyncSessionTransaction | None = None
+        self._nested: Any = None  # the SAVEPOINT of a nested block: async or sync
+
+    def __enter__(self) -> Session:
+        manager = self._manager
+        if not manager._sync:
+            raise UsageError(
+                "this SessionManager has an AsyncEngine: open its sessions with "
+                "`async with manager.session()`",
+                hint="Give the manager a sync sqlalchemy Engine for `with manager.session()`",
+            )
+        scope = current_scope()
+        if manager._closing:
+            raise UsageError(
+                "this SessionManager is closed", hint="Open sessions before close() is called"
+            )
+        data, lock = scope._storage()
+        with lock:  # a request's threads may open it at once (FastAPI's thread pool)
+            held: _Held | None = data.get(manager)
+            if held is None:
+                held = manager._new_held(scope)
+                data[manager] = held
+            owner = held.owner
+            nested = owner.depth > 0
+            owner.depth += 1
+            if not nested:
+                owner.task = _SYNC_BLOCK
+        session = typing.cast(Session, held.session)
+        try:
+            if nested:
+                # The scope's code may move between threads (FastAPI runs a dependency and
+                # the endpoint in different ones): an inner block is a SAVEPOINT, whichever.
+                self._nested = session.begin_nested()
+            else:
+                if manager._check_pending:
+                    manager._run_startup_checks_sync()
+                manager._admit_sync(owner, scope)
+        except BaseException:
+            with lock:
+                owner.depth -= 1
+                if not nested:
+                    owner.task = None
+            raise
+        self._held = held
+        return session
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Literal[False]:
+        held = self._held
+        if held is None:
+            return False
+        self._held = None
+        nested = self._nested
+        try:
+            if nested is not None:
+                held.owner.depth -= 1
+                held.manager._end_nested_sync(held, nested, exc)
+            else:
+                held.manager._end_outermost_sync(held, exc)
+        except DBAPIError as failure:
+            if failure.connection_invalidated and exc is None:
+                raise _connection_lost(held.owner, "while committing") from failure
+            raise
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+            raise _connection_lost(held.owner, "inside the block") from exc
+        return False
 
     async def __aenter__(self) -> AsyncSession:
         manager = self._manager
+        if manager._sync:
+            raise UsageError(
+                "this SessionManager has a sync Engine: open its sessions with "
+                "`with manager.session()` (in a thread: FastAPI runs sync endpoints and "
+                "dependencies in its thread pool)",
+                hint="Give the manager an AsyncEngine for `async with manager.session()`",
+            )
         task = _running_task()
         scope = current_scope()
         if manager._closing:
@@ -607,17 +794,18 @@ class _Block:
             held = manager._new_held(scope)
             data[manager] = held
         owner = held.owner
+        session = typing.cast(AsyncSession, held.session)
         if owner.depth:
             if owner.task is not task:
                 raise _in_use(owner.principal)
             owner.depth += 1
             try:
-                self._nested = await held.session.begin_nested()
+                self._nested = await session.begin_nested()
             except BaseException:
                 owner.depth -= 1
                 raise
             self._held = held
-            return held.session
+            return session
         # Claim the block before awaiting admission: a second task of this scope that
         # arrives meanwhile is refused, deterministically.
         owner.task = task
@@ -631,7 +819,7 @@ class _Block:
             owner.depth = 0
             raise
         self._held = held
-        return held.session
+        return session
 
     async def __aexit__(
         self,
@@ -677,8 +865,8 @@ def _connection_lost(owner: _Owner, when: str) -> DatabaseConnectionLostError:
     )
 
 
-def _pool_capacity(engine: AsyncEngine) -> int | None:
-    pool = engine.sync_engine.pool
+def _pool_capacity(engine: Engine) -> int | None:
+    pool = engine.pool
     if isinstance(pool, StaticPool | SingletonThreadPool):
         return 1
     if isinstance(pool, QueuePool):
@@ -773,15 +961,21 @@ class SessionManager:
         "_hold_warnings",
         "_holding",
         "_idle",
+        "_idle_sync",
         "_leaks",
+        "_lock",
         "_loop",
         "_open",
         "_open_by_principal",
+        "_product",
         "_remove_return_check",
         "_return_check",
         "_rls",
         "_rls_tables",
         "_rollbacks",
+        "_session_class",
+        "_sync",
+        "_sync_check_lock",
         "_tenancy",
         "_timeout",
         "_watchdog",
@@ -790,8 +984,9 @@ class SessionManager:
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        engine: AsyncEngine | Engine,
         *,
+        session_class: type[Any] | None = None,
         per_user_limit: int | None = None,
         acquire_timeout: float = DEFAULT_ACQUIRE_TIMEOUT,
         hold_warning: float = DEFAULT_HOLD_WARNING,
@@ -804,12 +999,23 @@ class SessionManager:
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         watchdog_interval: float | None = None,
     ) -> None:
-        if not isinstance(engine, AsyncEngine):
+        if isinstance(engine, AsyncEngine):
+            sync_engine = engine.sync_engine
+        elif isinstance(engine, Engine):
+            sync_engine = engine
+        else:
             raise UsageError(
-                f"SessionManager takes an sqlalchemy AsyncEngine, got {type(engine).__name__}",
-                hint="Build one with sqlalchemy.ext.asyncio.create_async_engine(url)",
+                "SessionManager takes an sqlalchemy Engine or AsyncEngine, got "
+                f"{type(engine).__name__}",
+                hint="Build one with sqlalchemy.create_engine(url) or "
+                "sqlalchemy.ext.asyncio.create_async_engine(url)",
             )
-        capacity = _pool_capacity(engine)
+        self._sync = sync_engine is engine
+        self._product: type[Any] = (
+            (Session if self._sync else AsyncSession) if session_class is None else session_class
+        )
+        self._session_class = _owned_class(self._product, is_async=not self._sync)
+        capacity = _pool_capacity(sync_engine)
         if max_sessions is not None:
             if (
                 isinstance(max_sessions, bool)
@@ -833,7 +1039,7 @@ class SessionManager:
         elif not isinstance(return_check, int | float) or not 0.0 <= return_check <= 1.0:
             raise ConfigurationError(f"return_check must be between 0 and 1, got {return_check!r}")
         self._engine = engine
-        _install_connection_guard(engine)
+        _install_connection_guard(sync_engine)
         self._timeout = _positive("acquire_timeout", acquire_timeout)
         self._hold_warning = _positive("hold_warning", hold_warning)
         self._close_timeout = _positive("close_timeout", close_timeout)
@@ -856,6 +1062,10 @@ class SessionManager:
         self._tenancy: Tenancy | None = None
         self._check_pending = self._rls is not None
         self._check_lock: asyncio.Lock | None = None
+        # The sync face's: admission, counters and the startup check, across threads.
+        self._lock = threading.Lock()
+        self._sync_check_lock = threading.Lock()
+        self._idle_sync = threading.Condition(self._lock)
         self._closing = False
         self._holding: set[_Owner] = set()
         self._idle: asyncio.Event | None = None
@@ -887,9 +1097,14 @@ class SessionManager:
     # -- public face ----------------------------------------------------------
 
     @property
-    def engine(self) -> AsyncEngine:
-        """The engine the sessions take connections from."""
+    def engine(self) -> AsyncEngine | Engine:
+        """The engine the sessions take connections from (as given: sync or async)."""
         return self._engine
+
+    @property
+    def is_async(self) -> bool:
+        """``True`` for an ``AsyncEngine`` (``async with``), ``False`` for a sync one (``with``)."""
+        return not self._sync
 
     @property
     def per_user_limit(self) -> int:
@@ -930,15 +1145,28 @@ class SessionManager:
         Needs an ``async with`` scope.
         """
         manager = self
+        # The product is the class asked for (``session_class``: SQLModel's, say).
+        product = self._product
+        if self._sync:
 
-        async def session() -> AsyncIterator[AsyncSession]:
-            async with manager.session() as opened:
-                yield opened
+            def sync_session() -> Generator[Any, None, None]:
+                with manager.session() as opened:
+                    yield opened
 
-        session.__qualname__ = "SessionManager.session"
+            provider: Callable[..., Any] = sync_session
+            provider.__annotations__ = {"return": Iterator[product]}  # type: ignore[valid-type]
+        else:
+
+            async def session() -> AsyncIterator[Any]:
+                async with manager.session() as opened:
+                    yield opened
+
+            provider = session
+            provider.__annotations__ = {"return": AsyncIterator[product]}  # type: ignore[valid-type]
+        provider.__qualname__ = "SessionManager.session"
         # The manager itself keeps a session to its scope (and refuses any other
-        # caller), and an AsyncSession reaches deep into SQLAlchemy: no walk.
-        registry.provide(session, check="off")
+        # caller), and a session reaches deep into SQLAlchemy: no walk.
+        registry.provide(provider, check="off")
 
     def protect(
         self,
@@ -1002,7 +1230,10 @@ class SessionManager:
         _running_task()
         self._loop = asyncio.get_running_loop()
         if self._check_pending:
-            await self._run_startup_checks()
+            if self._sync:
+                await anyio.to_thread.run_sync(self._run_startup_checks_sync)
+            else:
+                await self._run_startup_checks()
         if self._watchdog is None:
             # A fresh context: the watchdog must not keep the caller's scope alive.
             self._watchdog = self._loop.create_task(self._watch(), context=contextvars.Context())
@@ -1010,16 +1241,16 @@ class SessionManager:
     async def aclose(self) -> None:
         """Stop admitting, wait up to ``close_timeout`` for open blocks, stop the watchdog."""
         self._closing = True
-        if self._admission.in_use:
+        if self._sync:
+            # Sync blocks end in threads: wait for them in one.
+            if not await anyio.to_thread.run_sync(self._wait_idle_sync):
+                self._log_close_timeout()
+        elif self._admission.in_use:
             idle = self._idle = asyncio.Event()
             with anyio.move_on_after(self._close_timeout) as bound:
                 await idle.wait()
             if bound.cancelled_caught:
-                logger.warning(
-                    "SessionManager closed with %d blocks still open",
-                    self._admission.in_use,
-                    extra={"event": "close_timeout", "open_blocks": self._admission.in_use},
-                )
+                self._log_close_timeout()
         watchdog, self._watchdog = self._watchdog, None
         if watchdog is not None:
             watchdog.cancel()
@@ -1029,6 +1260,46 @@ class SessionManager:
         if self._remove_return_check is not None:
             self._remove_return_check()
             self._remove_return_check = None
+
+    def _log_close_timeout(self) -> None:
+        logger.warning(
+            "SessionManager closed with %d blocks still open",
+            self._admission.in_use,
+            extra={"event": "close_timeout", "open_blocks": self._admission.in_use},
+        )
+
+    def _wait_idle_sync(self) -> bool:
+        with self._lock:
+            return self._idle_sync.wait_for(
+                lambda: not self._admission.in_use, timeout=self._close_timeout
+            )
+
+    def close(self) -> None:
+        """The sync face's :meth:`aclose`: stop admitting, wait up to ``close_timeout``
+        for open blocks (there is no watchdog to stop: :meth:`start` runs it)."""
+        if not self._sync:
+            raise UsageError(
+                "close() is for a manager of a sync Engine", hint="Use `await manager.aclose()`"
+            )
+        self._closing = True
+        if not self._wait_idle_sync():
+            self._log_close_timeout()
+        if self._remove_return_check is not None:
+            self._remove_return_check()
+            self._remove_return_check = None
+
+    def __enter__(self) -> SessionManager:
+        """``with manager:`` (sync engine): run the startup checks now; :meth:`close` at exit."""
+        if not self._sync:
+            raise UsageError(
+                "this SessionManager has an AsyncEngine", hint="Use `async with manager:`"
+            )
+        if self._check_pending:
+            self._run_startup_checks_sync()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     async def __aenter__(self) -> SessionManager:
         await self.start()
@@ -1040,30 +1311,42 @@ class SessionManager:
     # -- sessions of scopes -----------------------------------------------------
 
     def _new_held(self, scope: Scope) -> _Held:
-        if not scope._async:
-            raise UsageError(
-                "sessions need an `async with isolation.scope(ctx)` scope: their cleanup awaits",
-                hint="Enter the scope with `async with`, not `with`",
-            )
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
         principal = scope._ctx.principal
-        owner = _Owner(scope, principal, self._tenancy, self._rls)
-        session = _OwnedAsyncSession(self._engine, isolation_owner=owner, expire_on_commit=False)
+        owner = _Owner(scope, principal, self._tenancy, self._rls, sync=self._sync)
+        session: Session | AsyncSession
+        if self._sync:
+            # Any scope will do: the sync face's cleanup does not await.
+            session = self._session_class(
+                bind=self._engine, isolation_owner=owner, expire_on_commit=False
+            )
+        else:
+            if not scope._async:
+                raise UsageError(
+                    "sessions need an `async with isolation.scope(ctx)` scope: their cleanup "
+                    "awaits",
+                    hint="Enter the scope with `async with`, not `with`",
+                )
+            if self._loop is None:
+                self._loop = asyncio.get_running_loop()
+            session = self._session_class(
+                self._engine, isolation_owner=owner, expire_on_commit=False
+            )
         held = _Held(self, owner, session)
         scope.on_close(held.finalize)
-        self._open += 1
-        self._open_by_principal[principal] = self._open_by_principal.get(principal, 0) + 1
+        with self._lock:
+            self._open += 1
+            self._open_by_principal[principal] = self._open_by_principal.get(principal, 0) + 1
         return held
 
     def _closed(self, owner: _Owner) -> None:
-        self._open -= 1
         principal = owner.principal
-        left = self._open_by_principal.get(principal, 0) - 1
-        if left > 0:
-            self._open_by_principal[principal] = left
-        else:
-            self._open_by_principal.pop(principal, None)
+        with self._lock:
+            self._open -= 1
+            left = self._open_by_principal.get(principal, 0) - 1
+            if left > 0:
+                self._open_by_principal[principal] = left
+            else:
+                self._open_by_principal.pop(principal, None)
 
     # -- admission ------------------------------------------------------------------
 
@@ -1095,13 +1378,70 @@ class SessionManager:
         if not admission.withdraw(waiter):
             return  # granted in the same instant the timeout fired: keep it
         self._exhausted += 1
-        waited = time.monotonic() - started
-        held = admission.held_by(principal)
+        raise self._exhausted_error(
+            principal, admission.held_by(principal), time.monotonic() - started
+        )
+
+    def _release(self, owner: _Owner) -> None:
+        owner.admitted = False
+        if self._sync:
+            with self._lock:
+                self._holding.discard(owner)
+                for waiter in self._admission.release(owner.principal):
+                    event_: threading.Event = waiter.token  # type: ignore[assignment]
+                    event_.set()
+                if not self._admission.in_use:
+                    self._idle_sync.notify_all()
+            return
+        self._holding.discard(owner)
+        self._release_principal(owner.principal)
+
+    def _admit_sync(self, owner: _Owner, scope: Scope) -> None:
+        """Admission for a sync block: wait in this thread, bounded by ``acquire_timeout``
+        and by the scope's deadline (no cancellation reaches a thread)."""
+        admission = self._admission
+        principal = owner.principal
+        with self._lock:
+            admitted = admission.try_admit(principal)
+            if not admitted:
+                waiter = Waiter(principal, threading.Event())
+                admission.enqueue(waiter)
+        if not admitted:
+            started = time.monotonic()
+            limit = self._timeout
+            deadline = scope._deadline
+            expires = deadline is not None and deadline - _clock._now() < limit
+            if deadline is not None:
+                limit = max(0.0, min(limit, deadline - _clock._now()))
+            granted: threading.Event = waiter.token  # type: ignore[assignment]
+            if not granted.wait(limit):
+                with self._lock:
+                    withdrawn = admission.withdraw(waiter)
+                    if withdrawn and not expires:
+                        self._exhausted += 1
+                    held = admission.held_by(principal)
+                if withdrawn:
+                    if expires:
+                        raise ContextExpiredError(
+                            f"the context of {redact_principal(principal)} expired while its "
+                            "session block waited for a database connection"
+                        )
+                    raise self._exhausted_error(principal, held, time.monotonic() - started)
+        owner.admitted = True
+        owner.started = _clock._now()
+        owner.warned = False
+        with self._lock:
+            self._holding.add(owner)
+
+    def _exhausted_error(
+        self, principal: Principal, held: int, waited: float
+    ) -> PoolExhaustedError:
+        admission = self._admission
         if held >= admission.per_principal:
             which = f"it holds {held} sessions, its per-user limit of {admission.per_principal}"
         else:
             which = f"all {admission.capacity} connections of the pool are in use"
-        raise PoolExhaustedError(
+        return PoolExhaustedError(
             f"no database session for {redact_principal(principal)} after waiting "
             f"{waited:.3f} s (acquire_timeout {self._timeout:g} s): {which}",
             hint=(
@@ -1109,11 +1449,6 @@ class SessionManager:
                 "raise per_user_limit or the pool size, or retry later"
             ),
         )
-
-    def _release(self, owner: _Owner) -> None:
-        owner.admitted = False
-        self._holding.discard(owner)
-        self._release_principal(owner.principal)
 
     def _release_principal(self, principal: Principal) -> None:
         for waiter in self._admission.release(principal):
@@ -1125,6 +1460,9 @@ class SessionManager:
 
     def _release_from_anywhere(self, owner: _Owner) -> None:
         """Release from ``__del__``, which may run outside the loop's thread."""
+        if self._sync:
+            self._release(owner)
+            return
         loop = self._loop
         try:
             if loop is not None and not loop.is_closed():
@@ -1162,13 +1500,121 @@ class SessionManager:
             except Exception as failure:
                 error = failure
         if bound.cancelled_caught or error is not None:
-            # The savepoint's work may still be in the transaction: never commit it.
-            held.owner.poisoned = True
-            logger.error(
-                "rolling back a nested session block failed; the whole transaction will roll back",
-                exc_info=error,
-                extra={"event": "savepoint_rollback_failed"},
+            self._savepoint_failed(held, error)
+
+    @staticmethod
+    def _savepoint_failed(held: _Held, error: BaseException | None) -> None:
+        # The savepoint's work may still be in the transaction: never commit it.
+        held.owner.poisoned = True
+        logger.error(
+            "rolling back a nested session block failed; the whole transaction will roll back",
+            exc_info=error,
+            extra={"event": "savepoint_rollback_failed"},
+        )
+
+    def _end_nested_sync(
+        self, held: _Held, nested: SessionTransaction, exc: BaseException | None
+    ) -> None:
+        with held.owner.cleaning():
+            if nested_outcome(exc) is Outcome.COMMIT and not held.owner.closed:
+                try:
+                    if nested.is_active:
+                        nested.commit()
+                    return
+                except BaseException:
+                    self._rollback_nested_sync(held, nested)
+                    raise
+            self._rollback_nested_sync(held, nested)
+
+    def _rollback_nested_sync(self, held: _Held, nested: SessionTransaction) -> None:
+        try:
+            if nested._state is not SessionTransactionState.CLOSED:
+                nested.rollback()
+        except Exception as failure:
+            self._savepoint_failed(held, failure)
+
+    def _end_outermost_sync(self, held: _Held, exc: BaseException | None) -> None:
+        """The sync face's end of a block: the decisions of :meth:`_end_outermost`; no
+        shield or time bound (a thread is not cancelled; the driver's own timeouts hold)."""
+        owner = held.owner
+        scope = owner.scope_ref()
+        expired = scope is None or (
+            scope._deadline is not None and _clock._now() >= scope._deadline
+        )
+        outcome = outermost_outcome(
+            exc, expired=expired, cancelled=False, scope_closed=owner.closed
+        )
+        poisoned = owner.poisoned
+        if poisoned:
+            outcome = Outcome.ROLLBACK
+        session = typing.cast(Session, held.session)
+        committed = False
+        commit_error: Exception | None = None
+        cleanup_error: Exception | None = None
+        try:
+            with owner.cleaning():
+                try:
+                    if outcome is Outcome.COMMIT:
+                        try:
+                            session.commit()
+                            committed = True
+                        except Exception as failure:
+                            commit_error = failure
+                    if not committed:
+                        session.rollback()
+                    session.close()
+                except Exception as failure:
+                    cleanup_error = failure
+            if after_cleanup(finished=True, error=cleanup_error) is Cleanup.INVALIDATE:
+                self._invalidate_sync(held, cleanup_error)
+        except BaseException as interrupt:
+            self._invalidate_sync(held, interrupt)
+            raise
+        finally:
+            owner.depth = 0
+            owner.task = None
+            owner.poisoned = False
+            with self._lock:
+                if committed:
+                    self._commits += 1
+                else:
+                    self._rollbacks += 1
+            self._release(owner)
+        if commit_error is not None:
+            raise commit_error
+        if exc is None and not committed:
+            raise self._uncommitted(owner, poisoned=poisoned)
+
+    def _invalidate_sync(self, held: _Held, error: BaseException | None) -> None:
+        logger.error(
+            "a session's cleanup failed; its connection is invalidated, never reused",
+            exc_info=error,
+            extra={"event": "session_invalidated"},
+        )
+        with held.owner.cleaning():
+            try:
+                typing.cast(Session, held.session).invalidate()
+            except Exception:
+                logger.exception("invalidating a session's connection failed")
+
+    @staticmethod
+    def _uncommitted(owner: _Owner, *, poisoned: bool) -> IsolationError:
+        """Why a block that raised nothing was rolled back."""
+        if poisoned:
+            return SessionError(
+                "a nested session block could not be rolled back, so the whole "
+                "transaction was rolled back",
+                hint="See the logged error of the nested block",
             )
+        if owner.closed:
+            return ScopeEndedError(
+                f"the scope of {redact_principal(owner.principal)} ended while its "
+                "session block ran; the block's work was rolled back"
+            )
+        return ContextExpiredError(
+            f"the context of {redact_principal(owner.principal)} expired inside a session "
+            "block; its work was rolled back"
+        )
 
     @staticmethod
     def _cleanup_time(held: _Held) -> float:
@@ -1199,7 +1645,7 @@ class SessionManager:
         poisoned = owner.poisoned
         if poisoned:
             outcome = Outcome.ROLLBACK
-        session = held.session
+        session = typing.cast(AsyncSession, held.session)
         committed = False
         commit_error: Exception | None = None
         cleanup_error: BaseException | None = None
@@ -1252,21 +1698,7 @@ class SessionManager:
                 hint="Give the scope a longer cleanup_timeout, or keep transactions short",
             )
         if exc is None and not committed:
-            if poisoned:
-                raise SessionError(
-                    "a nested session block could not be rolled back, so the whole "
-                    "transaction was rolled back",
-                    hint="See the logged error of the nested block",
-                )
-            if owner.closed:
-                raise ScopeEndedError(
-                    f"the scope of {redact_principal(owner.principal)} ended while its "
-                    "session block ran; the block's work was rolled back"
-                )
-            raise ContextExpiredError(
-                f"the context of {redact_principal(owner.principal)} expired inside a session "
-                "block; its work was rolled back"
-            )
+            raise self._uncommitted(owner, poisoned=poisoned)
 
     async def _invalidate(
         self, held: _Held, error: BaseException | None, *, finished: bool
@@ -1279,7 +1711,7 @@ class SessionManager:
         )
         with held.owner.cleaning(), anyio.move_on_after(self._cleanup_time(held), shield=True):
             try:
-                await held.session.invalidate()
+                await typing.cast(AsyncSession, held.session).invalidate()
             except Exception:
                 logger.exception("invalidating a session's connection failed")
 
@@ -1296,13 +1728,30 @@ class SessionManager:
             if self._rls:
                 from isolation.sessions.postgres import check_role
 
-                tables = set(self._rls_tables)
-                if self._tenancy is not None:
-                    tables.update(table.fullname for table in self._tenancy.tables)
                 self._rls.user_only_tables = await check_role(
-                    self._engine, tables, binding=self._rls
+                    typing.cast(AsyncEngine, self._engine),
+                    self._checked_tables(),
+                    binding=self._rls,
                 )
             self._check_pending = False
+
+    def _run_startup_checks_sync(self) -> None:
+        with self._sync_check_lock:
+            if not self._check_pending:
+                return
+            if self._rls:
+                from isolation.sessions.postgres import check_role_sync
+
+                self._rls.user_only_tables = check_role_sync(
+                    typing.cast(Engine, self._engine), self._checked_tables(), binding=self._rls
+                )
+            self._check_pending = False
+
+    def _checked_tables(self) -> set[str]:
+        tables = set(self._rls_tables)
+        if self._tenancy is not None:
+            tables.update(table.fullname for table in self._tenancy.tables)
+        return tables
 
     async def _watch(self) -> None:
         while True:
@@ -1313,7 +1762,9 @@ class SessionManager:
         """One watchdog pass: log and count blocks held past ``hold_warning``."""
         now = _clock._now()
         found = 0
-        for owner in list(self._holding):
+        with self._lock:  # the sync face adds and removes from threads
+            holding = list(self._holding)
+        for owner in holding:
             if owner.warned or now - owner.started < self._hold_warning:
                 continue
             owner.warned = True

@@ -55,6 +55,7 @@ from isolation._errors import ConfigurationError, CrossContextAccessError
 from isolation._redact import redact_principal
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
     from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = [
@@ -64,6 +65,7 @@ __all__ = [
     "binding_for",
     "check_policies",
     "check_role",
+    "check_role_sync",
     "install_pool_hooks",
     "install_return_check",
     "owner_columns",
@@ -816,7 +818,7 @@ _POLICIES_SQL: Final = (
 )
 
 
-async def _signing_problems(conn: Any, binding: Binding, role: str) -> list[str]:
+def _signing_problems(conn: Any, binding: Binding, role: str) -> list[str]:
     """Why the signed binding would not hold for this role (functions, key, key table)."""
     from sqlalchemy import text
     from sqlalchemy.exc import DBAPIError
@@ -824,7 +826,7 @@ async def _signing_problems(conn: Any, binding: Binding, role: str) -> list[str]
     schema = quote_identifier(binding.schema)
     problems: list[str] = []
     row = (
-        await conn.execute(
+        conn.execute(
             text(
                 "SELECT k.oid IS NOT NULL, "
                 "k.oid IS NOT NULL AND (pg_has_role(current_user, k.relowner, 'MEMBER') "
@@ -882,9 +884,9 @@ async def _signing_problems(conn: Any, binding: Binding, role: str) -> list[str]
     # The application's key must be the database's: bind a probe principal once.
     probe = binding.params((None, "isolation-startup-probe"))
     try:
-        async with conn.begin_nested():
-            await conn.execute(text(binding.statement_sql), probe)
-            bound = (await conn.execute(text(f"SELECT {schema}.isolation_user_id()"))).scalar()
+        with conn.begin_nested():
+            conn.execute(text(binding.statement_sql), probe)
+            bound = (conn.execute(text(f"SELECT {schema}.isolation_user_id()"))).scalar()
     except DBAPIError:
         bound = None
     if bound != "isolation-startup-probe":
@@ -942,7 +944,7 @@ _FOLDED_COLUMNS_SQL: Final = (
 )
 
 
-async def _role_problems(conn: Any) -> tuple[str, bool, list[str]]:
+def _role_problems(conn: Any) -> tuple[str, bool, list[str]]:
     """The role's name, whether it is a superuser, and why RLS would not restrict it.
 
     Refused: a superuser, ``BYPASSRLS`` or ``CREATEROLE`` role (before PostgreSQL
@@ -951,7 +953,7 @@ async def _role_problems(conn: Any) -> tuple[str, bool, list[str]]:
     """
     from sqlalchemy import text
 
-    row = (await conn.execute(text(_ROLE_SQL))).one()
+    row = (conn.execute(text(_ROLE_SQL))).one()
     role, superuser, bypass, createrole = str(row[0]), bool(row[1]), bool(row[2]), bool(row[3])
     problems: list[str] = []
     if superuser:
@@ -973,7 +975,7 @@ async def _role_problems(conn: Any) -> tuple[str, bool, list[str]]:
     return role, False, problems
 
 
-async def _table_problems(
+def _table_problems(
     conn: Any, table: str, role: str, *, signed: bool, parent: str | None
 ) -> tuple[list[str], bool]:
     """Why ``table``'s row-level security would not restrict ``role``, and whether
@@ -985,7 +987,7 @@ async def _table_problems(
         if parent is None
         else f"the partition or inheritance child {table!r} of {parent!r}"
     )
-    found = (await conn.execute(text(_TABLE_SQL), {"name": table})).one_or_none()
+    found = (conn.execute(text(_TABLE_SQL), {"name": table})).one_or_none()
     if found is None:
         return [f"{label} does not exist for the role {role!r}"], False
     enabled, forced, member, owner, owns = (
@@ -1017,7 +1019,7 @@ async def _table_problems(
     return problems, True
 
 
-async def _folded_owner_columns(conn: Any, table: str, columns: Sequence[str]) -> list[str]:
+def _folded_owner_columns(conn: Any, table: str, columns: Sequence[str]) -> list[str]:
     """Owner columns of ``table`` whose equality folds spellings together, named."""
     from sqlalchemy import text
 
@@ -1025,7 +1027,7 @@ async def _folded_owner_columns(conn: Any, table: str, columns: Sequence[str]) -
         return []
     problems: list[str] = []
     rows = (
-        await conn.execute(text(_FOLDED_COLUMNS_SQL), {"name": table, "columns": list(columns)})
+        conn.execute(text(_FOLDED_COLUMNS_SQL), {"name": table, "columns": list(columns)})
     ).all()
     for name, nondeterministic, citext, collation in rows:
         if citext:
@@ -1059,6 +1061,7 @@ async def check_role(
     a nondeterministic collation).
     With a signed ``binding``, also checks that the functions and the key are
     installed, the key table is out of the role's reach, and the key matches.
+    :func:`check_role_sync` is the same check on a sync ``Engine``.
 
     Returns:
         The tables whose policies bind the user without the tenant.
@@ -1066,8 +1069,21 @@ async def check_role(
     Raises:
         ConfigurationError: Naming every problem found.
     """
-    from sqlalchemy import text
+    _check_engine(engine.sync_engine, binding)
+    async with engine.connect() as conn:
+        return await conn.run_sync(_check_role_on, tables, binding)
 
+
+def check_role_sync(
+    engine: Engine, tables: Iterable[str], *, binding: Binding | None = None
+) -> tuple[str, ...]:
+    """:func:`check_role` on a sync ``sqlalchemy.Engine`` (a sync :class:`SessionManager`)."""
+    _check_engine(engine, binding)
+    with engine.connect() as conn:
+        return _check_role_on(conn, tables, binding)
+
+
+def _check_engine(engine: Engine, binding: Binding | None) -> None:
     signed = binding is not None and binding.signed
     option = 'row_level_security="signed"' if signed else "row_level_security=True"
     if engine.dialect.name != "postgresql":
@@ -1084,43 +1100,49 @@ async def check_role(
             "settings would last one statement",
             hint="Create the engine without isolation_level='AUTOCOMMIT'",
         )
+
+
+def _check_role_on(conn: Any, tables: Iterable[str], binding: Binding | None) -> tuple[str, ...]:
+    """The checks of :func:`check_role`, on one (sync) connection, rolled back."""
+    from sqlalchemy import text
+
+    signed = binding is not None and binding.signed
     user_only: list[str] = []
-    async with engine.connect() as conn:
-        role, superuser, problems = await _role_problems(conn)
-        queue: list[tuple[str, str | None]] = [(table, None) for table in sorted(set(tables))]
-        seen: set[str] = set()
-        while queue:
-            table, parent = queue.pop(0)
-            if table in seen:
-                continue
-            seen.add(table)
-            found, usable = await _table_problems(conn, table, role, signed=signed, parent=parent)
-            problems += found
-            if not usable:
-                continue
-            children = (await conn.execute(text(_CHILDREN_SQL), {"name": table})).scalars()
-            queue += [(str(child), table) for child in children]
-            rows = [
-                PolicyRow(
-                    name=str(r[0]),
-                    permissive=bool(r[1]),
-                    command=r[2].decode() if isinstance(r[2], bytes) else str(r[2]),
-                    using=None if r[3] is None else str(r[3]),
-                    check=None if r[4] is None else str(r[4]),
-                )
-                for r in (await conn.execute(text(_POLICIES_SQL), {"name": table})).all()
-            ]
-            policy_problems, binds_user_only = check_policies(table, rows, signed=signed)
-            columns = owner_columns(rows)
-            if binding is not None:
-                binding.owner_columns[table.rsplit(".", 1)[-1]] = columns
-            problems += policy_problems
-            problems += await _folded_owner_columns(conn, table, columns)
-            if binds_user_only:
-                user_only.append(table)
-        if signed and binding is not None and not superuser:
-            problems += await _signing_problems(conn, binding, role)
-        await conn.rollback()
+    role, superuser, problems = _role_problems(conn)
+    queue: list[tuple[str, str | None]] = [(table, None) for table in sorted(set(tables))]
+    seen: set[str] = set()
+    while queue:
+        table, parent = queue.pop(0)
+        if table in seen:
+            continue
+        seen.add(table)
+        found, usable = _table_problems(conn, table, role, signed=signed, parent=parent)
+        problems += found
+        if not usable:
+            continue
+        children = (conn.execute(text(_CHILDREN_SQL), {"name": table})).scalars()
+        queue += [(str(child), table) for child in children]
+        rows = [
+            PolicyRow(
+                name=str(r[0]),
+                permissive=bool(r[1]),
+                command=r[2].decode() if isinstance(r[2], bytes) else str(r[2]),
+                using=None if r[3] is None else str(r[3]),
+                check=None if r[4] is None else str(r[4]),
+            )
+            for r in (conn.execute(text(_POLICIES_SQL), {"name": table})).all()
+        ]
+        policy_problems, binds_user_only = check_policies(table, rows, signed=signed)
+        columns = owner_columns(rows)
+        if binding is not None:
+            binding.owner_columns[table.rsplit(".", 1)[-1]] = columns
+        problems += policy_problems
+        problems += _folded_owner_columns(conn, table, columns)
+        if binds_user_only:
+            user_only.append(table)
+    if signed and binding is not None and not superuser:
+        problems += _signing_problems(conn, binding, role)
+    conn.rollback()
     if problems:
         raise ConfigurationError(
             "row-level security would not restrict this engine's role: " + "; ".join(problems),
@@ -1137,7 +1159,7 @@ async def check_role(
 
 
 def install_return_check(
-    engine: AsyncEngine, rate: float, on_dirty: Callable[[tuple[Any, ...]], None]
+    engine: AsyncEngine | Engine, rate: float, on_dirty: Callable[[tuple[Any, ...]], None]
 ) -> Callable[[], None]:
     """Check, on a sample of returns to the pool, that nothing of the session is left on it.
 
@@ -1155,12 +1177,16 @@ def install_return_check(
         A function that removes the check.
     """
     from sqlalchemy import event
+    from sqlalchemy.ext.asyncio import AsyncEngine
     from sqlalchemy.util.concurrency import in_greenlet
+
+    is_async = isinstance(engine, AsyncEngine)
+    sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
 
     def on_checkin(dbapi_connection: Any, record: Any) -> None:
         if dbapi_connection is None or (rate < 1.0 and random.random() >= rate):  # noqa: S311 - sampling, not security
             return
-        if not in_greenlet():
+        if is_async and not in_greenlet():
             # Returned by the garbage collector, outside any await: cannot query here.
             return
         try:
@@ -1206,10 +1232,10 @@ def install_return_check(
             on_dirty(values)
             record.invalidate()
 
-    event.listen(engine.sync_engine.pool, "checkin", on_checkin)
+    event.listen(sync_engine.pool, "checkin", on_checkin)
 
     def remove() -> None:
-        event.remove(engine.sync_engine.pool, "checkin", on_checkin)
+        event.remove(sync_engine.pool, "checkin", on_checkin)
 
     return remove
 
@@ -1250,7 +1276,7 @@ def _policy_violation(
 
 
 def install_pool_hooks(
-    engine: AsyncEngine,
+    engine: AsyncEngine | Engine,
     rate: float,
     on_dirty: Callable[[tuple[Any, ...]], None],
     binding: Binding | None = None,
@@ -1263,16 +1289,18 @@ def install_pool_hooks(
     ``binding``, once the startup check has read the policies) its owner columns.
     """
     from sqlalchemy import event
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
     remove_check = install_return_check(engine, rate, on_dirty) if rate > 0 else None
+    sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
 
     def on_error(context: Any) -> BaseException | None:
         return _policy_violation(context, {} if binding is None else binding.owner_columns)
 
-    event.listen(engine.sync_engine, "handle_error", on_error)
+    event.listen(sync_engine, "handle_error", on_error)
 
     def remove() -> None:
-        event.remove(engine.sync_engine, "handle_error", on_error)
+        event.remove(sync_engine, "handle_error", on_error)
         if remove_check is not None:
             remove_check()
 

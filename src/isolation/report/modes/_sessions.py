@@ -18,8 +18,8 @@ from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import attrs
-from sqlalchemy import String, event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import String, create_engine, event, text
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import NullPool
@@ -69,6 +69,33 @@ def sqlite_engine(path: str, **engine_kw: Any) -> AsyncEngine:
         conn.exec_driver_sql("BEGIN")
 
     return engine
+
+
+def sync_sqlite_engine(path: str, **engine_kw: Any) -> Engine:
+    """A pysqlite engine on the file ``path``, as :func:`sqlite_engine` (the sync face's)."""
+    engine = create_engine(f"sqlite:///{path}", **engine_kw)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+    Base.metadata.create_all(engine)
+    return engine
+
+
+def sync_twin(engine: AsyncEngine) -> Engine:
+    """A sync engine on ``engine``'s database and role (psycopg for asyncpg)."""
+    url = engine.url
+    driver = "postgresql+psycopg" if url.get_backend_name() == "postgresql" else "sqlite"
+    return create_engine(url.set(drivername=driver), pool_size=5, max_overflow=0)
 
 
 async def create_tables(engine: AsyncEngine) -> None:

@@ -35,4 +35,4 @@ def test_missing_client_names_its_extra() -> None:
     )
     reason = report.modes[0].checks[0].reason or ""
     assert "isolation_no_such_client" in reason
-    assert "isolation[report]" in reason
+    assert "isolation-primitives[report]" in reason

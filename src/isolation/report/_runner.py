@@ -124,7 +124,7 @@ def _missing_requirement(check: Check) -> str | None:
             found = False
         if not found:
             extra = _EXTRA_OF.get(module.partition(".")[0], "report")
-            return f"needs {module!r}, which is not installed (pip install 'isolation[{extra}]')"
+            return f"needs {module!r}, which is not installed (pip install 'isolation-primitives[{extra}]')"
     return None
 
 

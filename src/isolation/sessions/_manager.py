@@ -65,6 +65,7 @@ from isolation._errors import (
 from isolation._redact import redact_principal
 from isolation.context import _scope
 from isolation.context._scope import DEFAULT_CLEANUP_TIMEOUT, Scope, current_scope
+from isolation.sessions import _unmanaged
 from isolation.sessions._admission import Admission, Waiter
 from isolation.sessions._lifecycle import (
     Cleanup,
@@ -74,6 +75,7 @@ from isolation.sessions._lifecycle import (
     outermost_outcome,
 )
 from isolation.sessions._tenancy import Tenancy, TenantSession
+from isolation.sessions._unmanaged import Unmanaged
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -121,6 +123,9 @@ class SessionStats:
         hold_warnings: Blocks the watchdog saw held past ``hold_warning``.
         dirty_returns: Connections the row-level security return check found
             with settings, a role, temporary objects or held cursors left on them (each was invalidated).
+        unmanaged: Connections opened on the engine inside a user scope by
+            something other than a manager's session (refused, logged or allowed,
+            by ``unmanaged=``), by every manager of the engine.
     """
 
     open_sessions: int
@@ -132,6 +137,7 @@ class SessionStats:
     exhausted: int
     hold_warnings: int
     dirty_returns: int
+    unmanaged: int = 0
 
 
 @final
@@ -965,6 +971,7 @@ class SessionManager:
         "_leaks",
         "_lock",
         "_loop",
+        "_managed",
         "_open",
         "_open_by_principal",
         "_product",
@@ -976,6 +983,7 @@ class SessionManager:
         "_session_class",
         "_sync",
         "_sync_check_lock",
+        "_sync_engine",
         "_tenancy",
         "_timeout",
         "_watchdog",
@@ -987,6 +995,7 @@ class SessionManager:
         engine: AsyncEngine | Engine,
         *,
         session_class: type[Any] | None = None,
+        unmanaged: Unmanaged = "refuse",
         per_user_limit: int | None = None,
         acquire_timeout: float = DEFAULT_ACQUIRE_TIMEOUT,
         hold_warning: float = DEFAULT_HOLD_WARNING,
@@ -1039,6 +1048,11 @@ class SessionManager:
         elif not isinstance(return_check, int | float) or not 0.0 <= return_check <= 1.0:
             raise ConfigurationError(f"return_check must be between 0 and 1, got {return_check!r}")
         self._engine = engine
+        self._sync_engine = sync_engine
+        # What the sessions and the start checks connect through: the engine's pool, with
+        # the option the unmanaged-connection guard lets through inside a scope.
+        self._managed: AsyncEngine | Engine = engine.execution_options(**{_unmanaged.MANAGED: True})
+        _unmanaged.install(sync_engine, _unmanaged.check_mode(unmanaged))
         _install_connection_guard(sync_engine)
         self._timeout = _positive("acquire_timeout", acquire_timeout)
         self._hold_warning = _positive("hold_warning", hold_warning)
@@ -1218,6 +1232,7 @@ class SessionManager:
             exhausted=self._exhausted,
             hold_warnings=self._hold_warnings,
             dirty_returns=self._dirty_returns,
+            unmanaged=_unmanaged.count(self._sync_engine),
         )
 
     async def start(self) -> None:
@@ -1317,7 +1332,7 @@ class SessionManager:
         if self._sync:
             # Any scope will do: the sync face's cleanup does not await.
             session = self._session_class(
-                bind=self._engine, isolation_owner=owner, expire_on_commit=False
+                bind=self._managed, isolation_owner=owner, expire_on_commit=False
             )
         else:
             if not scope._async:
@@ -1329,7 +1344,7 @@ class SessionManager:
             if self._loop is None:
                 self._loop = asyncio.get_running_loop()
             session = self._session_class(
-                self._engine, isolation_owner=owner, expire_on_commit=False
+                self._managed, isolation_owner=owner, expire_on_commit=False
             )
         held = _Held(self, owner, session)
         scope.on_close(held.finalize)
@@ -1729,7 +1744,7 @@ class SessionManager:
                 from isolation.sessions.postgres import check_role
 
                 self._rls.user_only_tables = await check_role(
-                    typing.cast(AsyncEngine, self._engine),
+                    typing.cast(AsyncEngine, self._managed),
                     self._checked_tables(),
                     binding=self._rls,
                 )
@@ -1743,7 +1758,7 @@ class SessionManager:
                 from isolation.sessions.postgres import check_role_sync
 
                 self._rls.user_only_tables = check_role_sync(
-                    typing.cast(Engine, self._engine), self._checked_tables(), binding=self._rls
+                    typing.cast(Engine, self._managed), self._checked_tables(), binding=self._rls
                 )
             self._check_pending = False
 

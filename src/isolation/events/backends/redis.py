@@ -52,7 +52,7 @@ try:
     from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError as exc:  # pragma: no cover - the test suite installs the extra
     raise ImportError(
-        "isolation.events.backends.redis needs redis-py: pip install 'isolation[redis]'"
+        "isolation.events.backends.redis needs redis-py: pip install 'isolation-primitives[redis]'"
     ) from exc
 
 from isolation import _clock

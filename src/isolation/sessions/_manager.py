@@ -927,12 +927,25 @@ class SessionManager:
         scope's session block on first use, and the scope's exit ends it —
         committed when the scope ends cleanly, rolled back when it raises, is
         cancelled or expires — exactly as ``async with manager.session()``.
-        Needs an ``async with`` scope.
+        ``scope.finish()`` ends it earlier (``IsolationMiddleware`` does, before
+        the response), so that a failed commit raises there. Needs an
+        ``async with`` scope.
         """
         manager = self
 
         async def session() -> AsyncIterator[AsyncSession]:
-            async with manager.session() as opened:
+            async with contextlib.AsyncExitStack() as stack:
+                block = manager.session()
+                opened = await stack.enter_async_context(block)
+
+                async def finish() -> None:
+                    # The scope's work is done: the block passes to the task that ends it
+                    # (Starlette may send a response from a task of its own).
+                    if block._held is not None:
+                        block._held.owner.task = asyncio.current_task()
+                    await stack.aclose()  # commits now; the scope's exit is then a no-op
+
+                current_scope().on_finish(finish)
                 yield opened
 
         session.__qualname__ = "SessionManager.session"
@@ -993,13 +1006,26 @@ class SessionManager:
         )
 
     async def start(self) -> None:
-        """Run the startup checks now and start the hold watchdog.
+        """Run the startup checks now and start the hold watchdog; reopen after :meth:`aclose`.
+
+        Started again after ``aclose()`` (a new start of the app, on a new event
+        loop under each ``with TestClient(app)``), the manager admits sessions
+        again, with its loop-bound members made anew on the running loop.
 
         Raises:
             ConfigurationError: Row-level security would not restrict the role.
             UnsupportedBackendError: Not running under asyncio.
         """
         _running_task()
+        if self._closing:
+            self._closing = False
+            self._idle = self._check_lock = None
+            if self._rls is not None and self._remove_return_check is None:
+                from isolation.sessions.postgres import install_pool_hooks
+
+                self._remove_return_check = install_pool_hooks(
+                    self._engine, self._return_check, self._dirty_return, self._rls
+                )
         self._loop = asyncio.get_running_loop()
         if self._check_pending:
             await self._run_startup_checks()
@@ -1008,7 +1034,11 @@ class SessionManager:
             self._watchdog = self._loop.create_task(self._watch(), context=contextvars.Context())
 
     async def aclose(self) -> None:
-        """Stop admitting, wait up to ``close_timeout`` for open blocks, stop the watchdog."""
+        """Stop admitting, wait up to ``close_timeout`` for open blocks, stop the watchdog.
+
+        Then the engine's pooled connections are closed (``engine.dispose()``: they
+        belong to this event loop); the engine stays usable. :meth:`start` reopens.
+        """
         self._closing = True
         if self._admission.in_use:
             idle = self._idle = asyncio.Event()
@@ -1029,6 +1059,10 @@ class SessionManager:
         if self._remove_return_check is not None:
             self._remove_return_check()
             self._remove_return_check = None
+        # Pooled connections belong to this event loop (asyncpg's do): closed on it, so that
+        # a start() on another loop opens its own. An in-memory SQLite database is kept.
+        if not isinstance(self._engine.sync_engine.pool, StaticPool | SingletonThreadPool):
+            await self._engine.dispose()
 
     async def __aenter__(self) -> SessionManager:
         await self.start()

@@ -56,6 +56,7 @@ __all__ = [
     "DEFAULT_QUEUE_SIZE",
     "MAX_FRAME_BYTES",
     "MAX_TEXT",
+    "NO_TENANT",
     "REQUEST_TTL",
     "TOKEN_PURPOSE",
     "app",
@@ -76,6 +77,8 @@ MAX_TEXT: Final = 65_536
 MAX_FRAME_BYTES: Final = 16 * 1024
 """The largest frame a client may send on its WebSocket (close code 1009 beyond)."""
 MIN_SECRET_BYTES: Final = 32
+NO_TENANT: Final = "this service needs a token of a context with a tenant_id"
+"""The reason of the 403 for a valid token whose context has no tenant."""
 
 
 class NewMessage(BaseModel):
@@ -130,7 +133,9 @@ def create_app(*, database_url: str, secret: bytes, queue_size: int | None = Non
 
         The ticket is only verified here; ``router.connect(token=...)`` in the
         endpoint redeems it (once). Refusals are ``None``: a 401, or a refused
-        handshake.
+        handshake. A valid token of a context without a tenant is refused here
+        with 403 (messages are protected by their tenant column), never later
+        by the sessions, which would be a 500 on every request.
         """
         if conn.scope["type"] == "websocket":
             token, purpose = conn.query_params.get("ticket"), TICKET_PURPOSE
@@ -139,18 +144,21 @@ def create_app(*, database_url: str, secret: bytes, queue_size: int | None = Non
         if not token:
             return None
         try:
-            return tokens.loads(token, keys=keys, purpose=purpose)
+            ctx = tokens.loads(token, keys=keys, purpose=purpose)
         except isolation.TokenError:
             return None
+        if ctx.tenant_id is None:
+            raise PermissionError(NO_TENANT)
+        return ctx
 
     @contextlib.asynccontextmanager
     async def run(app: FastAPI) -> AsyncIterator[None]:
         install_log_filter()  # again: a server may set up its handlers after the import
         async with engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)
-        await manager.start()
         try:
-            # Closed last first: the router (every socket gets 1001), the sessions, the registry.
+            # Started first to last (the sessions' checks run before the app serves), and
+            # closed last first: the router (every socket gets 1001), the sessions, the registry.
             async with lifespan(registry, manager, router)(app):
                 yield
         finally:

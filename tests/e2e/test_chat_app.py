@@ -146,6 +146,28 @@ class TestHTTP:
         response = chat.client.get("/messages", headers={"authorization": b"Bearer " + tampered})
         assert response.status_code == 401
 
+    @pytest.mark.parametrize("path", ["/messages", "/ws-ticket"])
+    def test_valid_token_without_a_tenant_is_403(self, chat: Chat, path: str) -> None:
+        """A valid token of a tenant-less context is refused at authentication: 403 with a
+        reason, never the 500 of the sessions refusing a model protected by a tenant column."""
+        headers = chat.auth("alice", tenant_id=None)
+        for method in ("GET", "POST"):
+            response = chat.client.request(method, path, headers=headers, json={"text": "hi"})
+            assert response.status_code == 403
+            assert response.json() == {
+                "detail": "this service needs a token of a context with a tenant_id"
+            }
+
+    def test_ticket_without_a_tenant_is_refused(self, chat: Chat) -> None:
+        """A ticket of a tenant-less context (issued elsewhere with the key) is refused too."""
+        ticket = chat.client.app.state.router.issue_ticket(UserContext.new("alice", ttl=600))  # type: ignore[attr-defined]
+        with (
+            pytest.raises(WebSocketDisconnect) as info,
+            chat.client.websocket_connect(f"/ws?ticket={ticket}"),
+        ):
+            pass
+        assert info.value.code == CLOSE_POLICY
+
     def test_each_user_reads_their_own_messages(self, chat: Chat) -> None:
         """POST stores for the caller (201); GET returns the caller's rows, in posting order."""
         posts = {

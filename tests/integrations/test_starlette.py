@@ -149,6 +149,122 @@ class TestHTTP:
         """authenticate raising PermissionError gives 403."""
         assert client.get("/whoami", headers={"x-user": "banned"}).status_code == 403
 
+    def test_permission_error_reason_is_the_detail(self, client: TestClient) -> None:
+        """A plain PermissionError("reason") is the app's reason to show in the 403."""
+        response = client.get("/whoami", headers={"x-user": "banned"})
+        assert response.json() == {"detail": "banned"}
+
+    @pytest.mark.parametrize(
+        "error",
+        [
+            PermissionError(13, "Permission denied", "/etc/keys/jwt.pem"),
+            isolation.CrossContextAccessError("the session of 'alice' was used elsewhere"),
+            PermissionError(),
+        ],
+        ids=["os-error", "isolation-error", "no-reason"],
+    )
+    def test_other_permission_errors_say_forbidden(self, error: PermissionError) -> None:
+        """An OS error or a subclass may name internals: the 403 only says forbidden."""
+
+        def refuse(conn: HTTPConnection) -> UserContext | None:
+            raise error
+
+        with TestClient(make_app(authenticate=refuse)) as client:
+            response = client.get("/whoami")
+        assert (response.status_code, response.json()) == (403, {"detail": "forbidden"})
+
+    @pytest.mark.parametrize(
+        ("sub", "tenant"),
+        [
+            ("", None),
+            (" s3cr3t-id", None),
+            ("s3cr3t-id" * 40, None),
+            ("s3cr3t\x00id", None),
+            ("alice", "s3cr3t-tenant\n"),
+        ],
+        ids=["empty", "padded", "too-long", "control", "bad-tenant"],
+    )
+    def test_invalid_context_is_401_and_logged_without_the_id(
+        self, caplog: pytest.LogCaptureFixture, sub: str, tenant: str | None
+    ) -> None:
+        """An odd `sub` fails UserContext validation: 401, not 500; the log names the rule."""
+
+        def from_claims(conn: HTTPConnection) -> UserContext | None:
+            return UserContext.new(sub, tenant_id=tenant)
+
+        with (
+            caplog.at_level(logging.INFO, logger="isolation.context"),
+            TestClient(make_app(authenticate=from_claims)) as client,
+        ):
+            response = client.get("/whoami")
+        field = "user_id" if tenant is None else "tenant_id"
+        assert response.status_code == 401
+        assert response.headers["www-authenticate"] == "Bearer"
+        [record] = [
+            r for r in caplog.records if getattr(r, "event", None) == "authentication_refused"
+        ]
+        assert record.levelno == logging.WARNING
+        assert record.field == field  # type: ignore[attr-defined]
+        assert record.error == "InvalidContextError"  # type: ignore[attr-defined]
+        assert "s3cr3t" not in record.getMessage()
+        assert "s3cr3t" not in repr(vars(record))
+
+    def test_token_error_is_401(self, caplog: pytest.LogCaptureFixture) -> None:
+        """A TokenError from isolation.tokens (expired, forged, ...) is a 401, logged at INFO."""
+        key = isolation.tokens.generate_key()
+
+        def from_token(conn: HTTPConnection) -> UserContext | None:
+            token = conn.headers.get("x-token")
+            return (
+                None if token is None else isolation.tokens.loads(token, keys=[key], purpose="api")
+            )
+
+        forged = isolation.tokens.dumps(
+            UserContext.new("alice"), key=isolation.tokens.generate_key(), purpose="api"
+        )
+        good = isolation.tokens.dumps(UserContext.new("alice"), key=key, purpose="api")
+        with (
+            caplog.at_level(logging.INFO, logger="isolation.context"),
+            TestClient(make_app(authenticate=from_token)) as client,
+        ):
+            assert client.get("/whoami", headers={"x-token": forged}).status_code == 401
+            assert client.get("/whoami", headers={"x-token": good}).json() == {"user": "alice"}
+        [record] = [
+            r for r in caplog.records if getattr(r, "event", None) == "authentication_refused"
+        ]
+        assert record.levelno == logging.INFO
+        assert record.error == "TokenSignatureError"  # type: ignore[attr-defined]
+
+    def test_expired_context_is_401_not_503(self, fake_clock: FakeClock) -> None:
+        """A context whose expiry has passed (an expired JWT mapped to expires_at) is a 401:
+        a 503 with Retry-After would have the client retry the dead credential."""
+        expired = UserContext.new("alice", ttl=10)
+        fake_clock.advance(11)
+        with TestClient(make_app(authenticate=lambda conn: expired)) as client:
+            response = client.get("/whoami")
+        assert response.status_code == 401
+
+    def test_unexpected_error_stays_a_500(self) -> None:
+        """A bug in authenticate is the app's 500, raised to the server."""
+
+        def broken(conn: HTTPConnection) -> UserContext | None:
+            raise KeyError("sub")
+
+        with TestClient(make_app(authenticate=broken), raise_server_exceptions=False) as client:
+            assert client.get("/whoami").status_code == 500
+        with TestClient(make_app(authenticate=broken)) as client, pytest.raises(KeyError):
+            client.get("/whoami")
+
+    def test_invalid_context_refuses_the_websocket_handshake(self) -> None:
+        """The same refusal for a WebSocket: the handshake is refused."""
+        with (
+            TestClient(make_app(authenticate=lambda conn: UserContext.new(""))) as client,
+            pytest.raises(WebSocketDisconnect) as info,
+            client.websocket_connect("/ws"),
+        ):
+            pass
+        assert info.value.code == CLOSE_POLICY
+
     def test_public_path_outside_any_scope(self, client: TestClient) -> None:
         """Public paths run without authentication and without a scope."""
         response = client.get("/health")

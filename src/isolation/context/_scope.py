@@ -71,6 +71,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_CLEANUP_TIMEOUT",
     "Finalizer",
+    "FinishHook",
     "Scope",
     "ScopeStats",
     "current_context",
@@ -84,6 +85,7 @@ logger = logging.getLogger("isolation.context")
 T = TypeVar("T")
 
 Finalizer = Callable[[BaseException | None], Awaitable[None] | None]
+FinishHook = Callable[[], Awaitable[None] | None]
 
 DEFAULT_CLEANUP_TIMEOUT: Final = 5.0
 """Seconds each finalizer may take, shielded from cancellation, before it is abandoned."""
@@ -348,6 +350,7 @@ class Scope:
         "_deadline",
         "_fast",
         "_finalizers",
+        "_finishers",
         "_held",
         "_lifetime",
         "_lock",
@@ -406,6 +409,7 @@ class Scope:
         # The deadline while active with one: the fast path's expiry check.
         self._timed: float | None = None
         self._finalizers: list[Finalizer] | None = None
+        self._finishers: list[FinishHook] | None = None
         self._cancel_scope: anyio.CancelScope | None = None
         self._async = False
         # Set when a generator's body entered this scope (see _seen).
@@ -587,6 +591,67 @@ class Scope:
             self._finalizers.append(fn)
         return fn
 
+    # -- finishing the work early ------------------------------------------------
+
+    def on_finish(self, fn: FinishHook) -> FinishHook:
+        """Run ``fn()`` (sync or async) when :meth:`finish` is called; returns ``fn``.
+
+        A finish hook ends a unit of work **early**, at a point where its
+        failure can still change the outcome: a session provided by
+        ``SessionManager.provide_to`` commits in one, and ``IsolationMiddleware``
+        calls :meth:`finish` before it sends the response's status. The hook is
+        an optional early step: what it ends must also be ended by the scope's
+        finalizers (:meth:`on_close`), for a scope whose owner never calls
+        :meth:`finish`.
+
+        Raises:
+            UsageError: The scope is not active, or ``fn`` is not callable.
+        """
+        if self._state != _ACTIVE:
+            raise UsageError(f"on_finish() on a scope that is not active: {self!r}")
+        if self._reentered is not None:
+            return self._reentered.on_finish(fn)
+        if not callable(fn):
+            raise UsageError(f"on_finish() takes a callable, got {type(fn).__name__}")
+        if self._finishers is None:
+            self._finishers = [fn]
+        else:
+            self._finishers.append(fn)
+        return fn
+
+    async def finish(self) -> None:
+        """Run the finish hooks registered so far, last first, each once; the scope stays open.
+
+        Called by the scope's owner when its main work is done (the middleware:
+        before the response). Every hook runs; the first failure is raised, with
+        the others added to it as notes. A hook registered later runs at the
+        next call, or never: the scope's finalizers end its work at exit.
+
+        Raises:
+            UsageError: The scope is not active.
+        """
+        if self._state != _ACTIVE:
+            raise UsageError(f"finish() on a scope that is not active: {self!r}")
+        if self._reentered is not None:
+            return await self._reentered.finish()
+        hooks, self._finishers = self._finishers, None
+        if not hooks:
+            return None
+        failure: Exception | None = None
+        for fn in reversed(hooks):
+            try:
+                result = fn()
+                if result is not None and inspect.isawaitable(result):
+                    await result
+            except Exception as raised:
+                if failure is None:
+                    failure = raised
+                else:
+                    failure.add_note(f"isolation: another finish hook failed too: {raised!r}")
+        if failure is not None:
+            raise failure
+        return None
+
     # -- entering and leaving -------------------------------------------------
 
     def _bind(self) -> Scope | None:
@@ -682,6 +747,7 @@ class Scope:
         self._fast = None
         self._timed = None
         self._finalizers = None
+        self._finishers = None
         self._data = None
         self._cancel_scope = None
         if token is None:

@@ -821,8 +821,26 @@ class EventRouter:
 
     # -- closing ----------------------------------------------------------------------
 
+    async def start(self) -> None:
+        """Open the router again after :meth:`aclose`: a new start of the app.
+
+        The backend is attached again (the built-in backends reopen, on the
+        running event loop when they need one); connections closed by
+        ``aclose()`` stay closed. Nothing to do on an open router.
+        :func:`isolation.integrations.starlette.lifespan` calls it at startup.
+
+        Raises:
+            ConfigurationError: The backend cannot be attached again (build the
+                router in the app's lifespan instead).
+        """
+        if not self._closed:
+            return
+        self._backend.attach(_Inbox(self))
+        self._closed = False
+
     async def aclose(self) -> None:
-        """Close every connection (reason ``ROUTER_CLOSED``) and the backend. Idempotent."""
+        """Close every connection (reason ``ROUTER_CLOSED``) and the backend. Idempotent;
+        :meth:`start` opens it again."""
         if self._closed:
             return
         self._closed = True

@@ -829,8 +829,18 @@ class Registry:
         """A snapshot of the counters."""
         return RegistryStats(**{name: c.value for name, c in self._counts.items()})
 
+    def start(self) -> None:
+        """Open the registry again after :meth:`close`: a new start of the app.
+
+        ``APP`` products are built anew on first use, and providers may be added
+        again. Nothing to do on an open registry. :func:`isolation.integrations.starlette.lifespan`
+        calls it at startup, so module-level registries survive a second ``TestClient``.
+        """
+        with self._lock:
+            self._closed = False
+
     def close(self) -> None:
-        """Tear down the ``APP`` products, in reverse order of building."""
+        """Tear down the ``APP`` products, in reverse order of building; :meth:`start` reopens."""
         with self._lock:
             self._closed = True
             teardowns, self._app_teardowns = self._app_teardowns, []

@@ -8,14 +8,21 @@ the response is still being produced. Here the whole ASGI call, streaming body
 and background tasks included, runs inside ``isolation.scope``.
 
 * HTTP: ``authenticate(conn)`` returns a :class:`~isolation.UserContext` (the
-  request runs in its scope), ``None`` (401), or raises ``PermissionError``
-  (403). When the context's deadline passes before the response has started,
+  request runs in its scope), ``None`` or an expired context (401), raises
+  ``InvalidContextError`` or ``TokenError`` (401, logged without the value), or
+  ``PermissionError`` (403). CORS preflights carry no credentials: they pass
+  through unauthenticated, outside any scope; a ``CORSMiddleware`` inside the
+  middleware is refused when it is made (``_cors``). The scope's work is
+  finished (:meth:`~isolation.Scope.finish`: provided sessions commit) before
+  the status of a complete response and before the last chunk of a streaming
+  one, so a failed commit is a 500 or a cut-off response, never a success.
+  When the context's deadline passes before the response has started,
   the client gets **503** with ``Retry-After: 1``; after it has started, the
   response is cut off (the server closes the connection without the final
   chunk), so the client never mistakes it for complete; after it is complete
   (a ``BackgroundTask`` still running), the work is cancelled and a warning
   logged. :func:`middleware_stats` counts the three.
-* WebSocket: refused handshakes for ``None`` and ``PermissionError``. An
+* WebSocket: a refused handshake for each refusal above. An
   accepted socket runs in a ``CONNECTION`` scope **without a deadline** —
   expiry of a socket is the router connection's job, so
   ``Connection.reauthenticate`` can extend it; the authenticated context, with
@@ -25,8 +32,9 @@ and background tasks included, runs inside ``isolation.scope``.
   socket as JSON until either side closes, runs each inbound frame in its own
   ``REQUEST`` scope, and closes the socket with the code of the connection's
   :class:`~isolation.events.CloseReason` (:func:`close_code`).
-* Lifespan events pass through untouched; :func:`lifespan` closes the router,
-  the session manager and the registry at shutdown.
+* Lifespan events pass through untouched; :func:`lifespan` starts the router,
+  the session manager and the registry (again, on a later start of the app)
+  and closes them at shutdown.
 """
 
 from __future__ import annotations
@@ -51,6 +59,8 @@ from isolation._errors import (
     ConfigurationError,
     ConnectionClosedError,
     ContextExpiredError,
+    InvalidContextError,
+    TokenError,
     UsageError,
 )
 from isolation._lifetime import Lifetime
@@ -58,6 +68,7 @@ from isolation.context._model import UserContext
 from isolation.context._scope import Scope
 from isolation.events import CloseReason, Connection, Event
 from isolation.factories._registry import Registry
+from isolation.integrations._cors import cors_inside, is_preflight
 
 __all__ = [
     "Authenticate",
@@ -208,6 +219,41 @@ def websocket_context(conn: HTTPConnection | ASGIScope) -> UserContext:
     return authenticated_context(conn)
 
 
+def _reason(refused: PermissionError) -> str:
+    """The detail of a 403: a plain ``PermissionError("reason")`` is the app's reason to show.
+
+    Subclasses (``CrossContextAccessError``) and operating-system errors (a key
+    file that cannot be read) may name internals: those say ``forbidden``.
+    """
+    if type(refused) is PermissionError and refused.errno is None and len(refused.args) == 1:
+        reason = refused.args[0]
+        if isinstance(reason, str) and reason:
+            return reason
+    return "forbidden"
+
+
+def _log_refused(scope: ASGIScope, error: InvalidContextError | TokenError) -> None:
+    """Log a credential that did not give a valid context: its kind and rule, never its ids."""
+    extra: dict[str, Any] = {
+        "event": "authentication_refused",
+        "error": type(error).__name__,
+        "method": scope.get("method"),
+    }
+    if isinstance(error, InvalidContextError):
+        # field and rule only: the message also quotes the start of the bad value.
+        extra.update(field=error.field, rule=error.rule)
+        logger.warning(
+            "authenticate() built an invalid context (%s %s); answered 401",
+            error.field,
+            error.rule,
+            extra=extra,
+        )
+    else:
+        logger.info(
+            "authenticate() refused a token (%s); answered 401", type(error).__name__, extra=extra
+        )
+
+
 def _is_public(path: str, public_paths: tuple[str, ...]) -> bool:
     for public in public_paths:
         if path == public or (public.endswith("/") and path.startswith(public)):
@@ -270,7 +316,9 @@ class IsolationMiddleware:
     Args:
         app: The ASGI app to wrap.
         authenticate: ``authenticate(conn)``, sync or async: a context, ``None``
-            (not authenticated), or ``PermissionError`` (forbidden).
+            (not authenticated: 401), ``InvalidContextError`` or ``TokenError``
+            (401), or ``PermissionError`` (403; a plain one's message is the
+            detail). Anything else it raises is the app's 500.
         registry: Given to every scope, so endpoints can ``scope.get(T)``.
         ttl: Caps each context's deadline at ``now + ttl`` seconds (HTTP
             only): finite and > 0.
@@ -279,8 +327,9 @@ class IsolationMiddleware:
             prefix ending in ``/``.
 
     Raises:
-        ConfigurationError: A bad argument, named, when the middleware is made
-            (never at the first request).
+        ConfigurationError: A bad argument, named, or a ``CORSMiddleware``
+            inside this one, when the middleware is made (never at the first
+            request).
     """
 
     app: ASGIApp
@@ -298,20 +347,39 @@ class IsolationMiddleware:
             raise ConfigurationError(
                 f"registry must be an isolation.Registry or None, got {type(self.registry).__name__}"
             )
+        if cors_inside(self.app):
+            raise ConfigurationError(
+                "CORSMiddleware is inside IsolationMiddleware: the isolation middleware's "
+                "401, 403 and 503 would carry no CORS headers, so a browser front end sees "
+                "network errors instead",
+                hint=(
+                    "Put CORSMiddleware outside: app.add_middleware() makes the middleware "
+                    "added last the outermost, so add CORSMiddleware after IsolationMiddleware; "
+                    "in Starlette(middleware=[...]) list it before IsolationMiddleware"
+                ),
+            )
 
     async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind not in ("http", "websocket") or _is_public(
-            scope.get("path", ""), self.public_paths
+        if (
+            kind not in ("http", "websocket")
+            or _is_public(scope.get("path", ""), self.public_paths)
+            or (kind == "http" and is_preflight(scope))
         ):
+            # A CORS preflight carries no credentials by the Fetch standard: it is
+            # never authenticated, and runs outside any scope like a public path.
             await self.app(scope, receive, send)
             return
         try:
             ctx = await self._authenticate(scope)
-        except PermissionError:
-            await self._refuse(kind, send, receive, 403, "forbidden")
+        except PermissionError as refused:
+            await self._refuse(kind, send, receive, 403, _reason(refused))
             return
-        if ctx is None:
+        except (InvalidContextError, TokenError) as invalid:
+            _log_refused(scope, invalid)
+            await self._refuse(kind, send, receive, 401, "not authenticated")
+            return
+        if ctx is None or (ctx.expires_at is not None and ctx.expires_at <= _clock._now()):
             await self._refuse(kind, send, receive, 401, "not authenticated")
             return
         scope.setdefault("state", {})[_STATE_KEY] = ctx
@@ -345,20 +413,40 @@ class IsolationMiddleware:
             cap = _clock._now() + self.ttl
             if ctx.expires_at is None or ctx.expires_at > cap:
                 ctx = attrs.evolve(ctx, expires_at=cap)
-        started = completed = False
+        started = completed = streaming = False
+        held: Message | None = None
+        request_scope: Scope | None = None
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started, completed
+        async def finishing_send(message: Message) -> None:
+            # The status waits for the first body message: a complete body means the
+            # scope's work is finished (sessions commit) first, so that a failed commit
+            # is the app's 500, never a 2xx; a streaming one finishes before its last
+            # chunk, so that a failure cuts the response off.
+            nonlocal started, completed, streaming, held
             kind = message["type"]
             if kind == "http.response.start":
+                held = message
+                return
+            more = kind == "http.response.body" and message.get("more_body", False)
+            if held is not None:
+                start, held = held, None
+                if more:
+                    streaming = True
+                else:
+                    assert request_scope is not None
+                    await request_scope.finish()
                 started = True
-            elif kind == "http.response.body" and not message.get("more_body", False):
+                await send(start)
+            elif streaming and kind == "http.response.body" and not more:
+                assert request_scope is not None
+                await request_scope.finish()
+            if kind == "http.response.body" and not more:
                 completed = True
             await send(message)
 
         try:
-            async with Scope(ctx, registry=self.registry):
-                await self.app(scope, receive, tracking_send)
+            async with Scope(ctx, registry=self.registry) as request_scope:
+                await self.app(scope, receive, finishing_send)
         except ContextExpiredError:
             # Never the user id in these records: the request id links them to the request.
             extra = {"request_id": ctx.request_id, "method": scope.get("method")}
@@ -601,10 +689,16 @@ class _Pump:
 
 
 def lifespan(*resources: Any) -> Callable[[Any], contextlib.AbstractAsyncContextManager[None]]:
-    """A Starlette ``lifespan=`` that closes each resource at shutdown, last first.
+    """A Starlette ``lifespan=`` that starts each resource, and closes it at shutdown, last first.
 
     Each resource has ``aclose()`` (an ``EventRouter``, a ``SessionManager``, a
-    ``Registry``) or ``close()``; failures are logged and the rest still close.
+    ``Registry``) or ``close()``. At startup, ``start()`` is called (and
+    awaited) on each resource that has one, first to last: the session
+    manager's startup checks run before the app serves, and resources closed
+    by an earlier start of the app (a module-scoped ``TestClient`` starts it
+    once per test module, each time on a new event loop) open again. A
+    failure to start is raised (the app does not start); failures to close are
+    logged and the rest still close.
 
     Raises:
         ConfigurationError: A resource has neither ``aclose()`` nor ``close()``
@@ -619,6 +713,12 @@ def lifespan(*resources: Any) -> Callable[[Any], contextlib.AbstractAsyncContext
     @contextlib.asynccontextmanager
     async def manage(app: Any) -> AsyncIterator[None]:
         try:
+            for resource in resources:
+                start = getattr(resource, "start", None)
+                if callable(start):
+                    result = start()
+                    if inspect.isawaitable(result):
+                        await result
             yield
         finally:
             for resource in reversed(resources):

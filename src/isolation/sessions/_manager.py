@@ -722,7 +722,8 @@ class _Block:
         scope = current_scope()
         if manager._closing:
             raise UsageError(
-                "this SessionManager is closed", hint="Open sessions before close() is called"
+                "this SessionManager is closed",
+                hint="Open sessions before close() is called, or enter `with manager:` again",
             )
         data, lock = scope._storage()
         with lock:  # a request's threads may open it at once (FastAPI's thread pool)
@@ -792,7 +793,8 @@ class _Block:
         scope = current_scope()
         if manager._closing:
             raise UsageError(
-                "this SessionManager is closed", hint="Open sessions before aclose() is called"
+                "this SessionManager is closed",
+                hint="Open sessions before aclose() is called, or start() it again",
             )
         data, _lock = scope._storage()
         held: _Held | None = data.get(manager)
@@ -1156,7 +1158,9 @@ class SessionManager:
         scope's session block on first use, and the scope's exit ends it —
         committed when the scope ends cleanly, rolled back when it raises, is
         cancelled or expires — exactly as ``async with manager.session()``.
-        Needs an ``async with`` scope.
+        ``scope.finish()`` ends it earlier (``IsolationMiddleware`` does, before
+        the response), so that a failed commit raises there. Needs an
+        ``async with`` scope.
         """
         manager = self
         # The product is the class asked for (``session_class``: SQLModel's, say).
@@ -1164,7 +1168,15 @@ class SessionManager:
         if self._sync:
 
             def sync_session() -> Generator[Any, None, None]:
-                with manager.session() as opened:
+                with contextlib.ExitStack() as stack:
+                    opened = stack.enter_context(manager.session())
+
+                    async def finish() -> None:
+                        # Before the response: the commit runs in a worker thread, and a
+                        # failure reaches the middleware while it can still answer 500.
+                        await anyio.to_thread.run_sync(stack.close)
+
+                    current_scope().on_finish(finish)
                     yield opened
 
             provider: Callable[..., Any] = sync_session
@@ -1172,7 +1184,18 @@ class SessionManager:
         else:
 
             async def session() -> AsyncIterator[Any]:
-                async with manager.session() as opened:
+                async with contextlib.AsyncExitStack() as stack:
+                    block = manager.session()
+                    opened = await stack.enter_async_context(block)
+
+                    async def finish() -> None:
+                        # The scope's work is done: the block passes to the task that ends
+                        # it (Starlette may send a response from a task of its own).
+                        if block._held is not None:
+                            block._held.owner.task = asyncio.current_task()
+                        await stack.aclose()  # commits now; the scope's exit is then a no-op
+
+                    current_scope().on_finish(finish)
                     yield opened
 
             provider = session
@@ -1236,13 +1259,18 @@ class SessionManager:
         )
 
     async def start(self) -> None:
-        """Run the startup checks now and start the hold watchdog.
+        """Run the startup checks now and start the hold watchdog; reopen after :meth:`aclose`.
+
+        Started again after ``aclose()`` (a new start of the app, on a new event
+        loop under each ``with TestClient(app)``), the manager admits sessions
+        again, with its loop-bound members made anew on the running loop.
 
         Raises:
             ConfigurationError: Row-level security would not restrict the role.
             UnsupportedBackendError: Not running under asyncio.
         """
         _running_task()
+        self._reopen()
         self._loop = asyncio.get_running_loop()
         if self._check_pending:
             if self._sync:
@@ -1253,8 +1281,25 @@ class SessionManager:
             # A fresh context: the watchdog must not keep the caller's scope alive.
             self._watchdog = self._loop.create_task(self._watch(), context=contextvars.Context())
 
+    def _reopen(self) -> None:
+        """Admit sessions again after a close, with the loop-bound members made anew."""
+        if not self._closing:
+            return
+        self._closing = False
+        self._idle = self._check_lock = None
+        if self._rls is not None and self._remove_return_check is None:
+            from isolation.sessions.postgres import install_pool_hooks
+
+            self._remove_return_check = install_pool_hooks(
+                self._engine, self._return_check, self._dirty_return, self._rls
+            )
+
     async def aclose(self) -> None:
-        """Stop admitting, wait up to ``close_timeout`` for open blocks, stop the watchdog."""
+        """Stop admitting, wait up to ``close_timeout`` for open blocks, stop the watchdog.
+
+        Then the engine's pooled connections are closed (``engine.dispose()``: they
+        belong to this event loop); the engine stays usable. :meth:`start` reopens.
+        """
         self._closing = True
         if self._sync:
             # Sync blocks end in threads: wait for them in one.
@@ -1275,6 +1320,13 @@ class SessionManager:
         if self._remove_return_check is not None:
             self._remove_return_check()
             self._remove_return_check = None
+        # Pooled connections belong to this event loop (asyncpg's do): closed on it, so that
+        # a start() on another loop opens its own. An in-memory SQLite database is kept.
+        engine = self._engine
+        if isinstance(engine, AsyncEngine) and not isinstance(
+            engine.sync_engine.pool, StaticPool | SingletonThreadPool
+        ):
+            await engine.dispose()
 
     def _log_close_timeout(self) -> None:
         logger.warning(
@@ -1309,6 +1361,7 @@ class SessionManager:
             raise UsageError(
                 "this SessionManager has an AsyncEngine", hint="Use `async with manager:`"
             )
+        self._reopen()
         if self._check_pending:
             self._run_startup_checks_sync()
         return self

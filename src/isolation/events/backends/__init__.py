@@ -83,6 +83,9 @@ class Backend(Protocol):
         ``deliver`` applies the router's overflow policy and returns what
         happened on this router's connections. Under ``Overflow.BLOCK`` it may
         wait for room; ``deliver.offer()`` never waits (see :class:`Deliver`).
+        Called again after :meth:`aclose` when the router starts again
+        (``EventRouter.start()``, maybe on another event loop): reopen, or raise
+        ``ConfigurationError`` if this backend cannot.
         """
         ...
 

@@ -45,7 +45,10 @@ class MemoryBackend:
         return False
 
     def attach(self, deliver: object) -> None:
-        """Remember the router's delivery function; a second router is refused."""
+        """Remember the router's delivery function; a second router is refused.
+
+        After :meth:`aclose` it may be attached again (its router starting again).
+        """
         if self._deliver is not None:
             raise ConfigurationError(
                 "this MemoryBackend already serves a router",

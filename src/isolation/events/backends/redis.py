@@ -374,14 +374,33 @@ class RedisBackend:
     # -- the Backend protocol --------------------------------------------------------
 
     def attach(self, deliver: Deliver) -> None:
-        """Remember the router's entry points; a second router is refused."""
+        """Remember the router's entry points; a second router is refused.
+
+        After :meth:`aclose`, the backend may be attached again (its router
+        starting again, maybe on another event loop): it reopens, with new
+        connections and tasks made on first use.
+        """
         if self._attached:
             raise ConfigurationError(
                 "this RedisBackend already serves a router",
                 hint="Give each EventRouter its own RedisBackend",
             )
+        if self._closing:
+            self._reopen()
         self._attached = True
         self._deliver = deliver
+
+    def _reopen(self) -> None:
+        """Forget what a closed backend held on its event loop; the replay window is kept."""
+        self._closing = False
+        self._disarm_expiry()
+        self._loop = None
+        self._client = self._pool = None
+        self._supervisor = self._session = self._publisher = None
+        self._wake_writer = self._outbox_ready = None
+        self._tasks.clear()
+        self._commands.clear()
+        self._pings = self._pongs = 0
 
     def watch(self, principal: Principal) -> Awaitable[None] | None:
         """Subscribe to ``principal``'s channel; the awaitable ends when Redis confirmed it.
@@ -538,6 +557,7 @@ class RedisBackend:
         self._channels.clear()
         self._by_principal.clear()
         self._deliver = None
+        self._attached = False  # attach() reopens: a router starting again
 
     # -- starting -----------------------------------------------------------------------
 

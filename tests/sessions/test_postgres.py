@@ -24,12 +24,13 @@ class TestPolicySql:
         statements = rls_policy_sql(
             "app.notes", user_column="owner", tenant_column='te"nant', user_type="uuid"
         )
-        assert statements[:3] == [
+        assert statements[:4] == [
             'ALTER TABLE "app"."notes" ENABLE ROW LEVEL SECURITY',
             'ALTER TABLE "app"."notes" FORCE ROW LEVEL SECURITY',
             'DROP POLICY IF EXISTS "isolation_principal" ON "app"."notes"',
+            'DROP POLICY IF EXISTS "isolation_unrestricted" ON "app"."notes"',
         ]
-        policy = statements[3]
+        policy = statements[4]
         assert all(";" not in s for s in statements)
         assert "FOR ALL USING (" in policy
         assert "WITH CHECK (" in policy

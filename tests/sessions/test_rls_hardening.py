@@ -577,13 +577,13 @@ class TestPolicySqlInputs:
     def test_stamping_statements(self) -> None:
         """One DEFAULT per owner column, after the policy; stamp=False leaves them out."""
         statements = rls_policy_sql("notes", user_column="owner", tenant_column="tenant")
-        assert statements[4:] == [
+        assert statements[5:] == [
             'ALTER TABLE "notes" ALTER COLUMN "tenant" SET DEFAULT '
             "NULLIF(current_setting('isolation.tenant_id', true), '')::text",
             'ALTER TABLE "notes" ALTER COLUMN "owner" SET DEFAULT '
             "NULLIF(current_setting('isolation.user_id', true), '')::text",
         ]
-        assert len(rls_policy_sql("notes", user_column="owner", stamp=False)) == 4
+        assert len(rls_policy_sql("notes", user_column="owner", stamp=False)) == 5
 
 
 # -- property: whatever policy set the check accepts confines alice@t1 -------------------

@@ -126,6 +126,9 @@ class SessionStats:
         unmanaged: Connections opened on the engine inside a user scope by
             something other than a manager's session (refused, logged or allowed,
             by ``unmanaged=``), by every manager of the engine.
+        unrestricted: Unrestricted (admin) blocks opened.
+        unrestricted_refused: Unrestricted blocks refused to a context without
+            an admin role.
     """
 
     open_sessions: int
@@ -138,6 +141,8 @@ class SessionStats:
     hold_warnings: int
     dirty_returns: int
     unmanaged: int = 0
+    unrestricted: int = 0
+    unrestricted_refused: int = 0
 
 
 @final
@@ -162,6 +167,7 @@ class _Owner:
         "sync",
         "task",
         "tenancy",
+        "unrestricted",
         "warned",
     )
 
@@ -173,12 +179,14 @@ class _Owner:
         rls: Binding | None,
         *,
         sync: bool = False,
+        unrestricted: bool = False,
     ) -> None:
         self.scope_ref = weakref.ref(scope)
         self.principal = principal
-        self.tenancy = tenancy
+        self.tenancy = None if unrestricted else tenancy
         self.rls = rls
         self.sync = sync
+        self.unrestricted = unrestricted
         # The task inside the block (async face); the face's marker of an open block (sync).
         self.task: object | None = None
         self.depth = 0
@@ -599,6 +607,10 @@ def _on_begin(session: Session, transaction: SessionTransaction, connection: Con
             )
         # params() refuses a tenant context where a policy binds the user alone.
         connection.execute(binding.statement, binding.params(owner.principal))
+        if owner.unrestricted:
+            from isolation.sessions.postgres import UNRESTRICT_SQL
+
+            connection.exec_driver_sql(UNRESTRICT_SQL)
 
 
 # ``_Owner.task`` of a sync session's open block: its threads take turns, none owns it.
@@ -704,10 +716,12 @@ class _Held:
 class _Block:
     """One ``async with manager.session()`` block, or ``with`` for a sync engine (single use)."""
 
-    __slots__ = ("_held", "_manager", "_nested")
+    __slots__ = ("_held", "_key", "_manager", "_nested")
 
-    def __init__(self, manager: SessionManager) -> None:
+    def __init__(self, manager: SessionManager, *, unrestricted: bool = False) -> None:
         self._manager = manager
+        # The scope's storage key: an unrestricted session is a second one of the scope.
+        self._key: object = manager._unrestricted_key if unrestricted else manager
         self._held: _Held | None = None
         self._nested: Any = None  # the SAVEPOINT of a nested block: async or sync
 
@@ -725,12 +739,15 @@ class _Block:
                 "this SessionManager is closed",
                 hint="Open sessions before close() is called, or enter `with manager:` again",
             )
+        unrestricted = self._key is not manager
+        if unrestricted:
+            manager._allow_unrestricted(scope)
         data, lock = scope._storage()
         with lock:  # a request's threads may open it at once (FastAPI's thread pool)
-            held: _Held | None = data.get(manager)
+            held: _Held | None = data.get(self._key)
             if held is None:
-                held = manager._new_held(scope)
-                data[manager] = held
+                held = manager._new_held(scope, unrestricted=unrestricted)
+                data[self._key] = held
             owner = held.owner
             nested = owner.depth > 0
             owner.depth += 1
@@ -796,11 +813,14 @@ class _Block:
                 "this SessionManager is closed",
                 hint="Open sessions before aclose() is called, or start() it again",
             )
+        unrestricted = self._key is not manager
+        if unrestricted:
+            manager._allow_unrestricted(scope)
         data, _lock = scope._storage()
-        held: _Held | None = data.get(manager)
+        held: _Held | None = data.get(self._key)
         if held is None:
-            held = manager._new_held(scope)
-            data[manager] = held
+            held = manager._new_held(scope, unrestricted=unrestricted)
+            data[self._key] = held
         owner = held.owner
         session = typing.cast(AsyncSession, held.session)
         if owner.depth:
@@ -956,6 +976,7 @@ class SessionManager:
 
     __slots__ = (
         "__weakref__",
+        "_admin_roles",
         "_admission",
         "_check_lock",
         "_check_pending",
@@ -988,6 +1009,9 @@ class SessionManager:
         "_sync_engine",
         "_tenancy",
         "_timeout",
+        "_unrestricted",
+        "_unrestricted_key",
+        "_unrestricted_refused",
         "_watchdog",
         "_watchdog_interval",
     )
@@ -998,6 +1022,7 @@ class SessionManager:
         *,
         session_class: type[Any] | None = None,
         unmanaged: Unmanaged = "refuse",
+        admin_roles: Iterable[str] = (),
         per_user_limit: int | None = None,
         acquire_timeout: float = DEFAULT_ACQUIRE_TIMEOUT,
         hold_warning: float = DEFAULT_HOLD_WARNING,
@@ -1021,6 +1046,20 @@ class SessionManager:
                 hint="Build one with sqlalchemy.create_engine(url) or "
                 "sqlalchemy.ext.asyncio.create_async_engine(url)",
             )
+        if isinstance(admin_roles, str):
+            raise ConfigurationError("admin_roles takes a list of role names, not one string")
+        self._admin_roles = frozenset(admin_roles)
+        if not all(isinstance(role, str) and role for role in self._admin_roles):
+            raise ConfigurationError(f"admin_roles must be non-empty strings, got {admin_roles!r}")
+        if self._admin_roles and row_level_security == "signed":
+            raise ConfigurationError(
+                'admin_roles with row_level_security="signed" is not supported yet: the '
+                "signed binding has no unrestricted form",
+                hint="Give admins a manager on a role with BYPASSRLS, outside user scopes",
+            )
+        self._unrestricted_key = (self, "unrestricted")
+        self._unrestricted = 0
+        self._unrestricted_refused = 0
         self._sync = sync_engine is engine
         self._product: type[Any] = (
             (Session if self._sync else AsyncSession) if session_class is None else session_class
@@ -1070,6 +1109,8 @@ class SessionManager:
             from isolation.sessions.postgres import binding_for
 
             self._rls = binding_for(row_level_security, rls_key, rls_schema)
+            if self._rls is not None:
+                self._rls.unrestricted = bool(self._admin_roles)
         self._rls_tables = tuple(rls_tables)
         if isinstance(rls_tables, str):
             raise ConfigurationError("rls_tables takes a list of table names, not one string")
@@ -1132,8 +1173,19 @@ class SessionManager:
         """The global bound (``None``: unbounded)."""
         return self._admission.capacity
 
-    def session(self) -> _Block:
-        """Open the current scope's session: ``async with manager.session() as s``.
+    def session(self, *, unrestricted: bool = False) -> _Block:
+        """Open the current scope's session: ``async with manager.session() as s``
+        (``with`` for a sync engine).
+
+        ``unrestricted=True`` opens the scope's second, **audited** session for
+        an administrator: allowed only when the bound context has one of the
+        manager's ``admin_roles``, logged at every block (``event=
+        "unrestricted_session"``, or ``"unrestricted_session_refused"``) and
+        counted in :meth:`stats`; ``protect()`` does not filter it, and with
+        row-level security it sets ``isolation.unrestricted``, which the
+        ``isolation_unrestricted`` policy of ``rls_policy_sql(...,
+        unrestricted=True)`` admits. It is still the scope's: every other scope
+        is refused.
 
         Raises (on entering the block):
             NoContextError: No scope is bound (fail closed).
@@ -1149,7 +1201,7 @@ class SessionManager:
         from every method and property before doing anything; from a copy of its
         scope that has ended (an escaped task), :class:`~isolation.ScopeEndedError`.
         """
-        return _Block(self)
+        return _Block(self, unrestricted=unrestricted)
 
     def provide_to(self, registry: Registry) -> None:
         """Register this manager's session as the ``AsyncSession`` product of ``registry``.
@@ -1256,6 +1308,8 @@ class SessionManager:
             hold_warnings=self._hold_warnings,
             dirty_returns=self._dirty_returns,
             unmanaged=_unmanaged.count(self._sync_engine),
+            unrestricted=self._unrestricted,
+            unrestricted_refused=self._unrestricted_refused,
         )
 
     async def start(self) -> None:
@@ -1378,9 +1432,40 @@ class SessionManager:
 
     # -- sessions of scopes -----------------------------------------------------
 
-    def _new_held(self, scope: Scope) -> _Held:
+    def _allow_unrestricted(self, scope: Scope) -> None:
+        """Refuse an unrestricted block to a context without an admin role; log every one."""
+        ctx = scope._ctx
+        allowed = bool(ctx.roles & self._admin_roles)
+        with self._lock:
+            if allowed:
+                self._unrestricted += 1
+            else:
+                self._unrestricted_refused += 1
+        logger.warning(
+            "%s unrestricted database session for %s",
+            "opening an" if allowed else "refused an",
+            redact_principal(ctx.principal),
+            extra={
+                "event": "unrestricted_session" if allowed else "unrestricted_session_refused",
+                "roles": tuple(sorted(ctx.roles & self._admin_roles)),
+            },
+        )
+        if not allowed:
+            raise CrossContextAccessError(
+                f"an unrestricted database session was refused to {redact_principal(ctx.principal)}"
+                ": the context has none of the manager's admin_roles"
+                + ("" if self._admin_roles else " (the manager was given none)"),
+                hint=(
+                    "Give admins a role listed in SessionManager(admin_roles=...); everyone "
+                    "else uses manager.session() and sees their own rows"
+                ),
+            )
+
+    def _new_held(self, scope: Scope, *, unrestricted: bool = False) -> _Held:
         principal = scope._ctx.principal
-        owner = _Owner(scope, principal, self._tenancy, self._rls, sync=self._sync)
+        owner = _Owner(
+            scope, principal, self._tenancy, self._rls, sync=self._sync, unrestricted=unrestricted
+        )
         session: Session | AsyncSession
         if self._sync:
             # Any scope will do: the sync face's cleanup does not await.

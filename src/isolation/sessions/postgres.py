@@ -80,6 +80,8 @@ logger = logging.getLogger("isolation.sessions")
 USER_SETTING: Final = "isolation.user_id"
 TENANT_SETTING: Final = "isolation.tenant_id"
 BINDING_SETTING: Final = "isolation.binding"
+UNRESTRICTED_SETTING: Final = "isolation.unrestricted"
+UNRESTRICTED_POLICY_NAME: Final = "isolation_unrestricted"
 
 SET_CONFIG_SQL: Final = (
     f"SELECT set_config('{USER_SETTING}', :user_id, true), "
@@ -94,13 +96,14 @@ SET_CONFIG_SQL: Final = (
 _RETURN_CHECK_SQL: Final = (
     f"SELECT current_setting('{USER_SETTING}', true), current_setting('{TENANT_SETTING}', true), "  # noqa: S608 - our own constants
     f"current_setting('{BINDING_SETTING}', true), "
+    f"current_setting('{UNRESTRICTED_SETTING}', true), "
     "current_user <> session_user, "
     "EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.refclassid = "
     "'pg_catalog.pg_namespace'::pg_catalog.regclass "
     "AND d.refobjid = pg_catalog.pg_my_temp_schema()), "
     "EXISTS (SELECT 1 FROM pg_catalog.pg_cursors k WHERE k.is_holdable)"
 )
-_SETTINGS_CHECKED: Final = 3
+_SETTINGS_CHECKED: Final = 4
 _LEFTOVERS: Final = (
     "a role set with SET ROLE",
     "temporary tables or other objects",
@@ -156,6 +159,11 @@ def _type_name(value: str, parameter: str) -> str:
     return value
 
 
+_UNRESTRICTED_CONDITION: Final = f"current_setting('{UNRESTRICTED_SETTING}', true) = 'on'"
+#: Run in an unrestricted session's transaction, after the principal's binding.
+UNRESTRICT_SQL: Final = f"SELECT set_config('{UNRESTRICTED_SETTING}', 'on', true)"
+
+
 def _setting_sql(setting: str, type_name: str) -> str:
     return f"NULLIF(current_setting('{setting}', true), '')::{type_name}"
 
@@ -170,6 +178,7 @@ def rls_policy_sql(
     signed: bool = False,
     schema: str = DEFAULT_SIGNING_SCHEMA,
     stamp: bool = True,
+    unrestricted: bool = False,
 ) -> list[str]:
     """Return the DDL that enables, **forces** and defines row-level security on ``table``.
 
@@ -199,10 +208,17 @@ def rls_policy_sql(
         signed: Write the policy of the signed binding.
         schema: Where :func:`rls_signing_sql` put the functions (``signed`` only).
         stamp: Give the owner columns the bound principal as their default.
+        unrestricted: Also create the ``isolation_unrestricted`` policy, which
+            admits every row to a transaction with ``isolation.unrestricted``
+            set to ``on``: what ``manager.session(unrestricted=True)`` sets for a
+            context with one of the manager's ``admin_roles`` (the start check
+            refuses this policy for a manager without them). Without it, that
+            policy is dropped.
 
     Returns:
-        The statements, in order: enable, force, drop the old policy, create the
-        policy, then (with ``stamp``) one ``ALTER COLUMN ... SET DEFAULT`` per column.
+        The statements, in order: enable, force, drop the old policies, create the
+        policy (and the unrestricted one), then (with ``stamp``) one ``ALTER
+        COLUMN ... SET DEFAULT`` per column.
 
     Raises:
         ConfigurationError: No column given, or a name or type that cannot be used.
@@ -235,12 +251,28 @@ def rls_policy_sql(
         defaults.append(f"ALTER TABLE {quoted} ALTER COLUMN {q_column} SET DEFAULT {default}")
     condition = " AND ".join(conditions)
     policy = quote_identifier(POLICY_NAME)
+    admin = quote_identifier(UNRESTRICTED_POLICY_NAME)
+    if unrestricted and signed:
+        raise ConfigurationError(
+            "rls_policy_sql(unrestricted=True) has no signed form yet: the signed binding "
+            "cannot be made unrestricted"
+        )
+    admitted = _UNRESTRICTED_CONDITION
     return [
         f"ALTER TABLE {quoted} ENABLE ROW LEVEL SECURITY",
         f"ALTER TABLE {quoted} FORCE ROW LEVEL SECURITY",
         f"DROP POLICY IF EXISTS {policy} ON {quoted}",
+        f"DROP POLICY IF EXISTS {admin} ON {quoted}",
         f"CREATE POLICY {policy} ON {quoted} AS PERMISSIVE FOR ALL "
         f"USING ({condition}) WITH CHECK ({condition})",
+        *(
+            [
+                f"CREATE POLICY {admin} ON {quoted} AS PERMISSIVE FOR ALL "
+                f"USING ({admitted}) WITH CHECK ({admitted})"
+            ]
+            if unrestricted
+            else []
+        ),
         *(defaults if stamp else ()),
     ]
 
@@ -460,6 +492,7 @@ class Binding:
         "schema",
         "signed",
         "statement_sql",
+        "unrestricted",
         "user_only_tables",
     )
 
@@ -488,6 +521,8 @@ class Binding:
         quote_identifier(schema)
         self.schema = schema
         self.user_only_tables: tuple[str, ...] = ()
+        # The manager has admin_roles: the start check accepts the unrestricted policy.
+        self.unrestricted = False
         # Per table name (unqualified, as PostgreSQL's errors give it): the owner
         # columns its policies bind, read by the startup check.
         self.owner_columns: dict[str, tuple[str, ...]] = {}
@@ -649,6 +684,17 @@ def _squash(text: str) -> str:
     return re.sub(r"\s", "", text)
 
 
+def _admits_unrestricted(expression: str | None) -> bool:
+    """Whether ``expression`` is exactly the unrestricted policy's condition."""
+    if expression is None:
+        return False
+    sides = _split(_unwrap(expression), " = ")
+    return len(sides) == 2 and {_squash(side) for side in sides} == {
+        f"current_setting('{UNRESTRICTED_SETTING}',true)",
+        "'on'",
+    }
+
+
 def _binds(expression: str | None) -> tuple[frozenset[str], frozenset[str]]:
     """What an expression binds: the principal parts compared with the raw settings,
     and those compared with the signed binding's functions.
@@ -725,7 +771,7 @@ def _names(parts: frozenset[str]) -> str:
 
 
 def check_policies(
-    table: str, rows: Sequence[PolicyRow], *, signed: bool = False
+    table: str, rows: Sequence[PolicyRow], *, signed: bool = False, unrestricted: bool = False
 ) -> tuple[list[str], bool]:
     """Decide whether the policies that apply to the role confine it to its principal.
 
@@ -736,7 +782,10 @@ def check_policies(
     command. Refused: a permissive policy that binds no principal setting
     (``USING (true)``, a disjunction), one that binds less than the table's
     level (it widens it, or plants rows), and, when ``signed``, one that reads
-    the raw settings (app SQL can re-bind them).
+    the raw settings (app SQL can re-bind them). A permissive policy that
+    admits exactly the unrestricted sessions (``rls_policy_sql(...,
+    unrestricted=True)``) is accepted when ``unrestricted`` (the manager has
+    ``admin_roles``), and refused otherwise.
 
     Returns:
         The problems found (one line each, naming the table and the policy),
@@ -751,6 +800,27 @@ def check_policies(
         if policy not in named:
             named.add(policy)
             problems.append(f"the policy {policy!r} on {table!r} {text}")
+
+    kept: list[PolicyRow] = []
+    for row in rows:
+        if (
+            row.permissive
+            and all(_admits_unrestricted(e) for e in (row.using, row.check) if e is not None)
+            and (row.using is not None or row.check is not None)
+        ):
+            if signed or not unrestricted:
+                problem(
+                    row.name,
+                    "admits every row to unrestricted sessions, but this manager "
+                    + (
+                        'binds with row_level_security="signed", which has no unrestricted form'
+                        if signed
+                        else "has no admin_roles"
+                    ),
+                )
+            continue
+        kept.append(row)
+    rows = kept
 
     for command, verb in _COMMANDS.items():
         floor: set[str] = set()
@@ -1132,7 +1202,9 @@ def _check_role_on(conn: Any, tables: Iterable[str], binding: Binding | None) ->
             )
             for r in (conn.execute(text(_POLICIES_SQL), {"name": table})).all()
         ]
-        policy_problems, binds_user_only = check_policies(table, rows, signed=signed)
+        policy_problems, binds_user_only = check_policies(
+            table, rows, signed=signed, unrestricted=binding is not None and binding.unrestricted
+        )
         columns = owner_columns(rows)
         if binding is not None:
             binding.owner_columns[table.rsplit(".", 1)[-1]] = columns
@@ -1214,7 +1286,7 @@ def install_return_check(
         left = [
             f"the setting {name}"
             for name, value in zip(
-                (USER_SETTING, TENANT_SETTING, BINDING_SETTING),
+                (USER_SETTING, TENANT_SETTING, BINDING_SETTING, UNRESTRICTED_SETTING),
                 values[:_SETTINGS_CHECKED],
                 strict=True,
             )

@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import anyio
 import pytest
 
 import isolation
@@ -282,3 +283,75 @@ def test_audit_function_takes_objects() -> None:
     assert report.exit_code == 0
     assert report.factories[0].built == 6
     assert report.to_json()["violations"] == 0
+
+
+SESSION_SERVICE = """
+from collections.abc import Iterator
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
+
+import isolation
+from isolation.sessions import SessionManager
+
+# NullPool: the audit runs each factory on an event loop of its own.
+engine = create_async_engine("sqlite+aiosqlite:///{db}", poolclass=NullPool)
+sync_engine = create_engine("sqlite:///{db}", poolclass=NullPool)
+manager = SessionManager(engine)
+registry = isolation.Registry()
+manager.provide_to(registry)
+
+
+class Repo:
+    def __init__(self, session):
+        self.session = session
+
+
+class SyncRepo:
+    def __init__(self, session):
+        self.session = session
+
+
+@registry.provide
+async def repo(session: AsyncSession) -> Repo:
+    await session.execute(text("select 1"))
+    return Repo(session)
+
+
+@registry.provide
+def sync_session() -> Iterator[Session]:
+    with Session(sync_engine) as opened:
+        yield opened
+
+
+@registry.provide
+def sync_repo(session: Session) -> SyncRepo:
+    session.execute(text("select 1"))
+    return SyncRepo(session)
+"""
+
+
+def test_repositories_holding_sessions_audit_clean(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A registry whose providers keep the scope's AsyncSession or Session: clean, not truncated."""
+    pytest.importorskip("aiosqlite", reason="needs the sqlalchemy extra")
+    name = f"audited_sessions_{next(_names)}"
+    source = SESSION_SERVICE.replace("{db}", str(tmp_path / "audit.sqlite"))
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+    try:
+        code, out, _ = run(capsys, f"{name}:registry", "--users", "4", "--threads", "2")
+    finally:
+        module = sys.modules.pop(name, None)
+        if module is not None:
+            anyio.run(module.manager.aclose)
+            anyio.run(module.engine.dispose)
+            module.sync_engine.dispose()
+    assert "VIOLATION" not in out
+    assert "truncated:" not in out
+    assert out.count("built:   8 instances of ") == 4  # both sessions, both repositories
+    assert code == 0
+    assert "result: clean" in out

@@ -3,9 +3,8 @@
 The walk of ``@request_scoped`` only compares users whose scopes overlap, and a
 test suite rarely runs two users at the same moment. The audit makes them
 overlap on purpose: it imports the factory, opens the scopes of ``--users``
-synthetic users (two tenants) together, calls the factory from ``--threads``
-threads (a sync factory) or as many tasks (an async one) in each scope at
-once, and then:
+synthetic users together, calls the factory from ``--threads`` threads (a sync
+factory) or as many tasks (an async one) in each scope at once, and then:
 
 * runs the full shared-state walk on every build (whatever ``check=`` the
   factory declares), and once more at the end of the round, while every scope
@@ -20,6 +19,11 @@ What it accepts: a ``@request_scoped`` wrapper, a plain function or class
 (sync or async), or any object with an ``__isolation_factories__()`` method
 returning ``(name, factory)`` pairs (how a registry plugs in).
 
+The synthetic users' ids are UUID strings in two tenants by default, valid for
+a factory that parses them as UUIDs as well as for one that takes any string;
+``--principals MODULE:CALLABLE`` (``principals=``) makes them instead, for
+factories that parse ids another way (integers).
+
 Exit codes: 0 clean, 1 a violation, 2 a usage error. The report goes to
 stdout, progress to stderr.
 """
@@ -32,6 +36,7 @@ import os
 import sys
 import threading
 import traceback
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
@@ -39,10 +44,16 @@ import anyio
 import anyio.to_thread
 import attrs
 
-from isolation._errors import IsolationError, SharedStateError, UsageError
+from isolation._errors import (
+    ConfigurationError,
+    InvalidContextError,
+    IsolationError,
+    SharedStateError,
+    UsageError,
+)
 from isolation._lifetime import Lifetime
 from isolation._redact import redact_principal
-from isolation.context._model import UserContext
+from isolation.context._model import Principal, UserContext
 from isolation.context._scope import Scope
 from isolation.factories._graph import render_path, walk
 from isolation.factories._index import SharedStateIndex
@@ -57,8 +68,11 @@ __all__ = [
     "AuditReport",
     "AuditUsageError",
     "FactoryAudit",
+    "PrincipalMaker",
     "Violation",
     "audit",
+    "audit_contexts",
+    "default_principal",
     "load_target",
 ]
 
@@ -71,7 +85,12 @@ EXIT_VIOLATION: Final = 1
 EXIT_USAGE: Final = 2
 
 
-class AuditUsageError(Exception):
+PrincipalMaker = Callable[[int], "UserContext | Principal | str"]
+"""Makes the synthetic user of each index (0, 1, ...): a ``UserContext``, a
+``(tenant_id or None, user_id)`` pair, or a user id alone (no tenant)."""
+
+
+class AuditUsageError(ConfigurationError):
     """The audit was asked for something it cannot do (exit code 2)."""
 
 
@@ -205,6 +224,93 @@ class AuditReport:
         return "\n".join(lines)
 
 
+# -- the synthetic users ---------------------------------------------------------
+
+
+def default_principal(index: int) -> Principal:
+    """The principal of synthetic user ``index``: UUID strings, in two tenants.
+
+    Deterministic, in the version 4 layout (``00000000-0000-4000-8000-000000000001``
+    for user 0; tenants start ``00000001-``), so that a factory parsing ids with
+    ``uuid.UUID`` (or a ``UUID4`` field) accepts them, as one taking any string does.
+    """
+    user = uuid.UUID(int=index + 1, version=4)
+    tenant = uuid.UUID(int=(1 << 96) | (index % 2 + 1), version=4)
+    return str(tenant), str(user)
+
+
+def _made_context(made: object) -> UserContext | None:
+    """The context a principals function's result stands for; None for another shape."""
+    if isinstance(made, UserContext):
+        return made
+    if type(made) is str:
+        return UserContext.new(made)
+    if (
+        type(made) is tuple
+        and len(made) == 2
+        and (made[0] is None or type(made[0]) is str)
+        and type(made[1]) is str
+    ):
+        return UserContext.new(made[1], tenant_id=made[0])
+    return None
+
+
+def _shape(made: object) -> str:
+    if type(made) is tuple:
+        return f"tuple of ({', '.join(type(item).__name__ for item in made)})"
+    return type(made).__name__
+
+
+def audit_contexts(
+    users: int, principals: PrincipalMaker = default_principal, *, label: str | None = None
+) -> list[UserContext]:
+    """The contexts of the ``users`` synthetic users: ``principals(0)``, ``principals(1)``, ...
+
+    Raises:
+        AuditUsageError: ``principals`` is not callable, raised, returned
+            something else than a context, a ``(tenant_id or None, user_id)``
+            pair of strings or a user id, an invalid id, or the same principal
+            for two users (they would never be compared with each other).
+    """
+    name = label or getattr(principals, "__qualname__", None) or repr(principals)
+    if not callable(principals):
+        raise AuditUsageError(
+            f"principals must be a function of the user's index, got {type(principals).__name__}"
+        )
+    contexts: list[UserContext] = []
+    first: dict[Principal, int] = {}
+    for index in range(users):
+        try:
+            made = principals(index)
+        except Exception as exc:
+            raise AuditUsageError(
+                f"the principals function {name} raised for user {index}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        try:
+            ctx = _made_context(made)
+        except InvalidContextError as exc:
+            raise AuditUsageError(
+                f"the principals function {name} returned an invalid {exc.field} for user "
+                f"{index}: it {exc.rule}"
+            ) from None
+        if ctx is None:
+            raise AuditUsageError(
+                f"the principals function {name} returned a {_shape(made)} for user {index}: "
+                "expected a UserContext, a (tenant_id or None, user_id) pair of str, or a "
+                "user id str"
+            )
+        other = first.setdefault(ctx.principal, index)
+        if other != index:
+            raise AuditUsageError(
+                f"the principals function {name} returned the same principal, "
+                f"{redact_principal(ctx.principal)}, for users {other} and {index}: "
+                "each synthetic user needs its own, or they are never compared"
+            )
+        contexts.append(ctx)
+    return contexts
+
+
 # -- finding the factories ------------------------------------------------------
 
 
@@ -289,14 +395,14 @@ class _FactoryRun:
         self,
         name: str,
         raw: Callable[..., Any],
-        users: int,
+        contexts: Sequence[UserContext],
         threads: int,
         progress: Callable[[str], None],
         lifetime: Lifetime = Lifetime.REQUEST,
     ) -> None:
         self.name = name
         self.lifetime = lifetime
-        self.users = users
+        self.contexts = contexts
         self.threads = threads
         self.progress = progress
         self.index = SharedStateIndex()
@@ -363,14 +469,10 @@ class _FactoryRun:
         )
 
     async def run(self) -> FactoryAudit:
-        contexts = [
-            UserContext.new(f"audit-user-{i:03d}", tenant_id=f"audit-tenant-{i % 2}")
-            for i in range(self.users)
-        ]
         previous: list[_Outcome] | None = None
         for round_number in range(1, ROUNDS + 1):
             self.progress(f"  {self.name}: request {round_number} of {ROUNDS} for each user")
-            outcomes = await self._round(contexts)
+            outcomes = await self._round(self.contexts)
             if previous is not None:
                 self._outlived(previous, outcomes)
             previous = outcomes
@@ -543,6 +645,7 @@ def audit(
     users: int = DEFAULT_USERS,
     threads: int = DEFAULT_THREADS,
     progress: Callable[[str], None] = lambda line: None,
+    principals: PrincipalMaker | str = default_principal,
 ) -> AuditReport:
     """Audit the factory (or factories) of ``target``; return the report.
 
@@ -552,21 +655,30 @@ def audit(
         threads: Concurrent callers in each scope (threads for a sync
             factory, tasks for an async one).
         progress: Called with a line of progress at each step.
+        principals: Makes synthetic user ``i`` (called with 0, 1, ...): a
+            ``UserContext``, a ``(tenant_id or None, user_id)`` pair, or a
+            user id; or its ``"MODULE:ATTR"``. The default gives UUID strings
+            in two tenants (:func:`default_principal`).
 
     Raises:
-        AuditUsageError: the target cannot be imported or is not a factory.
+        AuditUsageError: the target cannot be imported or is not a factory;
+            ``principals`` cannot be imported, raised, returned something
+            else, an invalid id, or one principal for two users.
     """
     if users < 2:
         raise AuditUsageError(f"--users must be at least 2, got {users}")
     if threads < 1:
         raise AuditUsageError(f"--threads must be at least 1, got {threads}")
     label = target if isinstance(target, str) else repr(target)
+    maker_label = principals if isinstance(principals, str) else None
+    maker: Any = load_target(principals) if isinstance(principals, str) else principals
+    contexts = audit_contexts(users, maker, label=maker_label)
     obj = load_target(target) if isinstance(target, str) else target
     found = _factories(obj, label)
     # A registry's CONNECTION products need a connection scope; REQUEST ones resolve there too.
     lifetime = getattr(obj, "__isolation_scope_lifetime__", Lifetime.REQUEST)
     runs = [
-        (_FactoryRun(name, raw, users, threads, progress, lifetime), check)
+        (_FactoryRun(name, raw, contexts, threads, progress, lifetime), check)
         for name, raw, check in found
     ]
     progress(
@@ -580,7 +692,16 @@ def audit(
     return AuditReport(target=label, users=users, threads=threads, factories=tuple(results))
 
 
-def audit_main(target: str, *, users: int, threads: int, as_json: bool, out: Any, err: Any) -> int:
+def audit_main(
+    target: str,
+    *,
+    users: int,
+    threads: int,
+    as_json: bool,
+    out: Any,
+    err: Any,
+    principals: str | None = None,
+) -> int:
     """The ``isolation audit`` command: print the report; return the exit code."""
     import json
 
@@ -588,7 +709,13 @@ def audit_main(target: str, *, users: int, threads: int, as_json: bool, out: Any
         print(line, file=err, flush=True)
 
     try:
-        report = audit(target, users=users, threads=threads, progress=progress)
+        report = audit(
+            target,
+            users=users,
+            threads=threads,
+            progress=progress,
+            principals=default_principal if principals is None else principals,
+        )
     except AuditUsageError as exc:
         print(f"isolation audit: {exc}", file=err)
         return EXIT_USAGE

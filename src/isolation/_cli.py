@@ -60,6 +60,15 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument(
         "--threads", type=int, default=4, help="concurrent callers per scope (default 4)"
     )
+    audit.add_argument(
+        "--principals",
+        metavar="MODULE:CALLABLE",
+        help=(
+            "make the synthetic users: a function of the user's index (0, 1, ...) returning a "
+            "UserContext, a (tenant_id or None, user_id) pair or a user id "
+            "(default: UUID strings in two tenants)"
+        ),
+    )
     audit.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
@@ -100,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.target,
             users=args.users,
             threads=args.threads,
+            principals=args.principals,
             as_json=args.json,
             out=sys.stdout,
             err=sys.stderr,

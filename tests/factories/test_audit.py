@@ -4,20 +4,34 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import sys
 import textwrap
+import uuid
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 
 import isolation
 from isolation import Scope, UserContext
-from isolation._audit import AuditUsageError, _FactoryRun, _Outcome, audit
+from isolation._audit import (
+    AuditUsageError,
+    _FactoryRun,
+    _Outcome,
+    audit,
+    audit_contexts,
+    default_principal,
+)
 from isolation._cli import main
+from isolation.testing import assert_no_shared_state
 
 _names = itertools.count()
 
 SERVICE = '''
+import uuid
+
 import isolation
 from isolation import UserContext
 
@@ -94,6 +108,39 @@ class Registry:
 
 registry = Registry()
 not_a_factory = [1, 2, 3]
+
+
+class UuidEngine:
+    """A service whose ids are UUIDs: it parses them."""
+
+    def __init__(self, ctx: UserContext):
+        self.user = uuid.UUID(ctx.user_id)
+        self.tenant = uuid.UUID(ctx.tenant_id)
+        self.history = []
+
+
+class IntEngine:
+    """A service whose ids are integers."""
+
+    def __init__(self, ctx: UserContext):
+        self.user = int(ctx.user_id)
+        self.history = []
+
+
+def int_ids(index):
+    return (None, str(index + 1))
+
+
+def int_ids_in_tenants(index):
+    return (str(index % 3 + 1), str(index + 1))
+
+
+def same_id(index):
+    return "7"
+
+
+def fails(index):
+    raise LookupError("no fixture user")
 '''
 
 
@@ -209,7 +256,7 @@ class TestViolations:
 
         with isolation.scope(UserContext.new("bob")):
             foreign = Tool()
-        run_ = _FactoryRun("f", object, 2, 2, lambda line: None)
+        run_ = _FactoryRun("f", object, audit_contexts(2), 2, lambda line: None)
         scope = Scope(UserContext.new("alice"))
         run_._judge([_Outcome((None, "alice"), scope, [foreign, object()], [], runs=2)])
         kinds = sorted(v.kind for v in run_.violations)
@@ -282,3 +329,174 @@ def test_audit_function_takes_objects() -> None:
     assert report.exit_code == 0
     assert report.factories[0].built == 6
     assert report.to_json()["violations"] == 0
+
+
+SESSION_SERVICE = """
+from collections.abc import Iterator
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
+
+import isolation
+from isolation.sessions import SessionManager
+
+# NullPool: the audit runs each factory on an event loop of its own.
+engine = create_async_engine("sqlite+aiosqlite:///{db}", poolclass=NullPool)
+sync_engine = create_engine("sqlite:///{db}", poolclass=NullPool)
+manager = SessionManager(engine)
+registry = isolation.Registry()
+manager.provide_to(registry)
+
+
+class Repo:
+    def __init__(self, session):
+        self.session = session
+
+
+class SyncRepo:
+    def __init__(self, session):
+        self.session = session
+
+
+@registry.provide
+async def repo(session: AsyncSession) -> Repo:
+    await session.execute(text("select 1"))
+    return Repo(session)
+
+
+@registry.provide
+def sync_session() -> Iterator[Session]:
+    with Session(sync_engine) as opened:
+        yield opened
+
+
+@registry.provide
+def sync_repo(session: Session) -> SyncRepo:
+    session.execute(text("select 1"))
+    return SyncRepo(session)
+"""
+
+
+def test_repositories_holding_sessions_audit_clean(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A registry whose providers keep the scope's AsyncSession or Session: clean, not truncated."""
+    pytest.importorskip("aiosqlite", reason="needs the sqlalchemy extra")
+    name = f"audited_sessions_{next(_names)}"
+    source = SESSION_SERVICE.replace("{db}", str(tmp_path / "audit.sqlite"))
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+    try:
+        code, out, _ = run(capsys, f"{name}:registry", "--users", "4", "--threads", "2")
+    finally:
+        module = sys.modules.pop(name, None)
+        if module is not None:
+            anyio.run(module.manager.aclose)
+            anyio.run(module.engine.dispose)
+            module.sync_engine.dispose()
+    assert "VIOLATION" not in out
+    assert "truncated:" not in out
+    assert out.count("built:   8 instances of ") == 4  # both sessions, both repositories
+    assert code == 0
+    assert "result: clean" in out
+
+
+class TestPrincipals:
+    """The synthetic users' ids: UUID strings by default, or made by the service's own function."""
+
+    def test_default_ids_are_distinct_uuids_in_two_tenants(self) -> None:
+        """UUID strings (version 4 layout) that every user and tenant keeps apart."""
+        contexts = audit_contexts(20)
+        users = {uuid.UUID(ctx.user_id) for ctx in contexts}
+        tenants = {uuid.UUID(ctx.tenant_id or "") for ctx in contexts}
+        assert len(users) == 20
+        assert len(tenants) == 2
+        assert not users & tenants
+        assert {u.version for u in users | tenants} == {4}
+        assert [default_principal(i) for i in range(20)] == [c.principal for c in contexts]
+
+    def test_factory_parsing_uuids_audits_clean(
+        self, service: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A factory doing uuid.UUID(ctx.user_id) is built for every user, by default."""
+        code, out, _ = run(capsys, f"{service}:UuidEngine", "--users", "6")
+        assert "VIOLATION" not in out
+        assert code == 0
+        assert "built:   12 instances of UuidEngine in 12 scopes" in out
+
+    def test_integer_ids_from_the_command_line(
+        self, service: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """--principals MODULE:CALLABLE makes the ids: an int-parsing factory audits clean."""
+        code, out, _ = run(capsys, f"{service}:IntEngine", "--users", "4")
+        assert code == 1  # the default UUIDs are not integers
+        assert "ValueError: invalid literal for int()" in out
+        for maker in ("int_ids", "int_ids_in_tenants"):
+            code, out, _ = run(
+                capsys, f"{service}:IntEngine", "--users", "4", "--principals", f"{service}:{maker}"
+            )
+            assert "VIOLATION" not in out
+            assert code == 0
+
+    def test_integer_ids_from_python(self) -> None:
+        """audit(principals=...) and assert_no_shared_state(principals=...) take a function."""
+
+        class Account:
+            def __init__(self, ctx: UserContext) -> None:
+                self.number = int(ctx.user_id)
+                self.role = ctx.roles
+                self.items: list[int] = []
+
+        report = audit(Account, users=3, threads=2, principals=lambda i: str(1000 + i))
+        assert report.exit_code == 0
+        assert report.factories[0].built == 6
+        assert_no_shared_state(
+            Account,
+            users=3,
+            threads=2,
+            principals=lambda i: UserContext.new(str(i + 1), roles=("admin",)),
+        )
+
+    @pytest.mark.parametrize(
+        ("maker", "message"),
+        [
+            (lambda i: 42, "returned a int for user 0: expected a UserContext"),
+            (lambda i: (1, "x"), "returned a tuple of (int, str) for user 0"),
+            (lambda i: ("t", "u", "x"), "returned a tuple of (str, str, str) for user 0"),
+            (lambda i: "" if i == 2 else str(i), "returned an invalid user_id for user 2"),
+            (lambda i: "same", "returned the same principal, 'same', for users 0 and 1"),
+            (lambda i: str(1 // (i - 1)), "raised for user 1: ZeroDivisionError"),
+            (42, "principals must be a function of the user's index, got int"),
+        ],
+    )
+    def test_bad_principals_are_a_typed_error(self, maker: Any, message: str) -> None:
+        """A maker that raises, returns the wrong shape, an invalid id or one id twice."""
+
+        class Plain:
+            pass
+
+        with pytest.raises(AuditUsageError, match=re.escape(message)) as caught:
+            audit(Plain, users=3, threads=1, principals=maker)
+        assert isinstance(caught.value, isolation.ConfigurationError)
+        with pytest.raises(isolation.ConfigurationError, match=re.escape(message)):
+            assert_no_shared_state(Plain, users=3, threads=1, principals=maker)
+
+    @pytest.mark.parametrize(
+        ("maker", "message"),
+        [
+            ("same_id", "returned the same principal, '7', for users 0 and 1"),
+            ("fails", "raised for user 0: LookupError: no fixture user"),
+            ("not_a_factory", "principals must be a function of the user's index, got list"),
+            ("no_such_maker", "has no attribute 'no_such_maker'"),
+        ],
+    )
+    def test_bad_principals_exit_2(
+        self, service: str, capsys: pytest.CaptureFixture[str], maker: str, message: str
+    ) -> None:
+        """On the command line, a bad --principals is a usage error naming what was wrong."""
+        code, out, err = run(capsys, f"{service}:Engine", "--principals", f"{service}:{maker}")
+        assert code == 2
+        assert out == ""
+        assert message in err

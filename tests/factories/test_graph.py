@@ -221,6 +221,48 @@ class TestWhatIsWalked:
         a.pool = b.pool = engine.sync_engine.pool  # type: ignore[attr-defined]
         assert shared(a, b) == []
 
+    def test_sqlalchemy_sessions_and_connections_are_boundaries(self) -> None:
+        """A session or connection, sync or asyncio, is compared but not entered.
+
+        Each user's own handle shares nothing (what lies behind it, the asyncio
+        proxies' class-level registry included, is SQLAlchemy's); one handle
+        reached by two users is shared. A session maker is shared by design.
+        """
+        asyncio_ext = pytest.importorskip("sqlalchemy.ext.asyncio")
+        from sqlalchemy import create_engine
+        from sqlalchemy.orm import Session, sessionmaker
+
+        engine = create_engine("sqlite://")
+        async_engine = asyncio_ext.create_async_engine("sqlite+aiosqlite://")
+        makers: dict[str, Any] = {
+            "Session": lambda: Session(engine),
+            "AsyncSession": lambda: asyncio_ext.AsyncSession(async_engine),
+            "Connection": engine.connect,
+            "AsyncConnection": async_engine.connect,
+        }
+        to_close: list[Any] = []  # the sync ones; the asyncio ones were never started
+        try:
+            for name, make in makers.items():
+                mine, theirs = make(), make()
+                if not name.startswith("Async"):
+                    to_close += [mine, theirs]
+                a, b = Box(), Box()
+                a.handle, b.handle = mine, theirs  # type: ignore[attr-defined]
+                result = walk(a)
+                assert (result.visited, result.truncated) == (2, None), name
+                assert paths(result) == ["Box", "Box.handle"], name
+                assert shared(a, b) == [], name
+                b.handle = mine  # type: ignore[attr-defined]
+                assert shared(a, b) == [("Box.handle", "Box.handle")], name
+            a, b = Box(), Box()
+            a.maker = b.maker = sessionmaker(engine)  # type: ignore[attr-defined]
+            a.async_maker = b.async_maker = asyncio_ext.async_sessionmaker(async_engine)  # type: ignore[attr-defined]
+            assert shared(a, b) == []
+        finally:
+            for handle in to_close:
+                handle.close()
+            engine.dispose()
+
     def test_shareable_type(self) -> None:
         """A type declared shareable makes every instance (and subclass instance) skipped."""
 

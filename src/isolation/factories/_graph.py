@@ -14,11 +14,14 @@ Not walked (neither entered nor compared): immutable atoms (``None``, numbers,
 strings, bytes, dates, ...), types, modules, functions as such, enum members,
 ``logging.Logger``, event loops, executors and synchronisation primitives, the
 library's own ``UserContext``, ``Scope``, ``Registry``, ``SessionManager`` and
-``EventRouter``, SQLAlchemy engines and pools, instances of a class with
-``__isolation_shareable__ = True``, and anything declared with
-:func:`isolation.shareable`. Tuples, frozensets and frozen attrs or dataclass
-instances are entered but not compared themselves (they cannot change; what
-they hold can). Objects of C extension types without a ``__dict__`` (a NumPy
+``EventRouter``, SQLAlchemy engines, pools and session makers, instances of a
+class with ``__isolation_shareable__ = True``, and anything declared with
+:func:`isolation.shareable`. A SQLAlchemy session or connection (sync or
+asyncio) is a boundary: compared, so two users reaching one session are
+refused, but not entered, since what lies behind it is SQLAlchemy's own
+machinery, shared by every session by design. Tuples, frozensets and frozen
+attrs or dataclass instances are entered but not compared themselves (they
+cannot change; what they hold can). Objects of C extension types without a ``__dict__`` (a NumPy
 array, a lock) are opaque: not entered and not compared, except as the root.
 """
 
@@ -100,7 +103,7 @@ _FUNCTION: Final = 9  # defaults and closure cells entered, not compared
 _METHOD: Final = 10  # __self__ entered, not compared
 _PARTIAL: Final = 11
 _MAPPINGPROXY: Final = 12  # entered, not compared
-_MUTABLE_ATOM: Final = 13  # compared, nothing inside to enter
+_MUTABLE_ATOM: Final = 13  # compared, nothing inside to enter (or a boundary: not entered)
 _LOCAL: Final = 14  # threading.local: its __dict__ is the current thread's
 _VIEW: Final = 15  # dict views, iterators, itertools: what they iterate entered, not compared
 
@@ -211,6 +214,8 @@ _SHARED_BY_NAME: Final = frozenset(
         ("sqlalchemy.engine.base", "Engine"),
         ("sqlalchemy.ext.asyncio.engine", "AsyncEngine"),
         ("sqlalchemy.pool.base", "Pool"),
+        ("sqlalchemy.orm.session", "sessionmaker"),
+        ("sqlalchemy.ext.asyncio.session", "async_sessionmaker"),
         # The ORM's machinery, which every mapped instance reaches: its class
         # manager, mapper, declarative registry, instrumented attributes, schema
         # (MetaData, Table, Column) and the per-row InstanceState, whose class
@@ -235,8 +240,24 @@ _PYDANTIC_CLASS_METADATA: Final = frozenset(
 )
 
 
-def _shared_by_name(cls: type) -> bool:
-    return any((klass.__module__, klass.__qualname__) in _SHARED_BY_NAME for klass in cls.__mro__)
+# One user's handle into SQLAlchemy: compared (two users reaching one session
+# share its identity map and transaction), never entered. Behind it is the
+# library's machinery, every session's alike: the engine, pool, dialect,
+# mappers, event dispatch and, on the asyncio proxies, the class-level
+# `_proxy_objects` registry. Entering it reported that registry as shared and
+# ran into the walk's bounds.
+_BOUNDARY_BY_NAME: Final = frozenset(
+    {
+        ("sqlalchemy.orm.session", "Session"),
+        ("sqlalchemy.engine.base", "Connection"),
+        # AsyncSession, AsyncConnection and their transactions (AsyncEngine is shared, above).
+        ("sqlalchemy.ext.asyncio.base", "ReversibleProxy"),
+    }
+)
+
+
+def _named(cls: type, names: frozenset[tuple[str, str]]) -> bool:
+    return any((klass.__module__, klass.__qualname__) in names for klass in cls.__mro__)
 
 
 def _says_shareable(cls: type) -> bool:
@@ -315,6 +336,7 @@ class _TypeInfo:
 
 _SKIP_INFO: Final = _TypeInfo(_SKIP)
 _OPAQUE_INFO: Final = _TypeInfo(_OPAQUE)
+_BOUNDARY_INFO: Final = _TypeInfo(_MUTABLE_ATOM)  # no edges: compared, not entered
 
 
 def _slots_of(cls: type) -> tuple[tuple[str, Any], ...]:
@@ -482,10 +504,12 @@ def _classify(cls: type, *, declarations: bool = True) -> _TypeInfo:
         return _SKIP_INFO
     if _INFRA is None:
         _INFRA = _infrastructure()
-    if issubclass(cls, _INFRA) or _shared_by_name(cls):
+    if issubclass(cls, _INFRA) or _named(cls, _SHARED_BY_NAME):
         return _SKIP_INFO
     if declarations and (_shareable.is_shareable_type(cls) or _says_shareable(cls)):
         return _SKIP_INFO
+    if _named(cls, _BOUNDARY_BY_NAME):
+        return _BOUNDARY_INFO
     if cls.__module__ in ("typing", "typing_extensions") or issubclass(cls, _WEAKREF_TYPES):
         return _SKIP_INFO
     kind: int

@@ -54,7 +54,13 @@ def assert_exactly_once(
         raise AssertionError(f"the factory ran {ran} times for {scopes} scopes (expected {scopes})")
 
 
-def assert_no_shared_state(factory: Any, *, users: int = 20, threads: int = 4) -> None:
+def assert_no_shared_state(
+    factory: Any,
+    *,
+    users: int = 20,
+    threads: int = 4,
+    principals: Callable[[int], UserContext | tuple[str | None, str] | str] | None = None,
+) -> None:
     """Assert that ``factory`` gives each user instances that share no mutable state.
 
     Runs ``isolation audit`` on ``factory`` (a ``@request_scoped`` factory, a
@@ -62,12 +68,28 @@ def assert_no_shared_state(factory: Any, *, users: int = 20, threads: int = 4) -
     synthetic users with overlapping scopes, ``threads`` concurrent callers
     each, the full shared-state walk, exactly-once and ownership checks.
 
+    Args:
+        factory: What to audit.
+        users: Synthetic users, all with live scopes at once (at least 2).
+        threads: Concurrent callers in each scope.
+        principals: Makes synthetic user ``i`` (called with 0, 1, ...): a
+            ``UserContext``, a ``(tenant_id or None, user_id)`` pair or a user
+            id. By default, UUID strings in two tenants; pass one for a
+            factory that parses ids another way (``lambda i: str(i + 1)``).
+
     Raises:
         AssertionError: Listing every violation, with the attribute paths.
+        ConfigurationError: ``principals`` raised, returned something else,
+            an invalid id, or one principal for two users.
     """
-    from isolation._audit import audit
+    from isolation._audit import audit, default_principal
 
-    report = audit(factory, users=users, threads=threads)
+    report = audit(
+        factory,
+        users=users,
+        threads=threads,
+        principals=default_principal if principals is None else principals,
+    )
     if report.violations:
         lines = [f"{f.name}: {v.kind}: {v.message}" for f in report.factories for v in f.violations]
         raise AssertionError(

@@ -22,7 +22,7 @@ from sqlalchemy import String, create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool
 
 __all__ = [
     "Base",
@@ -53,6 +53,10 @@ class Note(Base):
 
 def sqlite_engine(path: str, **engine_kw: Any) -> AsyncEngine:
     """An aiosqlite engine on the file ``path``: WAL, busy timeout, real BEGIN and SAVEPOINT."""
+    if ("pool_size" in engine_kw or "max_overflow" in engine_kw) and "poolclass" not in engine_kw:
+        # A sized pool on every SQLAlchemy 2.0 release (before 2.0.38, aiosqlite's default
+        # for a file was NullPool, which takes no size).
+        engine_kw["poolclass"] = AsyncAdaptedQueuePool
     engine = create_async_engine(f"sqlite+aiosqlite:///{path}", **engine_kw)
 
     @event.listens_for(engine.sync_engine, "connect")

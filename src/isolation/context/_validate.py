@@ -33,6 +33,7 @@ __all__ = [
     "MAX_ROLES",
     "check_attributes",
     "check_principal",
+    "owner_refusal",
     "owner_value",
     "check_roles",
     "check_text",
@@ -123,6 +124,11 @@ def check_principal(user_id: Any, tenant_id: Any = None) -> tuple[str | None, st
         None if tenant_id is None else check_text("tenant_id", tenant_id),
         check_text("user_id", user_id),
     )
+
+
+def owner_refusal(field: str, rule: str, value: object) -> InvalidContextError:
+    """The refusal of an id that does not fit an owner column (``rule`` says why)."""
+    return _refuse(field, rule, value)
 
 
 def owner_value(field: str, value: str, python_type: type) -> object:

@@ -9,5 +9,6 @@ principal. Row-level security on PostgreSQL lives in
 
 from isolation.sessions._manager import SessionManager as SessionManager
 from isolation.sessions._manager import SessionStats as SessionStats
+from isolation.sessions._tenancy import OwnerColumn as OwnerColumn
 
-__all__ = ["SessionManager", "SessionStats"]
+__all__ = ["OwnerColumn", "SessionManager", "SessionStats"]

@@ -34,17 +34,26 @@ The ORM line of defence works on any database. For every protected model:
   has a ``tenant_id`` (alice of one tenant would read alice of another), and a
   model with a ``tenant_column`` is refused under a context without one.
 
-Raw ``text()`` SQL and Core statements on the bare ``Table`` are not rewritten
-(documented limits: use row-level security on PostgreSQL); ORM bulk
-``insert()`` is refused.
+* every statement is checked as it would be rendered (:mod:`._coverage`): a
+  SELECT in it that reads a protected table without the criteria gets them, or
+  the statement is refused with :class:`~isolation.UsageError`; so is a Core
+  UPDATE or DELETE of a protected table;
+* owner columns hold ``str``, ``int`` or ``uuid.UUID`` values, or any type
+  given with an :class:`OwnerColumn` converter: the context's ids are converted
+  once per session for the criteria, stamps and comparisons.
+
+Raw ``text()`` SQL is not rewritten (documented limit: use row-level security
+on PostgreSQL); ORM bulk ``insert()`` is refused.
 """
 
 from __future__ import annotations
 
+import uuid
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final, Protocol, final
 
+import attrs
 from sqlalchemy import bindparam, event, inspect, select, tuple_
 from sqlalchemy.orm import (
     ColumnProperty,
@@ -59,6 +68,7 @@ from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql.elements import BindParameter, ClauseElement
 from sqlalchemy.sql.selectable import Alias, Join, TableClause
 from sqlalchemy.sql.util import find_tables
+from sqlalchemy.types import TypeDecorator
 
 from isolation._errors import (
     ConfigurationError,
@@ -69,9 +79,10 @@ from isolation._errors import (
 )
 from isolation._redact import redact, redact_principal
 from isolation.context import _scope
-from isolation.context._validate import owner_value
+from isolation.context._validate import owner_refusal, owner_value
+from isolation.sessions._coverage import Coverage, Guard
 
-__all__ = ["Rule", "Tenancy", "TenantSession"]
+__all__ = ["OwnerColumn", "Rule", "Tenancy", "TenantSession"]
 
 Principal = tuple[str | None, str]
 
@@ -104,13 +115,57 @@ def _bound_tenant_id() -> str | None:
     return scope._ctx.tenant_id
 
 
-def _python_type(model: type[Any], key: str) -> type:
-    """The Python type of an owner column: ``int`` and ``uuid.UUID`` convert ids."""
+def _python_type(model: type[Any], key: str) -> type | None:
+    """The Python type of an owner column's values, or ``None`` when its type does not say."""
     try:
-        python_type = inspect(model).columns[key].type.python_type
+        column_type = inspect(model).columns[key].type
+        python_type = column_type.python_type
+        # A TypeDecorator that does not say (SQLModel's AutoString says object): its impl's.
+        while python_type is object and isinstance(column_type, TypeDecorator):
+            column_type = column_type.impl_instance
+            python_type = column_type.python_type
     except (KeyError, NotImplementedError):
-        return str
-    return python_type if isinstance(python_type, type) else str
+        return None
+    return python_type if isinstance(python_type, type) and python_type is not object else None
+
+
+def _type_name(kind: type) -> str:
+    module = kind.__module__
+    return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+
+
+def _column_text(model: type[Any], key: str, python_type: type | None) -> str:
+    """``Item.owner_id (Uuid, values uuid.UUID)``: the owner column as messages name it."""
+    column_type = getattr(inspect(model).attrs[key].columns[0], "type", None)
+    held = "" if python_type is None else f", values {_type_name(python_type)}"
+    return f"{model.__name__}.{key} ({type(column_type).__name__}{held})"
+
+
+Converter = Callable[[str], object]
+
+
+@final
+@attrs.frozen
+class OwnerColumn:
+    """An owner column given to :meth:`SessionManager.protect` with its ``converter``.
+
+    ``converter`` turns the bound context's id (a ``str``) into the value the
+    column holds, for a column type whose values are neither ``str``, ``int``
+    nor ``uuid.UUID`` (those three are converted without one). It must map one
+    id to one value and back (``"7"`` and ``"07"`` must not both give ``7``):
+    two ids of the application would otherwise be one owner in the database.
+    An id it refuses (any exception) or converts to a value of another type
+    than the column's is refused with :class:`~isolation.InvalidContextError`.
+    """
+
+    column: object
+    converter: Converter = attrs.field(validator=attrs.validators.is_callable())
+
+
+def _owner_key(model: type[Any], given: object, parameter: str) -> tuple[str, Converter | None]:
+    if isinstance(given, OwnerColumn):
+        return _column_key(model, given.column, parameter), given.converter
+    return _column_key(model, given, parameter), None
 
 
 def _folding(model: type[Any], key: str) -> str | None:
@@ -155,17 +210,10 @@ def _column_key(model: type[Any], column: object, parameter: str) -> str:
 
 
 def _shown(value: object) -> str:
-    return repr(redact(value)) if isinstance(value, str) else repr(value)
-
-
-def _foreign(
-    model: type[Any], verb: str, principal: Principal, key: str, value: object
-) -> CrossContextAccessError:
-    return CrossContextAccessError(
-        f"refused to {verb} a {model.__name__} row with {key}={_shown(value)} under the "
-        f"context of {redact_principal(principal)}",
-        hint="A user may only read and write rows it owns; the owner columns are stamped for you",
-    )
+    """A value for a message, its type visible (``UUID('...')`` is not ``'...'``), redacted."""
+    if isinstance(value, str) or value is None:
+        return repr(redact(value)) if isinstance(value, str) else "None"
+    return f"{type(value).__name__}({redact(str(value))!r})"
 
 
 @final
@@ -173,22 +221,29 @@ class Rule:
     """The owner columns of one protected model."""
 
     __slots__ = (
+        "bound",
         "columns",
+        "converters",
         "criteria",
         "last",
+        "lenient",
         "model",
         "names",
         "options",
         "owners",
         "pk_keys",
         "tenant_key",
-        "tenant_type",
         "typed",
         "user_key",
-        "user_type",
     )
 
-    def __init__(self, model: type[Any], user_key: str | None, tenant_key: str | None) -> None:
+    def __init__(
+        self,
+        model: type[Any],
+        user_key: str | None,
+        tenant_key: str | None,
+        converters: dict[str, Converter] | None = None,
+    ) -> None:
         self.model = model
         self.user_key = user_key
         self.tenant_key = tenant_key
@@ -200,11 +255,24 @@ class Rule:
                     f"loosely ({folding}), so two principals could be one owner",
                     hint="Give owner columns a binary collation (the type's default)",
                 )
-        # Ids reach a typed owner column only in that type's canonical text
-        # (owner_value): "123" and "0123" must not be one owner to the database.
-        self.user_type = str if user_key is None else _python_type(model, user_key)
-        self.tenant_type = str if tenant_key is None else _python_type(model, tenant_key)
-        self.typed = self.user_type is not str or self.tenant_type is not str
+        given = converters or {}
+        # Per owner index (0 tenant, 1 user): how the context's id becomes the
+        # column's value (None: the id as it is), and the int or UUID type whose
+        # canonical text a str given for the column may be (owner_value): "123"
+        # and "0123" must not be one owner to the database.
+        converted: list[Converter | None] = []
+        lenient: list[type | None] = []
+        for field, key in (("tenant_id", tenant_key), ("user_id", user_key)):
+            python_type = None if key is None else _python_type(model, key)
+            custom = None if key is None else given.get(key)
+            converted.append(
+                None if key is None else self._converter(field, key, python_type, custom)
+            )
+            builtin = custom is None and python_type in (int, uuid.UUID)
+            lenient.append(python_type if builtin else None)
+        self.converters = (converted[0], converted[1])
+        self.lenient = (lenient[0], lenient[1])
+        self.typed = any(c is not None for c in self.converters)
         self.last: tuple[Principal, tuple[object, object]] | None = None
         mapper: Mapper[Any] = inspect(model)
         # (attribute key, index in the principal) of each owner column.
@@ -235,14 +303,21 @@ class Rule:
         )
         clauses = []
         name = model.__name__.lower()
+        # The callables of the criteria's parameters, per attribute key: what the
+        # coverage check recognises the criteria by in a compiled statement.
+        self.bound: dict[str, Callable[[], object]] = {}
         if user_key is not None:
-            bound_user: Any = _bound_user_id if self.user_type is str else self._bound_user
+            bound_user: Any = _bound_user_id if self.converters[1] is None else self._bound_user
+            self.bound[user_key] = bound_user
             clauses.append(
                 getattr(model, user_key)
                 == bindparam(f"isolation_{name}_user", callable_=bound_user, unique=True)
             )
         if tenant_key is not None:
-            bound_tenant: Any = _bound_tenant_id if self.tenant_type is str else self._bound_tenant
+            bound_tenant: Any = (
+                _bound_tenant_id if self.converters[0] is None else self._bound_tenant
+            )
+            self.bound[tenant_key] = bound_tenant
             clauses.append(
                 getattr(model, tenant_key)
                 == bindparam(f"isolation_{name}_tenant", callable_=bound_tenant, unique=True)
@@ -251,18 +326,75 @@ class Rule:
         self.criteria = criteria
         self.options = with_loader_criteria(model, criteria, include_aliases=True)
 
+    def _converter(
+        self, field: str, key: str, python_type: type | None, custom: Converter | None
+    ) -> Converter | None:
+        """How an id becomes the value of the owner column ``key`` (``None``: as it is).
+
+        A refusal (:class:`~isolation.InvalidContextError`) names the column, its type
+        and the id's; a converter's own exception is not chained (it may quote the id).
+        """
+        column = _column_text(self.model, key, python_type)
+        if custom is not None:
+            described = getattr(custom, "__qualname__", type(custom).__name__)
+
+            def convert(value: str) -> object:
+                try:
+                    result = custom(value)
+                except Exception as exc:
+                    raise owner_refusal(
+                        field,
+                        f"cannot be converted for the owner column {column}: the converter "
+                        f"{described} raised {type(exc).__name__} on this str",
+                        value,
+                    ) from None
+                if python_type is not None and not isinstance(result, python_type):
+                    raise owner_refusal(
+                        field,
+                        f"was converted by {described} to a {_type_name(type(result))}, but "
+                        f"the owner column {column} holds {_type_name(python_type)}",
+                        value,
+                    )
+                return result
+
+            return convert
+        if python_type is None or python_type is str:
+            return None
+        if python_type not in (int, uuid.UUID):
+            raise ConfigurationError(
+                f"protect({self.model.__name__}): the owner column {column} holds "
+                f"{_type_name(python_type)} values, and a context's id is a str",
+                hint=f"Give it as OwnerColumn({key!r}, converter=...) to say how an id converts",
+            )
+        kind: type = python_type
+
+        def builtin(value: str) -> object:
+            try:
+                return owner_value(field, value, kind)
+            except InvalidContextError as exc:
+                raise owner_refusal(
+                    field, f"{exc.rule}; the owner column is {column}, the id a str", value
+                ) from None
+
+        return builtin
+
     def _bound_user(self) -> object:
-        return owner_value("user_id", _bound_user_id(), self.user_type)
+        convert = self.converters[1]
+        assert convert is not None
+        return convert(_bound_user_id())
 
     def _bound_tenant(self) -> object:
         tenant = _bound_tenant_id()
-        return None if tenant is None else owner_value("tenant_id", tenant, self.tenant_type)
+        convert = self.converters[0]
+        assert convert is not None
+        return None if tenant is None else convert(tenant)
 
     def values_of(self, principal: Principal) -> tuple[object, object]:
         """``(tenant, user)`` of ``principal`` as the owner columns hold them.
 
         Raises:
-            InvalidContextError: An id is not its typed column's canonical text.
+            InvalidContextError: An id cannot be its owner column's value (not the
+                canonical text of an int or UUID column, refused by a converter).
         """
         if not self.typed:
             return principal
@@ -272,27 +404,61 @@ class Rule:
         if last is not None and last[0] is principal:
             return last[1]
         tenant_id, user_id = principal
-        user = owner_value("user_id", user_id, self.user_type)
-        tenant = (
-            None if tenant_id is None else owner_value("tenant_id", tenant_id, self.tenant_type)
-        )
+        to_tenant, to_user = self.converters
+        user = user_id if to_user is None else to_user(user_id)
+        tenant = tenant_id if tenant_id is None or to_tenant is None else to_tenant(tenant_id)
         self.last = (principal, (tenant, user))
         return tenant, user
 
     def owns(self, index: int, value: object, mine: object) -> bool:
         """Whether ``value``, given for owner column ``index`` (0 tenant, 1 user), is the
         principal's ``mine``: a ``str`` for an int or UUID column counts when it is the
-        canonical text of ``mine`` (what ``current_context()`` holds), no other spelling.
+        canonical text of ``mine`` (what ``current_context()`` holds), no other spelling;
+        a column with a converter takes its own values only.
         """
         if value == mine:
             return True
-        kind = self.user_type if index else self.tenant_type
-        if kind is str or not isinstance(value, str):
+        kind = self.lenient[index]
+        if kind is None or not isinstance(value, str):
             return False
         try:
             return owner_value("user_id" if index else "tenant_id", value, kind) == mine
         except InvalidContextError:
             return False
+
+    def foreign(
+        self, verb: str, principal: Principal, key: str, value: object
+    ) -> CrossContextAccessError:
+        """The refusal of ``value`` for the owner column ``key``, both values' types shown."""
+        index = 0 if key == self.tenant_key else 1
+        try:
+            mine = _shown(self.values_of(principal)[index])
+        except InvalidContextError:
+            mine = "not convertible to it"
+        return CrossContextAccessError(
+            f"refused to {verb} a {self.model.__name__} row with {key}={_shown(value)} under "
+            f"the context of {redact_principal(principal)}, whose {key} is {mine}",
+            hint="A user may only read and write rows it owns; the owner columns are stamped "
+            "for you",
+        )
+
+    def guards(self) -> list[Guard]:
+        """What filters a read of each table holding owner columns (the coverage check)."""
+        mapper: Mapper[Any] = inspect(self.model)
+        wanted: dict[Any, dict[str, list[Callable[[], object]]]] = {}
+        for key, _ in self.owners:
+            prop = mapper.attrs[key]
+            assert isinstance(prop, ColumnProperty)
+            for column in prop.columns:
+                table = getattr(column, "table", None)
+                name = getattr(column, "name", None)
+                if isinstance(table, TableClause) and isinstance(name, str):
+                    wanted.setdefault(table, {}).setdefault(name, []).append(self.bound[key])
+        alone = len(wanted) == 1
+        return [
+            Guard(self, table, names, self.criteria if alone else None)
+            for table, names in wanted.items()
+        ]
 
     def refusal(self, principal: Principal) -> Exception | None:
         """Why this rule cannot serve ``principal`` at all, or ``None``."""
@@ -353,7 +519,7 @@ class Rule:
             index = 0 if key == self.tenant_key else 1
             value = values[name]
             if value is None or not self.owns(index, value, owned[index]):
-                raise _foreign(self.model, verb, principal, key, value)
+                raise self.foreign(verb, principal, key, value)
 
     def identity(self, values: Any) -> tuple[Any, ...]:
         """The primary key in a bulk mapping, for the ownership query."""
@@ -445,7 +611,7 @@ def _check_loaded(state: InstanceState[Any], context: Any, attrs: Iterable[str] 
             )
         if value != owned[index]:
             _drop(state, context)
-            raise _foreign(rule.model, "load", principal, key, value)
+            raise rule.foreign("load", principal, key, value)
     if _uncovered_load(context):
         # No criteria reached this row: its owner column may be forged ("SELECT id,
         # 'alice' AS owner ..."), so a flush of the object checks its row first.
@@ -537,6 +703,7 @@ class Tenancy:
         "any_tenant",
         "any_typed",
         "any_user_only",
+        "coverage",
         "options",
         "rules",
         "tables",
@@ -553,22 +720,30 @@ class Tenancy:
         self._lookup: dict[type[Any], Rule | None] = {}
         self.options: tuple[Any, ...] = ()
         self.tables: set[Any] = set()
+        self.coverage = Coverage(())
 
     def protect(
         self, model: type[Any], user_column: object | None, tenant_column: object | None
     ) -> Rule:
-        """Add (or replace) the rule of ``model``."""
+        """Add (or replace) the rule of ``model``; a column may be an :class:`OwnerColumn`."""
         if user_column is None and tenant_column is None:
             raise ConfigurationError(
                 f"protect({getattr(model, '__name__', model)!r}) needs user_column=, "
                 "tenant_column= or both"
             )
-        user_key = None if user_column is None else _column_key(model, user_column, "user_column")
-        tenant_key = (
-            None if tenant_column is None else _column_key(model, tenant_column, "tenant_column")
-        )
-        rule = Rule(model, user_key, tenant_key)
+        converters: dict[str, Converter] = {}
+        keys: list[str | None] = []
+        for given, parameter in ((user_column, "user_column"), (tenant_column, "tenant_column")):
+            if given is None:
+                keys.append(None)
+                continue
+            key, converter = _owner_key(model, given, parameter)
+            keys.append(key)
+            if converter is not None:
+                converters[key] = converter
+        rule = Rule(model, keys[0], keys[1], converters)
         self.rules[model] = rule
+        self.coverage = Coverage(guard for r in self.rules.values() for guard in r.guards())
         self._lookup.clear()
         self.options = tuple(r.options for r in self.rules.values())
         self.any_user_only = any(r.tenant_key is None for r in self.rules.values())
@@ -633,6 +808,7 @@ class Tenancy:
             elif _uncovered(state.statement):
                 state.update_execution_options(**{_UNCOVERED: True})
             state.statement = state.statement.options(*self.options)
+            self._check_covered(state, principal)
         elif state.is_insert:
             table = getattr(state.statement, "table", None)
             if table is not None and table in self.tables:
@@ -647,6 +823,47 @@ class Tenancy:
             # checked as they load, and their objects in the database before a flush.
             self._refuse_principal(state, principal)
             state.update_execution_options(**{_UNCOVERED: True})
+            self._check_covered(state, principal)
+
+    def _check_covered(self, state: ORMExecuteState, principal: Principal) -> None:
+        """Refuse a statement that would read a protected table without the criteria
+        (see :mod:`._coverage`), or a Core UPDATE or DELETE of one; then refuse the
+        principal to the rules of the tables it reads (a model named only inside
+        ``exists()`` is not among the statement's mappers)."""
+        statement: Any = state.statement
+        if (state.is_update or state.is_delete) and not state.is_orm_statement:
+            target = getattr(statement, "table", None)
+            if target is not None and target._deannotate() in self.tables:
+                raise UsageError(
+                    f"a Core {'UPDATE' if state.is_update else 'DELETE'} of the protected "
+                    f"table {target.name!r} gets no owner criteria, so protect() refuses it",
+                    hint="Write it on the mapped class (update(Model)), or use row-level "
+                    "security for Core and raw SQL",
+                )
+        dialect = state.session.get_bind(mapper=state.bind_mapper).dialect
+        unfiltered, rules = self.coverage.verdict(statement, dialect)
+        if unfiltered is not None:
+            repaired = self.coverage.repaired(statement)
+            if repaired is not None:
+                unfiltered, rules = self.coverage.verdict(repaired, dialect)
+                if unfiltered is None:
+                    state.statement = repaired
+        if unfiltered is not None:
+            raise UsageError(
+                f"this statement reads {unfiltered} where protect() cannot apply the owner "
+                "criteria (a bare Table or table(), a FULL OUTER JOIN, the preserved side of "
+                "an outer join, or a subquery this SQLAlchemy version leaves unfiltered), so "
+                "it is refused",
+                hint="Name the mapped class (select(Model), Model.column, select_from(Model)); "
+                "for raw SQL and Core, use row-level security",
+            )
+        if self.any_typed or (self.any_tenant if principal[0] is None else self.any_user_only):
+            for found in rules:
+                assert isinstance(found, Rule)
+                refused = found.refusal(principal)
+                if refused is not None:
+                    raise refused
+                found.values_of(principal)
 
     def _refuse_principal(self, state: ORMExecuteState, principal: Principal) -> None:
         """Refuse a principal that a rule of a model the statement touches cannot serve."""
@@ -675,15 +892,15 @@ class Tenancy:
                     if isinstance(value, ClauseElement):
                         found += find_tables(value, check_columns=True)
         read = [table for table in found if table in self.tables]
-        if not read:
-            return
-        for rule in self.rules.values():
-            if any(table in read for table in inspect(rule.model).tables):
-                refused = rule.refusal(principal)
-                if refused is not None:
-                    raise refused
-                rule.values_of(principal)
-        state.statement = statement.options(*self.options)
+        if read:
+            for rule in self.rules.values():
+                if any(table in read for table in inspect(rule.model).tables):
+                    refused = rule.refusal(principal)
+                    if refused is not None:
+                        raise refused
+                    rule.values_of(principal)
+            state.statement = statement.options(*self.options)
+            self._check_covered(state, principal)
 
     def _check_parent(self, parent: InstanceState[Any], principal: Principal) -> None:
         rule = self.rule_for(parent.class_)
@@ -693,7 +910,7 @@ class Tenancy:
         owned = rule.values_of(principal)
         for key, index in rule.owners:
             if key in loaded and not rule.owns(index, loaded[key], owned[index]):
-                raise _foreign(rule.model, "load the relationships of", principal, key, loaded[key])
+                raise rule.foreign("load the relationships of", principal, key, loaded[key])
 
     def _check_write(self, state: ORMExecuteState, principal: Principal) -> None:
         """An ORM update/delete: owner columns set only to the principal's values, and the
@@ -723,13 +940,13 @@ class Tenancy:
                 continue
             index = 0 if key == rule.tenant_key else 1
             if not isinstance(value, BindParameter) or value.callable is not None:
-                raise _foreign(rule.model, "set the owner of", principal, key, "<SQL expression>")
+                raise rule.foreign("set the owner of", principal, key, "<SQL expression>")
             # An execute parameter named like the bind replaces its value
             # (values(owner=bindparam("o", mine)) run with {"o": other}).
             given = sum(1 for mapping in many if value.key in mapping)
             default_used = given < len(many) or not many
             if default_used and not rule.owns(index, value.value, owned[index]):
-                raise _foreign(rule.model, "set the owner of", principal, key, value.value)
+                raise rule.foreign("set the owner of", principal, key, value.value)
             if given and value.key not in names:
                 names = {**names, value.key: key}
         if state.execution_options.get("dml_strategy") == "core_only":
@@ -760,7 +977,7 @@ class Tenancy:
                 if value is None:
                     setattr(obj, key, mine)
                 elif not rule.owns(0 if key == rule.tenant_key else 1, value, mine):
-                    raise _foreign(rule.model, "insert", principal, key, value)
+                    raise rule.foreign("insert", principal, key, value)
         for collection, verb in ((session.dirty, "update"), (session.deleted, "delete")):
             unverified: dict[Rule, list[tuple[Any, ...]]] = {}
             states: list[InstanceState[Any]] = []
@@ -773,8 +990,7 @@ class Tenancy:
                     owner = rule.owner_of(obj, committed=committed)
                     for key, index in rule.owners:
                         if not rule.owns(index, owner[index], owned[index]):
-                            raise _foreign(
-                                rule.model,
+                            raise rule.foreign(
                                 verb if committed else "change the owner of",
                                 principal,
                                 key,
@@ -807,7 +1023,7 @@ class Tenancy:
                     if value is None:
                         setattr(obj, key, owned[index])
                     elif not rule.owns(index, value, owned[index]):
-                        raise _foreign(rule.model, "insert", principal, key, value)
+                        raise rule.foreign("insert", principal, key, value)
                 continue
             for key, index in rule.owners:
                 if key not in state.dict:
@@ -815,7 +1031,7 @@ class Tenancy:
                 history = state.attrs[key].history
                 for value in (*history.deleted, state.dict[key]):
                     if not rule.owns(index, value, owned[index]):
-                        raise _foreign(rule.model, "update", principal, key, value)
+                        raise rule.foreign("update", principal, key, value)
             if state.session_id != session.hash_key or state.info.get(_UNVERIFIED):
                 unverified.setdefault(rule, []).append(state.key[1])
         for rule, identities in unverified.items():
@@ -901,3 +1117,5 @@ class TenantSession(Session):
 
 
 event.listen(TenantSession, "detached_to_persistent", _on_attach)
+
+OwnerColumn.__module__ = "isolation.sessions"

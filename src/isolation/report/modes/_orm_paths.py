@@ -10,7 +10,9 @@ relationship loads from loaded, merged and forged parents, ``refresh``,
 detached objects, ORM ``update``/``delete`` (by criteria and in bulk by primary
 key, the owner through a named bind), ``insert``, ``insert().from_select()``
 into an unprotected table, ``from_statement()`` loads and their flushes, the
-legacy bulk methods, ``merge`` and flushes. Afterwards
+legacy bulk methods, ``merge`` and flushes, and the boolean oracle of reads
+(``exists()``, ``any()``, counts, scalar subqueries, a bare ``Table``, a CTE
+over a union). Afterwards
 every value the operation returned must be the principal's, and the database
 must hold exactly what a reference model says: the operation's effect on the
 principal's own rows if it succeeded, nothing if it was refused.
@@ -28,7 +30,21 @@ from pathlib import Path
 from typing import Any, Final
 
 import attrs
-from sqlalchemy import ForeignKey, String, bindparam, delete, insert, select, text, update
+from sqlalchemy import (
+    ForeignKey,
+    String,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+    union_all,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import (
     DeclarativeBase,
@@ -383,6 +399,33 @@ async def _aliased_text_forged(s: Any, c: _Call) -> list[str]:
     return []
 
 
+async def _oracle(s: Any, c: _Call) -> list[str]:
+    # The boolean oracle (issue 17): "does a row with this id start with the other's
+    # name?", asked through one statement shape per variant. Bodies start with their
+    # owner's name, so any yes (or a body it returns) reads the other's row.
+    hit = (Item.id == c.item_id, Item.body.startswith(c.other))
+    table = Item.__table__
+    shape = c.op.variant % 7
+    if shape == 0:
+        stmt: Any = select(exists().where(*hit))
+    elif shape == 1:
+        stmt = select(func.count()).where(and_(*hit))
+    elif shape == 2:
+        stmt = select(Folder.id).where(Folder.items_select.any(and_(*hit)))
+    elif shape == 3:
+        stmt = select(literal(1)).where(exists().where(*hit))
+    elif shape == 4:
+        stmt = select(select(Item.body).where(*hit).scalar_subquery())
+    elif shape == 5:
+        stmt = select(table.c.body).where(table.c.id == c.item_id)
+    else:
+        bodies = union_all(select(Item.body), select(Item.body).where(Item.id < 0)).cte()
+        stmt = select(bodies.c.body).where(bodies.c.body.startswith(c.other))
+    answers = (await s.execute(stmt)).scalars().all()
+    found = [a for a in answers if a is not None and a is not False and a != 0]
+    return [a if isinstance(a, str) else f"{c.other}'s row exists ({a!r})" for a in found]
+
+
 async def _insert_from_select(s: Any, c: _Call) -> list[str]:
     # An ORM insert into an unprotected table reading items: from_select, a scalar
     # subquery, multi-row values, a union with an alias. What it copied is returned
@@ -602,6 +645,7 @@ OPS: Final[dict[str, tuple[Runner, Effect]]] = {
     "from_text_forged": (_from_text_forged, _set_body),
     "aliased_text_forged": (_aliased_text_forged, _set_body),
     "insert_from_select": (_insert_from_select, _none),
+    "oracle": (_oracle, _none),
     "update_where": (_update_where, _set_body),
     "update_all": (_update_all, _set_all_bodies),
     "bulk_pk": (_bulk_pk, _set_body),
@@ -629,9 +673,10 @@ OPS: Final[dict[str, tuple[Runner, Effect]]] = {
 
 
 def attacks() -> list[list[Op]]:
-    """The shapes of issue 16's findings 1 to 3 and of the session review (a named
-    bind of the owner, insert from select, from_statement), each as alice against
-    bob's rows."""
+    """The shapes of issue 16's findings 1 to 3, of the session review (a named bind
+    of the owner, insert from select, from_statement) and of issue 17's boolean
+    oracle (exists(), any(), a count, a scalar subquery, a bare Table, a CTE), each
+    as alice against bob's rows."""
     bob_item = next(n for n, i in enumerate(SEED_ITEMS) if i[1] == "bob")
     alice_item = next(n for n, i in enumerate(SEED_ITEMS) if i[1] == "alice")
     bob_folder = next(n for n, f in enumerate(SEED_FOLDERS) if f[1] == "bob")
@@ -657,6 +702,7 @@ def attacks() -> list[list[Op]]:
         ("from_text_no_owner", 0),
         ("from_text_forged", 0),
         ("aliased_text_forged", 0),
+        *(("oracle", variant) for variant in range(7)),
     ]
     return [[Op(kind, 0, bob_item, bob_folder, variant)] for kind, variant in shapes] + [
         [Op("owner_bind", 0, alice_item, bob_folder, 1)]

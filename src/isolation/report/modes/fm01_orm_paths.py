@@ -10,8 +10,10 @@ replays the shapes of the findings (ORM bulk UPDATE by primary key,
 ``load=False``, ``refresh()`` and attribute loads of forged objects, flushes of
 forged objects) and of the session review (the owner set through a named
 bind, ``insert().from_select()`` into an unprotected table, ``from_statement()``
-rows without the owner column or with a forged one then flushed), then
-operation sequences Hypothesis draws over the ORM
+rows without the owner column or with a forged one then flushed) and of
+issue 17's boolean oracle (``exists()``, ``any()``, a count, a scalar subquery,
+a bare ``Table``, a CTE over a union, each asking whether the other's row
+starts with its name), then operation sequences Hypothesis draws over the ORM
 surface, as two principals on each other's rows. Properties: no value of the
 other principal is returned, and after every operation the database holds
 exactly what the reference model allows (the effect on the principal's own
@@ -20,7 +22,9 @@ rows if the operation succeeded, nothing if it was refused).
 Mutant: ``protect()`` as it was before issue 16 (the SQLAlchemy recipe):
 criteria on top-level ORM statements only, relationship and column loads
 trusted to carry their parent's, new rows stamped on flush, no checks on
-bulk writes by primary key or the legacy bulk methods.
+bulk writes by primary key or the legacy bulk methods, no check of what a
+statement renders (the oracle through a count of ``and_()`` criteria or a bare
+``Table`` reads the other's row; on SQLAlchemy 2.0, ``exists()`` too).
 """
 
 from __future__ import annotations
@@ -140,7 +144,7 @@ def register(registry: ModeRegistry) -> None:
         description=(
             "bulk writes by primary key, legacy bulk methods, owner mass assignment, "
             "relationship loads of merged parents, refresh and forged objects, insert from "
-            "select, from_statement loads: "
+            "select, from_statement loads, the exists()/count/bare-Table boolean oracle: "
             "nothing of another principal read or written"
         ),
     )

@@ -458,7 +458,8 @@ class TestSignedBinding:
         async with isolation.scope(ALICE_T1), manager.session() as s:
             s.add(StampedNote(body="orm"))
             await s.execute(text("INSERT INTO isolation_notes (body) VALUES ('raw')"))
-        assert await read_as(manager, ALICE_T1) == [
+        # Sorted: whether text() flushes the ORM row first differs between SQLAlchemy 2.0 and 2.1.
+        assert sorted(await read_as(manager, ALICE_T1)) == [
             ("t1", "alice", "orm"),
             ("t1", "alice", "raw"),
         ]

@@ -12,7 +12,7 @@ import itertools
 import threading
 from collections.abc import Callable
 
-__all__ = ["Counter", "open_resources", "register_gauge"]
+__all__ = ["Counter", "counted", "open_resources", "register_gauge"]
 
 _gauges: dict[str, Callable[[], int]] = {}
 _lock = threading.Lock()
@@ -45,3 +45,8 @@ def open_resources() -> dict[str, int]:
     with _lock:
         gauges = dict(_gauges)
     return {name: gauge() for name, gauge in sorted(gauges.items())}
+
+
+def counted(count: int, name: str) -> str:
+    """``"1 scope"``, ``"2 scopes"``: a gauge's count with its (plural) name."""
+    return f"{count} {name[:-1] if count == 1 and name.endswith('s') else name}"

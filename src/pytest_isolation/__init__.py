@@ -58,7 +58,7 @@ def pytest_runtest_teardown(
     before = item.stash.get(_STASH, None)
     if before is None:
         return result
-    from isolation._counters import open_resources
+    from isolation._counters import counted, open_resources
 
     after = open_resources()
     left = {
@@ -67,7 +67,7 @@ def pytest_runtest_teardown(
         if after[name] > before.get(name, 0)
     }
     if left:
-        listed = ", ".join(f"{count} {name}" for name, count in sorted(left.items()))
+        listed = ", ".join(counted(count, name) for name, count in sorted(left.items()))
         pytest.fail(f"--isolation-strict: this test left open {listed}", pytrace=False)
     return result
 

@@ -45,7 +45,7 @@ def test_strict_fails_a_test_that_leaves_a_scope_open(pytester: pytest.Pytester)
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--isolation-strict")
     result.assert_outcomes(passed=2, errors=1)
-    result.stdout.fnmatch_lines(["*left open 1 scopes*"])
+    result.stdout.fnmatch_lines(["*left open 1 scope"])
 
 
 def test_strict_off_by_default(pytester: pytest.Pytester) -> None:
@@ -132,7 +132,7 @@ def test_strict_counts_router_connections(pytester: pytest.Pytester) -> None:
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--isolation-strict")
     result.assert_outcomes(passed=2, errors=1)
-    result.stdout.fnmatch_lines(["*left open 1 connections*"])
+    result.stdout.fnmatch_lines(["*left open 1 connection"])
 
 
 def test_open_resources_names_every_part() -> None:

@@ -35,7 +35,7 @@ import anyio
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, invariant, multiple, precondition, rule
 
-from isolation._counters import open_resources
+from isolation._counters import counted, open_resources
 from isolation._errors import (
     ConnectionClosedError,
     ConnectionLimitError,
@@ -85,7 +85,7 @@ def _fail(machine: Any, text: str, cause: BaseException | None = None) -> NoRetu
 
 def _drifted(before: dict[str, int], after: dict[str, int]) -> list[str]:
     return [
-        f"{after[name] - before.get(name, 0)} {name} left open"
+        f"{counted(after[name] - before.get(name, 0), name)} left open"
         for name in sorted(after)
         if after[name] > before.get(name, 0)
     ]

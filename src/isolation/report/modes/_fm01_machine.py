@@ -39,7 +39,7 @@ from hypothesis.stateful import (
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from isolation._counters import open_resources
+from isolation._counters import counted, open_resources
 from isolation.context._model import Principal, UserContext
 from isolation.context._scope import Scope
 from isolation.report.modes._sessions import (
@@ -412,7 +412,9 @@ class SessionMachine(AsyncRuleBasedStateMachine):
                     await aclose()
             for name, count in open_resources().items():
                 if count > self._baseline.get(name, 0):
-                    self._violation(f"{count - self._baseline.get(name, 0)} {name} left open")
+                    self._violation(
+                        f"{counted(count - self._baseline.get(name, 0), name)} left open"
+                    )
         finally:
             self._db_exit.set()
             if self._db is not None:

@@ -1587,7 +1587,8 @@ class SessionManager:
         self, principal: Principal, held: int, waited: float
     ) -> PoolExhaustedError:
         admission = self._admission
-        if held >= admission.per_principal:
+        per_user = held >= admission.per_principal
+        if per_user:
             which = f"it holds {held} sessions, its per-user limit of {admission.per_principal}"
         else:
             which = f"all {admission.capacity} connections of the pool are in use"
@@ -1598,6 +1599,11 @@ class SessionManager:
                 "End session blocks before slow awaits (streaming, calls to other services), "
                 "raise per_user_limit or the pool size, or retry later"
             ),
+            limit="per_user" if per_user else "pool",
+            held=held,
+            capacity=admission.per_principal if per_user else admission.capacity,
+            waited=waited,
+            timeout=self._timeout,
         )
 
     def _release_principal(self, principal: Principal) -> None:

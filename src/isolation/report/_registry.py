@@ -63,6 +63,19 @@ class Settings:
 CheckFn = Callable[[Any, Settings], Sequence[str] | Awaitable[Sequence[str]]]
 
 
+def lazy_check(make: Callable[[], CheckFn]) -> CheckFn:
+    """A check built when it first runs: registering it must not import an extra (the
+    report lists every check, and marks those whose extra is missing as not run)."""
+
+    async def check(subject: Any, settings: Settings) -> Sequence[str]:
+        result = make()(subject, settings)
+        if isinstance(result, Awaitable):
+            return await result
+        return result
+
+    return check
+
+
 @final
 @attrs.frozen(kw_only=True)
 class Check:

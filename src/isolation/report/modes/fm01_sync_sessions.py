@@ -35,7 +35,13 @@ import attrs
 
 from isolation.context._model import Principal, UserContext
 from isolation.context._scope import Scope
-from isolation.report._registry import CheckFn, ModeRegistry, Settings, register_on_databases
+from isolation.report._registry import (
+    CheckFn,
+    ModeRegistry,
+    Settings,
+    lazy_check,
+    register_on_databases,
+)
 from isolation.report.modes.fm01_sessions import PRINCIPALS, SessionSubject
 
 __all__ = ["register"]
@@ -328,6 +334,10 @@ def _scenario(subject: SessionSubject, db: Any, settings: Settings) -> list[str]
 
 
 def _check(backend: str) -> CheckFn:
+    return lazy_check(lambda: _built_check(backend))
+
+
+def _built_check(backend: str) -> CheckFn:
     from isolation.report.modes._sync_sessions import sync_check
 
     return sync_check(backend, _scenario, pool_size=REQUESTS, max_overflow=0)

@@ -29,7 +29,13 @@ from typing import Any
 from isolation._errors import PoolExhaustedError
 from isolation.context._model import UserContext
 from isolation.context._scope import Scope
-from isolation.report._registry import CheckFn, ModeRegistry, Settings, register_on_databases
+from isolation.report._registry import (
+    CheckFn,
+    ModeRegistry,
+    Settings,
+    lazy_check,
+    register_on_databases,
+)
 from isolation.report.modes.fm02_pool import (
     ACQUIRE_TIMEOUT,
     EXHAUST_TIMEOUT,
@@ -216,6 +222,10 @@ def _scenario(subject: Any, db: Any, settings: Settings) -> list[str]:
 
 
 def _check(backend: str) -> CheckFn:
+    return lazy_check(lambda: _built_check(backend))
+
+
+def _built_check(backend: str) -> CheckFn:
     from isolation.report.modes._sync_sessions import sync_check
 
     return sync_check(

@@ -29,7 +29,7 @@ from isolation._clock import FakeClock
 from isolation._errors import IsolationError
 from isolation.context._model import UserContext
 from isolation.context._scope import Scope
-from isolation.report._registry import CheckFn, ModeRegistry, register_on_databases
+from isolation.report._registry import CheckFn, ModeRegistry, lazy_check, register_on_databases
 from isolation.report.modes.fm04_rollback import PRINCIPALS, TTL, Plan, _plans
 
 __all__ = ["register"]
@@ -182,6 +182,10 @@ def _run(manager: Any, db: Any, clock: FakeClock, plans: list[Plan], tag: str) -
 
 
 def _check(backend: str) -> CheckFn:
+    return lazy_check(lambda: _built_check(backend))
+
+
+def _built_check(backend: str) -> CheckFn:
     from isolation.report.modes._sync_sessions import rounds_scenario, sync_check
 
     scenario = rounds_scenario(_rounds, _run)

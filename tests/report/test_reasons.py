@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+from typing import Any
+
+import pytest
+
 from isolation.report import Backend, Check, ModeRegistry, Settings, run_report
 
 
@@ -36,3 +41,20 @@ def test_missing_client_names_its_extra() -> None:
     reason = report.modes[0].checks[0].reason or ""
     assert "isolation_no_such_client" in reason
     assert "isolation-primitives[report]" in reason
+
+
+def test_missing_psycopg_names_the_postgres_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sync face's PostgreSQL checks need psycopg: missing, it names the postgres extra."""
+    find_spec = importlib.util.find_spec
+
+    def without_psycopg(name: str, *args: Any) -> Any:
+        return None if name == "psycopg" else find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_psycopg)
+    report = run_report(
+        _registry(Backend.POSTGRES, ("asyncpg", "psycopg")),
+        Settings(postgres_url="postgresql://unused"),
+    )
+    reason = report.modes[0].checks[0].reason or ""
+    assert "'psycopg'" in reason
+    assert "isolation-primitives[postgres]" in reason

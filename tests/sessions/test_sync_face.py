@@ -9,6 +9,7 @@ setup, the endpoint and the dependency's teardown each in a thread of their own.
 from __future__ import annotations
 
 import contextvars
+import logging
 import threading
 import uuid
 from collections.abc import Iterator
@@ -344,6 +345,27 @@ class TestExpiryAndScopeEnd:
         assert len(raised) == 1
         assert "work was rolled back" in str(raised[0])
         assert bodies(sync_engine) == []
+
+    def test_a_refused_statement_in_a_nested_block_rolls_its_savepoint_back_quietly(
+        self, sync_engine: Engine, fake_clock: FakeClock, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """After the deadline, a statement in a nested block is refused; the block's
+        SAVEPOINT is rolled back by the manager itself (no cleanup failure logged)."""
+        manager = SessionManager(sync_engine)
+        with caplog.at_level(logging.ERROR, logger="isolation"):
+            with pytest.raises(ContextExpiredError):
+                with isolation.scope(ctx(ttl=10)), manager.session() as s:
+                    s.add(note("outer"))
+                    s.flush()
+                    with manager.session() as inner:
+                        inner.add(note("inner"))
+                        inner.flush()
+                        fake_clock.advance(11)
+                        inner.execute(select(Note))
+        assert bodies(sync_engine) == []
+        assert checked_out(sync_engine) == 0
+        failed = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert failed == []
 
     def test_scope_ending_while_a_thread_is_in_a_block(self, sync_engine: Engine) -> None:
         """The thread's next statement is refused and its block rolls back."""

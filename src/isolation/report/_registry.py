@@ -173,16 +173,18 @@ def register_on_databases(
     mutant: Callable[[], Any],
     requires: tuple[str, ...],
     description: str,
+    postgres_requires: tuple[str, ...] = ("asyncpg",),
 ) -> None:
     """Register a database check twice: on SQLite (embedded) and on PostgreSQL (``-postgres``).
 
     ``run_for(backend)`` returns the check's ``run`` for ``"sqlite"`` or
-    ``"postgres"``; the PostgreSQL variant also requires asyncpg, and runs only
+    ``"postgres"``; the PostgreSQL variant also requires ``postgres_requires``
+    (the drivers: asyncpg, and psycopg for a sync face's check), and runs only
     when the report is given a PostgreSQL URL.
     """
     for backend, suffix, extra in (
         (Backend.SQLITE, "", ()),
-        (Backend.POSTGRES, "-postgres", ("asyncpg",)),
+        (Backend.POSTGRES, "-postgres", postgres_requires),
     ):
         registry.register(
             mode_id,

@@ -137,7 +137,7 @@ def _missing_requirement(check: Check) -> str | None:
 
 
 # Which extra installs a module a check needs (the report extra has the embedded ones).
-_EXTRA_OF: Final = {"asyncpg": "postgres", "redis": "redis"}
+_EXTRA_OF: Final = {"asyncpg": "postgres", "psycopg": "postgres", "redis": "redis"}
 
 
 def _unavailable_backend(check: Check, settings: Settings) -> str | None:

@@ -275,9 +275,14 @@ class _Owner:
                 hint="Do the database work inside the block; objects stay readable after it",
             )
         if self.sync:
-            # No task to cancel at the deadline: the next statement is refused instead.
+            # No task to cancel at the deadline: the next statement is refused instead
+            # (not the manager's own rollback of it).
             deadline = current._deadline
-            if deadline is not None and _clock._now() >= deadline:
+            if (
+                deadline is not None
+                and _clock._now() >= deadline
+                and not (self.cleaners and threading.get_ident() in self.cleaners)
+            ):
                 raise ContextExpiredError(
                     f"the context of {redact_principal(self.principal)} expired inside a "
                     "session block; its work will be rolled back"

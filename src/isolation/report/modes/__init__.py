@@ -15,12 +15,16 @@ __all__ = ["MODULES", "default_registry"]
 
 MODULES = (
     "isolation.report.modes.fm01_sessions",
+    "isolation.report.modes.fm01_sync_sessions",
     "isolation.report.modes.fm01_orm_paths",
     "isolation.report.modes.fm01_leaked_session",
     "isolation.report.modes.fm01_rls_policies",
     "isolation.report.modes.fm02_pool",
+    "isolation.report.modes.fm02_sync_pool",
     "isolation.report.modes.fm03_expiry",
+    "isolation.report.modes.fm03_sync_expiry",
     "isolation.report.modes.fm04_rollback",
+    "isolation.report.modes.fm04_sync_rollback",
     "isolation.report.modes.fm05_shared_state",
     "isolation.report.modes.fm05_sampling",
     "isolation.report.modes.fm06_lifetime",

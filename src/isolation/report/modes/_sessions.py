@@ -31,6 +31,8 @@ __all__ = [
     "checked_out",
     "pg_sandbox",
     "sqlite_engine",
+    "sync_sqlite_engine",
+    "sync_twin",
 ]
 
 TABLE: Final = "isolation_notes"
@@ -95,11 +97,16 @@ def sync_sqlite_engine(path: str, **engine_kw: Any) -> Engine:
     return engine
 
 
-def sync_twin(engine: AsyncEngine) -> Engine:
-    """A sync engine on ``engine``'s database and role (psycopg for asyncpg)."""
+def sync_twin(engine: AsyncEngine, **engine_kw: Any) -> Engine:
+    """A sync engine on ``engine``'s database and role (psycopg for asyncpg).
+
+    Its pool holds 5 connections and no overflow unless ``engine_kw`` say otherwise.
+    """
     url = engine.url
     driver = "postgresql+psycopg" if url.get_backend_name() == "postgresql" else "sqlite"
-    return create_engine(url.set(drivername=driver), pool_size=5, max_overflow=0)
+    return create_engine(
+        url.set(drivername=driver), **{"pool_size": 5, "max_overflow": 0, **engine_kw}
+    )
 
 
 async def create_tables(engine: AsyncEngine) -> None:

@@ -148,13 +148,16 @@ class _ProcessSessionManager:
 
 
 def _filter_pairs(session: Any, *, user_only: bool = False) -> None:
-    """The ORM filter, re-implemented for the mutants (pair, or user column alone)."""
+    """The ORM filter, re-implemented for the mutants (pair, or user column alone).
+
+    ``session`` is an ``AsyncSession`` or a sync ``Session``.
+    """
     from sqlalchemy import event
     from sqlalchemy.orm import with_loader_criteria
 
     from isolation.report.modes._sessions import Note
 
-    @event.listens_for(session.sync_session, "do_orm_execute")
+    @event.listens_for(getattr(session, "sync_session", session), "do_orm_execute")
     def _criteria(state: Any) -> None:
         if state.is_select and not state.is_column_load and not state.is_relationship_load:
             tenant, user = current_context().principal

@@ -45,7 +45,8 @@ class _InjectedError(Exception):
     """The exception a plan injects."""
 
 
-def _plans(count: int) -> list[list[Plan]]:
+def _plans(count: int, kinds: tuple[str, ...] = KINDS) -> list[list[Plan]]:
+    """``count`` drawn lists of plans, after one with every failure ``kinds`` at every position."""
     from hypothesis import strategies as st
 
     from isolation.report.modes._sessions import generate
@@ -53,7 +54,7 @@ def _plans(count: int) -> list[list[Plan]]:
     nested = st.none() | st.tuples(
         st.integers(min_value=1, max_value=2), st.sampled_from([None, "exception", "violation"])
     )
-    failure = st.none() | st.tuples(st.sampled_from(KINDS), st.sampled_from(POSITIONS))
+    failure = st.none() | st.tuples(st.sampled_from(kinds), st.sampled_from(POSITIONS))
     plan = st.tuples(
         st.integers(min_value=0, max_value=2),
         nested,
@@ -61,7 +62,7 @@ def _plans(count: int) -> list[list[Plan]]:
         failure,
     )
     explicit: list[list[Plan]] = [
-        [(1, (1, None), 1, (kind, position)) for kind in KINDS for position in POSITIONS]
+        [(1, (1, None), 1, (kind, position)) for kind in kinds for position in POSITIONS]
         + [(1, (1, inner), 1, None) for inner in (None, "exception", "violation")]
     ]
     return generate(st.lists(plan, min_size=4, max_size=8), count, explicit)

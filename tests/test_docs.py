@@ -37,6 +37,7 @@ from packaging.utils import canonicalize_name
 
 import isolation
 import isolation._clock
+import isolation._errors
 import isolation._redact
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -536,3 +537,38 @@ def test_page_runs_with_only_what_it_names(page: Path) -> None:
     assert done.returncode == 0, (
         f"{_relative(page)} does not run with `{_install_line(named)}` alone:\n{done.stderr}"
     )
+
+
+# -- the errors page is the error tree of the code ------------------------------------
+
+ERRORS_PAGE = DOCS / "reference" / "errors.md"
+_TABLE_ROW = re.compile(r"^\| `(\w+)` \|", re.MULTILINE)
+
+
+def _drawn_in_source() -> list[str]:
+    """The tree drawn in the docstring of ``isolation._errors``, dedented."""
+    doc = isolation._errors.__doc__ or ""
+    lines = doc.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == "IsolationError(Exception)")
+    end = next(i for i in range(start, len(lines)) if not lines[i].strip())
+    return textwrap.dedent("\n".join(lines[start:end])).splitlines()
+
+
+def test_errors_page_draws_the_tree_of_the_code() -> None:
+    """docs/reference/errors.md draws the same tree as isolation._errors (checked there)."""
+    text = ERRORS_PAGE.read_text(encoding="utf-8")
+    drawings = [b for b in parse_blocks(text, "errors.md") if b.language == "text"]
+    assert drawings, "docs/reference/errors.md has no ```text drawing of the tree"
+    assert drawings[0].source.splitlines() == _drawn_in_source()
+
+
+def test_errors_page_lists_every_error_once() -> None:
+    """Each error of the code has one row on the page, and each row is an exported
+    IsolationError: nothing listed is reserved, gone, or not one of ours."""
+    listed = _TABLE_ROW.findall(ERRORS_PAGE.read_text(encoding="utf-8"))
+    for name in listed:
+        error = getattr(isolation, name, None)
+        assert isinstance(error, type), f"errors.md lists {name}, which isolation does not export"
+        assert issubclass(error, isolation.IsolationError), f"{name} is not an IsolationError"
+    defined = [n for n in isolation._errors.__all__ if isinstance(getattr(isolation, n), type)]
+    assert sorted(listed) == sorted(defined)

@@ -131,7 +131,9 @@ def test_python_blocks_run(page: Path) -> None:
     for block in (b for b in blocks if b.language == "python"):
         # Pad with blank lines so that tracebacks point at the page's own line numbers.
         source = "\n" * (block.first_line - 1) + block.source + "\n"
-        exec(compile(source, str(page), "exec"), namespace)
+        # dont_inherit: the page runs as a user's script would, without this module's
+        # `from __future__ import annotations` (SQLModel reads its annotations as types).
+        exec(compile(source, str(page), "exec", dont_inherit=True), namespace)
     assert _global_state() == before, (
         f"{name} changed the process-wide clock, the redactor, or left a scope bound: "
         "restore them at the end of the page (use_clock(), set_redactor(previous), `with`)"

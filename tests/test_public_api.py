@@ -223,6 +223,7 @@ def test_builtin_meanings() -> None:
         "CrossContextAccessError": PermissionError,
         "TokenError": ValueError,
         "PoolExhaustedError": TimeoutError,
+        "CleanupTimeoutError": TimeoutError,
         "BackendUnavailableError": ConnectionError,
     }
     for name, builtin in expected.items():

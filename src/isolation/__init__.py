@@ -12,6 +12,7 @@ This module only re-exports the public names; see the docs for the guide.
 from isolation import tokens as tokens
 from isolation._clock import Clock as Clock
 from isolation._errors import BackendUnavailableError as BackendUnavailableError
+from isolation._errors import CleanupTimeoutError as CleanupTimeoutError
 from isolation._errors import ConfigurationError as ConfigurationError
 from isolation._errors import ConnectionClosedError as ConnectionClosedError
 from isolation._errors import ConnectionLimitError as ConnectionLimitError
@@ -67,6 +68,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "Attributes",
     "BackendUnavailableError",
+    "CleanupTimeoutError",
     "Clock",
     "ConfigurationError",
     "ConnectionClosedError",

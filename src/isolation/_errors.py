@@ -14,7 +14,8 @@ Each error also inherits the builtin whose meaning it shares, so existing
     │   ├── ScopeEndedError                   code outlived its scope (fail closed)
     │   ├── InvalidContextError(ValueError)   a field failed validation
     │   ├── ContextSwitchError                another principal inside a bound scope
-    │   └── ContextExpiredError(TimeoutError) the deadline passed
+    │   ├── ContextExpiredError(TimeoutError) the deadline passed
+    │   └── CleanupTimeoutError(TimeoutError) a finalizer overran its cleanup time
     ├── TokenError(ValueError)                a token to carry a context was refused
     │   ├── MalformedTokenError
     │   ├── TokenSignatureError
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BackendUnavailableError",
+    "CleanupTimeoutError",
     "ConfigurationError",
     "ConnectionClosedError",
     "ConnectionLimitError",
@@ -177,18 +179,50 @@ class InvalidContextError(ContextError, ValueError):
 
 
 class ContextSwitchError(ContextError):
-    """A scope for another principal was entered while one is bound."""
+    """A scope for another principal was entered while one is bound.
+
+    Attributes:
+        entered: The principal that was refused, as a log line may show it
+            (through the installed redactor).
+        bound: The principal bound at the time, shown the same way.
+    """
 
     hint = (
         "Run work for another user in its own scope outside this one, "
         "or pass allow_switch=True if this is deliberate"
     )
 
+    def __init__(
+        self, message: str, *, entered: str = "", bound: str = "", hint: str | None = None
+    ) -> None:
+        self.entered = entered
+        self.bound = bound
+        super().__init__(message, hint=hint)
+
 
 class ContextExpiredError(ContextError, TimeoutError):
     """The context's deadline passed: the work inside was cancelled, nothing committed."""
 
     hint = "Give the request a longer ttl, or do less inside one scope"
+
+
+class CleanupTimeoutError(ContextError, TimeoutError):
+    """A scope's finalizer overran its cleanup time and was abandoned.
+
+    Reported (logged, and raised from the scope's exit when the body raised
+    nothing else) like any failing finalizer.
+
+    Attributes:
+        finalizer: The finalizer's qualified name.
+        timeout: The scope's ``cleanup_timeout``, in seconds.
+    """
+
+    hint = "Give the scope a longer cleanup_timeout, or make the finalizer do less"
+
+    def __init__(self, message: str, *, finalizer: str = "", timeout: float = 0.0) -> None:
+        self.finalizer = finalizer
+        self.timeout = timeout
+        super().__init__(message)
 
 
 class TokenError(IsolationError, ValueError):
@@ -247,7 +281,34 @@ class SessionError(IsolationError):
 
 
 class PoolExhaustedError(SessionError, TimeoutError):
-    """No connection could be admitted within the acquire timeout."""
+    """No connection could be admitted within the acquire timeout.
+
+    Attributes:
+        limit: ``"per_user"`` (the principal held ``per_user_limit`` blocks) or
+            ``"pool"`` (every connection of the pool was in use).
+        held: Blocks the principal held when it gave up.
+        capacity: The bound that was full (``per_user_limit`` or the pool's size).
+        waited: Seconds it waited.
+        timeout: The manager's ``acquire_timeout``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit: str = "",
+        held: int = 0,
+        capacity: int | None = None,
+        waited: float = 0.0,
+        timeout: float = 0.0,
+        hint: str | None = None,
+    ) -> None:
+        self.limit = limit
+        self.held = held
+        self.capacity = capacity
+        self.waited = waited
+        self.timeout = timeout
+        super().__init__(message, hint=hint)
 
 
 class SessionInUseError(SessionError, RuntimeError):

@@ -172,6 +172,10 @@ class TestSwitch:
             assert "'bob' of tenant 'acme'" in str(info.value)
             assert "'alice' of tenant 'acme'" in str(info.value)
             assert "allow_switch=True" in str(info.value)
+            assert (info.value.entered, info.value.bound) == (
+                "'bob' of tenant 'acme'",
+                "'alice' of tenant 'acme'",
+            )
             assert current_context() is outer
 
     def test_same_user_id_other_tenant_refused(self) -> None:
@@ -767,7 +771,8 @@ class TestAsyncFinalizers:
 
     @pytest.mark.anyio
     async def test_bounded_by_cleanup_timeout(self) -> None:
-        """A finalizer awaiting forever is abandoned and reported as a TimeoutError."""
+        """A finalizer awaiting forever is abandoned and reported as a CleanupTimeoutError
+        (a TimeoutError, and an IsolationError naming the finalizer and its bound)."""
         ran: list[str] = []
 
         async def stuck(exc: BaseException | None) -> None:
@@ -779,7 +784,9 @@ class TestAsyncFinalizers:
                     s.on_close(lambda exc: ran.append("earlier"))
                     s.on_close(stuck)
         assert ran == ["earlier"]
-        assert not isinstance(info.value, isolation.IsolationError)
+        assert isinstance(info.value, isolation.CleanupTimeoutError)
+        assert info.value.finalizer.endswith("stuck")
+        assert info.value.timeout == 0.05
 
     @pytest.mark.anyio
     async def test_stuck_finalizer_noted_on_body_error(self) -> None:

@@ -183,3 +183,6 @@ class TestAsyncAdmission:
                 release.set()
         assert len(errors) == 1
         assert "all 5 connections of the pool are in use" in str(errors[0])
+        error = errors[0]
+        assert (error.limit, error.held, error.capacity, error.timeout) == ("pool", 0, 5, 0.05)
+        assert error.waited > 0

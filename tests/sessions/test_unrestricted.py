@@ -4,6 +4,7 @@ one of the manager's ``admin_roles`` only, logged and counted at every block."""
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,12 +12,20 @@ from typing import Any
 import anyio
 import pytest
 from sqlalchemy import Engine, select, text
+from sqlalchemy.exc import DBAPIError
 
 import isolation
 from isolation import ConfigurationError, CrossContextAccessError, UserContext
 from isolation.report.modes._sessions import Note, pg_sandbox, sync_sqlite_engine, sync_twin
 from isolation.sessions import SessionManager
-from isolation.sessions.postgres import rls_policy_sql
+from isolation.sessions.postgres import (
+    PolicyRow,
+    check_policies,
+    quote_identifier,
+    rls_policy_sql,
+    rls_signing_key_sql,
+    rls_signing_sql,
+)
 
 ADMIN = UserContext.new("root", tenant_id="t1", roles=["admin"])
 
@@ -122,10 +131,6 @@ class TestProtect:
         [
             ({"admin_roles": "admin"}, "not one string"),
             ({"admin_roles": [""]}, "non-empty strings"),
-            (
-                {"admin_roles": ["admin"], "row_level_security": "signed", "rls_key": b"k" * 32},
-                "not supported yet",
-            ),
         ],
     )
     def test_bad_admin_roles(self, sync_engine: Engine, kwargs: Any, match: str) -> None:
@@ -171,6 +176,62 @@ class TestRowLevelSecurity:
 
         anyio.run(main)
 
-    def test_signed_policy_has_no_unrestricted_form(self) -> None:
-        with pytest.raises(ConfigurationError, match="no signed form"):
-            rls_policy_sql("notes", user_column="owner", signed=True, unrestricted=True)
+    def test_signed_unrestricted_binding(self, postgres_url: str) -> None:
+        """Signed: only the manager's proof makes a transaction unrestricted; app SQL that
+        sets isolation.unrestricted, or calls isolation_unrestrict() without the proof,
+        reads its own rows only."""
+
+        async def main() -> None:
+            async with pg_sandbox(postgres_url, policy_sql=signed_unrestricted_policy) as box:
+                key = secrets.token_bytes(32)
+                statement, params = rls_signing_key_sql(key, schema=box.schema)
+                async with box.admin.begin() as conn:
+                    await conn.execute(text(statement), params)
+                signed = {"row_level_security": "signed", "rls_key": key, "rls_schema": box.schema}
+                plain_admin = SessionManager(box.engine, rls_tables=[box.table], **signed)
+                with pytest.raises(ConfigurationError, match="has no admin_roles"):
+                    await plain_admin.start()
+                manager = SessionManager(
+                    box.engine, rls_tables=[box.table], admin_roles=["admin"], **signed
+                )
+                await manager.start()
+                for name in ("alice", "bob", "root"):
+                    async with isolation.scope(user(name)), manager.session() as s:
+                        s.add(Note(body=name, owner=name, tenant="t1"))
+                raw = text("SELECT owner FROM isolation_notes ORDER BY owner")
+                async with isolation.scope(ADMIN):
+                    async with manager.session(unrestricted=True) as s:
+                        assert (await s.execute(raw)).scalars().all() == ["alice", "bob", "root"]
+                schema = quote_identifier(box.schema)
+                async with isolation.scope(user("alice")), manager.session() as s:
+                    await s.execute(text("SELECT set_config('isolation.unrestricted', 'on', true)"))
+                    assert (await s.execute(raw)).scalars().all() == ["alice"]
+                with pytest.raises(DBAPIError, match="unrestricted binding was refused"):
+                    async with isolation.scope(user("alice")), manager.session() as s:
+                        await s.execute(text(f"SELECT {schema}.isolation_unrestrict('x')"))
+                await manager.aclose()
+
+        anyio.run(main)
+
+    def test_a_plain_unrestricted_policy_is_refused_under_the_signed_binding(self) -> None:
+        rows = [
+            PolicyRow(
+                name="isolation_unrestricted",
+                permissive=True,
+                command="*",
+                using="(current_setting('isolation.unrestricted'::text, true) = 'on'::text)",
+                check="(current_setting('isolation.unrestricted'::text, true) = 'on'::text)",
+            )
+        ]
+        problems, _ = check_policies("notes", rows, signed=True, unrestricted=True)
+        assert len(problems) == 1
+        assert "app SQL can set" in problems[0]
+        assert check_policies("notes", rows, signed=False, unrestricted=True)[0] == []
+
+
+def signed_unrestricted_policy(table: str, **kwargs: Any) -> list[str]:
+    schema = table.split(".", maxsplit=1)[0]
+    return [
+        *rls_signing_sql(schema=schema),
+        *rls_policy_sql(table, signed=True, schema=schema, unrestricted=True, **kwargs),
+    ]

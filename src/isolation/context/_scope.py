@@ -52,6 +52,7 @@ import attrs
 from isolation import _clock
 from isolation._counters import Counter, register_gauge
 from isolation._errors import (
+    CleanupTimeoutError,
     ConfigurationError,
     ContextExpiredError,
     ContextSwitchError,
@@ -684,9 +685,14 @@ class Scope:
                 if self._registry is None:
                     self._registry = outer._registry
             elif not self._allow_switch:
+                entered, bound = (
+                    redact_principal(ctx.principal),
+                    redact_principal(outer._ctx.principal),
+                )
                 raise ContextSwitchError(
-                    f"cannot enter a scope for {redact_principal(ctx.principal)} inside the "
-                    f"scope of {redact_principal(outer._ctx.principal)}"
+                    f"cannot enter a scope for {entered} inside the scope of {bound}",
+                    entered=entered,
+                    bound=bound,
                 )
             if outer._deadline is not None and (deadline is None or outer._deadline < deadline):
                 deadline = outer._deadline
@@ -1008,10 +1014,12 @@ class Scope:
                 failures.append(failure)
                 continue
             if overran:
+                name = str(getattr(fn, "__qualname__", fn))
                 failures.append(
-                    TimeoutError(
-                        f"finalizer {getattr(fn, '__qualname__', fn)!r} overran its "
-                        f"cleanup time of {self._cleanup_timeout} s"
+                    CleanupTimeoutError(
+                        f"finalizer {name!r} overran its cleanup time of {self._cleanup_timeout} s",
+                        finalizer=name,
+                        timeout=self._cleanup_timeout,
                     )
                 )
         if failures:

@@ -613,9 +613,7 @@ def _on_begin(session: Session, transaction: SessionTransaction, connection: Con
         # params() refuses a tenant context where a policy binds the user alone.
         connection.execute(binding.statement, binding.params(owner.principal))
         if owner.unrestricted:
-            from isolation.sessions.postgres import UNRESTRICT_SQL
-
-            connection.exec_driver_sql(UNRESTRICT_SQL)
+            binding.unrestrict(connection, owner.principal)
 
 
 # ``_Owner.task`` of a sync session's open block: its threads take turns, none owns it.
@@ -1056,12 +1054,6 @@ class SessionManager:
         self._admin_roles = frozenset(admin_roles)
         if not all(isinstance(role, str) and role for role in self._admin_roles):
             raise ConfigurationError(f"admin_roles must be non-empty strings, got {admin_roles!r}")
-        if self._admin_roles and row_level_security == "signed":
-            raise ConfigurationError(
-                'admin_roles with row_level_security="signed" is not supported yet: the '
-                "signed binding has no unrestricted form",
-                hint="Give admins a manager on a role with BYPASSRLS, outside user scopes",
-            )
         self._unrestricted_key = (self, "unrestricted")
         self._unrestricted = 0
         self._unrestricted_refused = 0
@@ -1595,7 +1587,8 @@ class SessionManager:
         self, principal: Principal, held: int, waited: float
     ) -> PoolExhaustedError:
         admission = self._admission
-        if held >= admission.per_principal:
+        per_user = held >= admission.per_principal
+        if per_user:
             which = f"it holds {held} sessions, its per-user limit of {admission.per_principal}"
         else:
             which = f"all {admission.capacity} connections of the pool are in use"
@@ -1606,6 +1599,11 @@ class SessionManager:
                 "End session blocks before slow awaits (streaming, calls to other services), "
                 "raise per_user_limit or the pool size, or retry later"
             ),
+            limit="per_user" if per_user else "pool",
+            held=held,
+            capacity=admission.per_principal if per_user else admission.capacity,
+            waited=waited,
+            timeout=self._timeout,
         )
 
     def _release_principal(self, principal: Principal) -> None:

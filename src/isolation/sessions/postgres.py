@@ -252,12 +252,9 @@ def rls_policy_sql(
     condition = " AND ".join(conditions)
     policy = quote_identifier(POLICY_NAME)
     admin = quote_identifier(UNRESTRICTED_POLICY_NAME)
-    if unrestricted and signed:
-        raise ConfigurationError(
-            "rls_policy_sql(unrestricted=True) has no signed form yet: the signed binding "
-            "cannot be made unrestricted"
-        )
-    admitted = _UNRESTRICTED_CONDITION
+    admitted = (
+        f"(SELECT {functions}.isolation_unrestricted())" if signed else _UNRESTRICTED_CONDITION
+    )
     return [
         f"ALTER TABLE {quoted} ENABLE ROW LEVEL SECURITY",
         f"ALTER TABLE {quoted} FORCE ROW LEVEL SECURITY",
@@ -381,6 +378,33 @@ def rls_signing_sql(*, schema: str = DEFAULT_SIGNING_SCHEMA) -> list[str]:
     # The getters repeat the check rather than call isolation_bound() (a SECURITY
     # DEFINER function calling another costs several times as much), in PL/pgSQL,
     # whose plans a session keeps (a SQL function's body is planned per statement).
+    unrestricted_mac = _mac_sql(f"{_TXN_SQL} || 'unrestricted|' || {principal_now}")
+    unrestrict_ok = _same_sql("p_proof", _mac_sql(f"'unrestrict|' || {principal_now}"))
+    unrestrict = (
+        f"CREATE OR REPLACE FUNCTION {s}.isolation_unrestrict(p_proof text) "  # noqa: S608 - quoted names
+        f"RETURNS boolean LANGUAGE plpgsql VOLATILE {header} AS $isolation$\n"
+        "DECLARE k record;\n"
+        "BEGIN\n"
+        f"  SELECT inner_pad, outer_pad INTO k FROM {key} WHERE id = 1;\n"
+        f"  IF NOT FOUND OR p_proof IS NULL OR NOT ({binding_ok}) OR NOT ({unrestrict_ok}) THEN\n"
+        "    RAISE EXCEPTION 'isolation: the unrestricted binding was refused'\n"
+        "      USING ERRCODE = 'insufficient_privilege';\n"
+        "  END IF;\n"
+        f"  PERFORM pg_catalog.set_config('{UNRESTRICTED_SETTING}', {unrestricted_mac}, true);\n"
+        "  RETURN true;\n"
+        "END\n$isolation$"
+    )
+    unrestricted = (
+        f"CREATE OR REPLACE FUNCTION {s}.isolation_unrestricted() RETURNS boolean "  # noqa: S608 - quoted names
+        f"LANGUAGE plpgsql STABLE {header} AS $isolation$\n"
+        "DECLARE k record;\n"
+        "BEGIN\n"
+        f"  SELECT inner_pad, outer_pad INTO k FROM {key} WHERE id = 1;\n"
+        f"  RETURN FOUND AND ({binding_ok}) AND ("
+        + _same_sql(f"pg_catalog.current_setting('{UNRESTRICTED_SETTING}', true)", unrestricted_mac)
+        + ");\n"
+        "END\n$isolation$"
+    )
     getters = [
         f"CREATE OR REPLACE FUNCTION {s}.{function}() RETURNS text "  # noqa: S608 - quoted names
         f"LANGUAGE plpgsql STABLE {header} AS $isolation$\n"
@@ -403,6 +427,8 @@ def rls_signing_sql(*, schema: str = DEFAULT_SIGNING_SCHEMA) -> list[str]:
         bind,
         bound,
         *getters,
+        unrestrict,
+        unrestricted,
         f"GRANT USAGE ON SCHEMA {s} TO PUBLIC",
     ]
 
@@ -549,6 +575,28 @@ class Binding:
         message = f"bind|{_frame(tenant)}{_frame(user)}".encode()
         return hmac.new(key, message, hashlib.sha256).hexdigest()
 
+    def unrestrict(self, connection: Any, principal: tuple[str | None, str]) -> None:
+        """Make the bound transaction unrestricted (an admin's session, after the binding).
+
+        Plain: ``isolation.unrestricted`` set to ``on``. Signed: through
+        ``isolation_unrestrict(proof)``, which sets it to an HMAC of this
+        transaction that only the key's holder could have asked for.
+        """
+        if not self.signed:
+            connection.exec_driver_sql(UNRESTRICT_SQL)
+            return
+        from sqlalchemy import text
+
+        tenant, user = principal
+        key = self._key
+        assert key is not None  # signed
+        message = f"unrestrict|{_frame('' if tenant is None else tenant)}{_frame(user)}".encode()
+        proof = _Proof(hmac.new(key, message, hashlib.sha256).hexdigest())
+        connection.execute(
+            text(f"SELECT {quote_identifier(self.schema)}.isolation_unrestrict(:proof)"),
+            {"proof": proof},
+        )
+
     def params(self, principal: tuple[str | None, str]) -> dict[str, str]:
         """The binding statement's parameters for ``principal``.
 
@@ -684,15 +732,24 @@ def _squash(text: str) -> str:
     return re.sub(r"\s", "", text)
 
 
-def _admits_unrestricted(expression: str | None) -> bool:
-    """Whether ``expression`` is exactly the unrestricted policy's condition."""
+_SIGNED_UNRESTRICTED = re.compile(
+    r'(?:(?:[a-z_][a-z0-9_$]*|"(?:[^"]|"")+")\.)?isolation_unrestricted\(\)'
+)
+
+
+def _admits_unrestricted(expression: str | None) -> str | None:
+    """``"plain"`` or ``"signed"`` when ``expression`` is exactly the unrestricted
+    policy's condition of that mode, else ``None``."""
     if expression is None:
-        return False
+        return None
+    if _SIGNED_UNRESTRICTED.fullmatch(_squash(expression)):
+        return "signed"
     sides = _split(_unwrap(expression), " = ")
-    return len(sides) == 2 and {_squash(side) for side in sides} == {
+    plain = len(sides) == 2 and {_squash(side) for side in sides} == {
         f"current_setting('{UNRESTRICTED_SETTING}',true)",
         "'on'",
     }
+    return "plain" if plain else None
 
 
 def _binds(expression: str | None) -> tuple[frozenset[str], frozenset[str]]:
@@ -803,23 +860,28 @@ def check_policies(
 
     kept: list[PolicyRow] = []
     for row in rows:
-        if (
-            row.permissive
-            and all(_admits_unrestricted(e) for e in (row.using, row.check) if e is not None)
-            and (row.using is not None or row.check is not None)
-        ):
-            if signed or not unrestricted:
-                problem(
-                    row.name,
-                    "admits every row to unrestricted sessions, but this manager "
-                    + (
-                        'binds with row_level_security="signed", which has no unrestricted form'
-                        if signed
-                        else "has no admin_roles"
-                    ),
-                )
+        forms = {_admits_unrestricted(e) for e in (row.using, row.check) if e is not None}
+        if not row.permissive or not forms or None in forms:
+            kept.append(row)
             continue
-        kept.append(row)
+        if not unrestricted:
+            problem(
+                row.name,
+                "admits every row to unrestricted sessions, but this manager has no admin_roles",
+            )
+        elif signed and forms != {"signed"}:
+            problem(
+                row.name,
+                "admits unrestricted sessions through the raw setting isolation.unrestricted, "
+                'which app SQL can set: with row_level_security="signed" use '
+                "rls_policy_sql(..., signed=True, unrestricted=True)",
+            )
+        elif not signed and forms != {"plain"}:
+            problem(
+                row.name,
+                "compares with isolation_unrestricted(), which answers false here: connect "
+                'with row_level_security="signed"',
+            )
     rows = kept
 
     for command, verb in _COMMANDS.items():
@@ -949,6 +1011,8 @@ def _signing_problems(conn: Any, binding: Binding, role: str) -> list[str]:
             f"the role {role!r} owns or may create in the {where}, or owns the signed "
             "binding's functions, so it could replace or shadow them"
         )
+    if binding.unrestricted:
+        problems += _unrestricted_problems(conn, binding, role, where)
     if problems:
         return problems
     # The application's key must be the database's: bind a probe principal once.
@@ -962,6 +1026,39 @@ def _signing_problems(conn: Any, binding: Binding, role: str) -> list[str]:
     if bound != "isolation-startup-probe":
         problems.append(
             f"the rls_key given does not match the signing key installed in the {where}"
+        )
+    return problems
+
+
+def _unrestricted_problems(conn: Any, binding: Binding, role: str, where: str) -> list[str]:
+    """Why the signed unrestricted functions would not hold (a manager with admin_roles)."""
+    from sqlalchemy import text
+
+    schema = quote_identifier(binding.schema)
+    rows = conn.execute(
+        text(
+            "SELECT p.prosecdef, pg_has_role(current_user, p.proowner, 'MEMBER') "
+            "FROM unnest(ARRAY[to_regprocedure(:a), to_regprocedure(:b)]) f(oid) "
+            "LEFT JOIN pg_proc p ON p.oid = f.oid"
+        ),
+        {
+            "a": f"{schema}.isolation_unrestrict(text)",
+            "b": f"{schema}.isolation_unrestricted()",
+        },
+    ).all()
+    if any(definer is None for definer, _ in rows):
+        return [
+            f"the signed binding's unrestricted functions are not installed in the {where} "
+            "(run rls_signing_sql() again as the migration role: admin_roles needs "
+            "isolation_unrestrict() and isolation_unrestricted())"
+        ]
+    problems = []
+    if not all(definer for definer, _ in rows):
+        problems.append(f"the unrestricted functions in the {where} are not SECURITY DEFINER")
+    if any(owns for _, owns in rows):
+        problems.append(
+            f"the role {role!r} owns the unrestricted functions in the {where}, so it could "
+            "replace them"
         )
     return problems
 

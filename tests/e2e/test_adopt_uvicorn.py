@@ -48,6 +48,7 @@ def page_app() -> Iterator[dict[str, Any]]:
         b for b in parse_blocks(PAGE.read_text(encoding="utf-8"), "adopt") if b.language == "python"
     ]
     namespace: dict[str, Any] = {"__name__": "adopt_page", "__file__": str(PAGE)}
+    _forget_page_tables()  # SQLModel's metadata is process-wide: the docs test runs this page too
     for block in blocks[:-1]:
         source = "\n" * (block.first_line - 1) + block.source + "\n"
         exec(compile(source, str(PAGE), "exec", dont_inherit=True), namespace)
@@ -56,6 +57,16 @@ def page_app() -> Iterator[dict[str, Any]]:
     finally:
         namespace["engine"].dispose()
         namespace["directory"].cleanup()
+        _forget_page_tables()
+
+
+def _forget_page_tables() -> None:
+    from sqlmodel import SQLModel
+
+    for name in ("adopt_item", "adopt_user"):
+        table = SQLModel.metadata.tables.get(name)
+        if table is not None:
+            SQLModel.metadata.remove(table)
 
 
 @pytest.fixture(scope="module")

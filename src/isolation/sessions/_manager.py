@@ -697,6 +697,47 @@ class _Held:
         finally:
             manager._closed(owner)
 
+    async def commit_now(self) -> None:
+        """The scope's :meth:`~isolation.Scope.finish` hook: commit a block still open.
+
+        ``IsolationMiddleware`` finishes the scope before the response's status;
+        a block opened in a FastAPI dependency with ``yield`` ends only after the
+        response, so its work is committed here, and a failed commit (rolled back
+        at once) still turns the response into a 500. The block stays open: its
+        end commits what is done after this point, if anything.
+        """
+        owner = self.owner
+        if owner.closed or not owner.admitted or owner.depth == 0 or owner.poisoned:
+            return
+        scope = owner.scope_ref()
+        if scope is None or (scope._deadline is not None and _clock._now() >= scope._deadline):
+            return  # expired: the block's end rolls back
+        if owner.sync:
+            await anyio.to_thread.run_sync(self._commit_sync)
+            return
+        session = typing.cast(AsyncSession, self.session)
+        previous, owner.task = owner.task, asyncio.current_task()
+        try:
+            with owner.cleaning():
+                try:
+                    await session.commit()
+                except BaseException:
+                    with anyio.CancelScope(shield=True):
+                        await session.rollback()
+                    raise
+        finally:
+            owner.task = previous
+
+    def _commit_sync(self) -> None:
+        owner = self.owner
+        session = typing.cast(Session, self.session)
+        with owner.cleaning():
+            try:
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
     def __del__(self) -> None:
         owner = self.owner
         if owner.closed:
@@ -1483,6 +1524,7 @@ class SessionManager:
             )
         held = _Held(self, owner, session)
         scope.on_close(held.finalize)
+        scope.on_finish(held.commit_now)
         with self._lock:
             self._open += 1
             self._open_by_principal[principal] = self._open_by_principal.get(principal, 0) + 1

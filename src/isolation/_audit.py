@@ -17,7 +17,9 @@ factory) or as many tasks (an async one) in each scope at once, and then:
 
 What it accepts: a ``@request_scoped`` wrapper, a plain function or class
 (sync or async), or any object with an ``__isolation_factories__()`` method
-returning ``(name, factory)`` pairs (how a registry plugs in).
+returning ``(name, factory)`` pairs (how a registry plugs in; a factory that
+resolves a provider names it in ``__isolation_provider__``, so that a class
+provider is reported as a class).
 
 The synthetic users' ids are UUID strings in two tenants by default, valid for
 a factory that parses them as UUIDs as well as for one that takes any string;
@@ -371,9 +373,22 @@ def _factories(obj: object, label: str) -> list[tuple[str, Callable[..., Any], s
 
 
 def _kind(fn: Callable[..., Any], factory: ScopedFactory[Any]) -> str:
-    if isinstance(fn, type):
+    # A registry's factory resolves a provider, and names it (see __isolation_factories__).
+    provider = getattr(fn, "__isolation_provider__", None)
+    if isinstance(fn, type) or isinstance(provider, type):
         return "class"
+    if inspect.isasyncgenfunction(provider):
+        return "async generator function"
+    if inspect.isgeneratorfunction(provider):
+        return "generator function"
     return "async function" if factory.is_async else "sync function"
+
+
+def _what(instance: object) -> str:
+    """The name of what a factory built: ``Engine``, or ``class Engine`` for a class itself."""
+    if isinstance(instance, type):
+        return f"class {instance.__qualname__}"
+    return type(instance).__qualname__
 
 
 # -- one factory --------------------------------------------------------------------
@@ -586,7 +601,7 @@ class _FactoryRun:
                 continue
             instance = outcome.instances[0]
             self.built += 1
-            self.types.add(type(instance).__qualname__)
+            self.types.add(_what(instance))
             if _MARK in type(instance).__dict__ or any(
                 _MARK in k.__dict__ for k in type(instance).__mro__
             ):
@@ -609,7 +624,7 @@ class _FactoryRun:
             self.depth_max = max(self.depth_max, result.depth)
             if result.truncated is not None:
                 line = (
-                    f"the walk of the {type(instance).__qualname__} built for {who} stopped "
+                    f"the walk of the {_what(instance)} built for {who} stopped "
                     f"at {result.truncated}: what lies beyond was not compared"
                 )
                 if len(self.truncated) < 5:
@@ -630,7 +645,7 @@ class _FactoryRun:
                     Violation(
                         kind="outlived-scope",
                         message=(
-                            f"the same {type(old).__qualname__} was handed to two requests of "
+                            f"the same {_what(old)} was handed to two requests of "
                             f"{redact_principal(outcome.principal)}: an instance must not "
                             "outlive the scope that built it"
                         ),

@@ -1,9 +1,11 @@
 """The ``isolation`` command (or ``python -m isolation``): ``report`` and ``audit``.
 
 Results go to stdout, progress to stderr. Exit codes of ``report``: 0 all
-passed, 1 a violation, 2 a usage error, 3 some modes not run, 4 a mutant not
-caught (with ``--check-mutants``). Of ``audit``: 0 clean, 1 a violation, 2 a
-usage error.
+passed, 1 a violation, 2 a usage error, 3 some modes not run (a missing extra,
+or the driver of a server given with ``--postgres``/``--redis``), 4 a mutant
+not caught (with ``--check-mutants``), 5 a server given did not answer or
+refused the connection (its checks did not run: an error, never a violation).
+Of ``audit``: 0 clean, 1 a violation, 2 a usage error.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Run every registered failure-mode check against the library on the embedded "
             "defaults (SQLite, in-memory router), or on the PostgreSQL and Redis given. "
-            "Exit codes: 0 passed, 1 a violation, 2 usage, 3 some modes not run, "
-            "4 a mutant not caught."
+            "Exit codes: 0 passed, 1 a violation, 2 usage, 3 some modes not run (a missing "
+            "extra, or the driver of a server given), 4 a mutant not caught, 5 a server "
+            "given did not answer or refused the connection (an error, not a violation)."
         ),
     )
     report.add_argument("--json", action="store_true", help="print one JSON object")
@@ -74,7 +77,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from isolation.report import Settings, default_registry, render_table, run_report
+    from isolation.report import (
+        Settings,
+        default_registry,
+        probe_server,
+        render_table,
+        run_report,
+    )
 
     if args.mode and any(not 1 <= n <= 16 for n in args.mode):
         print(f"isolation report: --mode takes 1 to 16, got {args.mode}", file=sys.stderr)
@@ -87,8 +96,18 @@ def _report(args: argparse.Namespace) -> int:
         check_mutants=args.check_mutants,
         modes=args.mode,
         progress=lambda line: print(line, file=sys.stderr, flush=True),
+        probe=probe_server,
     )
     print(f"isolation report: {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    # Why the exit code is not 0 when nothing was found: on stderr, whatever the format.
+    reasons = {
+        mode.reason: mode.status
+        for mode in report.modes
+        if mode.status in ("error", "not_run") and mode.reason
+    }
+    for reason, status in reasons.items():
+        label = "error" if status == "error" else "not run"
+        print(f"isolation report: {label}: {reason}", file=sys.stderr)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:

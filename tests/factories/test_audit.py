@@ -8,6 +8,7 @@ import re
 import sys
 import textwrap
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -329,6 +330,68 @@ def test_audit_function_takes_objects() -> None:
     assert report.exit_code == 0
     assert report.factories[0].built == 6
     assert report.to_json()["violations"] == 0
+
+
+class Tool:
+    """A class whose instances a registry provides (and which a factory may hand out itself)."""
+
+    def __init__(self) -> None:
+        self.items: list[int] = []
+
+
+class Gauge:
+    def __init__(self) -> None:
+        self.readings: list[float] = []
+
+
+class Pool:
+    def __init__(self) -> None:
+        self.free: list[int] = []
+
+
+def make_gauge() -> Gauge:
+    return Gauge()
+
+
+def make_pool() -> Iterator[Pool]:
+    yield Pool()
+
+
+class TestNamesAClassAsAClass:
+    def test_registry_providers_by_their_kind(self) -> None:
+        """A registry's class provider is a class, a generator one a generator (not functions)."""
+        registry = isolation.Registry()
+        registry.provide(Tool, lifetime=isolation.Lifetime.REQUEST)
+        registry.provide(make_gauge, lifetime=isolation.Lifetime.REQUEST)
+        registry.provide(make_pool, lifetime=isolation.Lifetime.REQUEST)
+        report = audit(registry, users=2, threads=1)
+        assert report.exit_code == 0
+        kinds = {f.name: f.kind for f in report.factories}
+        assert kinds == {
+            "Tool": "class",
+            "make_gauge": "sync function",
+            "make_pool": "generator function",
+        }
+        text = report.render()
+        assert "factory Tool (class)" in text
+        assert "factory make_pool (generator function)" in text
+
+    def test_a_class_handed_out_is_named_as_a_class(self) -> None:
+        """A factory returning a class itself names it "class Tool", not its type "type"."""
+
+        def tool_class() -> type[Tool]:
+            return Tool
+
+        report = audit(tool_class, users=2, threads=1)
+        (factory,) = report.factories
+        assert factory.instance_types == ("class Tool",)
+        assert report.exit_code == 1  # the same object for every request: it outlives its scope
+        assert factory.violations
+        assert all(
+            v.message.startswith("the same class Tool was handed to two requests")
+            for v in factory.violations
+        )
+        assert "instances of class Tool in" in report.render()
 
 
 SESSION_SERVICE = """

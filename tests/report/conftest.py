@@ -23,6 +23,7 @@ class CheckFactory(Protocol):
         mutant_crash: bool = ...,
         is_async: bool = ...,
         seen: list[Settings] | None = ...,
+        raises: BaseException | None = ...,
     ) -> Check: ...
 
 
@@ -40,12 +41,18 @@ def _make_check(
     mutant_crash: bool = False,
     is_async: bool = False,
     seen: list[Settings] | None = None,
+    raises: BaseException | None = None,
 ) -> Check:
-    """A check whose subject is "library" or "mutant" and whose findings are fixed."""
+    """A check whose subject is "library" or "mutant" and whose findings are fixed.
+
+    ``raises`` is raised by every run, of the library and of the mutant.
+    """
 
     def judge(subject: str, settings: Settings) -> list[str]:
         if seen is not None:
             seen.append(settings)
+        if raises is not None:
+            raise raises
         if subject == "library":
             if crash:
                 raise RuntimeError("the scenario broke")

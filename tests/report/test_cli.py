@@ -192,6 +192,7 @@ class TestExitCodes:
     def test_urls_and_quick_reach_the_checks(
         self,
         capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
         use_registry: Callable[[ModeRegistry], None],
         make_check: CheckFactory,
         make_registry: RegistryFactory,
@@ -204,10 +205,13 @@ class TestExitCodes:
             m10=make_check("bus", backend=Backend.REDIS, seen=seen),
         )
         use_registry(make_registry(checks))
+        probed: list[tuple[Backend, str]] = []
+        monkeypatch.setattr(isolation.report, "probe_server", lambda *server: probed.append(server))
         argv = ["report", "--quick", "--postgres", "postgresql://db", "--redis", "redis://r"]
         assert main(argv) == 0
         expected = Settings(quick=True, postgres_url="postgresql://db", redis_url="redis://r")
         assert seen == [expected, expected]
+        assert probed == [(Backend.POSTGRES, "postgresql://db"), (Backend.REDIS, "redis://r")]
 
     def test_mode_filter(
         self,
@@ -252,6 +256,7 @@ class TestExitCodes:
         out = " ".join(capsys.readouterr().out.split())
         assert "--check-mutants" in out
         assert "4 a mutant not caught" in out
+        assert "5 a server given did not answer or refused the connection" in out
 
 
 def test_real_fm6_in_a_subprocess() -> None:

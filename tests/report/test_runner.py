@@ -24,6 +24,16 @@ CheckFactory = Callable[..., Check]  # the `make_check` fixture of conftest.py
 RegistryFactory = Callable[[dict[int, Iterable[Check]]], ModeRegistry]
 
 
+def answering(probed: list[tuple[Backend, str]]) -> Callable[[Backend, str], str | None]:
+    """A probe that records what it was asked and finds every server answering."""
+
+    def probe(backend: Backend, url: str) -> str | None:
+        probed.append((backend, url))
+        return None
+
+    return probe
+
+
 class TestRegistry:
     def test_sixteen_modes_in_order(self) -> None:
         """A fresh registry has the sixteen modes of the catalog, in order, without checks."""
@@ -228,10 +238,14 @@ class TestRunReport:
     ) -> None:
         """Given the URL, the check runs and sees the settings."""
         seen: list[Settings] = []
+        probed: list[tuple[Backend, str]] = []
         registry = make_registry({1: [make_check("server", backend=backend, seen=seen)]})
         settings = Settings(postgres_url="postgresql://x", redis_url="redis://x")
-        assert run_report(registry, settings).modes[0].status == "passed"
+        report = run_report(registry, settings, probe=answering(probed))
+        assert report.modes[0].status == "passed"
         assert seen == [settings]
+        url = settings.postgres_url if backend is Backend.POSTGRES else settings.redis_url
+        assert probed == [(backend, url)]
 
     def test_crash_is_a_violation(
         self,

@@ -631,7 +631,8 @@ class Registry:
         """``(name, factory)`` for each REQUEST and CONNECTION provider, for the audit.
 
         Each factory resolves its type in the current scope, so the audit's
-        overlapping scopes of many users exercise the registry itself.
+        overlapping scopes of many users exercise the registry itself; its
+        ``__isolation_provider__`` is the provider, which the report names.
         """
         factories: list[tuple[str, Callable[[], Any]]] = []
         for key, provider in list(self._providers.items()):
@@ -643,17 +644,22 @@ class Registry:
     def _audit_factory(self, key: Any) -> Callable[[], Any]:
         from isolation.context._scope import current_scope
 
+        factory: Callable[[], Any]
         if key in self._async_keys or self._is_async(self._providers[key]):
 
             async def aresolve() -> Any:
                 return await self._aget(current_scope(), key)
 
-            return aresolve
+            factory = aresolve
+        else:
 
-        def resolve() -> Any:
-            return self._get(current_scope(), key)
+            def resolve() -> Any:
+                return self._get(current_scope(), key)
 
-        return resolve
+            factory = resolve
+        # What the audit names: the provider (a class is reported as a class).
+        vars(factory)["__isolation_provider__"] = self._providers[key].fn
+        return factory
 
     def _register_teardown(self, owner: Scope | None, provider: _Provider, generator: Any) -> None:
         if owner is None:

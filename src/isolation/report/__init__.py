@@ -19,6 +19,7 @@ from isolation.report._runner import ModeResult as ModeResult
 from isolation.report._runner import Report as Report
 from isolation.report._runner import run_check as run_check
 from isolation.report._runner import run_report as run_report
+from isolation.report._servers import probe_server as probe_server
 from isolation.report.modes import default_registry as default_registry
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "Report",
     "Settings",
     "default_registry",
+    "probe_server",
     "render_table",
     "run_check",
     "run_report",

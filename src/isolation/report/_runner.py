@@ -14,18 +14,20 @@ import anyio
 import attrs
 
 from isolation.report._registry import Backend, Check, FailureMode, ModeRegistry, Settings
+from isolation.report._servers import Probe, is_connection_failure, probe_server
 
 __all__ = ["CheckResult", "ModeResult", "Report", "run_check", "run_report"]
 
 logger = logging.getLogger("isolation.report")
 
-Status = Literal["passed", "failed", "not_run"]
+Status = Literal["passed", "failed", "not_run", "error"]
 
 EXIT_OK: Final = 0
 EXIT_VIOLATION: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_NOT_RUN: Final = 3
 EXIT_MUTANT_MISSED: Final = 4
+EXIT_SERVER_ERROR: Final = 5
 
 _MAX_DETAILS = 5
 
@@ -61,8 +63,8 @@ class ModeResult:
 
     @property
     def passed(self) -> bool | None:
-        """``True``/``False``, or ``None`` when the mode did not run."""
-        return None if self.status == "not_run" else self.status == "passed"
+        """``True``/``False``, or ``None`` when the mode did not run or could not reach a server."""
+        return None if self.status in ("not_run", "error") else self.status == "passed"
 
 
 @attrs.frozen(kw_only=True)
@@ -74,9 +76,15 @@ class Report:
 
     @property
     def exit_code(self) -> int:
-        """1 a violation, else 4 a mutant not caught, else 3 some mode not run, else 0."""
+        """1 a violation, else 5 a server error, else 4 a mutant not caught, else 3 not run, else 0.
+
+        A server error (a PostgreSQL or Redis given to the report that did not
+        answer, or refused the connection) is never a violation, and never 0.
+        """
         if any(mode.status == "failed" for mode in self.modes):
             return EXIT_VIOLATION
+        if any(mode.status == "error" for mode in self.modes):
+            return EXIT_SERVER_ERROR
         if self.check_mutants and any(mode.mutant_caught is False for mode in self.modes):
             return EXIT_MUTANT_MISSED
         if any(mode.status == "not_run" for mode in self.modes):
@@ -140,6 +148,29 @@ def _unavailable_backend(check: Check, settings: Settings) -> str | None:
     return None
 
 
+def _server_url(backend: Backend, settings: Settings) -> str | None:
+    return {Backend.POSTGRES: settings.postgres_url, Backend.REDIS: settings.redis_url}.get(backend)
+
+
+class _Servers:
+    """The probes of one report run: each requested server is probed once, when first needed."""
+
+    def __init__(self, settings: Settings, probe: Probe) -> None:
+        self._settings = settings
+        self._probe = probe
+        self._answers: dict[Backend, str | None] = {}
+
+    def unreachable(self, backend: Backend, progress: Callable[[str], None]) -> str | None:
+        """Why the server of ``backend`` does not answer, or ``None`` (and for embedded ones)."""
+        url = _server_url(backend, self._settings)
+        if url is None:
+            return None
+        if backend not in self._answers:
+            progress(f"  probing {backend} ...")
+            self._answers[backend] = self._probe(backend, url)
+        return self._answers[backend]
+
+
 def run_check(
     check: Check, settings: Settings, *, target: Literal["library", "mutant"] = "library"
 ) -> list[str]:
@@ -156,25 +187,47 @@ def run_check(
     return list(check.run(subject, settings))  # type: ignore[arg-type]
 
 
+def _unrun(check: Check, status: Status, reason: str, seconds: float = 0.0) -> CheckResult:
+    return CheckResult(
+        name=check.name,
+        backend=str(check.backend),
+        status=status,
+        violations=0,
+        details=(),
+        seconds=seconds,
+        reason=reason,
+    )
+
+
+def _lost_server(check: Check, exc: Exception) -> str | None:
+    """Why a crash of a check on a server is the server's doing, or ``None``: it is a finding."""
+    if check.backend not in (Backend.POSTGRES, Backend.REDIS) or not is_connection_failure(exc):
+        return None
+    return f"lost the connection to {check.backend}: {type(exc).__name__}: {exc}"[:300]
+
+
 def _run_one(
-    check: Check, settings: Settings, check_mutants: bool, progress: Callable[[str], None]
+    check: Check,
+    settings: Settings,
+    check_mutants: bool,
+    progress: Callable[[str], None],
+    servers: _Servers,
 ) -> CheckResult:
-    # A server not asked for explains a skipped check better than a missing client.
+    # A server not asked for explains a skipped check better than a missing client,
+    # and a missing client better than a server that does not answer.
     reason = _unavailable_backend(check, settings) or _missing_requirement(check)
     if reason is not None:
-        return CheckResult(
-            name=check.name,
-            backend=str(check.backend),
-            status="not_run",
-            violations=0,
-            details=(),
-            seconds=0.0,
-            reason=reason,
-        )
+        return _unrun(check, "not_run", reason)
+    reason = servers.unreachable(check.backend, progress)
+    if reason is not None:
+        return _unrun(check, "error", reason)
     started = time.perf_counter()
     try:
         violations = run_check(check, settings)
     except Exception as exc:
+        if (lost := _lost_server(check, exc)) is not None:
+            logger.warning("check %s %s", check.name, lost, extra={"event": "check_server_lost"})
+            return _unrun(check, "error", lost, time.perf_counter() - started)
         logger.exception("check %s crashed", check.name, extra={"event": "check_crashed"})
         violations = [f"the check crashed: {type(exc).__name__}: {exc}"]
     seconds = time.perf_counter() - started
@@ -187,6 +240,11 @@ def _run_one(
             caught = bool(found)
             mutant_details = tuple(found[:_MAX_DETAILS])
         except Exception as exc:
+            if (lost := _lost_server(check, exc)) is not None:
+                logger.warning(
+                    "mutant run of %s %s", check.name, lost, extra={"event": "check_server_lost"}
+                )
+                return _unrun(check, "error", lost, seconds)
             logger.exception("mutant run of %s crashed", check.name)
             caught = False
             mutant_details = (f"the check crashed on the mutant: {type(exc).__name__}",)
@@ -202,15 +260,19 @@ def _run_one(
     )
 
 
-def _summarise(mode: FailureMode, results: Sequence[CheckResult], seconds: float) -> ModeResult:
-    ran = [r for r in results if r.status != "not_run"]
-    # An embedded check (memory, SQLite) that could not run — a missing extra —
-    # means the mode was not fully checked here: it must not show as passed.
-    # Checks of PostgreSQL and Redis run only when their URL is given.
-    embedded_missing = [
+def _summarise(
+    mode: FailureMode, results: Sequence[CheckResult], seconds: float, settings: Settings
+) -> ModeResult:
+    ran = [r for r in results if r.status in ("passed", "failed")]
+    errors = [r for r in results if r.status == "error"]
+    # A requested check that could not run — a missing extra, or a missing driver
+    # of a server given with --postgres or --redis — means the mode was not fully
+    # checked here: it must not show as passed. Checks of a server not given are
+    # not requested.
+    requested_missing = [
         r
-        for r in results
-        if r.status == "not_run" and r.backend in (Backend.MEMORY, Backend.SQLITE)
+        for check, r in zip(mode.checks, results, strict=True)
+        if r.status == "not_run" and _unavailable_backend(check, settings) is None
     ]
     failed = any(r.status == "failed" for r in ran)
     if not mode.checks:
@@ -218,9 +280,11 @@ def _summarise(mode: FailureMode, results: Sequence[CheckResult], seconds: float
         reason: str | None = "no check registered yet: this mode is not delivered"
     elif failed:
         status, reason = "failed", None
-    elif not ran or embedded_missing:
+    elif errors:
+        status, reason = "error", "; ".join(sorted({r.reason or "" for r in errors}))
+    elif not ran or requested_missing:
         status = "not_run"
-        reason = "; ".join(sorted({r.reason or "" for r in (embedded_missing or results)}))
+        reason = "; ".join(sorted({r.reason or "" for r in (requested_missing or results)}))
     else:
         status, reason = "passed", None
     caught_values = [r.mutant_caught for r in ran if r.mutant_caught is not None]
@@ -264,9 +328,16 @@ def run_report(
     check_mutants: bool = False,
     modes: Sequence[int] | None = None,
     progress: Callable[[str], None] = lambda line: None,
+    probe: Probe = probe_server,
 ) -> Report:
-    """Run every registered check (of ``modes``, if given) and return the report."""
+    """Run every registered check (of ``modes``, if given) and return the report.
+
+    Each server of ``settings`` is first probed with ``probe(backend, url)``
+    (once, before its first check): when it does not answer, its checks are
+    errors with the probe's reason, and are not run.
+    """
     settings = settings or Settings()
+    servers = _Servers(settings, probe)
     results = []
     noise = _AiosqliteTerminateNoise()
     asyncio_logger = logging.getLogger("asyncio")
@@ -280,8 +351,8 @@ def run_report(
             checks = []
             for check in mode.checks:
                 progress(f"  {check.name} on {check.backend} ...")
-                checks.append(_run_one(check, settings, check_mutants, progress))
-            results.append(_summarise(mode, checks, time.perf_counter() - started))
+                checks.append(_run_one(check, settings, check_mutants, progress, servers))
+            results.append(_summarise(mode, checks, time.perf_counter() - started, settings))
     finally:
         gc.collect()  # the abandoned tasks are in cycles: collect them while filtered
         asyncio_logger.removeFilter(noise)

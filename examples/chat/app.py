@@ -45,10 +45,10 @@ from isolation.integrations.starlette import (
     lifespan,
     pump,
 )
+from isolation.logging import install_secrets_filter
 from isolation.sessions import SessionManager
 
 from .assistant import Assistant, make_registry
-from .logs import install_log_filter
 from .models import Base, Message, make_engine
 
 __all__ = [
@@ -120,7 +120,7 @@ def create_app(*, database_url: str, secret: bytes, queue_size: int | None = Non
     if queue_size is None:
         queue_size = _queue_size_from_environment()
     keys = [secret]
-    install_log_filter()
+    install_secrets_filter("examples.chat")  # tickets in /ws URLs reach uvicorn's log
 
     engine = make_engine(database_url)
     manager = SessionManager(engine)
@@ -153,7 +153,9 @@ def create_app(*, database_url: str, secret: bytes, queue_size: int | None = Non
 
     @contextlib.asynccontextmanager
     async def run(app: FastAPI) -> AsyncIterator[None]:
-        install_log_filter()  # again: a server may set up its handlers after the import
+        install_secrets_filter(
+            "examples.chat"
+        )  # again: a server may set up its handlers after the import
         async with engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)
         try:

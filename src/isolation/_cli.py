@@ -16,6 +16,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from isolation import __version__
+
 __all__ = ["main"]
 
 
@@ -23,6 +25,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="isolation",
         description="Multi-tenant isolation checks for async Python services.",
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"%(prog)s {__version__} (distribution isolation-primitives)",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     report = commands.add_parser(

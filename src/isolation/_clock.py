@@ -13,7 +13,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 __all__ = ["Clock", "FakeClock", "get_clock", "now", "set_clock", "use_clock"]
 
@@ -67,9 +67,16 @@ def set_clock(clock: Clock | None) -> Clock:
     return previous
 
 
+_C = TypeVar("_C", bound=Clock)
+
+
 @contextmanager
-def use_clock(clock: Clock) -> Iterator[Clock]:
-    """Use ``clock`` inside the ``with`` block, then restore the previous one."""
+def use_clock(clock: _C) -> Iterator[_C]:
+    """Use ``clock`` inside the ``with`` block, then restore the previous one.
+
+    The ``as`` target is ``clock`` itself, with its own type, so that
+    ``with use_clock(FakeClock()) as clock: clock.advance(5)`` type-checks.
+    """
     previous = set_clock(clock)
     try:
         yield clock

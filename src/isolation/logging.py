@@ -9,6 +9,9 @@ the current scope on every record it sees, so your own log lines carry them too.
 User ids are often e-mail addresses: :func:`set_redactor` installs one function
 that every log line and error message of the library applies to user and tenant
 ids; :func:`hmac_redactor` builds a keyed-hash one.
+
+Tokens and tickets in URLs reach a server's access log: :class:`SecretsFilter`
+masks them, and :func:`install_secrets_filter` attaches it to uvicorn's loggers.
 """
 
 from __future__ import annotations
@@ -18,9 +21,21 @@ import hmac
 import logging
 
 from isolation._errors import ConfigurationError, IsolationError
+from isolation._log_secrets import REDACTED, SecretsFilter, install_secrets_filter, redact_secrets
 from isolation._redact import Redactor, redact, set_redactor
 
-__all__ = ["ContextFilter", "Redactor", "get_logger", "hmac_redactor", "redact", "set_redactor"]
+__all__ = [
+    "ContextFilter",
+    "REDACTED",
+    "Redactor",
+    "SecretsFilter",
+    "get_logger",
+    "hmac_redactor",
+    "install_secrets_filter",
+    "redact",
+    "redact_secrets",
+    "set_redactor",
+]
 
 _PARTS = frozenset({"context", "factories", "sessions", "events", "report", "tokens"})
 

@@ -253,6 +253,10 @@ async def test_no_token_or_ticket_reaches_the_log(
     log = chat_server.log()
     assert '"WebSocket /ws?ticket=[redacted]" [accepted]' in log  # the lines are there
     assert '"WebSocket /ws?ticket=[redacted]" 403' in log
+    # The access line too, formatted by uvicorn's AccessFormatter (which unpacks the
+    # record's arguments): masked, not lost to a "--- Logging error ---".
+    assert '"GET /messages?token=[redacted] HTTP/1.1" 200' in log
+    assert "Logging error" not in log
     assert "iso1" not in log.lower()
     for credential in chat_server.credentials:
         _version, _purpose, payload, signature = credential.split(".")

@@ -129,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "report":
         return _report(args)
     if args.command == "audit":
-        from isolation._audit import audit_main
+        from isolation.factories._audit import audit_main
 
         return audit_main(
             args.target,

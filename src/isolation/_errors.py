@@ -43,10 +43,7 @@ contain token material; user ids pass through the redaction hook of
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
-
-if TYPE_CHECKING:
-    from isolation.events import CloseReason, Connection, PublishResult
+from typing import Any, ClassVar
 
 __all__ = [
     "BackendUnavailableError",
@@ -338,7 +335,8 @@ class ConnectionClosedError(EventError):
 
     hint = "Open a new connection; a closed one is never reopened"
 
-    def __init__(self, message: str, *, reason: CloseReason, hint: str | None = None) -> None:
+    # Typed Any: the error tree sits below the events layer (a CloseReason at run time).
+    def __init__(self, message: str, *, reason: Any, hint: str | None = None) -> None:
         self.reason = reason
         super().__init__(message, hint=hint)
 
@@ -368,9 +366,9 @@ class QueueFullError(EventError):
 
     hint = "Consume faster, raise queue_size or publish_timeout, or choose another Overflow policy"
 
-    def __init__(
-        self, message: str, *, result: PublishResult, connections: Sequence[Connection]
-    ) -> None:
+    # Typed Any: the error tree sits below the events layer (a PublishResult and
+    # Connections at run time).
+    def __init__(self, message: str, *, result: Any, connections: Sequence[Any]) -> None:
         self.result = result
         self.connections = tuple(connections)
         super().__init__(message)

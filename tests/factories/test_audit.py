@@ -17,7 +17,8 @@ import pytest
 
 import isolation
 from isolation import Scope, UserContext
-from isolation._audit import (
+from isolation._cli import main
+from isolation.factories._audit import (
     AuditUsageError,
     _FactoryRun,
     _Outcome,
@@ -25,7 +26,6 @@ from isolation._audit import (
     audit_contexts,
     default_principal,
 )
-from isolation._cli import main
 from isolation.testing import assert_no_shared_state
 
 _names = itertools.count()

@@ -717,7 +717,7 @@ class TestSharedStateAndOwnership:
 
     def test_audit_a_registry(self) -> None:
         """isolation audit accepts a Registry: a leaky provider is a violation, a clean one is not."""
-        from isolation._audit import audit
+        from isolation.factories._audit import audit
 
         clean = Registry()
         clean.provide(CleanEngine)

@@ -82,7 +82,7 @@ def assert_no_shared_state(
         ConfigurationError: ``principals`` raised, returned something else,
             an invalid id, or one principal for two users.
     """
-    from isolation._audit import audit, default_principal
+    from isolation.factories._audit import audit, default_principal
 
     report = audit(
         factory,

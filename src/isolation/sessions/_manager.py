@@ -834,11 +834,9 @@ class _Block:
             else:
                 held.manager._end_outermost_sync(held, exc)
         except DBAPIError as failure:
-            if failure.connection_invalidated and exc is None:
-                raise _connection_lost(held.owner, "while committing") from failure
+            _raise_if_lost(held.owner, failure, "while committing", exc)
             raise
-        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-            raise _connection_lost(held.owner, "inside the block") from exc
+        _raise_if_lost(held.owner, exc, "inside the block", exc)
         return False
 
     async def __aenter__(self) -> AsyncSession:
@@ -911,12 +909,22 @@ class _Block:
             else:
                 await held.manager._end_outermost(held, exc)
         except DBAPIError as failure:
-            if failure.connection_invalidated and exc is None:
-                raise _connection_lost(held.owner, "while committing") from failure
+            _raise_if_lost(held.owner, failure, "while committing", exc)
             raise
-        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-            raise _connection_lost(held.owner, "inside the block") from exc
+        _raise_if_lost(held.owner, exc, "inside the block", exc)
         return False
+
+
+def _raise_if_lost(
+    owner: _Owner, failure: BaseException | None, when: str, exc: BaseException | None
+) -> None:
+    """Raise the typed error when ``failure`` is a driver error SQLAlchemy classed as a
+    disconnect: at the block's end only when the block itself raised nothing."""
+    if not isinstance(failure, DBAPIError) or not failure.connection_invalidated:
+        return
+    if when == "while committing" and exc is not None:
+        return
+    raise _connection_lost(owner, when) from failure
 
 
 def _connection_lost(owner: _Owner, when: str) -> DatabaseConnectionLostError:

@@ -36,7 +36,7 @@ from typing import Any
 import anyio
 import pytest
 
-from isolation import UserContext
+from isolation import Principal, UserContext
 from isolation.events import EventRouter
 
 EVENTS = 20_000
@@ -115,8 +115,10 @@ async def router_async_for(users: int, events: int) -> Go:
 
 async def _router(users: int, events: int, *, iterate: bool, nested: bool = False) -> Go:
     router = EventRouter()
-    names = _users(users)
-    conns = [await router.connect(UserContext.new(name)) for name in names for _ in range(2)]
+    names = [Principal(None, name) for name in _users(users)]
+    conns = [
+        await router.connect(UserContext.new(name.user_id)) for name in names for _ in range(2)
+    ]
     share = events // users
 
     async def consume(conn: Any) -> None:
@@ -262,13 +264,14 @@ def _time_publishes(benchmark: Any, names: list[str], recipients: list[str]) -> 
     conns = loop.run_until_complete(_connect_all(router, names))
     wanted = set(recipients)
     targets = [c for c in conns if c.principal[1] in wanted]
+    to = [Principal(None, name) for name in recipients]
     start = [0]
 
     async def publish_batch() -> None:
         publish = router.publish
-        first, count = start[0], len(recipients)
+        first, count = start[0], len(to)
         for i in range(first, first + PUBLISHES):
-            await publish(recipients[i % count], i)
+            await publish(to[i % count], i)
         start[0] = first + PUBLISHES
 
     async def drain() -> None:

@@ -167,13 +167,15 @@ def receiver_main(kind: str, url: str, namespace: str, expected: int) -> None:
 async def publish(kind: str, url: str, namespace: str, events: int, rate: float | None) -> float:
     """Publish ``events`` round-robin from 8 tasks (paced to ``rate``/s if given); return the start."""
     if kind == "isolation":
+        from isolation import Principal
         from isolation.events import EventRouter
         from isolation.events.backends.redis import RedisBackend
 
         router = EventRouter(backend=RedisBackend(url, keys=[KEY], namespace=namespace))
+        principals = [Principal(None, f"user-{i}") for i in range(USERS)]
 
         async def send(n: int) -> None:
-            await router.publish(f"user-{n % USERS}", {"t": time.time(), "n": n})
+            await router.publish(principals[n % USERS], {"t": time.time(), "n": n})
 
         async def close() -> None:
             await router.aclose()

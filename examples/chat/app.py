@@ -204,9 +204,9 @@ def create_app(*, database_url: str, secret: bytes, queue_size: int | None = Non
                 session.add(reply)
             await session.flush()
         # Committed: now tell every socket of the caller, and no one else.
-        result = await router.publish(ctx.user_id, posted.to_json(), tenant_id=ctx.tenant_id)
+        result = await router.publish(ctx, posted.to_json())
         if reply is not None:
-            await router.publish(ctx.user_id, reply.to_json(), tenant_id=ctx.tenant_id)
+            await router.publish(ctx, reply.to_json())
         return {**posted.to_json(), "delivered": result.delivered}
 
     @app.get("/messages")

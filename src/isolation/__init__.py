@@ -45,6 +45,7 @@ from isolation._lifetime import Lifetime as Lifetime
 from isolation.context._local import ContextLocal as ContextLocal
 from isolation.context._model import Attributes as Attributes
 from isolation.context._model import UserContext as UserContext
+from isolation.context._principal import Principal as Principal
 from isolation.context._propagation import ContextThreadPoolExecutor as ContextThreadPoolExecutor
 from isolation.context._propagation import to_thread as to_thread
 from isolation.context._scope import Scope as Scope
@@ -89,6 +90,7 @@ __all__ = [
     "MalformedTokenError",
     "NoContextError",
     "PoolExhaustedError",
+    "Principal",
     "QueueFullError",
     "Registry",
     "RegistryStats",

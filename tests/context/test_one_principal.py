@@ -13,14 +13,13 @@ import json
 import tempfile
 import unicodedata
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
 from hypothesis import given, settings
 
 import isolation
-from isolation import InvalidContextError, MalformedTokenError, UserContext, tokens
+from isolation import InvalidContextError, MalformedTokenError, Principal, UserContext, tokens
 from isolation.events import EventRouter
 from isolation.testing.strategies import confusable_pairs
 
@@ -53,12 +52,14 @@ def _accepted(ids: tuple[str, ...], *, as_tenant: bool) -> dict[str, UserContext
 async def _router_layer(
     ids: tuple[str, ...], made: dict[str, UserContext], as_tenant: bool
 ) -> None:
-    """Tickets, connect, publish, connections and principal_stats keep ids apart."""
+    """Tickets, connect, Principal, publish, connections and principal_stats keep ids apart.
 
-    def where(spelling: str) -> dict[str, Any]:
-        if as_tenant:
-            return {"user_id": "user", "tenant_id": spelling}
-        return {"user_id": spelling, "tenant_id": TENANT}
+    A spelling the rules refuse is refused by ``Principal`` and by the deprecated
+    ``(user_id, tenant_id=)`` form of the router's methods alike.
+    """
+
+    def where(spelling: str) -> tuple[str, str]:
+        return (spelling, "user") if as_tenant else (TENANT, spelling)
 
     async with EventRouter(keys=[KEY]) as router:
         conns = {}
@@ -66,23 +67,34 @@ async def _router_layer(
             conns[spelling] = await router.connect(token=router.issue_ticket(ctx))
             assert conns[spelling].principal == ctx.principal
         for spelling in ids:
-            ids_of = where(spelling)
+            tenant, user = where(spelling)
             if spelling in made:
-                result = await router.publish(
-                    ids_of["user_id"], spelling, tenant_id=ids_of["tenant_id"]
-                )
+                to = Principal(tenant, user)
+                assert to == made[spelling].principal
+                result = await router.publish(to, spelling)
                 assert result.delivered == 1
-                assert router.connections(**ids_of) == (conns[spelling],)
-                stats = router.principal_stats(**ids_of)
+                assert router.connections(to) == (conns[spelling],)
+                stats = router.principal_stats(to)
                 assert stats is not None
                 assert stats.connections == 1
             else:
                 with pytest.raises(InvalidContextError):
-                    await router.publish(ids_of["user_id"], spelling, tenant_id=ids_of["tenant_id"])
-                with pytest.raises(InvalidContextError):
-                    router.connections(**ids_of)
-                with pytest.raises(InvalidContextError):
-                    router.principal_stats(**ids_of)
+                    Principal(tenant, user)
+                with (
+                    pytest.warns(DeprecationWarning, match="is deprecated"),
+                    pytest.raises(InvalidContextError),
+                ):
+                    await router.publish(user, spelling, tenant_id=tenant)
+                with (
+                    pytest.warns(DeprecationWarning, match="is deprecated"),
+                    pytest.raises(InvalidContextError),
+                ):
+                    router.connections(user, tenant_id=tenant)
+                with (
+                    pytest.warns(DeprecationWarning, match="is deprecated"),
+                    pytest.raises(InvalidContextError),
+                ):
+                    router.principal_stats(user, tenant_id=tenant)
         for spelling, conn in conns.items():
             with anyio.fail_after(5):
                 event = await conn.receive()
@@ -145,13 +157,23 @@ class TestConfusableIds:
             UserContext.new("\u212blice")
         assert info.value.field == "user_id"
         assert "\u212b" not in str(info.value)
+        for spelling in ("\u212blice", "A\u030alice"):
+            with pytest.raises(InvalidContextError):
+                Principal(None, spelling)
         async with EventRouter() as router:
             conn = await router.connect(ctx=victim)
-            with pytest.raises(InvalidContextError):
-                await router.publish("\u212blice", {"x": 1})
-            with pytest.raises(InvalidContextError):
-                router.connections("A\u030alice")
-            assert router.connections("\u00c5lice") == (conn,)
+            with (
+                pytest.warns(DeprecationWarning, match="is deprecated"),
+                pytest.raises(InvalidContextError),
+            ):
+                await router.publish("\u212blice", {"x": 1}, tenant_id=None)
+            with (
+                pytest.warns(DeprecationWarning, match="is deprecated"),
+                pytest.raises(InvalidContextError),
+            ):
+                router.connections("A\u030alice", tenant_id=None)
+            assert router.connections(Principal(None, "\u00c5lice")) == (conn,)
+            assert router.connections(victim) == (conn,)
 
 
 class TestTokens:

@@ -94,7 +94,7 @@ class TestSharedBackend:
         assert isinstance(backend, Backend)
         conn = await router.connect(UserContext.new("alice", tenant_id="acme"))
         assert backend.watching == {("acme", "alice")}
-        result = await router.publish("alice", {"n": 1}, tenant_id="acme", kind="note")
+        result = await router.publish(Principal("acme", "alice"), {"n": 1}, kind="note")
         assert result == PublishResult(delivered=1, dropped=0)
         [envelope] = backend.sent
         assert (envelope.recipient, envelope.tenant_id, envelope.kind) == ("alice", "acme", "note")
@@ -127,15 +127,22 @@ class TestSharedBackend:
         backend = LoopbackBackend()
         router = EventRouter(backend=backend, max_event_bytes=5)
         with pytest.raises(isolation.EventTooLargeError):
-            await router.publish("alice", "too long")
+            await router.publish(Principal(None, "alice"), "too long")
         with pytest.raises(isolation.UsageError):
-            await router.publish("alice", 1, kind="gap")
+            await router.publish(Principal(None, "alice"), 1, kind="gap")
         with pytest.raises(isolation.UsageError):
-            await router.publish(None, 1)  # type: ignore[arg-type]
+            await router.publish(None, 1)  # type: ignore[call-overload]
+        with pytest.raises(isolation.UsageError):
+            await router.publish("alice", 1)  # type: ignore[call-overload]
+        with (
+            pytest.warns(DeprecationWarning, match="is deprecated"),
+            pytest.raises(isolation.InvalidContextError),
+        ):
+            await router.publish("a\u200bb", 1, tenant_id=None)
         assert backend.sent == []
         await router.aclose()
         with pytest.raises(isolation.ConnectionClosedError):
-            await router.publish("alice", 1)
+            await router.publish(Principal(None, "alice"), 1)
 
     async def test_tickets_recorded_by_the_backend(self) -> None:
         """Ticket redemption goes through the backend's claim_ticket."""

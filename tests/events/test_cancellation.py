@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import isolation
-from isolation import UserContext
+from isolation import Principal, UserContext
 from isolation.events import CloseReason, Connection, Event, EventRouter, MemoryBackend, Overflow
 from isolation.testing import FakeClock
 
@@ -45,7 +45,7 @@ class TestCancelledReceive:
             await anyio.wait_all_tasks_blocked()
             for step in steps:
                 if step.startswith("publish"):
-                    await router.publish("alice", published, tenant_id="acme")
+                    await router.publish(Principal("acme", "alice"), published)
                     published += 1
                 if step in ("publish_then_cancel", "cancel_waiting"):
                     # Cancel the consumer's current receive: right after the wake-up
@@ -64,7 +64,7 @@ class TestCancelledReceive:
         with anyio.move_on_after(0.001):
             await conn.receive()
         assert conn._waiter is None
-        await router.publish("alice", "later")
+        await router.publish(Principal(None, "alice"), "later")
         assert (await conn.receive()).payload == "later"
 
 
@@ -102,12 +102,12 @@ class TestCycles:
             kind = i % 4
             if kind == 0:
                 conn = await router.connect(ctx)
-                await router.publish(ctx.user_id, i, tenant_id=ctx.tenant_id)
+                await router.publish(ctx, i)
                 await conn.aclose()
             elif kind == 1:
                 async with isolation.scope(ctx):
                     conn = await router.connect()
-                    await router.publish(ctx.user_id, i, tenant_id=ctx.tenant_id)
+                    await router.publish(ctx, i)
                     assert (await conn.receive()).payload == i
             elif kind == 2:
                 async with await router.connect(token=router.issue_ticket(ctx)) as conn:
@@ -146,9 +146,9 @@ class TestCycles:
         conn = await router.connect(UserContext.new("alice"))
         delivered, queued = Payload(), Payload()
         refs = [weakref.ref(delivered), weakref.ref(queued)]
-        await router.publish("alice", delivered)
+        await router.publish(Principal(None, "alice"), delivered)
         event: Event | None = await conn.receive()
-        await router.publish("alice", queued)
+        await router.publish(Principal(None, "alice"), queued)
         await conn.aclose()
         del delivered, queued
         event = None

@@ -6,7 +6,7 @@ import anyio
 import pytest
 
 import isolation
-from isolation import UserContext
+from isolation import Principal, UserContext
 from isolation.events import CloseReason, EventRouter, PublishResult
 from isolation.testing import FakeClock
 
@@ -45,8 +45,8 @@ class TestFakeClock:
         """Events queued before the expiry are dropped, not handed over after it."""
         router = EventRouter()
         conn = await router.connect(ctx())
-        await router.publish("alice", 1, tenant_id="acme")
-        await router.publish("alice", 2, tenant_id="acme")
+        await router.publish(Principal("acme", "alice"), 1)
+        await router.publish(Principal("acme", "alice"), 2)
         fake_clock.advance(10)
         with pytest.raises(isolation.ConnectionClosedError) as info:
             await conn.receive()
@@ -59,7 +59,7 @@ class TestFakeClock:
         """Even if nothing closed it yet, the last step refuses to deliver past expiry."""
         router = EventRouter()
         conn = await router.connect(ctx())
-        await router.publish("alice", 1, tenant_id="acme")
+        await router.publish(Principal("acme", "alice"), 1)
         fake_clock._unwatch(router)  # as if the clock never told the router
         fake_clock.advance(10)
         assert conn.state == "open"
@@ -74,7 +74,7 @@ class TestFakeClock:
         conn = await router.connect(ctx())
         fake_clock._unwatch(router)
         fake_clock.advance(10)
-        assert await router.publish("alice", 1, tenant_id="acme") == PublishResult(
+        assert await router.publish(Principal("acme", "alice"), 1) == PublishResult(
             delivered=0, dropped=0
         )
         assert conn.close_reason is CloseReason.EXPIRED
@@ -94,7 +94,7 @@ class TestFakeClock:
         router = EventRouter()
         conn = await router.connect(ctx(ttl=None))
         fake_clock.advance(10**6)
-        await router.publish("alice", 1, tenant_id="acme")
+        await router.publish(Principal("acme", "alice"), 1)
         assert (await conn.receive()).payload == 1
 
 

@@ -6,7 +6,7 @@ import anyio
 import pytest
 
 import isolation
-from isolation import UserContext
+from isolation import Principal, UserContext
 from isolation.events import CloseReason, Connection, Event, EventRouter, Overflow, PublishResult
 from isolation.events._queue import burst
 
@@ -37,7 +37,7 @@ class TestDropPolicies:
         router = EventRouter(queue_size=CAPACITY, overflow=policy)
         slow = await router.connect(ctx())
         neighbour = await router.connect(ctx("bob"))
-        results = [await router.publish("alice", i, tenant_id="acme") for i in range(1, BURST + 1)]
+        results = [await router.publish(Principal("acme", "alice"), i) for i in range(1, BURST + 1)]
         assert sum(r.delivered for r in results) == (
             BURST if policy is Overflow.DROP_OLDEST else 10
         )
@@ -50,7 +50,7 @@ class TestDropPolicies:
         assert (stats.seq, stats.delivered, stats.dropped) == (BURST, CAPACITY, BURST - CAPACITY)
         assert neighbour.stats().seq == 0
         # After the burst the next event continues the sequence: the gap stays visible.
-        await router.publish("alice", "next", tenant_id="acme")
+        await router.publish(Principal("acme", "alice"), "next")
         assert (await slow.receive()).seq == BURST + 1
         assert outcome_matches_model(policy)
 
@@ -61,11 +61,11 @@ class TestDropPolicies:
         fast = await router.connect(ctx())
         got: list[int] = []
         for i in range(1, BURST + 1):
-            await router.publish("alice", i, tenant_id="acme")
+            await router.publish(Principal("acme", "alice"), i)
             got.extend(e.seq for e in await drain(fast))
         assert got == list(range(1, BURST + 1))
         assert slow.stats().dropped == BURST - CAPACITY
-        principal = router.principal_stats("alice", tenant_id="acme")
+        principal = router.principal_stats(Principal("acme", "alice"))
         assert principal is not None
         assert (principal.delivered, principal.dropped) == (BURST, BURST - CAPACITY)
 
@@ -86,9 +86,9 @@ class TestDisconnect:
         slow = await router.connect(ctx())
         fast = await router.connect(ctx())
         for i in range(1, CAPACITY + 1):
-            await router.publish("alice", i, tenant_id="acme")
+            await router.publish(Principal("acme", "alice"), i)
         await drain(fast)
-        result = await router.publish("alice", CAPACITY + 1, tenant_id="acme")
+        result = await router.publish(Principal("acme", "alice"), CAPACITY + 1)
         assert result == PublishResult(delivered=1, dropped=CAPACITY + 1)
         assert slow.close_reason is CloseReason.OVERFLOW
         with pytest.raises(isolation.ConnectionClosedError) as info:
@@ -103,8 +103,8 @@ class TestDisconnect:
         """`async for` raises ConnectionClosedError(OVERFLOW): the consumer must know."""
         router = EventRouter(queue_size=1, overflow=Overflow.DISCONNECT)
         conn = await router.connect(ctx())
-        await router.publish("alice", 1, tenant_id="acme")
-        await router.publish("alice", 2, tenant_id="acme")
+        await router.publish(Principal("acme", "alice"), 1)
+        await router.publish(Principal("acme", "alice"), 2)
         with pytest.raises(isolation.ConnectionClosedError) as info:
             async for _ in conn:
                 pass
@@ -115,10 +115,10 @@ class TestDisconnect:
         router = EventRouter(queue_size=CAPACITY, overflow=Overflow.DISCONNECT)
         await router.connect(ctx())
         for i in range(BURST):
-            await router.publish("alice", i, tenant_id="acme")
+            await router.publish(Principal("acme", "alice"), i)
         stats = router.stats()
         assert stats.undeliverable == BURST - CAPACITY - 1
-        assert router.principal_stats("alice", tenant_id="acme") is None
+        assert router.principal_stats(Principal("acme", "alice")) is None
 
 
 class TestBlock:
@@ -135,7 +135,7 @@ class TestBlock:
 
             tg.start_soon(consume)
             for i in range(BURST):
-                result = await router.publish("alice", i, tenant_id="acme")
+                result = await router.publish(Principal("acme", "alice"), i)
                 assert result == PublishResult(delivered=1, dropped=0)
             await anyio.wait_all_tasks_blocked()
             await conn.aclose()
@@ -147,16 +147,16 @@ class TestBlock:
         router = EventRouter(queue_size=CAPACITY, overflow=Overflow.BLOCK, publish_timeout=0.001)
         conn = await router.connect(ctx())
         for i in range(1, CAPACITY + 1):
-            await router.publish("alice", i, tenant_id="acme")
+            await router.publish(Principal("acme", "alice"), i)
         for i in range(CAPACITY + 1, BURST + 1):
             with pytest.raises(isolation.QueueFullError) as info:
-                await router.publish("alice", i, tenant_id="acme")
+                await router.publish(Principal("acme", "alice"), i)
             assert info.value.result == PublishResult(delivered=0, dropped=1)
             assert info.value.connections == (conn,)
             assert conn.id in str(info.value)
         assert [e.seq for e in await drain(conn)] == list(range(1, CAPACITY + 1))
         assert (conn.stats().delivered, conn.stats().dropped, conn.stats().waiting) == (10, 40, 0)
-        await router.publish("alice", "after", tenant_id="acme")
+        await router.publish(Principal("acme", "alice"), "after")
         assert (await conn.receive()).seq == BURST + 1
 
     async def test_partial_result(self) -> None:
@@ -164,10 +164,10 @@ class TestBlock:
         router = EventRouter(queue_size=1, overflow=Overflow.BLOCK, publish_timeout=0.001)
         full = await router.connect(ctx())
         roomy = await router.connect(ctx())
-        await router.publish("alice", 1, tenant_id="acme")
+        await router.publish(Principal("acme", "alice"), 1)
         await roomy.receive()
         with pytest.raises(isolation.QueueFullError) as info:
-            await router.publish("alice", 2, tenant_id="acme")
+            await router.publish(Principal("acme", "alice"), 2)
         assert info.value.result == PublishResult(delivered=1, dropped=1)
         assert info.value.connections == (full,)
         assert (await roomy.receive()).payload == 2
@@ -177,18 +177,18 @@ class TestBlock:
         router = EventRouter(queue_size=1, overflow=Overflow.BLOCK, publish_timeout=60)
         a = await router.connect(ctx())
         b = await router.connect(ctx("bob"))
-        await router.publish("alice", 1, tenant_id="acme")
+        await router.publish(Principal("acme", "alice"), 1)
         results: list[PublishResult] = []
         async with anyio.create_task_group() as tg:
 
             async def blocked_publish() -> None:
-                results.append(await router.publish("alice", 2, tenant_id="acme"))
+                results.append(await router.publish(Principal("acme", "alice"), 2))
 
             tg.start_soon(blocked_publish)
             await anyio.wait_all_tasks_blocked()
             assert a.stats().waiting == 1
             for i in range(5):
-                await router.publish("bob", i, tenant_id="acme")
+                await router.publish(Principal("acme", "bob"), i)
                 assert (await b.receive()).payload == i
             assert results == []
             assert (await a.receive()).payload == 1  # frees room: the blocked event goes in
@@ -199,12 +199,12 @@ class TestBlock:
         """Several blocked publishers enter the queue in seq order as room frees."""
         router = EventRouter(queue_size=1, overflow=Overflow.BLOCK, publish_timeout=60)
         conn = await router.connect(ctx())
-        await router.publish("alice", 0, tenant_id="acme")
+        await router.publish(Principal("acme", "alice"), 0)
         async with anyio.create_task_group() as tg:
             for i in range(1, 5):
 
                 async def publish(i: int = i) -> None:
-                    await router.publish("alice", i, tenant_id="acme")
+                    await router.publish(Principal("acme", "alice"), i)
 
                 tg.start_soon(publish)
                 await anyio.wait_all_tasks_blocked()
@@ -217,30 +217,30 @@ class TestBlock:
         """Cancelling a blocked publish withdraws its event (counted dropped, a seq gap)."""
         router = EventRouter(queue_size=1, overflow=Overflow.BLOCK, publish_timeout=60)
         conn = await router.connect(ctx())
-        await router.publish("alice", 1, tenant_id="acme")
+        await router.publish(Principal("acme", "alice"), 1)
         async with anyio.create_task_group() as tg:
 
             async def publish() -> None:
-                await router.publish("alice", 2, tenant_id="acme")
+                await router.publish(Principal("acme", "alice"), 2)
 
             tg.start_soon(publish)
             await anyio.wait_all_tasks_blocked()
             tg.cancel_scope.cancel()
         assert (conn.stats().waiting, conn.stats().dropped) == (0, 1)
         assert (await conn.receive()).seq == 1
-        await router.publish("alice", 3, tenant_id="acme")
+        await router.publish(Principal("acme", "alice"), 3)
         assert (await conn.receive()).seq == 3
 
     async def test_close_releases_blocked_publisher(self) -> None:
         """Closing a full connection releases its blocked publisher: dropped, no timeout."""
         router = EventRouter(queue_size=1, overflow=Overflow.BLOCK, publish_timeout=60)
         conn = await router.connect(ctx())
-        await router.publish("alice", 1, tenant_id="acme")
+        await router.publish(Principal("acme", "alice"), 1)
         results: list[PublishResult] = []
         async with anyio.create_task_group() as tg:
 
             async def publish() -> None:
-                results.append(await router.publish("alice", 2, tenant_id="acme"))
+                results.append(await router.publish(Principal("acme", "alice"), 2))
 
             tg.start_soon(publish)
             await anyio.wait_all_tasks_blocked()

@@ -10,7 +10,7 @@ import pytest
 import isolation
 import isolation.logging
 import isolation.testing
-from isolation import UserContext
+from isolation import Principal, UserContext
 from isolation.events import (
     CloseReason,
     Connection,
@@ -172,7 +172,7 @@ class TestPublish:
         """An event reaches every live connection of its recipient, with the same id."""
         router = EventRouter()
         tabs = [await router.connect(alice()) for _ in range(3)]
-        result = await router.publish("alice", {"n": 1}, tenant_id="acme")
+        result = await router.publish(Principal("acme", "alice"), {"n": 1})
         assert result == PublishResult(delivered=3, dropped=0)
         events = [await tab.receive() for tab in tabs]
         assert {e.id for e in events} == {events[0].id}
@@ -192,7 +192,7 @@ class TestPublish:
         other_tenant = await router.connect(alice(tenant="globex"))
         no_tenant = await router.connect(alice(tenant=None))
         other_user = await router.connect(bob())
-        await router.publish("alice", "for acme", tenant_id="acme")
+        await router.publish(Principal("acme", "alice"), "for acme")
         assert [e.payload for e in await drain(mine)] == ["for acme"]
         for conn in (other_tenant, no_tenant, other_user):
             assert conn.stats().queued == 0
@@ -202,21 +202,23 @@ class TestPublish:
         """No live connection: delivered == 0, one router-wide counter, no per-principal state."""
         router = EventRouter()
         for i in range(100):
-            assert await router.publish(f"nobody-{i}", "x") == PublishResult(delivered=0, dropped=0)
+            assert await router.publish(Principal(None, f"nobody-{i}"), "x") == PublishResult(
+                delivered=0, dropped=0
+            )
         stats = router.stats()
         assert stats.undeliverable == 100
         assert stats.published == 0
         assert router._totals == {}
         assert router._routes == {}
-        assert router.principal_stats("nobody-1") is None
+        assert router.principal_stats(Principal(None, "nobody-1")) is None
 
     async def test_seq_per_connection(self) -> None:
         """seq counts per connection: a later tab starts at 1."""
         router = EventRouter()
         first = await router.connect(alice())
-        await router.publish("alice", 1, tenant_id="acme")
+        await router.publish(Principal("acme", "alice"), 1)
         second = await router.connect(alice())
-        await router.publish("alice", 2, tenant_id="acme")
+        await router.publish(Principal("acme", "alice"), 2)
         assert [e.seq for e in await drain(first)] == [1, 2]
         assert [e.seq for e in await drain(second)] == [1]
 
@@ -224,34 +226,40 @@ class TestPublish:
         """Any non-empty kind is carried; "gap" is reserved; non-strings are refused."""
         router = EventRouter()
         conn = await router.connect(alice())
-        await router.publish("alice", None, tenant_id="acme", kind="typing")
+        await router.publish(Principal("acme", "alice"), None, kind="typing")
         assert (await conn.receive()).kind == "typing"
         for bad in ("gap", "", 3):
             with pytest.raises(isolation.UsageError):
-                await router.publish("alice", None, tenant_id="acme", kind=bad)  # type: ignore[arg-type]
+                await router.publish(Principal("acme", "alice"), None, kind=bad)  # type: ignore[arg-type]
         assert conn.stats().seq == 1
 
-    async def test_bad_ids(self) -> None:
-        """A user id or tenant id of the wrong type is a UsageError."""
+    async def test_bad_recipients(self) -> None:
+        """Anything but a Principal or a UserContext is a UsageError; a bad id never
+        becomes a Principal."""
         router = EventRouter()
-        with pytest.raises(isolation.UsageError):
-            await router.publish(3, "x")  # type: ignore[arg-type]
-        with pytest.raises(isolation.UsageError):
-            await router.publish("", "x")
-        with pytest.raises(isolation.UsageError):
-            await router.publish("alice", "x", tenant_id=7)  # type: ignore[arg-type]
+        for bad in (3, None, ("acme", "alice"), ["acme", "alice"], b"alice"):
+            with pytest.raises(isolation.UsageError, match=r"takes an isolation\.Principal"):
+                await router.publish(bad, "x")  # type: ignore[arg-type]
+        with pytest.raises(isolation.InvalidContextError):
+            Principal(None, "")
+        with (
+            pytest.warns(DeprecationWarning, match="is deprecated"),
+            pytest.raises(isolation.UsageError),
+        ):
+            await router.publish("alice", "x", tenant_id=7)  # type: ignore[call-overload]
+        assert router.stats().undeliverable == 0
 
     async def test_max_event_bytes(self) -> None:
         """Over max_event_bytes (compact UTF-8 JSON) raises and queues nothing."""
         router = EventRouter(max_event_bytes=11)
         conn = await router.connect(alice())
-        await router.publish("alice", {"a": "é"}, tenant_id="acme")  # {"a":"é"}: 10 bytes
+        await router.publish(Principal("acme", "alice"), {"a": "é"})  # {"a":"é"}: 10 bytes
         with pytest.raises(isolation.EventTooLargeError):
-            await router.publish("alice", {"a": "éé"}, tenant_id="acme")  # 12 bytes
+            await router.publish(Principal("acme", "alice"), {"a": "éé"})  # 12 bytes
         with pytest.raises(isolation.EventTooLargeError):
-            await router.publish("nobody", "x" * 20)
+            await router.publish(Principal(None, "nobody"), "x" * 20)
         with pytest.raises(isolation.UsageError):
-            await router.publish("alice", {1, 2}, tenant_id="acme")
+            await router.publish(Principal("acme", "alice"), {1, 2})
         assert conn.stats().seq == 1
         assert conn.stats().queued == 1
 
@@ -260,7 +268,84 @@ class TestPublish:
         router = EventRouter()
         await router.aclose()
         with pytest.raises(isolation.ConnectionClosedError):
-            await router.publish("alice", 1)
+            await router.publish(Principal(None, "alice"), 1)
+
+
+class TestNamingThePrincipal:
+    """publish, connections and principal_stats take a Principal or a UserContext (issue 19)."""
+
+    async def test_a_user_id_alone_is_refused(self) -> None:
+        """A bare user id is refused, never given a default tenant: with "alice" of
+        "acme" and "alice" of no tenant connected, neither gets anything."""
+        router = EventRouter()
+        of_acme = await router.connect(alice())
+        of_none = await router.connect(alice(tenant=None))
+        with pytest.raises(isolation.UsageError, match="tenant is never assumed") as info:
+            await router.publish("alice", "x")  # type: ignore[call-overload]
+        assert "isolation.Principal(tenant_id, user_id)" in str(info.value)
+        with pytest.raises(isolation.UsageError, match="connections"):
+            router.connections("alice")  # type: ignore[call-overload]
+        with pytest.raises(isolation.UsageError, match="principal_stats"):
+            router.principal_stats("alice")  # type: ignore[call-overload]
+        assert (of_acme.stats().seq, of_none.stats().seq) == (0, 0)
+        assert router.stats().undeliverable == 0
+
+    async def test_tenant_keyword_is_deprecated_but_works(self) -> None:
+        """publish(user_id, tenant_id=...) (None included, given explicitly) warns,
+        pointing at the caller, and reaches exactly that principal."""
+        router = EventRouter()
+        of_acme = await router.connect(alice())
+        of_none = await router.connect(alice(tenant=None))
+        with pytest.warns(DeprecationWarning, match=r"Principal\(tenant_id, user_id\)") as w:
+            assert (await router.publish("alice", 1, tenant_id="acme")).delivered == 1
+        assert w[0].filename == __file__
+        with pytest.warns(DeprecationWarning, match="is deprecated"):
+            assert (await router.publish("alice", 2, tenant_id=None)).delivered == 1
+        assert [e.payload for e in await drain(of_acme)] == [1]
+        assert [e.payload for e in await drain(of_none)] == [2]
+        with pytest.warns(DeprecationWarning, match="is deprecated") as w:
+            assert router.connections("alice", tenant_id="acme") == (of_acme,)
+        assert w[0].filename == __file__
+        with pytest.warns(DeprecationWarning, match="is deprecated"):
+            stats = router.principal_stats("alice", tenant_id=None)
+        assert stats is not None
+        assert stats.delivered == 1
+
+    async def test_principal_or_context(self) -> None:
+        """A Principal and a UserContext name the same connections; a Principal with a
+        tenant_id= as well is a UsageError."""
+        router = EventRouter()
+        ctx = alice()
+        conn = await router.connect(ctx)
+        assert (await router.publish(ctx, 1)).delivered == 1
+        assert (await router.publish(Principal("acme", "alice"), 2)).delivered == 1
+        assert (await router.publish(ctx.principal, 3)).delivered == 1
+        assert router.connections(ctx) == router.connections(Principal("acme", "alice")) == (conn,)
+        assert router.principal_stats(ctx) == router.principal_stats(ctx.principal)
+        assert [e.payload for e in await drain(conn)] == [1, 2, 3]
+        for to in (ctx, ctx.principal):
+            with pytest.raises(isolation.UsageError, match="already names its tenant"):
+                await router.publish(to, 4, tenant_id="acme")  # type: ignore[call-overload]
+
+    async def test_one_user_id_in_two_tenants_is_two_principals(self) -> None:
+        """("t1", "alice"), ("t2", "alice") and (None, "alice") are never conflated by
+        publish, connections or principal_stats."""
+        router = EventRouter()
+        principals = [Principal("t1", "alice"), Principal("t2", "alice"), Principal(None, "alice")]
+        conns = {
+            p: await router.connect(UserContext.new(p.user_id, tenant_id=p.tenant_id))
+            for p in principals
+        }
+        for n, p in enumerate(principals):
+            for _ in range(n + 1):
+                assert (await router.publish(p, p.tenant_id)).delivered == 1
+        for n, p in enumerate(principals):
+            assert router.connections(p) == (conns[p],)
+            assert [e.payload for e in await drain(conns[p])] == [p.tenant_id] * (n + 1)
+            stats = router.principal_stats(p)
+            assert stats is not None
+            assert (stats.connections, stats.delivered) == (1, n + 1)
+        assert router.stats().refused == 0
 
 
 class TestReceive:
@@ -277,14 +362,14 @@ class TestReceive:
             tg.start_soon(consume)
             await anyio.wait_all_tasks_blocked()
             assert got == []
-            await router.publish("alice", "hello", tenant_id="acme")
+            await router.publish(Principal("acme", "alice"), "hello")
         assert [e.payload for e in got] == ["hello"]
 
     async def test_ready_event_returns_without_checkpoint(self) -> None:
         """With an event queued, receive() returns even inside a cancelled scope."""
         router = EventRouter()
         conn = await router.connect(alice())
-        await router.publish("alice", "ready", tenant_id="acme")
+        await router.publish(Principal("acme", "alice"), "ready")
         with anyio.CancelScope() as cancel:
             cancel.cancel()
             event = await conn.receive()
@@ -305,7 +390,7 @@ class TestReceive:
         """Using a connection inside another principal's scope: CrossContextAccessError."""
         router = EventRouter()
         conn = await router.connect(alice())
-        await router.publish("alice", "secret", tenant_id="acme")
+        await router.publish(Principal("acme", "alice"), "secret")
         async with isolation.scope(bob()):
             with pytest.raises(isolation.CrossContextAccessError):
                 await conn.receive()
@@ -324,8 +409,8 @@ class TestReceive:
                     seen.append(event.payload)
 
             tg.start_soon(consume)
-            await router.publish("alice", 1, tenant_id="acme")
-            await router.publish("alice", 2, tenant_id="acme")
+            await router.publish(Principal("acme", "alice"), 1)
+            await router.publish(Principal("acme", "alice"), 2)
             await anyio.wait_all_tasks_blocked()
             await conn.aclose()
         assert seen == [1, 2]
@@ -361,8 +446,8 @@ class TestClosing:
         """After close, receive() raises with the reason; queued events count as dropped."""
         router = EventRouter()
         conn = await router.connect(alice())
-        await router.publish("alice", 1, tenant_id="acme")
-        await router.publish("alice", 2, tenant_id="acme")
+        await router.publish(Principal("acme", "alice"), 1)
+        await router.publish(Principal("acme", "alice"), 2)
         conn.close()
         conn.close()  # idempotent
         with pytest.raises(isolation.ConnectionClosedError) as info:
@@ -395,7 +480,7 @@ class TestClosing:
         closed = await router.connect(alice())
         live = await router.connect(alice())
         await closed.aclose()
-        assert await router.publish("alice", 1, tenant_id="acme") == PublishResult(
+        assert await router.publish(Principal("acme", "alice"), 1) == PublishResult(
             delivered=1, dropped=0
         )
         assert closed.stats().seq == 0
@@ -430,24 +515,24 @@ class TestStats:
         a2 = await router.connect(alice())
         await router.connect(bob())
         for i in range(3):
-            await router.publish("alice", i, tenant_id="acme")
+            await router.publish(Principal("acme", "alice"), i)
         await drain(a1)
         await a2.aclose()
         stats = router.stats()
         assert (stats.connections, stats.principals, stats.opened, stats.closed) == (2, 2, 3, 1)
         assert (stats.published, stats.delivered, stats.dropped, stats.refused) == (3, 3, 3, 0)
-        principal = router.principal_stats("alice", tenant_id="acme")
+        principal = router.principal_stats(Principal("acme", "alice"))
         assert principal is not None
         assert (principal.connections, principal.delivered, principal.dropped) == (1, 3, 3)
         assert a1.stats().delivered == 3
-        assert router.connections("alice", tenant_id="acme") == (a1,)
+        assert router.connections(Principal("acme", "alice")) == (a1,)
 
     async def test_principal_stats_dropped_with_last_connection(self) -> None:
         """Per-principal state lives only while the principal has a live connection."""
         router = EventRouter()
         conn = await router.connect(alice())
         await conn.aclose()
-        assert router.principal_stats("alice", tenant_id="acme") is None
+        assert router.principal_stats(Principal("acme", "alice")) is None
         assert router._totals == {}
 
     async def test_repr_redacts(self) -> None:
@@ -456,7 +541,7 @@ class TestStats:
         try:
             router = EventRouter()
             conn = await router.connect(alice())
-            await router.publish("alice", "the secret payload", tenant_id="acme")
+            await router.publish(Principal("acme", "alice"), "the secret payload")
             event = await conn.receive()
             assert "alice" not in repr(conn)
             assert "alice" not in repr(event)
@@ -506,8 +591,8 @@ class TestLogging:
         router = EventRouter()
         victim = await router.connect(bob())
         unsafe_corrupt_routing(router, publish_to=("acme", "alice"), deliver_to=("acme", "bob"))
-        await router.publish("alice", "TOP-SECRET", tenant_id="acme")
-        await router.publish("bob", "for bob", tenant_id="acme")
+        await router.publish(Principal("acme", "alice"), "TOP-SECRET")
+        await router.publish(Principal("acme", "bob"), "for bob")
         with caplog.at_level(logging.WARNING, logger="isolation.events"):
             event = await victim.receive()
         assert event.payload == "for bob"

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, precondition, rule, run_state_machine_as_test
 
 import isolation._clock
-from isolation import ConnectionClosedError, UserContext
+from isolation import ConnectionClosedError, Principal, UserContext
 from isolation.events import EventRouter, Overflow
 from isolation.events._queue import Action, decide
 from isolation.report.modes.fm10_routing import PRINCIPALS, _UserKeyedRouter
@@ -105,7 +105,7 @@ class RouterMachine(AsyncRuleBasedStateMachine):
         targets = [m for m in self.models if not m.closed and m.principal == principal]
         for m in targets:
             m.expected.append(self.published)
-        result = await self.router.publish(user, self.published, tenant_id=tenant)
+        result = await self.router.publish(Principal(tenant, user), self.published)
         if result.delivered != len(targets):
             self.violations.append(f"publish to {principal}: {result}, expected {len(targets)}")
 
@@ -249,7 +249,7 @@ class OverflowMachine(AsyncRuleBasedStateMachine):
         for m in self.models:
             if m.principal == (tenant, user) and not m.closed:
                 m.offer(self.published, self.policy, self.CAPACITY)
-        await self.router.publish(user, self.published, tenant_id=tenant)
+        await self.router.publish(Principal(tenant, user), self.published)
 
     @rule(m=connections)
     async def receive(self, m: OverflowModel) -> None:

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from isolation import UsageError, UserContext
+from isolation import Principal, UsageError, UserContext
 from isolation.events import EventRouter, Overflow
 from isolation.events._model import Envelope
 from isolation.events._snapshot import freeze, thaw
@@ -38,7 +38,7 @@ async def test_reused_payload_dict_reaches_each_user_with_their_own_text() -> No
         payload: dict[str, Any] = {"type": "digest"}
         for u in USERS:
             payload["text"] = f"private digest of {u}"
-            await router.publish(u, payload)
+            await router.publish(Principal(None, u), payload)
         for u, conn in conns.items():
             event = await conn.receive()
             assert event.payload == {"type": "digest", "text": f"private digest of {u}"}
@@ -59,7 +59,7 @@ async def test_mutating_a_queued_payload_changes_nothing_delivered(make: Any) ->
     async with EventRouter() as router:
         conn = await router.connect(UserContext.new("alice"))
         payload = make("alice")
-        await router.publish("alice", payload)
+        await router.publish(Principal(None, "alice"), payload)
         expected = make("alice")
         _scribble(payload)
         assert (await conn.receive()).payload == expected
@@ -71,7 +71,7 @@ async def test_recipients_of_one_publish_cannot_change_each_others_copy() -> Non
         ctx = UserContext.new("alice")
         first, second = await router.connect(ctx), await router.connect(ctx)
         for payload in ({"n": 1}, {"n": {"deep": [1]}}, [1, 2], [[1], 2]):
-            await router.publish("alice", payload)
+            await router.publish(Principal(None, "alice"), payload)
             mine = (await first.receive()).payload
             _scribble(mine)
             assert (await second.receive()).payload == payload
@@ -85,10 +85,10 @@ async def test_blocked_publish_is_snapshotted_before_it_waits() -> None:
 
     async with EventRouter(queue_size=1, overflow=Overflow.BLOCK) as router:
         conn = await router.connect(UserContext.new("alice"))
-        await router.publish("alice", {"n": 0})
+        await router.publish(Principal(None, "alice"), {"n": 0})
         payload = {"text": "first"}
         async with anyio.create_task_group() as tg:
-            tg.start_soon(router.publish, "alice", payload)
+            tg.start_soon(router.publish, Principal(None, "alice"), payload)
             await anyio.wait_all_tasks_blocked()
             payload["text"] = "changed while waiting"
             assert (await conn.receive()).payload == {"n": 0}
@@ -138,7 +138,7 @@ async def test_payloads_json_cannot_carry_are_refused_at_publish(payload: Any) -
     async with EventRouter() as router:
         conn = await router.connect(UserContext.new("alice"))
         with pytest.raises(UsageError, match="JSON cannot carry"):
-            await router.publish("alice", payload)
+            await router.publish(Principal(None, "alice"), payload)
         assert conn.stats().seq == 0
         with pytest.raises(UsageError):
             Codec(keys=[KEY]).encode(_envelope(payload), origin="o", now=1.0)
@@ -149,7 +149,7 @@ async def test_the_payload_arrives_in_its_json_form_as_on_redis() -> None:
     async with EventRouter() as router:
         conn = await router.connect(UserContext.new("alice"))
         sent: Any = {"pair": (1, 2), 3: "int key", "level": Level.HIGH, "s": "x"}
-        await router.publish("alice", sent)
+        await router.publish(Principal(None, "alice"), sent)
         got = (await conn.receive()).payload
         assert got == {"pair": [1, 2], "3": "int key", "level": 3, "s": "x"}
         assert type(got["level"]) is int

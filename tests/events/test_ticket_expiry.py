@@ -18,7 +18,7 @@ import pytest
 
 import isolation
 import isolation.events
-from isolation import UserContext, tokens
+from isolation import Principal, UserContext, tokens
 from isolation.events import EventRouter, MemoryBackend
 from isolation.report.modes.fm16_ticket_expiry import STEP, TickingClock
 from isolation.testing import FakeClock, use_clock
@@ -102,7 +102,7 @@ async def test_connection_from_a_ticket_closes_when_the_ticket_expires(
     forever = UserContext.new("alice", tenant_id="acme")  # no expires_at at all
     conn = await router.connect(token=router.issue_ticket(forever, ttl=TTL))
     assert conn.expires_at == fake_clock.time() + TTL
-    await router.publish("alice", "before", tenant_id="acme")
+    await router.publish(Principal("acme", "alice"), "before")
     assert (await conn.receive()).payload == "before"
     outcome: list[BaseException] = []
 
@@ -120,7 +120,7 @@ async def test_connection_from_a_ticket_closes_when_the_ticket_expires(
     [closed] = outcome
     assert isinstance(closed, isolation.ConnectionClosedError)
     assert closed.reason is isolation.events.CloseReason.EXPIRED
-    assert (await router.publish("alice", "after", tenant_id="acme")).delivered == 0
+    assert (await router.publish(Principal("acme", "alice"), "after")).delivered == 0
     assert router.stats().expired == 1
 
 
@@ -133,7 +133,7 @@ async def test_reauthentication_extends_a_ticket_connection(fake_clock: FakeCloc
     await conn.reauthenticate(router.issue_ticket(ctx, ttl=2 * TTL))
     assert conn.expires_at == fake_clock.time() + 2 * TTL
     fake_clock.advance(TTL)  # past the first ticket's expiry
-    await router.publish("alice", "still here", tenant_id="acme")
+    await router.publish(Principal("acme", "alice"), "still here")
     assert (await conn.receive()).payload == "still here"
     fake_clock.advance(TTL)
     with pytest.raises(isolation.ConnectionClosedError) as info:

@@ -6,7 +6,7 @@ import anyio
 import pytest
 
 import isolation
-from isolation import UserContext, tokens
+from isolation import Principal, UserContext, tokens
 from isolation.events import TICKET_PURPOSE, CloseReason, EventRouter, MemoryBackend
 from isolation.testing import FakeClock
 
@@ -189,7 +189,7 @@ class TestReauthenticate:
         await conn.reauthenticate(router.issue_ticket(alice(ttl=60), ttl=60))
         assert conn.expires_at == pytest.approx(fake_clock.time() + 60)
         fake_clock.advance(30)
-        await router.publish("alice", "still here", tenant_id="acme")
+        await router.publish(Principal("acme", "alice"), "still here")
         assert (await conn.receive()).payload == "still here"
         fake_clock.advance(30)
         with pytest.raises(isolation.ConnectionClosedError) as info:

@@ -26,7 +26,7 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 import isolation
-from isolation import Lifetime, Registry, UserContext, tokens
+from isolation import Lifetime, Principal, Registry, UserContext, tokens
 from isolation.events import TICKET_PURPOSE, CloseReason, Connection, EventRouter, Overflow
 from isolation.integrations.starlette import (
     CLOSE_EXPIRED,
@@ -113,9 +113,7 @@ class Harness:
         payload: Any = request.query_params.get("payload")
         delivered = 0
         for number in range(int(request.query_params.get("n", "1"))):
-            result = await self.router.publish(
-                ctx.user_id, payload or {"n": number}, tenant_id=ctx.tenant_id
-            )
+            result = await self.router.publish(ctx, payload or {"n": number})
             delivered += result.delivered
         return JSONResponse({"delivered": delivered})
 
@@ -288,7 +286,7 @@ class TestOnMessage:
                         id(reply),
                     )
                 )
-                await harness.router.publish(connection.user_id, data, tenant_id="acme")
+                await harness.router.publish(Principal("acme", connection.user_id), data)
 
             return on_message
 
@@ -311,7 +309,7 @@ class TestOnMessage:
 
         def make(harness: Harness, connection: Connection) -> OnMessage:
             async def on_message(data: str | bytes) -> None:
-                await harness.router.publish(connection.user_id, len(data), tenant_id="acme")
+                await harness.router.publish(Principal("acme", connection.user_id), len(data))
 
             return on_message
 
@@ -348,7 +346,7 @@ class TestOnMessage:
         def make(harness: Harness, connection: Connection) -> OnMessage:
             async def on_message(data: str | bytes) -> None:
                 await connection.reauthenticate(data)
-                await harness.router.publish("alice", "renewed", tenant_id="acme")
+                await harness.router.publish(Principal("acme", "alice"), "renewed")
 
             return on_message
 
@@ -404,7 +402,7 @@ class TestOnMessage:
 
         def make(harness: Harness, connection: Connection) -> OnMessage:
             async def on_message(data: str | bytes) -> None:
-                await harness.router.publish("alice", {1, 2}, tenant_id="acme")
+                await harness.router.publish(Principal("acme", "alice"), {1, 2})
 
             return on_message
 

@@ -87,7 +87,7 @@ class Service:
             isolation.current_scope().get(Clock)
             connection = await router.connect()  # the request's own, closed with its scope
             ctx = isolation.current_context()
-            await router.publish(ctx.user_id, {"echo": 1}, tenant_id=ctx.tenant_id)
+            await router.publish(ctx, {"echo": 1})
             event = await connection.receive()
             return event.payload
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
+from isolation import Principal
 from isolation.events import EventRouter
 from isolation.events.backends.redis import RedisBackend
 
@@ -21,10 +22,10 @@ async def main(url: str, namespace: str, users: int, count: int, tenants: list[s
     for k in range(count):
         for n in range(users):
             for tenant in tenants:
-                await router.publish(f"u{n}", [tenant, f"u{n}", k], tenant_id=tenant)
+                await router.publish(Principal(tenant, f"u{n}"), [tenant, f"u{n}", k])
     for n in range(users):
         for tenant in tenants:
-            await router.publish(f"u{n}", "end", tenant_id=tenant)
+            await router.publish(Principal(tenant, f"u{n}"), "end")
     print("done", flush=True)
     await router.aclose()
 

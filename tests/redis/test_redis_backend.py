@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from redis_support import KEY, OwnRedis, free_port
 
 import isolation
-from isolation import UserContext
+from isolation import Principal, UserContext
 from isolation.events import Backend, EventRouter, Overflow, PublishResult
 from isolation.events.backends.redis import RedisBackend
 from isolation.report.modes._redis import receive_side_settled
@@ -37,7 +37,7 @@ class TestSubscriptions:
         receiver, sender = routers(), routers()
         for n in range(20):
             conn = await receiver.connect(UserContext.new(f"u{n}", tenant_id="acme"))
-            await sender.publish(f"u{n}", n, tenant_id="acme")
+            await sender.publish(Principal("acme", f"u{n}"), n)
             with anyio.fail_after(5):
                 event = await conn.receive()
             assert (event.payload, event.recipient, event.tenant_id) == (n, f"u{n}", "acme")
@@ -47,7 +47,7 @@ class TestSubscriptions:
         router = routers()
         backend = router.backend
         assert isinstance(backend, RedisBackend)
-        channel = backend.channel("alice", tenant_id="acme")
+        channel = backend.channel(Principal("acme", "alice"))
         client = aioredis.Redis.from_url(live_redis)
         patterns = await client.pubsub_numpat()
         first = await router.connect(UserContext.new("alice", tenant_id="acme"))
@@ -69,6 +69,21 @@ class TestSubscriptions:
         finally:
             await client.aclose()
 
+    async def test_channel_of_a_principal(self, routers: Make) -> None:
+        """channel() takes a Principal or a UserContext; a user id alone is refused, and
+        with tenant_id= it is deprecated and names the same channel."""
+        backend = routers().backend
+        assert isinstance(backend, RedisBackend)
+        name = backend.channel(Principal("acme", "alice"))
+        assert backend.channel(UserContext.new("alice", tenant_id="acme")) == name
+        others = {backend.channel(Principal(t, "alice")) for t in ("globex", None)}
+        assert len(others) == 2
+        assert name not in others
+        with pytest.raises(isolation.UsageError, match="tenant is never assumed"):
+            backend.channel("alice")  # type: ignore[call-overload]
+        with pytest.warns(DeprecationWarning, match="is deprecated"):
+            assert backend.channel("alice", tenant_id="acme") == name
+
     async def test_resubscribe_after_leaving(self, routers: Make) -> None:
         """Connect, close and connect again quickly: the last connect is subscribed."""
         receiver, sender = routers(), routers()
@@ -77,7 +92,7 @@ class TestSubscriptions:
             if n % 2:
                 await conn.aclose()
                 conn = await receiver.connect(UserContext.new("alice"))
-            await sender.publish("alice", n)
+            await sender.publish(Principal(None, "alice"), n)
             with anyio.fail_after(5):
                 assert (await conn.receive()).payload == n
             await conn.aclose()
@@ -93,7 +108,7 @@ class TestSubscriptions:
         async with anyio.create_task_group() as tg:
             for _ in range(20):
                 tg.start_soon(connect)
-        await sender.publish("alice", "hi", tenant_id="t")
+        await sender.publish(Principal("t", "alice"), "hi")
         with anyio.fail_after(5):
             for conn in conns:
                 assert (await conn.receive()).payload == "hi"
@@ -110,7 +125,7 @@ class TestDelivery:
             conns[(tenant, user)] = await router.connect(UserContext.new(user, tenant_id=tenant))
         for k in range(10):
             for tenant, user in principals:
-                await sender.publish(user, [tenant, user, k], tenant_id=tenant)
+                await sender.publish(Principal(tenant, user), [tenant, user, k])
         with anyio.fail_after(5):
             for principal, conn in conns.items():
                 got = [(await conn.receive()).payload for _ in range(10)]
@@ -122,7 +137,7 @@ class TestDelivery:
         receiver, sender = routers(), routers()
         remote = await receiver.connect(UserContext.new("alice"))
         local = await sender.connect(UserContext.new("alice"))
-        result = await sender.publish("alice", "x")
+        result = await sender.publish(Principal(None, "alice"), "x")
         assert result == PublishResult(delivered=1, dropped=0)
         assert (await local.receive()).payload == "x"
         with anyio.fail_after(5):
@@ -134,7 +149,9 @@ class TestDelivery:
         assert sender_backend.stats().published == 1
         assert receiver_backend.stats().delivered == 1
         assert receiver.stats().delivered == 1
-        assert await sender.publish("nobody", "x") == PublishResult(delivered=0, dropped=0)
+        assert await sender.publish(Principal(None, "nobody"), "x") == PublishResult(
+            delivered=0, dropped=0
+        )
 
     async def test_is_a_backend(self, routers: Make) -> None:
         """RedisBackend implements the protocol; one backend serves one router."""
@@ -151,9 +168,9 @@ class TestDelivery:
         """An envelope over the limit raises EventTooLargeError; nothing is sent."""
         router = routers(backend_options={"max_envelope_bytes": 1024})
         with pytest.raises(isolation.EventTooLargeError):
-            await router.publish("alice", "x" * 2000)
+            await router.publish(Principal(None, "alice"), "x" * 2000)
         with pytest.raises(isolation.UsageError):
-            await router.publish("alice", object())
+            await router.publish(Principal(None, "alice"), object())
         backend = router.backend
         assert isinstance(backend, RedisBackend)
         assert backend.stats().published == 0
@@ -167,9 +184,9 @@ class TestReceivingOverflow:
         stuck = await receiver.connect(UserContext.new("slow"))
         fast = await receiver.connect(UserContext.new("fast"))
         for n in range(5):
-            await sender.publish("slow", n)
+            await sender.publish(Principal(None, "slow"), n)
         for n in range(5):
-            await sender.publish("fast", n)
+            await sender.publish(Principal(None, "fast"), n)
         with anyio.fail_after(5):
             assert [(await fast.receive()).payload for _ in range(5)] == list(range(5))
         # The slow connection's blocked events time out on the receiving side, each
@@ -195,8 +212,8 @@ class TestReceivingOverflow:
         conn = await receiver.connect(UserContext.new("alice"))
         marker = await receiver.connect(UserContext.new("marker-user"))
         for n in range(6):
-            await sender.publish("alice", n)
-        await sender.publish("marker-user", 0)
+            await sender.publish(Principal(None, "alice"), n)
+        await sender.publish(Principal(None, "marker-user"), 0)
         with anyio.fail_after(5):
             # One subscriber connection reads in order: the marker arrives after all six.
             await marker.receive()
@@ -258,14 +275,14 @@ class TestUnavailable:
         router = routers(url=url, backend_options={"unavailable_timeout": 0.3})
         started = anyio.current_time()
         with pytest.raises(isolation.BackendUnavailableError) as info:
-            await router.publish("alice", "x")
+            await router.publish(Principal(None, "alice"), "x")
         assert 0.25 < anyio.current_time() - started < 3
         assert "127.0.0.1" in str(info.value)
         with pytest.raises(isolation.BackendUnavailableError):
             await router.backend.claim_ticket("iso1.t", expires_at=1e12)
         with pytest.raises(isolation.BackendUnavailableError):
             await router.connect(UserContext.new("alice"))
-        assert router.connections("alice") == ()
+        assert router.connections(Principal(None, "alice")) == ()
         backend = router.backend
         assert isinstance(backend, RedisBackend)
         assert backend.stats().unavailable == 3
@@ -275,7 +292,7 @@ class TestUnavailable:
         url = f"redis://user:s3cret-pw@127.0.0.1:{free_port()}/0"
         router = routers(url=url, backend_options={"unavailable_timeout": 0.2})
         with pytest.raises(isolation.BackendUnavailableError) as info:
-            await router.publish("alice", "x")
+            await router.publish(Principal(None, "alice"), "x")
         assert "s3cret" not in str(info.value)
         assert "s3cret" not in repr(router.backend)
 
@@ -293,7 +310,7 @@ class TestUnavailable:
         router = EventRouter(backend=backend)
         try:
             with pytest.raises(isolation.BackendUnavailableError, match="refused the publish"):
-                await router.publish("alice", 1)
+                await router.publish(Principal(None, "alice"), 1)
         finally:
             await router.aclose()
 
@@ -326,7 +343,7 @@ class TestUnavailable:
         sender = EventRouter(backend=RedisBackend(url, keys=[KEY], namespace=namespace))
         try:
             conn = await receiver.connect(UserContext.new("alice"))
-            await sender.publish("alice", "ok")
+            await sender.publish(Principal(None, "alice"), "ok")
             with anyio.fail_after(5):
                 assert (await conn.receive()).payload == "ok"
             assert await sender.backend.claim_ticket("iso1.t", expires_at=1e12)
@@ -377,7 +394,7 @@ class TestSettingsAndLifecycle:
             await router.connect(UserContext.new("alice"))
         assert router.stats().connections == 0
         with pytest.raises(isolation.UnsupportedBackendError):
-            await router.publish("alice", 1)
+            await router.publish(Principal(None, "alice"), 1)
         await router.aclose()
 
     async def test_other_loop_refused(self, live_redis: str) -> None:
@@ -415,7 +432,7 @@ class TestLiveness:
         assert gap.kind == "gap"
         assert gap.payload == {"reason": "reconnected"}
         assert any(r.__dict__.get("event") == "backend_listener_lost" for r in caplog.records)
-        await sender.publish("alice", "after")
+        await sender.publish(Principal(None, "alice"), "after")
         with anyio.fail_after(5):
             assert (await conn.receive()).payload == "after"
         stats = backend.stats()
@@ -451,7 +468,7 @@ class TestLiveness:
         await asyncio.gather(supervisor, return_exceptions=True)
         conn = await router.connect(UserContext.new("bob"))
         sender = routers()
-        await sender.publish("bob", 1)
+        await sender.publish(Principal(None, "bob"), 1)
         with anyio.fail_after(5):
             events = [await conn.receive()]
         assert events[-1].payload == 1 or events[-1].kind == "gap"

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis_support import KEY
 
-from isolation import UserContext
+from isolation import Principal, UserContext
 from isolation.events import Envelope, EventRouter
 from isolation.events.backends._envelope import channel_name
 from isolation.events.backends.redis import RedisBackend
@@ -110,7 +110,7 @@ class Rig:
         return backend
 
     def publish_two(self) -> Coroutine[Any, Any, Any]:
-        return self.sender.publish("two", ["t", "two"], tenant_id="t")
+        return self.sender.publish(Principal("t", "two"), ["t", "two"])
 
     def claim_fresh(self) -> Coroutine[Any, Any, Any]:
         return self.backend.claim_ticket(f"iso1.{os.urandom(8).hex()}", expires_at=time.time() + 60)
@@ -136,7 +136,7 @@ class Rig:
     async def finish(self) -> None:
         """Every event reached only its principal; "one" got all of its, in order, once."""
         marker = self.one_sent
-        await self.sender.publish("one", ["t", "one", marker], tenant_id="t")
+        await self.sender.publish(Principal("t", "one"), ["t", "one", marker])
         with anyio.fail_after(10):
             one: list[Any] = []
             while not one or one[-1] != ["t", "one", marker]:
@@ -211,7 +211,7 @@ async def test_listener_cancelled_at_every_checkpoint(rig: Rig) -> None:
 
     async def publish_one() -> None:
         nonlocal sent
-        await rig.sender.publish("one", ["t", "one", sent], tenant_id="t")
+        await rig.sender.publish(Principal("t", "one"), ["t", "one", sent])
         sent += 1
 
     async def restart(k: int) -> None:

@@ -17,7 +17,7 @@ import pytest
 from redis_support import KEY, OwnRedis
 
 import isolation
-from isolation import UserContext
+from isolation import Principal, UserContext
 from isolation.events import Event, EventRouter
 from isolation.events.backends import redis as redis_backend
 from isolation.events.backends.redis import RedisBackend
@@ -93,14 +93,14 @@ async def test_ten_restarts(own_redis: OwnRedis, namespace: str, quick_backoff: 
                 for cycle in range(RESTARTS):
                     for _ in range(PER_CYCLE):
                         for tenant, user in PRINCIPALS:
-                            await sender.publish(user, [tenant, user, sent], tenant_id=tenant)
+                            await sender.publish(Principal(tenant, user), [tenant, user, sent])
                         sent += 1
                     await inbox.until(
                         lambda n=sent: all(len(inbox.payloads(p)) == n for p in PRINCIPALS)
                     )
                     own_redis.kill()
                     with pytest.raises(isolation.BackendUnavailableError):
-                        await sender.publish("u0", "lost", tenant_id="acme")
+                        await sender.publish(Principal("acme", "u0"), "lost")
                     own_redis.start()
                     await inbox.until(
                         lambda n=cycle + 1: all(inbox.gaps(p) == n for p in PRINCIPALS)
@@ -135,12 +135,12 @@ async def test_connect_during_outage(
         own_redis.kill()
         with pytest.raises(isolation.BackendUnavailableError):
             await router.connect(UserContext.new("bob"))
-        assert router.connections("bob") == ()
+        assert router.connections(Principal(None, "bob")) == ()
         own_redis.start()
         with anyio.fail_after(10):
             assert (await first.receive()).kind == "gap"
         bob = await router.connect(UserContext.new("bob"))
-        await router.publish("bob", "back")
+        await router.publish(Principal(None, "bob"), "back")
         assert (await bob.receive()).payload == "back"
     finally:
         await router.aclose()

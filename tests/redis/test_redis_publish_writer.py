@@ -33,7 +33,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis_support import KEY, OwnRedis, free_port
 
 import isolation
-from isolation import UserContext
+from isolation import Principal, UserContext
 from isolation.events import Connection, Envelope, Event, EventRouter, PublishResult
 from isolation.events.backends import redis as redis_backend
 from isolation.events.backends.redis import RedisBackend
@@ -41,7 +41,6 @@ from isolation.events.backends.redis import RedisBackend
 pytestmark = pytest.mark.anyio
 
 Make = Callable[..., EventRouter]
-Principal = tuple[str | None, str]
 PUBLISHERS = 8
 
 
@@ -82,7 +81,7 @@ async def receive_all(
 ) -> None:
     for tenant, user in principals:
         conn = await receiver.connect(UserContext.new(user, tenant_id=tenant))
-        tg.start_soon(inbox.consume, (tenant, user), conn)
+        tg.start_soon(inbox.consume, Principal(tenant, user), conn)
 
 
 async def blocked_clients(url: str) -> int:
@@ -103,7 +102,7 @@ async def until_blocked(url: str, count: int) -> None:
 async def publish_or_record(sender: EventRouter, user: str, errors: list[BaseException]) -> None:
     """Publish one event that is expected to be lost; keep the BackendUnavailableError."""
     try:
-        await sender.publish(user, "lost")
+        await sender.publish(Principal(None, user), "lost")
     except isolation.BackendUnavailableError as exc:
         errors.append(exc)
 
@@ -136,7 +135,7 @@ async def in_step(router: EventRouter, principal: Principal, subscribers: int) -
         payload="probe",
     )
     data = backend._codec.encode(envelope, origin="probe", now=time.time())
-    channel = backend.channel(principal[1], tenant_id=principal[0])
+    channel = backend.channel(principal)
     for _ in range(3):
         replies = await backend._call("publish", lambda c: c.publish(channel, data))
         assert replies == subscribers
@@ -178,14 +177,14 @@ class TestCoalescing:
     async def test_concurrent_publishes_share_round_trips(self, routers: Make) -> None:
         """Eight concurrent publishers: far fewer pipelines than publishes; each stream in order."""
         receiver, sender = routers(queue_size=1000), routers()
-        principals: list[Principal] = [("t", f"p{k}") for k in range(PUBLISHERS)]
+        principals = [Principal("t", f"p{k}") for k in range(PUBLISHERS)]
         inbox = Inbox()
         per_publisher = 25
         results: list[PublishResult] = []
 
         async def publisher(tenant: str | None, user: str) -> None:
             for n in range(per_publisher):
-                results.append(await sender.publish(user, [user, n], tenant_id=tenant))
+                results.append(await sender.publish(Principal(tenant, user), [user, n]))
 
         async with anyio.create_task_group() as tg:
             await receive_all(receiver, principals, inbox, tg)
@@ -211,20 +210,20 @@ class TestCoalescing:
         """A lone publisher gets no coalescing: one pipeline per publish, counted honestly."""
         sender = routers()
         for n in range(5):
-            await sender.publish("alice", n)
+            await sender.publish(Principal(None, "alice"), n)
         stats = backend_of(sender).stats()
         assert (stats.published, stats.batches) == (5, 5)
 
     async def test_many_publishers_to_one_principal_keep_each_order(self, routers: Make) -> None:
         """Eight publishers to one principal: each one's events arrive in its order, once."""
         receiver, sender = routers(queue_size=1000), routers()
-        owner: Principal = ("acme", "shared")
+        owner = Principal("acme", "shared")
         inbox = Inbox()
         count = 30
 
         async def publisher(k: int) -> None:
             for n in range(count):
-                await sender.publish("shared", [k, n], tenant_id="acme")
+                await sender.publish(Principal("acme", "shared"), [k, n])
 
         async with anyio.create_task_group() as tg:
             await receive_all(receiver, [owner], inbox, tg)
@@ -246,7 +245,7 @@ class TestCoalescing:
 
         async def publisher(k: int) -> None:
             for n in range(10):
-                results.append(await sender.publish(f"u{k}", n))
+                results.append(await sender.publish(Principal(None, f"u{k}"), n))
 
         async with anyio.create_task_group() as tg:
             for k in range(4):
@@ -270,18 +269,20 @@ class TestCancellation:
             await receive_all(receiver, [(None, "a"), (None, "x")], inbox, tg)
 
             async def publish_a() -> None:
-                first.append(await sender.publish("a", "a-1"))
+                first.append(await sender.publish(Principal(None, "a"), "a-1"))
 
             tg.start_soon(publish_a)
             with anyio.fail_after(5):
                 await gate.entered.wait()  # the writer holds a's pipeline at the gate
             with anyio.CancelScope() as scope:
                 scope.cancel()
-                await sender.publish("x", "withdrawn")  # queued behind a, then cancelled
+                await sender.publish(
+                    Principal(None, "x"), "withdrawn"
+                )  # queued behind a, then cancelled
             assert scope.cancelled_caught
             gate.opened.set()
             await inbox.until(lambda: inbox.payloads((None, "a")) == ["a-1"])
-            await sender.publish("x", "marker")
+            await sender.publish(Principal(None, "x"), "marker")
             await inbox.until(lambda: inbox.payloads((None, "x")) == ["marker"])
             tg.cancel_scope.cancel()
         assert first == [PublishResult(delivered=0, dropped=0)]
@@ -296,7 +297,7 @@ class TestCancellation:
         disturb the pipeline: every envelope in it is delivered once, the others resolve."""
         receiver = routers(url=own_redis.url)
         sender = routers(url=own_redis.url, backend_options={"unavailable_timeout": 30})
-        principals: list[Principal] = [(None, f"p{k}") for k in range(4)]
+        principals = [Principal(None, f"p{k}") for k in range(4)]
         inbox = Inbox()
         results: dict[str, PublishResult] = {}
         scopes: dict[str, anyio.CancelScope] = {}
@@ -306,7 +307,7 @@ class TestCancellation:
             with anyio.CancelScope() as scope:
                 scopes[user] = scope
                 try:
-                    results[user] = await sender.publish(user, f"{user}-1")
+                    results[user] = await sender.publish(Principal(None, user), f"{user}-1")
                 finally:
                     finished[user].set()
 
@@ -332,13 +333,13 @@ class TestCancellation:
             finally:
                 await unpause(own_redis.url)
             await inbox.until(lambda: all(inbox.payloads(p) == [f"{p[1]}-1"] for p in principals))
-            await sender.publish("p1", "after")
+            await sender.publish(Principal(None, "p1"), "after")
             await inbox.until(lambda: inbox.payloads((None, "p1")) == ["p1-1", "after"])
             tg.cancel_scope.cancel()
         assert sorted(results) == ["p0", "p3"]
         assert backend_of(sender).stats().published == 5
         assert backend_of(receiver).stats().dropped["replayed"] == 0
-        await in_step(sender, (None, "p0"), subscribers=1)
+        await in_step(sender, Principal(None, "p0"), subscribers=1)
 
     async def test_random_cancellations(self, routers: Make) -> None:
         """Eight publishers, each publish cancelled after a drawn delay (600 publishes).
@@ -351,17 +352,16 @@ class TestCancellation:
 
         rng = random.Random(20240624)
         receiver, sender = routers(queue_size=10_000), routers()
-        principals: list[Principal] = [("t", f"p{k}") for k in range(PUBLISHERS)]
+        principals = [Principal("t", f"p{k}") for k in range(PUBLISHERS)]
         inbox = Inbox()
         returned: dict[Principal, list[int]] = {p: [] for p in principals}
         count = 75
         delays = {p: [rng.uniform(0, 0.002) for _ in range(count)] for p in principals}
 
         async def publisher(owner: Principal) -> None:
-            tenant, user = owner
             for n, delay in enumerate(delays[owner]):
                 with anyio.move_on_after(delay if n % 3 else 0):  # 0: at its first checkpoint
-                    await sender.publish(user, n, tenant_id=tenant)
+                    await sender.publish(owner, n)
                     returned[owner].append(n)
 
         async with anyio.create_task_group() as tg:
@@ -369,8 +369,8 @@ class TestCancellation:
             async with anyio.create_task_group() as publishers:
                 for owner in principals:
                     publishers.start_soon(publisher, owner)
-            for tenant, user in principals:
-                await sender.publish(user, "end", tenant_id=tenant)
+            for owner in principals:
+                await sender.publish(owner, "end")
             await inbox.until(lambda: all(inbox.payloads(p)[-1:] == ["end"] for p in principals))
             tg.cancel_scope.cancel()
         cancelled = 0
@@ -405,15 +405,15 @@ class TestFaults:
 
             return run()
 
-        principals: list[Principal] = [(None, f"p{k}") for k in range(4)]
+        principals = [Principal(None, f"p{k}") for k in range(4)]
         inbox = Inbox()
         async with anyio.create_task_group() as tg:
             await receive_all(receiver, principals, inbox, tg)
             backend._wrap_batch = lose_first_reply
             async with anyio.create_task_group() as publishers:
                 for _, user in principals:
-                    publishers.start_soon(sender.publish, user, f"{user}-1")
-            await sender.publish("p0", "marker")
+                    publishers.start_soon(sender.publish, Principal(None, user), f"{user}-1")
+            await sender.publish(Principal(None, "p0"), "marker")
             await inbox.until(lambda: inbox.payloads((None, "p0"))[-1:] == ["marker"])
             tg.cancel_scope.cancel()
         for _, user in principals:
@@ -462,7 +462,7 @@ class TestFaults:
         assert backend.stats().unavailable == 4
         assert backend.stats().published == 0
         backend._wrap_batch = None
-        await sender.publish("after", "works")
+        await sender.publish(Principal(None, "after"), "works")
         with anyio.fail_after(5):
             assert (await conn.receive()).payload == "works"
         assert backend.stats().published == 1
@@ -486,7 +486,9 @@ class TestFaults:
                 await gate.entered.wait()
                 with anyio.CancelScope() as withdrawn:
                     withdrawn.cancel()
-                    await sender.publish("p1", "withdrawn")  # queued, then cancelled
+                    await sender.publish(
+                        Principal(None, "p1"), "withdrawn"
+                    )  # queued, then cancelled
                 assert withdrawn.cancelled_caught
                 assert len(backend._outbox) == 1  # still there, its future cancelled
                 dead = backend._publisher
@@ -496,7 +498,7 @@ class TestFaults:
                 await asyncio.sleep(0)  # the writer ends; its done callback is queued behind us
                 assert dead.done()
                 assert backend._publisher is dead
-                await sender.publish("after", "works")
+                await sender.publish(Principal(None, "after"), "works")
                 assert backend._publisher is not dead
         assert [type(e) for e in errors] == [isolation.BackendUnavailableError]
         assert backend.stats().unavailable == 1  # the withdrawn publish is not counted
@@ -513,7 +515,7 @@ class TestFaults:
         conns = [await receiver.connect(UserContext.new(f"u{k}")) for k in range(5)]
         for round_ in range(2):
             for k in range(5):
-                await sender.publish(f"u{k}", [k, round_])
+                await sender.publish(Principal(None, f"u{k}"), [k, round_])
         assert len(backend_of(sender)._names) <= 2
         with anyio.fail_after(5):
             for k, conn in enumerate(conns):
@@ -528,14 +530,14 @@ class TestFaults:
         receiver = routers(url=own_redis.url)
         sender = routers(url=own_redis.url, backend_options={"unavailable_timeout": timeout})
         conn = await receiver.connect(UserContext.new("alice"))
-        await sender.publish("alice", "before")
+        await sender.publish(Principal(None, "alice"), "before")
         own_redis.kill()
         raised: list[tuple[float, BaseException]] = []
 
         async def publisher(n: int) -> None:
             started = anyio.current_time()
             try:
-                await sender.publish("alice", n)
+                await sender.publish(Principal(None, "alice"), n)
             except isolation.BackendUnavailableError as exc:
                 raised.append((anyio.current_time() - started, exc))
 
@@ -553,7 +555,7 @@ class TestFaults:
         with anyio.fail_after(10):
             assert (await conn.receive()).payload == "before"
             assert (await conn.receive()).kind == "gap"  # the listener's reconnection
-        await sender.publish("alice", "back")
+        await sender.publish(Principal(None, "alice"), "back")
         with anyio.fail_after(10):
             assert (await conn.receive()).payload == "back"
 
@@ -566,17 +568,17 @@ class TestFaults:
         receiver = routers(url=own_redis.url)
         sender = routers(url=own_redis.url, backend_options={"unavailable_timeout": 0.3})
         inbox = Inbox()
-        owner: Principal = (None, "alice")
+        owner = Principal(None, "alice")
         async with anyio.create_task_group() as tg:
             await receive_all(receiver, [owner], inbox, tg)
             await pause_writes(own_redis.url)
             try:
                 with pytest.raises(isolation.BackendUnavailableError) as info:
-                    await sender.publish("alice", "held")
+                    await sender.publish(Principal(None, "alice"), "held")
             finally:
                 await unpause(own_redis.url)
             assert "sent but not confirmed" in str(info.value)
-            await sender.publish("alice", "marker")
+            await sender.publish(Principal(None, "alice"), "marker")
             await inbox.until(lambda: inbox.payloads(owner)[-1:] == ["marker"])
             tg.cancel_scope.cancel()
         assert inbox.payloads(owner) in (["marker"], ["held", "marker"])
@@ -585,14 +587,14 @@ class TestFaults:
     async def test_aclose_fails_pending_publishes(self, own_redis: OwnRedis, routers: Make) -> None:
         """Closing the backend while publishes wait for Redis fails them at once."""
         sender = routers(url=own_redis.url, backend_options={"unavailable_timeout": 60})
-        await sender.publish("alice", "warm")
+        await sender.publish(Principal(None, "alice"), "warm")
         own_redis.kill()
         errors: list[BaseException] = []
         backend = backend_of(sender)
 
         async def publisher(n: int) -> None:
             try:
-                await sender.publish("alice", n)
+                await sender.publish(Principal(None, "alice"), n)
             except isolation.BackendUnavailableError as exc:
                 errors.append(exc)
 
@@ -627,8 +629,8 @@ class TestFaults:
             "on",
             ">pw",
             "resetchannels",
-            f"&{backend.channel('alice')}",
-            f"&{backend.channel('carol')}",
+            f"&{backend.channel(Principal(None, 'alice'))}",
+            f"&{backend.channel(Principal(None, 'carol'))}",
             "+publish",
         )
         await admin.aclose()
@@ -637,7 +639,7 @@ class TestFaults:
 
         async def publisher(user: str) -> None:
             try:
-                outcomes[user] = await router.publish(user, user)
+                outcomes[user] = await router.publish(Principal(None, user), user)
             except isolation.BackendUnavailableError as exc:
                 outcomes[user] = exc
 
@@ -665,7 +667,7 @@ class TestFaults:
         try:
             started = anyio.current_time()
             with pytest.raises(isolation.BackendUnavailableError, match="refused the publish"):
-                await router.publish("alice", 1)
+                await router.publish(Principal(None, "alice"), 1)
             assert anyio.current_time() - started < 4  # refused at once, not timed out
             with pytest.raises(isolation.BackendUnavailableError, match="refused the ticket"):
                 await router.backend.claim_ticket("iso1.t", expires_at=time.time() + 60)
@@ -690,7 +692,7 @@ class TestDeadlinesAndRefusals:
         async def publisher(name: str) -> None:
             started = anyio.current_time()
             try:
-                await sender.publish("alice", name)
+                await sender.publish(Principal(None, "alice"), name)
             except isolation.BackendUnavailableError as exc:
                 failed[name] = (anyio.current_time() - started, str(exc))
 
@@ -725,7 +727,7 @@ class TestDeadlinesAndRefusals:
         )
         try:
             with pytest.raises(isolation.BackendUnavailableError, match="was not sent"):
-                await router.publish("alice", 1)
+                await router.publish(Principal(None, "alice"), 1)
         finally:
             await router.aclose()
 
@@ -739,7 +741,7 @@ class TestDeadlinesAndRefusals:
         try:
             started = anyio.current_time()
             with pytest.raises(isolation.BackendUnavailableError, match="refused the publish"):
-                await router.publish("alice", 1)
+                await router.publish(Principal(None, "alice"), 1)
             assert anyio.current_time() - started < 4
         finally:
             await router.aclose()
@@ -753,7 +755,7 @@ async def test_writer_cancelled_with_nothing_pending_is_not_an_error(
     router = EventRouter(backend=RedisBackend(live_redis, keys=[KEY], namespace=namespace))
     try:
         with caplog.at_level("INFO", logger="isolation"):
-            await router.publish("alice", 1)  # starts the writer
+            await router.publish(Principal(None, "alice"), 1)  # starts the writer
             writer = backend_of(router)._publisher
             assert writer is not None
             writer.cancel()  # as asyncio.run() does to tasks left at its end

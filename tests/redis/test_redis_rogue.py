@@ -19,7 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis_support import KEY, OTHER_KEY
 
-from isolation import UserContext
+from isolation import Principal, UserContext
 from isolation.events import Envelope, EventRouter
 from isolation.events.backends._envelope import _MAGIC, Codec, _derive, _sign
 from isolation.events.backends.redis import RedisBackend
@@ -66,7 +66,7 @@ async def test_rogue_messages_dropped_and_counted(routers: Make, live_redis: str
     backend = receiver.backend
     assert isinstance(backend, RedisBackend)
     alice = await receiver.connect(UserContext.new("alice", tenant_id="acme"))
-    channel = backend.channel("alice", tenant_id="acme")
+    channel = backend.channel(Principal("acme", "alice"))
     genuine_codec = Codec([KEY])
     replayable = genuine_codec.encode(
         envelope_for("alice", "acme"), origin="elsewhere", now=time.time()
@@ -101,7 +101,7 @@ async def test_rogue_messages_dropped_and_counted(routers: Make, live_redis: str
             await client.publish(channel, data)
         await client.publish(channel, replayable)  # the replay
         sender = routers()
-        await sender.publish("alice", "genuine", tenant_id="acme")
+        await sender.publish(Principal("acme", "alice"), "genuine")
     finally:
         await client.aclose()
     with anyio.fail_after(5):
@@ -130,8 +130,8 @@ async def test_drops_logged_without_payload(
     client = aioredis.Redis.from_url(live_redis)
     try:
         with caplog.at_level("WARNING", logger="isolation.events"):
-            await client.publish(backend.channel("alice", tenant_id="acme"), fields())
-            await routers().publish("alice", "marker", tenant_id="acme")
+            await client.publish(backend.channel(Principal("acme", "alice")), fields())
+            await routers().publish(Principal("acme", "alice"), "marker")
             with anyio.fail_after(5):
                 assert (await alice.receive()).payload == "marker"
     finally:

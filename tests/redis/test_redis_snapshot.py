@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from isolation import UsageError, UserContext
+from isolation import Principal, UsageError, UserContext
 from isolation.events import EventRouter
 
 pytestmark = pytest.mark.anyio
@@ -32,7 +32,7 @@ async def test_local_recipients_get_the_payload_as_published(
     for u in users:
         payload["text"] = f"private digest of {u}"
         payload["nested"]["n"] += 1
-        await router.publish(u, payload)
+        await router.publish(Principal(None, u), payload)
     payload["text"] = "changed after publishing"
     for n, (u, (first, second)) in enumerate(conns.items(), start=1):
         expected = {"type": "digest", "nested": {"n": n}, "text": f"private digest of {u}"}
@@ -48,4 +48,4 @@ async def test_refused_payloads_as_in_memory(routers: Callable[..., EventRouter]
     loop: list[Any] = []
     loop.append(loop)
     with pytest.raises(UsageError):
-        await router.publish("alice", loop)
+        await router.publish(Principal(None, "alice"), loop)

@@ -17,7 +17,7 @@ import anyio
 import pytest
 
 import isolation
-from isolation import UserContext
+from isolation import Principal, UserContext
 from isolation.events import EventRouter
 from isolation.events.backends.redis import RedisBackend
 
@@ -44,14 +44,14 @@ async def test_writer_runs_in_no_users_scope(routers: Make) -> None:
 
     async def alice() -> None:
         async with isolation.scope(UserContext.new("alice", tenant_id="acme")):
-            await router.publish("alice", 1, tenant_id="acme")
+            await router.publish(Principal("acme", "alice"), 1)
             alice_published.set()
             await bob_done.wait()  # a long-lived scope, such as a websocket's
 
     async def bob() -> None:
         await alice_published.wait()
         async with isolation.scope(UserContext.new("bob", tenant_id="globex")):
-            await router.publish("bob", 2, tenant_id="globex")
+            await router.publish(Principal("globex", "bob"), 2)
         bob_done.set()
 
     with anyio.fail_after(10):

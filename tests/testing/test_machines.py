@@ -12,9 +12,10 @@ from hypothesis import Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 import isolation
-from isolation import Lifetime, Registry, UserContext
+from isolation import Lifetime, Principal, Registry, UserContext
 from isolation.events import Connection, EventRouter, Overflow, PublishResult
 from isolation.testing import AsyncRuleBasedStateMachine, RegistryMachine, RouterMachine
+from isolation.testing.machines import DEFAULT_PRINCIPALS
 
 BACKENDS = ["asyncio", "trio"]
 QUICK = settings(max_examples=25, stateful_step_count=15)
@@ -83,10 +84,12 @@ class _TenantBlindRouter(_Wrapper):
         self.tenants.add(ctx.tenant_id)
         return await self.inner.connect(ctx)
 
-    async def publish(self, user_id: str, payload: Any, *, tenant_id: str | None = None) -> Any:
+    async def publish(self, to: Principal, payload: Any) -> Any:
         delivered = 0
-        for tenant in self.tenants | {tenant_id}:
-            delivered += (await self.inner.publish(user_id, payload, tenant_id=tenant)).delivered
+        for tenant in self.tenants | {to.tenant_id}:
+            delivered += (
+                await self.inner.publish(Principal(tenant, to.user_id), payload)
+            ).delivered
         return PublishResult(delivered=delivered, dropped=0)
 
 
@@ -190,6 +193,22 @@ class TestRouterMachine:
 
         run_state_machine_as_test(OverRedis, settings=QUICK)
         assert sum(router.stats().delivered for router in routers) > 10
+
+    def test_plain_pairs_become_principals(self) -> None:
+        """principals may list plain (tenant_id, user_id) pairs: they are checked and
+        published to as Principals; an invalid one fails at once, naming the field."""
+
+        class Pairs(CorrectRouter):
+            principals = (("t1", "alice"), ("t2", "alice"))
+
+        run_state_machine_as_test(Pairs, settings=QUICK)
+        assert all(type(p) is Principal for p in DEFAULT_PRINCIPALS)
+
+        class Confusable(CorrectRouter):
+            principals = (("t1", "alice"), ("t1", "\u212blice"))
+
+        with pytest.raises(isolation.InvalidContextError, match="user_id"):
+            Confusable()
 
     def test_needs_a_factory(self) -> None:
         """A machine without make_router says what to override."""

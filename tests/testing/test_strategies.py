@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import isolation
-from isolation import InvalidContextError, UserContext
+from isolation import InvalidContextError, Principal, UserContext
 from isolation.testing import strategies as iso_st
 
 
@@ -85,8 +85,10 @@ def test_lookalikes() -> None:
 
 
 @given(iso_st.principals())
-def test_principals_distinct_and_include_two_tenants(ps: list[tuple[str | None, str]]) -> None:
-    """Principals are distinct, and one user id appears under two tenants."""
+def test_principals_distinct_and_include_two_tenants(ps: list[Principal]) -> None:
+    """Principals are distinct isolation.Principal objects, and one user id appears
+    under two tenants."""
+    assert all(type(p) is Principal for p in ps)
     assert len(ps) == len(set(ps))
     users = [user for _, user in ps]
     assert len(users) > len(set(users))

@@ -8,16 +8,19 @@ make one: ``copy`` returns the same object, pickling is refused (use
 
 from __future__ import annotations
 
+import enum
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, NoReturn, final
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar, final
 
 import attrs
 
 from isolation import _clock
 from isolation._errors import InvalidContextError, UsageError
 from isolation._redact import redact
+from isolation.context._principal import Principal
 from isolation.context._validate import (
     check_attributes,
     check_roles,
@@ -26,10 +29,16 @@ from isolation.context._validate import (
     check_ttl,
 )
 
-__all__ = ["Attributes", "Principal", "UserContext", "new_request_id"]
-
-Principal = tuple[str | None, str]
-"""The identity of a user: ``(tenant_id, user_id)``."""
+__all__ = [
+    "UNSET",
+    "Attributes",
+    "Principal",
+    "Unset",
+    "UserContext",
+    "deprecated",
+    "new_request_id",
+    "principal_of",
+]
 
 
 def new_request_id() -> str:
@@ -113,6 +122,7 @@ def _expires_at(value: Any) -> float | None:
 
 _EMPTY_ROLES: frozenset[str] = frozenset()
 _set = object.__setattr__
+_principal = tuple.__new__
 
 
 @final
@@ -182,8 +192,9 @@ class UserContext:
 
     @property
     def principal(self) -> Principal:
-        """The identity of the user: ``(tenant_id, user_id)``."""
-        return (self.tenant_id, self.user_id)
+        """The identity of the user: an :class:`~isolation.Principal`, ``(tenant_id, user_id)``."""
+        # The ids were checked when this context was made: no second check.
+        return _principal(Principal, (self.tenant_id, self.user_id))
 
     @property
     def expired(self) -> bool:
@@ -219,6 +230,82 @@ class UserContext:
 
     def __reduce__(self) -> NoReturn:
         self.__reduce_ex__(None)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+if TYPE_CHECKING:
+    from typing_extensions import deprecated
+else:
+
+    def deprecated(message: str) -> Callable[[_F], _F]:
+        """``typing_extensions.deprecated`` for type checkers only: mark a deprecated overload.
+
+        At run time the overload is never called; :func:`principal_of` warns.
+        """
+        return lambda function: function
+
+
+class Unset(enum.Enum):
+    """The type of :data:`UNSET`: a keyword the caller did not pass."""
+
+    UNSET = "UNSET"
+
+
+UNSET: Final = Unset.UNSET
+"""The default of a deprecated ``tenant_id=`` keyword: "not given" (``None`` is a tenant)."""
+
+_NAME_IT = (
+    "Name the user with its tenant: isolation.Principal(tenant_id, user_id) "
+    "(tenant_id=None for a single-tenant service), or ctx.principal"
+)
+
+
+def principal_of(to: object, tenant_id: str | Unset | None, method: str) -> Principal:
+    """The principal a public call names: a ``Principal``, or a context's.
+
+    ``to`` may also be a user id ``str`` when the caller passes ``tenant_id=``
+    explicitly (``None`` included): the form of one earlier release, accepted
+    with a ``DeprecationWarning``. A user id alone is refused, never given a
+    default tenant: in a multi-tenant service that would be another user.
+
+    Raises:
+        UsageError: ``to`` is neither (a plain tuple too: build a ``Principal``),
+            or a user id came without ``tenant_id=``, or with a non-``str`` one.
+        InvalidContextError: The deprecated form's ids break a rule of ``UserContext``.
+    """
+    if isinstance(to, Principal | UserContext):  # both final: no subclass
+        if tenant_id is not UNSET:
+            raise UsageError(
+                f"{method}() takes tenant_id= only with a user id (deprecated); "
+                f"a {type(to).__name__} already names its tenant",
+                hint="Drop tenant_id=",
+            )
+        return to if isinstance(to, Principal) else to.principal
+    if not isinstance(to, str):
+        raise UsageError(
+            f"{method}() takes an isolation.Principal or an isolation.UserContext, "
+            f"got {type(to).__name__}",
+            hint=_NAME_IT,
+        )
+    if tenant_id is UNSET:
+        raise UsageError(
+            f"{method}() takes an isolation.Principal or an isolation.UserContext, not a "
+            "user id alone: the tenant is never assumed",
+            hint=_NAME_IT,
+        )
+    warnings.warn(
+        f"{method}(user_id, tenant_id=...) is deprecated and will be removed in the next "
+        "release; pass isolation.Principal(tenant_id, user_id) or ctx.principal",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    if tenant_id is not None and type(tenant_id) is not str:
+        raise UsageError(
+            f"{method}() takes a tenant_id str or None, got {type(tenant_id).__name__}",
+            hint=_NAME_IT,
+        )
+    return Principal(tenant_id, to)
 
 
 UserContext.__module__ = "isolation"

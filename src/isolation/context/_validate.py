@@ -11,8 +11,9 @@ Nothing is ever rewritten: a value that passes is returned as given. Rewriting
 keeps apart — two accounts — into one principal here. So ``"\u212blice"`` (with
 the Angstrom sign) is refused, not turned into ``"\u00c5lice"``, and
 ``"\uff41lice"`` (fullwidth) is accepted and stays distinct from ``"alice"``.
-:func:`check_principal` is the one entry for every place that builds a
-principal from ids (contexts, the router's ``publish`` and look-ups).
+:class:`~isolation.Principal` checks its ids with :func:`check_text` as a
+context does, so a principal named anywhere (the router's ``publish`` and
+look-ups included) follows the same rules.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ __all__ = [
     "MAX_ID_LENGTH",
     "MAX_ROLES",
     "check_attributes",
-    "check_principal",
     "owner_refusal",
     "owner_value",
     "check_roles",
@@ -112,18 +112,6 @@ def check_text(field: str, value: object, max_length: int = MAX_ID_LENGTH) -> st
     if value[0].isspace() or value[-1].isspace():
         raise _refuse(field, "must not start or end with white space", value)
     return value
-
-
-def check_principal(user_id: Any, tenant_id: Any = None) -> tuple[str | None, str]:
-    """Return ``(tenant_id, user_id)`` if both ids follow the rules of :func:`check_text`.
-
-    The one validator for every place that names a principal by its ids, so
-    a principal there is exactly a principal of a :class:`~isolation.UserContext`.
-    """
-    return (
-        None if tenant_id is None else check_text("tenant_id", tenant_id),
-        check_text("user_id", user_id),
-    )
 
 
 def owner_refusal(field: str, rule: str, value: object) -> InvalidContextError:

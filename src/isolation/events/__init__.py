@@ -4,7 +4,7 @@
 
     router = EventRouter()                      # in memory, asyncio or trio
     conn = await router.connect(ctx)            # bound to ctx.principal for life
-    await router.publish("alice", {"text": "hi"}, tenant_id="acme")
+    await router.publish(Principal("acme", "alice"), {"text": "hi"})  # or ctx itself
     event = await conn.receive()                # checked against the bound principal
 
 Connections have bounded queues with an explicit :class:`Overflow` policy, and

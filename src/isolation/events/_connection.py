@@ -192,7 +192,7 @@ class Connection:
         self._router = router
         self._id = os.urandom(8).hex()
         self._ctx = ctx
-        self._principal = (ctx.tenant_id, ctx.user_id)
+        self._principal = ctx.principal
         self._user_id = ctx.user_id
         self._tenant_id = ctx.tenant_id
         self._expires_at = expires_at
@@ -238,7 +238,7 @@ class Connection:
 
     @property
     def principal(self) -> Principal:
-        """The principal this connection is bound to, for life: ``(tenant_id, user_id)``."""
+        """The :class:`~isolation.Principal` this connection is bound to, for life."""
         return self._principal
 
     @property

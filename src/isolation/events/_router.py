@@ -20,7 +20,7 @@ import math
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import Any, Final, final
+from typing import Any, Final, final, overload
 
 import anyio
 import attrs
@@ -43,9 +43,16 @@ from isolation._errors import (
     UsageError,
 )
 from isolation._redact import redact_principal
-from isolation.context._model import Principal, UserContext
+from isolation.context._model import (
+    UNSET,
+    Principal,
+    Unset,
+    UserContext,
+    deprecated,
+    principal_of,
+)
+from isolation.context._principal import trusted_principal
 from isolation.context._scope import Scope, current_context_or_none, current_scope
-from isolation.context._validate import check_principal
 from isolation.events._connection import Connection, Putter, _Blocked
 from isolation.events._model import (
     GAP,
@@ -314,11 +321,11 @@ class EventRouter:
                 )
             ctx = bound
             scope = current_scope()
-        principal = (ctx.tenant_id, ctx.user_id)
-        if bound is not None and (bound.tenant_id, bound.user_id) != principal:
+        principal = ctx.principal
+        if bound is not None and bound.principal != principal:
             raise ContextSwitchError(
                 f"cannot connect as {redact_principal(principal)} inside the scope of "
-                f"{redact_principal((bound.tenant_id, bound.user_id))}"
+                f"{redact_principal(bound.principal)}"
             )
         expires_at = scope.deadline if scope is not None else _until(ctx, ticket_expiry)
         if expires_at is not None and _clock._now() >= expires_at:
@@ -534,7 +541,7 @@ class EventRouter:
         Returns the context and when the connection it re-authenticates expires.
         """
         ctx, ticket_expiry = await self._resolve_token(token)
-        if (ctx.tenant_id, ctx.user_id) != principal:
+        if ctx.principal != principal:
             raise ContextSwitchError(
                 f"a token of {redact_principal(ctx.principal)} cannot re-authenticate a "
                 f"connection of {redact_principal(principal)}"
@@ -549,15 +556,34 @@ class EventRouter:
 
     # -- publishing --------------------------------------------------------------------
 
+    @overload
+    async def publish(
+        self, to: Principal | UserContext, payload: Any, /, *, kind: str = MESSAGE
+    ) -> PublishResult: ...
+
+    @overload
+    @deprecated("pass isolation.Principal(tenant_id, user_id) or ctx.principal")
+    async def publish(
+        self, to: str, payload: Any, /, *, tenant_id: str | None, kind: str = MESSAGE
+    ) -> PublishResult: ...
+
     async def publish(
         self,
-        user_id: str,
+        to: Principal | UserContext | str,
         payload: Any,
+        /,
         *,
-        tenant_id: str | None = None,
         kind: str = MESSAGE,
+        tenant_id: str | Unset | None = UNSET,
     ) -> PublishResult:
-        """Deliver ``payload`` to every live connection of ``(tenant_id, user_id)``, and no other.
+        """Deliver ``payload`` to every live connection of principal ``to``, and no other.
+
+        ``to`` is an :class:`~isolation.Principal` (``Principal(tenant_id,
+        user_id)``) or a :class:`~isolation.UserContext` (its principal). A
+        user id ``str`` alone is refused: the tenant is never assumed.
+        ``publish(user_id, payload, tenant_id=...)`` (``tenant_id`` given
+        explicitly, ``None`` included) still works for one release, with a
+        ``DeprecationWarning``.
 
         Each connection gets its own :class:`Event` (same ``id``, its own
         ``seq``) and applies the overflow policy. The payload is snapshotted
@@ -573,12 +599,22 @@ class EventRouter:
             QueueFullError: ``BLOCK``, and some connections had no room within
                 ``publish_timeout``; it carries the partial result.
             EventTooLargeError: ``max_event_bytes`` is set and the payload is larger.
-            UsageError: ``kind`` is ``"gap"`` (reserved) or not a string, or JSON
-                cannot carry the payload (the types the Redis backend refuses).
-            InvalidContextError: An id no context can have (not NFC, a control,
-                bidi or zero-width character): never folded into another's.
+            UsageError: ``to`` is not a ``Principal`` or ``UserContext`` (a user
+                id without ``tenant_id=``, a plain tuple); ``kind`` is ``"gap"``
+                (reserved) or not a string; or JSON cannot carry the payload
+                (the types the Redis backend refuses).
+            InvalidContextError: (deprecated form) an id no context can have
+                (not NFC, a control, bidi or zero-width character): never
+                folded into another's.
             ConnectionClosedError: The router is closed.
         """
+        # A Principal or a context's ids passed the checks when it was made.
+        if type(to) is Principal and tenant_id is UNSET:
+            principal = to
+        elif type(to) is UserContext and tenant_id is UNSET:
+            principal = to.principal
+        else:
+            principal = principal_of(to, tenant_id, "publish")
         if kind != MESSAGE:
             _check_kind(kind)
         if self._max_event_bytes is not None:
@@ -592,29 +628,25 @@ class EventRouter:
         else:
             snapshot = freeze(payload)
         if self._shared:
-            self._check_ids(user_id, tenant_id)
             self._check_open()
             envelope = Envelope(
                 id=event_id(next_event_number()),
-                recipient=user_id,
-                tenant_id=tenant_id,
+                recipient=principal[1],
+                tenant_id=principal[0],
                 kind=kind,
                 created_at=_clock._now(),
                 # A private copy: the backend may deliver it locally after awaiting.
                 payload=thaw(snapshot),
             )
             return await self._backend.publish(envelope)
-        # A hit is a principal some validated context connected as: its ids are
-        # valid, so only a miss pays for the check.
-        conns = self._routes.get((tenant_id, user_id))
+        conns = self._routes.get(principal)
         if conns is None:
-            self._check_ids(user_id, tenant_id)
             self._check_open()
             self._undeliverable += 1
             return _NOTHING
         self._published += 1
         result = self._fanout(
-            conns, (next_event_number(), user_id, tenant_id, kind, _clock._now()), snapshot
+            conns, (next_event_number(), principal[1], principal[0], kind, _clock._now()), snapshot
         )
         if type(result) is PublishResult:
             return result
@@ -629,7 +661,7 @@ class EventRouter:
 
     def _offer(self, envelope: Envelope) -> PublishResult | Awaitable[PublishResult]:
         """Fan an envelope out without waiting: the result, or the wait for room (``BLOCK``)."""
-        conns = self._routes.get((envelope.tenant_id, envelope.recipient))
+        conns = self._routes.get(trusted_principal(envelope.tenant_id, envelope.recipient))
         if conns is None:
             self._undeliverable += 1
             return _NOTHING
@@ -762,19 +794,6 @@ class EventRouter:
                 hint="Send a reference to the data instead, or raise max_event_bytes",
             )
 
-    def _check_ids(self, user_id: object, tenant_id: object, method: str = "publish") -> None:
-        if type(user_id) is not str or not user_id:
-            raise UsageError(
-                f"{method}() takes a user id (a non-empty str), got {type(user_id).__name__}"
-            )
-        if tenant_id is not None and type(tenant_id) is not str:
-            raise UsageError(
-                f"{method}() takes a tenant_id str or None, got {type(tenant_id).__name__}"
-            )
-        # The rules of a UserContext's ids: a spelling no context can have (not
-        # NFC, a bidi or zero-width character) is refused, never folded.
-        check_principal(user_id, tenant_id)
-
     # -- statistics -----------------------------------------------------------------
 
     def stats(self) -> RouterStats:
@@ -795,13 +814,24 @@ class EventRouter:
             overflow_disconnects=self._overflow_disconnects,
         )
 
+    @overload
+    def principal_stats(self, of: Principal | UserContext, /) -> PrincipalStats | None: ...
+
+    @overload
+    @deprecated("pass isolation.Principal(tenant_id, user_id) or ctx.principal")
+    def principal_stats(self, of: str, /, *, tenant_id: str | None) -> PrincipalStats | None: ...
+
     def principal_stats(
-        self, user_id: str, *, tenant_id: str | None = None
+        self, of: Principal | UserContext | str, /, *, tenant_id: str | Unset | None = UNSET
     ) -> PrincipalStats | None:
-        """Return the counters of one principal, or ``None`` if it has no live connection."""
-        self._check_ids(user_id, tenant_id, "principal_stats")
+        """Return the counters of principal ``of``, or ``None`` if it has no live connection.
+
+        ``of`` is a :class:`~isolation.Principal` or a :class:`~isolation.UserContext`;
+        a user id ``str`` with ``tenant_id=`` is deprecated, without it refused
+        (``UsageError``), as in :meth:`publish`.
+        """
+        principal = principal_of(of, tenant_id, "principal_stats")
         self._sweep_expired()
-        principal = (tenant_id, user_id)
         totals = self._totals.get(principal)
         if totals is None:
             return None
@@ -813,10 +843,18 @@ class EventRouter:
             refused=totals[2] + sum(c._refused for c in conns),
         )
 
-    def connections(self, user_id: str, *, tenant_id: str | None = None) -> tuple[Connection, ...]:
-        """Return the live connections of one principal."""
-        self._check_ids(user_id, tenant_id, "connections")
-        principal = (tenant_id, user_id)
+    @overload
+    def connections(self, of: Principal | UserContext, /) -> tuple[Connection, ...]: ...
+
+    @overload
+    @deprecated("pass isolation.Principal(tenant_id, user_id) or ctx.principal")
+    def connections(self, of: str, /, *, tenant_id: str | None) -> tuple[Connection, ...]: ...
+
+    def connections(
+        self, of: Principal | UserContext | str, /, *, tenant_id: str | Unset | None = UNSET
+    ) -> tuple[Connection, ...]:
+        """Return the live connections of principal ``of`` (as :meth:`principal_stats` takes it)."""
+        principal = principal_of(of, tenant_id, "connections")
         return tuple(c for c in self._live if c._principal == principal)
 
     # -- closing ----------------------------------------------------------------------

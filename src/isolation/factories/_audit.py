@@ -87,9 +87,9 @@ EXIT_VIOLATION: Final = 1
 EXIT_USAGE: Final = 2
 
 
-PrincipalMaker = Callable[[int], "UserContext | Principal | str"]
+PrincipalMaker = Callable[[int], "UserContext | Principal | tuple[str | None, str] | str"]
 """Makes the synthetic user of each index (0, 1, ...): a ``UserContext``, a
-``(tenant_id or None, user_id)`` pair, or a user id alone (no tenant)."""
+``Principal``, a ``(tenant_id or None, user_id)`` pair, or a user id alone (no tenant)."""
 
 
 class AuditUsageError(ConfigurationError):
@@ -238,7 +238,7 @@ def default_principal(index: int) -> Principal:
     """
     user = uuid.UUID(int=index + 1, version=4)
     tenant = uuid.UUID(int=(1 << 96) | (index % 2 + 1), version=4)
-    return str(tenant), str(user)
+    return Principal(str(tenant), str(user))
 
 
 def _made_context(made: object) -> UserContext | None:
@@ -247,6 +247,8 @@ def _made_context(made: object) -> UserContext | None:
         return made
     if type(made) is str:
         return UserContext.new(made)
+    if type(made) is Principal:
+        return UserContext.new(made.user_id, tenant_id=made.tenant_id)
     if (
         type(made) is tuple
         and len(made) == 2
@@ -270,8 +272,8 @@ def audit_contexts(
 
     Raises:
         AuditUsageError: ``principals`` is not callable, raised, returned
-            something else than a context, a ``(tenant_id or None, user_id)``
-            pair of strings or a user id, an invalid id, or the same principal
+            something else than a context, a ``Principal``, a ``(tenant_id or
+            None, user_id)`` pair of strings or a user id, an invalid id, or the same principal
             for two users (they would never be compared with each other).
     """
     name = label or getattr(principals, "__qualname__", None) or repr(principals)
@@ -396,7 +398,7 @@ def _what(instance: object) -> str:
 
 @attrs.define
 class _Outcome:
-    principal: tuple[str | None, str]
+    principal: Principal
     scope: Scope
     instances: list[object]
     errors: list[BaseException]

@@ -19,9 +19,9 @@ import contextlib
 from collections import deque
 from typing import Final, final
 
-__all__ = ["Admission", "Waiter"]
+from isolation.context._principal import Principal
 
-Principal = tuple[str | None, str]
+__all__ = ["Admission", "Waiter"]
 
 
 @final

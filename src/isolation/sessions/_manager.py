@@ -64,6 +64,7 @@ from isolation._errors import (
 )
 from isolation._redact import redact_principal
 from isolation.context import _scope
+from isolation.context._principal import Principal
 from isolation.context._scope import DEFAULT_CLEANUP_TIMEOUT, Scope, current_scope
 from isolation.sessions import _unmanaged
 from isolation.sessions._admission import Admission, Waiter
@@ -96,8 +97,6 @@ def _open_sessions() -> int:
 register_gauge("sessions", _open_sessions)
 
 logger = logging.getLogger("isolation.sessions")
-
-Principal = tuple[str | None, str]
 
 DEFAULT_ACQUIRE_TIMEOUT: Final = 10.0
 DEFAULT_HOLD_WARNING: Final = 30.0

@@ -79,12 +79,11 @@ from isolation._errors import (
 )
 from isolation._redact import redact, redact_principal
 from isolation.context import _scope
+from isolation.context._principal import Principal
 from isolation.context._validate import owner_refusal, owner_value
 from isolation.sessions._coverage import Coverage, Guard
 
 __all__ = ["OwnerColumn", "Rule", "Tenancy", "TenantSession"]
-
-Principal = tuple[str | None, str]
 
 # Key of InstanceState.info: the object entered a protected session without being
 # loaded by it (add() of a detached object, merge(load=False)), so the rows its
@@ -478,8 +477,11 @@ class Rule:
             )
         return None
 
-    def owner_of(self, obj: object, *, committed: bool) -> Principal:
-        """The ``(tenant, user)`` an instance belongs to (its loaded or its new values)."""
+    def owner_of(self, obj: object, *, committed: bool) -> tuple[Any, Any]:
+        """The ``(tenant, user)`` an instance belongs to (its loaded or its new values).
+
+        The owner columns' values as they are: not a checked :class:`Principal`.
+        """
         state = inspect(obj)
         values: list[Any] = []
         for key in (self.tenant_key, self.user_key):

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from isolation.context._model import UserContext
+from isolation.context._model import Principal, UserContext
 from isolation.context._propagation import ContextThreadPoolExecutor
 from isolation.context._scope import Scope
 
@@ -59,7 +59,8 @@ def assert_no_shared_state(
     *,
     users: int = 20,
     threads: int = 4,
-    principals: Callable[[int], UserContext | tuple[str | None, str] | str] | None = None,
+    principals: Callable[[int], UserContext | Principal | tuple[str | None, str] | str]
+    | None = None,
 ) -> None:
     """Assert that ``factory`` gives each user instances that share no mutable state.
 
@@ -73,8 +74,8 @@ def assert_no_shared_state(
         users: Synthetic users, all with live scopes at once (at least 2).
         threads: Concurrent callers in each scope.
         principals: Makes synthetic user ``i`` (called with 0, 1, ...): a
-            ``UserContext``, a ``(tenant_id or None, user_id)`` pair or a user
-            id. By default, UUID strings in two tenants; pass one for a
+            ``UserContext``, an :class:`~isolation.Principal`, a
+            ``(tenant_id or None, user_id)`` pair or a user id. By default, UUID strings in two tenants; pass one for a
             factory that parses ids another way (``lambda i: str(i + 1)``).
 
     Raises:

@@ -54,10 +54,10 @@ from isolation.testing._machine import AsyncRuleBasedStateMachine
 __all__ = ["DEFAULT_PRINCIPALS", "RegistryMachine", "RouterMachine"]
 
 DEFAULT_PRINCIPALS: Final[tuple[Principal, ...]] = (
-    ("acme", "alice"),
-    ("globex", "alice"),
-    ("acme", "bob"),
-    (None, "alice"),
+    Principal("acme", "alice"),
+    Principal("globex", "alice"),
+    Principal("acme", "bob"),
+    Principal(None, "alice"),
 )
 """The principals the machines draw from: ``alice`` in two tenants and without one, and ``bob``."""
 
@@ -70,7 +70,12 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 _async_rule = cast("Callable[..., Callable[[_F], _F]]", rule)
 
 
-def _show(principal: Principal) -> str:
+def _pool(principals: Sequence[tuple[str | None, str]]) -> list[Principal]:
+    """The machine's principals as :class:`~isolation.Principal` (plain pairs are checked)."""
+    return [Principal(*pair) for pair in principals]
+
+
+def _show(principal: tuple[str | None, str]) -> str:
     tenant, user = principal
     return f"{user!r} of tenant {tenant!r}"
 
@@ -134,8 +139,9 @@ class RouterMachine(AsyncRuleBasedStateMachine):
     Run it with ``TestMine = MyRouterTest.TestCase``.
     """
 
-    principals: ClassVar[Sequence[Principal]] = DEFAULT_PRINCIPALS
-    """The ``(tenant_id, user_id)`` pairs connections are opened for and events published to."""
+    principals: ClassVar[Sequence[tuple[str | None, str]]] = DEFAULT_PRINCIPALS
+    """The principals connections are opened for and events published to (plain
+    ``(tenant_id, user_id)`` pairs are turned into :class:`~isolation.Principal` objects)."""
     receive_timeout: ClassVar[float] = 10.0
     """Seconds a receive waits for an event the model expects, with a shared backend
     (events travel). An in-process router queues events in ``publish`` itself, so
@@ -147,7 +153,9 @@ class RouterMachine(AsyncRuleBasedStateMachine):
     connections = Bundle("isolation_connections")
 
     def __init__(self) -> None:
+        pool = _pool(self.principals)  # first: an invalid pair fails before a loop starts
         super().__init__()
+        self._pool = pool
         self._router: Any = None
         self._conns: list[_Conn] = []
         self._published = 0
@@ -223,7 +231,7 @@ class RouterMachine(AsyncRuleBasedStateMachine):
     @rule(target=connections, data=st.data())
     def connect(self, data: st.DataObject) -> Any:
         """Open a connection with an explicit context (it lives until closed)."""
-        principal = data.draw(st.sampled_from(list(self.principals)), label="principal")
+        principal = data.draw(st.sampled_from(self._pool), label="principal")
         return self._call(self._connect, principal)
 
     async def _connect(self, principal: Principal) -> Any:
@@ -255,7 +263,7 @@ class RouterMachine(AsyncRuleBasedStateMachine):
     @rule(data=st.data())
     def publish(self, data: st.DataObject) -> None:
         """Publish to any principal of the pool, connected or not."""
-        self._call(self._publish, data.draw(st.sampled_from(list(self.principals)), label="to"))
+        self._call(self._publish, data.draw(st.sampled_from(self._pool), label="to"))
 
     @_async_rule(c=connections)
     async def publish_to_connection(self, c: _Conn) -> None:
@@ -270,8 +278,7 @@ class RouterMachine(AsyncRuleBasedStateMachine):
         number = self._published
         for t in targets:  # the model first: a consumer task may take the event at once
             t.expected.append(number)
-        tenant, user = principal
-        result = await self.router.publish(user, number, tenant_id=tenant)
+        result = await self.router.publish(principal, number)
         if self._exact_counts and (result.delivered, result.dropped) != (len(targets), 0):
             self._violation(
                 f"publish of event {number} to {_show(principal)} reported delivered="
@@ -507,8 +514,9 @@ class RegistryMachine(AsyncRuleBasedStateMachine):
 
     products: ClassVar[Sequence[Any]] = ()
     """The product types to resolve (registered in the registry)."""
-    principals: ClassVar[Sequence[Principal]] = DEFAULT_PRINCIPALS
-    """The ``(tenant_id, user_id)`` pairs scopes are opened for."""
+    principals: ClassVar[Sequence[tuple[str | None, str]]] = DEFAULT_PRINCIPALS
+    """The principals scopes are opened for (plain ``(tenant_id, user_id)`` pairs are
+    turned into :class:`~isolation.Principal` objects)."""
     scope_lifetime: ClassVar[Lifetime] = Lifetime.REQUEST
     """The lifetime of the scopes opened: ``Lifetime.CONNECTION`` resolves ``CONNECTION`` products."""
     max_open_scopes: ClassVar[int] = 6
@@ -519,7 +527,9 @@ class RegistryMachine(AsyncRuleBasedStateMachine):
     scopes = Bundle("isolation_scopes")
 
     def __init__(self) -> None:
+        pool = _pool(self.principals)  # first: an invalid pair fails before a loop starts
         super().__init__()
+        self._pool = pool
         self._registry: Any = None
         self._scopes: list[_ScopeModel] = []
         self._handed_by_id: dict[int, _ScopeModel] = {}
@@ -633,7 +643,7 @@ class RegistryMachine(AsyncRuleBasedStateMachine):
     @rule(target=scopes, data=st.data())
     def open_scope(self, data: st.DataObject) -> _ScopeModel:
         """Open a scope for a principal, held open by a task until it is closed."""
-        principal = data.draw(st.sampled_from(list(self.principals)), label="principal")
+        principal = data.draw(st.sampled_from(self._pool), label="principal")
         opened: _ScopeModel = self._call(self._open_scope, principal)
         return opened
 

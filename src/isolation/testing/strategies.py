@@ -1,4 +1,4 @@
-"""Hypothesis strategies for user ids, tenant ids and contexts, hostile ones included.
+"""Hypothesis strategies for user ids, tenant ids, principals and contexts, hostile ones included.
 
 Needs the ``testing`` extra (Hypothesis). Hostile ids cover what attackers and
 broken clients send: bidi controls, zero-width characters, lone surrogates,
@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from hypothesis import strategies as st
 
-from isolation.context._model import UserContext
+from isolation.context._model import Principal, UserContext
 from isolation.context._validate import MAX_ATTRIBUTE_VALUE_LENGTH, MAX_ID_LENGTH
 
 __all__ = [
@@ -217,17 +217,15 @@ def contexts() -> st.SearchStrategy[UserContext]:
     return valid_context_kwargs().map(lambda kwargs: UserContext.new(**kwargs))
 
 
-def principals(
-    *, min_size: int = 2, max_size: int = 8
-) -> st.SearchStrategy[list[tuple[str | None, str]]]:
-    """Distinct ``(tenant_id, user_id)`` pairs, often the same user id in two tenants."""
+def principals(*, min_size: int = 2, max_size: int = 8) -> st.SearchStrategy[list[Principal]]:
+    """Distinct :class:`~isolation.Principal` objects, often one user id in two tenants."""
     same_id_two_tenants = st.builds(
-        lambda user, t1, t2: [(t1, user), (t2, user)],
+        lambda user, t1, t2: [Principal(t1, user), Principal(t2, user)],
         user_ids(),
         user_ids(),
         user_ids(),
     ).filter(lambda pair: pair[0] != pair[1])
-    extra = st.lists(st.tuples(tenant_ids(), user_ids()), max_size=max_size)
+    extra = st.lists(st.builds(Principal, tenant_ids(), user_ids()), max_size=max_size)
     return st.builds(lambda a, b: list(dict.fromkeys(a + b)), same_id_two_tenants, extra).filter(
         lambda ps: min_size <= len(ps) <= max_size
     )

@@ -37,7 +37,7 @@ import random
 import urllib.parse
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final, TypeVar, final
+from typing import Any, Final, TypeVar, final, overload
 
 import attrs
 
@@ -62,7 +62,8 @@ from isolation._errors import (
     QueueFullError,
     UnsupportedBackendError,
 )
-from isolation.context._model import Principal
+from isolation.context._model import UNSET, Principal, Unset, UserContext, deprecated, principal_of
+from isolation.context._principal import trusted_principal
 from isolation.events._model import Envelope, PublishResult
 from isolation.events._wake import current_backend
 from isolation.events.backends import Deliver
@@ -347,9 +348,23 @@ class RedisBackend:
         """The prefix of every channel and key."""
         return self._namespace
 
-    def channel(self, user_id: str, *, tenant_id: str | None = None) -> str:
-        """The channel name of a principal (for ACLs and debugging)."""
-        return channel_name(self._namespace, (tenant_id, user_id))
+    @overload
+    def channel(self, of: Principal | UserContext, /) -> str: ...
+
+    @overload
+    @deprecated("pass isolation.Principal(tenant_id, user_id) or ctx.principal")
+    def channel(self, of: str, /, *, tenant_id: str | None) -> str: ...
+
+    def channel(
+        self, of: Principal | UserContext | str, /, *, tenant_id: str | Unset | None = UNSET
+    ) -> str:
+        """The channel name of principal ``of`` (for ACLs and debugging).
+
+        ``of`` is a :class:`~isolation.Principal` or a :class:`~isolation.UserContext`;
+        a user id ``str`` with ``tenant_id=`` is deprecated, without it refused
+        (``UsageError``), as in :meth:`EventRouter.publish`.
+        """
+        return channel_name(self._namespace, principal_of(of, tenant_id, "channel"))
 
     def stats(self) -> RedisStats:
         """Return a snapshot of the counters."""
@@ -469,7 +484,7 @@ class RedisBackend:
             self._start()  # raises unless open on this loop; restarts a dead supervisor
             loop = self._loop
             assert loop is not None
-        principal = (envelope.tenant_id, envelope.recipient)
+        principal = trusted_principal(envelope.tenant_id, envelope.recipient)
         data = self._codec.encode(envelope, origin=self._origin, now=_clock._now())
         channel = self._names.get(principal)
         if channel is None:

@@ -1,8 +1,9 @@
 """Scenario helpers shared by the event router's failure-mode checks (FM10, 13, 14, 15, 16).
 
 The checks drive a *router-like* subject: ``await connect(ctx=None, *, token=None)``,
-``await publish(user_id, payload, *, tenant_id=None)`` returning something with
-``delivered`` and ``dropped``, ``stats()``, ``aclose()``; its connections have
+``await publish(to, payload)`` (``to`` a ``Principal`` or a ``UserContext``)
+returning something with ``delivered`` and ``dropped``, ``stats()``,
+``aclose()``; its connections have
 ``principal``, ``await receive()`` (events with ``recipient``, ``tenant_id``,
 ``seq`` and ``payload``), ``stats()`` and ``aclose()``. The library's subject
 is :class:`isolation.events.EventRouter`; each mode's mutant is a separate,

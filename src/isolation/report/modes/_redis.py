@@ -40,7 +40,7 @@ __all__ = [
     "two_routers",
 ]
 
-BARRIER: Final[Principal] = ("isolation-report", "barrier")
+BARRIER: Final = Principal("isolation-report", "barrier")
 """The principal of B's barrier connection (no scenario publishes to it)."""
 HANG_GUARD: Final = 30.0
 """Seconds a wait may take before the check reports it as a violation (never a pacing)."""
@@ -70,7 +70,7 @@ class RouterPair:
         """
         self._marks += 1
         mark = ["isolation-report-barrier", self._marks]
-        await self.a.publish(BARRIER[1], mark, tenant_id=BARRIER[0])
+        await self.a.publish(BARRIER, mark)
         foreign = 0
         arrived = False
         try:
@@ -139,8 +139,8 @@ class WrappedRouter:
 
     inner: Any
 
-    async def publish(self, user_id: str, payload: Any, *, tenant_id: str | None = None) -> Any:
-        return await self.inner.publish(user_id, payload, tenant_id=tenant_id)
+    async def publish(self, to: Principal | UserContext, payload: Any) -> Any:
+        return await self.inner.publish(to, payload)
 
     def stats(self) -> Any:
         return self.inner.stats()

@@ -27,16 +27,17 @@ from typing import Any
 
 import attrs
 
+from isolation.context._principal import Principal
 from isolation.context._scope import current_context
 from isolation.report._registry import ModeRegistry, Settings, register_on_databases
 
 __all__ = ["SessionSubject", "register"]
 
-PRINCIPALS: tuple[tuple[str, str], ...] = (
-    ("t1", "alice"),
-    ("t2", "alice"),
-    ("t1", "bob"),
-    ("t2", "carol"),
+PRINCIPALS: tuple[Principal, ...] = (
+    Principal("t1", "alice"),
+    Principal("t2", "alice"),
+    Principal("t1", "bob"),
+    Principal("t2", "carol"),
 )
 
 

@@ -48,7 +48,7 @@ __all__ = ["register"]
 
 PER_PRINCIPAL = 3
 REQUESTS = len(PRINCIPALS) * PER_PRINCIPAL
-STRANGER: Principal = ("t3", "mallory")
+STRANGER = Principal("t3", "mallory")
 """Seeded rows of a principal no request is made for: nobody may read them."""
 
 Row = tuple[str | None, str, str]  # tenant, owner, body
@@ -178,7 +178,7 @@ class _Run:
             for k in range(2):
                 body = f"{tag}-seed-{tenant}-{user}-{k}"
                 params.append({"t": tenant, "o": user, "b": body})
-                self.committed.setdefault((tenant, user), set()).add(body)
+                self.committed.setdefault(Principal(tenant, user), set()).add(body)
         with self.db.raw.begin() as conn:
             conn.execute(
                 text(f"INSERT INTO {self.db.table} (tenant, owner, body) VALUES (:t, :o, :b)"),  # noqa: S608 - our own table

@@ -20,7 +20,7 @@ from typing import Any
 
 from isolation import tokens
 from isolation._errors import InvalidContextError
-from isolation.context._model import UserContext
+from isolation.context._model import Principal, UserContext
 from isolation.report._registry import Backend, Check, ModeRegistry, Settings
 
 __all__ = ["register"]
@@ -94,9 +94,9 @@ async def check_confusable_ids_refused(make: Maker, settings: Settings) -> list[
                     for ctx in made.values()
                 ]
                 for ctx, _ in conns:
-                    result = await router.publish(
-                        ctx.user_id, ctx.principal, tenant_id=ctx.tenant_id
-                    )
+                    # The ids through the public constructor: the same checks again.
+                    to = Principal(ctx.tenant_id, ctx.user_id)
+                    result = await router.publish(to, ctx.principal)
                     if result.delivered != 1:
                         found.append(
                             f"a publish to {ctx.principal!a} reached {result.delivered} "

@@ -51,7 +51,7 @@ async def _publish_reused(router: Any, users: list[UserContext]) -> None:
         for ctx in users:
             payload["text"] = _text(ctx.user_id, n)
             payload["body"]["lines"] = [_text(ctx.user_id, n)]
-            await router.publish(ctx.user_id, payload, tenant_id=ctx.tenant_id)
+            await router.publish(ctx, payload)
     payload["text"] = "scribbled by the publisher"
     payload["body"]["lines"].append("scribbled by the publisher")
 
@@ -183,12 +183,12 @@ class _AliasingRouter(WrappedRouter):
     async def connect(self, ctx: UserContext) -> _AliasingConnection:
         return _AliasingConnection(await self.inner.connect(ctx))
 
-    async def publish(self, user_id: str, payload: Any, *, tenant_id: str | None = None) -> Any:
-        if tenant_id == BARRIER[0]:  # the Redis pair's marker, not a scenario payload
-            return await self.inner.publish(user_id, payload, tenant_id=tenant_id)
+    async def publish(self, to: Principal | UserContext, payload: Any) -> Any:
+        if to == BARRIER:  # the Redis pair's marker, not a scenario payload
+            return await self.inner.publish(to, payload)
         handle = next(_HANDLES)
         _OBJECTS[handle] = payload
-        return await self.inner.publish(user_id, handle, tenant_id=tenant_id)
+        return await self.inner.publish(to, handle)
 
 
 def register(registry: ModeRegistry) -> None:

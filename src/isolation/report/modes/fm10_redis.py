@@ -61,7 +61,7 @@ async def check_two_routers(make: Callable[[str, str], Any], settings: Settings)
     namespace = f"isolation-report-{os.urandom(6).hex()}"
     routers = [make(url, namespace), make(url, namespace)]
     violations: list[str] = []
-    principals: list[Principal] = [(t, f"user-{i}") for i in range(USERS) for t in TENANTS]
+    principals = [Principal(t, f"user-{i}") for i in range(USERS) for t in TENANTS]
     try:
         conns = []
         for n, (tenant, user) in enumerate(principals):
@@ -80,10 +80,10 @@ async def check_two_routers(make: Callable[[str, str], Any], settings: Settings)
         async def publish(number: int) -> None:
             router = routers[number % 2]
             for k in range(EVENTS):
-                for tenant, user in principals:
-                    await router.publish(user, [tenant, user, number, k], tenant_id=tenant)
-            for tenant, user in principals:
-                await router.publish(user, END, tenant_id=tenant)
+                for principal in principals:
+                    await router.publish(principal, [*principal, number, k])
+            for principal in principals:
+                await router.publish(principal, END)
 
         with anyio.move_on_after(60) as timer:
             async with anyio.create_task_group() as tg:
@@ -193,7 +193,8 @@ class _TenantBlindRouter:
             for conn in self.conns.get(message["channel"].decode(), ()):
                 conn.queue.put_nowait(_Event(data["u"], data["t"], data["p"]))
 
-    async def publish(self, user_id: str, payload: Any, *, tenant_id: str | None = None) -> None:
+    async def publish(self, to: Principal, payload: Any) -> None:
+        tenant_id, user_id = to
         body = json.dumps({"u": user_id, "t": tenant_id, "p": payload})
         await self.client.publish(self._channel(user_id), body)
 

@@ -49,7 +49,7 @@ __all__ = ["Op", "PRINCIPALS", "check_operations", "check_under_load", "register
 USER_IDS = 100
 TENANTS = ("fm10-a", "fm10-b")
 PRINCIPALS: tuple[Principal, ...] = tuple(
-    (tenant, f"user-{i}") for i in range(USER_IDS) for tenant in TENANTS
+    Principal(tenant, f"user-{i}") for i in range(USER_IDS) for tenant in TENANTS
 )
 """200 principals: each user id in two tenants."""
 PUBLISHERS = 8
@@ -72,8 +72,8 @@ async def check_under_load(make: Callable[..., Any], settings: Settings) -> list
             # coprime with 200 visits each once).
             step = STEPS[number]
             for k in range(len(PRINCIPALS)):
-                tenant, user = PRINCIPALS[(k * step + number) % len(PRINCIPALS)]
-                await router.publish(user, (tenant, user, number), tenant_id=tenant)
+                principal = PRINCIPALS[(k * step + number) % len(PRINCIPALS)]
+                await router.publish(principal, (*principal, number))
 
         received: dict[int, list[Event]] = {id(conn): [] for conn in conns}
 
@@ -183,16 +183,17 @@ async def _run(router: Any, clock: FakeClock, ops: Sequence[Op]) -> list[str]:
     for step, op in enumerate(ops):
         where = f"step {step} ({op.kind})"
         if op.kind == "connect":
-            tenant, user = PRINCIPALS[op.a % len(PRINCIPALS)]
+            principal = PRINCIPALS[op.a % len(PRINCIPALS)]
             ttl = TTLS[op.b % len(TTLS)]
-            ctx = UserContext.new(user, tenant_id=tenant, ttl=ttl)
+            ctx = UserContext.new(principal.user_id, tenant_id=principal.tenant_id, ttl=ttl)
             conn = await router.connect(ctx)
-            models.append(_Model(conn, (tenant, user), ctx.expires_at))
+            models.append(_Model(conn, principal, ctx.expires_at))
         elif op.kind == "publish":
-            tenant, user = PRINCIPALS[op.a % len(PRINCIPALS)]
+            principal = PRINCIPALS[op.a % len(PRINCIPALS)]
+            tenant, user = principal
             counter += 1
-            result = await router.publish(user, counter, tenant_id=tenant)
-            targets = [m for m in live() if m.principal == (tenant, user)]
+            result = await router.publish(principal, counter)
+            targets = [m for m in live() if m.principal == principal]
             for m in targets:
                 m.expected.append(counter)
             if result.delivered != len(targets) or result.dropped:
@@ -351,9 +352,8 @@ class _UserKeyedRouter:
         self.routes.setdefault(ctx.user_id, []).append(conn)
         return conn
 
-    async def publish(
-        self, user_id: str, payload: Any, *, tenant_id: str | None = None
-    ) -> PublishResult:
+    async def publish(self, to: Principal, payload: Any) -> PublishResult:
+        tenant_id, user_id = to
         number = next_event_number()
         delivered = 0
         for conn in self.routes.get(user_id, ()):

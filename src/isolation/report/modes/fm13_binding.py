@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from isolation._errors import ConnectionClosedError, CrossContextAccessError
-from isolation.context._model import UserContext
+from isolation.context._model import Principal, UserContext
 from isolation.context._scope import Scope
 from isolation.events._model import CloseReason, Event, PublishResult, make_event, next_event_number
 from isolation.events._router import EventRouter
@@ -52,7 +52,7 @@ async def check_bound_for_life(make: Callable[..., Any], settings: Settings) -> 
 
         # A live connection handed to another user's request is refused.
         victim = await router.connect(second[0])
-        await router.publish(second[0].user_id, "private", tenant_id=TENANT)
+        await router.publish(second[0], "private")
         async with Scope(second[1]):
             try:
                 await victim.receive()
@@ -73,8 +73,8 @@ async def check_bound_for_life(make: Callable[..., Any], settings: Settings) -> 
 
 async def _connect_all(
     router: Any, users: list[UserContext], seen: list[Any], violations: list[str]
-) -> dict[tuple[str | None, str], list[Any]]:
-    conns: dict[tuple[str | None, str], list[Any]] = {}
+) -> dict[Principal, list[Any]]:
+    conns: dict[Principal, list[Any]] = {}
     for ctx in users:
         for _ in range(CONNECTIONS):
             conn = await router.connect(ctx)
@@ -92,14 +92,14 @@ async def _connect_all(
 async def _exchange(
     router: Any,
     users: list[UserContext],
-    live: dict[tuple[str | None, str], list[Any]],
+    live: dict[Principal, list[Any]],
     violations: list[str],
-    closed: dict[tuple[str | None, str], list[Any]] | None = None,
+    closed: dict[Principal, list[Any]] | None = None,
 ) -> None:
     """Publish to each user; every live connection gets exactly its own; closed ones nothing."""
     for ctx in users:
         for n in range(EVENTS):
-            await router.publish(ctx.user_id, (ctx.user_id, n), tenant_id=ctx.tenant_id)
+            await router.publish(ctx, (ctx.user_id, n))
     principals = {id(conn): principal for principal, conns in live.items() for conn in conns}
     closed_before = [(p, conn) for p, conns in (closed or {}).items() for conn in conns]
     for principal, conn in closed_before:
@@ -179,9 +179,8 @@ class _PoolingRouter:
         self._live.remove(conn)
         self._pool.append(conn)
 
-    async def publish(
-        self, user_id: str, payload: Any, *, tenant_id: str | None = None
-    ) -> PublishResult:
+    async def publish(self, to: UserContext, payload: Any) -> PublishResult:
+        tenant_id, user_id = to.principal
         number = next_event_number()
         delivered = 0
         for conn in self._live:

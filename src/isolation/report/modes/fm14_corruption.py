@@ -93,9 +93,9 @@ async def check_corrupted_routes_refused(
 
 
 async def _publish_round(router: Any, principals: list[Principal], label: str) -> None:
-    for tenant, user in principals:
+    for principal in principals:
         for n in range(EVENTS):
-            await router.publish(user, (label, user, n), tenant_id=tenant)
+            await router.publish(principal, (label, principal.user_id, n))
 
 
 # -- the mutant: a consumer side without the last-step check --
@@ -133,8 +133,8 @@ class _UncheckedRouter:
     async def connect(self, ctx: UserContext) -> _UncheckedConnection:
         return _UncheckedConnection(await self.inner.connect(ctx))
 
-    async def publish(self, user_id: str, payload: Any, *, tenant_id: str | None = None) -> Any:
-        return await self.inner.publish(user_id, payload, tenant_id=tenant_id)
+    async def publish(self, to: Principal, payload: Any) -> Any:
+        return await self.inner.publish(to, payload)
 
     def stats(self) -> RouterStats:
         return self.inner.stats()

@@ -43,9 +43,9 @@ CAPACITY = 10
 BURST = 50
 CONNECTIONS = 2
 PRINCIPALS: tuple[Principal, ...] = (
-    ("fm15-a", "user-0"),
-    ("fm15-b", "user-0"),
-    ("fm15-a", "user-1"),
+    Principal("fm15-a", "user-0"),
+    Principal("fm15-b", "user-0"),
+    Principal("fm15-a", "user-1"),
 )
 
 
@@ -70,13 +70,13 @@ async def _burst_without_consumer(
         ]
         totals = {principal: [0, 0] for principal in PRINCIPALS}
         for n in range(1, BURST + 1):
-            for tenant, user in PRINCIPALS:
+            for principal in PRINCIPALS:
                 try:
-                    result = await router.publish(user, (tenant, user, n), tenant_id=tenant)
+                    result = await router.publish(principal, (*principal, n))
                 except QueueFullError as exc:
                     result = exc.result
-                totals[(tenant, user)][0] += result.delivered
-                totals[(tenant, user)][1] += result.dropped
+                totals[principal][0] += result.delivered
+                totals[principal][1] += result.dropped
         model = burst(policy, CAPACITY, range(1, BURST + 1))
         # Under BLOCK the waiting publishers time out (no consumer): their events drop.
         expected_dropped = model.dropped + len(model.waiting)
@@ -127,8 +127,10 @@ def _expected_totals(policy: Overflow) -> tuple[int, int]:
 async def _block_with_consumer(make: Callable[..., Any], violations: list[str]) -> None:
     router = make(queue_size=CAPACITY, overflow=Overflow.BLOCK, publish_timeout=30)
     try:
-        tenant, user = PRINCIPALS[0]
-        conn = await router.connect(UserContext.new(user, tenant_id=tenant))
+        principal = PRINCIPALS[0]
+        conn = await router.connect(
+            UserContext.new(principal.user_id, tenant_id=principal.tenant_id)
+        )
         seen: list[int] = []
         async with anyio.create_task_group() as tg:
 
@@ -141,7 +143,7 @@ async def _block_with_consumer(make: Callable[..., Any], violations: list[str]) 
 
             tg.start_soon(consume)
             for n in range(1, BURST + 1):
-                await router.publish(user, (tenant, user, n), tenant_id=tenant)
+                await router.publish(principal, (*principal, n))
             await anyio.wait_all_tasks_blocked()
             await conn.aclose()
         if seen != list(range(1, BURST + 1)):
@@ -205,13 +207,12 @@ class _SpillingRouter:
         self.conns.append(conn)
         return conn
 
-    async def publish(
-        self, user_id: str, payload: Any, *, tenant_id: str | None = None
-    ) -> PublishResult:
+    async def publish(self, to: Principal, payload: Any) -> PublishResult:
+        tenant_id, user_id = to
         number = next_event_number()
         delivered = 0
         for conn in self.conns:
-            if conn.principal != (tenant_id, user_id):
+            if conn.principal != to:
                 continue
             conn.seq += 1
             event = make_event((number, user_id, tenant_id, "message", 0.0), payload, conn.seq)

@@ -96,10 +96,10 @@ async def _burst_across(pair: RouterPair, policy: Overflow, violations: list[str
     ]
     totals = dict.fromkeys(PRINCIPALS, (0, 0))
     for n in range(1, BURST + 1):
-        for tenant, user in PRINCIPALS:
-            result = await pair.a.publish(user, [tenant, user, n], tenant_id=tenant)
-            delivered, dropped = totals[(tenant, user)]
-            totals[(tenant, user)] = (delivered + result.delivered, dropped + result.dropped)
+        for principal in PRINCIPALS:
+            result = await pair.a.publish(principal, [*principal, n])
+            delivered, dropped = totals[principal]
+            totals[principal] = (delivered + result.delivered, dropped + result.dropped)
     for (tenant, user), counted in totals.items():
         if counted != (0, 0):
             violations.append(
@@ -187,8 +187,8 @@ def _check_counters(pair: RouterPair, policy: Overflow, violations: list[str]) -
 
 
 async def _block_with_consumer(pair: RouterPair, violations: list[str]) -> None:
-    tenant, user = PRINCIPALS[0]
-    conn = await pair.b.connect(UserContext.new(user, tenant_id=tenant))
+    principal = PRINCIPALS[0]
+    conn = await pair.b.connect(UserContext.new(principal.user_id, tenant_id=principal.tenant_id))
     seen: list[Any] = []
     closed: list[ConnectionClosedError] = []
 
@@ -203,7 +203,7 @@ async def _block_with_consumer(pair: RouterPair, violations: list[str]) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(consume)
             for n in range(1, BURST + 1):
-                await pair.a.publish(user, [tenant, user, n], tenant_id=tenant)
+                await pair.a.publish(principal, [*principal, n])
     where = "block with a consumer on B"
     if guard.cancelled_caught or closed:
         violations.append(f"{where}: {len(seen)} of {BURST} events arrived before it stopped")
@@ -219,7 +219,7 @@ def _stats(conns: list[Any]) -> list[ConnectionStats]:
     return [conn.stats() for conn in conns]
 
 
-def _payload_principal(event: Any) -> Principal | None:
+def _payload_principal(event: Any) -> tuple[Any, Any] | None:
     payload = event.payload
     if isinstance(payload, list) and len(payload) == 3:
         return (payload[0], payload[1])

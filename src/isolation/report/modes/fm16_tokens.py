@@ -98,7 +98,7 @@ async def _scenario(router: Any, clock: FakeClock, violations: list[str]) -> Non
             violations.append(
                 f"{ctx.user_id} could not re-authenticate with its own ticket: {exc!r}"
             )
-        await router.publish(ctx.user_id, ctx.user_id, tenant_id=ctx.tenant_id)
+        await router.publish(ctx, ctx.user_id)
     for result in await drain_all([*conns.values(), *victims]):
         owner = result.conn.principal
         for event in result.events:
@@ -165,8 +165,8 @@ class _PrefixCachingRouter:
         self.cache[token[:PREFIX]] = conn.context
         return _CachingConnection(self, conn)
 
-    async def publish(self, user_id: str, payload: Any, *, tenant_id: str | None = None) -> Any:
-        return await self.inner.publish(user_id, payload, tenant_id=tenant_id)
+    async def publish(self, to: Principal | UserContext, payload: Any) -> Any:
+        return await self.inner.publish(to, payload)
 
     async def aclose(self) -> None:
         await self.inner.aclose()

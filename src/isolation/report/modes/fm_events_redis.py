@@ -93,7 +93,7 @@ async def check_bound_across_routers(make: Callable[..., Any], settings: Setting
 
         # A live connection on B, its event from A, read in another user's scope: refused.
         victim = await pair.b.connect(second[0])
-        await pair.a.publish(second[0].user_id, "private", tenant_id=tenant)
+        await pair.a.publish(second[0], "private")
         if await pair.caught_up(violations):
             await _refused_in_foreign_scope(victim, second[0], second[1], violations)
         await victim.aclose()
@@ -103,7 +103,7 @@ async def check_bound_across_routers(make: Callable[..., Any], settings: Setting
 async def _publish_to(pair: RouterPair, users: list[UserContext]) -> None:
     for ctx in users:
         for n in range(fm13_binding.EVENTS):
-            await pair.a.publish(ctx.user_id, [ctx.user_id, n], tenant_id=ctx.tenant_id)
+            await pair.a.publish(ctx, [ctx.user_id, n])
 
 
 async def _each_gets_its_own(live: Live, violations: list[str]) -> None:
@@ -349,7 +349,7 @@ async def _tokens_scenario(pair: RouterPair, clock: FakeClock, violations: list[
             f"a ticket of {ctx.user_id} spent re-authenticating on {home}, redeemed on {other}",
             routers[other].connect(token=ticket),
         )
-        await pair.a.publish(ctx.user_id, ctx.user_id, tenant_id=ctx.tenant_id)
+        await pair.a.publish(ctx, ctx.user_id)
     if not await pair.caught_up(violations):
         return
     mine = {id(conn) for conn in conns.values()}

@@ -162,12 +162,27 @@ def test_task_lives_across_steps(backend: str) -> None:
 
 
 class FailingBackground(AsyncRuleBasedStateMachine):
+    # The tasks fail only once teardown releases them: a task failing mid-run would
+    # surface at whichever later step the scheduler picks, and Hypothesis refuses a
+    # failure that moves between replays (FlakyStrategyDefinition).
+    def __init__(self) -> None:
+        super().__init__()
+        self.releases: list[anyio.Event] = []
+
     @rule()
     async def spawn(self) -> None:
+        release = anyio.Event()
+        self.releases.append(release)
+
         async def boom() -> None:
+            await release.wait()
             raise RuntimeError("background failure")
 
         self.task_group.start_soon(boom)
+
+    async def ateardown(self) -> None:
+        for release in self.releases:
+            release.set()
 
 
 def test_background_failure_fails_the_run() -> None:

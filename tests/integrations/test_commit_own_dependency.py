@@ -20,7 +20,12 @@ from starlette.requests import HTTPConnection
 
 from isolation import UserContext
 from isolation.integrations.starlette import IsolationMiddleware
-from isolation.report.modes._sessions import Note, create_tables, sqlite_engine, sync_sqlite_engine
+from isolation.report._modes._support.sessions import (
+    Note,
+    create_tables,
+    sqlite_engine,
+    sync_sqlite_engine,
+)
 from isolation.sessions import SessionManager
 
 

@@ -26,7 +26,7 @@ from isolation import Registry, UserContext
 from isolation.events import EventRouter
 from isolation.integrations.fastapi import from_scope
 from isolation.integrations.starlette import IsolationMiddleware, lifespan
-from isolation.report.modes._sessions import Note, create_tables, sqlite_engine
+from isolation.report._modes._support.sessions import Note, create_tables, sqlite_engine
 from isolation.sessions import SessionManager
 
 DIRECTORY = tempfile.mkdtemp()

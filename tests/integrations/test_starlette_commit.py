@@ -39,7 +39,7 @@ import isolation
 from isolation import Registry, UserContext
 from isolation.integrations.fastapi import from_scope
 from isolation.integrations.starlette import IsolationMiddleware
-from isolation.report.modes._sessions import sqlite_engine
+from isolation.report._modes._support.sessions import sqlite_engine
 from isolation.sessions import SessionManager
 
 

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 import isolation
 from isolation import PoolExhaustedError, UserContext
-from isolation.report.modes._sessions import Note, checked_out
+from isolation.report._modes._support.sessions import Note, checked_out
 from isolation.sessions import SessionManager
 from isolation.sessions._admission import Admission, Waiter
 

@@ -10,7 +10,7 @@ from sqlalchemy.exc import DBAPIError
 
 import isolation
 from isolation import DatabaseConnectionLostError, SessionError, UserContext
-from isolation.report.modes._sessions import Note, Sandbox, pg_sandbox
+from isolation.report._modes._support.sessions import Note, Sandbox, pg_sandbox
 from isolation.sessions import SessionManager
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]

@@ -24,7 +24,7 @@ from isolation import (
     UsageError,
     UserContext,
 )
-from isolation.report.modes._sessions import Note, checked_out
+from isolation.report._modes._support.sessions import Note, checked_out
 from isolation.sessions import SessionManager, SessionStats
 from isolation.testing import FakeClock
 

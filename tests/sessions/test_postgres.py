@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 import isolation
 from isolation import ConfigurationError, CrossContextAccessError, UserContext
-from isolation.report.modes._sessions import Note, Sandbox, checked_out, pg_sandbox
+from isolation.report._modes._support.sessions import Note, Sandbox, checked_out, pg_sandbox
 from isolation.sessions import SessionManager
 from isolation.sessions.postgres import rls_policy_sql
 

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 import isolation
 from isolation import Registry, UserContext
-from isolation.report.modes._sessions import Note, create_tables, sqlite_engine
+from isolation.report._modes._support.sessions import Note, create_tables, sqlite_engine
 from isolation.sessions import SessionManager
 
 

@@ -26,7 +26,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 import isolation
 from isolation import Registry, SharedStateError, UserContext
-from isolation.report.modes._sessions import Note, create_tables, sqlite_engine
+from isolation.report._modes._support.sessions import Note, create_tables, sqlite_engine
 from isolation.sessions import SessionManager
 
 T = TypeVar("T")

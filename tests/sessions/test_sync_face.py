@@ -35,7 +35,12 @@ from isolation import (
     UsageError,
     UserContext,
 )
-from isolation.report.modes._sessions import Note, pg_sandbox, sync_sqlite_engine, sync_twin
+from isolation.report._modes._support.sessions import (
+    Note,
+    pg_sandbox,
+    sync_sqlite_engine,
+    sync_twin,
+)
 from isolation.sessions import SessionManager
 from isolation.testing import FakeClock
 
@@ -464,7 +469,7 @@ class TestSQLModel:
         import sqlmodel
         from sqlmodel.ext.asyncio.session import AsyncSession as SQLModelAsyncSession
 
-        from isolation.report.modes._sessions import sqlite_engine
+        from isolation.report._modes._support.sessions import sqlite_engine
 
         async def main() -> None:
             engine = sqlite_engine(str(tmp_path / "async.sqlite"))

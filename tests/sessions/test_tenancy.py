@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 import isolation
 from isolation import ConfigurationError, CrossContextAccessError, UsageError, UserContext
-from isolation.report.modes._sessions import Note
+from isolation.report._modes._support.sessions import Note
 from isolation.sessions import SessionManager
 
 pytestmark = pytest.mark.anyio

@@ -23,7 +23,8 @@ from sqlalchemy.orm.exc import ObjectDeletedError
 
 import isolation
 from isolation import ConfigurationError, CrossContextAccessError, UsageError, UserContext
-from isolation.report.modes._orm_paths import (
+from isolation.report._modes._support.sessions import Note
+from isolation.report._modes.fm01_sessions._orm_paths import (
     OPS,
     SEED_FOLDERS,
     SEED_ITEMS,
@@ -37,7 +38,6 @@ from isolation.report.modes._orm_paths import (
     reset,
     run_ops,
 )
-from isolation.report.modes._sessions import Note
 from isolation.sessions import SessionManager
 
 pytestmark = pytest.mark.anyio
@@ -368,7 +368,7 @@ class TestTenantPairs:
 
     @pytest.fixture
     async def notes(self, db: OrmDatabase) -> SessionManager:
-        from isolation.report.modes._sessions import Base
+        from isolation.report._modes._support.sessions import Base
 
         async with db.engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)

@@ -31,7 +31,9 @@ from sqlalchemy.orm import DeclarativeBase, aliased, contains_eager, mapped_colu
 
 import isolation
 from isolation import ConfigurationError, CrossContextAccessError, UsageError, UserContext
-from isolation.report.modes._orm_paths import (
+from isolation.report._modes._support.sessions import Base as NotesBase
+from isolation.report._modes._support.sessions import Note
+from isolation.report._modes.fm01_sessions._orm_paths import (
     SEED_ITEMS,
     Folder,
     Item,
@@ -39,8 +41,6 @@ from isolation.report.modes._orm_paths import (
     open_orm_database,
     reset,
 )
-from isolation.report.modes._sessions import Base as NotesBase
-from isolation.report.modes._sessions import Note
 from isolation.sessions import SessionManager
 
 pytestmark = pytest.mark.anyio

@@ -8,7 +8,7 @@ import pytest
 
 import isolation
 from isolation import UnsupportedBackendError, UserContext
-from isolation.report.modes._sessions import sqlite_engine
+from isolation.report._modes._support.sessions import sqlite_engine
 from isolation.sessions import SessionManager
 
 

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 import isolation
 import isolation.logging
 from isolation import ConfigurationError, CrossContextAccessError, UserContext
-from isolation.report.modes._sessions import Note, sqlite_engine, sync_sqlite_engine
+from isolation.report._modes._support.sessions import Note, sqlite_engine, sync_sqlite_engine
 from isolation.sessions import SessionManager
 
 

@@ -16,7 +16,12 @@ from sqlalchemy.exc import DBAPIError
 
 import isolation
 from isolation import ConfigurationError, CrossContextAccessError, UserContext
-from isolation.report.modes._sessions import Note, pg_sandbox, sync_sqlite_engine, sync_twin
+from isolation.report._modes._support.sessions import (
+    Note,
+    pg_sandbox,
+    sync_sqlite_engine,
+    sync_twin,
+)
 from isolation.sessions import SessionManager
 from isolation.sessions.postgres import (
     PolicyRow,
@@ -107,7 +112,7 @@ class TestProtect:
                 kept[0].execute(select(Note))
 
     def test_async_face(self, tmp_path: Path) -> None:
-        from isolation.report.modes._sessions import create_tables, sqlite_engine
+        from isolation.report._modes._support.sessions import create_tables, sqlite_engine
 
         async def main() -> None:
             engine = sqlite_engine(str(tmp_path / "a.sqlite"))

@@ -490,6 +490,15 @@ class TestSurface:
         allowed.add("bulk_pk_delete")  # SQLAlchemy does not support it yet
         assert not refused or kind in allowed, refused
 
+    async def test_a_row_deleted_earlier_is_untouched(
+        self, db: OrmDatabase, manager: SessionManager
+    ) -> None:
+        """Operations naming a row an earlier operation deleted: the reference model leaves
+        it absent (it raised KeyError there, and the report counted the orm-paths mutant,
+        which deletes rows, as crashed, not caught)."""
+        ops = [Op("delete_where", 0), Op("update_where", 0), Op("delete_where", 0)]
+        assert await run_ops(manager, db, ops) == []
+
     @settings(max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(ops=ops_strategy())
     async def test_no_operation_crosses_principals(

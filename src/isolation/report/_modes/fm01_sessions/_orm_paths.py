@@ -586,6 +586,8 @@ def _none(rows: Rows, c: _Call) -> None:
 
 def _set_body(rows: Rows, c: _Call) -> None:
     key = ("item", c.item_id)
+    if key not in rows:  # gone already (an earlier delete): the write changes nothing
+        return
     owner, _, folder = rows[key]
     if owner == c.me:
         rows[key] = (owner, c.value, folder)
@@ -609,7 +611,7 @@ def _bind(rows: Rows, c: _Call) -> None:
 
 def _delete(rows: Rows, c: _Call) -> None:
     key = ("item", c.item_id)
-    if rows[key][0] == c.me:
+    if key in rows and rows[key][0] == c.me:
         del rows[key]
 
 
@@ -624,7 +626,7 @@ def _insert_own(rows: Rows, c: _Call) -> None:
 
 def _set_name(rows: Rows, c: _Call) -> None:
     key = ("folder", c.folder_id)
-    if rows[key][0] == c.me:
+    if key in rows and rows[key][0] == c.me:
         rows[key] = (c.me, c.value)
 
 

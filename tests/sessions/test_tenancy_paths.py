@@ -22,8 +22,8 @@ from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.orm.exc import ObjectDeletedError
 
 import isolation
+from _support.databases import Note
 from isolation import ConfigurationError, CrossContextAccessError, UsageError, UserContext
-from isolation.report._modes._support.sessions import Note
 from isolation.report._modes.fm01_sessions._orm_paths import (
     OPS,
     SEED_FOLDERS,
@@ -368,7 +368,7 @@ class TestTenantPairs:
 
     @pytest.fixture
     async def notes(self, db: OrmDatabase) -> SessionManager:
-        from isolation.report._modes._support.sessions import Base
+        from _support.databases import Base
 
         async with db.engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)

@@ -30,9 +30,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, aliased, contains_eager, mapped_column
 
 import isolation
+from _support.databases import Base as NotesBase
+from _support.databases import Note
 from isolation import ConfigurationError, CrossContextAccessError, UsageError, UserContext
-from isolation.report._modes._support.sessions import Base as NotesBase
-from isolation.report._modes._support.sessions import Note
 from isolation.report._modes.fm01_sessions._orm_paths import (
     SEED_ITEMS,
     Folder,

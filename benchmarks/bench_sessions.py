@@ -41,7 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Session
 
 import isolation
-from isolation.report.modes._sessions import (
+from isolation.report._modes._support.sessions import (
     Note,
     create_tables,
     pg_sandbox,

@@ -107,7 +107,7 @@ async def _orm_layer(made: dict[str, UserContext]) -> None:
     pytest.importorskip("aiosqlite")
     from sqlalchemy import select
 
-    from isolation.report.modes._sessions import Note, create_tables, sqlite_engine
+    from _support.databases import Note, create_tables, sqlite_engine
     from isolation.sessions import SessionManager
 
     with tempfile.TemporaryDirectory() as directory:

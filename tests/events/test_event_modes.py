@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from isolation.report import Backend, Check, Settings, default_registry
-from isolation.report.modes import fm10_routing
-from isolation.report.modes.fm10_routing import Op, run_operations
+from isolation.report._modes.fm10_routing import routing as fm10_routing
+from isolation.report._modes.fm10_routing.routing import Op, run_operations
 
 SETTINGS = Settings(quick=True)
 REGISTRY = default_registry()

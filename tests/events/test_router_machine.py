@@ -22,7 +22,7 @@ import isolation._clock
 from isolation import ConnectionClosedError, Principal, UserContext
 from isolation.events import EventRouter, Overflow
 from isolation.events._queue import Action, decide
-from isolation.report.modes.fm10_routing import PRINCIPALS, _UserKeyedRouter
+from isolation.report._modes.fm10_routing.routing import PRINCIPALS, _UserKeyedRouter
 from isolation.testing import AsyncRuleBasedStateMachine, FakeClock
 
 # Hypothesis favours the first branch: the first two user ids (both tenants)

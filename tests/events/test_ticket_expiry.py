@@ -20,7 +20,7 @@ import isolation
 import isolation.events
 from isolation import Principal, UserContext, tokens
 from isolation.events import EventRouter, MemoryBackend
-from isolation.report.modes.fm16_ticket_expiry import STEP, TickingClock
+from isolation.report._modes.fm16_tokens.ticket_expiry import STEP, TickingClock
 from isolation.testing import FakeClock, use_clock
 
 pytestmark = pytest.mark.anyio

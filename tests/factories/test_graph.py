@@ -24,7 +24,7 @@ from isolation.factories._graph import (
     render_path,
     walk,
 )
-from isolation.report.modes import fm05_shared_state as fm05
+from isolation.report._modes.fm05_shared_state import shared_state as fm05
 
 
 def paths(result: WalkResult) -> list[str]:

@@ -16,7 +16,7 @@ import isolation
 from isolation import UserContext
 from isolation.factories._owned import owner_of
 from isolation.report import Settings
-from isolation.report.modes import fm11_engine_ownership as fm11
+from isolation.report._modes import fm11_engine_ownership as fm11
 
 
 @isolation.owned

@@ -18,7 +18,7 @@ from isolation import UserContext
 from isolation._redact import set_redactor
 from isolation.factories._index import SharedStateIndex
 from isolation.factories._request_scoped import ScopedFactory, _wrap, scoped_factory_of
-from isolation.report.modes import fm07_exactly_once as fm07
+from isolation.report._modes.fm07_exactly_once import exactly_once as fm07
 
 
 def private(fn: Callable[..., Any], **options: Any) -> Callable[[], Any]:

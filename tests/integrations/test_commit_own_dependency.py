@@ -18,9 +18,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 from starlette.requests import HTTPConnection
 
+from _support.databases import (
+    Note,
+    create_tables,
+    sqlite_engine,
+    sync_sqlite_engine,
+)
 from isolation import UserContext
 from isolation.integrations.starlette import IsolationMiddleware
-from isolation.report.modes._sessions import Note, create_tables, sqlite_engine, sync_sqlite_engine
 from isolation.sessions import SessionManager
 
 

@@ -5,6 +5,9 @@ the app on its own event loop, and both pass (before, the second module got
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 pytest.importorskip("fastapi", reason="needs FastAPI (the fastapi extra)")
@@ -26,7 +29,7 @@ from isolation import Registry, UserContext
 from isolation.events import EventRouter
 from isolation.integrations.fastapi import from_scope
 from isolation.integrations.starlette import IsolationMiddleware, lifespan
-from isolation.report.modes._sessions import Note, create_tables, sqlite_engine
+from _support.databases import Note, create_tables, sqlite_engine
 from isolation.sessions import SessionManager
 
 DIRECTORY = tempfile.mkdtemp()
@@ -82,7 +85,14 @@ def test_write_and_read(client):
 """
 
 
-def test_two_modules_each_with_a_module_scoped_client(pytester: pytest.Pytester) -> None:
+def test_two_modules_each_with_a_module_scoped_client(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The app module imports the tests' database fixtures (tests/_support/).
+    tests_dir = str(Path(__file__).resolve().parents[1])
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")]))
+    )
     pytester.makepyfile(app_module=APP)
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(

@@ -36,10 +36,10 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocket
 
 import isolation
+from _support.databases import sqlite_engine
 from isolation import Registry, UserContext
 from isolation.integrations.fastapi import from_scope
 from isolation.integrations.starlette import IsolationMiddleware
-from isolation.report.modes._sessions import sqlite_engine
 from isolation.sessions import SessionManager
 
 

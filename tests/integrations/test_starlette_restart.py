@@ -29,11 +29,11 @@ from starlette.requests import HTTPConnection
 from starlette.testclient import TestClient
 
 import isolation
+from _support.databases import Note, create_tables, pg_sandbox, sqlite_engine
 from isolation import Lifetime, Registry, UserContext
 from isolation.events import EventRouter
 from isolation.integrations.fastapi import from_scope
 from isolation.integrations.starlette import IsolationMiddleware, lifespan
-from isolation.report.modes._sessions import Note, create_tables, pg_sandbox, sqlite_engine
 from isolation.sessions import SessionManager
 
 Session = Annotated[AsyncSession, Depends(from_scope(AsyncSession))]

@@ -15,7 +15,7 @@ import isolation
 from isolation import Principal, UserContext
 from isolation.events import Backend, EventRouter, Overflow, PublishResult
 from isolation.events.backends.redis import RedisBackend
-from isolation.report.modes._redis import receive_side_settled
+from isolation.report._modes._support.redis import receive_side_settled
 
 pytestmark = pytest.mark.anyio
 

@@ -12,7 +12,7 @@ pytest.importorskip("aiosqlite", reason="the session tests need the sqlalchemy e
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from isolation.report.modes._sessions import create_tables, sqlite_engine
+from _support.databases import create_tables, sqlite_engine
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import isolation
+from _support.databases import Note, checked_out
 from isolation import PoolExhaustedError, UserContext
-from isolation.report.modes._sessions import Note, checked_out
 from isolation.sessions import SessionManager
 from isolation.sessions._admission import Admission, Waiter
 

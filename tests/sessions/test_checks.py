@@ -7,8 +7,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from isolation.report.modes import fm03_expiry, fm04_rollback
-from isolation.report.modes._sessions import open_database, pg_sandbox, role_bypasses_rls
+from isolation.report._modes._support.sessions import open_database, pg_sandbox, role_bypasses_rls
+from isolation.report._modes.fm03_expiry import async_face as fm03_expiry
+from isolation.report._modes.fm04_rollback import async_face as fm04_rollback
 
 
 def test_fm3_and_fm4_plans_cover_every_point_and_kind() -> None:

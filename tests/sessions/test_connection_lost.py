@@ -9,8 +9,8 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
 import isolation
+from _support.databases import Note, Sandbox, pg_sandbox
 from isolation import DatabaseConnectionLostError, SessionError, UserContext
-from isolation.report.modes._sessions import Note, Sandbox, pg_sandbox
 from isolation.sessions import SessionManager
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]

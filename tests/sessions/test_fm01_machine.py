@@ -6,8 +6,8 @@ import pytest
 from hypothesis import Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 
-from isolation.report.modes import fm01_sessions
-from isolation.report.modes._fm01_machine import SessionMachine, machine_for, run_script
+from isolation.report._modes.fm01_sessions import async_face as fm01_sessions
+from isolation.report._modes.fm01_sessions._machine import SessionMachine, machine_for, run_script
 
 LIBRARY = fm01_sessions._library()
 CACHED = fm01_sessions._mutant_cached()

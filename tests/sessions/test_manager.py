@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_only
 
 import isolation
+from _support.databases import Note, checked_out
 from isolation import (
     ContextExpiredError,
     CrossContextAccessError,
@@ -24,7 +25,6 @@ from isolation import (
     UsageError,
     UserContext,
 )
-from isolation.report.modes._sessions import Note, checked_out
 from isolation.sessions import SessionManager, SessionStats
 from isolation.testing import FakeClock
 

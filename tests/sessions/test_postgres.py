@@ -10,8 +10,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import isolation
+from _support.databases import Note, Sandbox, checked_out, pg_sandbox
 from isolation import ConfigurationError, CrossContextAccessError, UserContext
-from isolation.report.modes._sessions import Note, Sandbox, checked_out, pg_sandbox
 from isolation.sessions import SessionManager
 from isolation.sessions.postgres import rls_policy_sql
 

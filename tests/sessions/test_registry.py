@@ -9,8 +9,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import isolation
+from _support.databases import Note, create_tables, sqlite_engine
 from isolation import Registry, UserContext
-from isolation.report.modes._sessions import Note, create_tables, sqlite_engine
 from isolation.sessions import SessionManager
 
 

@@ -25,8 +25,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 import isolation
+from _support.databases import Note, create_tables, sqlite_engine
 from isolation import Registry, SharedStateError, UserContext
-from isolation.report.modes._sessions import Note, create_tables, sqlite_engine
 from isolation.sessions import SessionManager
 
 T = TypeVar("T")

@@ -2,7 +2,7 @@
 refused on return, the signed binding, and the policy helper's inputs and stamping.
 
 Every database test runs as a fresh LOGIN role that is neither owner nor superuser
-(:func:`isolation.report.modes._sessions.pg_sandbox`).
+(:func:`_support.databases.pg_sandbox` (tests/_support/databases.py)).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import isolation
+from _support.databases import TABLE, Note, Sandbox, pg_sandbox
 from isolation import ConfigurationError, CrossContextAccessError, UserContext
-from isolation.report.modes._sessions import TABLE, Note, Sandbox, pg_sandbox
 from isolation.sessions import SessionManager
 from isolation.sessions.postgres import (
     Binding,
@@ -708,7 +708,7 @@ def test_accepted_policy_sets_confine_the_principal(postgres_url: str) -> None:
     her rows and writes, moves or deletes none of anyone else's."""
     import anyio
 
-    from isolation.report.modes._sessions import generate
+    from _support.databases import generate
 
     examples = generate(_policy_sets(), 40, explicit=[(True, [(True, "SELECT", "true", None)])])
 

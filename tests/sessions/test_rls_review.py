@@ -3,7 +3,7 @@ a pooled connection (a role, temporary tables, held cursors) and what the start 
 refuse (roles it could switch to, unprotected partitions, case-insensitive owner columns).
 
 Every database test runs as a fresh LOGIN role that is neither owner nor superuser
-(:func:`isolation.report.modes._sessions.pg_sandbox`), on ``pool_size=1`` so the next
+(:func:`_support.databases.pg_sandbox` (tests/_support/databases.py)), on ``pool_size=1`` so the next
 request gets the same connection unless the return check invalidated it.
 """
 
@@ -19,8 +19,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 import isolation
+from _support.databases import Sandbox, pg_sandbox
 from isolation import ConfigurationError, UserContext
-from isolation.report.modes._sessions import Sandbox, pg_sandbox
 from isolation.sessions import SessionManager
 from isolation.sessions.postgres import (
     quote_identifier,

@@ -15,8 +15,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 
 import isolation
 from isolation import CrossContextAccessError, ScopeEndedError, UserContext
-from isolation.report.modes._sessions import Database, Note, library_manager, open_database
-from isolation.report.modes.fm01_leaked_session import (
+from isolation.report._modes._support.sessions import Database, Note, library_manager, open_database
+from isolation.report._modes.fm01_sessions.leaked_session import (
     ASYNC_CALLS,
     NOT_BOUND,
     SYNC_CALLS,

@@ -25,6 +25,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import isolation
+from _support.databases import (
+    Note,
+    pg_sandbox,
+    sync_sqlite_engine,
+    sync_twin,
+)
 from isolation import (
     ConfigurationError,
     ContextExpiredError,
@@ -35,7 +41,6 @@ from isolation import (
     UsageError,
     UserContext,
 )
-from isolation.report.modes._sessions import Note, pg_sandbox, sync_sqlite_engine, sync_twin
 from isolation.sessions import SessionManager
 from isolation.testing import FakeClock
 
@@ -464,7 +469,7 @@ class TestSQLModel:
         import sqlmodel
         from sqlmodel.ext.asyncio.session import AsyncSession as SQLModelAsyncSession
 
-        from isolation.report.modes._sessions import sqlite_engine
+        from _support.databases import sqlite_engine
 
         async def main() -> None:
             engine = sqlite_engine(str(tmp_path / "async.sqlite"))

@@ -7,8 +7,8 @@ from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import isolation
+from _support.databases import Note
 from isolation import ConfigurationError, CrossContextAccessError, UsageError, UserContext
-from isolation.report.modes._sessions import Note
 from isolation.sessions import SessionManager
 
 pytestmark = pytest.mark.anyio

@@ -29,7 +29,7 @@ from isolation import (  # noqa: E402
     InvalidContextError,
     UserContext,
 )
-from isolation.report.modes._orm_paths import OrmDatabase, open_orm_database  # noqa: E402
+from isolation.report._modes.fm01_sessions._orm_paths import OrmDatabase, open_orm_database  # noqa: E402
 from isolation.sessions import OwnerColumn, SessionManager  # noqa: E402
 
 pytestmark = pytest.mark.anyio

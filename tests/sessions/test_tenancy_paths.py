@@ -22,8 +22,9 @@ from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.orm.exc import ObjectDeletedError
 
 import isolation
+from _support.databases import Note
 from isolation import ConfigurationError, CrossContextAccessError, UsageError, UserContext
-from isolation.report.modes._orm_paths import (
+from isolation.report._modes.fm01_sessions._orm_paths import (
     OPS,
     SEED_FOLDERS,
     SEED_ITEMS,
@@ -37,7 +38,6 @@ from isolation.report.modes._orm_paths import (
     reset,
     run_ops,
 )
-from isolation.report.modes._sessions import Note
 from isolation.sessions import SessionManager
 
 pytestmark = pytest.mark.anyio
@@ -368,7 +368,7 @@ class TestTenantPairs:
 
     @pytest.fixture
     async def notes(self, db: OrmDatabase) -> SessionManager:
-        from isolation.report.modes._sessions import Base
+        from _support.databases import Base
 
         async with db.engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)
@@ -489,6 +489,15 @@ class TestSurface:
         allowed.add("from_text_no_owner")
         allowed.add("bulk_pk_delete")  # SQLAlchemy does not support it yet
         assert not refused or kind in allowed, refused
+
+    async def test_a_row_deleted_earlier_is_untouched(
+        self, db: OrmDatabase, manager: SessionManager
+    ) -> None:
+        """Operations naming a row an earlier operation deleted: the reference model leaves
+        it absent (it raised KeyError there, and the report counted the orm-paths mutant,
+        which deletes rows, as crashed, not caught)."""
+        ops = [Op("delete_where", 0), Op("update_where", 0), Op("delete_where", 0)]
+        assert await run_ops(manager, db, ops) == []
 
     @settings(max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(ops=ops_strategy())

@@ -47,7 +47,7 @@ from sqlalchemy.orm import (
 
 import isolation
 from isolation import ConfigurationError, UsageError, UserContext
-from isolation.report.modes._orm_paths import OrmDatabase, open_orm_database
+from isolation.report._modes.fm01_sessions._orm_paths import OrmDatabase, open_orm_database
 from isolation.sessions import SessionManager
 
 pytestmark = pytest.mark.anyio

@@ -30,8 +30,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, aliased, contains_eager, mapped_column
 
 import isolation
+from _support.databases import Base as NotesBase
+from _support.databases import Note
 from isolation import ConfigurationError, CrossContextAccessError, UsageError, UserContext
-from isolation.report.modes._orm_paths import (
+from isolation.report._modes.fm01_sessions._orm_paths import (
     SEED_ITEMS,
     Folder,
     Item,
@@ -39,8 +41,6 @@ from isolation.report.modes._orm_paths import (
     open_orm_database,
     reset,
 )
-from isolation.report.modes._sessions import Base as NotesBase
-from isolation.report.modes._sessions import Note
 from isolation.sessions import SessionManager
 
 pytestmark = pytest.mark.anyio

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 import isolation
+from _support.databases import sqlite_engine
 from isolation import UnsupportedBackendError, UserContext
-from isolation.report.modes._sessions import sqlite_engine
 from isolation.sessions import SessionManager
 
 

@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session
 
 import isolation
 import isolation.logging
+from _support.databases import Note, sqlite_engine, sync_sqlite_engine
 from isolation import ConfigurationError, CrossContextAccessError, UserContext
-from isolation.report.modes._sessions import Note, sqlite_engine, sync_sqlite_engine
 from isolation.sessions import SessionManager
 
 

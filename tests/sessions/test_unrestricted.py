@@ -15,8 +15,13 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import DBAPIError
 
 import isolation
+from _support.databases import (
+    Note,
+    pg_sandbox,
+    sync_sqlite_engine,
+    sync_twin,
+)
 from isolation import ConfigurationError, CrossContextAccessError, UserContext
-from isolation.report.modes._sessions import Note, pg_sandbox, sync_sqlite_engine, sync_twin
 from isolation.sessions import SessionManager
 from isolation.sessions.postgres import (
     PolicyRow,
@@ -107,7 +112,7 @@ class TestProtect:
                 kept[0].execute(select(Note))
 
     def test_async_face(self, tmp_path: Path) -> None:
-        from isolation.report.modes._sessions import create_tables, sqlite_engine
+        from _support.databases import create_tables, sqlite_engine
 
         async def main() -> None:
             engine = sqlite_engine(str(tmp_path / "a.sqlite"))

@@ -7,6 +7,7 @@ check can fail. Use :func:`default_registry` for the library's checks, or build
 a :class:`ModeRegistry` of your own.
 """
 
+from isolation.report._modes import default_registry as default_registry
 from isolation.report._registry import CATALOG as CATALOG
 from isolation.report._registry import Backend as Backend
 from isolation.report._registry import Check as Check
@@ -20,7 +21,6 @@ from isolation.report._runner import Report as Report
 from isolation.report._runner import run_check as run_check
 from isolation.report._runner import run_report as run_report
 from isolation.report._servers import probe_server as probe_server
-from isolation.report.modes import default_registry as default_registry
 
 __all__ = [
     "Backend",

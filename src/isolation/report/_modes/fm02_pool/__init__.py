@@ -1,0 +1,18 @@
+"""FM2, connection pool exhaustion under concurrent load: bounded waits and clear errors on the async and sync faces, SQLite and PostgreSQL.
+
+One module per face or backend; each defines ``register(registry)``, called here
+in the order the report lists the checks.
+"""
+
+from __future__ import annotations
+
+from isolation.report._modes.fm02_pool import async_face, sync_face
+from isolation.report._registry import ModeRegistry
+
+__all__ = ["register"]
+
+
+def register(registry: ModeRegistry) -> None:
+    """Register mode 2's checks."""
+    async_face.register(registry)
+    sync_face.register(registry)

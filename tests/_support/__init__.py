@@ -1,0 +1,1 @@
+"""Fixtures shared by the tests, owned by the tests (not by the report)."""

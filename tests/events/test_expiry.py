@@ -97,6 +97,46 @@ class TestFakeClock:
         await router.publish(Principal("acme", "alice"), 1)
         assert (await conn.receive()).payload == 1
 
+    async def test_expired_and_closed_refuse_live_ones_keep_their_events(
+        self, fake_clock: FakeClock
+    ) -> None:
+        """One user id in two tenants, contexts of 5 s, none and 20 s: after 5 s the first
+        refuses, the second keeps its event, a closed one refuses, and a later event
+        reaches only the live connection, even through a cancelled receive.
+
+        (The fixed sequence FM10's operations check ran against its own model before
+        it drove the shipped RouterMachine; from tests/events/test_event_modes.py.)
+        """
+        router = EventRouter()
+        a, b = Principal("fm10-a", "user-2"), Principal("fm10-b", "user-2")
+        expiring = await router.connect(UserContext.new("user-2", tenant_id="fm10-a", ttl=5))
+        lasting = await router.connect(UserContext.new("user-2", tenant_id="fm10-a"))
+        other = await router.connect(UserContext.new("user-2", tenant_id="fm10-b", ttl=20))
+        assert await router.publish(a, 1) == PublishResult(delivered=2, dropped=0)
+        assert await router.publish(b, 2) == PublishResult(delivered=1, dropped=0)
+        fake_clock.advance(5)
+        with pytest.raises(isolation.ConnectionClosedError):
+            await expiring.receive()
+        assert (await lasting.receive()).payload == 1
+        await other.aclose()
+        with pytest.raises(isolation.ConnectionClosedError):
+            await other.receive()
+        assert await router.publish(a, 3) == PublishResult(delivered=1, dropped=0)
+        got: list[int] = []
+        async with anyio.create_task_group() as tg:
+
+            async def receive() -> None:
+                got.append((await lasting.receive()).payload)
+
+            tg.start_soon(receive)
+            await anyio.wait_all_tasks_blocked()
+            tg.cancel_scope.cancel()
+        assert got == [3]
+        with anyio.move_on_after(0.01) as nothing_more:
+            await lasting.receive()
+        assert nothing_more.cancelled_caught
+        await router.aclose()
+
 
 class TestSystemClock:
     async def test_timer_wakes_waiting_receiver(self) -> None:

@@ -12,7 +12,7 @@ from hypothesis import Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 import isolation
-from isolation import Lifetime, Principal, Registry, UserContext
+from isolation import Lifetime, Principal, Registry, UserContext, _clock
 from isolation.events import Connection, EventRouter, Overflow, PublishResult
 from isolation.testing import AsyncRuleBasedStateMachine, RegistryMachine, RouterMachine
 from isolation.testing.machines import DEFAULT_PRINCIPALS
@@ -131,6 +131,27 @@ class RedeliveringMachine(RouterMachine):
         return _RedeliveringRouter()
 
 
+class InitialMachine(CorrectRouter):
+    principals = tuple(Principal(f"t{i % 2}", f"user-{i // 2}") for i in range(40))
+    initial_connections = (Principal("t0", "user-0"), Principal("t1", "user-0"))
+
+
+class ExpiringMachine(CorrectRouter):
+    ttls = (None, 5.0, 20.0)
+
+
+class _ImmortalRouter(_Wrapper):
+    """Planted bug: connections ignore their context's expiry."""
+
+    async def connect(self, ctx: UserContext) -> Connection:
+        return await self.inner.connect(UserContext.new(ctx.user_id, tenant_id=ctx.tenant_id))
+
+
+class ImmortalMachine(ExpiringMachine):
+    def make_router(self) -> Any:
+        return _ImmortalRouter()
+
+
 class TestRouterMachine:
     @pytest.mark.parametrize("backend", BACKENDS)
     def test_passes_the_library_router(self, backend: str) -> None:
@@ -214,6 +235,64 @@ class TestRouterMachine:
         """A machine without make_router says what to override."""
         with pytest.raises(NotImplementedError, match="make_router"):
             RouterMachine()
+
+    def test_options_add_rules_only_where_set(self) -> None:
+        """initial_connections and ttls add their rules only to machines that set them,
+        so a machine without them draws the same sequences as before they existed."""
+        assert not hasattr(CorrectRouter, "connect_initial")
+        assert not hasattr(CorrectRouter, "expire")
+        assert hasattr(InitialMachine, "connect_initial")
+        assert hasattr(ExpiringMachine, "expire")
+
+    @pytest.mark.parametrize("backend", BACKENDS)
+    def test_initial_connections_open_every_run(self, backend: str) -> None:
+        """Every run starts with the listed connections, so a large pool still exercises
+        the same user id in two tenants: routing by user id is found in the first run."""
+        opened: list[list[Principal]] = []
+
+        class Recording(InitialMachine):
+            def make_router(self) -> Any:
+                router = super().make_router()
+                opened.append([])
+                connect = router.connect
+
+                async def recording(ctx: UserContext) -> Connection:
+                    opened[-1].append(ctx.principal)
+                    return await connect(ctx)
+
+                router.connect = recording
+                return router
+
+        run_state_machine_as_test(Recording.on_backend(backend), settings=QUICK)
+        assert opened
+        assert all(run[:2] == list(InitialMachine.initial_connections) for run in opened)
+
+        class Blind(InitialMachine):
+            def make_router(self) -> Any:
+                return _TenantBlindRouter()
+
+        with pytest.raises(
+            AssertionError, match=r"reported delivered=|expected nothing|was handed an event for"
+        ):
+            run_state_machine_as_test(
+                Blind.on_backend(backend),
+                settings=settings(max_examples=10, phases=[Phase.generate]),
+            )
+
+    @pytest.mark.parametrize("backend", BACKENDS)
+    def test_ttls_pass_the_library_router(self, backend: str) -> None:
+        """With ttls, contexts expire on the machine's fake clock, which is put back after."""
+        previous = _clock.get_clock()
+        run_state_machine_as_test(ExpiringMachine.on_backend(backend), settings=QUICK)
+        assert _clock.get_clock() is previous
+
+    @pytest.mark.parametrize("backend", BACKENDS)
+    def test_ttls_find_a_router_that_ignores_expiry(self, backend: str) -> None:
+        """A connection that outlives its context is found (the steps show the expiry)."""
+        message, steps = _fails(ImmortalMachine, backend)
+        assert "closed, yet" in message or "0 live connection(s)" in message
+        assert any("expire" in s for s in steps)
+        assert any("connect" in s for s in steps)
 
 
 # -- the registry machine ----------------------------------------------------------------

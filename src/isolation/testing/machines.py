@@ -33,8 +33,9 @@ from typing import Any, ClassVar, Final, NoReturn, TypeVar, cast
 
 import anyio
 from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, invariant, multiple, precondition, rule
+from hypothesis.stateful import Bundle, initialize, invariant, multiple, precondition, rule
 
+from isolation._clock import Clock, FakeClock, set_clock
 from isolation._counters import counted, open_resources
 from isolation._errors import (
     ConnectionClosedError,
@@ -102,14 +103,17 @@ def _drifted(before: dict[str, int], after: dict[str, int]) -> list[str]:
 class _Conn:
     """The model of one connection: what it must still hand over, and whether it is closed."""
 
-    __slots__ = ("closed", "conn", "expected", "name", "principal", "receiver")
+    __slots__ = ("closed", "conn", "expected", "expires_at", "name", "principal", "receiver")
 
-    def __init__(self, conn: Connection, principal: Principal, name: str) -> None:
+    def __init__(
+        self, conn: Connection, principal: Principal, name: str, expires_at: float | None
+    ) -> None:
         self.conn = conn
         self.principal = principal
         self.name = name
         self.expected: deque[int] = deque()
-        self.closed = False
+        self.closed = False  # closed by the machine, or its context expired
+        self.expires_at = expires_at  # None: closed by the machine, if closed
         self.receiver: anyio.CancelScope | None = None
 
     def __repr__(self) -> str:
@@ -133,6 +137,8 @@ class RouterMachine(AsyncRuleBasedStateMachine):
       every overflow policy; set :attr:`lossy` for a transport that may lose
       events and report gaps);
     * a closed connection stays closed: it hands nothing over and refuses;
+    * with :attr:`ttls`, a connection whose context expired is closed the same
+      way, and nothing published after that reaches it;
     * after ``await router.aclose()`` no connection is open, and the
       library's open-resource gauges are back where they were.
 
@@ -149,22 +155,54 @@ class RouterMachine(AsyncRuleBasedStateMachine):
     lossy: ClassVar[bool] = False
     """Whether the transport may lose events (reporting a ``"gap"`` event): then
     events may be missing, but never foreign, duplicated or out of order."""
+    initial_connections: ClassVar[Sequence[tuple[str | None, str]]] = ()
+    """Principals connected, in this order, before the first step of every run.
+
+    With a large :attr:`principals` pool, list here the pairs every run must
+    exercise (the same user id in two tenants): the drawn steps then publish to
+    and receive on them from the start."""
+    ttls: ClassVar[Sequence[float | None]] = (None,)
+    """The lifetimes, in seconds, of the contexts connections open with, one drawn per
+    connection (``None``: the context does not expire).
+
+    With a number here the run installs a :class:`~isolation.testing.FakeClock`
+    (:attr:`clock`, restored at teardown) and an ``expire`` rule advances it by up
+    to the largest ttl: the machine then checks that a connection whose context
+    expired refuses and gets nothing published later. The ttl reaches the
+    context through :meth:`make_context`."""
 
     connections = Bundle("isolation_connections")
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # The rules of the two options exist only in machines that use them, so a
+        # machine without them draws the same sequences as before they existed.
+        if cls.initial_connections and not hasattr(cls, "connect_initial"):
+            cls.connect_initial = initialize(target=cls.connections)(_connect_initial)
+        if any(t is not None for t in cls.ttls) and not hasattr(cls, "expire"):
+            cls.expire = rule(data=st.data())(_expire)
+        super().__init_subclass__(**kwargs)
+
     def __init__(self) -> None:
         pool = _pool(self.principals)  # first: an invalid pair fails before a loop starts
+        initial = _pool(self.initial_connections)
         super().__init__()
         self._pool = pool
+        self._initial = initial
         self._router: Any = None
         self._conns: list[_Conn] = []
         self._published = 0
         self._violations: list[str] = []
         self._failed = False
         self._baseline = open_resources()
+        self._clock: FakeClock | None = None
+        self._previous_clock: Clock | None = None
+        if any(ttl is not None for ttl in self.ttls):
+            self._clock = FakeClock()
+            self._previous_clock = set_clock(self._clock)
         try:
             self._router = self.portal.call(self._build)
         except BaseException:
+            self._restore_clock()
             super().teardown()
             raise
         shared = bool(self._router.backend.shared)
@@ -180,16 +218,32 @@ class RouterMachine(AsyncRuleBasedStateMachine):
             f"{type(self).__name__} must override make_router() to return a new EventRouter"
         )
 
-    def make_context(self, principal: Principal) -> UserContext:
-        """The context a connection of ``principal`` is opened with (override for roles, ttl)."""
+    def make_context(self, principal: Principal, ttl: float | None = None) -> UserContext:
+        """The context a connection of ``principal`` is opened with (override for roles).
+
+        ``ttl`` is drawn from :attr:`ttls`; it is passed only when it is not
+        ``None``, so an override taking ``principal`` alone works without ttls.
+        The machine expects the connection to expire at the context's
+        ``expires_at``.
+        """
         tenant, user = principal
-        return UserContext.new(user, tenant_id=tenant)
+        return UserContext.new(user, tenant_id=tenant, ttl=ttl)
 
     @property
     def router(self) -> EventRouter:
         """The router of this run."""
         router: EventRouter = self._router
         return router
+
+    @property
+    def clock(self) -> FakeClock | None:
+        """The fake clock installed for this run when :attr:`ttls` has a number, else ``None``."""
+        return self._clock
+
+    def _restore_clock(self) -> None:
+        if self._clock is not None:
+            set_clock(self._previous_clock)
+            self._clock = None
 
     async def _build(self) -> Any:
         made = self.make_router()
@@ -232,10 +286,11 @@ class RouterMachine(AsyncRuleBasedStateMachine):
     def connect(self, data: st.DataObject) -> Any:
         """Open a connection with an explicit context (it lives until closed)."""
         principal = data.draw(st.sampled_from(self._pool), label="principal")
-        return self._call(self._connect, principal)
+        ttl = data.draw(st.sampled_from(list(self.ttls)), label="ttl") if self._clock else None
+        return self._call(self._connect, principal, ttl)
 
-    async def _connect(self, principal: Principal) -> Any:
-        ctx = self.make_context(principal)
+    async def _connect(self, principal: Principal, ttl: float | None) -> Any:
+        ctx = self.make_context(principal) if ttl is None else self.make_context(principal, ttl)
         if len(self._live(principal)) >= self.router.max_connections_per_user:
             try:
                 conn = await self.router.connect(ctx)
@@ -249,14 +304,25 @@ class RouterMachine(AsyncRuleBasedStateMachine):
             self._violation(
                 f"a connection opened for {_show(principal)} is bound to {conn.principal}"
             )
-        c = _Conn(conn, principal, f"connection {len(self._conns)}")
+        c = _Conn(conn, principal, f"connection {len(self._conns)}", ctx.expires_at)
         self._conns.append(c)
         return c
+
+    async def _advance(self, seconds: float) -> None:
+        assert self._clock is not None
+        now = self._clock.time() + seconds
+        for c in self._conns:  # the model first: a consumer task wakes as the clock moves
+            if not c.closed and c.expires_at is not None and now >= c.expires_at:
+                c.closed = True
+                c.expected.clear()
+        self._clock.advance(seconds)
+        await anyio.wait_all_tasks_blocked()
 
     @_async_rule(c=connections)
     async def close(self, c: _Conn) -> None:
         """Close a connection (again, if it is closed: closing is idempotent)."""
         c.closed = True  # first: a consumer task that wakes now must expect the refusal
+        c.expires_at = None  # closed by the machine: it must say so
         c.expected.clear()
         await c.conn.aclose()
 
@@ -385,7 +451,7 @@ class RouterMachine(AsyncRuleBasedStateMachine):
     async def closed_connections_stay_closed(self) -> None:
         """A connection closed by the machine reports itself closed."""
         for c in self._conns:
-            if c.closed and not c.conn.closed:
+            if c.closed and c.expires_at is None and not c.conn.closed:
                 _fail(self, f"{c!r} was closed and is open again")
 
     async def ateardown(self) -> None:
@@ -414,6 +480,35 @@ class RouterMachine(AsyncRuleBasedStateMachine):
         self._violations += _drifted(self._baseline, open_resources())
         if self._violations and not self._failed:  # a step's failure is reported already
             _fail(self, "\n".join(self._violations[:10]))
+
+    def teardown(self) -> None:
+        """Run :meth:`ateardown`, close the run's event loop, put the previous clock back."""
+        try:
+            super().teardown()
+        finally:
+            self._restore_clock()
+
+
+async def _connect_initial(self: RouterMachine) -> Any:
+    """Connect the :attr:`~RouterMachine.initial_connections` (no ttl), before the first step."""
+    opened = []
+    for principal in self._initial:
+        c = await self._connect(principal, None)
+        if isinstance(c, _Conn):
+            opened.append(c)
+    return multiple(*opened)
+
+
+def _expire(self: RouterMachine, data: st.DataObject) -> None:
+    """Advance the fake clock: connections whose context expired are closed from now on."""
+    ttls = sorted(ttl for ttl in self.ttls if ttl is not None)
+    # The shortest ttl first: Hypothesis draws it most, so contexts do expire in most runs.
+    seconds = data.draw(st.sampled_from([ttls[0], 1.0, ttls[-1]]), label="seconds")
+    self._call(self._advance, seconds)
+
+
+_connect_initial.__name__ = _connect_initial.__qualname__ = "connect_initial"
+_expire.__name__ = _expire.__qualname__ = "expire"
 
 
 # -- the factory machine over a Registry ----------------------------------------------

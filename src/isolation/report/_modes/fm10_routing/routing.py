@@ -9,27 +9,29 @@ every principal. The property: 0 events reach another principal's
 connection, and every connection gets exactly its 8 events, each publisher's
 in order (0 lost, 0 duplicated).
 
-``operations``: sequences of operations (connect, disconnect, publish,
-receive, cancel a receive, let contexts expire) over the same 200 principals,
-drawn by Hypothesis and run on one event loop against a model of what each
-connection must receive. The property: every receive returns exactly the
-model's next event, closed and expired connections refuse, and nothing else is
-ever queued. An explicit first example touches the same user id in two
-tenants, so the mutant is caught every run.
+``operations``: the shipped :class:`~isolation.testing.RouterMachine` (the
+conformance machine users point at their own routers) over the same 200
+principals, with contexts that expire (ttls of 5 and 20 seconds on a fake
+clock): Hypothesis sequences of connect, close, publish, receive, consumer
+tasks, cancelled receives and expiry, on one event loop, against the
+machine's model. The property: every receive returns exactly the model's next
+event, closed and expired connections refuse, and nothing else is ever
+queued. Every run first connects the same user id in two tenants
+(``initial_connections``), so the mutant is caught every run.
 
 The mutant routes by user id alone, ignoring the tenant.
 """
 
 from __future__ import annotations
 
+import types
 from collections import deque
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import attrs
 
-from isolation._clock import FakeClock, use_clock
+from isolation import _clock
 from isolation._errors import ConnectionClosedError
 from isolation.context._model import Principal, UserContext
 from isolation.events._model import (
@@ -37,6 +39,7 @@ from isolation.events._model import (
     ConnectionStats,
     Event,
     PublishResult,
+    RouterStats,
     make_event,
     next_event_number,
 )
@@ -44,7 +47,17 @@ from isolation.events._router import EventRouter
 from isolation.report._modes._support.events import principal_of
 from isolation.report._registry import Backend, Check, ModeRegistry, Settings
 
-__all__ = ["Op", "PRINCIPALS", "check_operations", "check_under_load", "register", "run_operations"]
+if TYPE_CHECKING:
+    from isolation.testing import RouterMachine
+
+__all__ = [
+    "PRINCIPALS",
+    "SAME_USER_TWO_TENANTS",
+    "check_operations",
+    "check_under_load",
+    "operations_machine",
+    "register",
+]
 
 USER_IDS = 100
 TENANTS = ("fm10-a", "fm10-b")
@@ -114,187 +127,56 @@ async def check_under_load(make: Callable[..., Any], settings: Settings) -> list
     return violations
 
 
-# -- operation sequences against a model ------------------------------------------
+# -- operation sequences: the shipped RouterMachine ------------------------------
 
 
-@attrs.frozen
-class Op:
-    """One operation: ``kind`` and two small integer arguments, as Hypothesis draws them."""
-
-    kind: str
-    a: int = 0
-    b: int = 0
-
-
-KINDS = ("connect", "disconnect", "publish", "receive", "cancel_receive", "expire")
 TTLS = (None, 5.0, 20.0)
+SAME_USER_TWO_TENANTS = (PRINCIPALS[0], PRINCIPALS[1])
+"""user-0 in fm10-a and in fm10-b: connected before the first step of every run."""
+STEPS_PER_RUN = 40
 
 
-class _Model:
-    __slots__ = ("closed", "conn", "expected", "expires_at", "principal")
+def operations_machine(make: Callable[..., Any]) -> type[RouterMachine]:
+    """:class:`~isolation.testing.RouterMachine` over 200 principals, for routers made by ``make``.
 
-    def __init__(self, conn: Any, principal: Principal, expires_at: float | None) -> None:
-        self.conn = conn
-        self.principal = principal
-        self.expected: deque[int] = deque()
-        self.closed = False
-        self.expires_at = expires_at
-
-
-async def run_operations(make: Callable[..., Any], ops: Sequence[Op]) -> list[str]:
-    """Run ``ops`` against a router made by ``make`` and a model; return the violations.
-
-    Installs a :class:`FakeClock` for the run (``expire`` advances it).
+    Every run first connects :data:`SAME_USER_TWO_TENANTS`; contexts are drawn
+    with the ttls of :data:`TTLS` (a fake clock, advanced by the machine).
     """
-    clock = FakeClock()
-    with use_clock(clock):
-        router = make(queue_size=len(ops) + 1, max_connections_per_user=len(ops) + 1)
-        try:
-            return await _run(router, clock, ops)
-        finally:
-            await router.aclose()
+    from isolation.testing import RouterMachine  # needs Hypothesis
 
+    class OperationsMachine(RouterMachine):
+        principals = PRINCIPALS
+        initial_connections = SAME_USER_TWO_TENANTS
+        ttls = TTLS
 
-async def _run(router: Any, clock: FakeClock, ops: Sequence[Op]) -> list[str]:
-    violations: list[str] = []
-    models: list[_Model] = []
-    counter = 0
+        def make_router(self) -> EventRouter:
+            # Queues never fill and no principal reaches its connection limit.
+            router: EventRouter = make(queue_size=4 * STEPS_PER_RUN, max_connections_per_user=64)
+            return router
 
-    def live() -> list[_Model]:
-        return [m for m in models if not m.closed]
-
-    def expire_models() -> None:
-        for m in models:
-            if not m.closed and m.expires_at is not None and clock.time() >= m.expires_at:
-                m.closed = True
-                m.expected.clear()
-
-    def check_event(m: _Model, event: Any, where: str) -> None:
-        if principal_of(event) != m.principal:
-            violations.append(
-                f"{where}: the connection of {m.principal} was handed an event for "
-                f"{principal_of(event)}"
-            )
-            return
-        want = m.expected.popleft() if m.expected else None
-        if event.payload != want:
-            violations.append(f"{where}: {m.principal} got event {event.payload}, expected {want}")
-
-    for step, op in enumerate(ops):
-        where = f"step {step} ({op.kind})"
-        if op.kind == "connect":
-            principal = PRINCIPALS[op.a % len(PRINCIPALS)]
-            ttl = TTLS[op.b % len(TTLS)]
-            ctx = UserContext.new(principal.user_id, tenant_id=principal.tenant_id, ttl=ttl)
-            conn = await router.connect(ctx)
-            models.append(_Model(conn, principal, ctx.expires_at))
-        elif op.kind == "publish":
-            principal = PRINCIPALS[op.a % len(PRINCIPALS)]
-            tenant, user = principal
-            counter += 1
-            result = await router.publish(principal, counter)
-            targets = [m for m in live() if m.principal == principal]
-            for m in targets:
-                m.expected.append(counter)
-            if result.delivered != len(targets) or result.dropped:
-                violations.append(
-                    f"{where}: publish to {user} ({tenant}) reported {result}, "
-                    f"expected delivered={len(targets)}"
-                )
-        elif op.kind == "expire":
-            clock.advance(float(op.a % 25))
-            expire_models()
-        elif models:
-            m = models[op.a % len(models)]
-            if op.kind == "disconnect":
-                await m.conn.aclose()
-                m.closed = True
-                m.expected.clear()
-            elif op.kind == "receive" and (m.closed or m.expected):
-                try:
-                    event = await m.conn.receive()
-                except ConnectionClosedError:
-                    if not m.closed:
-                        violations.append(f"{where}: a live connection of {m.principal} refused")
-                else:
-                    if m.closed:
-                        violations.append(
-                            f"{where}: a closed connection of {m.principal} delivered"
-                        )
-                    else:
-                        check_event(m, event, where)
-            elif op.kind in ("receive", "cancel_receive") and not m.closed:
-                await _cancelled_receive(m, where, check_event)
-    # At the end every live connection holds exactly what the model expects, nothing more.
-    expire_models()
-    for m in live():
-        while m.expected:
-            check_event(m, await m.conn.receive(), "final drain")
-        await _cancelled_receive(m, "final drain", check_event)
-    return violations
-
-
-async def _cancelled_receive(
-    m: _Model, where: str, check_event: Callable[[_Model, Any, str], None]
-) -> None:
-    """Start a receive, let it wait, cancel it: it returns an event only if one was queued."""
-    got: list[Any] = []
-
-    async def receive() -> None:
-        got.append(await m.conn.receive())
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(receive)
-        await anyio.wait_all_tasks_blocked()
-        tg.cancel_scope.cancel()
-    for event in got:
-        check_event(m, event, f"{where} (cancelled receive)")
-
-
-SAME_USER_TWO_TENANTS = (
-    Op("connect", 0),  # user-0 in fm10-a
-    Op("connect", 1),  # user-0 in fm10-b
-    Op("publish", 0),
-    Op("receive", 1),
-    Op("publish", 1),
-    Op("cancel_receive", 0),
-    Op("receive", 0),
-)
+    return OperationsMachine
 
 
 def check_operations(make: Callable[..., Any], settings: Settings) -> list[str]:
-    """Hypothesis-drawn operation sequences over 200 principals against a model."""
-    from hypothesis import HealthCheck, Phase, example, given
+    """Hypothesis-drawn sequences of the shipped RouterMachine over 200 principals."""
+    from hypothesis import HealthCheck, Phase
     from hypothesis import settings as hypothesis_settings
-    from hypothesis import strategies as st
-
-    ops = st.lists(
-        st.builds(
-            Op,
-            st.sampled_from(KINDS),
-            st.integers(0, len(PRINCIPALS) - 1),
-            st.integers(0, len(TTLS) - 1),
-        ),
-        max_size=40,
-    )
-
-    @hypothesis_settings(
-        max_examples=settings.examples,
-        derandomize=True,
-        database=None,
-        deadline=None,
-        phases=(Phase.explicit, Phase.generate),
-        suppress_health_check=list(HealthCheck),
-    )
-    @example(list(SAME_USER_TWO_TENANTS))
-    @given(ops)
-    def property_holds(sequence: list[Op]) -> None:
-        found = anyio.run(run_operations, make, sequence)
-        if found:
-            raise AssertionError("\n".join(found))
+    from hypothesis.stateful import run_state_machine_as_test
 
     try:
-        property_holds()
+        run_state_machine_as_test(
+            operations_machine(make),
+            settings=hypothesis_settings(
+                max_examples=settings.examples,
+                stateful_step_count=STEPS_PER_RUN,
+                derandomize=True,
+                database=None,
+                deadline=None,
+                phases=(Phase.generate,),  # found is enough: no shrinking
+                suppress_health_check=list(HealthCheck),
+                print_blob=False,
+            ),
+        )
     except AssertionError as exc:
         return [line for line in str(exc).splitlines() if line.strip()][:20]
     return []
@@ -314,7 +196,7 @@ class _UserConnection:
 
     async def receive(self) -> Event:
         while True:
-            if self.closed or (self.expires_at is not None and _now() >= self.expires_at):
+            if self.closed or (self.expires_at is not None and _clock.now() >= self.expires_at):
                 raise ConnectionClosedError("closed", reason=CloseReason.CLOSED)
             if self.queue:
                 return self.queue.popleft()
@@ -335,17 +217,15 @@ class _UserConnection:
         self.wake()
 
 
-def _now() -> float:
-    from isolation import _clock
-
-    return _clock._now()
-
-
 class _UserKeyedRouter:
     """Mutant: routes by user id alone (two tenants' "alice" share one route)."""
 
+    backend = types.SimpleNamespace(shared=False)  # what RouterMachine asks of a router
+
     def __init__(self, **options: Any) -> None:
         self.routes: dict[str, list[_UserConnection]] = {}
+        self.queue_size: int = options.get("queue_size", 100)
+        self.max_connections_per_user: int = options.get("max_connections_per_user", 100)
 
     async def connect(self, ctx: UserContext) -> _UserConnection:
         conn = _UserConnection(ctx)
@@ -366,6 +246,22 @@ class _UserKeyedRouter:
             conn.wake()
             delivered += 1
         return PublishResult(delivered=delivered, dropped=0)
+
+    def stats(self) -> RouterStats:
+        live = [c for conns in self.routes.values() for c in conns if not c.closed]
+        return RouterStats(
+            connections=len(live),
+            principals=len({c.principal for c in live}),
+            opened=0,
+            closed=0,
+            published=0,
+            undeliverable=0,
+            delivered=0,
+            dropped=0,
+            refused=0,
+            expired=0,
+            overflow_disconnects=0,
+        )
 
     async def aclose(self) -> None:
         for conns in self.routes.values():

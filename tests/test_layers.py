@@ -167,11 +167,6 @@ ALLOWED_PRIVATE_READS: dict[tuple[str, str], int] = {
     ("isolation.sessions", "_deadline"): 8,
     ("isolation.sessions", "_state"): 2,
     ("isolation.sessions", "_storage"): 2,
-    # The clock's watchers (a FakeClock wakes what waits on it: item 6).
-    ("isolation.context", "_unwatch"): 2,
-    ("isolation.context", "_watch"): 1,
-    ("isolation.events", "_unwatch"): 1,
-    ("isolation.events", "_watch"): 1,
     ("isolation.events", "_check_keys"): 1,
     # The report's mutants and the testing machines read what they check (item 8).
     ("isolation.report", "_payloads"): 1,

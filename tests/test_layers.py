@@ -3,7 +3,7 @@ part reads another part's private fields beyond a commented, shrinking allow-lis
 
 Layers, lowest first::
 
-    core (_errors, _clock, _redact, _lifetime, _counters, _log_secrets)
+    core (_errors, _clock, _redact, _lifetime, _counters, _log_secrets, _compat)
       <- context
       <- tokens, factories, logging
       <- sessions, events
@@ -32,6 +32,7 @@ LAYERS = {
     "isolation._lifetime": 0,
     "isolation._counters": 0,
     "isolation._log_secrets": 0,
+    "isolation._compat": 0,
     "isolation.context": 1,
     "isolation.tokens": 2,
     "isolation.factories": 2,

@@ -136,9 +136,10 @@ class _Hold:
 
 def _task_key() -> tuple[int, object]:
     """The running thread and task (asyncio or trio), or ``None`` for no task."""
-    loop = asyncio._get_running_loop()
-    if loop is not None:
-        return threading.get_ident(), asyncio.current_task(loop)
+    try:
+        return threading.get_ident(), asyncio.current_task()
+    except RuntimeError:  # no asyncio loop runs in this thread
+        pass
     trio = sys.modules.get("trio")
     if trio is not None:
         try:

@@ -3,7 +3,7 @@ part reads another part's private fields beyond a commented, shrinking allow-lis
 
 Layers, lowest first::
 
-    core (_errors, _clock, _redact, _lifetime, _counters, _log_secrets)
+    core (_errors, _clock, _redact, _lifetime, _counters, _log_secrets, _compat)
       <- context
       <- tokens, factories, logging
       <- sessions, events
@@ -32,6 +32,7 @@ LAYERS = {
     "isolation._lifetime": 0,
     "isolation._counters": 0,
     "isolation._log_secrets": 0,
+    "isolation._compat": 0,
     "isolation.context": 1,
     "isolation.tokens": 2,
     "isolation.factories": 2,
@@ -167,11 +168,6 @@ ALLOWED_PRIVATE_READS: dict[tuple[str, str], int] = {
     ("isolation.sessions", "_deadline"): 8,
     ("isolation.sessions", "_state"): 2,
     ("isolation.sessions", "_storage"): 2,
-    # The clock's watchers (a FakeClock wakes what waits on it: item 6).
-    ("isolation.context", "_unwatch"): 2,
-    ("isolation.context", "_watch"): 1,
-    ("isolation.events", "_unwatch"): 1,
-    ("isolation.events", "_watch"): 1,
     ("isolation.events", "_check_keys"): 1,
     # The report's mutants and the testing machines read what they check (item 8).
     ("isolation.report", "_payloads"): 1,

@@ -4,30 +4,71 @@ Contexts, scopes and tokens read wall-clock epoch seconds from here, never from
 :func:`time.time` directly, so that tests can expire a context without sleeping
 (:class:`isolation.testing.FakeClock`). The clock is process-wide on purpose:
 a deadline that one part saw pass must have passed for every other part too.
+
+:class:`Clock` is the interface production code talks to (trio's ``Clock`` and
+``MockClock`` are the model): it reads the time, turns an epoch deadline into real
+seconds to sleep (:meth:`Clock.deadline_to_sleep_time`), and wakes watchers when
+it moves (:meth:`Clock.watch`). Production code asks the clock; it never tests
+which clock it has.
 """
 
 from __future__ import annotations
 
+import abc
+import math
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar
 
 __all__ = ["Clock", "FakeClock", "get_clock", "now", "set_clock", "use_clock"]
 
 
-@runtime_checkable
-class Clock(Protocol):
-    """What a clock gives: the current time in epoch seconds."""
+class Clock(abc.ABC):
+    """The interface of a clock: epoch seconds, sleeps to a deadline, and watchers.
 
+    A clock whose time passes on its own implements :meth:`time` only: the
+    defaults sleep until the deadline and have nothing to wake. A clock that moves
+    only when told to (:class:`~isolation.testing.FakeClock`) never lets a sleep
+    reach a deadline; it calls its watchers when it moves instead.
+    """
+
+    __slots__ = ()
+
+    @abc.abstractmethod
     def time(self) -> float:
         """Return the current time as epoch seconds."""
-        ...
+
+    def deadline_to_sleep_time(self, deadline: float) -> float:
+        """Real seconds to sleep until the epoch ``deadline`` (``math.inf``: never).
+
+        A waiter with a deadline sleeps this long and also watches the clock
+        (:meth:`watch`), so that whichever comes first ends the wait.
+        """
+        return max(0.0, deadline - self.time())
+
+    def watch(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (a bound method, held weakly) whenever the clock moves.
+
+        Idempotent. A clock whose time passes on its own never calls it: the
+        sleep of :meth:`deadline_to_sleep_time` reaches the deadline instead.
+        """
+        return
+
+    def unwatch(self, callback: Callable[[], None]) -> None:
+        """Stop calling ``callback``; a callback not watching is ignored."""
+        return
 
 
-class _SystemClock:
+class _HasTime(Protocol):
+    """The least a clock must have: ``time()`` (one of the user's, duck-typed)."""
+
+    def time(self) -> float: ...
+
+
+class _SystemClock(Clock):
     __slots__ = ()
 
     def time(self) -> float:
@@ -35,6 +76,21 @@ class _SystemClock:
 
     def __repr__(self) -> str:
         return "SystemClock()"
+
+
+class _TimeSource(Clock):
+    """A clock of the user's that has ``time()`` only (duck-typed): time passes on its own."""
+
+    __slots__ = ("source",)
+
+    def __init__(self, source: _HasTime) -> None:
+        self.source = source
+
+    def time(self) -> float:
+        return self.source.time()
+
+    def __repr__(self) -> str:
+        return repr(self.source)
 
 
 SYSTEM_CLOCK: Clock = _SystemClock()
@@ -54,20 +110,27 @@ def get_clock() -> Clock:
     return _clock
 
 
-def set_clock(clock: Clock | None) -> Clock:
+def set_clock(clock: Clock | _HasTime | None) -> Clock:
     """Make ``clock`` the process-wide clock (``None`` restores the system clock).
+
+    An object that has a ``time()`` method but does not subclass :class:`Clock`
+    is accepted as a clock whose time passes on its own.
 
     Returns:
         The clock that was active before, so a caller can restore it.
     """
     global _clock, _now
     previous = _clock
-    _clock = SYSTEM_CLOCK if clock is None else clock
-    _now = time.time if _clock is SYSTEM_CLOCK else _clock.time
+    if clock is None:
+        clock = SYSTEM_CLOCK
+    elif not isinstance(clock, Clock):
+        clock = _TimeSource(clock)
+    _clock = clock
+    _now = time.time if clock is SYSTEM_CLOCK else clock.time
     return previous
 
 
-_C = TypeVar("_C", bound=Clock)
+_C = TypeVar("_C", bound=_HasTime)
 
 
 @contextmanager
@@ -84,17 +147,13 @@ def use_clock(clock: _C) -> Iterator[_C]:
         set_clock(previous)
 
 
-class _Watcher(Protocol):
-    def _clock_moved(self) -> None: ...
-
-
-class FakeClock:
+class FakeClock(Clock):
     """A clock that moves only when told to: expire contexts without sleeping.
 
     Scopes with a deadline that are entered while a ``FakeClock`` is active
-    register with it, and :meth:`advance` cancels the ones whose deadline it
-    passes. Call :meth:`advance` from the thread that runs the event loop (or
-    from synchronous code); anyio cancel scopes are not thread-safe.
+    watch it, and :meth:`advance` cancels the ones whose deadline it passes.
+    Call :meth:`advance` from the thread that runs the event loop (or from
+    synchronous code); anyio cancel scopes are not thread-safe.
 
     Args:
         start: The initial time, in epoch seconds.
@@ -103,34 +162,71 @@ class FakeClock:
     def __init__(self, start: float = 1_700_000_000.0) -> None:
         self._t = float(start)
         self._lock = threading.Lock()
-        self._watchers: weakref.WeakSet[_Watcher] = weakref.WeakSet()
+        # owner -> the functions of its bound methods that watch: weak in the owner,
+        # so a scope or router that is gone stops watching by itself.
+        self._watchers: weakref.WeakKeyDictionary[Any, set[Callable[[Any], None]]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def time(self) -> float:
         """Return the fake time."""
         return self._t
 
+    def deadline_to_sleep_time(self, deadline: float) -> float:
+        """Never: the fake time reaches a deadline only through :meth:`advance`."""
+        return math.inf
+
     def advance(self, seconds: float) -> None:
-        """Move the clock forward by ``seconds`` and fire the deadlines passed."""
+        """Move the clock forward by ``seconds`` and call the watchers."""
         if not seconds >= 0:
             from isolation._errors import ConfigurationError
 
             raise ConfigurationError(f"FakeClock.advance() takes seconds >= 0, got {seconds!r}")
         with self._lock:
             self._t += seconds
-            watchers = list(self._watchers)
-        for watcher in watchers:
-            watcher._clock_moved()
+            calls = [(owner, fn) for owner, fns in self._watchers.items() for fn in list(fns)]
+        for owner, fn in calls:
+            fn(owner)
 
-    def _watch(self, watcher: _Watcher) -> None:
+    def watch(self, callback: Callable[[], None]) -> None:
+        """Call the bound method ``callback`` on every :meth:`advance` (weakly held)."""
+        owner, fn = _split(callback)
         with self._lock:
-            self._watchers.add(watcher)
+            fns = self._watchers.get(owner)
+            if fns is None:
+                self._watchers[owner] = {fn}
+            else:
+                fns.add(fn)
 
-    def _unwatch(self, watcher: _Watcher) -> None:
+    def unwatch(self, callback: Callable[[], None]) -> None:
+        """Stop calling ``callback``."""
+        owner, fn = _split(callback)
         with self._lock:
-            self._watchers.discard(watcher)
+            fns = self._watchers.get(owner)
+            if fns is not None:
+                fns.discard(fn)
+                if not fns:
+                    del self._watchers[owner]
+
+    def _unwatch(self, owner: object) -> None:
+        """Forget every callback of ``owner`` (tests: "as if the clock never told it")."""
+        with self._lock:
+            self._watchers.pop(owner, None)
 
     def __repr__(self) -> str:
         return f"FakeClock({self._t!r})"
+
+
+def _split(callback: Callable[[], None]) -> tuple[Any, Callable[[Any], None]]:
+    owner = getattr(callback, "__self__", None)
+    fn = getattr(callback, "__func__", None)
+    if owner is None or fn is None:
+        from isolation._errors import ConfigurationError
+
+        raise ConfigurationError(
+            f"a clock watcher is a bound method (held weakly through its object), got {callback!r}"
+        )
+    return owner, fn
 
 
 Clock.__module__ = "isolation"

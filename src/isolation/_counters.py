@@ -12,6 +12,8 @@ import itertools
 import threading
 from collections.abc import Callable
 
+from isolation._compat import count_value
+
 __all__ = ["Counter", "counted", "open_resources", "register_gauge"]
 
 _gauges: dict[str, Callable[[], int]] = {}
@@ -30,8 +32,7 @@ class Counter:
     @property
     def value(self) -> int:
         """How many times :attr:`increment` has been called."""
-        # repr is "count(N)"; it does not advance the counter.
-        return int(repr(self._count)[6:-1])
+        return count_value(self._count)
 
 
 def register_gauge(name: str, gauge: Callable[[], int]) -> None:

@@ -10,6 +10,7 @@ streaming one. Real SQLite files through aiosqlite; FastAPI and Starlette.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -74,7 +75,8 @@ class Service:
 
     def names(self) -> list[str]:
         """The committed rows, read with a connection of its own."""
-        with sqlite3.connect(self.path) as db:
+        # closing(): a sqlite3 connection's own `with` commits but never closes it.
+        with contextlib.closing(sqlite3.connect(self.path)) as db:
             return [row[0] for row in db.execute("SELECT name FROM commit_items ORDER BY id")]
 
     def fastapi(self) -> FastAPI:

@@ -136,9 +136,10 @@ class _Hold:
 
 def _task_key() -> tuple[int, object]:
     """The running thread and task (asyncio or trio), or ``None`` for no task."""
-    loop = asyncio._get_running_loop()
-    if loop is not None:
-        return threading.get_ident(), asyncio.current_task(loop)
+    try:
+        return threading.get_ident(), asyncio.current_task()
+    except RuntimeError:  # no asyncio loop runs in this thread
+        pass
     trio = sys.modules.get("trio")
     if trio is not None:
         try:
@@ -918,14 +919,10 @@ class Scope:
             # An async generator closed by another task: the deadline's cancel scope
             # belongs to the task that entered it and cannot be exited here. Disarm
             # it, so it never cancels that task; _unbind then refuses the exit.
-            clock = _clock.get_clock()
-            if isinstance(clock, _clock.FakeClock):
-                clock._unwatch(self)
+            _clock.get_clock().unwatch(self._clock_moved)
             cancel_scope.deadline = math.inf
         elif cancel_scope is not None:
-            clock = _clock.get_clock()
-            if isinstance(clock, _clock.FakeClock):
-                clock._unwatch(self)
+            _clock.get_clock().unwatch(self._clock_moved)
             try:
                 cancel_scope.__exit__(exc_type, exc, tb)
             except BaseException as raised:  # the cancel scope re-raised: keep what it gives
@@ -964,13 +961,13 @@ class Scope:
         cancel_scope = anyio.CancelScope()
         cancel_scope.__enter__()
         self._cancel_scope = cancel_scope
-        if isinstance(clock, _clock.FakeClock):
-            clock._watch(self)
-        else:
-            cancel_scope.deadline = anyio.current_time() + (self._deadline - _clock._now())
+        # Whichever comes first: the real sleep to the deadline, or a clock that
+        # moves when told to (FakeClock) calling _clock_moved past it.
+        cancel_scope.deadline = anyio.current_time() + clock.deadline_to_sleep_time(self._deadline)
+        clock.watch(self._clock_moved)
 
     def _clock_moved(self) -> None:
-        """Called by a FakeClock that moved: cancel the body if the deadline passed."""
+        """Called by a clock that moved: cancel the body if the deadline passed."""
         cancel_scope = self._cancel_scope
         if (
             cancel_scope is not None

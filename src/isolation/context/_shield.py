@@ -26,7 +26,6 @@ finalizer's own shields). tests/context/test_shield.py keeps the cases.
 
 from __future__ import annotations
 
-import asyncio
 import types
 from collections.abc import Awaitable, Coroutine, Generator
 from types import CoroutineType
@@ -34,10 +33,7 @@ from typing import Any
 
 import anyio
 
-try:  # anyio uses sniffio to tell the backends apart when it is installed
-    import sniffio
-except ImportError:  # pragma: no cover - without it, anyio assumes asyncio too
-    sniffio = None  # type: ignore[assignment]
+from isolation._compat import async_library
 
 __all__ = ["start_shielded"]
 
@@ -46,18 +42,8 @@ __all__ = ["start_shielded"]
 _scope_classes: dict[str, type[anyio.CancelScope]] = {}
 
 
-def _library() -> str:
-    """sniffio.current_async_library(), without its slow sniffing for asyncio."""
-    if sniffio is None:  # pragma: no cover - anyio then assumes asyncio too
-        return "asyncio"
-    name = sniffio.thread_local.name or sniffio.current_async_library_cvar.get()
-    if name is None and asyncio._get_running_loop() is not None:
-        return "asyncio"
-    return name or sniffio.current_async_library()  # raises the usual error outside a loop
-
-
 def _shield() -> anyio.CancelScope:
-    library = _library()
+    library = async_library()
     cls = _scope_classes.get(library)
     if cls is None:
         cls = _scope_classes[library] = type(anyio.CancelScope())

@@ -371,12 +371,11 @@ class Connection:
         timeout: float | None = None
         expires_at = self._expires_at
         if expires_at is not None:
-            clock = _clock.get_clock()
-            if isinstance(clock, _clock.FakeClock):
-                # A fake clock wakes us through the router when advance() passes the expiry.
-                self._router._watch_clock(clock)
-            else:
-                timeout = max(0.0, expires_at - _clock._now())
+            # A clock that moves when told to (FakeClock) wakes us through the router
+            # when it passes the expiry; one whose time passes on its own times us out.
+            self._router._watch_clock()
+            sleep = _clock.get_clock().deadline_to_sleep_time(expires_at)
+            timeout = None if sleep == math.inf else sleep
         self._receiving = True
         try:
             await self._park(self, timeout)

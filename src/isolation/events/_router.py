@@ -390,9 +390,7 @@ class EventRouter:
         self._opened += 1
         if conn._expires_at is not None:
             self._expiring.add(conn)
-            clock = _clock.get_clock()
-            if isinstance(clock, _clock.FakeClock):
-                self._watch_clock(clock)
+            self._watch_clock()
 
     def _bind_to_scope(self, conn: Connection, scope: Scope) -> None:
         group = self._scoped.get(scope)
@@ -439,15 +437,14 @@ class EventRouter:
             self._expiring.discard(conn)
             return
         self._expiring.add(conn)
-        clock = _clock.get_clock()
-        if isinstance(clock, _clock.FakeClock):
-            self._watch_clock(clock)
+        self._watch_clock()
 
-    def _watch_clock(self, clock: _clock.FakeClock) -> None:
-        clock._watch(self)
+    def _watch_clock(self) -> None:
+        """Have the clock call :meth:`_clock_moved` when it moves (a FakeClock does)."""
+        _clock.get_clock().watch(self._clock_moved)
 
     def _clock_moved(self) -> None:
-        """Called by a FakeClock that moved: close the connections whose context expired."""
+        """Called by a clock that moved: close the connections whose context expired."""
         self._sweep_expired()
 
     def _sweep_expired(self) -> None:
@@ -886,9 +883,7 @@ class EventRouter:
             conn._close(CloseReason.ROUTER_CLOSED)
         self._routes.clear()
         self._totals.clear()
-        clock = _clock.get_clock()
-        if isinstance(clock, _clock.FakeClock):
-            clock._unwatch(self)
+        _clock.get_clock().unwatch(self._clock_moved)
         await self._backend.aclose()
 
     async def __aenter__(self) -> EventRouter:

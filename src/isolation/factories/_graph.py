@@ -51,6 +51,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, Final, TypeVar, final
 
+from isolation import _compat
 from isolation._redact import redact
 from isolation.factories import _shareable
 
@@ -304,7 +305,7 @@ def _frozen(cls: type) -> bool:
     if params is not None and getattr(params, "frozen", False):
         return True
     if getattr(cls, "__attrs_attrs__", None) is not None:
-        return getattr(cls.__setattr__, "__name__", "") == "_frozen_setattrs"
+        return _compat.attrs_frozen(cls)
     return False
 
 

@@ -20,16 +20,13 @@ from typing import Any, ClassVar
 
 import anyio
 import anyio.from_thread
-from hypothesis.stateful import (
-    INITIALIZE_RULE_MARKER,
-    INVARIANT_MARKER,
-    RULE_MARKER,
-    RuleBasedStateMachine,
-)
+from hypothesis.stateful import RuleBasedStateMachine
+
+from isolation._compat import hypothesis_rule_markers
 
 __all__ = ["AsyncRuleBasedStateMachine"]
 
-_MARKERS = (RULE_MARKER, INITIALIZE_RULE_MARKER, INVARIANT_MARKER)
+_MARKERS = hypothesis_rule_markers()
 
 
 def _make_sync(name: str, marker: str, spec: Any) -> Callable[..., Any]:

@@ -55,7 +55,7 @@ except ImportError as exc:  # pragma: no cover - the test suite installs the ext
         "isolation.events.backends.redis needs redis-py: pip install 'isolation-primitives[redis]'"
     ) from exc
 
-from isolation import _clock
+from isolation import _clock, _compat
 from isolation._errors import (
     BackendUnavailableError,
     ConfigurationError,
@@ -477,7 +477,7 @@ class RedisBackend:
         if (
             loop is None
             # The running asyncio loop, None under trio: cheaper than asking sniffio.
-            or asyncio._get_running_loop() is not loop
+            or _compat.running_loop() is not loop
             or self._closing
             or (supervisor is not None and supervisor.done())
         ):

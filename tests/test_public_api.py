@@ -13,7 +13,7 @@ from types import ModuleType
 import pytest
 
 import isolation
-import isolation._errors
+import isolation.errors
 
 
 def _all_modules() -> list[str]:
@@ -110,15 +110,15 @@ def test_top_level_is_only_reexports() -> None:
 # -- the error tree -------------------------------------------------------------
 
 ERRORS = [
-    getattr(isolation._errors, n)
-    for n in isolation._errors.__all__
-    if inspect.isclass(getattr(isolation._errors, n))
+    getattr(isolation.errors, n)
+    for n in isolation.errors.__all__
+    if not issubclass(getattr(isolation.errors, n), Warning)
 ]
 
 
 def _drawn_tree() -> dict[str, tuple[str, ...]]:
-    """Parse the tree drawn in the _errors docstring into {error: bases as drawn}."""
-    doc = isolation._errors.__doc__
+    """Parse the tree drawn in the isolation.errors docstring into {error: bases as drawn}."""
+    doc = isolation.errors.__doc__
     assert doc is not None
     node = re.compile(r"(?:[├└]── )?\b(\w+Error)(?:\(([\w, ]+)\))?")
     root_column: int | None = None
@@ -142,7 +142,7 @@ def _drawn_tree() -> dict[str, tuple[str, ...]]:
 
 
 def test_drawing_covers_every_error() -> None:
-    """The docstring draws every error of _errors.__all__, and nothing else."""
+    """The docstring draws every error of isolation.errors, and nothing else."""
     assert set(_drawn_tree()) == {e.__name__ for e in ERRORS}
 
 
@@ -155,10 +155,11 @@ def test_bases_as_drawn(error: type[BaseException]) -> None:
 
 @pytest.mark.parametrize("error", ERRORS, ids=lambda e: e.__name__)
 def test_every_error_is_public_and_an_isolation_error(error: type[BaseException]) -> None:
-    """Each error is exported as isolation.X and derives from IsolationError."""
+    """Each error lives in isolation.errors, is re-exported as isolation.X, and is an
+    IsolationError."""
     assert issubclass(error, isolation.IsolationError)
     assert getattr(isolation, error.__name__) is error
-    assert error.__module__ == "isolation"
+    assert error.__module__ == "isolation.errors"
 
 
 def _sample(annotation: object) -> object:
@@ -229,3 +230,342 @@ def test_builtin_meanings() -> None:
     for name, builtin in expected.items():
         assert issubclass(getattr(isolation, name), builtin), name
     assert not issubclass(isolation.ScopeEndedError, LookupError)
+
+
+# -- the public surface, name by name ---------------------------------------------
+# Every public module (no `_` in its path) and the names of its __all__. Adding or
+# removing a public name fails here until this table says so: the surface grows on
+# purpose only (issue 19: at most 110 names, report modes private).
+
+SURFACE: dict[str, set[str]] = {
+    "isolation": {
+        "Clock",
+        "ContextLocal",
+        "ContextThreadPoolExecutor",
+        "Lifetime",
+        "Principal",
+        "Registry",
+        "Scope",
+        "UserContext",
+        "current_context",
+        "current_context_or_none",
+        "current_scope",
+        "owned",
+        "request_scoped",
+        "scope",
+        "scope_stats",
+        "shareable",
+        "to_thread",
+    },
+    "isolation.context": set(),
+    "isolation.errors": {
+        "BackendUnavailableError",
+        "CleanupTimeoutError",
+        "ConfigurationError",
+        "ConnectionClosedError",
+        "ConnectionLimitError",
+        "ContextError",
+        "ContextExpiredError",
+        "ContextSwitchError",
+        "CrossContextAccessError",
+        "DatabaseConnectionLostError",
+        "EventError",
+        "EventTooLargeError",
+        "FactoryError",
+        "InvalidContextError",
+        "IsolationError",
+        "MalformedTokenError",
+        "NoContextError",
+        "PoolExhaustedError",
+        "QueueFullError",
+        "ScopeEndedError",
+        "SessionError",
+        "SessionInUseError",
+        "SharedStateError",
+        "TokenError",
+        "TokenExpiredError",
+        "TokenPurposeError",
+        "TokenReplayedError",
+        "TokenSignatureError",
+        "UnsupportedBackendError",
+        "UsageError",
+        "WalkTruncatedWarning",
+    },
+    "isolation.events": {
+        "CloseReason",
+        "Connection",
+        "ConnectionState",
+        "Event",
+        "EventRouter",
+        "Overflow",
+        "PublishResult",
+        "TICKET_PURPOSE",
+    },
+    "isolation.events.backends": {"Deliver", "Envelope", "EventBackend", "MemoryBackend"},
+    "isolation.events.backends.memory": set(),  # a deprecated path (a shim)
+    "isolation.events.backends.redis": {
+        "DEFAULT_HEALTH_INTERVAL",
+        "DEFAULT_UNAVAILABLE_TIMEOUT",
+        "RedisBackend",
+        "RedisStats",
+    },
+    "isolation.factories": set(),
+    "isolation.integrations": set(),
+    "isolation.integrations.contextvars_extras": {"isolate"},
+    "isolation.integrations.fastapi": {"CurrentContext", "from_scope", "provided"},
+    "isolation.integrations.starlette": {
+        "Authenticate",
+        "CLOSE_EXPIRED",
+        "CLOSE_GOING_AWAY",
+        "CLOSE_INTERNAL_ERROR",
+        "CLOSE_MESSAGE_TOO_BIG",
+        "CLOSE_NORMAL",
+        "CLOSE_POLICY",
+        "CLOSE_TRY_AGAIN_LATER",
+        "DEFAULT_MAX_FRAME_BYTES",
+        "IsolationMiddleware",
+        "MiddlewareStats",
+        "OnMessage",
+        "authenticated_context",
+        "close_code",
+        "lifespan",
+        "middleware_stats",
+        "pump",
+        "websocket_context",
+    },
+    "isolation.logging": {
+        "ContextFilter",
+        "REDACTED",
+        "Redactor",
+        "SecretsFilter",
+        "get_logger",
+        "hmac_redactor",
+        "install_secrets_filter",
+        "redact",
+        "redact_secrets",
+        "set_redactor",
+    },
+    "isolation.report": {
+        "Backend",
+        "CATALOG",
+        "Check",
+        "CheckResult",
+        "FailureMode",
+        "ModeRegistry",
+        "ModeResult",
+        "Report",
+        "Settings",
+        "default_registry",
+        "probe_server",
+        "render_table",
+        "run_check",
+        "run_report",
+    },
+    "isolation.sessions": {"OwnerColumn", "SessionManager", "SessionStats"},
+    "isolation.sessions.postgres": {
+        "Binding",
+        "PolicyRow",
+        "SET_CONFIG_SQL",
+        "binding_for",
+        "check_policies",
+        "check_role",
+        "check_role_sync",
+        "install_pool_hooks",
+        "install_return_check",
+        "owner_columns",
+        "quote_identifier",
+        "rls_policy_sql",
+        "rls_signing_key_sql",
+        "rls_signing_sql",
+    },
+    "isolation.testing": {
+        "AsyncRuleBasedStateMachine",
+        "FakeClock",
+        "RegistryMachine",
+        "RouterMachine",
+        "assert_exactly_once",
+        "assert_no_shared_state",
+        "machines",
+        "strategies",
+        "unsafe_corrupt_routing",
+        "use_clock",
+    },
+    "isolation.testing.machines": {"DEFAULT_PRINCIPALS", "RegistryMachine", "RouterMachine"},
+    "isolation.testing.strategies": {
+        "CONFUSABLE_SPELLINGS",
+        "HOSTILE_CHARACTERS",
+        "LOOKALIKES",
+        "confusable_pairs",
+        "contexts",
+        "hostile_ids",
+        "interleavings",
+        "invalid_context_kwargs",
+        "lookalike_pairs",
+        "principals",
+        "tenant_ids",
+        "user_ids",
+        "valid_context_kwargs",
+    },
+    "isolation.tokens": {
+        "DEFAULT_TTL",
+        "LEEWAY",
+        "MAX_TOKEN_BYTES",
+        "MIN_KEY_BYTES",
+        "MIN_KEY_DISTINCT_BYTES",
+        "VERSION",
+        "dumps",
+        "generate_key",
+        "loads",
+    },
+}
+
+# The most public names, counted as `python -m isolation`-free tools count them: every
+# name of every public module's __all__. Lower it as names go; never raise it.
+MAX_PUBLIC_NAMES = 162
+
+# Modules the report helper makes private (issue 19, item 8): not listed above.
+_PENDING_PRIVATE = "isolation.report.modes"
+
+
+def _listed_modules() -> list[str]:
+    return [n for n in PUBLIC_MODULES if not n.startswith(_PENDING_PRIVATE)]
+
+
+def test_public_modules_are_the_listed_ones() -> None:
+    """A public module added or made private updates SURFACE."""
+    assert set(_listed_modules()) == set(SURFACE)
+
+
+@pytest.mark.parametrize("name", sorted(SURFACE))
+def test_all_is_the_listed_surface(name: str) -> None:
+    """Each public module's __all__ is exactly its row of SURFACE."""
+    module = _import(name)
+    assert set(getattr(module, "__all__", [])) == SURFACE[name]
+
+
+# Public-looking names that implementation modules define but do not export (type
+# variables, loggers, SQL building blocks). Each should become private (`_T`,
+# `_logger`); shrink this table as they do, never grow it.
+UNDECLARED: dict[str, set[str]] = {
+    "isolation.events.backends.redis": {"T", "logger"},
+    "isolation.integrations.contextvars_extras": {"R"},
+    "isolation.integrations.fastapi": {"T"},
+    "isolation.integrations.starlette": {
+        "ASGIApp",
+        "ASGIScope",
+        "Message",
+        "Receive",
+        "Send",
+        "logger",
+    },
+    "isolation.sessions.postgres": {
+        "BINDING_SETTING",
+        "DEFAULT_SIGNING_SCHEMA",
+        "KEY_TABLE",
+        "POLICY_NAME",
+        "TENANT_SETTING",
+        "UNRESTRICTED_POLICY_NAME",
+        "UNRESTRICTED_SETTING",
+        "UNRESTRICT_SQL",
+        "USER_SETTING",
+        "logger",
+    },
+    "isolation.testing.strategies": {"T"},
+    "isolation.tokens": {"PARENT_REQUEST_ID"},
+}
+
+
+def _declared(module: ModuleType) -> set[str]:
+    """Public names a module declares as its own: what it defines (classes, functions,
+    top-level assignments) and what it re-exports with ``import x as x``."""
+    source = inspect.getsource(module)
+    names: set[str] = set()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names |= {a.asname for a in node.names if a.asname and a.asname == a.name}
+    return {n for n in names if not n.startswith("_")}
+
+
+@pytest.mark.parametrize("name", sorted(SURFACE))
+def test_module_declares_only_its_surface(name: str) -> None:
+    """dir() of a public module, less private names and submodules, holds nothing it
+    declares beyond __all__ (the package also re-exports isolation.errors)."""
+    module = _import(name)
+    extra = {
+        attr
+        for attr in _declared(module)
+        if attr in dir(module) and not isinstance(getattr(module, attr), ModuleType)
+    } - set(getattr(module, "__all__", []))
+    if name == "isolation":
+        extra -= set(isolation.errors.__all__)
+    assert extra == UNDECLARED.get(name, set())
+
+
+def test_surface_size() -> None:
+    """The public surface stays under its cap (the issue's target: 110)."""
+    total = sum(len(names) for names in SURFACE.values())
+    assert total <= MAX_PUBLIC_NAMES
+
+
+# -- deprecated paths: each old path warns and gives the same object ----------------
+
+DEPRECATED = [
+    ("isolation", "Attributes", "isolation.context._model", "Attributes"),
+    ("isolation", "RegistryStats", "isolation.factories._registry", "RegistryStats"),
+    ("isolation", "ScopeStats", "isolation.context._scope", "ScopeStats"),
+    ("isolation.events", "Authenticate", "isolation.events._router", "Authenticate"),
+    ("isolation.events", "Backend", "isolation.events.backends", "EventBackend"),
+    ("isolation.events", "ConnectionStats", "isolation.events._model", "ConnectionStats"),
+    (
+        "isolation.events",
+        "DEFAULT_MAX_CONNECTIONS_PER_USER",
+        "isolation.events._router",
+        "DEFAULT_MAX_CONNECTIONS_PER_USER",
+    ),
+    (
+        "isolation.events",
+        "DEFAULT_PUBLISH_TIMEOUT",
+        "isolation.events._router",
+        "DEFAULT_PUBLISH_TIMEOUT",
+    ),
+    ("isolation.events", "DEFAULT_QUEUE_SIZE", "isolation.events._router", "DEFAULT_QUEUE_SIZE"),
+    ("isolation.events", "DEFAULT_TICKET_TTL", "isolation.events._router", "DEFAULT_TICKET_TTL"),
+    ("isolation.events", "Deliver", "isolation.events.backends", "Deliver"),
+    ("isolation.events", "Envelope", "isolation.events.backends", "Envelope"),
+    ("isolation.events", "MemoryBackend", "isolation.events.backends", "MemoryBackend"),
+    ("isolation.events", "PrincipalStats", "isolation.events._model", "PrincipalStats"),
+    ("isolation.events", "RouterStats", "isolation.events._model", "RouterStats"),
+    ("isolation.events.backends", "Backend", "isolation.events.backends", "EventBackend"),
+    (
+        "isolation.events.backends.memory",
+        "MemoryBackend",
+        "isolation.events.backends",
+        "MemoryBackend",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("old", "name", "new", "new_name"), DEPRECATED, ids=lambda v: str(v).rsplit(".", 1)[-1]
+)
+def test_old_path_warns_and_is_the_same_object(
+    old: str, name: str, new: str, new_name: str
+) -> None:
+    """An old import path works for one release, with a DeprecationWarning naming it."""
+    module = importlib.import_module(old)
+    with pytest.warns(DeprecationWarning, match=rf"{re.escape(old)}\.{name} is deprecated"):
+        value = getattr(module, name)
+    assert value is getattr(importlib.import_module(new), new_name)
+    assert name not in getattr(module, "__all__", [])
+
+
+def test_unknown_names_still_raise_attribute_error() -> None:
+    """A deprecation __getattr__ serves only its old names."""
+    with pytest.raises(AttributeError, match="no_such_name"):
+        isolation.events.no_such_name  # type: ignore[attr-defined]

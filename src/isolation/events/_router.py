@@ -70,8 +70,8 @@ from isolation.events._model import (
 )
 from isolation.events._snapshot import freeze, thaw
 from isolation.events._wake import current_backend, for_backend
-from isolation.events.backends import Backend
-from isolation.events.backends.memory import MemoryBackend
+from isolation.events.backends import EventBackend
+from isolation.events.backends._memory import MemoryBackend
 
 __all__ = [
     "Authenticate",
@@ -146,7 +146,7 @@ class EventRouter:
 
     Args:
         backend: Where tickets are recorded and events travel; a
-            :class:`~isolation.events.MemoryBackend` when ``None``.
+            :class:`~isolation.events.backends.MemoryBackend` when ``None``.
         queue_size: Events each connection queues (default 100).
         overflow: What a full connection does (default ``Overflow.BLOCK``).
         publish_timeout: Seconds a ``BLOCK`` publish waits for room, one
@@ -167,7 +167,7 @@ class EventRouter:
     def __init__(
         self,
         *,
-        backend: Backend | None = None,
+        backend: EventBackend | None = None,
         queue_size: int = DEFAULT_QUEUE_SIZE,
         overflow: Overflow = Overflow.BLOCK,
         publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT,
@@ -194,9 +194,9 @@ class EventRouter:
         self._keys = None if keys is None else tokens._check_keys(keys)
         if backend is None:
             backend = MemoryBackend()
-        elif not isinstance(backend, Backend):
+        elif not isinstance(backend, EventBackend):
             raise ConfigurationError(
-                f"backend must implement isolation.events.Backend, got {type(backend).__name__}"
+                f"backend must implement isolation.events.backends.EventBackend, got {type(backend).__name__}"
             )
         self._backend = backend
         self._shared = bool(backend.shared)
@@ -259,7 +259,7 @@ class EventRouter:
         return self._max_event_bytes
 
     @property
-    def backend(self) -> Backend:
+    def backend(self) -> EventBackend:
         """The backend."""
         return self._backend
 
@@ -351,7 +351,7 @@ class EventRouter:
         self._register(conn, principal)
         if self._shared:
             # A shared backend confirms the subscription before connect() returns
-            # (see Backend.watch); on failure or cancellation the connection closes.
+            # (see EventBackend.watch); on failure or cancellation the connection closes.
             try:
                 pending = self._backend.watch(principal)
                 if pending is not None:
@@ -906,7 +906,7 @@ class EventRouter:
 
 @final
 class _Inbox:
-    """What a backend is given by :meth:`Backend.attach`: the router's entry points.
+    """What a backend is given by :meth:`EventBackend.attach`: the router's entry points.
 
     See :class:`isolation.events.Deliver`.
     """

@@ -23,8 +23,9 @@ def moved(module: str, names: Mapping[str, tuple[str, str]]) -> Callable[[str], 
 
     Args:
         module: The module that lost the names (its ``__name__``).
-        names: Old name to ``(new module, new name)``; a new module starting with
-            ``_`` means the name left the public surface.
+        names: Old name to ``(new module, new name)``; a module path or a name with
+            a part starting with ``_`` means the name left the public surface, and
+            a dotted new name is an attribute path (``"CloseCode.NORMAL"``).
     """
 
     def __getattr__(name: str) -> Any:  # noqa: N807  # the module hook of PEP 562
@@ -32,11 +33,14 @@ def moved(module: str, names: Mapping[str, tuple[str, str]]) -> Callable[[str], 
             home, new = names[name]
         except KeyError:
             raise AttributeError(f"module {module!r} has no attribute {name!r}") from None
-        if home.split(".")[-1].startswith("_") or "._" in home:
+        if any(part.startswith("_") for part in f"{home}.{new}".split(".")):
             where = "it is no longer public and will be removed in the next release"
         else:
-            where = f"import {home}.{new} instead; the old path goes in the next release"
+            where = f"use {home}.{new} instead; the old path goes in the next release"
         warnings.warn(f"{module}.{name} is deprecated: {where}", DeprecationWarning, stacklevel=2)
-        return getattr(importlib.import_module(home), new)
+        value: Any = importlib.import_module(home)
+        for attr in new.split("."):
+            value = getattr(value, attr)
+        return value
 
     return __getattr__

@@ -372,30 +372,25 @@ SURFACE: dict[str, set[str]] = {
     },
     "isolation.testing": {
         "AsyncRuleBasedStateMachine",
+        "DEFAULT_PRINCIPALS",
         "FakeClock",
         "RegistryMachine",
         "RouterMachine",
         "assert_exactly_once",
         "assert_no_shared_state",
-        "machines",
-        "strategies",
         "unsafe_corrupt_routing",
         "use_clock",
     },
-    "isolation.testing.machines": {"DEFAULT_PRINCIPALS", "RegistryMachine", "RouterMachine"},
+    "isolation.testing.machines": set(),  # a deprecated path (a shim)
+    # invalid_context_kwargs and valid_context_kwargs: the report's mode 8 imports them
+    # (they can go once the report's modes are private, issue 19 item 8).
     "isolation.testing.strategies": {
-        "CONFUSABLE_SPELLINGS",
-        "HOSTILE_CHARACTERS",
-        "LOOKALIKES",
         "confusable_pairs",
         "contexts",
         "hostile_ids",
         "interleavings",
         "invalid_context_kwargs",
-        "lookalike_pairs",
         "principals",
-        "tenant_ids",
-        "user_ids",
         "valid_context_kwargs",
     },
     "isolation.tokens": {
@@ -415,7 +410,7 @@ SURFACE: dict[str, set[str]] = {
 # errors as isolation.X, isolation.testing.RouterMachine) counts once. Count it with
 # `python -c "import tests.test_public_api as t; print(t.surface_size())"`. Lower it
 # as names go; never raise it (issue 19: at most 110, report modes private).
-MAX_PUBLIC_NAMES = 149
+MAX_PUBLIC_NAMES = 141
 
 # Modules the report helper makes private (issue 19, item 8): not listed above.
 _PENDING_PRIVATE = "isolation.report.modes"
@@ -464,7 +459,6 @@ UNDECLARED: dict[str, set[str]] = {
         "USER_SETTING",
         "logger",
     },
-    "isolation.testing.strategies": {"T"},
     "isolation.tokens": {"PARENT_REQUEST_ID"},
 }
 
@@ -581,6 +575,21 @@ DEPRECATED = [
         "isolation.events.backends",
         "MemoryBackend",
     ),
+    *[
+        ("isolation.testing.machines", name, "isolation.testing", name)
+        for name in ("DEFAULT_PRINCIPALS", "RegistryMachine", "RouterMachine")
+    ],
+    *[
+        ("isolation.testing.strategies", name, "isolation.testing.strategies", f"_{name}")
+        for name in (
+            "CONFUSABLE_SPELLINGS",
+            "HOSTILE_CHARACTERS",
+            "LOOKALIKES",
+            "lookalike_pairs",
+            "tenant_ids",
+            "user_ids",
+        )
+    ],
     *[
         (
             "isolation.integrations.starlette",

@@ -27,7 +27,7 @@ Malformed input of any shape (not ASCII, wrong fields, bad base64url or JSON,
 wrong types, larger than 16 KiB) is a :class:`~isolation.MalformedTokenError` whose
 message, ``repr``, ``args`` and exception chain hold no token material.
 
-Keys: random secrets of at least :data:`MIN_KEY_BYTES` bytes with at least
+Keys: random secrets of at least 32 bytes with at least
 8 distinct byte values (``generate_key()``, kept in
 your secret store); the second rule refuses placeholders such as ``b"k" * 32``
 or ``bytes(32)``, it does not measure a key's strength. ``dumps`` signs with one
@@ -67,7 +67,6 @@ from isolation.context._model import UserContext
 __all__ = [
     "DEFAULT_TTL",
     "LEEWAY",
-    "MIN_KEY_BYTES",
     "dumps",
     "generate_key",
     "loads",
@@ -78,7 +77,13 @@ __getattr__ = _moved(
     __name__,
     {
         name: ("isolation.tokens", f"_{name}")
-        for name in ("MAX_TOKEN_BYTES", "MIN_KEY_DISTINCT_BYTES", "PARENT_REQUEST_ID", "VERSION")
+        for name in (
+            "MAX_TOKEN_BYTES",
+            "MIN_KEY_BYTES",
+            "MIN_KEY_DISTINCT_BYTES",
+            "PARENT_REQUEST_ID",
+            "VERSION",
+        )
     },
 )
 
@@ -90,7 +95,7 @@ LEEWAY: Final = 1.0
 """Seconds of clock skew tolerated: how far in the future a token's issue time may be."""
 _MAX_TOKEN_BYTES: Final = 16 * 1024
 """Longest token accepted (and produced), in bytes."""
-MIN_KEY_BYTES: Final = 32
+_MIN_KEY_BYTES: Final = 32
 """Shortest key accepted, in bytes."""
 _MIN_KEY_DISTINCT_BYTES: Final = 8
 """Fewest distinct byte values a key may hold (a random 32-byte key has about 30)."""
@@ -125,9 +130,9 @@ def _check_purpose(purpose: object) -> str:
 def _check_key(key: object, name: str = "key") -> bytes:
     if not isinstance(key, bytes):
         raise ConfigurationError(f"{name} must be bytes, got {type(key).__name__}")
-    if len(key) < MIN_KEY_BYTES:
+    if len(key) < _MIN_KEY_BYTES:
         raise ConfigurationError(
-            f"{name} must be at least {MIN_KEY_BYTES} bytes, got {len(key)}",
+            f"{name} must be at least {_MIN_KEY_BYTES} bytes, got {len(key)}",
             hint="Generate one with isolation.tokens.generate_key() and keep it in your secret store",
         )
     # The prefix settles it for a random key at a third of the cost (keys are checked per call).
@@ -369,4 +374,4 @@ def _list(value: Any) -> list[Any]:
 
 def generate_key() -> bytes:
     """Return a new random 32-byte key (``os.urandom``)."""
-    return os.urandom(MIN_KEY_BYTES)
+    return os.urandom(_MIN_KEY_BYTES)

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from isolation.report import Backend, Check, Settings, default_registry
+from isolation.report import Settings, default_registry
+from isolation.report._registry import Backend, Check
 from isolation.report.modes import fm10_routing
 from isolation.report.modes.fm10_routing import Op, run_operations
 

@@ -17,7 +17,6 @@ re-authentication".
 from isolation._deprecated import moved
 from isolation.events._connection import Connection as Connection
 from isolation.events._model import CloseReason as CloseReason
-from isolation.events._model import ConnectionState as ConnectionState
 from isolation.events._model import Event as Event
 from isolation.events._model import Overflow as Overflow
 from isolation.events._model import PublishResult as PublishResult
@@ -27,7 +26,6 @@ from isolation.events._router import EventRouter as EventRouter
 __all__ = [
     "CloseReason",
     "Connection",
-    "ConnectionState",
     "Event",
     "EventRouter",
     "Overflow",
@@ -42,6 +40,7 @@ __getattr__ = moved(
     {
         "Authenticate": ("isolation.events._router", "Authenticate"),
         "Backend": ("isolation.events.backends", "EventBackend"),
+        "ConnectionState": ("isolation.events._model", "ConnectionState"),
         "ConnectionStats": ("isolation.events._model", "ConnectionStats"),
         "DEFAULT_MAX_CONNECTIONS_PER_USER": (
             "isolation.events._router",

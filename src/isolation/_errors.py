@@ -143,9 +143,9 @@ class ContextSwitchError(ContextError):
     """A scope for another principal was entered while one is bound.
 
     Attributes:
-        entered: The principal that was refused, as a log line may show it
-            (through the installed redactor).
-        bound: The principal bound at the time, shown the same way.
+        entered: The principal that was refused (an :class:`isolation.Principal`,
+            whose ``repr`` goes through the installed redactor, as the message does).
+        bound: The principal bound at the time, the same way.
     """
 
     hint = (
@@ -154,7 +154,12 @@ class ContextSwitchError(ContextError):
     )
 
     def __init__(
-        self, message: str, *, entered: str = "", bound: str = "", hint: str | None = None
+        self,
+        message: str,
+        *,
+        entered: tuple[str | None, str] | None = None,
+        bound: tuple[str | None, str] | None = None,
+        hint: str | None = None,
     ) -> None:
         self.entered = entered
         self.bound = bound
@@ -219,7 +224,9 @@ class SharedStateError(FactoryError):
     """Mutable state is reachable from the instances of two principals.
 
     Attributes:
-        principals: The two principals, as ``(tenant_id, user_id)`` pairs.
+        principals: The two principals (:class:`isolation.Principal`, a
+            ``(tenant_id, user_id)`` tuple whose ``repr`` is redacted): this build's,
+            then the other's.
         paths: The attribute path on each side, for example ``(("Engine", "cache"),) * 2``.
     """
 

@@ -292,7 +292,7 @@ _NOT_JSON: Final = object()
 
 
 def _no_constant(name: str) -> Any:
-    raise ValueError("NaN and Infinity are not JSON")
+    raise MalformedTokenError("the token's payload is not JSON")  # caught by _json
 
 
 # Made once: json.loads(..., parse_constant=...) would build a decoder per call.

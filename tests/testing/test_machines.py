@@ -390,7 +390,7 @@ class TestRegistryMachine:
 
     def test_needs_products_and_a_factory(self) -> None:
         """A machine without products or without make_registry says what is missing."""
-        with pytest.raises(TypeError, match="products"):
+        with pytest.raises(isolation.UsageError, match="products"):
             RegistryMachine()
 
         class NoFactory(RegistryMachine):

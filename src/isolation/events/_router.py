@@ -325,7 +325,9 @@ class EventRouter:
         if bound is not None and bound.principal != principal:
             raise ContextSwitchError(
                 f"cannot connect as {redact_principal(principal)} inside the scope of "
-                f"{redact_principal(bound.principal)}"
+                f"{redact_principal(bound.principal)}",
+                entered=principal,
+                bound=bound.principal,
             )
         expires_at = scope.deadline if scope is not None else _until(ctx, ticket_expiry)
         if expires_at is not None and _clock._now() >= expires_at:
@@ -544,7 +546,9 @@ class EventRouter:
         if ctx.principal != principal:
             raise ContextSwitchError(
                 f"a token of {redact_principal(ctx.principal)} cannot re-authenticate a "
-                f"connection of {redact_principal(principal)}"
+                f"connection of {redact_principal(principal)}",
+                entered=ctx.principal,
+                bound=principal,
             )
         expires_at = _until(ctx, ticket_expiry)
         if expires_at is not None and _clock._now() >= expires_at:

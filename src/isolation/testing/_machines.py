@@ -44,6 +44,7 @@ from isolation._errors import (
     ConnectionLimitError,
     CrossContextAccessError,
     IsolationError,
+    UsageError,
 )
 from isolation._lifetime import Lifetime
 from isolation.context._model import Principal, UserContext
@@ -541,7 +542,7 @@ class RegistryMachine(AsyncRuleBasedStateMachine):
         self._baseline = open_resources()
         if not self.products:
             super().teardown()
-            raise TypeError(f"{type(self).__name__}.products lists no product type to resolve")
+            raise UsageError(f"{type(self).__name__}.products lists no product type to resolve")
         try:
             self._registry = self.portal.call(self._build)
         except BaseException:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import assert_type
 
 from isolation import Principal, UserContext
-from isolation.events import Connection, EventRouter, PrincipalStats, PublishResult
+from isolation.events import Connection, EventRouter, PublishResult
+from isolation.events._model import PrincipalStats
 
 
 async def use(router: EventRouter, ctx: UserContext) -> None:

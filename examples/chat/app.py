@@ -39,7 +39,7 @@ from isolation import UserContext, tokens
 from isolation.events import TICKET_PURPOSE, Connection, EventRouter, Overflow
 from isolation.integrations.fastapi import CurrentContext, from_scope
 from isolation.integrations.starlette import (
-    CLOSE_POLICY,
+    CloseCode,
     IsolationMiddleware,
     authenticated_context,
     lifespan,
@@ -222,7 +222,7 @@ def create_app(*, database_url: str, secret: bytes, queue_size: int | None = Non
         try:
             connection = await router.connect(token=websocket.query_params["ticket"])
         except (isolation.TokenError, isolation.ConnectionLimitError, isolation.ContextError):
-            await websocket.close(code=CLOSE_POLICY)  # before accept: a refused handshake
+            await websocket.close(code=CloseCode.POLICY)  # before accept: a refused handshake
             return
         await pump(
             websocket,

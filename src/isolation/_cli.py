@@ -84,13 +84,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from isolation.report import (
-        Settings,
-        default_registry,
-        probe_server,
-        render_table,
-        run_report,
-    )
+    from isolation.report import Settings, default_registry, run_report
+    from isolation.report._render import render_table
+    from isolation.report._servers import probe_server
 
     if args.mode and any(not 1 <= n <= 16 for n in args.mode):
         print(f"isolation report: --mode takes 1 to 16, got {args.mode}", file=sys.stderr)

@@ -1,43 +1,6 @@
-"""Every error :mod:`isolation` raises, in one tree.
+"""The error classes of :mod:`isolation.errors` (their public home, where the tree is drawn).
 
-Each error also inherits the builtin whose meaning it shares, so existing
-``except LookupError`` or ``except TimeoutError`` blocks keep working::
-
-    IsolationError(Exception)
-    ├── UsageError(TypeError)                 an API called the wrong way
-    ├── ConfigurationError(ValueError)        a bad setting or argument value
-    ├── UnsupportedBackendError(RuntimeError) an asyncio-only part used under trio
-    ├── CrossContextAccessError(PermissionError)
-    │                                         an object used outside the scope that owns it
-    ├── ContextError                          who is asking, and until when
-    │   ├── NoContextError(LookupError)       no scope is bound here
-    │   ├── ScopeEndedError                   code outlived its scope (fail closed)
-    │   ├── InvalidContextError(ValueError)   a field failed validation
-    │   ├── ContextSwitchError                another principal inside a bound scope
-    │   ├── ContextExpiredError(TimeoutError) the deadline passed
-    │   └── CleanupTimeoutError(TimeoutError) a finalizer overran its cleanup time
-    ├── TokenError(ValueError)                a token to carry a context was refused
-    │   ├── MalformedTokenError
-    │   ├── TokenSignatureError
-    │   ├── TokenExpiredError
-    │   ├── TokenPurposeError
-    │   └── TokenReplayedError
-    ├── FactoryError                          what is built per scope
-    │   └── SharedStateError                  mutable state reachable from two principals
-    ├── SessionError                          database sessions
-    │   ├── PoolExhaustedError(TimeoutError)
-    │   ├── SessionInUseError(RuntimeError)
-    │   └── DatabaseConnectionLostError(ConnectionError)
-    └── EventError                            the event router
-        ├── ConnectionClosedError
-        ├── ConnectionLimitError
-        ├── QueueFullError
-        ├── EventTooLargeError(ValueError)
-        └── BackendUnavailableError(ConnectionError)
-
-Messages render from fields in ``__str__`` and end with what to do. They never
-contain token material; user ids pass through the redaction hook of
-:mod:`isolation.logging`.
+Core: every part imports its errors from here, and nothing here imports a part.
 """
 
 from __future__ import annotations
@@ -76,6 +39,7 @@ __all__ = [
     "TokenSignatureError",
     "UnsupportedBackendError",
     "UsageError",
+    "WalkTruncatedWarning",
 ]
 
 
@@ -179,9 +143,9 @@ class ContextSwitchError(ContextError):
     """A scope for another principal was entered while one is bound.
 
     Attributes:
-        entered: The principal that was refused, as a log line may show it
-            (through the installed redactor).
-        bound: The principal bound at the time, shown the same way.
+        entered: The principal that was refused (an :class:`isolation.Principal`,
+            whose ``repr`` goes through the installed redactor, as the message does).
+        bound: The principal bound at the time, the same way.
     """
 
     hint = (
@@ -190,7 +154,12 @@ class ContextSwitchError(ContextError):
     )
 
     def __init__(
-        self, message: str, *, entered: str = "", bound: str = "", hint: str | None = None
+        self,
+        message: str,
+        *,
+        entered: tuple[str | None, str] | None = None,
+        bound: tuple[str | None, str] | None = None,
+        hint: str | None = None,
     ) -> None:
         self.entered = entered
         self.bound = bound
@@ -255,7 +224,9 @@ class SharedStateError(FactoryError):
     """Mutable state is reachable from the instances of two principals.
 
     Attributes:
-        principals: The two principals, as ``(tenant_id, user_id)`` pairs.
+        principals: The two principals (:class:`isolation.Principal`, a
+            ``(tenant_id, user_id)`` tuple whose ``repr`` is redacted): this build's,
+            then the other's.
         paths: The attribute path on each side, for example ``(("Engine", "cache"),) * 2``.
     """
 
@@ -382,7 +353,11 @@ class BackendUnavailableError(EventError, ConnectionError):
     """The event backend (for example Redis) cannot be reached."""
 
 
-# Every error prints and pickles under its public path, `isolation.X`.
+class WalkTruncatedWarning(UserWarning):
+    """A shared-state walk stopped at a bound: the objects beyond it were not compared."""
+
+
+# Every error prints and pickles under its public path, `isolation.errors.X`.
 for _name in __all__:
-    globals()[_name].__module__ = "isolation"
+    globals()[_name].__module__ = "isolation.errors"
 del _name

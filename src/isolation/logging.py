@@ -20,27 +20,38 @@ import hashlib
 import hmac
 import logging
 
+from isolation._deprecated import moved as _moved
 from isolation._errors import ConfigurationError, IsolationError
 from isolation._log_secrets import REDACTED, SecretsFilter, install_secrets_filter, redact_secrets
-from isolation._redact import Redactor, redact, set_redactor
+from isolation._redact import Redactor as _Redactor
+from isolation._redact import redact as _redact_id
+from isolation._redact import set_redactor
 
 __all__ = [
     "ContextFilter",
     "REDACTED",
-    "Redactor",
     "SecretsFilter",
-    "get_logger",
     "hmac_redactor",
     "install_secrets_filter",
-    "redact",
     "redact_secrets",
     "set_redactor",
 ]
 
+# Names that left the surface (issue 19): they warn for one release. The loggers are
+# logging.getLogger("isolation.<part>").
+__getattr__ = _moved(
+    __name__,
+    {
+        "Redactor": ("isolation._redact", "Redactor"),
+        "get_logger": ("isolation.logging", "_get_logger"),
+        "redact": ("isolation._redact", "redact"),
+    },
+)
+
 _PARTS = frozenset({"context", "factories", "sessions", "events", "report", "tokens"})
 
 
-def get_logger(part: str) -> logging.Logger:
+def _get_logger(part: str) -> logging.Logger:
     """Return the library's logger for ``part`` (``"context"``, ``"sessions"``, ...)."""
     if part not in _PARTS:
         raise ConfigurationError(f"unknown logger part {part!r}; expected one of {sorted(_PARTS)}")
@@ -74,13 +85,13 @@ class ContextFilter(logging.Filter):
         if ctx is None:
             record.user_id = record.tenant_id = record.request_id = "-"
         else:
-            record.user_id = redact(ctx.user_id)
-            record.tenant_id = redact(ctx.tenant_id)
+            record.user_id = _redact_id(ctx.user_id)
+            record.tenant_id = _redact_id(ctx.tenant_id)
             record.request_id = ctx.request_id
         return True
 
 
-def hmac_redactor(key: bytes, *, prefix: str = "u:", length: int = 16) -> Redactor:
+def hmac_redactor(key: bytes, *, prefix: str = "u:", length: int = 16) -> _Redactor:
     """Build a redactor that shows ids as a keyed hash: stable, but not reversible.
 
     Args:

@@ -24,11 +24,11 @@ re-validates the context through ``UserContext``'s constructor and gives it a
 a token never outlives it.
 
 Malformed input of any shape (not ASCII, wrong fields, bad base64url or JSON,
-wrong types, too large) is a :class:`~isolation.MalformedTokenError` whose
+wrong types, larger than 16 KiB) is a :class:`~isolation.MalformedTokenError` whose
 message, ``repr``, ``args`` and exception chain hold no token material.
 
-Keys: random secrets of at least :data:`MIN_KEY_BYTES` bytes with at least
-:data:`MIN_KEY_DISTINCT_BYTES` distinct byte values (``generate_key()``, kept in
+Keys: random secrets of at least 32 bytes with at least
+8 distinct byte values (``generate_key()``, kept in
 your secret store); the second rule refuses placeholders such as ``b"k" * 32``
 or ``bytes(32)``, it does not measure a key's strength. ``dumps`` signs with one
 key; ``loads`` accepts a sequence of keys, so rotation is: add the new key to
@@ -50,6 +50,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from isolation import _clock
+from isolation._deprecated import moved as _moved
 from isolation._errors import (
     ConfigurationError,
     ContextExpiredError,
@@ -66,33 +67,44 @@ from isolation.context._model import UserContext
 __all__ = [
     "DEFAULT_TTL",
     "LEEWAY",
-    "MAX_TOKEN_BYTES",
-    "MIN_KEY_BYTES",
-    "MIN_KEY_DISTINCT_BYTES",
-    "VERSION",
     "dumps",
     "generate_key",
     "loads",
 ]
 
-VERSION: Final = "iso1"
+# Names that left the surface (issue 19): they warn for one release.
+__getattr__ = _moved(
+    __name__,
+    {
+        name: ("isolation.tokens", f"_{name}")
+        for name in (
+            "MAX_TOKEN_BYTES",
+            "MIN_KEY_BYTES",
+            "MIN_KEY_DISTINCT_BYTES",
+            "PARENT_REQUEST_ID",
+            "VERSION",
+        )
+    },
+)
+
+_VERSION: Final = "iso1"
 """The version tag every token starts with."""
 DEFAULT_TTL: Final = 900.0
 """Seconds a token lives when neither the context nor the caller sets a shorter time."""
 LEEWAY: Final = 1.0
 """Seconds of clock skew tolerated: how far in the future a token's issue time may be."""
-MAX_TOKEN_BYTES: Final = 16 * 1024
+_MAX_TOKEN_BYTES: Final = 16 * 1024
 """Longest token accepted (and produced), in bytes."""
-MIN_KEY_BYTES: Final = 32
+_MIN_KEY_BYTES: Final = 32
 """Shortest key accepted, in bytes."""
-MIN_KEY_DISTINCT_BYTES: Final = 8
+_MIN_KEY_DISTINCT_BYTES: Final = 8
 """Fewest distinct byte values a key may hold (a random 32-byte key has about 30)."""
 
-PARENT_REQUEST_ID: Final = "parent_request_id"
+_PARENT_REQUEST_ID: Final = "parent_request_id"
 
 _PURPOSE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 _B64_RE = re.compile(r"[A-Za-z0-9_-]*")
-_DERIVE_LABEL = b"isolation.tokens/" + VERSION.encode() + b"/"
+_DERIVE_LABEL = b"isolation.tokens/" + _VERSION.encode() + b"/"
 
 
 def _b64encode(data: bytes) -> str:
@@ -118,17 +130,17 @@ def _check_purpose(purpose: object) -> str:
 def _check_key(key: object, name: str = "key") -> bytes:
     if not isinstance(key, bytes):
         raise ConfigurationError(f"{name} must be bytes, got {type(key).__name__}")
-    if len(key) < MIN_KEY_BYTES:
+    if len(key) < _MIN_KEY_BYTES:
         raise ConfigurationError(
-            f"{name} must be at least {MIN_KEY_BYTES} bytes, got {len(key)}",
+            f"{name} must be at least {_MIN_KEY_BYTES} bytes, got {len(key)}",
             hint="Generate one with isolation.tokens.generate_key() and keep it in your secret store",
         )
     # The prefix settles it for a random key at a third of the cost (keys are checked per call).
-    if len(set(key[:12])) < MIN_KEY_DISTINCT_BYTES and len(set(key)) < MIN_KEY_DISTINCT_BYTES:
+    if len(set(key[:12])) < _MIN_KEY_DISTINCT_BYTES and len(set(key)) < _MIN_KEY_DISTINCT_BYTES:
         # Never the count or any byte: the message must not describe a secret.
         raise ConfigurationError(
             f"{name} is a placeholder, not a random secret: it has fewer than "
-            f"{MIN_KEY_DISTINCT_BYTES} distinct byte values",
+            f"{_MIN_KEY_DISTINCT_BYTES} distinct byte values",
             hint="Generate one with isolation.tokens.generate_key() and keep it in your secret store",
         )
     return key
@@ -197,11 +209,11 @@ def dumps(ctx: UserContext, *, key: bytes, purpose: str, ttl: float | None = Non
         "rid": ctx.request_id,
     }
     body = json.dumps(payload, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-    head = f"{VERSION}.{_b64encode(purpose.encode('ascii'))}.{_b64encode(body.encode('ascii'))}"
+    head = f"{_VERSION}.{_b64encode(purpose.encode('ascii'))}.{_b64encode(body.encode('ascii'))}"
     token = f"{head}.{_signature(key, purpose, head.encode('ascii'))}"
-    if len(token) > MAX_TOKEN_BYTES:
+    if len(token) > _MAX_TOKEN_BYTES:
         raise ConfigurationError(
-            f"the token would be {len(token)} bytes, more than {MAX_TOKEN_BYTES}",
+            f"the token would be {len(token)} bytes, more than {_MAX_TOKEN_BYTES}",
             hint="Carry fewer or shorter attributes",
         )
     return token
@@ -228,8 +240,8 @@ def loads(token: str | bytes, *, keys: Sequence[bytes], purpose: str) -> UserCon
     _check_purpose(purpose)
     token = _ascii_text(token)
     parts = token.split(".")
-    if len(parts) != 4 or parts[0] != VERSION:
-        raise MalformedTokenError(f"not an {VERSION} token")
+    if len(parts) != 4 or parts[0] != _VERSION:
+        raise MalformedTokenError(f"not an {_VERSION} token")
     _, purpose_part, payload_part, signature = parts
     raw_purpose = _b64decode(purpose_part, "purpose")
     # Only a purpose dumps() could have written is quoted back in an error.
@@ -260,16 +272,16 @@ def loads(token: str | bytes, *, keys: Sequence[bytes], purpose: str) -> UserCon
 def _ascii_text(token: object) -> str:
     """Return ``token`` as ASCII text, or refuse it without quoting any of it."""
     if isinstance(token, bytes):
-        if len(token) > MAX_TOKEN_BYTES:
-            raise MalformedTokenError(f"the token is larger than {MAX_TOKEN_BYTES} bytes")
+        if len(token) > _MAX_TOKEN_BYTES:
+            raise MalformedTokenError(f"the token is larger than {_MAX_TOKEN_BYTES} bytes")
         if not token.isascii():
             raise MalformedTokenError("the token is not ASCII")
         return token.decode("ascii")
     if not isinstance(token, str):
         raise MalformedTokenError(f"a token is a str, got {type(token).__name__}")
     text = str.__str__(token)  # a plain str: no overridden method of a subclass runs on it
-    if len(text) > MAX_TOKEN_BYTES:
-        raise MalformedTokenError(f"the token is larger than {MAX_TOKEN_BYTES} bytes")
+    if len(text) > _MAX_TOKEN_BYTES:
+        raise MalformedTokenError(f"the token is larger than {_MAX_TOKEN_BYTES} bytes")
     if not text.isascii():
         # Checked here, not left to an encode(): a UnicodeEncodeError quotes the text.
         raise MalformedTokenError("the token is not ASCII")
@@ -280,7 +292,7 @@ _NOT_JSON: Final = object()
 
 
 def _no_constant(name: str) -> Any:
-    raise ValueError("NaN and Infinity are not JSON")
+    raise MalformedTokenError("the token's payload is not JSON")  # caught by _json
 
 
 # Made once: json.loads(..., parse_constant=...) would build a decoder per call.
@@ -343,7 +355,7 @@ def _context_from(payload: Any) -> UserContext:
             user_id=payload.get("u"),
             tenant_id=payload.get("t"),
             roles=_list(payload.get("r")),
-            attributes={**attributes, PARENT_REQUEST_ID: parent},
+            attributes={**attributes, _PARENT_REQUEST_ID: parent},
             expires_at=deadline,
             issued_at=now,
         )
@@ -362,4 +374,4 @@ def _list(value: Any) -> list[Any]:
 
 def generate_key() -> bytes:
     """Return a new random 32-byte key (``os.urandom``)."""
-    return os.urandom(MIN_KEY_BYTES)
+    return os.urandom(_MIN_KEY_BYTES)

@@ -24,6 +24,7 @@ from isolation import (
     current_context,
     current_context_or_none,
 )
+from isolation._redact import Redactor
 from isolation.testing import FakeClock
 
 
@@ -54,7 +55,7 @@ class TestSetRedactor:
         [lambda value: 5, lambda value: None, lambda value: 1 / 0],
         ids=["returns-int", "returns-none", "raises"],
     )
-    def test_failing_redactor_never_replaces_the_error(self, redactor: ilog.Redactor) -> None:
+    def test_failing_redactor_never_replaces_the_error(self, redactor: Redactor) -> None:
         """A redactor that raises or returns a non-str shows a fixed placeholder: the
         library's error is still raised, and the id is not shown."""
         ilog.set_redactor(redactor)

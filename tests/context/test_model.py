@@ -12,7 +12,8 @@ import attrs
 import pytest
 
 import isolation
-from isolation import Attributes, InvalidContextError, UsageError, UserContext
+from isolation import InvalidContextError, UsageError, UserContext
+from isolation.context._model import Attributes
 from isolation.testing import FakeClock
 
 

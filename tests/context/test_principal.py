@@ -18,7 +18,9 @@ from hypothesis import strategies as st
 import isolation
 import isolation.logging
 from isolation import InvalidContextError, Principal, UserContext
-from isolation.testing.strategies import confusable_pairs, hostile_ids, tenant_ids, user_ids
+from isolation.testing.strategies import _tenant_ids as tenant_ids
+from isolation.testing.strategies import _user_ids as user_ids
+from isolation.testing.strategies import confusable_pairs, hostile_ids
 
 
 def _refusal(build: Any) -> tuple[str, str] | None:

@@ -164,9 +164,9 @@ class TestRefusals:
     def test_oversized(self) -> None:
         """A token over MAX_TOKEN_BYTES is refused before any parsing."""
         with pytest.raises(isolation.MalformedTokenError, match="larger"):
-            tokens.loads("iso1." + "a" * tokens.MAX_TOKEN_BYTES, keys=[KEY], purpose="job")
+            tokens.loads("iso1." + "a" * tokens._MAX_TOKEN_BYTES, keys=[KEY], purpose="job")
         with pytest.raises(isolation.MalformedTokenError, match="larger"):
-            tokens.loads(b"a" * (tokens.MAX_TOKEN_BYTES + 1), keys=[KEY], purpose="job")
+            tokens.loads(b"a" * (tokens._MAX_TOKEN_BYTES + 1), keys=[KEY], purpose="job")
 
     @pytest.mark.parametrize(
         "garbage",
@@ -453,8 +453,8 @@ class TestMalformedShapes:
             3.5,
             bytearray(b"iso1.a.b.c"),
             ["iso1", "a", "b", "c"],
-            "iso1." + "A" * tokens.MAX_TOKEN_BYTES,
-            "\u00e9" * (tokens.MAX_TOKEN_BYTES + 1),
+            "iso1." + "A" * tokens._MAX_TOKEN_BYTES,
+            "\u00e9" * (tokens._MAX_TOKEN_BYTES + 1),
         ],
     )
     def test_wrong_types_and_huge(self, token: object) -> None:

@@ -19,8 +19,8 @@ from isolation.context._validate import (
     check_attributes,
     owner_value,
 )
+from isolation.testing.strategies import _HOSTILE_CHARACTERS as HOSTILE_CHARACTERS
 from isolation.testing.strategies import (
-    HOSTILE_CHARACTERS,
     hostile_ids,
     invalid_context_kwargs,
     valid_context_kwargs,

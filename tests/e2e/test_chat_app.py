@@ -24,7 +24,7 @@ from starlette.websockets import WebSocketDisconnect
 import isolation
 from isolation import Registry, UserContext, tokens
 from isolation.events import Overflow
-from isolation.integrations.starlette import CLOSE_POLICY
+from isolation.integrations.starlette import CloseCode
 from isolation.testing import assert_no_shared_state
 
 
@@ -164,7 +164,7 @@ class TestHTTP:
             chat.client.websocket_connect(f"/ws?ticket={ticket}"),
         ):
             pass
-        assert info.value.code == CLOSE_POLICY
+        assert info.value.code == CloseCode.POLICY
 
     def test_each_user_reads_their_own_messages(self, chat: Chat) -> None:
         """POST stores for the caller (201); GET returns the caller's rows, in posting order."""
@@ -222,7 +222,7 @@ class TestWebSocket:
             chat.client.websocket_connect(f"/ws?ticket={ticket}"),
         ):
             pass
-        assert info.value.code == CLOSE_POLICY
+        assert info.value.code == CloseCode.POLICY
 
     @pytest.mark.parametrize("kind", ["bearer token", "forged", "missing", "non-ASCII"])
     def test_refused_handshakes(self, chat: Chat, kind: str) -> None:
@@ -247,7 +247,7 @@ class TestWebSocket:
             socket.send_json({"ticket": chat.ticket("bob")})
             with pytest.raises(WebSocketDisconnect) as info:
                 socket.receive_json()
-        assert info.value.code == CLOSE_POLICY
+        assert info.value.code == CloseCode.POLICY
 
 
 class TestParts:

@@ -25,7 +25,7 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from isolation.integrations.starlette import CLOSE_EXPIRED, CLOSE_TRY_AGAIN_LATER
+from isolation.integrations.starlette import CloseCode
 
 from .conftest import ChatServer
 
@@ -183,7 +183,7 @@ async def test_tickets_open_one_socket_once(
 async def test_expired_token_closes_the_socket_with_4001(
     chat_server: ChatServer, http: httpx.AsyncClient
 ) -> None:
-    """A socket opened with a short-lived token is closed with CLOSE_EXPIRED when it expires."""
+    """A socket opened with a short-lived token is closed with CloseCode.EXPIRED when it expires."""
     token = chat_server.token("short-lived", ttl=3)
     with anyio.fail_after(HANG_GUARD):
         socket = await open_socket(chat_server, http, token)
@@ -192,7 +192,7 @@ async def test_expired_token_closes_the_socket_with_4001(
         with pytest.raises(ConnectionClosed) as info:
             await socket.recv()  # the close frame, when the context expires
     assert info.value.rcvd is not None
-    assert info.value.rcvd.code == CLOSE_EXPIRED
+    assert info.value.rcvd.code == CloseCode.EXPIRED
 
 
 async def test_slow_consumer_is_disconnected_with_1013(
@@ -226,7 +226,7 @@ async def test_slow_consumer_is_disconnected_with_1013(
         assert json.loads(await other.recv())["payload"]["text"] == "after"
         await other.close()
     assert info.value.rcvd is not None
-    assert info.value.rcvd.code == CLOSE_TRY_AGAIN_LATER
+    assert info.value.rcvd.code == CloseCode.TRY_AGAIN_LATER
 
 
 async def test_no_token_or_ticket_reaches_the_log(

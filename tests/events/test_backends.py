@@ -1,4 +1,4 @@
-"""The Backend extension point: the memory backend, and a shared backend plugged in."""
+"""The EventBackend extension point: the memory backend, and a shared backend plugged in."""
 
 from __future__ import annotations
 
@@ -7,14 +7,8 @@ import pytest
 import isolation
 from isolation import UserContext
 from isolation.context._model import Principal
-from isolation.events import (
-    Backend,
-    Deliver,
-    Envelope,
-    EventRouter,
-    MemoryBackend,
-    PublishResult,
-)
+from isolation.events import EventRouter, PublishResult
+from isolation.events.backends import Deliver, Envelope, EventBackend, MemoryBackend
 
 pytestmark = pytest.mark.anyio
 
@@ -60,7 +54,7 @@ class TestMemoryBackend:
     def test_is_a_backend(self) -> None:
         """MemoryBackend implements the protocol and is not shared."""
         backend = MemoryBackend()
-        assert isinstance(backend, Backend)
+        assert isinstance(backend, EventBackend)
         assert backend.shared is False
 
     def test_one_router(self) -> None:
@@ -91,7 +85,7 @@ class TestSharedBackend:
         """With a shared backend, publishes go out as envelopes and come back to connections."""
         backend = LoopbackBackend()
         router = EventRouter(backend=backend)
-        assert isinstance(backend, Backend)
+        assert isinstance(backend, EventBackend)
         conn = await router.connect(UserContext.new("alice", tenant_id="acme"))
         assert backend.watching == {("acme", "alice")}
         result = await router.publish(Principal("acme", "alice"), {"n": 1}, kind="note")

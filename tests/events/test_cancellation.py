@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 import isolation
 from isolation import Principal, UserContext
-from isolation.events import CloseReason, Connection, Event, EventRouter, MemoryBackend, Overflow
+from isolation.events import CloseReason, Connection, Event, EventRouter, Overflow
+from isolation.events.backends import MemoryBackend
 from isolation.testing import FakeClock
 
 pytestmark = pytest.mark.anyio

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from isolation.report import Backend, Check, Settings, default_registry
+from isolation.report import Settings, default_registry
+from isolation.report._registry import Backend, Check
 
 SETTINGS = Settings(quick=True)
 REGISTRY = default_registry()

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 import isolation
 from isolation import UserContext
-from isolation.events import ConnectionState, Event, EventRouter, Overflow
-from isolation.events._model import event_id, make_event
+from isolation.events import Event, EventRouter, Overflow
+from isolation.events._model import ConnectionState, event_id, make_event
 from isolation.events._queue import Action, burst, decide
 from isolation.events._routing import TRANSITIONS, Verdict, transition, verdict
 

@@ -14,11 +14,11 @@ from isolation import Principal, UserContext
 from isolation.events import (
     CloseReason,
     Connection,
-    ConnectionState,
     Event,
     EventRouter,
     PublishResult,
 )
+from isolation.events._model import ConnectionState
 
 pytestmark = pytest.mark.anyio
 

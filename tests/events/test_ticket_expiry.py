@@ -19,7 +19,8 @@ import pytest
 import isolation
 import isolation.events
 from isolation import Principal, UserContext, tokens
-from isolation.events import EventRouter, MemoryBackend
+from isolation.events import EventRouter
+from isolation.events.backends import MemoryBackend
 from isolation.report._modes.fm16_tokens.ticket_expiry import STEP, TickingClock
 from isolation.testing import FakeClock, use_clock
 

@@ -7,7 +7,8 @@ import pytest
 
 import isolation
 from isolation import Principal, UserContext, tokens
-from isolation.events import TICKET_PURPOSE, CloseReason, EventRouter, MemoryBackend
+from isolation.events import TICKET_PURPOSE, CloseReason, EventRouter
+from isolation.events.backends import MemoryBackend
 from isolation.testing import FakeClock
 
 pytestmark = pytest.mark.anyio

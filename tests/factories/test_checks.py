@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from isolation.report import Settings, default_registry, run_check
+from isolation.report import Settings, default_registry
+from isolation.report._runner import run_check
 
 CHECKS = [
     (5, "walk-finds-planted"),

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from isolation import Scope, UserContext
+from isolation import Scope, ScopeEndedError, UserContext
 from isolation.factories._graph import walk
 from isolation.factories._index import SharedStateIndex
 
@@ -63,7 +63,7 @@ class TestAdd:
         index.close(record)
         index.close(record)
         assert index.size == 0
-        with pytest.raises(ValueError, match="closed"):
+        with pytest.raises(ScopeEndedError, match="closed"):
             index.add(record, walk(Engine()), "f")
 
     def test_stale_record_of_an_ended_scope_is_purged(self) -> None:

@@ -12,7 +12,9 @@ import os
 
 import pytest
 
-from isolation.report import Backend, Check, FailureMode, Settings, default_registry, run_check
+from isolation.report import Settings, default_registry
+from isolation.report._registry import Backend, Check, FailureMode
+from isolation.report._runner import run_check
 
 REGISTRY = default_registry()
 MODES = REGISTRY.modes()

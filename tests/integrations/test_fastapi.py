@@ -13,7 +13,7 @@ from starlette.requests import HTTPConnection
 from starlette.testclient import TestClient
 
 from isolation import Registry, UserContext
-from isolation.integrations.fastapi import CurrentContext, from_scope, provided
+from isolation.integrations.fastapi import CurrentContext, _provided, from_scope
 from isolation.integrations.starlette import IsolationMiddleware
 
 
@@ -32,7 +32,7 @@ def test_context_and_product() -> None:
     app = FastAPI()
 
     @app.get("/me")
-    async def me(ctx: CurrentContext, assistant: provided(Assistant)) -> dict[str, str]:  # type: ignore[valid-type]
+    async def me(ctx: CurrentContext, assistant: _provided(Assistant)) -> dict[str, str]:  # type: ignore[valid-type]
         return {"user": ctx.user_id, "assistant_of": assistant.owner}
 
     @app.get("/typed")

@@ -25,8 +25,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 import isolation
 from isolation import Lifetime, Registry, UserContext
 from isolation.integrations.starlette import (
-    CLOSE_EXPIRED,
-    CLOSE_POLICY,
+    CloseCode,
     IsolationMiddleware,
     authenticated_context,
     lifespan,
@@ -263,7 +262,7 @@ class TestHTTP:
             client.websocket_connect("/ws"),
         ):
             pass
-        assert info.value.code == CLOSE_POLICY
+        assert info.value.code == CloseCode.POLICY
 
     def test_public_path_outside_any_scope(self, client: TestClient) -> None:
         """Public paths run without authentication and without a scope."""
@@ -435,7 +434,7 @@ class TestWebSocket:
         """No user: the handshake is refused."""
         with pytest.raises(WebSocketDisconnect) as info, client.websocket_connect("/ws"):
             pass
-        assert info.value.code == CLOSE_POLICY
+        assert info.value.code == CloseCode.POLICY
 
     def test_forbidden_handshake(self, client: TestClient) -> None:
         """PermissionError: the handshake is refused."""
@@ -443,7 +442,7 @@ class TestWebSocket:
             pass
 
     def test_expiry_escaping_the_endpoint_closes_with_4001(self) -> None:
-        """A ContextExpiredError out of the endpoint closes the socket with CLOSE_EXPIRED."""
+        """A ContextExpiredError out of the endpoint closes the socket with CloseCode.EXPIRED."""
 
         async def expiring(websocket: WebSocket) -> None:
             await websocket.accept()
@@ -456,7 +455,7 @@ class TestWebSocket:
         with TestClient(app) as client, client.websocket_connect("/ws?user=alice") as socket:
             with pytest.raises(WebSocketDisconnect) as info:
                 socket.receive_text()
-        assert info.value.code == CLOSE_EXPIRED
+        assert info.value.code == CloseCode.EXPIRED
 
     def test_websocket_context_without_middleware(self) -> None:
         """websocket_context outside the middleware says how to fix it."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import anyio
@@ -29,21 +29,15 @@ import isolation
 from isolation import Lifetime, Principal, Registry, UserContext, tokens
 from isolation.events import TICKET_PURPOSE, CloseReason, Connection, EventRouter, Overflow
 from isolation.integrations.starlette import (
-    CLOSE_EXPIRED,
-    CLOSE_GOING_AWAY,
-    CLOSE_INTERNAL_ERROR,
-    CLOSE_MESSAGE_TOO_BIG,
-    CLOSE_NORMAL,
-    CLOSE_POLICY,
-    CLOSE_TRY_AGAIN_LATER,
+    CloseCode,
     IsolationMiddleware,
-    OnMessage,
     authenticated_context,
-    close_code,
     pump,
     websocket_context,
 )
 from isolation.testing import FakeClock
+
+OnMessage = Callable[[str | bytes], Awaitable[None] | None]  # what pump() accepts
 
 LIMIT = 1024
 KEY = os.urandom(32)
@@ -193,7 +187,7 @@ class TestClosing:
     ) -> None:
         """The client leaving closes the router connection (reason CLOSED); nothing is sent."""
         with client.websocket_connect("/ws?user=alice") as socket:
-            socket.close(CLOSE_NORMAL)
+            socket.close(CloseCode.NORMAL)
             harness.wait_finished()
         connection = harness.connections["alice"]
         assert connection.close_reason is CloseReason.CLOSED
@@ -211,7 +205,7 @@ class TestClosing:
             assert client.post("/publish?n=10", headers={"x-user": "alice"}).json() == {
                 "delivered": 4
             }
-            assert close_code_of(alice) == CLOSE_TRY_AGAIN_LATER
+            assert close_code_of(alice) == CloseCode.TRY_AGAIN_LATER
             client.post("/publish?payload=still-here", headers={"x-user": "bob"})
             assert bob.receive_json()["payload"] == "still-here"
         assert harness.connections["alice"].close_reason is CloseReason.OVERFLOW
@@ -221,10 +215,10 @@ class TestClosing:
         """Closing the router closes every socket with 1001."""
         with client.websocket_connect("/ws?user=alice") as socket:
             client.post("/admin/close-router")
-            assert close_code_of(socket) == CLOSE_GOING_AWAY
+            assert close_code_of(socket) == CloseCode.GOING_AWAY
 
     def test_expiry_closes_with_4001(self, fake_clock: FakeClock, backend: str) -> None:
-        """The connection's context expiring closes the socket with CLOSE_EXPIRED."""
+        """The connection's context expiring closes the socket with CloseCode.EXPIRED."""
         harness = Harness(clock=fake_clock)
         with (
             TestClient(harness.app, backend=backend) as client,
@@ -233,23 +227,23 @@ class TestClosing:
             client.post("/publish", headers={"x-user": "alice"})
             assert socket.receive_json()["seq"] == 1
             client.post("/admin/advance?seconds=61")
-            assert close_code_of(socket) == CLOSE_EXPIRED
+            assert close_code_of(socket) == CloseCode.EXPIRED
         assert harness.connections["alice"].close_reason is CloseReason.EXPIRED
 
     def test_large_frame_closes_with_1009(self, client: TestClient, harness: Harness) -> None:
         """A frame over max_frame_bytes (counted in UTF-8 bytes) closes the socket with 1009."""
         with client.websocket_connect("/ws?user=alice") as socket:
             socket.send_text("é" * (LIMIT // 2 + 1))  # fewer characters than LIMIT, more bytes
-            assert close_code_of(socket) == CLOSE_MESSAGE_TOO_BIG
+            assert close_code_of(socket) == CloseCode.MESSAGE_TOO_BIG
         harness.wait_finished()
         assert harness.connections["alice"].closed
-        assert harness.results == [CLOSE_MESSAGE_TOO_BIG]
+        assert harness.results == [CloseCode.MESSAGE_TOO_BIG]
 
     def test_large_binary_frame_closes_with_1009(self, client: TestClient) -> None:
         """The bound applies to binary frames too."""
         with client.websocket_connect("/ws?user=alice") as socket:
             socket.send_bytes(b"x" * (LIMIT + 1))
-            assert close_code_of(socket) == CLOSE_MESSAGE_TOO_BIG
+            assert close_code_of(socket) == CloseCode.MESSAGE_TOO_BIG
 
 
 class TestOnMessage:
@@ -337,7 +331,7 @@ class TestOnMessage:
             client.websocket_connect("/ws?user=alice") as socket,
         ):
             socket.send_text(bob_ticket)
-            assert close_code_of(socket) == CLOSE_POLICY
+            assert close_code_of(socket) == CloseCode.POLICY
         assert harness.connections["alice"].close_reason is CloseReason.REAUTH_FAILED
 
     def test_reauthentication_keeps_the_socket(self, backend: str) -> None:
@@ -363,7 +357,7 @@ class TestOnMessage:
         assert harness.connections["alice"].expires_at == renewed.expires_at
 
     def test_expired_context_in_on_message_closes_with_4001(self, backend: str) -> None:
-        """on_message raising ContextExpiredError closes the socket with CLOSE_EXPIRED."""
+        """on_message raising ContextExpiredError closes the socket with CloseCode.EXPIRED."""
 
         def make(harness: Harness, connection: Connection) -> OnMessage:
             def on_message(data: str | bytes) -> None:
@@ -377,7 +371,7 @@ class TestOnMessage:
             client.websocket_connect("/ws?user=alice") as socket,
         ):
             socket.send_text("hello")
-            assert close_code_of(socket) == CLOSE_EXPIRED
+            assert close_code_of(socket) == CloseCode.EXPIRED
 
     def test_error_closes_with_1011_and_propagates(self, backend: str) -> None:
         """Any other error in on_message closes with 1011 and is raised from pump()."""
@@ -393,7 +387,7 @@ class TestOnMessage:
             with pytest.raises(ValueError, match="bad frame"):  # raised when the session exits
                 with client.websocket_connect("/ws?user=alice") as socket:
                     socket.send_text("hello")
-                    assert close_code_of(socket) == CLOSE_INTERNAL_ERROR
+                    assert close_code_of(socket) == CloseCode.INTERNAL_ERROR
         assert [type(e) for e in harness.errors] == [ValueError]
         assert harness.connections["alice"].closed
 
@@ -411,7 +405,7 @@ class TestOnMessage:
             with pytest.raises(TypeError):  # raised when the session exits
                 with client.websocket_connect("/ws?user=alice") as socket:
                     socket.send_text("go")
-                    assert close_code_of(socket) == CLOSE_INTERNAL_ERROR
+                    assert close_code_of(socket) == CloseCode.INTERNAL_ERROR
 
 
 class TestArguments:
@@ -427,16 +421,16 @@ class TestArguments:
     )
     def test_close_codes(self, reason: CloseReason, code: int) -> None:
         """Each close reason has its documented close code."""
-        assert close_code(reason) == code
+        assert CloseCode.of(reason) == code
 
     def test_every_reason_has_a_code(self) -> None:
         """No close reason is left unmapped."""
-        assert {close_code(reason) for reason in CloseReason} == {1000, 1001, 1008, 1013, 4001}
+        assert {CloseCode.of(reason) for reason in CloseReason} == {1000, 1001, 1008, 1013, 4001}
 
     def test_unknown_reason(self) -> None:
         """Something that is not a CloseReason is a ConfigurationError."""
         with pytest.raises(isolation.ConfigurationError):
-            close_code("nope")  # type: ignore[arg-type]
+            CloseCode.of("nope")  # type: ignore[arg-type]
 
     @pytest.mark.parametrize(
         "kwargs", [{"max_frame_bytes": 0}, {"max_frame_bytes": True}, {"on_message": 3}]

@@ -13,7 +13,8 @@ from redis_support import KEY, OwnRedis, free_port
 
 import isolation
 from isolation import Principal, UserContext
-from isolation.events import Backend, EventRouter, Overflow, PublishResult
+from isolation.events import EventRouter, Overflow, PublishResult
+from isolation.events.backends import EventBackend
 from isolation.events.backends.redis import RedisBackend
 from isolation.report._modes._support.redis import receive_side_settled
 
@@ -157,7 +158,7 @@ class TestDelivery:
         """RedisBackend implements the protocol; one backend serves one router."""
         router = routers()
         backend = router.backend
-        assert isinstance(backend, Backend)
+        assert isinstance(backend, EventBackend)
         assert backend.shared
         with pytest.raises(isolation.ConfigurationError):
             EventRouter(backend=backend)
@@ -239,7 +240,7 @@ class TestTickets:
         backends = [routers().backend for _ in range(4)]
         wins: list[bool] = []
 
-        async def claim(backend: Backend) -> None:
+        async def claim(backend: EventBackend) -> None:
             wins.append(await backend.claim_ticket("iso1.ticket.made-up", expires_at=1e12))
 
         async with anyio.create_task_group() as tg:
@@ -381,7 +382,7 @@ class TestSettingsAndLifecycle:
         await backend.aclose()
         with pytest.raises(isolation.BackendUnavailableError):
             await backend.publish(
-                isolation.events.Envelope(
+                isolation.events.backends.Envelope(
                     id="x", recipient="a", tenant_id=None, kind="message", created_at=0.0, payload=1
                 )
             )

@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 from redis_support import KEY
 
 from isolation import Principal, UserContext
-from isolation.events import Envelope, EventRouter
+from isolation.events import EventRouter
+from isolation.events.backends import Envelope
 from isolation.events.backends._envelope import channel_name
 from isolation.events.backends.redis import RedisBackend
 

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import isolation
-from isolation.events import Envelope
+from isolation.events.backends import Envelope
 from isolation.events.backends._envelope import (
     Codec,
     Drop,

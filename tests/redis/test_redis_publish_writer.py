@@ -34,7 +34,8 @@ from redis_support import KEY, OwnRedis, free_port
 
 import isolation
 from isolation import Principal, UserContext
-from isolation.events import Connection, Envelope, Event, EventRouter, PublishResult
+from isolation.events import Connection, Event, EventRouter, PublishResult
+from isolation.events.backends import Envelope
 from isolation.events.backends import redis as redis_backend
 from isolation.events.backends.redis import RedisBackend
 

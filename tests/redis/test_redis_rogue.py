@@ -20,7 +20,8 @@ import redis.asyncio as aioredis
 from redis_support import KEY, OTHER_KEY
 
 from isolation import Principal, UserContext
-from isolation.events import Envelope, EventRouter
+from isolation.events import EventRouter
+from isolation.events.backends import Envelope
 from isolation.events.backends._envelope import _MAGIC, Codec, _derive, _sign
 from isolation.events.backends.redis import RedisBackend
 

@@ -16,14 +16,8 @@ import pytest
 import isolation
 from isolation import UserContext
 from isolation.context._model import Principal
-from isolation.events import (
-    Deliver,
-    Envelope,
-    EventRouter,
-    MemoryBackend,
-    Overflow,
-    PublishResult,
-)
+from isolation.events import EventRouter, Overflow, PublishResult
+from isolation.events.backends import Deliver, Envelope, MemoryBackend
 
 pytestmark = pytest.mark.anyio
 

@@ -7,7 +7,8 @@ from typing import Any, Protocol
 
 import pytest
 
-from isolation.report import Backend, Check, ModeRegistry, Settings
+from isolation.report import Settings
+from isolation.report._registry import Backend, Check, ModeRegistry
 
 
 class CheckFactory(Protocol):

@@ -12,7 +12,8 @@ import pytest
 
 import isolation.report
 from isolation._cli import main
-from isolation.report import Backend, Check, ModeRegistry, Settings
+from isolation.report import Settings
+from isolation.report._registry import Backend, Check, ModeRegistry
 
 CheckFactory = Callable[..., Check]  # the `make_check` fixture of conftest.py
 RegistryFactory = Callable[[dict[int, Iterable[Check]]], ModeRegistry]
@@ -206,7 +207,9 @@ class TestExitCodes:
         )
         use_registry(make_registry(checks))
         probed: list[tuple[Backend, str]] = []
-        monkeypatch.setattr(isolation.report, "probe_server", lambda *server: probed.append(server))
+        monkeypatch.setattr(
+            "isolation.report._servers.probe_server", lambda *server: probed.append(server)
+        )
         argv = ["report", "--quick", "--postgres", "postgresql://db", "--redis", "redis://r"]
         assert main(argv) == 0
         expected = Settings(quick=True, postgres_url="postgresql://db", redis_url="redis://r")

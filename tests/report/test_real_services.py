@@ -7,7 +7,8 @@ import json
 import pytest
 
 from isolation._cli import main
-from isolation.report import Backend, Settings, default_registry, run_report
+from isolation.report import Settings, default_registry, run_report
+from isolation.report._registry import Backend
 
 
 def test_postgres_session_modes(postgres_url: str) -> None:

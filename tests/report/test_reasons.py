@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from isolation.report import Backend, Check, ModeRegistry, Settings, run_report
+from isolation.report import Settings, run_report
+from isolation.report._registry import Backend, Check, ModeRegistry
 
 
 def _registry(backend: Backend, requires: tuple[str, ...]) -> ModeRegistry:

@@ -8,17 +8,10 @@ from collections.abc import Callable, Iterable
 import pytest
 
 from isolation import ConfigurationError
-from isolation.report import (
-    CATALOG,
-    Backend,
-    Check,
-    ModeRegistry,
-    Report,
-    Settings,
-    render_table,
-    run_check,
-    run_report,
-)
+from isolation.report import Report, Settings, run_report
+from isolation.report._registry import CATALOG, Backend, Check, ModeRegistry
+from isolation.report._render import render_table
+from isolation.report._runner import run_check
 
 CheckFactory = Callable[..., Check]  # the `make_check` fixture of conftest.py
 RegistryFactory = Callable[[dict[int, Iterable[Check]]], ModeRegistry]

@@ -20,16 +20,10 @@ import pytest
 
 import isolation
 from isolation._cli import main
-from isolation.report import (
-    Backend,
-    Check,
-    ModeRegistry,
-    Settings,
-    probe_server,
-    render_table,
-    run_report,
-)
-from isolation.report._servers import is_connection_failure
+from isolation.report import Settings, run_report
+from isolation.report._registry import Backend, Check, ModeRegistry
+from isolation.report._render import render_table
+from isolation.report._servers import is_connection_failure, probe_server
 
 CheckFactory = Callable[..., Check]  # the `make_check` fixture of conftest.py
 RegistryFactory = Callable[[dict[int, Iterable[Check]]], ModeRegistry]
@@ -206,7 +200,7 @@ class TestCommandLine:
         """--json or not, the command says on stderr why it exits 5."""
         registry = make_registry({1: [make_check("pg", backend=Backend.POSTGRES)]})
         monkeypatch.setattr(isolation.report, "default_registry", lambda: registry)
-        monkeypatch.setattr(isolation.report, "probe_server", down([]))
+        monkeypatch.setattr("isolation.report._servers.probe_server", down([]))
         assert main(["report", "--json", "--mode", "1", "--postgres", "postgresql://db"]) == 5
         out, err = capsys.readouterr()
         assert json.loads(out)["modes"][0]["status"] == "error"

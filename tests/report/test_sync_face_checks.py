@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from isolation.report import Backend, Check, Settings, default_registry, run_check
+from isolation.report import Settings, default_registry
+from isolation.report._registry import Backend, Check
+from isolation.report._runner import run_check
 
 SYNC_CHECKS = {
     1: "session-per-scope-sync",

@@ -25,7 +25,8 @@ from isolation import (
     UsageError,
     UserContext,
 )
-from isolation.sessions import SessionManager, SessionStats
+from isolation.sessions import SessionManager
+from isolation.sessions._manager import SessionStats
 from isolation.testing import FakeClock
 
 pytestmark = pytest.mark.anyio

@@ -21,9 +21,9 @@ from _support.databases import TABLE, Note, Sandbox, pg_sandbox
 from isolation import ConfigurationError, CrossContextAccessError, UserContext
 from isolation.sessions import SessionManager
 from isolation.sessions.postgres import (
-    Binding,
-    PolicyRow,
-    check_policies,
+    _Binding,
+    _check_policies,
+    _PolicyRow,
     check_role,
     quote_identifier,
     rls_policy_sql,
@@ -215,7 +215,7 @@ class TestPolicyCheck:
                 schema=box.schema,
             ):
                 await conn.exec_driver_sql(statement)
-        binding = Binding(
+        binding = _Binding(
             "signed" if signed else True, key=key if signed else None, schema=box.schema
         )
         assert await check_role(box.engine, [table], binding=binding) == ()
@@ -247,9 +247,9 @@ class TestCheckPolicies:
         "((owner)::text = (( SELECT s.isolation_user_id() AS isolation_user_id))::text))"
     )
 
-    def rows(self, *extra: PolicyRow, signed: bool = False) -> list[PolicyRow]:
+    def rows(self, *extra: _PolicyRow, signed: bool = False) -> list[_PolicyRow]:
         expression = self.SIGNED if signed else self.LIBRARY
-        library = PolicyRow(
+        library = _PolicyRow(
             name="isolation_principal",
             permissive=True,
             command="*",
@@ -260,8 +260,8 @@ class TestCheckPolicies:
 
     def test_the_library_policy_passes(self) -> None:
         """The policy rls_policy_sql writes binds user and tenant for every command."""
-        assert check_policies("t", self.rows()) == ([], False)
-        assert check_policies("t", self.rows(signed=True), signed=True) == ([], False)
+        assert _check_policies("t", self.rows()) == ([], False)
+        assert _check_policies("t", self.rows(signed=True), signed=True) == ([], False)
 
     @pytest.mark.parametrize(
         "using",
@@ -281,8 +281,8 @@ class TestCheckPolicies:
     )
     def test_an_unbound_permissive_policy_is_refused(self, using: str) -> None:
         """Anything but a top-level comparison with the setting binds nothing."""
-        extra = PolicyRow(name="p", permissive=True, command="r", using=using, check=None)
-        problems, _ = check_policies("t", self.rows(extra))
+        extra = _PolicyRow(name="p", permissive=True, command="r", using=using, check=None)
+        problems, _ = _check_policies("t", self.rows(extra))
         assert len(problems) == 1
         assert "'p'" in problems[0]
         assert "'t'" in problems[0]
@@ -292,23 +292,23 @@ class TestCheckPolicies:
         rows of bob (found by the property below); refused."""
         tenant = "((tenant)::text = NULLIF(current_setting('isolation.tenant_id'::text, true), ''::text))"
         rows = [
-            PolicyRow(name="reads", permissive=True, command="r", using=self.LIBRARY, check=None),
-            PolicyRow(name="inserts", permissive=True, command="a", using=None, check=tenant),
+            _PolicyRow(name="reads", permissive=True, command="r", using=self.LIBRARY, check=None),
+            _PolicyRow(name="inserts", permissive=True, command="a", using=None, check=tenant),
         ]
-        problems, _ = check_policies("t", rows)
+        problems, _ = _check_policies("t", rows)
         assert len(problems) == 1
         assert "'inserts'" in problems[0]
 
     def test_an_unbound_restrictive_policy_is_fine(self) -> None:
         """Restrictive policies are AND-ed: they can only narrow."""
-        extra = PolicyRow(name="p", permissive=False, command="*", using="true", check=None)
-        assert check_policies("t", self.rows(extra)) == ([], False)
+        extra = _PolicyRow(name="p", permissive=False, command="*", using="true", check=None)
+        assert _check_policies("t", self.rows(extra)) == ([], False)
 
     def test_a_restrictive_binding_covers_permissive_ones(self) -> None:
         """A permissive USING (true) under a restrictive policy that binds both is safe."""
         rows = [
-            PolicyRow(name="open", permissive=True, command="*", using="true", check=None),
-            PolicyRow(
+            _PolicyRow(name="open", permissive=True, command="*", using="true", check=None),
+            _PolicyRow(
                 name="bind",
                 permissive=False,
                 command="*",
@@ -316,40 +316,40 @@ class TestCheckPolicies:
                 check=self.LIBRARY,
             ),
         ]
-        assert check_policies("t", rows) == ([], False)
+        assert _check_policies("t", rows) == ([], False)
 
     def test_user_only(self) -> None:
         """A policy on the user column alone is reported as user-only, not refused."""
         using = (
             "((owner)::text = NULLIF(current_setting('isolation.user_id'::text, true), ''::text))"
         )
-        rows = [PolicyRow(name="u", permissive=True, command="*", using=using, check=None)]
-        assert check_policies("t", rows) == ([], True)
+        rows = [_PolicyRow(name="u", permissive=True, command="*", using=using, check=None)]
+        assert _check_policies("t", rows) == ([], True)
 
     def test_signed_mode_refuses_a_wrapped_function(self) -> None:
         """Signed, only the bare function binds: lower(isolation_user_id()) does not."""
         using = "((owner)::text = lower(( SELECT s.isolation_user_id() AS isolation_user_id)))"
-        extra = PolicyRow(name="p", permissive=True, command="r", using=using, check=None)
-        problems, _ = check_policies("t", self.rows(extra, signed=True), signed=True)
+        extra = _PolicyRow(name="p", permissive=True, command="r", using=using, check=None)
+        problems, _ = _check_policies("t", self.rows(extra, signed=True), signed=True)
         assert len(problems) == 1
         assert "'p'" in problems[0]
 
     def test_signed_mode_refuses_raw_settings(self) -> None:
         """Signed, a policy that reads the settings directly is forgeable: refused."""
-        problems, _ = check_policies("t", self.rows(), signed=True)
+        problems, _ = _check_policies("t", self.rows(), signed=True)
         assert len(problems) == 1
         assert "directly" in problems[0]
 
     def test_signed_mode_accepts_a_restrictive_policy_on_raw_settings(self) -> None:
         """Signed, a restrictive policy on the raw settings only narrows: accepted."""
-        extra = PolicyRow(
+        extra = _PolicyRow(
             name="narrow", permissive=False, command="*", using=self.LIBRARY, check=None
         )
-        assert check_policies("t", self.rows(extra, signed=True), signed=True) == ([], False)
+        assert _check_policies("t", self.rows(extra, signed=True), signed=True) == ([], False)
 
     def test_plain_mode_names_signed_functions(self) -> None:
         """Plain, a signed policy would match nothing: refused with the reason."""
-        problems, _ = check_policies("t", self.rows(signed=True))
+        problems, _ = _check_policies("t", self.rows(signed=True))
         assert 'row_level_security="signed"' in problems[0]
 
 

@@ -24,8 +24,8 @@ from _support.databases import (
 from isolation import ConfigurationError, CrossContextAccessError, UserContext
 from isolation.sessions import SessionManager
 from isolation.sessions.postgres import (
-    PolicyRow,
-    check_policies,
+    _check_policies,
+    _PolicyRow,
     quote_identifier,
     rls_policy_sql,
     rls_signing_key_sql,
@@ -220,7 +220,7 @@ class TestRowLevelSecurity:
 
     def test_a_plain_unrestricted_policy_is_refused_under_the_signed_binding(self) -> None:
         rows = [
-            PolicyRow(
+            _PolicyRow(
                 name="isolation_unrestricted",
                 permissive=True,
                 command="*",
@@ -228,10 +228,10 @@ class TestRowLevelSecurity:
                 check="(current_setting('isolation.unrestricted'::text, true) = 'on'::text)",
             )
         ]
-        problems, _ = check_policies("notes", rows, signed=True, unrestricted=True)
+        problems, _ = _check_policies("notes", rows, signed=True, unrestricted=True)
         assert len(problems) == 1
         assert "app SQL can set" in problems[0]
-        assert check_policies("notes", rows, signed=False, unrestricted=True)[0] == []
+        assert _check_policies("notes", rows, signed=False, unrestricted=True)[0] == []
 
 
 def signed_unrestricted_policy(table: str, **kwargs: Any) -> list[str]:

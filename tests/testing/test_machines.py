@@ -14,8 +14,12 @@ from hypothesis.stateful import run_state_machine_as_test
 import isolation
 from isolation import Lifetime, Principal, Registry, UserContext, _clock
 from isolation.events import Connection, EventRouter, Overflow, PublishResult
-from isolation.testing import AsyncRuleBasedStateMachine, RegistryMachine, RouterMachine
-from isolation.testing.machines import DEFAULT_PRINCIPALS
+from isolation.testing import (
+    DEFAULT_PRINCIPALS,
+    AsyncRuleBasedStateMachine,
+    RegistryMachine,
+    RouterMachine,
+)
 
 BACKENDS = ["asyncio", "trio"]
 QUICK = settings(max_examples=25, stateful_step_count=15)
@@ -465,7 +469,7 @@ class TestRegistryMachine:
 
     def test_needs_products_and_a_factory(self) -> None:
         """A machine without products or without make_registry says what is missing."""
-        with pytest.raises(TypeError, match="products"):
+        with pytest.raises(isolation.UsageError, match="products"):
             RegistryMachine()
 
         class NoFactory(RegistryMachine):

@@ -686,14 +686,11 @@ class Scope:
                 if self._registry is None:
                     self._registry = outer._registry
             elif not self._allow_switch:
-                entered, bound = (
-                    redact_principal(ctx.principal),
-                    redact_principal(outer._ctx.principal),
-                )
                 raise ContextSwitchError(
-                    f"cannot enter a scope for {entered} inside the scope of {bound}",
-                    entered=entered,
-                    bound=bound,
+                    f"cannot enter a scope for {redact_principal(ctx.principal)} "
+                    f"inside the scope of {redact_principal(outer._ctx.principal)}",
+                    entered=ctx.principal,
+                    bound=outer._ctx.principal,
                 )
             if outer._deadline is not None and (deadline is None or outer._deadline < deadline):
                 deadline = outer._deadline

@@ -403,7 +403,6 @@ for _cls in (
     CloseReason,
     ConnectionState,
     ConnectionStats,
-    Envelope,
     Event,
     Overflow,
     PrincipalStats,
@@ -411,3 +410,4 @@ for _cls in (
     RouterStats,
 ):
     _cls.__module__ = "isolation.events"
+Envelope.__module__ = "isolation.events.backends"  # a backend author's type

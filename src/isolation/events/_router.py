@@ -70,8 +70,8 @@ from isolation.events._model import (
 )
 from isolation.events._snapshot import freeze, thaw
 from isolation.events._wake import current_backend, for_backend
-from isolation.events.backends import Backend
-from isolation.events.backends.memory import MemoryBackend
+from isolation.events.backends import EventBackend
+from isolation.events.backends._memory import MemoryBackend
 
 __all__ = [
     "Authenticate",
@@ -146,7 +146,7 @@ class EventRouter:
 
     Args:
         backend: Where tickets are recorded and events travel; a
-            :class:`~isolation.events.MemoryBackend` when ``None``.
+            :class:`~isolation.events.backends.MemoryBackend` when ``None``.
         queue_size: Events each connection queues (default 100).
         overflow: What a full connection does (default ``Overflow.BLOCK``).
         publish_timeout: Seconds a ``BLOCK`` publish waits for room, one
@@ -167,7 +167,7 @@ class EventRouter:
     def __init__(
         self,
         *,
-        backend: Backend | None = None,
+        backend: EventBackend | None = None,
         queue_size: int = DEFAULT_QUEUE_SIZE,
         overflow: Overflow = Overflow.BLOCK,
         publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT,
@@ -194,9 +194,9 @@ class EventRouter:
         self._keys = None if keys is None else tokens._check_keys(keys)
         if backend is None:
             backend = MemoryBackend()
-        elif not isinstance(backend, Backend):
+        elif not isinstance(backend, EventBackend):
             raise ConfigurationError(
-                f"backend must implement isolation.events.Backend, got {type(backend).__name__}"
+                f"backend must implement isolation.events.backends.EventBackend, got {type(backend).__name__}"
             )
         self._backend = backend
         self._shared = bool(backend.shared)
@@ -259,7 +259,7 @@ class EventRouter:
         return self._max_event_bytes
 
     @property
-    def backend(self) -> Backend:
+    def backend(self) -> EventBackend:
         """The backend."""
         return self._backend
 
@@ -325,7 +325,9 @@ class EventRouter:
         if bound is not None and bound.principal != principal:
             raise ContextSwitchError(
                 f"cannot connect as {redact_principal(principal)} inside the scope of "
-                f"{redact_principal(bound.principal)}"
+                f"{redact_principal(bound.principal)}",
+                entered=principal,
+                bound=bound.principal,
             )
         expires_at = scope.deadline if scope is not None else _until(ctx, ticket_expiry)
         if expires_at is not None and _clock._now() >= expires_at:
@@ -351,7 +353,7 @@ class EventRouter:
         self._register(conn, principal)
         if self._shared:
             # A shared backend confirms the subscription before connect() returns
-            # (see Backend.watch); on failure or cancellation the connection closes.
+            # (see EventBackend.watch); on failure or cancellation the connection closes.
             try:
                 pending = self._backend.watch(principal)
                 if pending is not None:
@@ -541,7 +543,9 @@ class EventRouter:
         if ctx.principal != principal:
             raise ContextSwitchError(
                 f"a token of {redact_principal(ctx.principal)} cannot re-authenticate a "
-                f"connection of {redact_principal(principal)}"
+                f"connection of {redact_principal(principal)}",
+                entered=ctx.principal,
+                bound=principal,
             )
         expires_at = _until(ctx, ticket_expiry)
         if expires_at is not None and _clock._now() >= expires_at:
@@ -901,7 +905,7 @@ class EventRouter:
 
 @final
 class _Inbox:
-    """What a backend is given by :meth:`Backend.attach`: the router's entry points.
+    """What a backend is given by :meth:`EventBackend.attach`: the router's entry points.
 
     See :class:`isolation.events.Deliver`.
     """

@@ -52,6 +52,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Final, TypeVar, final
 
 from isolation import _compat
+from isolation._errors import WalkTruncatedWarning
 from isolation._redact import redact
 from isolation.factories import _shareable
 
@@ -82,12 +83,6 @@ T = TypeVar("T")
 Path = tuple[str, ...]
 """An attribute path: the root's type name, then one label per edge: ``("Engine", "cache")``."""
 
-
-class WalkTruncatedWarning(UserWarning):
-    """A shared-state walk stopped at a bound: the objects beyond it were not compared."""
-
-
-WalkTruncatedWarning.__module__ = "isolation"
 
 # -- how each type is walked ------------------------------------------------------
 

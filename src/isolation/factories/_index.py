@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Final, final
 
 import attrs
 
+from isolation._errors import ScopeEndedError
 from isolation.factories._graph import Path, WalkResult
 
 if TYPE_CHECKING:
@@ -108,12 +109,12 @@ class SharedStateIndex:
         ``None`` after registering every object of ``result`` under ``record``.
 
         Raises:
-            ValueError: ``record`` was closed (its scope ended).
+            ScopeEndedError: ``record`` was closed (its scope ended).
         """
         with self._lock:
             self._drain_dead()
             if record.closed:
-                raise ValueError("the scope's record is closed")
+                raise ScopeEndedError("the scope's record is closed")
             entries = self._entries
             stale: list[ScopeRecord] = []
             conflict: Conflict | None = None

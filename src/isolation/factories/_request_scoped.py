@@ -22,7 +22,7 @@ from typing import Any, Final, Generic, Literal, ParamSpec, Protocol, TypeVar, o
 
 import anyio
 
-from isolation._errors import ConfigurationError, SharedStateError, UsageError
+from isolation._errors import ConfigurationError, ScopeEndedError, SharedStateError, UsageError
 from isolation._redact import redact_principal
 from isolation.context._model import UserContext
 from isolation.context._scope import _ACTIVE, Scope, _current, _ended, current_scope
@@ -376,7 +376,7 @@ def check_shared_state(
             data[index] = record
     try:
         conflict = index.add(record, result, name)
-    except ValueError:
+    except ScopeEndedError:
         raise _ended(scope) from None
     if conflict is not None:
         raise shared_state_error(conflict)

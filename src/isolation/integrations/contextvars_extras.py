@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from contextvars_extras import ContextVarsRegistry
 from contextvars_extras.context_var_ext import NO_DEFAULT
 
-from isolation._errors import ConfigurationError, CrossContextAccessError
+from isolation._errors import ConfigurationError, CrossContextAccessError, NoContextError
 from isolation._redact import redact_principal
 from isolation.context._scope import Scope, current_scope
 
@@ -83,7 +83,11 @@ def _patch(descriptor: Any, registry_name: str) -> None:
             fresh = deferred_default()
             set_tagged(fresh)
             return fresh
-        raise LookupError(descriptor.context_var)
+        raise NoContextError(
+            f"{name} has no value in this scope (a value set in another scope of the "
+            "same user reads as unset)",
+            hint=f"Set {name} in this scope, or give it a default",
+        )
 
     descriptor.get = get_checked
     descriptor.set = set_tagged

@@ -82,7 +82,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
     from isolation.factories._registry import Registry
-    from isolation.sessions.postgres import Binding
+    from isolation.sessions.postgres import _Binding as Binding
 
 __all__ = ["SessionManager", "SessionStats"]
 
@@ -1151,7 +1151,7 @@ class SessionManager:
         self._admission = Admission(capacity, per_user_limit)
         self._rls: Binding | None = None
         if row_level_security is not False or rls_key is not None:
-            from isolation.sessions.postgres import binding_for
+            from isolation.sessions.postgres import _binding_for as binding_for
 
             self._rls = binding_for(row_level_security, rls_key, rls_schema)
             if self._rls is not None:
@@ -1183,7 +1183,7 @@ class SessionManager:
         self._hold_warnings = 0
         self._dirty_returns = 0
         if self._rls is not None:
-            from isolation.sessions.postgres import install_pool_hooks
+            from isolation.sessions.postgres import _install_pool_hooks as install_pool_hooks
 
             self._remove_return_check = install_pool_hooks(
                 engine, self._return_check, self._dirty_return, self._rls
@@ -1387,7 +1387,7 @@ class SessionManager:
         self._closing = False
         self._idle = self._check_lock = None
         if self._rls is not None and self._remove_return_check is None:
-            from isolation.sessions.postgres import install_pool_hooks
+            from isolation.sessions.postgres import _install_pool_hooks as install_pool_hooks
 
             self._remove_return_check = install_pool_hooks(
                 self._engine, self._return_check, self._dirty_return, self._rls

@@ -35,7 +35,7 @@ permissive policy that binds no principal setting (policies are OR-ed, so
 ``USING (true)`` opens the table) is refused, and so is a case-insensitive
 owner column (:func:`check_role`). On every return to the pool, a connection
 left with a setting, another role, temporary objects or held cursors is
-invalidated (:func:`install_return_check`).
+invalidated (the manager's return check, ``return_check_rate=``).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, final
 
 import attrs
 
+from isolation._deprecated import moved as _moved
 from isolation._errors import ConfigurationError, CrossContextAccessError
 from isolation._redact import redact_principal
 
@@ -59,21 +60,32 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = [
-    "Binding",
-    "PolicyRow",
-    "SET_CONFIG_SQL",
-    "binding_for",
-    "check_policies",
     "check_role",
     "check_role_sync",
-    "install_pool_hooks",
-    "install_return_check",
-    "owner_columns",
     "quote_identifier",
     "rls_policy_sql",
     "rls_signing_key_sql",
     "rls_signing_sql",
 ]
+
+# Names that left the surface (issue 19): the manager's internals (it binds, checks
+# and hooks the pool itself). They warn for one release.
+__getattr__ = _moved(
+    __name__,
+    {
+        name: ("isolation.sessions.postgres", f"_{name}")
+        for name in (
+            "Binding",
+            "PolicyRow",
+            "SET_CONFIG_SQL",
+            "binding_for",
+            "check_policies",
+            "install_pool_hooks",
+            "install_return_check",
+            "owner_columns",
+        )
+    },
+)
 
 logger = logging.getLogger("isolation.sessions")
 
@@ -83,7 +95,7 @@ BINDING_SETTING: Final = "isolation.binding"
 UNRESTRICTED_SETTING: Final = "isolation.unrestricted"
 UNRESTRICTED_POLICY_NAME: Final = "isolation_unrestricted"
 
-SET_CONFIG_SQL: Final = (
+_SET_CONFIG_SQL: Final = (
     f"SELECT set_config('{USER_SETTING}', :user_id, true), "
     f"set_config('{TENANT_SETTING}', :tenant_id, true)"
 )
@@ -474,9 +486,9 @@ def rls_signing_key_sql(
     )
 
 
-def binding_for(
+def _binding_for(
     row_level_security: bool | Literal["signed"], key: bytes | None, schema: str
-) -> Binding | None:
+) -> _Binding | None:
     """The binding of a manager's ``row_level_security`` option, or ``None`` when off.
 
     Raises:
@@ -487,7 +499,7 @@ def binding_for(
         if key is not None:
             raise ConfigurationError('rls_key= is used only with row_level_security="signed"')
         return None
-    return Binding(row_level_security, key=key, schema=schema)
+    return _Binding(row_level_security, key=key, schema=schema)
 
 
 class _Proof(str):
@@ -501,7 +513,7 @@ class _Proof(str):
 
 
 @final
-class Binding:
+class _Binding:
     """How a :class:`~isolation.sessions.SessionManager` binds the principal to a transaction.
 
     Built from the manager's ``row_level_security`` option: plain settings
@@ -539,7 +551,7 @@ class Binding:
                 raise ConfigurationError('rls_key= is used only with row_level_security="signed"')
             self._key = None
             self.signed = False
-            self.statement_sql = SET_CONFIG_SQL
+            self.statement_sql = _SET_CONFIG_SQL
         else:
             raise ConfigurationError(
                 'row_level_security takes False, True or "signed", got ' + repr(mode)
@@ -626,7 +638,7 @@ class Binding:
 
 
 @attrs.frozen(kw_only=True)
-class PolicyRow:
+class _PolicyRow:
     """One policy of a table, as ``pg_policy`` holds it (expressions deparsed).
 
     Attributes:
@@ -783,7 +795,7 @@ def _binds(expression: str | None) -> tuple[frozenset[str], frozenset[str]]:
     return frozenset(raw), frozenset(functions)
 
 
-def owner_columns(rows: Sequence[PolicyRow]) -> tuple[str, ...]:
+def _owner_columns(rows: Sequence[_PolicyRow]) -> tuple[str, ...]:
     """The columns the permissive policies compare with a principal setting, sorted."""
     columns: set[str] = set()
     for row in rows:
@@ -805,7 +817,7 @@ def owner_columns(rows: Sequence[PolicyRow]) -> tuple[str, ...]:
     return tuple(sorted(columns))
 
 
-def _expressions(row: PolicyRow, command: str) -> list[str | None] | None:
+def _expressions(row: _PolicyRow, command: str) -> list[str | None] | None:
     """The expressions of ``row`` that apply to ``command``, or ``None`` if it does not."""
     if row.command not in (command, "*"):
         return None
@@ -827,8 +839,8 @@ def _names(parts: frozenset[str]) -> str:
     )
 
 
-def check_policies(
-    table: str, rows: Sequence[PolicyRow], *, signed: bool = False, unrestricted: bool = False
+def _check_policies(
+    table: str, rows: Sequence[_PolicyRow], *, signed: bool = False, unrestricted: bool = False
 ) -> tuple[list[str], bool]:
     """Decide whether the policies that apply to the role confine it to its principal.
 
@@ -851,14 +863,14 @@ def check_policies(
     """
     problems: list[str] = []
     named: set[str] = set()
-    by_command: dict[str, list[tuple[PolicyRow, frozenset[str]]]] = {}
+    by_command: dict[str, list[tuple[_PolicyRow, frozenset[str]]]] = {}
 
     def problem(policy: str, text: str) -> None:
         if policy not in named:
             named.add(policy)
             problems.append(f"the policy {policy!r} on {table!r} {text}")
 
-    kept: list[PolicyRow] = []
+    kept: list[_PolicyRow] = []
     for row in rows:
         forms = {_admits_unrestricted(e) for e in (row.using, row.check) if e is not None}
         if not row.permissive or not forms or None in forms:
@@ -886,7 +898,7 @@ def check_policies(
 
     for command, verb in _COMMANDS.items():
         floor: set[str] = set()
-        permissive: list[tuple[PolicyRow, frozenset[str]]] = []
+        permissive: list[tuple[_PolicyRow, frozenset[str]]] = []
         for row in rows:
             expressions = _expressions(row, command)
             if expressions is None:
@@ -950,7 +962,7 @@ _POLICIES_SQL: Final = (
 )
 
 
-def _signing_problems(conn: Any, binding: Binding, role: str) -> list[str]:
+def _signing_problems(conn: Any, binding: _Binding, role: str) -> list[str]:
     """Why the signed binding would not hold for this role (functions, key, key table)."""
     from sqlalchemy import text
     from sqlalchemy.exc import DBAPIError
@@ -1030,7 +1042,7 @@ def _signing_problems(conn: Any, binding: Binding, role: str) -> list[str]:
     return problems
 
 
-def _unrestricted_problems(conn: Any, binding: Binding, role: str, where: str) -> list[str]:
+def _unrestricted_problems(conn: Any, binding: _Binding, role: str, where: str) -> list[str]:
     """Why the signed unrestricted functions would not hold (a manager with admin_roles)."""
     from sqlalchemy import text
 
@@ -1211,7 +1223,7 @@ def _folded_owner_columns(conn: Any, table: str, columns: Sequence[str]) -> list
 
 
 async def check_role(
-    engine: AsyncEngine, tables: Iterable[str], *, binding: Binding | None = None
+    engine: AsyncEngine, tables: Iterable[str], *, binding: _Binding | None = None
 ) -> tuple[str, ...]:
     """Refuse a connecting role, or policies, that row-level security would not restrict.
 
@@ -1223,7 +1235,7 @@ async def check_role(
     owned by the role or by a role it is a member of unless the table forces
     row-level security (signed: not at all, the owner could un-force it).
     Then reads the policies that apply to the role (``pg_policy``) and refuses
-    those that do not confine it to its principal (:func:`check_policies`),
+    those that do not confine it to its principal,
     and owner columns that compare case- or accent-insensitively (``citext``,
     a nondeterministic collation).
     With a signed ``binding``, also checks that the functions and the key are
@@ -1242,7 +1254,7 @@ async def check_role(
 
 
 def check_role_sync(
-    engine: Engine, tables: Iterable[str], *, binding: Binding | None = None
+    engine: Engine, tables: Iterable[str], *, binding: _Binding | None = None
 ) -> tuple[str, ...]:
     """:func:`check_role` on a sync ``sqlalchemy.Engine`` (a sync :class:`SessionManager`)."""
     _check_engine(engine, binding)
@@ -1250,7 +1262,7 @@ def check_role_sync(
         return _check_role_on(conn, tables, binding)
 
 
-def _check_engine(engine: Engine, binding: Binding | None) -> None:
+def _check_engine(engine: Engine, binding: _Binding | None) -> None:
     signed = binding is not None and binding.signed
     option = 'row_level_security="signed"' if signed else "row_level_security=True"
     if engine.dialect.name != "postgresql":
@@ -1269,7 +1281,7 @@ def _check_engine(engine: Engine, binding: Binding | None) -> None:
         )
 
 
-def _check_role_on(conn: Any, tables: Iterable[str], binding: Binding | None) -> tuple[str, ...]:
+def _check_role_on(conn: Any, tables: Iterable[str], binding: _Binding | None) -> tuple[str, ...]:
     """The checks of :func:`check_role`, on one (sync) connection, rolled back."""
     from sqlalchemy import text
 
@@ -1290,7 +1302,7 @@ def _check_role_on(conn: Any, tables: Iterable[str], binding: Binding | None) ->
         children = (conn.execute(text(_CHILDREN_SQL), {"name": table})).scalars()
         queue += [(str(child), table) for child in children]
         rows = [
-            PolicyRow(
+            _PolicyRow(
                 name=str(r[0]),
                 permissive=bool(r[1]),
                 command=r[2].decode() if isinstance(r[2], bytes) else str(r[2]),
@@ -1299,10 +1311,10 @@ def _check_role_on(conn: Any, tables: Iterable[str], binding: Binding | None) ->
             )
             for r in (conn.execute(text(_POLICIES_SQL), {"name": table})).all()
         ]
-        policy_problems, binds_user_only = check_policies(
+        policy_problems, binds_user_only = _check_policies(
             table, rows, signed=signed, unrestricted=binding is not None and binding.unrestricted
         )
-        columns = owner_columns(rows)
+        columns = _owner_columns(rows)
         if binding is not None:
             binding.owner_columns[table.rsplit(".", 1)[-1]] = columns
         problems += policy_problems
@@ -1327,7 +1339,7 @@ def _check_role_on(conn: Any, tables: Iterable[str], binding: Binding | None) ->
     return tuple(user_only)
 
 
-def install_return_check(
+def _install_return_check(
     engine: AsyncEngine | Engine, rate: float, on_dirty: Callable[[tuple[Any, ...]], None]
 ) -> Callable[[], None]:
     """Check, on a sample of returns to the pool, that nothing of the session is left on it.
@@ -1444,15 +1456,15 @@ def _policy_violation(
     return None
 
 
-def install_pool_hooks(
+def _install_pool_hooks(
     engine: AsyncEngine | Engine,
     rate: float,
     on_dirty: Callable[[tuple[Any, ...]], None],
-    binding: Binding | None = None,
+    binding: _Binding | None = None,
 ) -> Callable[[], None]:
     """Install what a row-level security manager adds to its engine; return the remover.
 
-    The return check (:func:`install_return_check`, when ``rate > 0``), and the
+    The return check (:func:`_install_return_check`, when ``rate > 0``), and the
     translation of PostgreSQL's refusal of a written row into
     :class:`~isolation.CrossContextAccessError`, naming the table and (from
     ``binding``, once the startup check has read the policies) its owner columns.
@@ -1460,7 +1472,7 @@ def install_pool_hooks(
     from sqlalchemy import event
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    remove_check = install_return_check(engine, rate, on_dirty) if rate > 0 else None
+    remove_check = _install_return_check(engine, rate, on_dirty) if rate > 0 else None
     sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
 
     def on_error(context: Any) -> BaseException | None:

@@ -5,9 +5,9 @@
 * :class:`AsyncRuleBasedStateMachine` (Hypothesis): state machines whose rules
   may be ``async def``, on one event loop.
 * :mod:`isolation.testing.strategies` (Hypothesis): ids, hostile ids, contexts.
-* :class:`RouterMachine` and :class:`RegistryMachine` (Hypothesis), in
-  :mod:`isolation.testing.machines`: ready state machines to point at your own
-  event router and registry.
+* :class:`RouterMachine` and :class:`RegistryMachine` (Hypothesis): ready state
+  machines to point at your own event router and registry, drawing principals
+  from :data:`DEFAULT_PRINCIPALS` unless told otherwise.
 * :func:`assert_exactly_once`: a factory runs once per scope under threads and tasks.
 * :func:`unsafe_corrupt_routing` (core only): corrupt an event router's routing
   on purpose, to show the last-step check refuses and counts what it misroutes.
@@ -28,30 +28,29 @@ from isolation.testing._assertions import assert_no_shared_state as assert_no_sh
 from isolation.testing._unsafe import unsafe_corrupt_routing as unsafe_corrupt_routing
 
 if TYPE_CHECKING:
-    from isolation.testing import machines as machines
     from isolation.testing import strategies as strategies
     from isolation.testing._machine import AsyncRuleBasedStateMachine as AsyncRuleBasedStateMachine
-    from isolation.testing.machines import RegistryMachine as RegistryMachine
-    from isolation.testing.machines import RouterMachine as RouterMachine
+    from isolation.testing._machines import DEFAULT_PRINCIPALS as DEFAULT_PRINCIPALS
+    from isolation.testing._machines import RegistryMachine as RegistryMachine
+    from isolation.testing._machines import RouterMachine as RouterMachine
 
 __all__ = [
     "AsyncRuleBasedStateMachine",
+    "DEFAULT_PRINCIPALS",
     "FakeClock",
     "RegistryMachine",
     "RouterMachine",
     "assert_exactly_once",
     "assert_no_shared_state",
-    "machines",
-    "strategies",
     "unsafe_corrupt_routing",
     "use_clock",
 ]
 
 _LAZY = {
     "AsyncRuleBasedStateMachine": ("isolation.testing._machine", "AsyncRuleBasedStateMachine"),
-    "RegistryMachine": ("isolation.testing.machines", "RegistryMachine"),
-    "RouterMachine": ("isolation.testing.machines", "RouterMachine"),
-    "machines": ("isolation.testing.machines", None),
+    "DEFAULT_PRINCIPALS": ("isolation.testing._machines", "DEFAULT_PRINCIPALS"),
+    "RegistryMachine": ("isolation.testing._machines", "RegistryMachine"),
+    "RouterMachine": ("isolation.testing._machines", "RouterMachine"),
     "strategies": ("isolation.testing.strategies", None),
 }
 

@@ -14,26 +14,37 @@ from typing import Any, TypeVar
 
 from hypothesis import strategies as st
 
+from isolation._deprecated import moved as _moved
 from isolation.context._model import Principal, UserContext
 from isolation.context._validate import MAX_ATTRIBUTE_VALUE_LENGTH, MAX_ID_LENGTH
 
 __all__ = [
-    "CONFUSABLE_SPELLINGS",
-    "HOSTILE_CHARACTERS",
-    "LOOKALIKES",
     "confusable_pairs",
     "contexts",
     "hostile_ids",
     "interleavings",
     "invalid_context_kwargs",
-    "lookalike_pairs",
     "principals",
-    "tenant_ids",
-    "user_ids",
     "valid_context_kwargs",
 ]
 
-HOSTILE_CHARACTERS: Mapping[str, tuple[str, ...]] = {
+# Names that left the surface (issue 19): they warn for one release.
+__getattr__ = _moved(
+    __name__,
+    {
+        name: ("isolation.testing.strategies", f"_{name}")
+        for name in (
+            "CONFUSABLE_SPELLINGS",
+            "HOSTILE_CHARACTERS",
+            "LOOKALIKES",
+            "lookalike_pairs",
+            "tenant_ids",
+            "user_ids",
+        )
+    },
+)
+
+_HOSTILE_CHARACTERS: Mapping[str, tuple[str, ...]] = {
     "bidi": ("\u202e", "\u202d", "\u2066", "\u2067", "\u2069", "\u200f", "\u061c"),
     "zero_width": ("\u200b", "\u200c", "\u200d", "\u2060", "\ufeff"),
     "lone_surrogate": ("\ud800", "\udbff", "\udc00", "\udfff"),
@@ -50,7 +61,7 @@ _SAFE_ALPHABET = st.characters(
 )
 
 
-def user_ids() -> st.SearchStrategy[str]:
+def _user_ids() -> st.SearchStrategy[str]:
     """Valid user ids: short printable text, including non-ASCII, already NFC."""
     import unicodedata
 
@@ -61,9 +72,9 @@ def user_ids() -> st.SearchStrategy[str]:
     )
 
 
-def tenant_ids() -> st.SearchStrategy[str | None]:
+def _tenant_ids() -> st.SearchStrategy[str | None]:
     """Valid tenant ids, or ``None``."""
-    return st.none() | user_ids()
+    return st.none() | _user_ids()
 
 
 def hostile_ids(max_length: int = MAX_ID_LENGTH) -> st.SearchStrategy[Any]:
@@ -72,7 +83,7 @@ def hostile_ids(max_length: int = MAX_ID_LENGTH) -> st.SearchStrategy[Any]:
     Args:
         max_length: The length limit of the field; longer strings are generated.
     """
-    characters = st.sampled_from([c for chars in HOSTILE_CHARACTERS.values() for c in chars])
+    characters = st.sampled_from([c for chars in _HOSTILE_CHARACTERS.values() for c in chars])
     planted = st.builds(
         lambda prefix, char, suffix: prefix + char + suffix,
         st.text("abc", max_size=4),
@@ -92,12 +103,12 @@ def hostile_ids(max_length: int = MAX_ID_LENGTH) -> st.SearchStrategy[Any]:
 def valid_context_kwargs() -> st.SearchStrategy[dict[str, Any]]:
     """Keyword arguments that ``UserContext.new`` must accept."""
     return st.fixed_dictionaries(
-        {"user_id": user_ids()},
+        {"user_id": _user_ids()},
         optional={
-            "tenant_id": tenant_ids(),
+            "tenant_id": _tenant_ids(),
             "ttl": st.floats(0.001, 86_400.0),
-            "roles": st.frozensets(user_ids(), max_size=3),
-            "attributes": st.dictionaries(user_ids(), user_ids(), max_size=3),
+            "roles": st.frozensets(_user_ids(), max_size=3),
+            "attributes": st.dictionaries(_user_ids(), _user_ids(), max_size=3),
         },
     )
 
@@ -107,21 +118,21 @@ def invalid_context_kwargs() -> st.SearchStrategy[dict[str, Any]]:
     bad_ttl = st.sampled_from([0, -1.0, float("nan"), float("inf"), float("-inf"), "10", True])
     return st.one_of(
         st.fixed_dictionaries({"user_id": hostile_ids()}),
-        st.fixed_dictionaries({"user_id": user_ids(), "tenant_id": hostile_ids().filter(bool)}),
-        st.fixed_dictionaries({"user_id": user_ids(), "ttl": bad_ttl}),
+        st.fixed_dictionaries({"user_id": _user_ids(), "tenant_id": hostile_ids().filter(bool)}),
+        st.fixed_dictionaries({"user_id": _user_ids(), "ttl": bad_ttl}),
         st.fixed_dictionaries(
-            {"user_id": user_ids(), "roles": st.lists(hostile_ids(), min_size=1, max_size=2)}
+            {"user_id": _user_ids(), "roles": st.lists(hostile_ids(), min_size=1, max_size=2)}
         ),
-        st.fixed_dictionaries({"user_id": user_ids(), "roles": st.just("admin")}),
+        st.fixed_dictionaries({"user_id": _user_ids(), "roles": st.just("admin")}),
         st.fixed_dictionaries(
             {
-                "user_id": user_ids(),
+                "user_id": _user_ids(),
                 "attributes": st.one_of(
                     st.dictionaries(
-                        hostile_ids().filter(_hashable), user_ids(), min_size=1, max_size=1
+                        hostile_ids().filter(_hashable), _user_ids(), min_size=1, max_size=1
                     ),
                     st.dictionaries(
-                        user_ids(), hostile_ids(MAX_ATTRIBUTE_VALUE_LENGTH), min_size=1, max_size=1
+                        _user_ids(), hostile_ids(MAX_ATTRIBUTE_VALUE_LENGTH), min_size=1, max_size=1
                     ),
                 ),
             }
@@ -137,9 +148,9 @@ def _hashable(value: object) -> bool:
     return True
 
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
-LOOKALIKES: tuple[tuple[str, str], ...] = (
+_LOOKALIKES: tuple[tuple[str, str], ...] = (
     ("alice", "Alice"),  # case: two users
     ("alice", "ALICE"),
     ("alice", "\u0430lice"),  # Cyrillic a: two users
@@ -153,9 +164,9 @@ LOOKALIKES: tuple[tuple[str, str], ...] = (
 (not NFC). No pair is ever one principal."""
 
 
-def lookalike_pairs() -> st.SearchStrategy[tuple[str, str]]:
+def _lookalike_pairs() -> st.SearchStrategy[tuple[str, str]]:
     """Pairs of ids that differ only by case, script, width or normalisation."""
-    return st.sampled_from(LOOKALIKES)
+    return st.sampled_from(_LOOKALIKES)
 
 
 _CONFUSABLE_ALPHABET = "aAkKsSeEiIlL1o0-._\u00e5\u00c5\u00e9\u00c9\u00df\u03a9\u03c9\u00f6"
@@ -177,7 +188,7 @@ def _compatibility_signs(text: str) -> str:
     return text
 
 
-CONFUSABLE_SPELLINGS: Mapping[str, Callable[[str], str]] = {
+_CONFUSABLE_SPELLINGS: Mapping[str, Callable[[str], str]] = {
     "as given": lambda s: s,
     "NFC": lambda s: unicodedata.normalize("NFC", s),
     "NFD": lambda s: unicodedata.normalize("NFD", s),
@@ -194,20 +205,21 @@ width and compatibility characters (U+212B ANGSTROM SIGN, U+212A KELVIN SIGN, ..
 
 
 def confusable_pairs() -> st.SearchStrategy[tuple[str, str]]:
-    """Two distinct spellings of one short id (see :data:`CONFUSABLE_SPELLINGS`).
+    """Two distinct spellings of one short id: as given, the four normal forms,
+    case, fullwidth and compatibility signs (U+212B ANGSTROM SIGN, ...).
 
     Some spellings are not NFC and must be refused; the rest are distinct
     principals, and no layer (contexts, tokens, the router, the database) may
     treat the two as one.
     """
-    spelling = st.sampled_from(sorted(CONFUSABLE_SPELLINGS))
+    spelling = st.sampled_from(sorted(_CONFUSABLE_SPELLINGS))
     return (
         st.tuples(
             st.text(st.sampled_from(_CONFUSABLE_ALPHABET), min_size=1, max_size=8),
             spelling,
             spelling,
         )
-        .map(lambda t: (CONFUSABLE_SPELLINGS[t[1]](t[0]), CONFUSABLE_SPELLINGS[t[2]](t[0])))
+        .map(lambda t: (_CONFUSABLE_SPELLINGS[t[1]](t[0]), _CONFUSABLE_SPELLINGS[t[2]](t[0])))
         .filter(lambda pair: pair[0] != pair[1])
     )
 
@@ -221,18 +233,18 @@ def principals(*, min_size: int = 2, max_size: int = 8) -> st.SearchStrategy[lis
     """Distinct :class:`~isolation.Principal` objects, often one user id in two tenants."""
     same_id_two_tenants = st.builds(
         lambda user, t1, t2: [Principal(t1, user), Principal(t2, user)],
-        user_ids(),
-        user_ids(),
-        user_ids(),
+        _user_ids(),
+        _user_ids(),
+        _user_ids(),
     ).filter(lambda pair: pair[0] != pair[1])
-    extra = st.lists(st.builds(Principal, tenant_ids(), user_ids()), max_size=max_size)
+    extra = st.lists(st.builds(Principal, _tenant_ids(), _user_ids()), max_size=max_size)
     return st.builds(lambda a, b: list(dict.fromkeys(a + b)), same_id_two_tenants, extra).filter(
         lambda ps: min_size <= len(ps) <= max_size
     )
 
 
 def interleavings(
-    actors: int, operations: st.SearchStrategy[T], *, max_size: int = 50
-) -> st.SearchStrategy[list[tuple[int, T]]]:
+    actors: int, operations: st.SearchStrategy[_T], *, max_size: int = 50
+) -> st.SearchStrategy[list[tuple[int, _T]]]:
     """Sequences of ``(actor index, operation)``: who does what, in which order."""
     return st.lists(st.tuples(st.integers(0, actors - 1), operations), max_size=max_size)

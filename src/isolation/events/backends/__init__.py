@@ -1,7 +1,10 @@
 """Event backends: where a router records redeemed tickets, and how events travel.
 
-:class:`Backend` is the extension point. The router owns routing and the
-last-step check for its own connections; a backend only carries envelopes
+:class:`EventBackend` is the extension point, and this module holds what a
+backend author needs: the protocol, the :class:`Deliver` entry points a router
+gives it, the :class:`Envelope` it carries, and :class:`MemoryBackend`.
+
+The router owns routing and the last-step check for its own connections; a backend only carries envelopes
 between routers (processes) and keeps the single-use ticket record, so a
 broken or hostile backend can at worst lose events, never deliver one to the
 wrong connection. :class:`MemoryBackend` (the default) keeps everything in
@@ -13,11 +16,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from isolation._deprecated import moved
 from isolation.context._model import Principal
-from isolation.events._model import Envelope, PublishResult
-from isolation.events.backends.memory import MemoryBackend as MemoryBackend
+from isolation.events._model import Envelope as Envelope
+from isolation.events._model import PublishResult
+from isolation.events.backends._memory import MemoryBackend as MemoryBackend
 
-__all__ = ["Backend", "Deliver", "MemoryBackend"]
+__all__ = ["Deliver", "Envelope", "EventBackend", "MemoryBackend"]
 
 
 class Deliver(Protocol):
@@ -58,7 +63,7 @@ class Deliver(Protocol):
 
 
 @runtime_checkable
-class Backend(Protocol):
+class EventBackend(Protocol):
     """What an event backend provides to :class:`~isolation.events.EventRouter`.
 
     Lifecycle: the router calls :meth:`attach` once when it is made, the other
@@ -134,3 +139,7 @@ class Backend(Protocol):
     async def aclose(self) -> None:
         """Release what the backend holds; the router is closing."""
         ...
+
+
+# The protocol was named `Backend` (a name `isolation.report` uses too) until issue 19.
+__getattr__ = moved(__name__, {"Backend": (__name__, "EventBackend")})

@@ -39,8 +39,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar, final, overload
 
-import attrs
-
 try:
     import redis.asyncio as aioredis
     from redis.asyncio.connection import AbstractConnection
@@ -56,6 +54,7 @@ except ImportError as exc:  # pragma: no cover - the test suite installs the ext
     ) from exc
 
 from isolation import _clock, _compat
+from isolation._deprecated import moved as _moved
 from isolation._errors import (
     BackendUnavailableError,
     ConfigurationError,
@@ -76,22 +75,32 @@ from isolation.events.backends._envelope import (
     channel_name,
     check_namespace,
 )
+from isolation.events.backends._redis_stats import RedisStats as _RedisStats
 from isolation.events.backends._tickets import check_claimable, record_ms
 
-__all__ = [
-    "DEFAULT_HEALTH_INTERVAL",
-    "DEFAULT_UNAVAILABLE_TIMEOUT",
-    "RedisBackend",
-    "RedisStats",
-]
+__all__ = ["RedisBackend"]
+
+# Names that left the surface (issue 19): the defaults (the signature shows them) and
+# the type of RedisBackend.stats() (read by attribute). They warn for one release.
+__getattr__ = _moved(
+    __name__,
+    {
+        "DEFAULT_HEALTH_INTERVAL": ("isolation.events.backends.redis", "_DEFAULT_HEALTH_INTERVAL"),
+        "DEFAULT_UNAVAILABLE_TIMEOUT": (
+            "isolation.events.backends.redis",
+            "_DEFAULT_UNAVAILABLE_TIMEOUT",
+        ),
+        "RedisStats": ("isolation.events.backends._redis_stats", "RedisStats"),
+    },
+)
 
 logger = logging.getLogger("isolation.events")
 
 T = TypeVar("T")
 
-DEFAULT_UNAVAILABLE_TIMEOUT: Final = 5.0
+_DEFAULT_UNAVAILABLE_TIMEOUT: Final = 5.0
 """Seconds a publish, a ticket claim or a subscription waits for Redis before giving up."""
-DEFAULT_HEALTH_INTERVAL: Final = 5.0
+_DEFAULT_HEALTH_INTERVAL: Final = 5.0
 """Seconds between liveness checks (a ``PING`` on the subscriber connection)."""
 _BACKOFF_FIRST: Final = 0.02
 _BACKOFF_MAX: Final = 1.0
@@ -107,39 +116,6 @@ _SUBSCRIBE: Final = b"subscribe"
 _MESSAGE: Final = b"message"
 _UNSUBSCRIBE: Final = b"unsubscribe"
 _PONG: Final = b"pong"
-
-
-@final
-@attrs.frozen(kw_only=True)
-class RedisStats:
-    """A snapshot of a :class:`RedisBackend`'s counters.
-
-    Attributes:
-        published: Envelopes Redis accepted from this process.
-        batches: Round trips (pipelines) that carried them: concurrent publishes
-            share one, so ``published / batches`` is the coalescing achieved.
-        received: Messages read from this process's channels (its own publishes excluded).
-        delivered: Verified envelopes handed to the router (its stats count connections).
-        dropped: Refused messages by reason (see ``_envelope.Drop``), plus
-            ``"overflow"`` for events a full ``BLOCK`` connection dropped here.
-        subscriptions: Channels subscribed and confirmed now.
-        reconnects: Subscriber connections re-established after a loss.
-        gaps: ``"gap"`` events queued on local connections.
-        listener_restarts: Listener sessions that ended unexpectedly (a lost
-            connection, a crash, a cancellation, a failed liveness check) and were restarted.
-        unavailable: Calls that raised ``BackendUnavailableError``.
-    """
-
-    published: int
-    batches: int
-    received: int
-    delivered: int
-    dropped: dict[str, int]
-    subscriptions: int
-    reconnects: int
-    gaps: int
-    listener_restarts: int
-    unavailable: int
 
 
 class _Channel:
@@ -264,10 +240,10 @@ class RedisBackend:
         *,
         keys: Sequence[bytes],
         namespace: str = "isolation",
-        unavailable_timeout: float = DEFAULT_UNAVAILABLE_TIMEOUT,
+        unavailable_timeout: float = _DEFAULT_UNAVAILABLE_TIMEOUT,
         event_ttl: float = DEFAULT_EVENT_TTL,
         max_envelope_bytes: int = DEFAULT_MAX_ENVELOPE_BYTES,
-        health_interval: float = DEFAULT_HEALTH_INTERVAL,
+        health_interval: float = _DEFAULT_HEALTH_INTERVAL,
     ) -> None:
         if not isinstance(url, str) or urllib.parse.urlsplit(url).scheme not in (
             "redis",
@@ -366,10 +342,10 @@ class RedisBackend:
         """
         return channel_name(self._namespace, principal_of(of, tenant_id, "channel"))
 
-    def stats(self) -> RedisStats:
+    def stats(self) -> _RedisStats:
         """Return a snapshot of the counters."""
         counts = self._counts
-        return RedisStats(
+        return _RedisStats(
             published=counts["published"],
             batches=counts["batches"],
             received=counts["received"],

@@ -32,7 +32,7 @@ from isolation._errors import ContextError, TokenError
 from isolation.context._model import UserContext
 from isolation.events._model import Envelope, PublishResult
 from isolation.events._router import EventRouter
-from isolation.events.backends.memory import MemoryBackend
+from isolation.events.backends import MemoryBackend
 from isolation.report._registry import Backend, Check, ModeRegistry, Settings
 
 __all__ = ["check_ticket_at_expiry", "check_ticket_at_expiry_redis", "register"]

@@ -10,6 +10,11 @@ arguments and closure cells. It returns every *mutable* object reached with
 its shortest path (ties broken by name), which the index of live scopes
 compares between users.
 
+The walk goes by an object's shape; the types it knows by name (below) are
+listed in :mod:`isolation.factories._catalogue`, which gives one verdict per
+type (shared, boundary, opaque, view) and answers a few questions about values
+and attributes: that module's ``__all__`` is the whole interface between them.
+
 Not walked (neither entered nor compared): immutable atoms (``None``, numbers,
 strings, bytes, dates, ...), types, modules, functions as such, enum members,
 ``logging.Logger``, event loops, executors and synchronisation primitives, the
@@ -28,33 +33,20 @@ array, a lock) are opaque: not entered and not compared, except as the root.
 from __future__ import annotations
 
 import array
-import asyncio
 import collections
 import collections.abc
-import concurrent.futures
-import datetime
-import decimal
 import enum
-import fractions
 import functools
 import gc
-import io
-import logging
 import operator
-import pathlib
-import random
-import re
 import threading
 import types
-import uuid
-import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, Final, TypeVar, final
 
-from isolation import _compat
 from isolation._errors import WalkTruncatedWarning
 from isolation._redact import redact
-from isolation.factories import _shareable
+from isolation.factories import _catalogue, _shareable
 
 __all__ = [
     "DEFAULT_MAX_DEPTH",
@@ -115,200 +107,8 @@ _E_DEFAULT: Final = 5
 _E_CLOSURE: Final = 6
 _E_DICT_KEY: Final = 7  # a dict key that is itself walked
 
-_ATOMS: Final[frozenset[type]] = frozenset(
-    {
-        type(None),
-        type(Ellipsis),
-        type(NotImplemented),
-        bool,
-        int,
-        float,
-        complex,
-        str,
-        bytes,
-        range,
-        slice,
-        decimal.Decimal,
-        fractions.Fraction,
-        datetime.date,
-        datetime.datetime,
-        datetime.time,
-        datetime.timedelta,
-        datetime.timezone,
-        uuid.UUID,
-        re.Pattern,
-        pathlib.PurePosixPath,
-        pathlib.PureWindowsPath,
-        pathlib.PosixPath,
-        pathlib.WindowsPath,
-        memoryview,
-        types.ModuleType,
-        types.WrapperDescriptorType,
-        types.MethodDescriptorType,
-        types.ClassMethodDescriptorType,
-        types.GetSetDescriptorType,
-        types.MemberDescriptorType,
-        types.CodeType,
-        types.FrameType,
-        types.TracebackType,
-        types.GeneratorType,
-        types.CoroutineType,
-        types.AsyncGeneratorType,
-        types.CellType,
-        property,
-        staticmethod,
-        classmethod,
-    }
-)
-
-
-def _infrastructure() -> tuple[type, ...]:
-    # Shared on purpose by every user, and holding no user's data of their own.
-    from isolation.context._model import Attributes, UserContext
-    from isolation.context._scope import Scope
-
-    return (
-        logging.Logger,
-        logging.PlaceHolder,
-        logging.Manager,
-        asyncio.AbstractEventLoop,
-        asyncio.Lock,
-        asyncio.Event,
-        asyncio.Condition,
-        asyncio.Semaphore,
-        concurrent.futures.Executor,
-        io.IOBase,
-        random.Random,  # random.random and friends are bound methods of one module-level Random
-        threading.Thread,
-        threading.Condition,
-        threading.Event,
-        threading.Semaphore,
-        threading.Barrier,
-        enum.Enum,
-        type,
-        UserContext,
-        Attributes,
-        Scope,
-    )
-
-
-_INFRA: tuple[type, ...] | None = None
-
-# Shared by design, known by name so that no optional library is imported here:
-# the library's own app-wide objects, and SQLAlchemy's engines and pools (a
-# scoped session reaches them). A class can also say so itself with
-# `__isolation_shareable__ = True`, or be declared with isolation.shareable().
-_SHARED_BY_NAME: Final = frozenset(
-    {
-        ("isolation", "Registry"),
-        ("isolation.sessions", "SessionManager"),
-        ("isolation.events", "EventRouter"),
-        # The ASGI application and its routers, which every request's scope reaches.
-        ("starlette.applications", "Starlette"),
-        ("starlette.routing", "Router"),
-        ("starlette.routing", "BaseRoute"),
-        ("sqlalchemy.engine.base", "Engine"),
-        ("sqlalchemy.ext.asyncio.engine", "AsyncEngine"),
-        ("sqlalchemy.pool.base", "Pool"),
-        ("sqlalchemy.orm.session", "sessionmaker"),
-        ("sqlalchemy.ext.asyncio.session", "async_sessionmaker"),
-        # The ORM's machinery, which every mapped instance reaches: its class
-        # manager, mapper, declarative registry, instrumented attributes, schema
-        # (MetaData, Table, Column) and the per-row InstanceState, whose class
-        # defaults are shared. The row itself (its __dict__: the column values)
-        # is still walked and compared.
-        ("sqlalchemy.orm.base", "InspectionAttr"),  # states, attributes, hybrids, proxies
-        ("sqlalchemy.orm.attributes", "_AttributeImpl"),  # collections' shared impl (2.1)
-        ("sqlalchemy.orm.attributes", "AttributeImpl"),  # the same in 2.0
-        ("sqlalchemy.orm.instrumentation", "ClassManager"),
-        ("sqlalchemy.orm.mapper", "Mapper"),
-        ("sqlalchemy.orm.decl_api", "registry"),
-        ("sqlalchemy.sql.schema", "SchemaItem"),
-    }
-)
-
-# Class-level metadata pydantic keeps on every model class: its config and its
-# fields' descriptions, the same for every instance by design. A model's own
-# class attributes are still walked.
-_PYDANTIC_MODEL: Final = ("pydantic.main", "BaseModel")
-_PYDANTIC_CLASS_METADATA: Final = frozenset(
-    {"model_config", "model_fields", "model_computed_fields"}
-)
-
-
-# One user's handle into SQLAlchemy: compared (two users reaching one session
-# share its identity map and transaction), never entered. Behind it is the
-# library's machinery, every session's alike: the engine, pool, dialect,
-# mappers, event dispatch and, on the asyncio proxies, the class-level
-# `_proxy_objects` registry. Entering it reported that registry as shared and
-# ran into the walk's bounds.
-_BOUNDARY_BY_NAME: Final = frozenset(
-    {
-        ("sqlalchemy.orm.session", "Session"),
-        ("sqlalchemy.engine.base", "Connection"),
-        # AsyncSession, AsyncConnection and their transactions (AsyncEngine is shared, above).
-        ("sqlalchemy.ext.asyncio.base", "ReversibleProxy"),
-    }
-)
-
-
-def _named(cls: type, names: frozenset[tuple[str, str]]) -> bool:
-    return any((klass.__module__, klass.__qualname__) in names for klass in cls.__mro__)
-
-
-def _says_shareable(cls: type) -> bool:
-    # A class that says so, unless it keeps per-user state (an HTTP client's
-    # cookie jar): that is still walked and compared.
-    return (
-        getattr(cls, "__isolation_shareable__", False) is True
-        and _shareable.carries_user_state(cls) is None
-    )
-
-
-def _view_types() -> frozenset[type]:
-    some: dict[object, object] = {}
-    return frozenset(
-        {
-            type(some.keys()),
-            type(some.values()),
-            type(some.items()),
-            type(iter(some)),
-            type(iter(some.values())),
-            type(iter(some.items())),
-            type(iter([])),
-            type(iter(())),
-            type(iter(set())),
-            type(reversed([])),
-            enumerate,
-            zip,
-            map,
-            filter,
-            reversed,
-        }
-    )
-
-
-# Iterating views of a container: walked through what they hold (gc referents),
-# so a view of a shared dict or list is the dict or list itself.
-_VIEW_TYPES: Final = _view_types()
-_WEAKREF_TYPES: Final = (weakref.ref, weakref.ProxyType, weakref.CallableProxyType)
-_LOCK_TYPES: Final = (type(threading.Lock()), type(threading.RLock()))
-
-
-def _frozen(cls: type) -> bool:
-    params = getattr(cls, "__dataclass_params__", None)
-    if params is not None and getattr(params, "frozen", False):
-        return True
-    if getattr(cls, "__attrs_attrs__", None) is not None:
-        return _compat.attrs_frozen(cls)
-    return False
-
-
-def _is_atom_value(value: object) -> bool:
-    try:
-        return type(value) in _ATOMS or isinstance(value, type)
-    except Exception:  # an object whose __class__ raises (a werkzeug LocalProxy): walk it
-        return False
+_ATOMS: Final = _catalogue.ATOMS
+_is_atom_value: Final = _catalogue.is_atom_value
 
 
 class _TypeInfo:
@@ -333,6 +133,15 @@ class _TypeInfo:
 _SKIP_INFO: Final = _TypeInfo(_SKIP)
 _OPAQUE_INFO: Final = _TypeInfo(_OPAQUE)
 _BOUNDARY_INFO: Final = _TypeInfo(_MUTABLE_ATOM)  # no edges: compared, not entered
+_VIEW_INFO: Final = _TypeInfo(_VIEW)
+
+# The walk's treatment of each verdict of the catalogue.
+_KNOWN_INFO: Final = {
+    _catalogue.Verdict.SHARED: _SKIP_INFO,
+    _catalogue.Verdict.BOUNDARY: _BOUNDARY_INFO,
+    _catalogue.Verdict.OPAQUE: _OPAQUE_INFO,
+    _catalogue.Verdict.VIEW: _VIEW_INFO,
+}
 
 
 def _slots_of(cls: type) -> tuple[tuple[str, Any], ...]:
@@ -454,10 +263,6 @@ def _unwrapped(value: object) -> tuple[object, ...]:
     return (value,)
 
 
-def _is_pydantic_model(cls: type) -> bool:
-    return any((k.__module__, k.__qualname__) == _PYDANTIC_MODEL for k in cls.__mro__)
-
-
 def _class_edges(cls: type) -> tuple[tuple[str, object], ...]:
     """Class-level attributes worth walking: data, and methods (also static,
     class and property ones, and what a decorator wraps) with mutable defaults."""
@@ -465,17 +270,15 @@ def _class_edges(cls: type) -> tuple[tuple[str, object], ...]:
     seen: set[str] = set()
     for klass in cls.__mro__:
         module = klass.__module__
-        if klass is object or module == "builtins" or module.startswith("pydantic."):
-            continue  # pydantic's own classes: BaseModel's class-level machinery
+        if klass is object or module == "builtins" or _catalogue.is_machinery_class(klass):
+            continue
         for name, value in list(klass.__dict__.items()):
             if name in seen or not isinstance(name, str):
                 continue
             seen.add(name)
             if name.startswith("__") and name.endswith("__"):
                 continue
-            if name == "_sa_apply_dc_transforms" or (
-                name in _PYDANTIC_CLASS_METADATA and _is_pydantic_model(cls)
-            ):
+            if _catalogue.is_class_metadata(cls, name):
                 continue
             if type(value) is types.FunctionType:  # the common case, without a tuple
                 state = _class_level_state(value)
@@ -495,26 +298,14 @@ def _class_edges(cls: type) -> tuple[tuple[str, object], ...]:
 def _classify(cls: type, *, declarations: bool = True) -> _TypeInfo:
     """How the walk treats instances of ``cls``; with ``declarations=False``, types
     declared shareable (by :func:`isolation.shareable` or by the class) are entered."""
-    global _INFRA
-    if cls in _ATOMS or issubclass(cls, type):
-        return _SKIP_INFO
-    if _INFRA is None:
-        _INFRA = _infrastructure()
-    if issubclass(cls, _INFRA) or _named(cls, _SHARED_BY_NAME):
-        return _SKIP_INFO
-    if declarations and (_shareable.is_shareable_type(cls) or _says_shareable(cls)):
-        return _SKIP_INFO
-    if _named(cls, _BOUNDARY_BY_NAME):
-        return _BOUNDARY_INFO
-    if cls.__module__ in ("typing", "typing_extensions") or issubclass(cls, _WEAKREF_TYPES):
-        return _SKIP_INFO
+    known = _catalogue.verdict(cls, declarations=declarations)
+    if known is not None:
+        return _KNOWN_INFO[known]
     kind: int
     if cls is types.FunctionType:
         return _TypeInfo(_FUNCTION)
     if cls is types.MethodType or cls is types.BuiltinMethodType or cls is types.MethodWrapperType:
         return _TypeInfo(_METHOD)  # shared_list.append held as a callback reaches the list
-    if cls in _VIEW_TYPES or cls.__module__ == "itertools":
-        return _TypeInfo(_VIEW)
     if issubclass(cls, threading.local):
         return _TypeInfo(_LOCAL, class_edges=_class_edges(cls))
     if issubclass(cls, functools.partial):
@@ -533,8 +324,6 @@ def _classify(cls: type, *, declarations: bool = True) -> _TypeInfo:
         return _TypeInfo(_MAPPINGPROXY)
     elif issubclass(cls, bytearray) or cls.__module__ == "array":
         return _TypeInfo(_MUTABLE_ATOM)
-    elif cls in _LOCK_TYPES:
-        return _OPAQUE_INFO
     else:
         has_dict = cls.__dictoffset__ != 0
         slots = _slots_of(cls)
@@ -548,7 +337,7 @@ def _classify(cls: type, *, declarations: bool = True) -> _TypeInfo:
                     return _SKIP_INFO
                 return _TypeInfo(_FROZEN_OBJECT, class_edges=class_edges)
             return _OPAQUE_INFO
-        kind = _FROZEN_OBJECT if _frozen(cls) else _OBJECT
+        kind = _FROZEN_OBJECT if _catalogue.is_frozen(cls) else _OBJECT
         return _TypeInfo(kind, has_dict=has_dict, slots=slots, class_edges=_class_edges(cls))
     # Subclasses of the builtin containers may carry attributes too; a tuple
     # subclass (a namedtuple) keeps only metadata at class level.
@@ -703,9 +492,7 @@ def _read_dict(obj: object) -> dict[str, object] | None:
     return found if type(found) is dict else None
 
 
-# Instance attributes that are bookkeeping, not state: the owner mark of @owned,
-# and the annotations functools.update_wrapper copies onto wrapper objects.
-_METADATA: Final = frozenset({"__isolation_owner__", "__annotations__"})
+_METADATA: Final = _catalogue.METADATA_ATTRIBUTES
 
 
 def _attributes(obj: object, info: _TypeInfo) -> list[tuple[str, object]]:

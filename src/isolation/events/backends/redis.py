@@ -21,6 +21,12 @@ its own reply. Publishing while Redis is unreachable raises
 Single-use tickets are claimed with ``SET NX`` and an expiry, so they are
 single-use across processes.
 
+This module is the I/O shell: the subscription state (desired against
+confirmed channels, what to write, when a subscription is confirmed, when a
+gap is owed, the liveness checks and the backoff) is decided by the pure state
+machine of :mod:`isolation.events.backends._subscriptions`, unit-tested
+without Redis.
+
 asyncio only (redis-py's asyncio client): under trio every method that talks
 to Redis raises :class:`~isolation.UnsupportedBackendError`.
 """
@@ -76,6 +82,7 @@ from isolation.events.backends._envelope import (
     check_namespace,
 )
 from isolation.events.backends._redis_stats import RedisStats as _RedisStats
+from isolation.events.backends._subscriptions import Backoff, Subscriptions, Watched
 from isolation.events.backends._tickets import check_claimable, record_ms
 
 __all__ = ["RedisBackend"]
@@ -104,7 +111,6 @@ _DEFAULT_HEALTH_INTERVAL: Final = 5.0
 """Seconds between liveness checks (a ``PING`` on the subscriber connection)."""
 _BACKOFF_FIRST: Final = 0.02
 _BACKOFF_MAX: Final = 1.0
-_SUBSCRIBE_BATCH: Final = 512
 _PUBLISH_BATCH: Final = 256  # envelopes in one pipeline at most
 _NAMES_CACHED: Final = 4096  # channel names of recent recipients kept for publish()
 _LOG_EVERY: Final = 1.0  # seconds between two drop warnings of one reason
@@ -116,31 +122,6 @@ _SUBSCRIBE: Final = b"subscribe"
 _MESSAGE: Final = b"message"
 _UNSUBSCRIBE: Final = b"unsubscribe"
 _PONG: Final = b"pong"
-
-
-class _Channel:
-    """The subscription state of one principal's channel."""
-
-    __slots__ = ("gap_pending", "name", "principal", "ready", "sent", "wanted")
-
-    def __init__(self, name: str, principal: Principal) -> None:
-        self.name = name
-        self.principal = principal
-        # Whether a local connection wants it; flips on watch()/unwatch().
-        self.wanted = False
-        # SUBSCRIBEs written on the current connection whose reply is not read
-        # yet: replies come in order, so 0 after a "subscribe" reply means the
-        # latest one is confirmed.
-        self.sent = 0
-        # Resolved when the latest subscription is confirmed; None before any.
-        self.ready: asyncio.Future[None] | None = None
-        # The subscriber connection was lost since the last confirmation.
-        self.gap_pending = False
-
-    @property
-    def confirmed(self) -> bool:
-        ready = self.ready
-        return self.wanted and ready is not None and ready.done() and self.sent == 0
 
 
 class _Outgoing:
@@ -200,12 +181,9 @@ class RedisBackend:
     __slots__ = (
         "__weakref__",
         "_attached",
-        "_by_principal",
-        "_channels",
         "_client",
         "_closing",
         "_codec",
-        "_commands",
         "_conn",
         "_counts",
         "_deliver",
@@ -219,16 +197,16 @@ class RedisBackend:
         "_origin",
         "_outbox",
         "_outbox_ready",
-        "_pings",
-        "_pongs",
         "_pool",
         "_publisher",
         "_replays",
         "_session",
+        "_subs",
         "_supervisor",
         "_tasks",
         "_unavailable_timeout",
         "_url",
+        "_waiters",
         "_wake_writer",
         "_wrap_batch",
         "_wrap_session",
@@ -262,9 +240,10 @@ class RedisBackend:
         self._origin = os.urandom(12).hex()
         self._deliver: Deliver | None = None
         self._attached = False
-        self._channels: dict[bytes, _Channel] = {}
-        self._by_principal: dict[Principal, _Channel] = {}
-        self._commands: deque[tuple[bytes, _Channel | None]] = deque()
+        # The subscription state (pure): desired and confirmed channels, commands.
+        self._subs = Subscriptions(self._namespace)
+        # Who waits for a channel's confirmation: one future per channel awaited.
+        self._waiters: dict[Principal, asyncio.Future[None]] = {}
         self._names: dict[Principal, bytes] = {}
         # Envelopes waiting for the publish writer, in publish order; the
         # writer's current pipeline is in _in_flight until its replies are read.
@@ -284,8 +263,6 @@ class RedisBackend:
         self._wake_writer: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
-        self._pings = 0
-        self._pongs = 0
         self._last_log: dict[str, float] = {}
         self._counts: dict[str, int] = {
             "published": 0,
@@ -309,7 +286,7 @@ class RedisBackend:
         state = "closed" if self._closing else "open"
         return (
             f"<isolation.events.backends.redis.RedisBackend {_describe(self._url)} "
-            f"namespace={self._namespace!r} {state} channels={len(self._by_principal)}>"
+            f"namespace={self._namespace!r} {state} channels={len(self._subs)}>"
         )
 
     # -- what it tells ----------------------------------------------------------
@@ -355,7 +332,7 @@ class RedisBackend:
                 for key, value in counts.items()
                 if key.startswith("drop:")
             },
-            subscriptions=sum(1 for ch in self._by_principal.values() if ch.confirmed),
+            subscriptions=self._subs.confirmed,
             reconnects=counts["reconnects"],
             gaps=counts["gaps"],
             listener_restarts=counts["listener_restarts"],
@@ -390,8 +367,8 @@ class RedisBackend:
         self._supervisor = self._session = self._publisher = None
         self._wake_writer = self._outbox_ready = None
         self._tasks.clear()
-        self._commands.clear()
-        self._pings = self._pongs = 0
+        self._subs.clear()
+        self._waiters.clear()
 
     def watch(self, principal: Principal) -> Awaitable[None] | None:
         """Subscribe to ``principal``'s channel; the awaitable ends when Redis confirmed it.
@@ -404,33 +381,21 @@ class RedisBackend:
                 ``unavailable_timeout``, or the backend closed meanwhile.
         """
         self._start(listen=True)
-        ch = self._by_principal.get(principal)
-        if ch is None:
-            name = channel_name(self._namespace, principal).encode("ascii")
-            ch = _Channel(name.decode("ascii"), principal)
-            self._by_principal[principal] = ch
-            self._channels[name] = ch
-        if ch.confirmed:
+        watched = self._subs.watch(principal)
+        if watched is Watched.CONFIRMED:
             return None
-        if ch.ready is None or ch.ready.done():
+        self._wake()
+        ready = self._waiters.get(principal)
+        if ready is None or watched is Watched.NEW_WAIT:
             assert self._loop is not None
-            ch.ready = self._loop.create_future()
-        if not ch.wanted:
-            ch.wanted = True
-            self._command(b"SUBSCRIBE", ch)
-        return self._until_ready(ch.ready)
+            ready = self._waiters[principal] = self._loop.create_future()
+        return self._until_ready(ready)
 
     def unwatch(self, principal: Principal) -> None:
         """Unsubscribe from ``principal``'s channel (written by the listener, not awaited)."""
-        ch = self._by_principal.get(principal)
-        if ch is None or not ch.wanted:
-            return
-        ch.wanted = False
-        ch.gap_pending = False
-        if self._conn is None and ch.sent == 0:
-            self._forget(ch)
-        else:
-            self._command(b"UNSUBSCRIBE", ch)
+        if self._subs.unwatch(principal):
+            self._waiters.pop(principal, None)
+        self._wake()
 
     async def publish(self, envelope: Envelope) -> PublishResult:
         """Sign ``envelope``, have Redis accept it, then deliver it to local connections.
@@ -479,9 +444,8 @@ class RedisBackend:
         assert ready is not None
         ready.set()
         await outgoing.future
-        ch = self._by_principal.get(principal)
         deliver = self._deliver
-        if ch is None or not ch.wanted or deliver is None:
+        if deliver is None or not self._subs.is_wanted(principal):
             return PublishResult(delivered=0, dropped=0)
         result = deliver.offer(envelope)
         if type(result) is PublishResult:
@@ -521,9 +485,8 @@ class RedisBackend:
         if self._closing:
             return
         self._closing = True
-        for ch in self._by_principal.values():
-            ready = ch.ready
-            if ready is not None and not ready.done():
+        for ready in self._waiters.values():
+            if not ready.done():
                 ready.set_exception(
                     BackendUnavailableError("the Redis backend was closed before it subscribed")
                 )
@@ -545,8 +508,8 @@ class RedisBackend:
             await self._client.aclose()
         if self._pool is not None:
             await self._pool.aclose()
-        self._channels.clear()
-        self._by_principal.clear()
+        self._subs.clear()
+        self._waiters.clear()
         self._deliver = None
         self._attached = False  # attach() reopens: a router starting again
 
@@ -622,7 +585,7 @@ class RedisBackend:
         client = self._client
         assert client is not None
         last: BaseException | None = None
-        delay = _BACKOFF_FIRST
+        backoff = Backoff(_BACKOFF_FIRST, _BACKOFF_MAX)
         try:
             async with asyncio.timeout(self._unavailable_timeout):
                 while True:
@@ -633,8 +596,7 @@ class RedisBackend:
                         break
                     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                         last = exc
-                    await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311
-                    delay = min(delay * 2, _BACKOFF_MAX)
+                    await asyncio.sleep(backoff.failed(_jitter()))
         except TimeoutError:
             pass
         self._counts["unavailable"] += 1
@@ -684,7 +646,7 @@ class RedisBackend:
         assert ready is not None
         assert client is not None
         counts = self._counts
-        delay = _BACKOFF_FIRST
+        backoff = Backoff(_BACKOFF_FIRST, _BACKOFF_MAX)
         last: BaseException | None = None
         connected = False
         while True:
@@ -739,9 +701,7 @@ class RedisBackend:
                 outbox.extendleft(reversed(live))
                 if live:  # back off, but wake for the first deadline among them
                     until = min(item.deadline for item in live) - loop.time()
-                    pause = delay * random.uniform(0.5, 1.0)  # noqa: S311
-                    await asyncio.sleep(max(0.0, min(until, pause)))
-                    delay = min(delay * 2, _BACKOFF_MAX)
+                    await asyncio.sleep(max(0.0, min(until, backoff.failed(_jitter()))))
                 continue
             except ResponseError as exc:  # the connection itself refused (HELLO, SELECT)
                 self._in_flight = []
@@ -750,7 +710,7 @@ class RedisBackend:
                 continue
             finally:
                 self._disarm_expiry()
-            delay = _BACKOFF_FIRST
+            backoff.succeeded()
             last = None
             counts["batches"] += 1
             for item, reply in zip(batch, replies, strict=True):
@@ -838,19 +798,28 @@ class RedisBackend:
 
     # -- the subscriber connection ------------------------------------------------------
 
-    def _command(self, command: bytes, ch: _Channel | None) -> None:
-        self._commands.append((command, ch))
-        if self._wake_writer is not None:
+    def _wake(self) -> None:
+        """Wake the subscriber connection's writer if commands are queued."""
+        if self._wake_writer is not None and self._subs.has_commands:
             self._wake_writer.set()
 
-    def _forget(self, ch: _Channel) -> None:
-        if self._by_principal.get(ch.principal) is ch:
-            del self._by_principal[ch.principal]
-            self._channels.pop(ch.name.encode("ascii"), None)
+    def _confirmed(self, principal: Principal, *, gap: bool) -> None:
+        """Redis confirmed ``principal``'s channel: wake its waiter; queue the gap owed."""
+        ready = self._waiters.pop(principal, None)
+        if ready is not None and not ready.done():
+            ready.set_result(None)
+        if gap:
+            self._gap(principal, "reconnected")
+
+    def _prune_waiters(self) -> None:
+        """Drop the waiters of channels forgotten: they wait for nothing."""
+        known = self._subs.knows
+        for principal in [p for p in self._waiters if not known(p)]:
+            del self._waiters[principal]
 
     async def _supervise(self) -> None:
         """Keep one listener session alive: connect, resubscribe, check liveness, back off."""
-        delay = _BACKOFF_FIRST
+        backoff = Backoff(_BACKOFF_FIRST, _BACKOFF_MAX)
         lost = False
         while not self._closing:
             assert self._pool is not None
@@ -861,27 +830,27 @@ class RedisBackend:
                     await _connect(conn)
             except (RedisError, OSError, TimeoutError) as exc:
                 await conn.disconnect(nowait=True)
+                pause = backoff.failed(_jitter())
                 logger.warning(
                     "cannot reach Redis at %s for the event listener (%s); retrying in %.2f s",
                     _describe(self._url),
                     type(exc).__name__,
-                    delay,
+                    pause,
                     extra={"event": "backend_connect_failed"},
                 )
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311
-                delay = min(delay * 2, _BACKOFF_MAX)
+                await asyncio.sleep(pause)
                 continue
-            delay = _BACKOFF_FIRST
+            backoff.succeeded()
             if lost:
                 self._counts["reconnects"] += 1
                 logger.info(
                     "the event listener reconnected to Redis at %s; resubscribing %d channels",
                     _describe(self._url),
-                    sum(1 for ch in self._by_principal.values() if ch.wanted),
+                    self._subs.wanted,
                     extra={"event": "backend_reconnected"},
                 )
             self._conn = conn
-            session: Awaitable[None] = self._listen(conn)
+            session: Awaitable[None] = self._listen(conn, self._subs.open())
             if self._wrap_session is not None:
                 session = self._wrap_session(session)
             task = asyncio.ensure_future(session)
@@ -894,7 +863,8 @@ class RedisBackend:
                     await asyncio.gather(task, return_exceptions=True)
                 self._conn = None
                 await conn.disconnect(nowait=True)
-                self._session_ended()
+                self._subs.lost()
+                self._prune_waiters()
             lost = True
             if task.cancelled():
                 reason = "it was cancelled"
@@ -913,46 +883,25 @@ class RedisBackend:
 
     async def _watch_session(self, task: asyncio.Future[None]) -> None:
         """Wait for the session to end; end it if a liveness ``PING`` goes unanswered."""
-        self._pings = self._pongs = 0
+        subs = self._subs
         while not task.done():
             done, _ = await asyncio.wait({task}, timeout=self._health_interval)
             if done:
                 return
-            if self._pongs < self._pings:
+            if subs.unanswered:
                 logger.warning(
                     "the Redis event listener did not answer a liveness check within %.1f s",
                     self._health_interval,
                     extra={"event": "backend_listener_unresponsive"},
                 )
                 return
-            self._pings += 1
-            self._command(b"PING", None)
+            subs.ping()
+            self._wake()
 
-    def _session_ended(self) -> None:
-        """The subscriber connection is gone: every wanted channel needs a resubscription."""
-        self._commands.clear()
-        for ch in list(self._by_principal.values()):
-            ch.sent = 0
-            if ch.wanted:
-                if ch.ready is not None and ch.ready.done():
-                    ch.gap_pending = True
-                    ch.ready = None
-            else:
-                self._forget(ch)
-
-    async def _listen(self, conn: AbstractConnection) -> None:
+    async def _listen(self, conn: AbstractConnection, resubscribe: list[list[bytes]]) -> None:
         """One session: resubscribe what is wanted, then read until the connection fails."""
-        assert self._loop is not None
-        wanted = [ch for ch in self._by_principal.values() if ch.wanted]
-        for ch in wanted:
-            if ch.ready is None or ch.ready.done():
-                ch.ready = self._loop.create_future()
-        self._commands.clear()
-        for start in range(0, len(wanted), _SUBSCRIBE_BATCH):
-            batch = wanted[start : start + _SUBSCRIBE_BATCH]
-            for ch in batch:
-                ch.sent += 1
-            await conn.send_command(b"SUBSCRIBE", *(ch.name for ch in batch), check_health=False)
+        for names in resubscribe:
+            await conn.send_command(b"SUBSCRIBE", *names, check_health=False)
         writer = asyncio.ensure_future(self._write(conn))
         try:
             while True:
@@ -968,21 +917,11 @@ class RedisBackend:
         """The only writer of the subscriber connection: batches queued (UN)SUBSCRIBEs and PINGs."""
         wake = self._wake_writer
         assert wake is not None
-        commands = self._commands
+        subs = self._subs
         while True:
             await wake.wait()
             wake.clear()
-            batch: list[tuple[bytes, ...]] = []
-            while commands:
-                command, ch = commands.popleft()
-                if ch is None:
-                    batch.append((command,))
-                elif command == b"SUBSCRIBE":
-                    if ch.wanted:
-                        ch.sent += 1
-                        batch.append((command, ch.name.encode("ascii")))
-                elif not ch.wanted:
-                    batch.append((command, ch.name.encode("ascii")))
+            batch = subs.take_commands()
             if batch:
                 if not conn.is_connected:
                     raise RedisConnectionError("the subscriber connection is closed")
@@ -991,43 +930,33 @@ class RedisBackend:
     def _handle(self, response: Any) -> None:
         """One reply or message read from the subscriber connection."""
         if not isinstance(response, list) or not response:
-            self._simple(response)
+            if response == b"PONG":  # outside subscribed mode
+                self._subs.pong()
             return
         kind = response[0]
         if kind == _MESSAGE and len(response) == 3:
             self._message(response[1], response[2])
         elif kind == _SUBSCRIBE:
-            ch = self._channels.get(response[1])
-            if ch is None:
-                return
-            ch.sent = max(0, ch.sent - 1)
-            if ch.sent == 0 and ch.wanted and ch.ready is not None and not ch.ready.done():
-                ch.ready.set_result(None)
-                if ch.gap_pending:
-                    ch.gap_pending = False
-                    self._gap(ch.principal, "reconnected")
+            confirmed = self._subs.subscribed(response[1])
+            if confirmed is not None:
+                self._confirmed(confirmed.principal, gap=confirmed.gap)
         elif kind == _UNSUBSCRIBE:
-            ch = self._channels.get(response[1]) if len(response) > 1 else None
-            if ch is not None and not ch.wanted and ch.sent == 0:
-                self._forget(ch)
+            forgotten = self._subs.unsubscribed(response[1]) if len(response) > 1 else None
+            if forgotten is not None:
+                self._waiters.pop(forgotten, None)
         elif kind == _PONG:
-            self._pongs += 1
-
-    def _simple(self, response: Any) -> None:
-        """A reply that is not a list: ``PONG`` outside subscribed mode."""
-        if response == b"PONG":
-            self._pongs += 1
+            self._subs.pong()
 
     def _message(self, channel: bytes, data: Any) -> None:
-        ch = self._channels.get(channel)
-        if ch is None or not ch.wanted:
+        principal = self._subs.recipient(channel)
+        if principal is None:
             self._drop(Drop.UNKNOWN_CHANNEL, channel)
             return
         if not isinstance(data, bytes):  # pragma: no cover - RESP2 messages are bytes
             self._drop(Drop.MALFORMED, channel)
             return
         now = _clock._now()
-        decoded = self._codec.decode(data, principal=ch.principal, now=now)
+        decoded = self._codec.decode(data, principal=principal, now=now)
         if isinstance(decoded, Drop):
             self._drop(decoded, channel)
             return
@@ -1047,7 +976,7 @@ class RedisBackend:
             # A full BLOCK connection: wait for room in a task of its own, so the
             # listener never stalls; past the router's publish_timeout the event
             # is dropped there and a gap queued.
-            task = asyncio.ensure_future(self._wait_for_room(result, ch.principal))
+            task = asyncio.ensure_future(self._wait_for_room(result, principal))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -1078,6 +1007,11 @@ class RedisBackend:
                 _LOG_EVERY,
                 extra={"event": "envelope_dropped", "reason": reason.value},
             )
+
+
+def _jitter() -> float:
+    """The random share of a backoff delay to pause (spreads reconnecting processes)."""
+    return random.uniform(0.5, 1.0)  # noqa: S311
 
 
 def _seconds(name: str, value: object) -> float:

@@ -518,7 +518,7 @@ class TestAsyncAcrossEventLoops:
         test releases the build only once both wait, then checks one build,
         one product.
         """
-        from isolation.factories import _registry
+        from isolation.context import _once
 
         waiting = threading.Condition()
         waiters = [0]
@@ -531,7 +531,7 @@ class TestAsyncAcrossEventLoops:
                 return super().wait(timeout)
 
         monkeypatch.setattr(
-            _registry,
+            _once,
             "threading",
             types.SimpleNamespace(
                 Event=CountingEvent, get_ident=threading.get_ident, RLock=threading.RLock

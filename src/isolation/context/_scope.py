@@ -519,10 +519,7 @@ class Scope:
             )
         if _current.get() is not self or self._fast is None:
             self._check_caller()
-        resolver = registry._resolvers.get(key)
-        if resolver is None:
-            resolver = registry._make_resolver(key)
-        return resolver(self)  # type: ignore[no-any-return]
+        return registry.__isolation_resolver__(key)(self)  # type: ignore[no-any-return]
 
     async def aget(self, key: type[T]) -> T:
         """Return this scope's product of type ``key``; sync and async providers alike."""
@@ -533,7 +530,7 @@ class Scope:
             )
         if _current.get() is not self or self._fast is None:
             self._check_caller()
-        awaits, resolver, cache_key = registry._aresolvers.get(key) or registry._make_aresolver(key)
+        awaits, resolver, cache_key = registry.__isolation_aresolver__(key)
         if not awaits:
             return resolver(self)  # type: ignore[no-any-return]
         data = self._data
@@ -1069,20 +1066,23 @@ _storage_lock = threading.Lock()
 
 
 class _Pending:
-    """A product being built by an async provider; others wait for it.
+    """The marker of a value being built in a scope's storage; others wait for it.
 
-    Waiters on the builder's own thread wait on an anyio event; a waiter in
-    another thread (with an event loop of its own) waits on a threading event
-    in a worker thread, since an anyio event wakes only its own loop. Both
-    are made only when such a waiter arrives: most builds are uncontended.
+    Made by :mod:`isolation.context._once`, the one "build once per scope"
+    primitive. ``thread`` and ``task`` are the builder's (``task`` is ``None``
+    for a sync build). Waiters on the builder's own thread wait on an anyio
+    event; a waiter in another thread (with an event loop of its own, or none)
+    waits on a threading event, since an anyio event wakes only its own loop.
+    Both are made only when such a waiter arrives: most builds are uncontended.
     """
 
-    __slots__ = ("done", "done_elsewhere", "thread")
+    __slots__ = ("done", "done_elsewhere", "task", "thread")
 
-    def __init__(self) -> None:
+    def __init__(self, task: object) -> None:
         self.done: anyio.Event | None = None
         self.done_elsewhere: threading.Event | None = None
         self.thread = threading.get_ident()
+        self.task = task
 
     def wake(self) -> None:
         """Wake every waiter; called by the builder, after its lock, on its own thread."""

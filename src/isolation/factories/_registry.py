@@ -25,21 +25,19 @@ import typing
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Final, Literal, TypeAlias, TypeVar, final
 
-import anyio
 import attrs
 
 from isolation._counters import Counter
 from isolation._errors import (
     ConfigurationError,
-    CrossContextAccessError,
     FactoryError,
-    ScopeEndedError,
     SharedStateError,
     UsageError,
 )
 from isolation._lifetime import Lifetime
+from isolation.context._interface import add_finalizer, aonce, is_async, once
 from isolation.context._model import UserContext
-from isolation.context._scope import Scope, _current, _Pending
+from isolation.context._scope import Scope
 from isolation.factories._index import SharedStateIndex
 from isolation.factories._request_scoped import check_shared_state
 from isolation.factories._sampling import Schedule, schedule_for
@@ -177,7 +175,7 @@ def _parameters(fn: Callable[..., Any]) -> tuple[tuple[tuple[str, Any], ...], bo
 
 
 def _context_of(scope: Scope) -> UserContext:
-    return scope._ctx
+    return scope.context
 
 
 _MISSING: Final = object()
@@ -414,12 +412,28 @@ class Registry:
 
     # -- resolution (called by Scope.get / Scope.aget) -------------------------------
 
+    def __isolation_resolver__(self, key: Any) -> Callable[[Scope], Any]:
+        """How :meth:`Scope.get` resolves ``key``: ``resolver(scope)``, compiled once.
+
+        The registry's declared interface to the context core, with
+        :meth:`__isolation_aresolver__`.
+        """
+        return self._resolvers.get(key) or self._make_resolver(key)
+
+    def __isolation_aresolver__(self, key: Any) -> _AsyncEntry:
+        """How :meth:`Scope.aget` resolves ``key``: ``(awaits, resolver, cache_key)``.
+
+        ``resolver(scope)`` is awaited when ``awaits``; ``cache_key`` is set for a
+        ``REQUEST`` product, which ``Scope.aget`` may find built without awaiting.
+        """
+        return self._aresolvers.get(key) or self._make_aresolver(key)
+
     def _owner(self, scope: Scope, provider: _Provider) -> Scope:
         if provider.lifetime is _REQUEST:
             return scope
         owner: Scope | None = scope
-        while owner is not None and owner._lifetime < provider.lifetime:
-            owner = owner._parent
+        while owner is not None and owner.lifetime < provider.lifetime:
+            owner = owner.parent
         if owner is None:
             raise UsageError(
                 f"{provider.name} is a CONNECTION product, but no CONNECTION scope "
@@ -495,55 +509,35 @@ class Registry:
         positional = provider.positional
         partial = functools.partial
 
-        def resolve(scope: Scope) -> Any:
-            owner = scope if per_request else owner_of(scope, provider)
-            data = owner._data
-            if data is not None:
-                product = data.get(cache_key, _MISSING)
-                if product is not _MISSING:
-                    return product
-            lock = owner._lock
-            if data is None or lock is None:
-                data, lock = owner._storage()
-            with lock:
-                product = data.get(cache_key, _MISSING)
-                if product is not _MISSING:
-                    return product
-                # Build as the owning scope, so @owned products record the right owner.
-                token = _current.set(owner) if _current.get() is not owner else None
-                try:
-                    if single is not None:
-                        product = (
-                            fn(single[1](owner))
-                            if positional
-                            else fn(**{single[0]: single[1](owner)})
-                        )
-                    elif dependencies:
-                        kwargs = {}  # a loop, not a comprehension: no extra frame on 3.11
-                        for name, dependency in dependencies:
-                            kwargs[name] = dependency(owner)
-                        product = fn(**kwargs)
-                    else:
-                        product = fn()
-                    if generator:
-                        made = product
-                        product = next(made)
-                        # A sync finalizer of the owner: appended directly, as on_close would.
-                        finalizers = owner._finalizers
-                        teardown = partial(_close_generator, provider, made)
-                        if finalizers is None:
-                            owner._finalizers = [teardown]
-                        else:
-                            finalizers.append(teardown)
-                finally:
-                    if token is not None:
-                        _current.reset(token)
-                built()
-                # Sampled: Schedule.due, inlined (this provider's own generator).
-                if walk is not None and (not sampled or draw() < chance):
-                    walk(owner, product, product_name)
-                data[cache_key] = product
+        def build(owner: Scope) -> Any:
+            # Runs once per owner scope, with the owner bound (isolation.context._once).
+            if single is not None:
+                product = (
+                    fn(single[1](owner)) if positional else fn(**{single[0]: single[1](owner)})
+                )
+            elif dependencies:
+                kwargs = {}  # a loop, not a comprehension: no extra frame on 3.11
+                for name, dependency in dependencies:
+                    kwargs[name] = dependency(owner)
+                product = fn(**kwargs)
+            else:
+                product = fn()
+            if generator:
+                made = product
+                product = next(made)
+                add_finalizer(owner, partial(_close_generator, provider, made))
+            built()
+            # Sampled: Schedule.due, inlined (this provider's own generator).
+            if walk is not None and (not sampled or draw() < chance):
+                walk(owner, product, product_name)
             return product
+
+        resolve_in = once(cache_key, build, name=product_name)
+        if per_request:
+            return resolve_in
+
+        def resolve(scope: Scope) -> Any:
+            return resolve_in(owner_of(scope, provider))
 
         return resolve
 
@@ -718,7 +712,7 @@ class Registry:
         dependencies: tuple[tuple[str, bool, Callable[[Scope], Any]], ...],
     ) -> Callable[[Scope], Any]:
         """The async twin of _product_resolver: one build per key per scope, even
-        when tasks resolve it at once (later ones wait for a _Pending)."""
+        when tasks and threads resolve it at once (isolation.context._once)."""
         cache_key = provider
         fn = provider.fn
         assert fn is not None
@@ -734,85 +728,41 @@ class Registry:
         register_teardown = self._register_teardown
         partial = functools.partial
 
-        async def aresolve(scope: Scope) -> Any:
-            owner = scope if per_request else owner_of(scope, provider)
-            if agen and not owner._async:
+        async def build(owner: Scope) -> Any:
+            # Runs once per owner scope, with the owner bound (isolation.context._once).
+            if agen and not is_async(owner):
                 raise UsageError(
                     f"{provider.name} is an async generator provider, which needs an "
                     "`async with` scope"
                 )
-            data = owner._data
-            if data is not None:
-                product = data.get(cache_key, _MISSING)
-                if product is not _MISSING and type(product) is not _Pending:
-                    return product
-            lock = owner._lock
-            if data is None or lock is None:
-                data, lock = owner._storage()
-            # setdefault is atomic: exactly one caller puts its _Pending in and builds.
-            pending = _Pending()
-            product = data.setdefault(cache_key, pending)
-            while product is not pending:
-                if type(product) is not _Pending:
-                    return product
-                other: _Pending = product
-                here = other.thread == threading.get_ident()
-                with lock:  # the builder takes the same lock to store, then wakes
-                    if data.get(cache_key) is not other:
-                        done: anyio.Event | threading.Event | None = None
-                    elif here:
-                        if other.done is None:
-                            other.done = anyio.Event()
-                        done = other.done
-                    else:
-                        if other.done_elsewhere is None:
-                            other.done_elsewhere = threading.Event()
-                        done = other.done_elsewhere
-                if isinstance(done, threading.Event):
-                    await anyio.to_thread.run_sync(done.wait, abandon_on_cancel=True)
-                elif done is not None:
-                    await done.wait()
-                product = data.setdefault(cache_key, pending)
-            try:
-                # Build as the owning scope, so @owned products record the right owner.
-                token = _current.set(owner) if _current.get() is not owner else None
-                try:
-                    kwargs = {}
-                    for name, awaits, dependency in dependencies:
-                        kwargs[name] = (await dependency(owner)) if awaits else dependency(owner)
-                    if agen:
-                        generator = fn(**kwargs)
-                        product = await generator.__anext__()
-                        # An async finalizer of the owner (an `async with` scope, checked above).
-                        teardown = partial(_aclose_generator, provider, generator)
-                        if owner._finalizers is None:
-                            owner._finalizers = [teardown]
-                        else:
-                            owner._finalizers.append(teardown)
-                    elif kind is _Kind.ASYNC:
-                        product = await fn(**kwargs)
-                    elif kind is _Kind.GENERATOR:
-                        generator = fn(**kwargs)
-                        product = next(generator)
-                        register_teardown(owner, provider, generator)
-                    else:
-                        product = fn(**kwargs)
-                finally:
-                    if token is not None:
-                        _current.reset(token)
-                built()
-                # Sampled: Schedule.due, inlined (this provider's own generator).
-                if walk is not None and (not sampled or draw() < chance):
-                    walk(owner, product, product_name)
-            except BaseException:
-                with lock:
-                    del data[cache_key]
-                pending.wake()
-                raise
-            with lock:
-                data[cache_key] = product
-            pending.wake()
+            kwargs = {}
+            for name, awaits, dependency in dependencies:
+                kwargs[name] = (await dependency(owner)) if awaits else dependency(owner)
+            if agen:
+                generator = fn(**kwargs)
+                product = await generator.__anext__()
+                # An async finalizer of the owner (an `async with` scope, checked above).
+                add_finalizer(owner, partial(_aclose_generator, provider, generator))
+            elif kind is _Kind.ASYNC:
+                product = await fn(**kwargs)
+            elif kind is _Kind.GENERATOR:
+                generator = fn(**kwargs)
+                product = next(generator)
+                register_teardown(owner, provider, generator)
+            else:
+                product = fn(**kwargs)
+            built()
+            # Sampled: Schedule.due, inlined (this provider's own generator).
+            if walk is not None and (not sampled or draw() < chance):
+                walk(owner, product, product_name)
             return product
+
+        aresolve_in = aonce(cache_key, build, name=product_name)
+        if per_request:
+            return aresolve_in
+
+        async def aresolve(scope: Scope) -> Any:
+            return await aresolve_in(owner_of(scope, provider))
 
         return aresolve
 
@@ -906,18 +856,3 @@ async def _aclose_generator(
 
 Registry.__module__ = "isolation"
 RegistryStats.__module__ = "isolation"
-
-
-def check_in_scope(scope: Scope) -> None:
-    """Refuse resolving from a scope that ended, expired, or is not the caller's."""
-    if not scope.active:
-        raise ScopeEndedError(f"{scope!r} has ended", hint="Resolve products inside their scope")
-    scope._check_deadline()
-    current = _current.get()
-    while current is not None and current is not scope:
-        current = current._parent
-    if current is None:
-        raise CrossContextAccessError(
-            f"{scope!r} was asked for a product from outside that scope",
-            hint="Resolve products from code running inside the scope",
-        )

@@ -146,13 +146,11 @@ ALLOWED_PRIVATE_READS: dict[tuple[str, str], int] = {
     # Scope's state read by factories and sessions (item 1: isolation.context._interface
     # is the declared interface; what is left here has not moved to it yet).
     ("isolation.factories", "_ctx"): 7,
-    ("isolation.factories", "_data"): 2,
-    ("isolation.factories", "_fast"): 5,
+    ("isolation.factories", "_fast"): 3,
     ("isolation.factories", "_held"): 1,
     ("isolation.factories", "_over"): 1,
     ("isolation.factories", "_parent"): 1,
-    ("isolation.factories", "_state"): 9,
-    ("isolation.factories", "_storage"): 3,
+    ("isolation.factories", "_state"): 7,
     ("isolation.factories", "_timed"): 3,
     ("isolation.logging", "_held"): 1,
     ("isolation.sessions", "_async"): 1,

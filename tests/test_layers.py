@@ -51,8 +51,8 @@ CORE = 0
 # Imports that run the wrong way today, each with its reason. Shrink it; never grow it.
 ALLOWED_IMPORTS = {
     # Scope's registry= and .registry are typed as the Registry (under TYPE_CHECKING only);
-    # resolving goes through the Registry's declared __isolation_resolver__ and
-    # __isolation_aresolver__, and the storage and "once" primitive is context's (_once).
+    # resolving goes through the Registry's declared __isolation_resolvers__ and
+    # __isolation_aresolvers__ tables, and the storage and "once" primitive is context's (_once).
     ("isolation.context._scope", "isolation.factories._registry"),
     # Scope.from_token(), the documented way a worker opens a user's scope from a token:
     # imported lazily, inside the method.

@@ -18,9 +18,10 @@ Waiting, by where the waiter runs:
 * the builder itself (the build asks for its own value): refused with
   :class:`UsageError`, never a deadlock.
 
-The builder stores its value and the waiters make their events under the
-scope's lock, so no waiter misses its wake-up; the lock is never held across
-the build, nor across an await. The build runs **as the scope that owns the
+The builder takes no lock: it stores its value, then wakes the waiters whose
+events it finds; a waiter puts its event on the marker, then reads the storage
+again (see :func:`_wait_event`), so none misses its wake-up. The scope's lock
+is taken only by waiters and failed builds, never across a build or an await. The build runs **as the scope that owns the
 value** (bound as the current scope), so ``@owned`` instances it makes record
 the right owner; a build that ends after its scope has ended is not stored,
 and raises :class:`ScopeEndedError`.
@@ -78,55 +79,41 @@ def _wait_event(
     here: bool,
     event_factory: EventFactory | None,
 ) -> anyio.Event | threading.Event | None:
-    """The event to wait on for ``other``'s build, or ``None`` if it is over already."""
-    lock = scope._lock
-    assert lock is not None
-    with lock:  # the builder takes the same lock to store, then wakes
-        if data.get(key) is not other:
-            return None
-        if here:
-            done: anyio.Event | None = other.done
-            if done is None:
-                done = other.done = anyio.Event()
-            return done
-        elsewhere: threading.Event | None = other.done_elsewhere
-        if elsewhere is None:
-            make = threading.Event if event_factory is None else event_factory
-            elsewhere = other.done_elsewhere = make()
-        return elsewhere
+    """The event to wait on for ``other``'s build, or ``None`` if it is over already.
 
-
-def _store(
-    scope: Scope, data: dict[object, Any], key: object, pending: _Pending, value: Any
-) -> Any:
-    """Store the built ``value`` in place of ``pending``; return what the scope holds."""
+    The event is put on ``other`` first, then the storage is read again: the
+    builder stores its value first, then reads the events (:meth:`_Pending.wake`),
+    so either it sees this event or this reads its value. The scope's lock only
+    keeps two waiters from making two events.
+    """
     lock = scope._lock
     assert lock is not None
     with lock:
-        if scope._state != _ACTIVE:
-            if data.get(key) is pending:
-                del data[key]
-            failed: BaseException | None = _ended(scope)
+        if here:
+            done: anyio.Event | threading.Event | None = other.done
+            if done is None:
+                done = other.done = anyio.Event()
         else:
-            failed = None
-            current = data.get(key, _MISSING)
-            if current is pending or current is _MISSING:
-                data[key] = value
-            else:
-                value = current  # set() in the meantime (ContextLocal): the write wins
-    pending.wake()
-    if failed is not None:
-        raise failed
-    return value
+            done = other.done_elsewhere
+            if done is None:
+                make = threading.Event if event_factory is None else event_factory
+                done = other.done_elsewhere = make()
+    return done if data.get(key) is other else None
 
 
 def _abandon(scope: Scope, data: dict[object, Any], key: object, pending: _Pending) -> None:
+    """Drop a failed build's marker, so that a waiter may build; wake the waiters."""
     lock = scope._lock
     assert lock is not None
     with lock:
         if data.get(key) is pending:
             del data[key]
     pending.wake()
+
+
+def _refuse_ended(scope: Scope, data: dict[object, Any], key: object, pending: _Pending) -> None:
+    _abandon(scope, data, key, pending)
+    raise _ended(scope)
 
 
 def once(
@@ -150,16 +137,16 @@ def once(
         value = data.get(key, _MISSING)
         if value is not _MISSING and type(value) is not _Pending:
             return value  # type: ignore[no-any-return]
-        pending = _Pending(None)
+        pending = _Pending()
+        pending.thread = _get_ident()
         value = data.setdefault(key, pending)
         while value is not pending:
             if type(value) is not _Pending:
                 return value  # type: ignore[no-any-return]
-            other: _Pending = value
-            if other.thread == _get_ident():
+            if value.thread == _get_ident():
                 # A sync build never yields to another task of its thread: this is it.
                 raise _recursion(name)
-            done = _wait_event(scope, data, key, other, False, event_factory)
+            done = _wait_event(scope, data, key, value, False, event_factory)
             if done is not None:
                 done.wait()
             value = data.setdefault(key, pending)
@@ -172,7 +159,12 @@ def once(
         finally:
             if token is not None:
                 _current.reset(token)
-        return _store(scope, data, key, pending, value)  # type: ignore[no-any-return]
+        if scope._state != _ACTIVE:
+            _refuse_ended(scope, data, key, pending)
+        data[key] = value
+        if pending.done is not None or pending.done_elsewhere is not None:
+            pending.wake()
+        return value
 
     return resolve
 
@@ -193,16 +185,17 @@ def aonce(
         value = data.get(key, _MISSING)
         if value is not _MISSING and type(value) is not _Pending:
             return value  # type: ignore[no-any-return]
-        pending = _Pending(_task_key()[1])
+        me = _task_key()
+        pending = _Pending()
+        pending.thread, pending.task = me
         value = data.setdefault(key, pending)
         while value is not pending:
             if type(value) is not _Pending:
                 return value  # type: ignore[no-any-return]
-            other: _Pending = value
-            here = other.thread == _get_ident()
-            if here and (other.task is None or other.task is pending.task):
+            here = value.thread == me[0]
+            if here and (value.task is None or value.task is pending.task):
                 raise _recursion(name)
-            done = _wait_event(scope, data, key, other, here, event_factory)
+            done = _wait_event(scope, data, key, value, here, event_factory)
             if isinstance(done, anyio.Event):
                 await done.wait()
             elif done is not None:
@@ -217,7 +210,12 @@ def aonce(
         finally:
             if token is not None:
                 _current.reset(token)
-        return _store(scope, data, key, pending, value)  # type: ignore[no-any-return]
+        if scope._state != _ACTIVE:
+            _refuse_ended(scope, data, key, pending)
+        data[key] = value
+        if pending.done is not None or pending.done_elsewhere is not None:
+            pending.wake()
+        return value
 
     return aresolve
 

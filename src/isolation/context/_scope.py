@@ -519,7 +519,7 @@ class Scope:
             )
         if _current.get() is not self or self._fast is None:
             self._check_caller()
-        return registry.__isolation_resolver__(key)(self)  # type: ignore[no-any-return]
+        return registry.__isolation_resolvers__[key](self)  # type: ignore[no-any-return]
 
     async def aget(self, key: type[T]) -> T:
         """Return this scope's product of type ``key``; sync and async providers alike."""
@@ -530,7 +530,7 @@ class Scope:
             )
         if _current.get() is not self or self._fast is None:
             self._check_caller()
-        awaits, resolver, cache_key = registry.__isolation_aresolver__(key)
+        awaits, resolver, cache_key = registry.__isolation_aresolvers__[key]
         if not awaits:
             return resolver(self)  # type: ignore[no-any-return]
         data = self._data
@@ -1069,23 +1069,22 @@ class _Pending:
     """The marker of a value being built in a scope's storage; others wait for it.
 
     Made by :mod:`isolation.context._once`, the one "build once per scope"
-    primitive. ``thread`` and ``task`` are the builder's (``task`` is ``None``
-    for a sync build). Waiters on the builder's own thread wait on an anyio
-    event; a waiter in another thread (with an event loop of its own, or none)
-    waits on a threading event, since an anyio event wakes only its own loop.
-    Both are made only when such a waiter arrives: most builds are uncontended.
+    primitive, which sets ``thread`` and ``task`` (the builder's; ``task`` stays
+    ``None`` for a sync build). Waiters on the builder's own thread wait on an
+    anyio event (``done``); a waiter in another thread (with an event loop of
+    its own, or none) waits on a threading event (``done_elsewhere``), since an
+    anyio event wakes only its own loop. Both are made only when such a waiter
+    arrives (most builds are uncontended): class attributes until then, so that
+    making a marker costs one attribute set.
     """
 
-    __slots__ = ("done", "done_elsewhere", "task", "thread")
-
-    def __init__(self, task: object) -> None:
-        self.done: anyio.Event | None = None
-        self.done_elsewhere: threading.Event | None = None
-        self.thread = threading.get_ident()
-        self.task = task
+    thread: int = 0
+    task: object = None
+    done: anyio.Event | None = None
+    done_elsewhere: threading.Event | None = None
 
     def wake(self) -> None:
-        """Wake every waiter; called by the builder, after its lock, on its own thread."""
+        """Wake every waiter; called by the builder once its value is stored or dropped."""
         if self.done is not None:
             self.done.set()
         if self.done_elsewhere is not None:

@@ -22,7 +22,7 @@ import functools
 import inspect
 import threading
 import typing
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any, Final, Literal, TypeAlias, TypeVar, final
 
 import attrs
@@ -179,6 +179,22 @@ def _context_of(scope: Scope) -> UserContext:
 
 
 _MISSING: Final = object()
+V = TypeVar("V")
+
+
+class _Compiled(dict[Any, V]):
+    """A registry's compiled resolvers by key; a missing key is compiled (and stored) by ``compile``."""
+
+    __slots__ = ("_compile",)
+
+    def __init__(self, compile: Callable[[Any], V]) -> None:
+        super().__init__()
+        self._compile = compile
+
+    def __missing__(self, key: Any) -> V:
+        return self._compile(key)
+
+
 # How Scope.aget resolves a key: (awaits, resolver, cache key of a REQUEST product).
 _AsyncEntry: TypeAlias = tuple[bool, Callable[["Scope"], Any], "_Provider | None"]
 # Enum members looked up once (each Lifetime.X is a metaclass lookup).
@@ -242,10 +258,14 @@ class Registry:
         # Other principals' live products, for the shared-state walk (per registry).
         self._index = SharedStateIndex()
         self._needs_async: dict[Any, bool] = {}
-        self._resolvers: dict[Any, Callable[[Scope], Any]] = {}
+        self._resolvers: _Compiled[Callable[[Scope], Any]] = _Compiled(self._make_resolver)
         self._async_keys: set[Any] = set()
         # For aget: (awaits, resolver) per key, the sync resolver where nothing awaits.
-        self._aresolvers: dict[Any, _AsyncEntry] = {}
+        self._aresolvers: _Compiled[_AsyncEntry] = _Compiled(self._make_aresolver)
+        # The declared interface of Scope.get and Scope.aget to this registry: how
+        # each key resolves, compiled on first lookup (``table[key]``).
+        self.__isolation_resolvers__: Mapping[Any, Callable[[Scope], Any]] = self._resolvers
+        self.__isolation_aresolvers__: Mapping[Any, _AsyncEntry] = self._aresolvers
         self._checker: Callable[[Scope, Any, str], None] | None = self._walk
 
     # -- registration -----------------------------------------------------------
@@ -411,22 +431,6 @@ class Registry:
         return provider
 
     # -- resolution (called by Scope.get / Scope.aget) -------------------------------
-
-    def __isolation_resolver__(self, key: Any) -> Callable[[Scope], Any]:
-        """How :meth:`Scope.get` resolves ``key``: ``resolver(scope)``, compiled once.
-
-        The registry's declared interface to the context core, with
-        :meth:`__isolation_aresolver__`.
-        """
-        return self._resolvers.get(key) or self._make_resolver(key)
-
-    def __isolation_aresolver__(self, key: Any) -> _AsyncEntry:
-        """How :meth:`Scope.aget` resolves ``key``: ``(awaits, resolver, cache_key)``.
-
-        ``resolver(scope)`` is awaited when ``awaits``; ``cache_key`` is set for a
-        ``REQUEST`` product, which ``Scope.aget`` may find built without awaiting.
-        """
-        return self._aresolvers.get(key) or self._make_aresolver(key)
 
     def _owner(self, scope: Scope, provider: _Provider) -> Scope:
         if provider.lifetime is _REQUEST:

@@ -371,12 +371,12 @@ class TestExactlyOnce:
 
     def test_threads(self) -> None:
         """10 threads x 20 scopes through a context-carrying executor: 20 runs."""
-        assert fm07.run_threads(isolation.request_scoped) == []
+        assert fm07.run_threads(fm07._library_scoped) == []
 
     @pytest.mark.anyio
     async def test_tasks(self) -> None:
         """10 tasks x 20 scopes: 20 runs (asyncio and trio)."""
-        assert await fm07.run_tasks(isolation.request_scoped) == []
+        assert await fm07.run_tasks(fm07._library_scoped) == []
 
     def test_mutant_caught_with_threads(self) -> None:
         """Creation without a lock is caught by the thread scenario, every run."""

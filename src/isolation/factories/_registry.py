@@ -215,6 +215,10 @@ class Registry:
         sample_seed: Makes the sampled builds reproducible (for tests); by
             default each provider's generator is seeded from ``os.urandom``,
             so that no build order can line up with the walked builds.
+        event_factory: Makes the :class:`threading.Event` a resolver in another
+            thread waits on while a product is built (``threading.Event`` by
+            default): a test's hook to see the waiters, as dishka's
+            ``lock_factory=``.
 
     Example::
 
@@ -236,6 +240,7 @@ class Registry:
         check: CheckMode = "full",
         sample_every: int = 100,
         sample_seed: int | None = None,
+        event_factory: Callable[[], threading.Event] | None = None,
     ) -> None:
         if not isinstance(check, str) or check not in ("full", "sampled", "off"):
             raise ConfigurationError(f"check must be 'full', 'sampled' or 'off', got {check!r}")
@@ -247,6 +252,9 @@ class Registry:
         self._check = check
         self._sample_every = sample_every
         self._sample_seed = sample_seed
+        if event_factory is not None and not callable(event_factory):
+            raise ConfigurationError(f"event_factory must be callable, got {event_factory!r}")
+        self._event_factory = event_factory
         # One schedule per sampled provider, kept across recompilations.
         self._schedules: dict[_Provider, Schedule] = {}
         self._providers: dict[Any, _Provider] = {}
@@ -536,7 +544,7 @@ class Registry:
                 walk(owner, product, product_name)
             return product
 
-        resolve_in = once(cache_key, build, name=product_name)
+        resolve_in = once(cache_key, build, name=product_name, event_factory=self._event_factory)
         if per_request:
             return resolve_in
 
@@ -761,7 +769,7 @@ class Registry:
                 walk(owner, product, product_name)
             return product
 
-        aresolve_in = aonce(cache_key, build, name=product_name)
+        aresolve_in = aonce(cache_key, build, name=product_name, event_factory=self._event_factory)
         if per_request:
             return aresolve_in
 

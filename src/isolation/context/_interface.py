@@ -13,13 +13,19 @@ and through this module, never through ``Scope``'s private fields:
 * :func:`is_plain`: whether the scope is active and readable without questions
   (no deadline passed, not held across a yield): the fast paths' test;
 * :func:`is_held`: whether a generator holds the scope across a yield, or it
-  was opened over such a scope (then :func:`current_scope` says what is seen).
+  was opened over such a scope (then :func:`current_scope` says what is seen);
+* :func:`is_live`: whether the scope was entered and has not ended.
+
+``is_plain`` is also read inline, as ``scope._fast is not None or scope._timed
+is not None``, by ``@owned``'s per-call guard, where a function call would cost
+every guarded method call (the one read of ``Scope``'s fields left outside
+``context``, counted in ``tests/test_layers.py``).
 """
 
 from __future__ import annotations
 
 from isolation.context._once import EventFactory, ain_current, aonce, in_current, once
-from isolation.context._scope import Finalizer, Scope
+from isolation.context._scope import _ACTIVE, Finalizer, Scope
 
 __all__ = [
     "EventFactory",
@@ -29,6 +35,7 @@ __all__ = [
     "in_current",
     "is_async",
     "is_held",
+    "is_live",
     "is_plain",
     "once",
 ]
@@ -63,3 +70,8 @@ def is_plain(scope: Scope) -> bool:
 def is_held(scope: Scope) -> bool:
     """Whether a generator holds ``scope`` across a yield, or it was opened over such a scope."""
     return scope._held is not None or scope._over is not None
+
+
+def is_live(scope: Scope) -> bool:
+    """Whether ``scope`` was entered and has not ended (held across a yield or not)."""
+    return scope._state == _ACTIVE

@@ -329,6 +329,11 @@ class Scope:
     :meth:`on_close` run at exit in reverse order, shielded from cancellation,
     each bounded by ``cleanup_timeout`` seconds.
 
+    The other parts of the library use a scope through its public properties
+    and its declared internal interface, :mod:`isolation.context._interface`
+    (the per-scope storage and its "build once" primitive, finalizers of a
+    build, how the scope was entered and is seen), never its private fields.
+
     Args:
         ctx: The context to bind.
         allow_switch: Allow entering this scope while another principal's is

@@ -245,13 +245,6 @@ class ScopedFactory(Generic[T_co]):
             warn_truncated=self.warn_truncated,
         )
 
-    def _recursion(self) -> UsageError:
-        return UsageError(
-            f"{self.name} called itself (directly or through another factory) while it was "
-            "being built in this scope",
-            hint="Break the cycle between the factories",
-        )
-
 
 def check_shared_state(
     scope: Scope,

@@ -132,7 +132,7 @@ def once(
 
     def resolve(scope: Scope) -> T:
         data = scope._data
-        if data is None or scope._lock is None:
+        if data is None:  # made with the scope's lock, which is never dropped
             data = scope._storage()[0]
         value = data.get(key, _MISSING)
         if value is not _MISSING and type(value) is not _Pending:
@@ -180,7 +180,7 @@ def aonce(
 
     async def aresolve(scope: Scope) -> T:
         data = scope._data
-        if data is None or scope._lock is None:
+        if data is None:  # made with the scope's lock, which is never dropped
             data = scope._storage()[0]
         value = data.get(key, _MISSING)
         if value is not _MISSING and type(value) is not _Pending:

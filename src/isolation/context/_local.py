@@ -21,8 +21,6 @@ __all__ = ["ContextLocal"]
 
 T = TypeVar("T")
 
-_MISSING = object()
-
 
 @final
 class ContextLocal(Generic[T]):
@@ -78,9 +76,13 @@ class ContextLocal(Generic[T]):
         if scope is not None and scope._fast is not None:
             data = scope._data
             if data is not None:
-                value = data.get(self, _MISSING)
-                if value is not _MISSING and type(value) is not _Pending:
-                    return value  # type: ignore[no-any-return]
+                try:  # a subscript, not .get(): the hit is the common case
+                    value = data[self]
+                except KeyError:
+                    pass
+                else:
+                    if type(value) is not _Pending:
+                        return value  # type: ignore[no-any-return]
         return self._resolve(current_scope())
 
     def set(self, value: T) -> None:

@@ -232,9 +232,13 @@ def in_current(key: object, resolve: Callable[[Scope], T]) -> Callable[[], T]:
         if scope is not None and scope._fast is not None:
             data = scope._data
             if data is not None:
-                value = data.get(key, _MISSING)
-                if value is not _MISSING and type(value) is not _Pending:
-                    return value  # type: ignore[no-any-return]
+                try:  # a subscript, not .get(): the hit is the common case
+                    value = data[key]
+                except KeyError:
+                    pass
+                else:
+                    if type(value) is not _Pending:
+                        return value  # type: ignore[no-any-return]
         return resolve(current_scope())
 
     return get
@@ -250,9 +254,13 @@ def ain_current(
         if scope is not None and scope._fast is not None:
             data = scope._data
             if data is not None:
-                value = data.get(key, _MISSING)
-                if value is not _MISSING and type(value) is not _Pending:
-                    return value  # type: ignore[no-any-return]
+                try:  # a subscript, not .get(): the hit is the common case
+                    value = data[key]
+                except KeyError:
+                    pass
+                else:
+                    if type(value) is not _Pending:
+                        return value  # type: ignore[no-any-return]
         return await resolve(current_scope())
 
     return aget

@@ -21,10 +21,12 @@ Waiting, by where the waiter runs:
 The builder takes no lock: it stores its value, then wakes the waiters whose
 events it finds; a waiter puts its event on the marker, then reads the storage
 again (see :func:`_wait_event`), so none misses its wake-up. The scope's lock
-is taken only by waiters and failed builds, never across a build or an await. The build runs **as the scope that owns the
-value** (bound as the current scope), so ``@owned`` instances it makes record
-the right owner; a build that ends after its scope has ended is not stored,
-and raises :class:`ScopeEndedError`.
+is taken only by waiters and failed builds, never across a build or an await
+(a ``ContextLocal.set()`` racing with the first build may be overwritten by
+it, as by any other racing write). The build runs **as the scope that owns
+the value** (bound as the current scope), so ``@owned`` instances it makes
+record the right owner; a build that ends after its scope has ended is not
+stored, and raises :class:`ScopeEndedError`.
 
 ``event_factory`` (the model is dishka's ``lock_factory=``) makes the
 threading events other threads wait on: a check that must know when every

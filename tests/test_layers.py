@@ -54,8 +54,9 @@ CORE = 0
 
 # Imports that run the wrong way today, each with its reason. Shrink it; never grow it.
 ALLOWED_IMPORTS = {
-    # Scope resolves a Registry's products (issue 19, item 1: one per-scope storage and
-    # "once" primitive owned by the context core removes it).
+    # Scope's registry= and .registry are typed as the Registry (under TYPE_CHECKING only);
+    # resolving goes through the Registry's declared __isolation_resolvers__ and
+    # __isolation_aresolvers__ tables, and the storage and "once" primitive is context's (_once).
     ("isolation.context._scope", "isolation.factories._registry"),
     # Scope.from_token(), the documented way a worker opens a user's scope from a token:
     # imported lazily, inside the method.
@@ -146,24 +147,12 @@ def test_the_import_allow_list_has_no_stale_entries() -> None:
 # reads go. Private modules' functions (``_clock._now``) are their module's interface
 # and are not counted here.
 ALLOWED_PRIVATE_READS: dict[tuple[str, str], int] = {
-    # Scope's per-scope storage and the Registry's resolver tables (item 1).
-    ("isolation.context", "_aresolvers"): 1,
-    ("isolation.context", "_make_aresolver"): 1,
-    ("isolation.context", "_make_resolver"): 1,
-    ("isolation.context", "_resolvers"): 1,
-    ("isolation.factories", "_async"): 1,
-    ("isolation.factories", "_check_deadline"): 1,
-    ("isolation.factories", "_ctx"): 8,
-    ("isolation.factories", "_data"): 4,
-    ("isolation.factories", "_fast"): 5,
-    ("isolation.factories", "_held"): 1,
-    ("isolation.factories", "_lifetime"): 1,
-    ("isolation.factories", "_over"): 1,
-    ("isolation.factories", "_parent"): 3,
-    ("isolation.factories", "_state"): 9,
-    ("isolation.factories", "_storage"): 5,
+    # @owned's per-call guard reads is_plain (isolation.context._interface) inline:
+    # a call would cost every guarded method call.
+    ("isolation.factories", "_fast"): 3,
     ("isolation.factories", "_timed"): 3,
-    ("isolation.logging", "_held"): 1,
+    # The session manager's reads of Scope (sessions/ is being split: not moved yet to
+    # isolation.context._interface, Scope's declared internal interface).
     ("isolation.sessions", "_async"): 1,
     ("isolation.sessions", "_cancel_scope"): 1,
     ("isolation.sessions", "_cleanup_timeout"): 1,
@@ -175,7 +164,7 @@ ALLOWED_PRIVATE_READS: dict[tuple[str, str], int] = {
     # The report's mutants and the testing machines read what they check (item 8).
     ("isolation.report", "_payloads"): 1,
     ("isolation.report", "_seqs"): 1,
-    ("isolation.report", "_storage"): 5,
+    ("isolation.report", "_storage"): 4,
     ("isolation.report", "_tasks"): 2,
     ("isolation.report", "_url"): 1,
     ("isolation.testing", "_index"): 1,

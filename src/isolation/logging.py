@@ -70,6 +70,7 @@ class ContextFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        from isolation.context._interface import is_held
         from isolation.context._scope import _current, current_scope
 
         scope = _current.get()
@@ -77,7 +78,7 @@ class ContextFilter(logging.Filter):
         if scope is not None:
             try:
                 ctx = scope.context if scope.active else None
-                if ctx is None and scope._held is not None:
+                if ctx is None and is_held(scope):
                     # Held across a yield: the scope seen here (its parent), if any.
                     ctx = current_scope().context
             except IsolationError:  # refused: no user stamped

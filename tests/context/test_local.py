@@ -101,6 +101,15 @@ class TestContextLocal:
         gc.collect()
         assert ref() is None
 
+    def test_default_factory_reading_its_own_local_is_refused(self) -> None:
+        """A default_factory that reads its own ContextLocal is a UsageError, not a loop."""
+        local: ContextLocal[int] = ContextLocal(lambda: local.get() + 1, name="depth")
+        with (
+            isolation.scope(UserContext.new("alice")),
+            pytest.raises(isolation.UsageError, match="depth called itself"),
+        ):
+            local.get()
+
     def test_default_factory_once_per_scope_under_threads(self) -> None:
         """Threads racing to the first get() run default_factory exactly once."""
         calls = 0

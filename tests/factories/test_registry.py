@@ -6,7 +6,6 @@ import contextvars
 import functools
 import gc
 import threading
-import types
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -510,7 +509,7 @@ class TestAsync:
 
 
 class TestAsyncAcrossEventLoops:
-    def test_waiters_in_other_threads_are_woken(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_waiters_in_other_threads_are_woken(self) -> None:
         """Threads with event loops of their own share one async CONNECTION build.
 
         Thread A builds; B and C, each on its own loop, wait for it. An anyio
@@ -518,8 +517,6 @@ class TestAsyncAcrossEventLoops:
         test releases the build only once both wait, then checks one build,
         one product.
         """
-        from isolation.factories import _registry
-
         waiting = threading.Condition()
         waiters = [0]
 
@@ -530,14 +527,7 @@ class TestAsyncAcrossEventLoops:
                     waiting.notify_all()
                 return super().wait(timeout)
 
-        monkeypatch.setattr(
-            _registry,
-            "threading",
-            types.SimpleNamespace(
-                Event=CountingEvent, get_ident=threading.get_ident, RLock=threading.RLock
-            ),
-        )
-        registry = Registry(check="off")
+        registry = Registry(check="off", event_factory=CountingEvent)
         started, release = threading.Event(), threading.Event()
         builds: list[str] = []
 
@@ -832,3 +822,9 @@ def test_wrapped_provider_taking_keywords_only() -> None:
 
     with isolation.scope(UserContext.new("alice"), registry=registry) as s:
         assert s.get(Client).settings is settings
+
+
+def test_event_factory_must_be_callable() -> None:
+    """Registry(event_factory=...) takes a callable making a threading.Event."""
+    with pytest.raises(isolation.ConfigurationError, match="event_factory"):
+        Registry(event_factory=object())  # type: ignore[arg-type]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import gc
 import threading
 import warnings
@@ -309,17 +310,73 @@ class TestFailures:
                 await make()
 
 
+class TestAcrossEventLoops:
+    def test_async_waiter_in_another_threads_loop_is_woken(self) -> None:
+        """An async factory built in one thread's event loop wakes a caller on another loop.
+
+        Thread A builds (held until released); thread B, on an event loop of its
+        own, calls while A builds and waits. The build is released only once
+        B's loop has nothing left to run but that wait (anyio's
+        ``wait_all_tasks_blocked`` in B's loop). An anyio event would wake only
+        A's loop: B would never return.
+        """
+        started, release, b_waiting = threading.Event(), threading.Event(), threading.Event()
+        builds: list[str] = []
+
+        async def connect() -> object:
+            builds.append(threading.current_thread().name)
+            started.set()
+            await anyio.to_thread.run_sync(release.wait, 30)
+            return object()
+
+        make = private(connect)
+        results: dict[str, object] = {}
+
+        def worker(name: str) -> None:
+            async def run() -> None:
+                async def call() -> None:
+                    results[name] = await make()
+
+                with anyio.fail_after(10):  # a hang guard: B is never woken otherwise
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(call)
+                        if name == "B":
+                            await anyio.wait_all_tasks_blocked()
+                            b_waiting.set()
+
+            anyio.run(run)
+
+        with isolation.scope(UserContext.new("alice")):
+            threads = {
+                name: threading.Thread(
+                    target=contextvars.copy_context().run, args=(worker, name), name=name
+                )
+                for name in "AB"
+            }
+            threads["A"].start()
+            assert started.wait(30)
+            threads["B"].start()
+            assert b_waiting.wait(30)
+            release.set()
+            for thread in threads.values():
+                thread.join(30)
+                assert not thread.is_alive()
+        assert builds == ["A"]
+        assert sorted(results) == ["A", "B"]
+        assert results["A"] is results["B"]
+
+
 class TestExactlyOnce:
     """Threads and tasks calling at the same moment: the factory runs once per scope."""
 
     def test_threads(self) -> None:
         """10 threads x 20 scopes through a context-carrying executor: 20 runs."""
-        assert fm07.run_threads(isolation.request_scoped) == []
+        assert fm07.run_threads(fm07._library_scoped) == []
 
     @pytest.mark.anyio
     async def test_tasks(self) -> None:
         """10 tasks x 20 scopes: 20 runs (asyncio and trio)."""
-        assert await fm07.run_tasks(isolation.request_scoped) == []
+        assert await fm07.run_tasks(fm07._library_scoped) == []
 
     def test_mutant_caught_with_threads(self) -> None:
         """Creation without a lock is caught by the thread scenario, every run."""

@@ -14,13 +14,12 @@ from collections.abc import Callable
 from typing import Generic, TypeVar, final
 
 from isolation._errors import NoContextError, UsageError
-from isolation.context._scope import _current, current_scope
+from isolation.context._once import once
+from isolation.context._scope import Scope, _current, _Pending, current_scope
 
 __all__ = ["ContextLocal"]
 
 T = TypeVar("T")
-
-_MISSING = object()
 
 
 @final
@@ -42,7 +41,7 @@ class ContextLocal(Generic[T]):
         ScopeEndedError: The scope bound here has ended.
     """
 
-    __slots__ = ("__weakref__", "_default_factory", "_name")
+    __slots__ = ("__weakref__", "_default_factory", "_name", "_resolve")
 
     def __init__(
         self, default_factory: Callable[[], T] | None = None, *, name: str | None = None
@@ -54,6 +53,16 @@ class ContextLocal(Generic[T]):
             )
         self._default_factory = default_factory
         self._name = name or f"ContextLocal@{id(self):x}"
+        # The first value of each scope: built once (isolation.context._once).
+        self._resolve = once(self, self._first_value, name=self._name)
+
+    def _first_value(self, scope: Scope) -> T:
+        if self._default_factory is None:
+            raise NoContextError(
+                f"{self._name} has no value in this scope and no default_factory",
+                hint="Call .set(value) first in this scope, or give a default_factory",
+            )
+        return self._default_factory()
 
     @property
     def name(self) -> str:
@@ -67,22 +76,14 @@ class ContextLocal(Generic[T]):
         if scope is not None and scope._fast is not None:
             data = scope._data
             if data is not None:
-                value = data.get(self, _MISSING)
-                if value is not _MISSING:
-                    return value  # type: ignore[no-any-return]
-        scope = current_scope()
-        data, lock = scope._storage()
-        with lock:
-            value = data.get(self, _MISSING)
-            if value is _MISSING:
-                if self._default_factory is None:
-                    raise NoContextError(
-                        f"{self._name} has no value in this scope and no default_factory",
-                        hint="Call .set(value) first in this scope, or give a default_factory",
-                    )
-                value = self._default_factory()
-                data[self] = value
-        return value  # type: ignore[no-any-return]
+                try:  # a subscript, not .get(): the hit is the common case
+                    value = data[self]
+                except KeyError:
+                    pass
+                else:
+                    if type(value) is not _Pending:
+                        return value  # type: ignore[no-any-return]
+        return self._resolve(current_scope())
 
     def set(self, value: T) -> None:
         """Set this scope's value (seen by the scope's tasks and threads)."""

@@ -330,6 +330,11 @@ class Scope:
     :meth:`on_close` run at exit in reverse order, shielded from cancellation,
     each bounded by ``cleanup_timeout`` seconds.
 
+    The other parts of the library use a scope through its public properties
+    and its declared internal interface, :mod:`isolation.context._interface`
+    (the per-scope storage and its "build once" primitive, finalizers of a
+    build, how the scope was entered and is seen), never its private fields.
+
     Args:
         ctx: The context to bind.
         allow_switch: Allow entering this scope while another principal's is
@@ -520,10 +525,7 @@ class Scope:
             )
         if _current.get() is not self or self._fast is None:
             self._check_caller()
-        resolver = registry._resolvers.get(key)
-        if resolver is None:
-            resolver = registry._make_resolver(key)
-        return resolver(self)  # type: ignore[no-any-return]
+        return registry.__isolation_resolvers__[key](self)  # type: ignore[no-any-return]
 
     async def aget(self, key: type[T]) -> T:
         """Return this scope's product of type ``key``; sync and async providers alike."""
@@ -534,7 +536,7 @@ class Scope:
             )
         if _current.get() is not self or self._fast is None:
             self._check_caller()
-        awaits, resolver, cache_key = registry._aresolvers.get(key) or registry._make_aresolver(key)
+        awaits, resolver, cache_key = registry.__isolation_aresolvers__[key]
         if not awaits:
             return resolver(self)  # type: ignore[no-any-return]
         data = self._data
@@ -1063,23 +1065,25 @@ _storage_lock = threading.Lock()
 
 
 class _Pending:
-    """A product being built by an async provider; others wait for it.
+    """The marker of a value being built in a scope's storage; others wait for it.
 
-    Waiters on the builder's own thread wait on an anyio event; a waiter in
-    another thread (with an event loop of its own) waits on a threading event
-    in a worker thread, since an anyio event wakes only its own loop. Both
-    are made only when such a waiter arrives: most builds are uncontended.
+    Made by :mod:`isolation.context._once`, the one "build once per scope"
+    primitive, which sets ``thread`` and ``task`` (the builder's; ``task`` stays
+    ``None`` for a sync build). Waiters on the builder's own thread wait on an
+    anyio event (``done``); a waiter in another thread (with an event loop of
+    its own, or none) waits on a threading event (``done_elsewhere``), since an
+    anyio event wakes only its own loop. Both are made only when such a waiter
+    arrives (most builds are uncontended): class attributes until then, so that
+    making a marker costs one attribute set.
     """
 
-    __slots__ = ("done", "done_elsewhere", "thread")
-
-    def __init__(self) -> None:
-        self.done: anyio.Event | None = None
-        self.done_elsewhere: threading.Event | None = None
-        self.thread = threading.get_ident()
+    thread: int = 0
+    task: object = None
+    done: anyio.Event | None = None
+    done_elsewhere: threading.Event | None = None
 
     def wake(self) -> None:
-        """Wake every waiter; called by the builder, after its lock, on its own thread."""
+        """Wake every waiter; called by the builder once its value is stored or dropped."""
         if self.done is not None:
             self.done.set()
         if self.done_elsewhere is not None:

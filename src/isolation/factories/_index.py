@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import TYPE_CHECKING, Final, final
+from typing import TYPE_CHECKING, final
 
 import attrs
 
@@ -27,8 +27,6 @@ if TYPE_CHECKING:
     from isolation.context._scope import Scope
 
 __all__ = ["Conflict", "ScopeRecord", "SharedStateIndex", "default_index"]
-
-_ENDED: Final = 2  # isolation.context._scope._ENDED
 
 
 @attrs.frozen(kw_only=True)
@@ -74,7 +72,7 @@ class ScopeRecord:
         if self.closed:
             return False
         scope = self.scope_ref()
-        return scope is not None and scope._state != _ENDED
+        return scope is not None and not scope.ended
 
     def __len__(self) -> int:
         return len(self._where)

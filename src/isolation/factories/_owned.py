@@ -38,7 +38,8 @@ from typing import Any, Final, TypeVar
 
 from isolation._errors import CrossContextAccessError, NoContextError, UsageError
 from isolation._redact import redact_principal
-from isolation.context._scope import _ACTIVE, Scope, _current, current_scope
+from isolation.context._interface import is_held, is_live
+from isolation.context._scope import Scope, _current, current_scope
 
 __all__ = ["OWNER_ATTRIBUTE", "owned", "owner_of"]
 
@@ -126,34 +127,34 @@ def _refusal(
             f"this {what} has no owner scope: it was not built by its @owned constructor "
             "inside a scope"
         )
-    whose = redact_principal(owner._ctx.principal)
+    whose = redact_principal(owner.context.principal)
     if current is None:
         return CrossContextAccessError(f"this {what} of {whose} was used outside any scope")
-    if owner._state == _ACTIVE and not owner.active:
+    if is_live(owner) and not owner.active:
         return CrossContextAccessError(
             f"this {what} was built in a scope of {whose} that a generator holds across a "
             "yield, and was used outside that generator (its consumer, another task or "
             "thread, a later job)",
             hint="Use it inside the generator, or build it in the scope that uses it",
         )
-    if owner._state != _ACTIVE:
-        if current._ctx.principal == owner._ctx.principal:
+    if not is_live(owner):
+        if current.context.principal == owner.context.principal:
             return CrossContextAccessError(
                 f"this {what} was built in an earlier request of {whose}, whose scope has "
                 "ended: an instance never outlives its scope, even for the same user"
             )
         return CrossContextAccessError(
             f"this {what} was built in a scope of {whose} that has ended, and was used "
-            f"by {redact_principal(current._ctx.principal)}"
+            f"by {redact_principal(current.context.principal)}"
         )
-    if current._state != _ACTIVE:
+    if not is_live(current):
         return CrossContextAccessError(
             f"this {what} of {whose} was used from a copy of a scope that has ended"
         )
-    if current._ctx.principal != owner._ctx.principal:
+    if current.context.principal != owner.context.principal:
         return CrossContextAccessError(
             f"this {what} belongs to {whose} and was used by "
-            f"{redact_principal(current._ctx.principal)}"
+            f"{redact_principal(current.context.principal)}"
         )
     return CrossContextAccessError(
         f"this {what} belongs to another live scope of {whose} (another request, or a "
@@ -165,8 +166,8 @@ def _check_slow(instance: object, current: Scope | None, owner: Scope | None) ->
     if (
         current is not None
         and owner is not None
-        and owner._state == _ACTIVE
-        and current._state == _ACTIVE
+        and is_live(owner)
+        and is_live(current)
         # Not a scope a generator holds across a yield, seen from outside it.
         and owner.active
     ):
@@ -175,13 +176,15 @@ def _check_slow(instance: object, current: Scope | None, owner: Scope | None) ->
         while scope is not None:
             if scope is owner:
                 return
-            scope = scope._parent
+            scope = scope.parent
     raise _refusal(instance, current, owner)
 
 
 # The fast paths below pass an owner that is the current scope and readable without
 # questions: a scope has ``_fast`` (no deadline) or ``_timed`` (a deadline) only while it
 # is active and neither held across a yield nor bound over a held one (see Scope._bind).
+# That is isolation.context._interface.is_plain, read inline here: a call would cost
+# every guarded method call.
 
 
 def _check_weak(instance: object) -> None:
@@ -688,9 +691,9 @@ def owned(cls: C) -> C:
 
     def __new__(klass: type, /, *args: Any, **kwargs: Any) -> Any:  # noqa: N807
         current = _current.get()
-        if current is not None and (current._held is not None or current._over is not None):
+        if current is not None and is_held(current):
             current = current_scope()  # held across a yield: refused, or the scope seen here
-        if current is None or current._state != _ACTIVE:
+        if current is None or not is_live(current):
             raise NoContextError(
                 f"an @owned {klass.__qualname__} can only be built inside a scope",
                 hint="Build it inside `with isolation.scope(ctx):`, where it is used",

@@ -22,24 +22,22 @@ import functools
 import inspect
 import threading
 import typing
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any, Final, Literal, TypeAlias, TypeVar, final
 
-import anyio
 import attrs
 
 from isolation._counters import Counter
 from isolation._errors import (
     ConfigurationError,
-    CrossContextAccessError,
     FactoryError,
-    ScopeEndedError,
     SharedStateError,
     UsageError,
 )
 from isolation._lifetime import Lifetime
+from isolation.context._interface import add_finalizer, aonce, is_async, once
 from isolation.context._model import UserContext
-from isolation.context._scope import Scope, _current, _Pending
+from isolation.context._scope import Scope
 from isolation.factories._index import SharedStateIndex
 from isolation.factories._request_scoped import check_shared_state
 from isolation.factories._sampling import Schedule, schedule_for
@@ -177,10 +175,26 @@ def _parameters(fn: Callable[..., Any]) -> tuple[tuple[tuple[str, Any], ...], bo
 
 
 def _context_of(scope: Scope) -> UserContext:
-    return scope._ctx
+    return scope.context
 
 
 _MISSING: Final = object()
+V = TypeVar("V")
+
+
+class _Compiled(dict[Any, V]):
+    """A registry's compiled resolvers by key; a missing key is compiled (and stored) by ``compile``."""
+
+    __slots__ = ("_compile",)
+
+    def __init__(self, compile: Callable[[Any], V]) -> None:
+        super().__init__()
+        self._compile = compile
+
+    def __missing__(self, key: Any) -> V:
+        return self._compile(key)
+
+
 # How Scope.aget resolves a key: (awaits, resolver, cache key of a REQUEST product).
 _AsyncEntry: TypeAlias = tuple[bool, Callable[["Scope"], Any], "_Provider | None"]
 # Enum members looked up once (each Lifetime.X is a metaclass lookup).
@@ -201,6 +215,10 @@ class Registry:
         sample_seed: Makes the sampled builds reproducible (for tests); by
             default each provider's generator is seeded from ``os.urandom``,
             so that no build order can line up with the walked builds.
+        event_factory: Makes the :class:`threading.Event` a resolver in another
+            thread waits on while a product is built (``threading.Event`` by
+            default): a test's hook to see the waiters, as dishka's
+            ``lock_factory=``.
 
     Example::
 
@@ -222,6 +240,7 @@ class Registry:
         check: CheckMode = "full",
         sample_every: int = 100,
         sample_seed: int | None = None,
+        event_factory: Callable[[], threading.Event] | None = None,
     ) -> None:
         if not isinstance(check, str) or check not in ("full", "sampled", "off"):
             raise ConfigurationError(f"check must be 'full', 'sampled' or 'off', got {check!r}")
@@ -233,6 +252,9 @@ class Registry:
         self._check = check
         self._sample_every = sample_every
         self._sample_seed = sample_seed
+        if event_factory is not None and not callable(event_factory):
+            raise ConfigurationError(f"event_factory must be callable, got {event_factory!r}")
+        self._event_factory = event_factory
         # One schedule per sampled provider, kept across recompilations.
         self._schedules: dict[_Provider, Schedule] = {}
         self._providers: dict[Any, _Provider] = {}
@@ -244,10 +266,14 @@ class Registry:
         # Other principals' live products, for the shared-state walk (per registry).
         self._index = SharedStateIndex()
         self._needs_async: dict[Any, bool] = {}
-        self._resolvers: dict[Any, Callable[[Scope], Any]] = {}
+        self._resolvers: _Compiled[Callable[[Scope], Any]] = _Compiled(self._make_resolver)
         self._async_keys: set[Any] = set()
         # For aget: (awaits, resolver) per key, the sync resolver where nothing awaits.
-        self._aresolvers: dict[Any, _AsyncEntry] = {}
+        self._aresolvers: _Compiled[_AsyncEntry] = _Compiled(self._make_aresolver)
+        # The declared interface of Scope.get and Scope.aget to this registry: how
+        # each key resolves, compiled on first lookup (``table[key]``).
+        self.__isolation_resolvers__: Mapping[Any, Callable[[Scope], Any]] = self._resolvers
+        self.__isolation_aresolvers__: Mapping[Any, _AsyncEntry] = self._aresolvers
         self._checker: Callable[[Scope, Any, str], None] | None = self._walk
 
     # -- registration -----------------------------------------------------------
@@ -418,8 +444,8 @@ class Registry:
         if provider.lifetime is _REQUEST:
             return scope
         owner: Scope | None = scope
-        while owner is not None and owner._lifetime < provider.lifetime:
-            owner = owner._parent
+        while owner is not None and owner.lifetime < provider.lifetime:
+            owner = owner.parent
         if owner is None:
             raise UsageError(
                 f"{provider.name} is a CONNECTION product, but no CONNECTION scope "
@@ -495,55 +521,35 @@ class Registry:
         positional = provider.positional
         partial = functools.partial
 
-        def resolve(scope: Scope) -> Any:
-            owner = scope if per_request else owner_of(scope, provider)
-            data = owner._data
-            if data is not None:
-                product = data.get(cache_key, _MISSING)
-                if product is not _MISSING:
-                    return product
-            lock = owner._lock
-            if data is None or lock is None:
-                data, lock = owner._storage()
-            with lock:
-                product = data.get(cache_key, _MISSING)
-                if product is not _MISSING:
-                    return product
-                # Build as the owning scope, so @owned products record the right owner.
-                token = _current.set(owner) if _current.get() is not owner else None
-                try:
-                    if single is not None:
-                        product = (
-                            fn(single[1](owner))
-                            if positional
-                            else fn(**{single[0]: single[1](owner)})
-                        )
-                    elif dependencies:
-                        kwargs = {}  # a loop, not a comprehension: no extra frame on 3.11
-                        for name, dependency in dependencies:
-                            kwargs[name] = dependency(owner)
-                        product = fn(**kwargs)
-                    else:
-                        product = fn()
-                    if generator:
-                        made = product
-                        product = next(made)
-                        # A sync finalizer of the owner: appended directly, as on_close would.
-                        finalizers = owner._finalizers
-                        teardown = partial(_close_generator, provider, made)
-                        if finalizers is None:
-                            owner._finalizers = [teardown]
-                        else:
-                            finalizers.append(teardown)
-                finally:
-                    if token is not None:
-                        _current.reset(token)
-                built()
-                # Sampled: Schedule.due, inlined (this provider's own generator).
-                if walk is not None and (not sampled or draw() < chance):
-                    walk(owner, product, product_name)
-                data[cache_key] = product
+        def build(owner: Scope) -> Any:
+            # Runs once per owner scope, with the owner bound (isolation.context._once).
+            if single is not None:
+                product = (
+                    fn(single[1](owner)) if positional else fn(**{single[0]: single[1](owner)})
+                )
+            elif dependencies:
+                kwargs = {}  # a loop, not a comprehension: no extra frame on 3.11
+                for name, dependency in dependencies:
+                    kwargs[name] = dependency(owner)
+                product = fn(**kwargs)
+            else:
+                product = fn()
+            if generator:
+                made = product
+                product = next(made)
+                add_finalizer(owner, partial(_close_generator, provider, made))
+            built()
+            # Sampled: Schedule.due, inlined (this provider's own generator).
+            if walk is not None and (not sampled or draw() < chance):
+                walk(owner, product, product_name)
             return product
+
+        resolve_in = once(cache_key, build, name=product_name, event_factory=self._event_factory)
+        if per_request:
+            return resolve_in
+
+        def resolve(scope: Scope) -> Any:
+            return resolve_in(owner_of(scope, provider))
 
         return resolve
 
@@ -718,7 +724,7 @@ class Registry:
         dependencies: tuple[tuple[str, bool, Callable[[Scope], Any]], ...],
     ) -> Callable[[Scope], Any]:
         """The async twin of _product_resolver: one build per key per scope, even
-        when tasks resolve it at once (later ones wait for a _Pending)."""
+        when tasks and threads resolve it at once (isolation.context._once)."""
         cache_key = provider
         fn = provider.fn
         assert fn is not None
@@ -734,85 +740,41 @@ class Registry:
         register_teardown = self._register_teardown
         partial = functools.partial
 
-        async def aresolve(scope: Scope) -> Any:
-            owner = scope if per_request else owner_of(scope, provider)
-            if agen and not owner._async:
+        async def build(owner: Scope) -> Any:
+            # Runs once per owner scope, with the owner bound (isolation.context._once).
+            if agen and not is_async(owner):
                 raise UsageError(
                     f"{provider.name} is an async generator provider, which needs an "
                     "`async with` scope"
                 )
-            data = owner._data
-            if data is not None:
-                product = data.get(cache_key, _MISSING)
-                if product is not _MISSING and type(product) is not _Pending:
-                    return product
-            lock = owner._lock
-            if data is None or lock is None:
-                data, lock = owner._storage()
-            # setdefault is atomic: exactly one caller puts its _Pending in and builds.
-            pending = _Pending()
-            product = data.setdefault(cache_key, pending)
-            while product is not pending:
-                if type(product) is not _Pending:
-                    return product
-                other: _Pending = product
-                here = other.thread == threading.get_ident()
-                with lock:  # the builder takes the same lock to store, then wakes
-                    if data.get(cache_key) is not other:
-                        done: anyio.Event | threading.Event | None = None
-                    elif here:
-                        if other.done is None:
-                            other.done = anyio.Event()
-                        done = other.done
-                    else:
-                        if other.done_elsewhere is None:
-                            other.done_elsewhere = threading.Event()
-                        done = other.done_elsewhere
-                if isinstance(done, threading.Event):
-                    await anyio.to_thread.run_sync(done.wait, abandon_on_cancel=True)
-                elif done is not None:
-                    await done.wait()
-                product = data.setdefault(cache_key, pending)
-            try:
-                # Build as the owning scope, so @owned products record the right owner.
-                token = _current.set(owner) if _current.get() is not owner else None
-                try:
-                    kwargs = {}
-                    for name, awaits, dependency in dependencies:
-                        kwargs[name] = (await dependency(owner)) if awaits else dependency(owner)
-                    if agen:
-                        generator = fn(**kwargs)
-                        product = await generator.__anext__()
-                        # An async finalizer of the owner (an `async with` scope, checked above).
-                        teardown = partial(_aclose_generator, provider, generator)
-                        if owner._finalizers is None:
-                            owner._finalizers = [teardown]
-                        else:
-                            owner._finalizers.append(teardown)
-                    elif kind is _Kind.ASYNC:
-                        product = await fn(**kwargs)
-                    elif kind is _Kind.GENERATOR:
-                        generator = fn(**kwargs)
-                        product = next(generator)
-                        register_teardown(owner, provider, generator)
-                    else:
-                        product = fn(**kwargs)
-                finally:
-                    if token is not None:
-                        _current.reset(token)
-                built()
-                # Sampled: Schedule.due, inlined (this provider's own generator).
-                if walk is not None and (not sampled or draw() < chance):
-                    walk(owner, product, product_name)
-            except BaseException:
-                with lock:
-                    del data[cache_key]
-                pending.wake()
-                raise
-            with lock:
-                data[cache_key] = product
-            pending.wake()
+            kwargs = {}
+            for name, awaits, dependency in dependencies:
+                kwargs[name] = (await dependency(owner)) if awaits else dependency(owner)
+            if agen:
+                generator = fn(**kwargs)
+                product = await generator.__anext__()
+                # An async finalizer of the owner (an `async with` scope, checked above).
+                add_finalizer(owner, partial(_aclose_generator, provider, generator))
+            elif kind is _Kind.ASYNC:
+                product = await fn(**kwargs)
+            elif kind is _Kind.GENERATOR:
+                generator = fn(**kwargs)
+                product = next(generator)
+                register_teardown(owner, provider, generator)
+            else:
+                product = fn(**kwargs)
+            built()
+            # Sampled: Schedule.due, inlined (this provider's own generator).
+            if walk is not None and (not sampled or draw() < chance):
+                walk(owner, product, product_name)
             return product
+
+        aresolve_in = aonce(cache_key, build, name=product_name, event_factory=self._event_factory)
+        if per_request:
+            return aresolve_in
+
+        async def aresolve(scope: Scope) -> Any:
+            return await aresolve_in(owner_of(scope, provider))
 
         return aresolve
 
@@ -906,18 +868,3 @@ async def _aclose_generator(
 
 Registry.__module__ = "isolation"
 RegistryStats.__module__ = "isolation"
-
-
-def check_in_scope(scope: Scope) -> None:
-    """Refuse resolving from a scope that ended, expired, or is not the caller's."""
-    if not scope.active:
-        raise ScopeEndedError(f"{scope!r} has ended", hint="Resolve products inside their scope")
-    scope._check_deadline()
-    current = _current.get()
-    while current is not None and current is not scope:
-        current = current._parent
-    if current is None:
-        raise CrossContextAccessError(
-            f"{scope!r} was asked for a product from outside that scope",
-            hint="Resolve products from code running inside the scope",
-        )

@@ -3,9 +3,10 @@
 The wrapped factory keeps its name and call sites: ``make_engine()`` (or
 ``await make_engine()``) returns the instance built for the current scope. The
 instance lives in the scope's storage, so it dies with the scope; the first
-call in a scope builds it under a per-(scope, factory) lock (threads) or a
-once-event (tasks), so concurrent callers of one scope all get the one
-instance and the factory runs once. A new instance is walked
+call in a scope builds it through the context core's "build once" primitive
+(:mod:`isolation.context._once`), so concurrent callers of one scope (threads,
+tasks, other threads' event loops) all get the one instance and the factory
+runs once. A new instance is walked
 (:mod:`isolation.factories._graph`) and compared with the live instances of
 other principals (:mod:`isolation.factories._index`) before anyone sees it.
 """
@@ -14,18 +15,16 @@ from __future__ import annotations
 
 import functools
 import inspect
-import threading
 import typing
 import warnings
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
 
-import anyio
-
 from isolation._errors import ConfigurationError, ScopeEndedError, SharedStateError, UsageError
 from isolation._redact import redact_principal
+from isolation.context._interface import EventFactory, ain_current, aonce, in_current, once
 from isolation.context._model import UserContext
-from isolation.context._scope import _ACTIVE, Scope, _current, _ended, current_scope
+from isolation.context._scope import Scope, _ended, current_scope
 from isolation.factories._graph import (
     DEFAULT_MAX_DEPTH,
     DEFAULT_MAX_OBJECTS,
@@ -55,8 +54,6 @@ CheckMode = Literal["full", "sampled", "off"]
 
 _CHECKS: Final = ("full", "sampled", "off")
 DEFAULT_SAMPLE_EVERY: Final = 100
-
-_MISSING: Final = object()
 
 
 class _Decorator(Protocol):
@@ -128,31 +125,6 @@ def _is_async(fn: Callable[..., Any]) -> bool:
     )
 
 
-# -- the per-scope build slots ----------------------------------------------------------
-
-
-class _SyncSlot:
-    """The per-(scope, factory) lock of a sync factory."""
-
-    __slots__ = ("builder", "lock")
-
-    def __init__(self) -> None:
-        # Acquired with an explicit .acquire() call, not `with`: the exactly-once
-        # check of failure mode 7 observes callers blocking on it by that call.
-        self.lock = threading.RLock()
-        self.builder: int | None = None
-
-
-class _AsyncSlot:
-    """The once-event of an async factory's build in progress in one scope."""
-
-    __slots__ = ("builder", "event")
-
-    def __init__(self, builder: object) -> None:
-        self.event = anyio.Event()
-        self.builder = builder
-
-
 # -- the wrapper --------------------------------------------------------------------------
 
 
@@ -167,13 +139,16 @@ class ScopedFactory(Generic[T_co]):
         max_objects: The walk's bound on objects visited.
         index: The index of live scopes' objects to compare and register with.
         warn_truncated: Warn (:class:`WalkTruncatedWarning`) when a walk is truncated.
+        event_factory: Makes the :class:`threading.Event` a caller in another
+            thread waits on while the instance is built (``threading.Event``):
+            a test's hook to see the waiters, as dishka's ``lock_factory=``.
     """
 
     __slots__ = (
         "__weakref__",
         "_inject",
+        "_resolve",
         "_schedule",
-        "_slot_key",
         "check",
         "fn",
         "index",
@@ -195,6 +170,7 @@ class ScopedFactory(Generic[T_co]):
         max_objects: int = DEFAULT_MAX_OBJECTS,
         index: SharedStateIndex | None = None,
         warn_truncated: bool = True,
+        event_factory: EventFactory | None = None,
     ) -> None:
         if not callable(fn):
             raise UsageError(
@@ -214,83 +190,33 @@ class ScopedFactory(Generic[T_co]):
         # Sampled: each build walked with chance 1/sample_every, from this factory's
         # own generator, so that no order of users lines up with the walked builds.
         self._schedule = schedule_for(sample_every, self.name)
-        self._slot_key = object()
+        # Built once per scope by the context core, keyed by this factory.
+        self._resolve: Callable[[Scope], Any] = (
+            aonce(self, self._abuild, name=self.name, event_factory=event_factory)
+            if self.is_async
+            else once(self, self._build, name=self.name, event_factory=event_factory)
+        )
 
     def __repr__(self) -> str:
         return f"<isolation.request_scoped {self.name} check={self.check!r}>"
 
-    # -- the sync path --------------------------------------------------------
-
     def get(self) -> Any:
         """Return the current scope's instance, building it once (sync factories)."""
-        scope = current_scope()
-        data, scope_lock = scope._storage()
-        instance = data.get(self, _MISSING)
-        if instance is not _MISSING:
-            return instance
-        with scope_lock:
-            slot = data.get(self._slot_key)
-            if slot is None:
-                slot = data[self._slot_key] = _SyncSlot()
-        slot.lock.acquire()
-        try:
-            instance = data.get(self, _MISSING)
-            if instance is not _MISSING:
-                return instance
-            me = threading.get_ident()
-            if slot.builder == me:
-                raise self._recursion()
-            slot.builder = me
-            try:
-                instance = self._call(scope.context)
-                self._register(scope, instance)
-            finally:
-                slot.builder = None
-            if scope._state != _ACTIVE:
-                raise _ended(scope)
-            data[self] = instance
-            return instance
-        finally:
-            slot.lock.release()
-
-    # -- the async path -----------------------------------------------------------
+        return self._resolve(current_scope())
 
     async def aget(self) -> Any:
         """Return the current scope's instance, building it once (async factories)."""
-        scope = current_scope()
-        data, scope_lock = scope._storage()
-        while True:
-            instance = data.get(self, _MISSING)
-            if instance is not _MISSING:
-                return instance
-            me = anyio.get_current_task().id
-            with scope_lock:  # held for dict operations only, never across an await
-                instance = data.get(self, _MISSING)
-                if instance is not _MISSING:
-                    return instance
-                existing: _AsyncSlot | None = data.get(self._slot_key)
-                building = existing is None
-                slot = _AsyncSlot(me) if existing is None else existing
-                if building:
-                    data[self._slot_key] = slot
-            if not building:
-                if slot.builder == me:
-                    raise self._recursion()
-                await slot.event.wait()
-                continue  # built, or the build failed and this caller may build
-            try:
-                instance = await self._call(scope.context)
-                self._register(scope, instance)
-                if scope._state != _ACTIVE:
-                    raise _ended(scope)
-                with scope_lock:
-                    data[self] = instance
-                return instance
-            finally:
-                with scope_lock:
-                    if data.get(self._slot_key) is slot:
-                        del data[self._slot_key]
-                slot.event.set()
+        return await self._resolve(current_scope())
+
+    def _build(self, scope: Scope) -> Any:
+        instance = self._call(scope.context)
+        self._register(scope, instance)
+        return instance
+
+    async def _abuild(self, scope: Scope) -> Any:
+        instance = await self._call(scope.context)
+        self._register(scope, instance)
+        return instance
 
     # -- building and checking ------------------------------------------------------
 
@@ -317,13 +243,6 @@ class ScopedFactory(Generic[T_co]):
             max_depth=self.max_depth,
             max_objects=self.max_objects,
             warn_truncated=self.warn_truncated,
-        )
-
-    def _recursion(self) -> UsageError:
-        return UsageError(
-            f"{self.name} called itself (directly or through another factory) while it was "
-            "being built in this scope",
-            hint="Break the cycle between the factories",
         )
 
 
@@ -360,20 +279,7 @@ def check_shared_state(
             ),
             stacklevel=5,
         )
-    data, scope_lock = scope._storage()
-    with scope_lock:
-        record = data.get(index)
-        if record is None:
-            record = index.new_record(scope.context.principal, scope)
-
-            def close_record(exc: BaseException | None, record: ScopeRecord = record) -> None:
-                index.close(record)
-
-            try:
-                scope.on_close(close_record)
-            except UsageError:
-                raise _ended(scope) from None
-            data[index] = record
+    record: ScopeRecord = once(index, functools.partial(_new_record, index), name=name)(scope)
     try:
         conflict = index.add(record, result, name)
     except ScopeEndedError:
@@ -381,6 +287,20 @@ def check_shared_state(
     if conflict is not None:
         raise shared_state_error(conflict)
     return result
+
+
+def _new_record(index: SharedStateIndex, scope: Scope) -> ScopeRecord:
+    """The scope's record in ``index`` (built once per scope), closed when the scope ends."""
+    record = index.new_record(scope.context.principal, scope)
+
+    def close_record(exc: BaseException | None, record: ScopeRecord = record) -> None:
+        index.close(record)
+
+    try:
+        scope.on_close(close_record)
+    except UsageError:
+        raise _ended(scope) from None
+    return record
 
 
 def shared_state_error(conflict: Conflict) -> SharedStateError:
@@ -418,35 +338,12 @@ def _check_options(
 
 
 def _wrap(factory: ScopedFactory[Any]) -> Callable[[], Any]:
-    key = factory
-    if factory.is_async:
-
-        async def scoped_async() -> Any:
-            # The cache hit: one ContextVar read and one dict lookup.
-            scope = _current.get()
-            if scope is not None and scope._fast is not None:
-                data = scope._data
-                if data is not None:
-                    instance = data.get(key, _MISSING)
-                    if instance is not _MISSING:
-                        return instance
-            return await factory.aget()
-
-        wrapper: Callable[[], Any] = scoped_async
-    else:
-
-        def scoped() -> Any:
-            # The cache hit: one ContextVar read and one dict lookup.
-            scope = _current.get()
-            if scope is not None and scope._fast is not None:
-                data = scope._data
-                if data is not None:
-                    instance = data.get(key, _MISSING)
-                    if instance is not _MISSING:
-                        return instance
-            return factory.get()
-
-        wrapper = scoped
+    # The cache hit: one ContextVar read and one dict lookup (isolation.context._once).
+    wrapper: Callable[[], Any] = (
+        ain_current(factory, factory._resolve)
+        if factory.is_async
+        else in_current(factory, factory._resolve)
+    )
     functools.update_wrapper(wrapper, factory.fn, updated=())
     wrapper.__signature__ = inspect.Signature()  # type: ignore[attr-defined]
     wrapper.__isolation_factory__ = factory  # type: ignore[attr-defined]

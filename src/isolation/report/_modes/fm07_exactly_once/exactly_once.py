@@ -1,9 +1,12 @@
 """FM7, races in concurrent factory use: a scoped factory runs exactly once per scope.
 
-Subject: a decorator ``scoped(factory) -> wrapped`` with the contract of
+Subject: ``scoped(factory, event_factory) -> wrapped`` with the contract of
 :func:`isolation.request_scoped`: inside a scope, ``wrapped()`` (or ``await
-wrapped()`` for an async factory) returns the scope's one instance. The
-library's is ``request_scoped`` itself, with a private index.
+wrapped()`` for an async factory) returns the scope's one instance;
+``event_factory`` makes the :class:`threading.Event` a caller waits on while
+another thread builds (the injectable hook of the context core's "build once"
+primitive, as dishka's ``lock_factory=``). The library's is
+``request_scoped``'s own ``ScopedFactory``, with a private index.
 
 Scenario (the seed's 10 workers x 20 requests): 20 scopes one after another;
 in each, 10 threads call the factory at the same moment through a
@@ -14,19 +17,16 @@ the threads); then the same with 10 tasks. Property: the factory ran exactly
 The interleaving is forced, not left to the GIL: the factory blocks until it
 is released and counts concurrent entries. With tasks, it is released once
 :func:`anyio.wait_all_tasks_blocked` says every other caller is waiting. With
-threads, once every other caller is about to block on a lock held by another
-thread (seen by a profile hook at its ``acquire`` call; the library's slot lock
-is acquired that way on purpose), or once all ten are inside the factory. So
-the mutant, creation without a lock, lets all ten callers in, every run.
+threads, once every other caller waits on an event the subject made with the
+check's ``event_factory`` (which notes each waiter), or once all ten are
+inside the factory. So the mutant, creation without a lock, lets all ten
+callers in, every run.
 """
 
 from __future__ import annotations
 
-import re
-import sys
 import threading
 from collections.abc import Callable
-from types import FrameType
 from typing import Any, Final
 
 import anyio
@@ -40,15 +40,12 @@ from isolation.report._registry import Backend, Check, ModeRegistry, Settings
 
 __all__ = ["Scoped", "register", "run_tasks", "run_threads"]
 
-Scoped = Callable[[Callable[..., Any]], Callable[[], Any]]
+EventFactory = Callable[[], threading.Event]
+Scoped = Callable[[Callable[..., Any], EventFactory], Callable[[], Any]]
 
 WORKERS: Final = 10
 SCOPES: Final = 20
 HANG_GUARD: Final = 30.0  # seconds: only reached if the check cannot observe the callers
-
-_RLOCK = type(threading.RLock())
-_LOCK = type(threading.Lock())
-_OWNER = re.compile(r"owner=(\d+)")
 
 
 def _ctx(i: int) -> UserContext:
@@ -82,33 +79,23 @@ class _ThreadRound:
             self.inside -= 1
         return {"built": self.entered}
 
-    def _profile(self, frame: FrameType, event: str, arg: Any) -> None:
-        # Called for each C call of a caller thread: note the one that is about to
-        # block on a lock another thread holds (it stays blocked until the release).
-        if event != "c_call" or getattr(self.local, "in_factory", False):
-            return
-        if getattr(arg, "__name__", None) != "acquire":
-            return
-        lock = getattr(arg, "__self__", None)
-        if type(lock) is _RLOCK:
-            match = _OWNER.search(repr(lock))
-            held = match is not None and int(match.group(1)) not in (0, threading.get_ident())
-        elif type(lock) is _LOCK:
-            held = lock.locked()
-        else:
-            return
-        if held:
-            with self.cond:
-                self.blocked.add(threading.get_ident())
-                self.cond.notify_all()
+    def event_factory(self) -> threading.Event:
+        """The subject's hook: an event that notes each caller about to wait on it."""
+        round_ = self
+
+        class _Observed(threading.Event):
+            def wait(self, timeout: float | None = None) -> bool:
+                if not getattr(round_.local, "in_factory", False):
+                    with round_.cond:
+                        round_.blocked.add(threading.get_ident())
+                        round_.cond.notify_all()
+                return super().wait(timeout)
+
+        return _Observed()
 
     def call(self, wrapped: Callable[[], Any]) -> Any:
         self.local.in_factory = False
-        sys.setprofile(self._profile)
-        try:
-            return wrapped()
-        finally:
-            sys.setprofile(None)
+        return wrapped()
 
     def release_when_ready(self) -> None:
         with self.cond:
@@ -131,7 +118,7 @@ def run_threads(scoped: Scoped) -> list[str]:
     with ContextThreadPoolExecutor(max_workers=WORKERS) as pool:
         for i in range(SCOPES):
             round_ = _ThreadRound()
-            wrapped = scoped(round_.factory)
+            wrapped = scoped(round_.factory, round_.event_factory)
             with Scope(_ctx(i)):
                 futures = [pool.submit(round_.call, wrapped) for _ in range(WORKERS)]
                 round_.release_when_ready()
@@ -167,7 +154,7 @@ async def run_tasks(scoped: Scoped) -> list[str]:
             state["inside"] -= 1
             return object()
 
-        wrapped = scoped(factory)
+        wrapped = scoped(factory, threading.Event)
         results: list[object] = []
 
         async def call(
@@ -203,11 +190,11 @@ def check_exactly_once(scoped: Scoped, settings: Settings) -> list[str]:
 # -- the library's subject and the mutant ------------------------------------------------
 
 
-def _library_scoped(factory: Callable[..., Any]) -> Callable[[], Any]:
-    return _wrap(ScopedFactory(factory, index=SharedStateIndex()))
+def _library_scoped(factory: Callable[..., Any], event_factory: EventFactory) -> Callable[[], Any]:
+    return _wrap(ScopedFactory(factory, index=SharedStateIndex(), event_factory=event_factory))
 
 
-def _unlocked_scoped(factory: Callable[..., Any]) -> Callable[[], Any]:
+def _unlocked_scoped(factory: Callable[..., Any], event_factory: EventFactory) -> Callable[[], Any]:
     """Mutant: a per-scope cache that builds without a lock (check, build, store)."""
     key = object()
     if anyio_is_async(factory):

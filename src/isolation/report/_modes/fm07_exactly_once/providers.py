@@ -3,9 +3,10 @@
 Subject: a :class:`~isolation.Registry` class. In each of 20 scopes, 10 threads
 (through an executor that carries the scope) and then 10 tasks resolve the
 same ``REQUEST`` product at the same moment. The provider blocks until every
-resolver is either inside it or waiting for the scope — for tasks,
-``anyio.wait_all_tasks_blocked()``; for threads, a lock installed in the scope
-counts its waiters — so the interleaving that exposes a race happens every
+resolver is either inside it or waiting for the build — for tasks,
+``anyio.wait_all_tasks_blocked()``; for threads, the events the registry makes
+with the check's ``event_factory=`` (the injectable hook of the context core's
+"build once" primitive) count their waiters — so the interleaving that exposes a race happens every
 run. The property: the provider ran exactly once per scope and every resolver
 got the same object. The mutant resolves without a lock.
 """
@@ -25,40 +26,30 @@ from isolation.context._scope import Scope
 from isolation.factories._registry import _MISSING, Registry, _Kind, _Provider
 from isolation.report._registry import Backend, Check, ModeRegistry, Settings
 
-__all__ = ["CountingLock", "register"]
+__all__ = ["CountingEvent", "register"]
 
 SCOPES = 20
 RESOLVERS = 10
 _HANG_GUARD = 60.0
 
 
-class CountingLock:
-    """An ``RLock`` that counts the threads waiting for it and wakes a condition."""
+class CountingEvent(threading.Event):
+    """A ``threading.Event`` that counts the threads waiting on it and wakes a condition."""
 
-    def __init__(self, changed: threading.Condition) -> None:
-        self._lock = threading.RLock()
+    def __init__(self, changed: threading.Condition, waiting: list[int]) -> None:
+        super().__init__()
         self._changed = changed
-        self.waiting = 0
+        self._waiting = waiting
 
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        if self._lock.acquire(blocking=False):
-            return True
+    def wait(self, timeout: float | None = None) -> bool:
         with self._changed:
-            self.waiting += 1
+            self._waiting[0] += 1
             self._changed.notify_all()
         try:
-            return self._lock.acquire(blocking, timeout)
+            return super().wait(timeout)
         finally:
             with self._changed:
-                self.waiting -= 1
-
-    def release(self) -> None:
-        self._lock.release()
-
-    __enter__ = acquire
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+                self._waiting[0] -= 1
 
 
 class Product:
@@ -66,10 +57,10 @@ class Product:
 
 
 def _thread_round(registry_class: type[Registry]) -> list[str]:
-    registry = registry_class()
     changed = threading.Condition()
     entries = [0]
-    lock_box: list[CountingLock] = []
+    waiting = [0]
+    registry = registry_class(event_factory=lambda: CountingEvent(changed, waiting))
 
     @registry.provide
     def product() -> Product:
@@ -78,7 +69,7 @@ def _thread_round(registry_class: type[Registry]) -> list[str]:
             changed.notify_all()
             # Wait until every resolver is in here or waiting for the scope.
             settled = changed.wait_for(
-                lambda: entries[0] + lock_box[0].waiting >= RESOLVERS, timeout=_HANG_GUARD
+                lambda: entries[0] + waiting[0] >= RESOLVERS, timeout=_HANG_GUARD
             )
         if not settled:
             raise TimeoutError("resolvers never settled")
@@ -90,9 +81,6 @@ def _thread_round(registry_class: type[Registry]) -> list[str]:
             entries[0] = 0
             ctx = UserContext.new(f"fm7-thread-{i}")
             with Scope(ctx, registry=registry) as scope:
-                lock_box[:] = [CountingLock(changed)]
-                _data, _ = scope._storage()
-                scope._lock = lock_box[0]  # type: ignore[assignment]
                 start = threading.Barrier(RESOLVERS, timeout=_HANG_GUARD)
 
                 def resolve(s: Scope = scope, b: threading.Barrier = start) -> Product:

@@ -1,0 +1,77 @@
+"""``Scope``'s declared internal interface: what the other parts of the library may ask.
+
+``factories`` (the Registry, ``@request_scoped``, ``@owned``, the shared-state
+index) and ``logging`` use a scope through its public properties
+(``context``, ``parent``, ``lifetime``, ``active``, ``ended``, ``on_close``)
+and through this module, never through ``Scope``'s private fields:
+
+* :func:`once`, :func:`aonce`, :func:`in_current`, :func:`ain_current`: the
+  per-scope storage and its "build once" primitive (:mod:`._once`);
+* :func:`add_finalizer`: a finalizer registered by a build, without
+  :meth:`Scope.on_close`'s checks (the build runs in an active scope);
+* :func:`is_async`: whether the scope was entered with ``async with``;
+* :func:`is_plain`: whether the scope is active and readable without questions
+  (no deadline passed, not held across a yield): the fast paths' test;
+* :func:`is_held`: whether a generator holds the scope across a yield, or it
+  was opened over such a scope (then :func:`current_scope` says what is seen);
+* :func:`is_live`: whether the scope was entered and has not ended.
+
+``is_plain`` is also read inline, as ``scope._fast is not None or scope._timed
+is not None``, by ``@owned``'s per-call guard, where a function call would cost
+every guarded method call (the one read of ``Scope``'s fields left outside
+``context``, counted in ``tests/test_layers.py``).
+"""
+
+from __future__ import annotations
+
+from isolation.context._once import EventFactory, ain_current, aonce, in_current, once
+from isolation.context._scope import _ACTIVE, Finalizer, Scope
+
+__all__ = [
+    "EventFactory",
+    "add_finalizer",
+    "ain_current",
+    "aonce",
+    "in_current",
+    "is_async",
+    "is_held",
+    "is_live",
+    "is_plain",
+    "once",
+]
+
+
+def add_finalizer(scope: Scope, fn: Finalizer) -> None:
+    """Run ``fn(exc)`` at ``scope``'s exit, as :meth:`Scope.on_close` would, unchecked.
+
+    For a build running in ``scope`` (so the scope is active); an async ``fn``
+    only in a scope entered with ``async with`` (:func:`is_async`).
+    """
+    finalizers = scope._finalizers
+    if finalizers is None:
+        scope._finalizers = [fn]
+    else:
+        finalizers.append(fn)
+
+
+def is_async(scope: Scope) -> bool:
+    """Whether ``scope`` was entered with ``async with`` (it may run async finalizers)."""
+    return scope._async
+
+
+def is_plain(scope: Scope) -> bool:
+    """Whether ``scope`` is active and neither held across a yield nor bound over a held one.
+
+    A scope has its fast-path fields only in that state (see ``Scope._bind``).
+    """
+    return scope._fast is not None or scope._timed is not None
+
+
+def is_held(scope: Scope) -> bool:
+    """Whether a generator holds ``scope`` across a yield, or it was opened over such a scope."""
+    return scope._held is not None or scope._over is not None
+
+
+def is_live(scope: Scope) -> bool:
+    """Whether ``scope`` was entered and has not ended (held across a yield or not)."""
+    return scope._state == _ACTIVE

@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import functools
-import inspect
 import logging
 import math
 import threading
@@ -38,12 +36,10 @@ from typing import TYPE_CHECKING, Any, Final, Literal, final
 
 import anyio
 import attrs
-from sqlalchemy import event
-from sqlalchemy import util as sa_util
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, AsyncSessionTransaction
-from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
+from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.orm.session import SessionTransactionState
 from sqlalchemy.pool import QueuePool, SingletonThreadPool, StaticPool
 
@@ -58,16 +54,15 @@ from isolation._errors import (
     PoolExhaustedError,
     ScopeEndedError,
     SessionError,
-    SessionInUseError,
     UnsupportedBackendError,
     UsageError,
 )
 from isolation._redact import redact_principal
-from isolation.context import _scope
 from isolation.context._principal import Principal
 from isolation.context._scope import DEFAULT_CLEANUP_TIMEOUT, Scope, current_scope
 from isolation.sessions import _unmanaged
 from isolation.sessions._admission import Admission, Waiter
+from isolation.sessions._guard import install_connection_guard, owned_class
 from isolation.sessions._lifecycle import (
     Cleanup,
     Outcome,
@@ -75,12 +70,11 @@ from isolation.sessions._lifecycle import (
     nested_outcome,
     outermost_outcome,
 )
-from isolation.sessions._tenancy import Tenancy, TenantSession
+from isolation.sessions._owner import Owner, in_use_error
+from isolation.sessions._tenancy import Tenancy
 from isolation.sessions._unmanaged import Unmanaged
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection
-
     from isolation.factories._registry import Registry
     from isolation.sessions.postgres import Binding
 
@@ -144,478 +138,7 @@ class SessionStats:
     unrestricted_refused: int = 0
 
 
-@final
-class _Owner:
-    """Who a session belongs to, and which task is inside its block right now.
-
-    Referenced by the session, never referencing it back, and holding its scope
-    weakly: nothing here keeps an ended scope alive.
-    """
-
-    __slots__ = (
-        "__weakref__",
-        "admitted",
-        "cleaners",
-        "closed",
-        "depth",
-        "poisoned",
-        "principal",
-        "rls",
-        "scope_ref",
-        "started",
-        "sync",
-        "task",
-        "tenancy",
-        "unrestricted",
-        "warned",
-    )
-
-    def __init__(
-        self,
-        scope: Scope,
-        principal: Principal,
-        tenancy: Tenancy | None,
-        rls: Binding | None,
-        *,
-        sync: bool = False,
-        unrestricted: bool = False,
-    ) -> None:
-        self.scope_ref = weakref.ref(scope)
-        self.principal = principal
-        self.tenancy = None if unrestricted else tenancy
-        self.rls = rls
-        self.sync = sync
-        self.unrestricted = unrestricted
-        # The task inside the block (async face); the face's marker of an open block (sync).
-        self.task: object | None = None
-        self.depth = 0
-        self.admitted = False
-        self.closed = False
-        self.poisoned = False
-        self.started = 0.0
-        self.warned = False
-        # Who runs the manager's own cleanup: tasks (async face), thread idents (sync face).
-        self.cleaners: set[object] | None = None
-
-    def worker(self) -> object | None:
-        """The running asyncio task (async face) or thread ident (sync face)."""
-        if self.sync:
-            return threading.get_ident()
-        try:
-            return asyncio.current_task()
-        except RuntimeError:
-            return None
-
-    def refuse(self, current: Scope | None) -> None:
-        """The slow path of every checked method: raise, unless the manager is cleaning up.
-
-        Raises :class:`CrossContextAccessError` for use from another scope or from
-        none, and :class:`ScopeEndedError` for use from a copy of the owner's scope
-        that has ended (an escaped task). The manager's own cleanup (the scope's
-        finalizer, a block's end) runs in tasks it marks, and passes.
-        """
-        cleaners = self.cleaners
-        if cleaners:
-            worker = self.worker()
-            if worker is not None and worker in cleaners:
-                return
-        if current is not None and current._held and current is self.scope_ref():
-            if current.active and not self.closed:
-                return  # in the generator that holds its scope across a yield
-            if not self.closed:
-                raise CrossContextAccessError(
-                    f"a database session of {redact_principal(self.principal)} was used "
-                    "outside the generator that holds its scope across a yield"
-                )
-        if current is None or current is not self.scope_ref():
-            where = (
-                "with no scope bound"
-                if current is None
-                else f"from another scope (of {redact_principal(current._ctx.principal)})"
-            )
-            raise CrossContextAccessError(
-                f"a database session of {redact_principal(self.principal)} was used {where}",
-                hint=(
-                    "Never keep a session across requests or hand it to other code; "
-                    "open `async with manager.session()` in the scope that uses it"
-                ),
-            )
-        raise ScopeEndedError(
-            f"a database session of {redact_principal(self.principal)} was used after "
-            "its scope ended"
-        )
-
-    @contextlib.contextmanager
-    def cleaning(self) -> Iterator[None]:
-        """Mark the running task (or thread) as the manager's cleanup: the checks let it through."""
-        worker = self.worker()
-        assert worker is not None  # the async face runs on asyncio tasks only (_running_task)
-        cleaners = self.cleaners
-        if cleaners is None:
-            cleaners = self.cleaners = set()
-        cleaners.add(worker)
-        try:
-            yield
-        finally:
-            cleaners.discard(worker)
-
-    def guard(self) -> None:
-        """Refuse use from another scope, after the scope ended, outside a block, or by
-        another task: called by SQLAlchemy's events before any SQL is sent."""
-        current = _current_scope()
-        if current is None or current is not self.scope_ref() or self.closed:
-            self.refuse(current)
-            return
-        task = self.task
-        if task is None:
-            raise UsageError(
-                f"the database session of {redact_principal(self.principal)} was used "
-                f"outside its `{'' if self.sync else 'async '}with manager.session()` block",
-                hint="Do the database work inside the block; objects stay readable after it",
-            )
-        if self.sync:
-            # No task to cancel at the deadline: the next statement is refused instead
-            # (not the manager's own rollback of it).
-            deadline = current._deadline
-            if (
-                deadline is not None
-                and _clock._now() >= deadline
-                and not (self.cleaners and threading.get_ident() in self.cleaners)
-            ):
-                raise ContextExpiredError(
-                    f"the context of {redact_principal(self.principal)} expired inside a "
-                    "session block; its work will be rolled back"
-                )
-            return
-        try:
-            running = asyncio.current_task()
-        except RuntimeError:  # a worker thread (to_thread) has no running loop
-            running = None
-        if task is not running:
-            raise _in_use(self.principal)
-
-
-def _in_use(principal: Principal) -> SessionInUseError:
-    return SessionInUseError(
-        f"another task of the scope of {redact_principal(principal)} is inside a session "
-        "block: one AsyncSession must not be used by two tasks at once",
-        hint=(
-            "Use sequential blocks, or run each concurrent task in its own child scope "
-            "(async with isolation.scope(UserContext.new(...same user...))) with its own session"
-        ),
-    )
-
-
-_current_scope = _scope._current.get
-
-# Dunder methods that reach the session's contents or end its work.
-_CHECKED_DUNDERS: Final = frozenset(
-    {"__contains__", "__iter__", "__enter__", "__exit__", "__aenter__", "__aexit__"}
-)
-# Private entry points reached with no public method on the stack: a lazy many-to-one
-# load answered from the identity map, without SQL.
-_CHECKED_PRIVATE: Final = frozenset({"_identity_lookup"})
-# Public instance attributes that hold the owner's data or its transaction: made
-# checked properties (the value lives under another name in the instance dict).
-_CHECKED_ATTRIBUTES: Final = {"identity_map": Session, "sync_session": AsyncSession}
-# SQLAlchemy's computed properties (``Session.info``, ``Session.no_autoflush``).
-_MEMOIZED: Final = (sa_util.memoized_property, sa_util.non_memoized_property)
-
-
-def _checked(produce: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """A getter that checks the session's owner, then returns ``produce(session)``."""
-    current_scope = _current_scope
-
-    def get(self: Any) -> Any:
-        owner: _Owner = self._isolation_owner
-        current = current_scope()
-        if current is None or current is not owner.scope_ref() or owner.closed or current._held:
-            owner.refuse(current)
-        return produce(self)
-
-    return get
-
-
-def _checked_setter(put: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
-    """A setter that checks the session's owner, then calls ``put(session, value)``."""
-
-    def set_(self: Any, value: Any) -> None:
-        owner: _Owner = self._isolation_owner
-        current = _current_scope()
-        if current is None or current is not owner.scope_ref() or owner.closed or current._held:
-            owner.refuse(current)
-        put(self, value)
-
-    return set_
-
-
-def _checked_lookup(fn: Callable[..., Any]) -> property:
-    """``fn`` as a property: looking the method up checks the owner, then gives
-    SQLAlchemy's own bound method (its signature, a coroutine function where it is).
-
-    For ``AsyncSession`` methods, which all reach the checked ``sync_session``
-    before doing anything, so a bound method kept from the owner's scope is
-    refused too. Cheaper than forwarding ``*args, **kwargs`` on every call.
-    """
-    return property(_checked(fn.__get__), doc=fn.__doc__)
-
-
-def _checked_call(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn``, checking the owner when it is called (also as a bound method kept from
-    the owner's scope): the sync ``Session``'s methods act directly."""
-
-    def checked(self: Any, *args: Any, **kwargs: Any) -> Any:
-        owner: _Owner = self._isolation_owner
-        current = _current_scope()
-        if current is None or current is not owner.scope_ref() or owner.closed or current._held:
-            owner.refuse(current)
-        return fn(self, *args, **kwargs)
-
-    return functools.wraps(fn)(checked)
-
-
-def _checked_property(name: str, raw: Any) -> property:
-    """A property checking the owner, then answering as ``raw`` (a descriptor) would;
-    ``raw=None``: a plain instance attribute, kept under another name in the instance dict."""
-    if isinstance(raw, property):
-        fget, fset = raw.fget, raw.fset
-        assert fget is not None
-        return property(
-            _checked(fget), None if fset is None else _checked_setter(fset), doc=raw.__doc__
-        )
-    if raw is None:
-        key = f"_isolation_{name}"
-        current_scope = _current_scope
-
-        def get(self: Any) -> Any:  # hot (identity_map): the check inline
-            owner: _Owner = self._isolation_owner
-            current = current_scope()
-            if current is None or current is not owner.scope_ref() or owner.closed or current._held:
-                owner.refuse(current)
-            return self.__dict__[key]
-
-        def put(self: Any, value: Any) -> None:
-            self.__dict__[key] = value
-
-        return property(get, _checked_setter(put))
-
-    # A non-data descriptor (SQLAlchemy's memoized properties): the instance dict
-    # first, as Python's own lookup would.
-    def get_memo(self: Any) -> Any:
-        try:
-            return self.__dict__[name]
-        except KeyError:
-            return raw.__get__(self, type(self))
-
-    return property(_checked(get_memo), doc=getattr(raw, "__doc__", None))
-
-
-def _check_every_method(cls: type, base: type, *, on_lookup: bool) -> type:
-    """Give ``cls`` a checked version of every public method and property of ``base``.
-
-    Built from ``base``'s members when the module loads, so a method SQLAlchemy
-    adds is checked too; class-level members (classmethods, nested classes,
-    constants) are not bound to a session and are left alone. Methods are
-    checked when looked up (``on_lookup``) or when called; special methods,
-    looked up on the type, always when called.
-    """
-    checked_method = _checked_lookup if on_lookup else _checked_call
-    for name in dir(base):
-        dunder = name in _CHECKED_DUNDERS
-        if name.startswith("_") and not dunder and name not in _CHECKED_PRIVATE:
-            continue
-        if name in cls.__dict__:
-            continue
-        raw = inspect.getattr_static(base, name)
-        if inspect.isfunction(raw):
-            if dunder:
-                setattr(cls, name, _checked_call(raw))
-            elif name in _CHECKED_PRIVATE:  # looked up by SQLAlchemy itself, never kept
-                setattr(cls, name, _checked_lookup(raw))
-            else:
-                setattr(cls, name, checked_method(raw))
-        elif isinstance(raw, (property, *_MEMOIZED)):
-            setattr(cls, name, _checked_property(name, raw))
-    for name, owner_class in _CHECKED_ATTRIBUTES.items():
-        if issubclass(base, owner_class):
-            setattr(cls, name, _checked_property(name, None))
-    return cls
-
-
-class _OwnedBase(TenantSession):
-    """What every managed sync ``Session`` class derives from: it knows its owner, the
-    SQLAlchemy events below listen on it, and the legacy bulk methods are checked by
-    tenancy (``TenantSession``)."""
-
-    _isolation_owner: _Owner
-
-    def __init__(self, *, isolation_owner: _Owner, **kwargs: Any) -> None:
-        self._isolation_owner = isolation_owner
-        super().__init__(**kwargs)
-
-
-class _OwnedSession(_OwnedBase):
-    """The managed sync ``Session`` (and the one behind every managed ``AsyncSession``):
-    every public method refuses use from another scope before doing anything."""
-
-
-class _OwnedAsyncSession(AsyncSession):
-    """The ``AsyncSession`` a :class:`SessionManager` yields: every public method, property
-    and its ``sync_session`` refuse use from another scope before doing anything."""
-
-    _isolation_owner: _Owner
-    sync_session_class = _OwnedSession
-
-    def __init__(self, bind: AsyncEngine, *, isolation_owner: _Owner, **kwargs: Any) -> None:
-        self._isolation_owner = isolation_owner
-        super().__init__(bind, isolation_owner=isolation_owner, **kwargs)
-
-
-# From _OwnedBase, so that TenantSession's checked bulk methods are the ones wrapped.
-_check_every_method(_OwnedSession, _OwnedBase, on_lookup=False)
-_check_every_method(_OwnedAsyncSession, AsyncSession, on_lookup=True)
-
-# Managed classes made for a ``session_class=`` (SQLModel's ``Session``, an app's own).
-_OWNED_CLASSES: dict[type, type] = {Session: _OwnedSession, AsyncSession: _OwnedAsyncSession}
-_owned_classes_lock = threading.RLock()
-
-
-def _owned_async_init(base: type[Any]) -> Callable[..., None]:
-    """``__init__`` of a managed subclass of ``base`` made at run time (no ``super()`` cell)."""
-
-    def init(self: Any, bind: AsyncEngine, *, isolation_owner: _Owner, **kwargs: Any) -> None:
-        self._isolation_owner = isolation_owner
-        base.__init__(self, bind, isolation_owner=isolation_owner, **kwargs)
-
-    return init
-
-
-def _owned_class(session_class: object, *, is_async: bool) -> type[Any]:
-    """The managed subclass of ``session_class``, made once: every public member of it
-    (``exec()`` of SQLModel's included) checked, SQLAlchemy's events listening."""
-    base = AsyncSession if is_async else Session
-    if not isinstance(session_class, type) or not issubclass(session_class, base):
-        face = "an AsyncEngine" if is_async else "a sync Engine"
-        raise ConfigurationError(
-            f"session_class must be a subclass of sqlalchemy's {base.__name__} for a manager "
-            f"of {face}, got {session_class!r}",
-            hint="SQLModel: sqlmodel.Session (sync) or sqlmodel.ext.asyncio.session.AsyncSession",
-        )
-    with _owned_classes_lock:
-        owned = _OWNED_CLASSES.get(session_class)
-        if owned is not None:
-            return owned
-        name = session_class.__name__
-        if is_async:
-            sync_class = _owned_class(
-                getattr(session_class, "sync_session_class", Session), is_async=False
-            )
-            owned = type(
-                f"Owned{name}",
-                (session_class,),
-                {
-                    "sync_session_class": sync_class,
-                    "__init__": _owned_async_init(session_class),
-                    "__module__": __name__,
-                },
-            )
-            _check_every_method(owned, session_class, on_lookup=True)
-        else:
-            combined = type(f"Tenant{name}", (_OwnedBase, session_class), {"__module__": __name__})
-            owned = type(f"Owned{name}", (combined,), {"__module__": __name__})
-            _check_every_method(owned, combined, on_lookup=False)
-        _OWNED_CLASSES[session_class] = owned
-        return owned
-
-
-@event.listens_for(_OwnedBase, "do_orm_execute")
-def _on_execute(state: ORMExecuteState) -> None:
-    owner: _Owner | None = state.session._isolation_owner  # type: ignore[attr-defined]
-    if owner is None:
-        return
-    owner.guard()
-    tenancy = owner.tenancy
-    if tenancy is not None:
-        tenancy.apply(state, owner.principal)
-
-
-@event.listens_for(_OwnedBase, "before_flush")
-def _on_flush(session: Session, flush_context: Any, instances: Any) -> None:
-    owner: _Owner | None = session._isolation_owner  # type: ignore[attr-defined]
-    if owner is None:
-        return
-    owner.guard()
-    tenancy = owner.tenancy
-    if tenancy is not None:
-        tenancy.check_flush(session, owner.principal)
-
-
-# Key of a pooled connection's info: the owner of the managed session whose
-# transaction holds it, from its begin to its commit or rollback.
-_CONNECTION_OWNER: Final = "isolation.owner"
-_GUARDED_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
-
-
-def _guard_connection(conn: Connection, *args: Any) -> None:
-    """Engine ``before_cursor_execute``: SQL on a connection that a managed session's
-    transaction holds runs only from that session's scope and task.
-
-    ``await session.connection()`` hands out the transaction's connection: kept
-    in a global, it would otherwise run another request's SQL in the owner's
-    transaction, under the owner's row-level security binding.
-    """
-    owner: _Owner | None = conn.info.get(_CONNECTION_OWNER)
-    if owner is not None:
-        owner.guard()
-
-
-def _forget_owner(conn: Connection) -> None:
-    """Engine ``commit`` / ``rollback``: the transaction ended; the connection goes back."""
-    try:
-        info = conn.info
-    except SQLAlchemyError:  # invalidated: the pool's checkin forgets it (below)
-        return
-    info.pop(_CONNECTION_OWNER, None)
-
-
-def _forget_owner_on_checkin(dbapi_connection: Any, record: Any) -> None:
-    record.info.pop(_CONNECTION_OWNER, None)
-
-
-def _install_connection_guard(sync_engine: Engine) -> None:
-    """Listen once per engine; the listeners act only while a managed session's
-    transaction holds a connection (one dict lookup per statement otherwise)."""
-    if sync_engine in _GUARDED_ENGINES:
-        return
-    event.listen(sync_engine, "before_cursor_execute", _guard_connection)
-    event.listen(sync_engine, "commit", _forget_owner)
-    event.listen(sync_engine, "rollback", _forget_owner)
-    event.listen(sync_engine.pool, "checkin", _forget_owner_on_checkin)
-    _GUARDED_ENGINES.add(sync_engine)
-
-
-@event.listens_for(_OwnedBase, "after_begin")
-def _on_begin(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
-    owner: _Owner | None = session._isolation_owner  # type: ignore[attr-defined]
-    if owner is None:
-        return
-    owner.guard()
-    connection.info[_CONNECTION_OWNER] = owner
-    binding = owner.rls
-    if binding is not None:
-        if connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
-            raise ConfigurationError(
-                "row_level_security refuses an AUTOCOMMIT connection: "
-                "transaction-local settings would last one statement",
-                hint="Do not set isolation_level='AUTOCOMMIT' on managed sessions",
-            )
-        # params() refuses a tenant context where a policy binds the user alone.
-        connection.execute(binding.statement, binding.params(owner.principal))
-        if owner.unrestricted:
-            binding.unrestrict(connection, owner.principal)
-
-
-# ``_Owner.task`` of a sync session's open block: its threads take turns, none owns it.
+# ``Owner.task`` of a sync session's open block: its threads take turns, none owns it.
 _SYNC_BLOCK: Final = object()
 
 
@@ -639,7 +162,7 @@ class _Held:
     __slots__ = ("__weakref__", "manager", "owner", "session")
 
     def __init__(
-        self, manager: SessionManager, owner: _Owner, session: AsyncSession | Session
+        self, manager: SessionManager, owner: Owner, session: AsyncSession | Session
     ) -> None:
         self.manager = manager
         self.owner = owner
@@ -866,7 +389,7 @@ class _Block:
         session = typing.cast(AsyncSession, held.session)
         if owner.depth:
             if owner.task is not task:
-                raise _in_use(owner.principal)
+                raise in_use_error(owner.principal)
             owner.depth += 1
             try:
                 self._nested = await session.begin_nested()
@@ -915,7 +438,7 @@ class _Block:
 
 
 def _raise_if_lost(
-    owner: _Owner, failure: BaseException | None, when: str, exc: BaseException | None
+    owner: Owner, failure: BaseException | None, when: str, exc: BaseException | None
 ) -> None:
     """Raise the typed error when ``failure`` is a driver error SQLAlchemy classed as a
     disconnect: at the block's end only when the block itself raised nothing."""
@@ -926,7 +449,7 @@ def _raise_if_lost(
     raise _connection_lost(owner, when) from failure
 
 
-def _connection_lost(owner: _Owner, when: str) -> DatabaseConnectionLostError:
+def _connection_lost(owner: Owner, when: str) -> DatabaseConnectionLostError:
     """The typed error for a driver error that SQLAlchemy classed as a disconnect."""
     outcome = (
         "the commit's outcome is unknown"
@@ -1109,7 +632,7 @@ class SessionManager:
         self._product: type[Any] = (
             (Session if self._sync else AsyncSession) if session_class is None else session_class
         )
-        self._session_class = _owned_class(self._product, is_async=not self._sync)
+        self._session_class = owned_class(self._product, is_async=not self._sync)
         capacity = _pool_capacity(sync_engine)
         if max_sessions is not None:
             if (
@@ -1139,7 +662,7 @@ class SessionManager:
         # the option the unmanaged-connection guard lets through inside a scope.
         self._managed: AsyncEngine | Engine = engine.execution_options(**{_unmanaged.MANAGED: True})
         _unmanaged.install(sync_engine, _unmanaged.check_mode(unmanaged))
-        _install_connection_guard(sync_engine)
+        install_connection_guard(sync_engine)
         self._timeout = _positive("acquire_timeout", acquire_timeout)
         self._hold_warning = _positive("hold_warning", hold_warning)
         self._close_timeout = _positive("close_timeout", close_timeout)
@@ -1169,7 +692,7 @@ class SessionManager:
         self._sync_check_lock = threading.Lock()
         self._idle_sync = threading.Condition(self._lock)
         self._closing = False
-        self._holding: set[_Owner] = set()
+        self._holding: set[Owner] = set()
         self._idle: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -1508,7 +1031,7 @@ class SessionManager:
 
     def _new_held(self, scope: Scope, *, unrestricted: bool = False) -> _Held:
         principal = scope._ctx.principal
-        owner = _Owner(
+        owner = Owner(
             scope, principal, self._tenancy, self._rls, sync=self._sync, unrestricted=unrestricted
         )
         session: Session | AsyncSession
@@ -1537,7 +1060,7 @@ class SessionManager:
             self._open_by_principal[principal] = self._open_by_principal.get(principal, 0) + 1
         return held
 
-    def _closed(self, owner: _Owner) -> None:
+    def _closed(self, owner: Owner) -> None:
         principal = owner.principal
         with self._lock:
             self._open -= 1
@@ -1549,7 +1072,7 @@ class SessionManager:
 
     # -- admission ------------------------------------------------------------------
 
-    async def _admit(self, owner: _Owner) -> None:
+    async def _admit(self, owner: Owner) -> None:
         admission = self._admission
         principal = owner.principal
         if not admission.try_admit(principal):
@@ -1581,7 +1104,7 @@ class SessionManager:
             principal, admission.held_by(principal), time.monotonic() - started
         )
 
-    def _release(self, owner: _Owner) -> None:
+    def _release(self, owner: Owner) -> None:
         owner.admitted = False
         if self._sync:
             with self._lock:
@@ -1595,7 +1118,7 @@ class SessionManager:
         self._holding.discard(owner)
         self._release_principal(owner.principal)
 
-    def _admit_sync(self, owner: _Owner, scope: Scope) -> None:
+    def _admit_sync(self, owner: Owner, scope: Scope) -> None:
         """Admission for a sync block: wait in this thread, bounded by ``acquire_timeout``
         and by the scope's deadline (no cancellation reaches a thread)."""
         admission = self._admission
@@ -1663,7 +1186,7 @@ class SessionManager:
         if not self._admission.in_use and self._idle is not None:
             self._idle.set()
 
-    def _release_from_anywhere(self, owner: _Owner) -> None:
+    def _release_from_anywhere(self, owner: Owner) -> None:
         """Release from ``__del__``, which may run outside the loop's thread."""
         if self._sync:
             self._release(owner)
@@ -1803,7 +1326,7 @@ class SessionManager:
                 logger.exception("invalidating a session's connection failed")
 
     @staticmethod
-    def _uncommitted(owner: _Owner, *, poisoned: bool) -> IsolationError:
+    def _uncommitted(owner: Owner, *, poisoned: bool) -> IsolationError:
         """Why a block that raised nothing was rolled back."""
         if poisoned:
             return SessionError(

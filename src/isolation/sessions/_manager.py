@@ -20,11 +20,9 @@ import threading
 import time
 import types
 import typing
-import warnings
 import weakref
 from collections.abc import (
     AsyncIterator,
-    Awaitable,
     Callable,
     Generator,
     Iterable,
@@ -63,6 +61,7 @@ from isolation.context._scope import DEFAULT_CLEANUP_TIMEOUT, Scope, current_sco
 from isolation.sessions import _unmanaged
 from isolation.sessions._admission import Admission, Waiter
 from isolation.sessions._guard import install_connection_guard, owned_class
+from isolation.sessions._held import Held, OpenSessions
 from isolation.sessions._lifecycle import (
     Cleanup,
     Outcome,
@@ -156,129 +155,6 @@ def _running_task() -> asyncio.Task[Any]:
 
 
 @final
-class _Held:
-    """A scope's session: kept in the scope's storage, closed by the scope's finalizer."""
-
-    __slots__ = ("__weakref__", "manager", "owner", "session")
-
-    def __init__(
-        self, manager: SessionManager, owner: Owner, session: AsyncSession | Session
-    ) -> None:
-        self.manager = manager
-        self.owner = owner
-        self.session = session
-
-    def finalize(self, exc: BaseException | None) -> Awaitable[None] | None:
-        """The backstop at scope exit: cut off a block still running, count the close.
-
-        Usually every block has ended and there is nothing to await: then this
-        returns ``None`` and the scope pays for no shielded cancel scope.
-        A sync session's block still running in a thread cannot be cut off from
-        here: it is marked closed, so its next statement is refused and its end
-        rolls back.
-        """
-        owner = self.owner
-        if owner.closed:
-            return None
-        if owner.sync:
-            sync_session = typing.cast(Session, self.session)
-            with owner.cleaning():
-                owner.closed = True
-                if not owner.admitted and sync_session.in_transaction():
-                    sync_session.close()
-            self.manager._closed(owner)
-            return None
-        if owner.admitted or self.session.in_transaction():
-            return self._finalize(exc)
-        owner.closed = True
-        self.manager._closed(owner)
-        return None
-
-    async def _finalize(self, exc: BaseException | None) -> None:
-        owner = self.owner
-        if owner.closed:
-            return
-        owner.closed = True
-        manager = self.manager
-        try:
-            with owner.cleaning():
-                if owner.admitted:
-                    # A block is still open (a task that escaped the scope, or a block never
-                    # exited): its connection may be mid-operation in another task, so it is
-                    # invalidated rather than rolled back politely, and its work is lost.
-                    manager._rollbacks += 1
-                    session: AsyncSession = self.session  # type: ignore[assignment]
-                    try:
-                        await session.invalidate()
-                    finally:
-                        manager._release(owner)
-                elif self.session.in_transaction():
-                    session = self.session  # type: ignore[assignment]
-                    await session.rollback()
-                    await session.close()
-        finally:
-            manager._closed(owner)
-
-    async def commit_now(self) -> None:
-        """The scope's :meth:`~isolation.Scope.finish` hook: commit a block still open.
-
-        ``IsolationMiddleware`` finishes the scope before the response's status;
-        a block opened in a FastAPI dependency with ``yield`` ends only after the
-        response, so its work is committed here, and a failed commit (rolled back
-        at once) still turns the response into a 500. The block stays open: its
-        end commits what is done after this point, if anything.
-        """
-        owner = self.owner
-        if owner.closed or not owner.admitted or owner.depth == 0 or owner.poisoned:
-            return
-        scope = owner.scope_ref()
-        if scope is None or (scope._deadline is not None and _clock._now() >= scope._deadline):
-            return  # expired: the block's end rolls back
-        if owner.sync:
-            await anyio.to_thread.run_sync(self._commit_sync)
-            return
-        session = typing.cast(AsyncSession, self.session)
-        previous, owner.task = owner.task, asyncio.current_task()
-        try:
-            with owner.cleaning():
-                try:
-                    await session.commit()
-                except BaseException:
-                    with anyio.CancelScope(shield=True):
-                        await session.rollback()
-                    raise
-        finally:
-            owner.task = previous
-
-    def _commit_sync(self) -> None:
-        owner = self.owner
-        session = typing.cast(Session, self.session)
-        with owner.cleaning():
-            try:
-                session.commit()
-            except BaseException:
-                session.rollback()
-                raise
-
-    def __del__(self) -> None:
-        owner = self.owner
-        if owner.closed:
-            return
-        owner.closed = True
-        manager = self.manager
-        manager._leaks += 1
-        manager._closed(owner)
-        if owner.admitted:
-            manager._release_from_anywhere(owner)
-        warnings.warn(
-            f"a database session of {redact_principal(owner.principal)} was garbage-collected "
-            "without being closed; its scope's finalizer never ran",
-            ResourceWarning,
-            stacklevel=1,
-        )
-
-
-@final
 class _Block:
     """One ``async with manager.session()`` block, or ``with`` for a sync engine (single use)."""
 
@@ -288,7 +164,7 @@ class _Block:
         self._manager = manager
         # The scope's storage key: an unrestricted session is a second one of the scope.
         self._key: object = manager._unrestricted_key if unrestricted else manager
-        self._held: _Held | None = None
+        self._held: Held | None = None
         self._nested: Any = None  # the SAVEPOINT of a nested block: async or sync
 
     def __enter__(self) -> Session:
@@ -310,7 +186,7 @@ class _Block:
             manager._allow_unrestricted(scope)
         data, lock = scope._storage()
         with lock:  # a request's threads may open it at once (FastAPI's thread pool)
-            held: _Held | None = data.get(self._key)
+            held: Held | None = data.get(self._key)
             if held is None:
                 held = manager._new_held(scope, unrestricted=unrestricted)
                 data[self._key] = held
@@ -381,7 +257,7 @@ class _Block:
         if unrestricted:
             manager._allow_unrestricted(scope)
         data, _lock = scope._storage()
-        held: _Held | None = data.get(self._key)
+        held: Held | None = data.get(self._key)
         if held is None:
             held = manager._new_held(scope, unrestricted=unrestricted)
             data[self._key] = held
@@ -565,12 +441,9 @@ class SessionManager:
         "_holding",
         "_idle",
         "_idle_sync",
-        "_leaks",
         "_lock",
         "_loop",
         "_managed",
-        "_open",
-        "_open_by_principal",
         "_product",
         "_remove_return_check",
         "_return_check",
@@ -578,6 +451,7 @@ class SessionManager:
         "_rls_tables",
         "_rollbacks",
         "_session_class",
+        "_sessions",
         "_sync",
         "_sync_check_lock",
         "_sync_engine",
@@ -696,12 +570,10 @@ class SessionManager:
         self._idle: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watchdog: asyncio.Task[None] | None = None
-        self._open = 0
+        self._sessions = OpenSessions(self._lock)
         _MANAGERS.add(self)
-        self._open_by_principal: dict[Principal, int] = {}
         self._commits = 0
         self._rollbacks = 0
-        self._leaks = 0
         self._exhausted = 0
         self._hold_warnings = 0
         self._dirty_returns = 0
@@ -866,12 +738,12 @@ class SessionManager:
     def stats(self) -> SessionStats:
         """Return a frozen snapshot of the sessions and counters."""
         return SessionStats(
-            open_sessions=self._open,
-            open_sessions_by_principal=types.MappingProxyType(dict(self._open_by_principal)),
+            open_sessions=self._sessions.count,
+            open_sessions_by_principal=types.MappingProxyType(dict(self._sessions.by_principal)),
             checked_out=self._admission.in_use,
             commits=self._commits,
             rollbacks=self._rollbacks,
-            leaks=self._leaks,
+            leaks=self._sessions.leaks,
             exhausted=self._exhausted,
             hold_warnings=self._hold_warnings,
             dirty_returns=self._dirty_returns,
@@ -1029,7 +901,7 @@ class SessionManager:
                 ),
             )
 
-    def _new_held(self, scope: Scope, *, unrestricted: bool = False) -> _Held:
+    def _new_held(self, scope: Scope, *, unrestricted: bool = False) -> Held:
         principal = scope._ctx.principal
         owner = Owner(
             scope, principal, self._tenancy, self._rls, sync=self._sync, unrestricted=unrestricted
@@ -1052,23 +924,11 @@ class SessionManager:
             session = self._session_class(
                 self._managed, isolation_owner=owner, expire_on_commit=False
             )
-        held = _Held(self, owner, session)
+        held = Held(self, owner, session)
         scope.on_close(held.finalize)
         scope.on_finish(held.commit_now)
-        with self._lock:
-            self._open += 1
-            self._open_by_principal[principal] = self._open_by_principal.get(principal, 0) + 1
+        self._sessions.opened(principal)
         return held
-
-    def _closed(self, owner: Owner) -> None:
-        principal = owner.principal
-        with self._lock:
-            self._open -= 1
-            left = self._open_by_principal.get(principal, 0) - 1
-            if left > 0:
-                self._open_by_principal[principal] = left
-            else:
-                self._open_by_principal.pop(principal, None)
 
     # -- admission ------------------------------------------------------------------
 
@@ -1203,7 +1063,7 @@ class SessionManager:
     # -- ending blocks ----------------------------------------------------------------
 
     async def _end_nested(
-        self, held: _Held, nested: AsyncSessionTransaction, exc: BaseException | None
+        self, held: Held, nested: AsyncSessionTransaction, exc: BaseException | None
     ) -> None:
         with held.owner.cleaning():
             if nested_outcome(exc) is Outcome.COMMIT and not held.owner.closed:
@@ -1216,7 +1076,7 @@ class SessionManager:
                     raise
             await self._rollback_nested(held, nested)
 
-    async def _rollback_nested(self, held: _Held, nested: AsyncSessionTransaction) -> None:
+    async def _rollback_nested(self, held: Held, nested: AsyncSessionTransaction) -> None:
         error: BaseException | None = None
         with anyio.move_on_after(self._cleanup_time(held), shield=True) as bound:
             try:
@@ -1231,7 +1091,7 @@ class SessionManager:
             self._savepoint_failed(held, error)
 
     @staticmethod
-    def _savepoint_failed(held: _Held, error: BaseException | None) -> None:
+    def _savepoint_failed(held: Held, error: BaseException | None) -> None:
         # The savepoint's work may still be in the transaction: never commit it.
         held.owner.poisoned = True
         logger.error(
@@ -1241,7 +1101,7 @@ class SessionManager:
         )
 
     def _end_nested_sync(
-        self, held: _Held, nested: SessionTransaction, exc: BaseException | None
+        self, held: Held, nested: SessionTransaction, exc: BaseException | None
     ) -> None:
         with held.owner.cleaning():
             if nested_outcome(exc) is Outcome.COMMIT and not held.owner.closed:
@@ -1254,14 +1114,14 @@ class SessionManager:
                     raise
             self._rollback_nested_sync(held, nested)
 
-    def _rollback_nested_sync(self, held: _Held, nested: SessionTransaction) -> None:
+    def _rollback_nested_sync(self, held: Held, nested: SessionTransaction) -> None:
         try:
             if nested._state is not SessionTransactionState.CLOSED:
                 nested.rollback()
         except Exception as failure:
             self._savepoint_failed(held, failure)
 
-    def _end_outermost_sync(self, held: _Held, exc: BaseException | None) -> None:
+    def _end_outermost_sync(self, held: Held, exc: BaseException | None) -> None:
         """The sync face's end of a block: the decisions of :meth:`_end_outermost`; no
         shield or time bound (a thread is not cancelled; the driver's own timeouts hold)."""
         owner = held.owner
@@ -1313,7 +1173,7 @@ class SessionManager:
         if exc is None and not committed:
             raise self._uncommitted(owner, poisoned=poisoned)
 
-    def _invalidate_sync(self, held: _Held, error: BaseException | None) -> None:
+    def _invalidate_sync(self, held: Held, error: BaseException | None) -> None:
         logger.error(
             "a session's cleanup failed; its connection is invalidated, never reused",
             exc_info=error,
@@ -1345,11 +1205,11 @@ class SessionManager:
         )
 
     @staticmethod
-    def _cleanup_time(held: _Held) -> float:
+    def _cleanup_time(held: Held) -> float:
         scope = held.owner.scope_ref()
         return DEFAULT_CLEANUP_TIMEOUT if scope is None else scope._cleanup_timeout
 
-    async def _end_outermost(self, held: _Held, exc: BaseException | None) -> None:
+    async def _end_outermost(self, held: Held, exc: BaseException | None) -> None:
         owner = held.owner
         if not owner.admitted:
             # The scope's finalizer already cut this block off.
@@ -1428,9 +1288,7 @@ class SessionManager:
         if exc is None and not committed:
             raise self._uncommitted(owner, poisoned=poisoned)
 
-    async def _invalidate(
-        self, held: _Held, error: BaseException | None, *, finished: bool
-    ) -> None:
+    async def _invalidate(self, held: Held, error: BaseException | None, *, finished: bool) -> None:
         logger.error(
             "a session's cleanup %s; its connection is invalidated, never reused",
             "was cut short" if not finished else "failed",

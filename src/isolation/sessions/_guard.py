@@ -255,26 +255,26 @@ def owned_class(session_class: object, *, is_async: bool) -> type[Any]:
         return owned
 
 
+def _guarded(session: Session) -> Owner | None:
+    """The owner of a managed session once its guard has passed (``None``: no owner)."""
+    owner: Owner | None = session._isolation_owner  # type: ignore[attr-defined]
+    if owner is not None:
+        owner.guard()
+    return owner
+
+
 @event.listens_for(_OwnedBase, "do_orm_execute")
 def _on_execute(state: ORMExecuteState) -> None:
-    owner: Owner | None = state.session._isolation_owner  # type: ignore[attr-defined]
-    if owner is None:
-        return
-    owner.guard()
-    tenancy = owner.tenancy
-    if tenancy is not None:
-        tenancy.apply(state, owner.principal)
+    owner = _guarded(state.session)
+    if owner is not None and owner.tenancy is not None:
+        owner.tenancy.apply(state, owner.principal)
 
 
 @event.listens_for(_OwnedBase, "before_flush")
 def _on_flush(session: Session, flush_context: Any, instances: Any) -> None:
-    owner: Owner | None = session._isolation_owner  # type: ignore[attr-defined]
-    if owner is None:
-        return
-    owner.guard()
-    tenancy = owner.tenancy
-    if tenancy is not None:
-        tenancy.check_flush(session, owner.principal)
+    owner = _guarded(session)
+    if owner is not None and owner.tenancy is not None:
+        owner.tenancy.check_flush(session, owner.principal)
 
 
 # Key of a pooled connection's info: the owner of the managed session whose
@@ -323,10 +323,9 @@ def install_connection_guard(sync_engine: Engine) -> None:
 
 @event.listens_for(_OwnedBase, "after_begin")
 def _on_begin(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
-    owner: Owner | None = session._isolation_owner  # type: ignore[attr-defined]
+    owner = _guarded(session)
     if owner is None:
         return
-    owner.guard()
     connection.info[_CONNECTION_OWNER] = owner
     binding = owner.rls
     if binding is not None:

@@ -29,16 +29,13 @@ from collections.abc import (
     Iterator,
     Mapping,
 )
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, final
 
 import anyio
 import attrs
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, AsyncSessionTransaction
-from sqlalchemy.orm import Session, SessionTransaction
-from sqlalchemy.orm.session import SessionTransactionState
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import QueuePool, SingletonThreadPool, StaticPool
 
 from isolation import _clock
@@ -47,29 +44,18 @@ from isolation._errors import (
     ConfigurationError,
     ContextExpiredError,
     CrossContextAccessError,
-    DatabaseConnectionLostError,
-    IsolationError,
     PoolExhaustedError,
-    ScopeEndedError,
-    SessionError,
-    UnsupportedBackendError,
     UsageError,
 )
 from isolation._redact import redact_principal
 from isolation.context._principal import Principal
-from isolation.context._scope import DEFAULT_CLEANUP_TIMEOUT, Scope, current_scope
+from isolation.context._scope import Scope, current_scope
 from isolation.sessions import _unmanaged
 from isolation.sessions._admission import Admission, Waiter
+from isolation.sessions._blocks import Block, running_task
 from isolation.sessions._guard import install_connection_guard, owned_class
 from isolation.sessions._held import Held, OpenSessions
-from isolation.sessions._lifecycle import (
-    Cleanup,
-    Outcome,
-    after_cleanup,
-    nested_outcome,
-    outermost_outcome,
-)
-from isolation.sessions._owner import Owner, in_use_error
+from isolation.sessions._owner import Owner
 from isolation.sessions._tenancy import Tenancy
 from isolation.sessions._unmanaged import Unmanaged
 
@@ -135,212 +121,6 @@ class SessionStats:
     unmanaged: int = 0
     unrestricted: int = 0
     unrestricted_refused: int = 0
-
-
-# ``Owner.task`` of a sync session's open block: its threads take turns, none owns it.
-_SYNC_BLOCK: Final = object()
-
-
-def _running_task() -> asyncio.Task[Any]:
-    try:
-        task = asyncio.current_task()
-    except RuntimeError:
-        task = None
-    if task is None:
-        raise UnsupportedBackendError(
-            "isolation.sessions runs on asyncio only (SQLAlchemy's asyncio layer), and no "
-            "asyncio task is running here"
-        )
-    return task
-
-
-@final
-class _Block:
-    """One ``async with manager.session()`` block, or ``with`` for a sync engine (single use)."""
-
-    __slots__ = ("_held", "_key", "_manager", "_nested")
-
-    def __init__(self, manager: SessionManager, *, unrestricted: bool = False) -> None:
-        self._manager = manager
-        # The scope's storage key: an unrestricted session is a second one of the scope.
-        self._key: object = manager._unrestricted_key if unrestricted else manager
-        self._held: Held | None = None
-        self._nested: Any = None  # the SAVEPOINT of a nested block: async or sync
-
-    def __enter__(self) -> Session:
-        manager = self._manager
-        if not manager._sync:
-            raise UsageError(
-                "this SessionManager has an AsyncEngine: open its sessions with "
-                "`async with manager.session()`",
-                hint="Give the manager a sync sqlalchemy Engine for `with manager.session()`",
-            )
-        scope = current_scope()
-        if manager._closing:
-            raise UsageError(
-                "this SessionManager is closed",
-                hint="Open sessions before close() is called, or enter `with manager:` again",
-            )
-        unrestricted = self._key is not manager
-        if unrestricted:
-            manager._allow_unrestricted(scope)
-        data, lock = scope._storage()
-        with lock:  # a request's threads may open it at once (FastAPI's thread pool)
-            held: Held | None = data.get(self._key)
-            if held is None:
-                held = manager._new_held(scope, unrestricted=unrestricted)
-                data[self._key] = held
-            owner = held.owner
-            nested = owner.depth > 0
-            owner.depth += 1
-            if not nested:
-                owner.task = _SYNC_BLOCK
-        session = typing.cast(Session, held.session)
-        try:
-            if nested:
-                # The scope's code may move between threads (FastAPI runs a dependency and
-                # the endpoint in different ones): an inner block is a SAVEPOINT, whichever.
-                self._nested = session.begin_nested()
-            else:
-                if manager._check_pending:
-                    manager._run_startup_checks_sync()
-                manager._admit_sync(owner, scope)
-        except BaseException:
-            with lock:
-                owner.depth -= 1
-                if not nested:
-                    owner.task = None
-            raise
-        self._held = held
-        return session
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> Literal[False]:
-        held = self._held
-        if held is None:
-            return False
-        self._held = None
-        nested = self._nested
-        try:
-            if nested is not None:
-                held.owner.depth -= 1
-                held.manager._end_nested_sync(held, nested, exc)
-            else:
-                held.manager._end_outermost_sync(held, exc)
-        except DBAPIError as failure:
-            _raise_if_lost(held.owner, failure, "while committing", exc)
-            raise
-        _raise_if_lost(held.owner, exc, "inside the block", exc)
-        return False
-
-    async def __aenter__(self) -> AsyncSession:
-        manager = self._manager
-        if manager._sync:
-            raise UsageError(
-                "this SessionManager has a sync Engine: open its sessions with "
-                "`with manager.session()` (in a thread: FastAPI runs sync endpoints and "
-                "dependencies in its thread pool)",
-                hint="Give the manager an AsyncEngine for `async with manager.session()`",
-            )
-        task = _running_task()
-        scope = current_scope()
-        if manager._closing:
-            raise UsageError(
-                "this SessionManager is closed",
-                hint="Open sessions before aclose() is called, or start() it again",
-            )
-        unrestricted = self._key is not manager
-        if unrestricted:
-            manager._allow_unrestricted(scope)
-        data, _lock = scope._storage()
-        held: Held | None = data.get(self._key)
-        if held is None:
-            held = manager._new_held(scope, unrestricted=unrestricted)
-            data[self._key] = held
-        owner = held.owner
-        session = typing.cast(AsyncSession, held.session)
-        if owner.depth:
-            if owner.task is not task:
-                raise in_use_error(owner.principal)
-            owner.depth += 1
-            try:
-                self._nested = await session.begin_nested()
-            except BaseException:
-                owner.depth -= 1
-                raise
-            self._held = held
-            return session
-        # Claim the block before awaiting admission: a second task of this scope that
-        # arrives meanwhile is refused, deterministically.
-        owner.task = task
-        owner.depth = 1
-        try:
-            if manager._check_pending:
-                await manager._run_startup_checks()
-            await manager._admit(owner)
-        except BaseException:
-            owner.task = None
-            owner.depth = 0
-            raise
-        self._held = held
-        return session
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> Literal[False]:
-        held = self._held
-        if held is None:
-            return False
-        self._held = None
-        nested = self._nested
-        try:
-            if nested is not None:
-                held.owner.depth -= 1
-                await held.manager._end_nested(held, nested, exc)
-            else:
-                await held.manager._end_outermost(held, exc)
-        except DBAPIError as failure:
-            _raise_if_lost(held.owner, failure, "while committing", exc)
-            raise
-        _raise_if_lost(held.owner, exc, "inside the block", exc)
-        return False
-
-
-def _raise_if_lost(
-    owner: Owner, failure: BaseException | None, when: str, exc: BaseException | None
-) -> None:
-    """Raise the typed error when ``failure`` is a driver error SQLAlchemy classed as a
-    disconnect: at the block's end only when the block itself raised nothing."""
-    if not isinstance(failure, DBAPIError) or not failure.connection_invalidated:
-        return
-    if when == "while committing" and exc is not None:
-        return
-    raise _connection_lost(owner, when) from failure
-
-
-def _connection_lost(owner: Owner, when: str) -> DatabaseConnectionLostError:
-    """The typed error for a driver error that SQLAlchemy classed as a disconnect."""
-    outcome = (
-        "the commit's outcome is unknown"
-        if when == "while committing"
-        else "the block's work was rolled back"
-    )
-    return DatabaseConnectionLostError(
-        f"the database connection of a session of {redact_principal(owner.principal)} was "
-        f"lost {when} (closed by the server or the network: a restart, an idle timeout, "
-        f"a terminated backend); {outcome}, and the pool discarded its older connections",
-        hint=(
-            "Retry the request; create the engine with pool_pre_ping=True to test idle "
-            "connections before use"
-        ),
-    )
 
 
 def _pool_capacity(engine: Engine) -> int | None:
@@ -613,7 +393,7 @@ class SessionManager:
         """The global bound (``None``: unbounded)."""
         return self._admission.capacity
 
-    def session(self, *, unrestricted: bool = False) -> _Block:
+    def session(self, *, unrestricted: bool = False) -> Block:
         """Open the current scope's session: ``async with manager.session() as s``
         (``with`` for a sync engine).
 
@@ -641,7 +421,7 @@ class SessionManager:
         from every method and property before doing anything; from a copy of its
         scope that has ended (an escaped task), :class:`~isolation.ScopeEndedError`.
         """
-        return _Block(self, unrestricted=unrestricted)
+        return Block(self, unrestricted=unrestricted)
 
     def provide_to(self, registry: Registry) -> None:
         """Register this manager's session as the ``AsyncSession`` product of ``registry``.
@@ -763,7 +543,7 @@ class SessionManager:
             ConfigurationError: Row-level security would not restrict the role.
             UnsupportedBackendError: Not running under asyncio.
         """
-        _running_task()
+        running_task()
         self._reopen()
         self._loop = asyncio.get_running_loop()
         if self._check_pending:
@@ -1062,244 +842,19 @@ class SessionManager:
 
     # -- ending blocks ----------------------------------------------------------------
 
-    async def _end_nested(
-        self, held: Held, nested: AsyncSessionTransaction, exc: BaseException | None
-    ) -> None:
-        with held.owner.cleaning():
-            if nested_outcome(exc) is Outcome.COMMIT and not held.owner.closed:
-                try:
-                    if nested.is_active:
-                        await nested.commit()
-                    return
-                except BaseException:
-                    await self._rollback_nested(held, nested)
-                    raise
-            await self._rollback_nested(held, nested)
-
-    async def _rollback_nested(self, held: Held, nested: AsyncSessionTransaction) -> None:
-        error: BaseException | None = None
-        with anyio.move_on_after(self._cleanup_time(held), shield=True) as bound:
-            try:
-                # A flush that failed inside the savepoint leaves it inactive but not yet
-                # rolled back: only a closed one is left alone.
-                sync = nested.sync_transaction
-                if sync is not None and sync._state is not SessionTransactionState.CLOSED:
-                    await nested.rollback()
-            except Exception as failure:
-                error = failure
-        if bound.cancelled_caught or error is not None:
-            self._savepoint_failed(held, error)
-
-    @staticmethod
-    def _savepoint_failed(held: Held, error: BaseException | None) -> None:
-        # The savepoint's work may still be in the transaction: never commit it.
-        held.owner.poisoned = True
-        logger.error(
-            "rolling back a nested session block failed; the whole transaction will roll back",
-            exc_info=error,
-            extra={"event": "savepoint_rollback_failed"},
-        )
-
-    def _end_nested_sync(
-        self, held: Held, nested: SessionTransaction, exc: BaseException | None
-    ) -> None:
-        with held.owner.cleaning():
-            if nested_outcome(exc) is Outcome.COMMIT and not held.owner.closed:
-                try:
-                    if nested.is_active:
-                        nested.commit()
-                    return
-                except BaseException:
-                    self._rollback_nested_sync(held, nested)
-                    raise
-            self._rollback_nested_sync(held, nested)
-
-    def _rollback_nested_sync(self, held: Held, nested: SessionTransaction) -> None:
-        try:
-            if nested._state is not SessionTransactionState.CLOSED:
-                nested.rollback()
-        except Exception as failure:
-            self._savepoint_failed(held, failure)
-
-    def _end_outermost_sync(self, held: Held, exc: BaseException | None) -> None:
-        """The sync face's end of a block: the decisions of :meth:`_end_outermost`; no
-        shield or time bound (a thread is not cancelled; the driver's own timeouts hold)."""
-        owner = held.owner
-        scope = owner.scope_ref()
-        expired = scope is None or (
-            scope._deadline is not None and _clock._now() >= scope._deadline
-        )
-        outcome = outermost_outcome(
-            exc, expired=expired, cancelled=False, scope_closed=owner.closed
-        )
-        poisoned = owner.poisoned
-        if poisoned:
-            outcome = Outcome.ROLLBACK
-        session = typing.cast(Session, held.session)
-        committed = False
-        commit_error: Exception | None = None
-        cleanup_error: Exception | None = None
-        try:
-            with owner.cleaning():
-                try:
-                    if outcome is Outcome.COMMIT:
-                        try:
-                            session.commit()
-                            committed = True
-                        except Exception as failure:
-                            commit_error = failure
-                    if not committed:
-                        session.rollback()
-                    session.close()
-                except Exception as failure:
-                    cleanup_error = failure
-            if after_cleanup(finished=True, error=cleanup_error) is Cleanup.INVALIDATE:
-                self._invalidate_sync(held, cleanup_error)
-        except BaseException as interrupt:
-            self._invalidate_sync(held, interrupt)
-            raise
-        finally:
-            owner.depth = 0
-            owner.task = None
-            owner.poisoned = False
+    def _count_end(self, *, committed: bool) -> None:
+        """Count an outermost block's end (the sync face's from threads, under the lock)."""
+        if self._sync:
             with self._lock:
                 if committed:
                     self._commits += 1
                 else:
                     self._rollbacks += 1
-            self._release(owner)
-        if commit_error is not None:
-            raise commit_error
-        if exc is None and not committed:
-            raise self._uncommitted(owner, poisoned=poisoned)
-
-    def _invalidate_sync(self, held: Held, error: BaseException | None) -> None:
-        logger.error(
-            "a session's cleanup failed; its connection is invalidated, never reused",
-            exc_info=error,
-            extra={"event": "session_invalidated"},
-        )
-        with held.owner.cleaning():
-            try:
-                typing.cast(Session, held.session).invalidate()
-            except Exception:
-                logger.exception("invalidating a session's connection failed")
-
-    @staticmethod
-    def _uncommitted(owner: Owner, *, poisoned: bool) -> IsolationError:
-        """Why a block that raised nothing was rolled back."""
-        if poisoned:
-            return SessionError(
-                "a nested session block could not be rolled back, so the whole "
-                "transaction was rolled back",
-                hint="See the logged error of the nested block",
-            )
-        if owner.closed:
-            return ScopeEndedError(
-                f"the scope of {redact_principal(owner.principal)} ended while its "
-                "session block ran; the block's work was rolled back"
-            )
-        return ContextExpiredError(
-            f"the context of {redact_principal(owner.principal)} expired inside a session "
-            "block; its work was rolled back"
-        )
-
-    @staticmethod
-    def _cleanup_time(held: Held) -> float:
-        scope = held.owner.scope_ref()
-        return DEFAULT_CLEANUP_TIMEOUT if scope is None else scope._cleanup_timeout
-
-    async def _end_outermost(self, held: Held, exc: BaseException | None) -> None:
-        owner = held.owner
-        if not owner.admitted:
-            # The scope's finalizer already cut this block off.
-            owner.depth = 0
-            owner.task = None
-            if exc is None:
-                raise ScopeEndedError(
-                    f"the scope of {redact_principal(owner.principal)} ended while its session "
-                    "block ran; the block's work was rolled back"
-                )
             return
-        scope = owner.scope_ref()
-        expired = scope is None or (
-            scope._deadline is not None and _clock._now() >= scope._deadline
-        )
-        cancel_scope = None if scope is None else scope._cancel_scope
-        cancelled = cancel_scope is not None and cancel_scope.cancel_called
-        outcome = outermost_outcome(
-            exc, expired=expired, cancelled=cancelled, scope_closed=owner.closed
-        )
-        poisoned = owner.poisoned
-        if poisoned:
-            outcome = Outcome.ROLLBACK
-        session = typing.cast(AsyncSession, held.session)
-        committed = False
-        commit_error: Exception | None = None
-        cleanup_error: BaseException | None = None
-        finished = False
-        try:
-            with owner.cleaning(), anyio.move_on_after(self._cleanup_time(held), shield=True):
-                try:
-                    if outcome is Outcome.COMMIT:
-                        try:
-                            await session.commit()
-                            committed = True
-                        except Exception as failure:
-                            commit_error = failure
-                    if not committed:
-                        await session.rollback()
-                    await session.close()
-                    finished = True
-                except Exception as failure:
-                    cleanup_error = failure
-                    finished = True
-            if after_cleanup(finished=finished, error=cleanup_error) is Cleanup.INVALIDATE:
-                await self._invalidate(held, cleanup_error, finished=finished)
-        except BaseException as interrupt:
-            # Not a cancellation (we were shielded): KeyboardInterrupt or similar.
-            await self._invalidate(held, interrupt, finished=False)
-            raise
-        finally:
-            owner.depth = 0
-            owner.task = None
-            owner.poisoned = False
-            if committed:
-                self._commits += 1
-            else:
-                self._rollbacks += 1
-            self._release(owner)
-        if commit_error is not None:
-            raise commit_error
-        if not finished and not committed:
-            if exc is not None:
-                # The block's own exception says what went wrong; keep it.
-                exc.add_note(
-                    "isolation: the rollback did not finish; the connection was invalidated"
-                )
-                return
-            raise SessionError(
-                f"{'commit' if outcome is Outcome.COMMIT else 'rollback'} of the session of "
-                f"{redact_principal(owner.principal)} did not finish within the cleanup time; "
-                "the connection was invalidated"
-                + ("; the commit's outcome is unknown" if outcome is Outcome.COMMIT else ""),
-                hint="Give the scope a longer cleanup_timeout, or keep transactions short",
-            )
-        if exc is None and not committed:
-            raise self._uncommitted(owner, poisoned=poisoned)
-
-    async def _invalidate(self, held: Held, error: BaseException | None, *, finished: bool) -> None:
-        logger.error(
-            "a session's cleanup %s; its connection is invalidated, never reused",
-            "was cut short" if not finished else "failed",
-            exc_info=error,
-            extra={"event": "session_invalidated"},
-        )
-        with held.owner.cleaning(), anyio.move_on_after(self._cleanup_time(held), shield=True):
-            try:
-                await typing.cast(AsyncSession, held.session).invalidate()
-            except Exception:
-                logger.exception("invalidating a session's connection failed")
+        if committed:
+            self._commits += 1
+        else:
+            self._rollbacks += 1
 
     # -- startup checks and the watchdog --------------------------------------------------
 

@@ -164,7 +164,6 @@ ALLOWED_PRIVATE_READS: dict[tuple[str, str], int] = {
     ("isolation.sessions", "_cancel_scope"): 1,
     ("isolation.sessions", "_cleanup_timeout"): 1,
     ("isolation.sessions", "_ctx"): 5,
-    ("isolation.sessions", "_deadline"): 1,
     ("isolation.sessions", "_state"): 2,
     ("isolation.sessions", "_storage"): 2,
     # The clock's watchers (a FakeClock wakes what waits on it: item 6).

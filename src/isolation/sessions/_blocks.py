@@ -135,7 +135,7 @@ class Block:
             else:
                 if manager._check_pending:
                     manager._run_startup_checks_sync()
-                manager._admit_sync(owner, scope)
+                manager._gate.admit_sync(owner, scope)
         except BaseException:
             with lock:
                 owner.depth -= 1
@@ -200,7 +200,7 @@ class Block:
         try:
             if manager._check_pending:
                 await manager._run_startup_checks()
-            await manager._admit(owner)
+            await manager._gate.admit(owner)
         except BaseException:
             owner.task = None
             owner.depth = 0
@@ -253,7 +253,7 @@ def _ended(held: Held, *, committed: bool) -> None:
     owner.task = None
     owner.poisoned = False
     held.manager._count_end(committed=committed)
-    held.manager._release(owner)
+    held.manager._gate.release(owner)
 
 
 def _raise_after(

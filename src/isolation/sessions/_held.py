@@ -116,7 +116,7 @@ class Held:
                     try:
                         await session.invalidate()
                     finally:
-                        manager._release(owner)
+                        manager._gate.release(owner)
                 elif self.session.in_transaction():
                     session = self.session  # type: ignore[assignment]
                     await session.rollback()
@@ -174,7 +174,7 @@ class Held:
         manager._sessions.leaks += 1
         manager._sessions.closed(owner.principal)
         if owner.admitted:
-            manager._release_from_anywhere(owner)
+            manager._gate.release_from_anywhere(owner)
         warnings.warn(
             f"a database session of {redact_principal(owner.principal)} was garbage-collected "
             "without being closed; its scope's finalizer never ran",

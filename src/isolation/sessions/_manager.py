@@ -17,7 +17,6 @@ import contextvars
 import logging
 import math
 import threading
-import time
 import types
 import typing
 import weakref
@@ -42,17 +41,16 @@ from isolation import _clock
 from isolation._counters import register_gauge
 from isolation._errors import (
     ConfigurationError,
-    ContextExpiredError,
     CrossContextAccessError,
-    PoolExhaustedError,
     UsageError,
 )
 from isolation._redact import redact_principal
 from isolation.context._principal import Principal
 from isolation.context._scope import Scope, current_scope
 from isolation.sessions import _unmanaged
-from isolation.sessions._admission import Admission, Waiter
+from isolation.sessions._admission import Admission
 from isolation.sessions._blocks import Block, running_task
+from isolation.sessions._gate import Gate
 from isolation.sessions._guard import install_connection_guard, owned_class
 from isolation.sessions._held import Held, OpenSessions
 from isolation.sessions._owner import Owner
@@ -215,14 +213,10 @@ class SessionManager:
         "_commits",
         "_dirty_returns",
         "_engine",
-        "_exhausted",
+        "_gate",
         "_hold_warning",
         "_hold_warnings",
-        "_holding",
-        "_idle",
-        "_idle_sync",
         "_lock",
-        "_loop",
         "_managed",
         "_product",
         "_remove_return_check",
@@ -236,7 +230,6 @@ class SessionManager:
         "_sync_check_lock",
         "_sync_engine",
         "_tenancy",
-        "_timeout",
         "_unrestricted",
         "_unrestricted_key",
         "_unrestricted_refused",
@@ -317,7 +310,7 @@ class SessionManager:
         self._managed: AsyncEngine | Engine = engine.execution_options(**{_unmanaged.MANAGED: True})
         _unmanaged.install(sync_engine, _unmanaged.check_mode(unmanaged))
         install_connection_guard(sync_engine)
-        self._timeout = _positive("acquire_timeout", acquire_timeout)
+        timeout = _positive("acquire_timeout", acquire_timeout)
         self._hold_warning = _positive("hold_warning", hold_warning)
         self._close_timeout = _positive("close_timeout", close_timeout)
         self._watchdog_interval = (
@@ -344,17 +337,13 @@ class SessionManager:
         # The sync face's: admission, counters and the startup check, across threads.
         self._lock = threading.Lock()
         self._sync_check_lock = threading.Lock()
-        self._idle_sync = threading.Condition(self._lock)
+        self._gate = Gate(self._admission, timeout=timeout, sync=self._sync, lock=self._lock)
         self._closing = False
-        self._holding: set[Owner] = set()
-        self._idle: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._sessions = OpenSessions(self._lock)
         _MANAGERS.add(self)
         self._commits = 0
         self._rollbacks = 0
-        self._exhausted = 0
         self._hold_warnings = 0
         self._dirty_returns = 0
         if self._rls is not None:
@@ -524,7 +513,7 @@ class SessionManager:
             commits=self._commits,
             rollbacks=self._rollbacks,
             leaks=self._sessions.leaks,
-            exhausted=self._exhausted,
+            exhausted=self._gate.exhausted,
             hold_warnings=self._hold_warnings,
             dirty_returns=self._dirty_returns,
             unmanaged=_unmanaged.count(self._sync_engine),
@@ -545,7 +534,7 @@ class SessionManager:
         """
         running_task()
         self._reopen()
-        self._loop = asyncio.get_running_loop()
+        loop = self._gate.loop = asyncio.get_running_loop()
         if self._check_pending:
             if self._sync:
                 await anyio.to_thread.run_sync(self._run_startup_checks_sync)
@@ -553,14 +542,14 @@ class SessionManager:
                 await self._run_startup_checks()
         if self._watchdog is None:
             # A fresh context: the watchdog must not keep the caller's scope alive.
-            self._watchdog = self._loop.create_task(self._watch(), context=contextvars.Context())
+            self._watchdog = loop.create_task(self._watch(), context=contextvars.Context())
 
     def _reopen(self) -> None:
         """Admit sessions again after a close, with the loop-bound members made anew."""
         if not self._closing:
             return
         self._closing = False
-        self._idle = self._check_lock = None
+        self._gate.idle = self._check_lock = None
         if self._rls is not None and self._remove_return_check is None:
             from isolation.sessions.postgres import install_pool_hooks
 
@@ -580,7 +569,7 @@ class SessionManager:
             if not await anyio.to_thread.run_sync(self._wait_idle_sync):
                 self._log_close_timeout()
         elif self._admission.in_use:
-            idle = self._idle = asyncio.Event()
+            idle = self._gate.idle = asyncio.Event()
             with anyio.move_on_after(self._close_timeout) as bound:
                 await idle.wait()
             if bound.cancelled_caught:
@@ -610,10 +599,7 @@ class SessionManager:
         )
 
     def _wait_idle_sync(self) -> bool:
-        with self._lock:
-            return self._idle_sync.wait_for(
-                lambda: not self._admission.in_use, timeout=self._close_timeout
-            )
+        return self._gate.wait_idle_sync(self._close_timeout)
 
     def close(self) -> None:
         """The sync face's :meth:`aclose`: stop admitting, wait up to ``close_timeout``
@@ -699,8 +685,8 @@ class SessionManager:
                     "awaits",
                     hint="Enter the scope with `async with`, not `with`",
                 )
-            if self._loop is None:
-                self._loop = asyncio.get_running_loop()
+            if self._gate.loop is None:
+                self._gate.loop = asyncio.get_running_loop()
             session = self._session_class(
                 self._managed, isolation_owner=owner, expire_on_commit=False
             )
@@ -709,136 +695,6 @@ class SessionManager:
         scope.on_finish(held.commit_now)
         self._sessions.opened(principal)
         return held
-
-    # -- admission ------------------------------------------------------------------
-
-    async def _admit(self, owner: Owner) -> None:
-        admission = self._admission
-        principal = owner.principal
-        if not admission.try_admit(principal):
-            await self._wait_for_slot(principal)
-        owner.admitted = True
-        owner.started = _clock._now()
-        owner.warned = False
-        self._holding.add(owner)
-
-    async def _wait_for_slot(self, principal: Principal) -> None:
-        admission = self._admission
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiter = Waiter(principal, future)
-        admission.enqueue(waiter)
-        started = time.monotonic()
-        try:
-            with anyio.move_on_after(self._timeout):
-                await future
-                return
-        except BaseException:
-            # Cancelled (the scope's deadline, or from outside) while waiting.
-            if not admission.withdraw(waiter):
-                self._release_principal(principal)
-            raise
-        if not admission.withdraw(waiter):
-            return  # granted in the same instant the timeout fired: keep it
-        self._exhausted += 1
-        raise self._exhausted_error(
-            principal, admission.held_by(principal), time.monotonic() - started
-        )
-
-    def _release(self, owner: Owner) -> None:
-        owner.admitted = False
-        if self._sync:
-            with self._lock:
-                self._holding.discard(owner)
-                for waiter in self._admission.release(owner.principal):
-                    event_: threading.Event = waiter.token  # type: ignore[assignment]
-                    event_.set()
-                if not self._admission.in_use:
-                    self._idle_sync.notify_all()
-            return
-        self._holding.discard(owner)
-        self._release_principal(owner.principal)
-
-    def _admit_sync(self, owner: Owner, scope: Scope) -> None:
-        """Admission for a sync block: wait in this thread, bounded by ``acquire_timeout``
-        and by the scope's deadline (no cancellation reaches a thread)."""
-        admission = self._admission
-        principal = owner.principal
-        with self._lock:
-            admitted = admission.try_admit(principal)
-            if not admitted:
-                waiter = Waiter(principal, threading.Event())
-                admission.enqueue(waiter)
-        if not admitted:
-            started = time.monotonic()
-            limit = self._timeout
-            deadline = scope._deadline
-            expires = deadline is not None and deadline - _clock._now() < limit
-            if deadline is not None:
-                limit = max(0.0, min(limit, deadline - _clock._now()))
-            granted: threading.Event = waiter.token  # type: ignore[assignment]
-            if not granted.wait(limit):
-                with self._lock:
-                    withdrawn = admission.withdraw(waiter)
-                    if withdrawn and not expires:
-                        self._exhausted += 1
-                    held = admission.held_by(principal)
-                if withdrawn:
-                    if expires:
-                        raise ContextExpiredError(
-                            f"the context of {redact_principal(principal)} expired while its "
-                            "session block waited for a database connection"
-                        )
-                    raise self._exhausted_error(principal, held, time.monotonic() - started)
-        owner.admitted = True
-        owner.started = _clock._now()
-        owner.warned = False
-        with self._lock:
-            self._holding.add(owner)
-
-    def _exhausted_error(
-        self, principal: Principal, held: int, waited: float
-    ) -> PoolExhaustedError:
-        admission = self._admission
-        per_user = held >= admission.per_principal
-        if per_user:
-            which = f"it holds {held} sessions, its per-user limit of {admission.per_principal}"
-        else:
-            which = f"all {admission.capacity} connections of the pool are in use"
-        return PoolExhaustedError(
-            f"no database session for {redact_principal(principal)} after waiting "
-            f"{waited:.3f} s (acquire_timeout {self._timeout:g} s): {which}",
-            hint=(
-                "End session blocks before slow awaits (streaming, calls to other services), "
-                "raise per_user_limit or the pool size, or retry later"
-            ),
-            limit="per_user" if per_user else "pool",
-            held=held,
-            capacity=admission.per_principal if per_user else admission.capacity,
-            waited=waited,
-            timeout=self._timeout,
-        )
-
-    def _release_principal(self, principal: Principal) -> None:
-        for waiter in self._admission.release(principal):
-            future: asyncio.Future[None] = waiter.token  # type: ignore[assignment]
-            if not future.done():
-                future.set_result(None)
-        if not self._admission.in_use and self._idle is not None:
-            self._idle.set()
-
-    def _release_from_anywhere(self, owner: Owner) -> None:
-        """Release from ``__del__``, which may run outside the loop's thread."""
-        if self._sync:
-            self._release(owner)
-            return
-        loop = self._loop
-        try:
-            if loop is not None and not loop.is_closed():
-                loop.call_soon_threadsafe(self._release, owner)
-            else:
-                self._release(owner)
-        except Exception:  # noqa: S110 - the loop is gone; nothing waits on it any more
-            pass
 
     # -- ending blocks ----------------------------------------------------------------
 
@@ -903,9 +759,7 @@ class SessionManager:
         """One watchdog pass: log and count blocks held past ``hold_warning``."""
         now = _clock._now()
         found = 0
-        with self._lock:  # the sync face adds and removes from threads
-            holding = list(self._holding)
-        for owner in holding:
+        for owner in self._gate.held_now():  # the sync face adds and removes from threads
             if owner.warned or now - owner.started < self._hold_warning:
                 continue
             owner.warned = True

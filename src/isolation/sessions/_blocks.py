@@ -133,8 +133,8 @@ class Block:
                 # the endpoint in different ones): an inner block is a SAVEPOINT, whichever.
                 self._nested = session.begin_nested()
             else:
-                if manager._check_pending:
-                    manager._run_startup_checks_sync()
+                if manager._checks.pending:
+                    manager._checks.run_sync()
                 manager._gate.admit_sync(owner, scope)
         except BaseException:
             with lock:
@@ -198,8 +198,8 @@ class Block:
         owner.task = task
         owner.depth = 1
         try:
-            if manager._check_pending:
-                await manager._run_startup_checks()
+            if manager._checks.pending:
+                await manager._checks.run()
             await manager._gate.admit(owner)
         except BaseException:
             owner.task = None

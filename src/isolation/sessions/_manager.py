@@ -18,7 +18,6 @@ import logging
 import math
 import threading
 import types
-import typing
 import weakref
 from collections.abc import (
     AsyncIterator,
@@ -54,6 +53,7 @@ from isolation.sessions._gate import Gate
 from isolation.sessions._guard import install_connection_guard, owned_class
 from isolation.sessions._held import Held, OpenSessions
 from isolation.sessions._owner import Owner
+from isolation.sessions._rls_checks import StartChecks
 from isolation.sessions._tenancy import Tenancy
 from isolation.sessions._unmanaged import Unmanaged
 
@@ -206,8 +206,7 @@ class SessionManager:
         "__weakref__",
         "_admin_roles",
         "_admission",
-        "_check_lock",
-        "_check_pending",
+        "_checks",
         "_close_timeout",
         "_closing",
         "_commits",
@@ -222,12 +221,10 @@ class SessionManager:
         "_remove_return_check",
         "_return_check",
         "_rls",
-        "_rls_tables",
         "_rollbacks",
         "_session_class",
         "_sessions",
         "_sync",
-        "_sync_check_lock",
         "_sync_engine",
         "_tenancy",
         "_unrestricted",
@@ -326,17 +323,14 @@ class SessionManager:
             self._rls = binding_for(row_level_security, rls_key, rls_schema)
             if self._rls is not None:
                 self._rls.unrestricted = bool(self._admin_roles)
-        self._rls_tables = tuple(rls_tables)
         if isinstance(rls_tables, str):
             raise ConfigurationError("rls_tables takes a list of table names, not one string")
         self._return_check = float(return_check)
         self._remove_return_check: Callable[[], None] | None = None
         self._tenancy: Tenancy | None = None
-        self._check_pending = self._rls is not None
-        self._check_lock: asyncio.Lock | None = None
+        self._checks = StartChecks(self._rls, self._managed, rls_tables)
         # The sync face's: admission, counters and the startup check, across threads.
         self._lock = threading.Lock()
-        self._sync_check_lock = threading.Lock()
         self._gate = Gate(self._admission, timeout=timeout, sync=self._sync, lock=self._lock)
         self._closing = False
         self._watchdog: asyncio.Task[None] | None = None
@@ -501,8 +495,7 @@ class SessionManager:
             self._tenancy = tenancy
         else:
             self._tenancy.protect(model, user_column, tenant_column)
-        if self._rls:
-            self._check_pending = True
+        self._checks.again(self._tenancy)
 
     def stats(self) -> SessionStats:
         """Return a frozen snapshot of the sessions and counters."""
@@ -535,11 +528,11 @@ class SessionManager:
         running_task()
         self._reopen()
         loop = self._gate.loop = asyncio.get_running_loop()
-        if self._check_pending:
+        if self._checks.pending:
             if self._sync:
-                await anyio.to_thread.run_sync(self._run_startup_checks_sync)
+                await anyio.to_thread.run_sync(self._checks.run_sync)
             else:
-                await self._run_startup_checks()
+                await self._checks.run()
         if self._watchdog is None:
             # A fresh context: the watchdog must not keep the caller's scope alive.
             self._watchdog = loop.create_task(self._watch(), context=contextvars.Context())
@@ -549,7 +542,8 @@ class SessionManager:
         if not self._closing:
             return
         self._closing = False
-        self._gate.idle = self._check_lock = None
+        self._gate.idle = None
+        self._checks.new_loop()
         if self._rls is not None and self._remove_return_check is None:
             from isolation.sessions.postgres import install_pool_hooks
 
@@ -622,8 +616,8 @@ class SessionManager:
                 "this SessionManager has an AsyncEngine", hint="Use `async with manager:`"
             )
         self._reopen()
-        if self._check_pending:
-            self._run_startup_checks_sync()
+        if self._checks.pending:
+            self._checks.run_sync()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -713,42 +707,6 @@ class SessionManager:
             self._rollbacks += 1
 
     # -- startup checks and the watchdog --------------------------------------------------
-
-    async def _run_startup_checks(self) -> None:
-        # A refusal leaves the check pending: every later session runs it again and is
-        # refused again (fail closed), until the role or the tables are fixed.
-        if self._check_lock is None:
-            self._check_lock = asyncio.Lock()
-        async with self._check_lock:
-            if not self._check_pending:
-                return
-            if self._rls:
-                from isolation.sessions.postgres import check_role
-
-                self._rls.user_only_tables = await check_role(
-                    typing.cast(AsyncEngine, self._managed),
-                    self._checked_tables(),
-                    binding=self._rls,
-                )
-            self._check_pending = False
-
-    def _run_startup_checks_sync(self) -> None:
-        with self._sync_check_lock:
-            if not self._check_pending:
-                return
-            if self._rls:
-                from isolation.sessions.postgres import check_role_sync
-
-                self._rls.user_only_tables = check_role_sync(
-                    typing.cast(Engine, self._managed), self._checked_tables(), binding=self._rls
-                )
-            self._check_pending = False
-
-    def _checked_tables(self) -> set[str]:
-        tables = set(self._rls_tables)
-        if self._tenancy is not None:
-            tables.update(table.fullname for table in self._tenancy.tables)
-        return tables
 
     async def _watch(self) -> None:
         while True:

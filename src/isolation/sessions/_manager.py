@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import math
 import threading
@@ -36,7 +35,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import QueuePool, SingletonThreadPool, StaticPool
 
-from isolation import _clock
 from isolation._counters import register_gauge
 from isolation._errors import (
     ConfigurationError,
@@ -56,6 +54,7 @@ from isolation.sessions._owner import Owner
 from isolation.sessions._rls_checks import StartChecks
 from isolation.sessions._tenancy import Tenancy
 from isolation.sessions._unmanaged import Unmanaged
+from isolation.sessions._watchdog import Watchdog
 
 if TYPE_CHECKING:
     from isolation.factories._registry import Registry
@@ -213,8 +212,6 @@ class SessionManager:
         "_dirty_returns",
         "_engine",
         "_gate",
-        "_hold_warning",
-        "_hold_warnings",
         "_lock",
         "_managed",
         "_product",
@@ -231,7 +228,6 @@ class SessionManager:
         "_unrestricted_key",
         "_unrestricted_refused",
         "_watchdog",
-        "_watchdog_interval",
     )
 
     def __init__(
@@ -308,10 +304,10 @@ class SessionManager:
         _unmanaged.install(sync_engine, _unmanaged.check_mode(unmanaged))
         install_connection_guard(sync_engine)
         timeout = _positive("acquire_timeout", acquire_timeout)
-        self._hold_warning = _positive("hold_warning", hold_warning)
+        hold_warning = _positive("hold_warning", hold_warning)
         self._close_timeout = _positive("close_timeout", close_timeout)
-        self._watchdog_interval = (
-            min(self._hold_warning / 2, 5.0)
+        watchdog_interval = (
+            min(hold_warning / 2, 5.0)
             if watchdog_interval is None
             else _positive("watchdog_interval", watchdog_interval)
         )
@@ -332,13 +328,14 @@ class SessionManager:
         # The sync face's: admission, counters and the startup check, across threads.
         self._lock = threading.Lock()
         self._gate = Gate(self._admission, timeout=timeout, sync=self._sync, lock=self._lock)
+        self._watchdog = Watchdog(
+            self._gate.held_now, hold_warning=hold_warning, interval=watchdog_interval
+        )
         self._closing = False
-        self._watchdog: asyncio.Task[None] | None = None
         self._sessions = OpenSessions(self._lock)
         _MANAGERS.add(self)
         self._commits = 0
         self._rollbacks = 0
-        self._hold_warnings = 0
         self._dirty_returns = 0
         if self._rls is not None:
             from isolation.sessions.postgres import install_pool_hooks
@@ -507,7 +504,7 @@ class SessionManager:
             rollbacks=self._rollbacks,
             leaks=self._sessions.leaks,
             exhausted=self._gate.exhausted,
-            hold_warnings=self._hold_warnings,
+            hold_warnings=self._watchdog.warnings,
             dirty_returns=self._dirty_returns,
             unmanaged=_unmanaged.count(self._sync_engine),
             unrestricted=self._unrestricted,
@@ -533,9 +530,7 @@ class SessionManager:
                 await anyio.to_thread.run_sync(self._checks.run_sync)
             else:
                 await self._checks.run()
-        if self._watchdog is None:
-            # A fresh context: the watchdog must not keep the caller's scope alive.
-            self._watchdog = loop.create_task(self._watch(), context=contextvars.Context())
+        self._watchdog.start(loop)
 
     def _reopen(self) -> None:
         """Admit sessions again after a close, with the loop-bound members made anew."""
@@ -568,12 +563,7 @@ class SessionManager:
                 await idle.wait()
             if bound.cancelled_caught:
                 self._log_close_timeout()
-        watchdog, self._watchdog = self._watchdog, None
-        if watchdog is not None:
-            watchdog.cancel()
-            with anyio.CancelScope(shield=True):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watchdog
+        await self._watchdog.stop()
         if self._remove_return_check is not None:
             self._remove_return_check()
             self._remove_return_check = None
@@ -705,32 +695,6 @@ class SessionManager:
             self._commits += 1
         else:
             self._rollbacks += 1
-
-    # -- startup checks and the watchdog --------------------------------------------------
-
-    async def _watch(self) -> None:
-        while True:
-            await anyio.sleep(self._watchdog_interval)
-            self._check_holds()
-
-    def _check_holds(self) -> int:
-        """One watchdog pass: log and count blocks held past ``hold_warning``."""
-        now = _clock._now()
-        found = 0
-        for owner in self._gate.held_now():  # the sync face adds and removes from threads
-            if owner.warned or now - owner.started < self._hold_warning:
-                continue
-            owner.warned = True
-            found += 1
-            self._hold_warnings += 1
-            logger.warning(
-                "a session block of %s has been open for %.1f s (hold_warning %g s)",
-                redact_principal(owner.principal),
-                now - owner.started,
-                self._hold_warning,
-                extra={"event": "session_held", "held_seconds": now - owner.started},
-            )
-        return found
 
     def _dirty_return(self, values: tuple[Any, Any]) -> None:
         self._dirty_returns += 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import typing
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, final
@@ -86,15 +87,17 @@ class Block:
 
     # -- entering: the decisions both faces share ------------------------------------
 
-    def _scope(self, *, closed_hint: str) -> Scope:
-        """The bound scope, once the manager is open and an unrestricted block is allowed."""
+    def _scope(self, *, closed_hint: str) -> tuple[Scope, dict[object, Any], threading.RLock]:
+        """The bound scope and its storage, once the manager is open and an unrestricted
+        block is allowed."""
         manager = self._manager
         scope = current_scope()
         if manager._closing:
             raise UsageError("this SessionManager is closed", hint=closed_hint)
         if self._key is not manager:
             manager._allow_unrestricted(scope)
-        return scope
+        data, lock = scope._storage()
+        return scope, data, lock
 
     def _held_in(self, scope: Scope, data: dict[object, Any]) -> Held:
         """The scope's session for this block's key, made on first use."""
@@ -115,10 +118,9 @@ class Block:
                 "`async with manager.session()`",
                 hint="Give the manager a sync sqlalchemy Engine for `with manager.session()`",
             )
-        scope = self._scope(
+        scope, data, lock = self._scope(
             closed_hint="Open sessions before close() is called, or enter `with manager:` again"
         )
-        data, lock = scope._storage()
         with lock:  # a request's threads may open it at once (FastAPI's thread pool)
             held = self._held_in(scope, data)
             owner = held.owner
@@ -175,10 +177,9 @@ class Block:
                 hint="Give the manager an AsyncEngine for `async with manager.session()`",
             )
         task = running_task()
-        scope = self._scope(
+        scope, data, _lock = self._scope(
             closed_hint="Open sessions before aclose() is called, or start() it again"
         )
-        data, _lock = scope._storage()
         held = self._held_in(scope, data)
         owner = held.owner
         session = typing.cast(AsyncSession, held.session)

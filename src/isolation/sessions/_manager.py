@@ -1,12 +1,15 @@
-"""``SessionManager``: one SQLAlchemy ``AsyncSession`` per user scope, admitted and bounded.
+"""``SessionManager``: one SQLAlchemy session per user scope, admitted and bounded.
 
 The hot path of a request is: find the scope's session in the scope's own
 storage (made once per scope, with a finalizer as the backstop), take an
 admission slot (two integer comparisons when there is room), run the user's
 block, then commit or roll back and close **shielded**, and give the slot back.
-The decisions live in ``_lifecycle.py`` and ``_admission.py`` (pure); this
-module is the asyncio face over them and the SQLAlchemy events that refuse a
-session used from the wrong scope or task before any SQL is sent.
+This module is the thin class that composes the pieces, each in its own module:
+the ownership guard (``_owner.py``, ``_guard.py``), the scope's session and leak
+tracking (``_held.py``), the block lifecycle (``_blocks.py``, deciding through
+``_lifecycle.py`` and ``_cleanup.py``), admission (``_gate.py`` over
+``_admission.py``), the row-level security start check (``_rls_checks.py``) and
+the hold watchdog (``_watchdog.py``).
 """
 
 from __future__ import annotations
@@ -624,7 +627,7 @@ class SessionManager:
 
     def _allow_unrestricted(self, scope: Scope) -> None:
         """Refuse an unrestricted block to a context without an admin role; log every one."""
-        ctx = scope._ctx
+        ctx = scope.context
         allowed = bool(ctx.roles & self._admin_roles)
         with self._lock:
             if allowed:
@@ -652,7 +655,7 @@ class SessionManager:
             )
 
     def _new_held(self, scope: Scope, *, unrestricted: bool = False) -> Held:
-        principal = scope._ctx.principal
+        principal = scope.context.principal
         owner = Owner(
             scope, principal, self._tenancy, self._rls, sync=self._sync, unrestricted=unrestricted
         )

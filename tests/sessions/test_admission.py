@@ -15,7 +15,7 @@ import isolation
 from _support.databases import Note, checked_out
 from isolation import PoolExhaustedError, UserContext
 from isolation.sessions import SessionManager
-from isolation.sessions._admission import Admission, Waiter
+from isolation.sessions._admission import Admission, Waiter, sync_wait
 
 PRINCIPALS = [("t1", "alice"), ("t2", "alice"), ("t1", "bob")]
 
@@ -186,3 +186,20 @@ class TestAsyncAdmission:
         error = errors[0]
         assert (error.limit, error.held, error.capacity, error.timeout) == ("pool", 0, 5, 0.05)
         assert error.waited > 0
+
+
+@pytest.mark.parametrize(
+    ("timeout", "deadline", "now", "limit", "expires"),
+    [
+        (10.0, None, 100.0, 10.0, False),  # no deadline: acquire_timeout bounds the wait
+        (10.0, 120.0, 100.0, 10.0, False),  # the deadline is further than the timeout
+        (10.0, 110.0, 100.0, 10.0, False),  # both at once: an exhausted pool, not expiry
+        (10.0, 105.0, 100.0, 5.0, True),  # the deadline comes first: the wait is cut to it
+        (10.0, 99.0, 100.0, 0.0, True),  # already past: no wait, never a negative one
+    ],
+)
+def test_a_sync_wait_is_bounded_by_the_deadline(
+    timeout: float, deadline: float | None, now: float, limit: float, expires: bool
+) -> None:
+    """A thread is not cancelled at the deadline: its wait for a slot is cut to it instead."""
+    assert sync_wait(timeout, deadline, now) == (limit, expires)

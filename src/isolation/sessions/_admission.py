@@ -21,7 +21,7 @@ from typing import Final, final
 
 from isolation.context._principal import Principal
 
-__all__ = ["Admission", "Waiter"]
+__all__ = ["Admission", "Waiter", "sync_wait"]
 
 
 @final
@@ -116,3 +116,16 @@ class Admission:
     def held_by(self, principal: Principal) -> int:
         """How many slots ``principal`` holds now."""
         return self.by_principal.get(principal, 0)
+
+
+def sync_wait(timeout: float, deadline: float | None, now: float) -> tuple[float, bool]:
+    """How long a sync block may wait for a slot, and whether the scope's deadline is
+    what bounds the wait (then running out of it is expiry, not an exhausted pool).
+
+    A thread is not cancelled at the deadline as a task is: its wait is cut to
+    the time left instead (never below 0).
+    """
+    if deadline is None:
+        return timeout, False
+    left = deadline - now
+    return max(0.0, min(timeout, left)), left < timeout

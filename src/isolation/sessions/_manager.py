@@ -1,86 +1,65 @@
-"""``SessionManager``: one SQLAlchemy ``AsyncSession`` per user scope, admitted and bounded.
+"""``SessionManager``: one SQLAlchemy session per user scope, admitted and bounded.
 
 The hot path of a request is: find the scope's session in the scope's own
 storage (made once per scope, with a finalizer as the backstop), take an
 admission slot (two integer comparisons when there is room), run the user's
 block, then commit or roll back and close **shielded**, and give the slot back.
-The decisions live in ``_lifecycle.py`` and ``_admission.py`` (pure); this
-module is the asyncio face over them and the SQLAlchemy events that refuse a
-session used from the wrong scope or task before any SQL is sent.
+This module is the thin class that composes the pieces, each in its own module:
+the ownership guard (``_owner.py``, ``_guard.py``), the scope's session and leak
+tracking (``_held.py``), the block lifecycle (``_blocks.py``, deciding through
+``_lifecycle.py`` and ``_cleanup.py``), admission (``_gate.py`` over
+``_admission.py``), the row-level security start check (``_rls_checks.py``) and
+the hold watchdog (``_watchdog.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
-import functools
-import inspect
 import logging
 import math
 import threading
-import time
 import types
-import typing
-import warnings
 import weakref
 from collections.abc import (
     AsyncIterator,
-    Awaitable,
     Callable,
     Generator,
     Iterable,
     Iterator,
     Mapping,
 )
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, final
 
 import anyio
 import attrs
-from sqlalchemy import event
-from sqlalchemy import util as sa_util
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, AsyncSessionTransaction
-from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
-from sqlalchemy.orm.session import SessionTransactionState
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import QueuePool, SingletonThreadPool, StaticPool
 
-from isolation import _clock
 from isolation._counters import register_gauge
 from isolation._errors import (
     ConfigurationError,
-    ContextExpiredError,
     CrossContextAccessError,
-    DatabaseConnectionLostError,
-    IsolationError,
-    PoolExhaustedError,
-    ScopeEndedError,
-    SessionError,
-    SessionInUseError,
-    UnsupportedBackendError,
     UsageError,
 )
 from isolation._redact import redact_principal
-from isolation.context import _scope
 from isolation.context._principal import Principal
-from isolation.context._scope import DEFAULT_CLEANUP_TIMEOUT, Scope, current_scope
+from isolation.context._scope import Scope, current_scope
 from isolation.sessions import _unmanaged
-from isolation.sessions._admission import Admission, Waiter
-from isolation.sessions._lifecycle import (
-    Cleanup,
-    Outcome,
-    after_cleanup,
-    nested_outcome,
-    outermost_outcome,
-)
-from isolation.sessions._tenancy import Tenancy, TenantSession
+from isolation.sessions._admission import Admission
+from isolation.sessions._blocks import Block, running_task
+from isolation.sessions._gate import Gate
+from isolation.sessions._guard import install_connection_guard, owned_class
+from isolation.sessions._held import Held, OpenSessions
+from isolation.sessions._owner import Owner
+from isolation.sessions._rls_checks import StartChecks
+from isolation.sessions._tenancy import Tenancy
 from isolation.sessions._unmanaged import Unmanaged
+from isolation.sessions._watchdog import Watchdog
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection
-
     from isolation.factories._registry import Registry
     from isolation.sessions.postgres import _Binding as Binding
 
@@ -142,806 +121,6 @@ class SessionStats:
     unmanaged: int = 0
     unrestricted: int = 0
     unrestricted_refused: int = 0
-
-
-@final
-class _Owner:
-    """Who a session belongs to, and which task is inside its block right now.
-
-    Referenced by the session, never referencing it back, and holding its scope
-    weakly: nothing here keeps an ended scope alive.
-    """
-
-    __slots__ = (
-        "__weakref__",
-        "admitted",
-        "cleaners",
-        "closed",
-        "depth",
-        "poisoned",
-        "principal",
-        "rls",
-        "scope_ref",
-        "started",
-        "sync",
-        "task",
-        "tenancy",
-        "unrestricted",
-        "warned",
-    )
-
-    def __init__(
-        self,
-        scope: Scope,
-        principal: Principal,
-        tenancy: Tenancy | None,
-        rls: Binding | None,
-        *,
-        sync: bool = False,
-        unrestricted: bool = False,
-    ) -> None:
-        self.scope_ref = weakref.ref(scope)
-        self.principal = principal
-        self.tenancy = None if unrestricted else tenancy
-        self.rls = rls
-        self.sync = sync
-        self.unrestricted = unrestricted
-        # The task inside the block (async face); the face's marker of an open block (sync).
-        self.task: object | None = None
-        self.depth = 0
-        self.admitted = False
-        self.closed = False
-        self.poisoned = False
-        self.started = 0.0
-        self.warned = False
-        # Who runs the manager's own cleanup: tasks (async face), thread idents (sync face).
-        self.cleaners: set[object] | None = None
-
-    def worker(self) -> object | None:
-        """The running asyncio task (async face) or thread ident (sync face)."""
-        if self.sync:
-            return threading.get_ident()
-        try:
-            return asyncio.current_task()
-        except RuntimeError:
-            return None
-
-    def refuse(self, current: Scope | None) -> None:
-        """The slow path of every checked method: raise, unless the manager is cleaning up.
-
-        Raises :class:`CrossContextAccessError` for use from another scope or from
-        none, and :class:`ScopeEndedError` for use from a copy of the owner's scope
-        that has ended (an escaped task). The manager's own cleanup (the scope's
-        finalizer, a block's end) runs in tasks it marks, and passes.
-        """
-        cleaners = self.cleaners
-        if cleaners:
-            worker = self.worker()
-            if worker is not None and worker in cleaners:
-                return
-        if current is not None and current._held and current is self.scope_ref():
-            if current.active and not self.closed:
-                return  # in the generator that holds its scope across a yield
-            if not self.closed:
-                raise CrossContextAccessError(
-                    f"a database session of {redact_principal(self.principal)} was used "
-                    "outside the generator that holds its scope across a yield"
-                )
-        if current is None or current is not self.scope_ref():
-            where = (
-                "with no scope bound"
-                if current is None
-                else f"from another scope (of {redact_principal(current._ctx.principal)})"
-            )
-            raise CrossContextAccessError(
-                f"a database session of {redact_principal(self.principal)} was used {where}",
-                hint=(
-                    "Never keep a session across requests or hand it to other code; "
-                    "open `async with manager.session()` in the scope that uses it"
-                ),
-            )
-        raise ScopeEndedError(
-            f"a database session of {redact_principal(self.principal)} was used after "
-            "its scope ended"
-        )
-
-    @contextlib.contextmanager
-    def cleaning(self) -> Iterator[None]:
-        """Mark the running task (or thread) as the manager's cleanup: the checks let it through."""
-        worker = self.worker()
-        assert worker is not None  # the async face runs on asyncio tasks only (_running_task)
-        cleaners = self.cleaners
-        if cleaners is None:
-            cleaners = self.cleaners = set()
-        cleaners.add(worker)
-        try:
-            yield
-        finally:
-            cleaners.discard(worker)
-
-    def guard(self) -> None:
-        """Refuse use from another scope, after the scope ended, outside a block, or by
-        another task: called by SQLAlchemy's events before any SQL is sent."""
-        current = _current_scope()
-        if current is None or current is not self.scope_ref() or self.closed:
-            self.refuse(current)
-            return
-        task = self.task
-        if task is None:
-            raise UsageError(
-                f"the database session of {redact_principal(self.principal)} was used "
-                f"outside its `{'' if self.sync else 'async '}with manager.session()` block",
-                hint="Do the database work inside the block; objects stay readable after it",
-            )
-        if self.sync:
-            # No task to cancel at the deadline: the next statement is refused instead
-            # (not the manager's own rollback of it).
-            deadline = current._deadline
-            if (
-                deadline is not None
-                and _clock._now() >= deadline
-                and not (self.cleaners and threading.get_ident() in self.cleaners)
-            ):
-                raise ContextExpiredError(
-                    f"the context of {redact_principal(self.principal)} expired inside a "
-                    "session block; its work will be rolled back"
-                )
-            return
-        try:
-            running = asyncio.current_task()
-        except RuntimeError:  # a worker thread (to_thread) has no running loop
-            running = None
-        if task is not running:
-            raise _in_use(self.principal)
-
-
-def _in_use(principal: Principal) -> SessionInUseError:
-    return SessionInUseError(
-        f"another task of the scope of {redact_principal(principal)} is inside a session "
-        "block: one AsyncSession must not be used by two tasks at once",
-        hint=(
-            "Use sequential blocks, or run each concurrent task in its own child scope "
-            "(async with isolation.scope(UserContext.new(...same user...))) with its own session"
-        ),
-    )
-
-
-_current_scope = _scope._current.get
-
-# Dunder methods that reach the session's contents or end its work.
-_CHECKED_DUNDERS: Final = frozenset(
-    {"__contains__", "__iter__", "__enter__", "__exit__", "__aenter__", "__aexit__"}
-)
-# Private entry points reached with no public method on the stack: a lazy many-to-one
-# load answered from the identity map, without SQL.
-_CHECKED_PRIVATE: Final = frozenset({"_identity_lookup"})
-# Public instance attributes that hold the owner's data or its transaction: made
-# checked properties (the value lives under another name in the instance dict).
-_CHECKED_ATTRIBUTES: Final = {"identity_map": Session, "sync_session": AsyncSession}
-# SQLAlchemy's computed properties (``Session.info``, ``Session.no_autoflush``).
-_MEMOIZED: Final = (sa_util.memoized_property, sa_util.non_memoized_property)
-
-
-def _checked(produce: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """A getter that checks the session's owner, then returns ``produce(session)``."""
-    current_scope = _current_scope
-
-    def get(self: Any) -> Any:
-        owner: _Owner = self._isolation_owner
-        current = current_scope()
-        if current is None or current is not owner.scope_ref() or owner.closed or current._held:
-            owner.refuse(current)
-        return produce(self)
-
-    return get
-
-
-def _checked_setter(put: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
-    """A setter that checks the session's owner, then calls ``put(session, value)``."""
-
-    def set_(self: Any, value: Any) -> None:
-        owner: _Owner = self._isolation_owner
-        current = _current_scope()
-        if current is None or current is not owner.scope_ref() or owner.closed or current._held:
-            owner.refuse(current)
-        put(self, value)
-
-    return set_
-
-
-def _checked_lookup(fn: Callable[..., Any]) -> property:
-    """``fn`` as a property: looking the method up checks the owner, then gives
-    SQLAlchemy's own bound method (its signature, a coroutine function where it is).
-
-    For ``AsyncSession`` methods, which all reach the checked ``sync_session``
-    before doing anything, so a bound method kept from the owner's scope is
-    refused too. Cheaper than forwarding ``*args, **kwargs`` on every call.
-    """
-    return property(_checked(fn.__get__), doc=fn.__doc__)
-
-
-def _checked_call(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn``, checking the owner when it is called (also as a bound method kept from
-    the owner's scope): the sync ``Session``'s methods act directly."""
-
-    def checked(self: Any, *args: Any, **kwargs: Any) -> Any:
-        owner: _Owner = self._isolation_owner
-        current = _current_scope()
-        if current is None or current is not owner.scope_ref() or owner.closed or current._held:
-            owner.refuse(current)
-        return fn(self, *args, **kwargs)
-
-    return functools.wraps(fn)(checked)
-
-
-def _checked_property(name: str, raw: Any) -> property:
-    """A property checking the owner, then answering as ``raw`` (a descriptor) would;
-    ``raw=None``: a plain instance attribute, kept under another name in the instance dict."""
-    if isinstance(raw, property):
-        fget, fset = raw.fget, raw.fset
-        assert fget is not None
-        return property(
-            _checked(fget), None if fset is None else _checked_setter(fset), doc=raw.__doc__
-        )
-    if raw is None:
-        key = f"_isolation_{name}"
-        current_scope = _current_scope
-
-        def get(self: Any) -> Any:  # hot (identity_map): the check inline
-            owner: _Owner = self._isolation_owner
-            current = current_scope()
-            if current is None or current is not owner.scope_ref() or owner.closed or current._held:
-                owner.refuse(current)
-            return self.__dict__[key]
-
-        def put(self: Any, value: Any) -> None:
-            self.__dict__[key] = value
-
-        return property(get, _checked_setter(put))
-
-    # A non-data descriptor (SQLAlchemy's memoized properties): the instance dict
-    # first, as Python's own lookup would.
-    def get_memo(self: Any) -> Any:
-        try:
-            return self.__dict__[name]
-        except KeyError:
-            return raw.__get__(self, type(self))
-
-    return property(_checked(get_memo), doc=getattr(raw, "__doc__", None))
-
-
-def _check_every_method(cls: type, base: type, *, on_lookup: bool) -> type:
-    """Give ``cls`` a checked version of every public method and property of ``base``.
-
-    Built from ``base``'s members when the module loads, so a method SQLAlchemy
-    adds is checked too; class-level members (classmethods, nested classes,
-    constants) are not bound to a session and are left alone. Methods are
-    checked when looked up (``on_lookup``) or when called; special methods,
-    looked up on the type, always when called.
-    """
-    checked_method = _checked_lookup if on_lookup else _checked_call
-    for name in dir(base):
-        dunder = name in _CHECKED_DUNDERS
-        if name.startswith("_") and not dunder and name not in _CHECKED_PRIVATE:
-            continue
-        if name in cls.__dict__:
-            continue
-        raw = inspect.getattr_static(base, name)
-        if inspect.isfunction(raw):
-            if dunder:
-                setattr(cls, name, _checked_call(raw))
-            elif name in _CHECKED_PRIVATE:  # looked up by SQLAlchemy itself, never kept
-                setattr(cls, name, _checked_lookup(raw))
-            else:
-                setattr(cls, name, checked_method(raw))
-        elif isinstance(raw, (property, *_MEMOIZED)):
-            setattr(cls, name, _checked_property(name, raw))
-    for name, owner_class in _CHECKED_ATTRIBUTES.items():
-        if issubclass(base, owner_class):
-            setattr(cls, name, _checked_property(name, None))
-    return cls
-
-
-class _OwnedBase(TenantSession):
-    """What every managed sync ``Session`` class derives from: it knows its owner, the
-    SQLAlchemy events below listen on it, and the legacy bulk methods are checked by
-    tenancy (``TenantSession``)."""
-
-    _isolation_owner: _Owner
-
-    def __init__(self, *, isolation_owner: _Owner, **kwargs: Any) -> None:
-        self._isolation_owner = isolation_owner
-        super().__init__(**kwargs)
-
-
-class _OwnedSession(_OwnedBase):
-    """The managed sync ``Session`` (and the one behind every managed ``AsyncSession``):
-    every public method refuses use from another scope before doing anything."""
-
-
-class _OwnedAsyncSession(AsyncSession):
-    """The ``AsyncSession`` a :class:`SessionManager` yields: every public method, property
-    and its ``sync_session`` refuse use from another scope before doing anything."""
-
-    _isolation_owner: _Owner
-    sync_session_class = _OwnedSession
-
-    def __init__(self, bind: AsyncEngine, *, isolation_owner: _Owner, **kwargs: Any) -> None:
-        self._isolation_owner = isolation_owner
-        super().__init__(bind, isolation_owner=isolation_owner, **kwargs)
-
-
-# From _OwnedBase, so that TenantSession's checked bulk methods are the ones wrapped.
-_check_every_method(_OwnedSession, _OwnedBase, on_lookup=False)
-_check_every_method(_OwnedAsyncSession, AsyncSession, on_lookup=True)
-
-# Managed classes made for a ``session_class=`` (SQLModel's ``Session``, an app's own).
-_OWNED_CLASSES: dict[type, type] = {Session: _OwnedSession, AsyncSession: _OwnedAsyncSession}
-_owned_classes_lock = threading.RLock()
-
-
-def _owned_async_init(base: type[Any]) -> Callable[..., None]:
-    """``__init__`` of a managed subclass of ``base`` made at run time (no ``super()`` cell)."""
-
-    def init(self: Any, bind: AsyncEngine, *, isolation_owner: _Owner, **kwargs: Any) -> None:
-        self._isolation_owner = isolation_owner
-        base.__init__(self, bind, isolation_owner=isolation_owner, **kwargs)
-
-    return init
-
-
-def _owned_class(session_class: object, *, is_async: bool) -> type[Any]:
-    """The managed subclass of ``session_class``, made once: every public member of it
-    (``exec()`` of SQLModel's included) checked, SQLAlchemy's events listening."""
-    base = AsyncSession if is_async else Session
-    if not isinstance(session_class, type) or not issubclass(session_class, base):
-        face = "an AsyncEngine" if is_async else "a sync Engine"
-        raise ConfigurationError(
-            f"session_class must be a subclass of sqlalchemy's {base.__name__} for a manager "
-            f"of {face}, got {session_class!r}",
-            hint="SQLModel: sqlmodel.Session (sync) or sqlmodel.ext.asyncio.session.AsyncSession",
-        )
-    with _owned_classes_lock:
-        owned = _OWNED_CLASSES.get(session_class)
-        if owned is not None:
-            return owned
-        name = session_class.__name__
-        if is_async:
-            sync_class = _owned_class(
-                getattr(session_class, "sync_session_class", Session), is_async=False
-            )
-            owned = type(
-                f"Owned{name}",
-                (session_class,),
-                {
-                    "sync_session_class": sync_class,
-                    "__init__": _owned_async_init(session_class),
-                    "__module__": __name__,
-                },
-            )
-            _check_every_method(owned, session_class, on_lookup=True)
-        else:
-            combined = type(f"Tenant{name}", (_OwnedBase, session_class), {"__module__": __name__})
-            owned = type(f"Owned{name}", (combined,), {"__module__": __name__})
-            _check_every_method(owned, combined, on_lookup=False)
-        _OWNED_CLASSES[session_class] = owned
-        return owned
-
-
-@event.listens_for(_OwnedBase, "do_orm_execute")
-def _on_execute(state: ORMExecuteState) -> None:
-    owner: _Owner | None = state.session._isolation_owner  # type: ignore[attr-defined]
-    if owner is None:
-        return
-    owner.guard()
-    tenancy = owner.tenancy
-    if tenancy is not None:
-        tenancy.apply(state, owner.principal)
-
-
-@event.listens_for(_OwnedBase, "before_flush")
-def _on_flush(session: Session, flush_context: Any, instances: Any) -> None:
-    owner: _Owner | None = session._isolation_owner  # type: ignore[attr-defined]
-    if owner is None:
-        return
-    owner.guard()
-    tenancy = owner.tenancy
-    if tenancy is not None:
-        tenancy.check_flush(session, owner.principal)
-
-
-# Key of a pooled connection's info: the owner of the managed session whose
-# transaction holds it, from its begin to its commit or rollback.
-_CONNECTION_OWNER: Final = "isolation.owner"
-_GUARDED_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
-
-
-def _guard_connection(conn: Connection, *args: Any) -> None:
-    """Engine ``before_cursor_execute``: SQL on a connection that a managed session's
-    transaction holds runs only from that session's scope and task.
-
-    ``await session.connection()`` hands out the transaction's connection: kept
-    in a global, it would otherwise run another request's SQL in the owner's
-    transaction, under the owner's row-level security binding.
-    """
-    owner: _Owner | None = conn.info.get(_CONNECTION_OWNER)
-    if owner is not None:
-        owner.guard()
-
-
-def _forget_owner(conn: Connection) -> None:
-    """Engine ``commit`` / ``rollback``: the transaction ended; the connection goes back."""
-    try:
-        info = conn.info
-    except SQLAlchemyError:  # invalidated: the pool's checkin forgets it (below)
-        return
-    info.pop(_CONNECTION_OWNER, None)
-
-
-def _forget_owner_on_checkin(dbapi_connection: Any, record: Any) -> None:
-    record.info.pop(_CONNECTION_OWNER, None)
-
-
-def _install_connection_guard(sync_engine: Engine) -> None:
-    """Listen once per engine; the listeners act only while a managed session's
-    transaction holds a connection (one dict lookup per statement otherwise)."""
-    if sync_engine in _GUARDED_ENGINES:
-        return
-    event.listen(sync_engine, "before_cursor_execute", _guard_connection)
-    event.listen(sync_engine, "commit", _forget_owner)
-    event.listen(sync_engine, "rollback", _forget_owner)
-    event.listen(sync_engine.pool, "checkin", _forget_owner_on_checkin)
-    _GUARDED_ENGINES.add(sync_engine)
-
-
-@event.listens_for(_OwnedBase, "after_begin")
-def _on_begin(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
-    owner: _Owner | None = session._isolation_owner  # type: ignore[attr-defined]
-    if owner is None:
-        return
-    owner.guard()
-    connection.info[_CONNECTION_OWNER] = owner
-    binding = owner.rls
-    if binding is not None:
-        if connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
-            raise ConfigurationError(
-                "row_level_security refuses an AUTOCOMMIT connection: "
-                "transaction-local settings would last one statement",
-                hint="Do not set isolation_level='AUTOCOMMIT' on managed sessions",
-            )
-        # params() refuses a tenant context where a policy binds the user alone.
-        connection.execute(binding.statement, binding.params(owner.principal))
-        if owner.unrestricted:
-            binding.unrestrict(connection, owner.principal)
-
-
-# ``_Owner.task`` of a sync session's open block: its threads take turns, none owns it.
-_SYNC_BLOCK: Final = object()
-
-
-def _running_task() -> asyncio.Task[Any]:
-    try:
-        task = asyncio.current_task()
-    except RuntimeError:
-        task = None
-    if task is None:
-        raise UnsupportedBackendError(
-            "isolation.sessions runs on asyncio only (SQLAlchemy's asyncio layer), and no "
-            "asyncio task is running here"
-        )
-    return task
-
-
-@final
-class _Held:
-    """A scope's session: kept in the scope's storage, closed by the scope's finalizer."""
-
-    __slots__ = ("__weakref__", "manager", "owner", "session")
-
-    def __init__(
-        self, manager: SessionManager, owner: _Owner, session: AsyncSession | Session
-    ) -> None:
-        self.manager = manager
-        self.owner = owner
-        self.session = session
-
-    def finalize(self, exc: BaseException | None) -> Awaitable[None] | None:
-        """The backstop at scope exit: cut off a block still running, count the close.
-
-        Usually every block has ended and there is nothing to await: then this
-        returns ``None`` and the scope pays for no shielded cancel scope.
-        A sync session's block still running in a thread cannot be cut off from
-        here: it is marked closed, so its next statement is refused and its end
-        rolls back.
-        """
-        owner = self.owner
-        if owner.closed:
-            return None
-        if owner.sync:
-            sync_session = typing.cast(Session, self.session)
-            with owner.cleaning():
-                owner.closed = True
-                if not owner.admitted and sync_session.in_transaction():
-                    sync_session.close()
-            self.manager._closed(owner)
-            return None
-        if owner.admitted or self.session.in_transaction():
-            return self._finalize(exc)
-        owner.closed = True
-        self.manager._closed(owner)
-        return None
-
-    async def _finalize(self, exc: BaseException | None) -> None:
-        owner = self.owner
-        if owner.closed:
-            return
-        owner.closed = True
-        manager = self.manager
-        try:
-            with owner.cleaning():
-                if owner.admitted:
-                    # A block is still open (a task that escaped the scope, or a block never
-                    # exited): its connection may be mid-operation in another task, so it is
-                    # invalidated rather than rolled back politely, and its work is lost.
-                    manager._rollbacks += 1
-                    session: AsyncSession = self.session  # type: ignore[assignment]
-                    try:
-                        await session.invalidate()
-                    finally:
-                        manager._release(owner)
-                elif self.session.in_transaction():
-                    session = self.session  # type: ignore[assignment]
-                    await session.rollback()
-                    await session.close()
-        finally:
-            manager._closed(owner)
-
-    async def commit_now(self) -> None:
-        """The scope's :meth:`~isolation.Scope.finish` hook: commit a block still open.
-
-        ``IsolationMiddleware`` finishes the scope before the response's status;
-        a block opened in a FastAPI dependency with ``yield`` ends only after the
-        response, so its work is committed here, and a failed commit (rolled back
-        at once) still turns the response into a 500. The block stays open: its
-        end commits what is done after this point, if anything.
-        """
-        owner = self.owner
-        if owner.closed or not owner.admitted or owner.depth == 0 or owner.poisoned:
-            return
-        scope = owner.scope_ref()
-        if scope is None or (scope._deadline is not None and _clock._now() >= scope._deadline):
-            return  # expired: the block's end rolls back
-        if owner.sync:
-            await anyio.to_thread.run_sync(self._commit_sync)
-            return
-        session = typing.cast(AsyncSession, self.session)
-        previous, owner.task = owner.task, asyncio.current_task()
-        try:
-            with owner.cleaning():
-                try:
-                    await session.commit()
-                except BaseException:
-                    with anyio.CancelScope(shield=True):
-                        await session.rollback()
-                    raise
-        finally:
-            owner.task = previous
-
-    def _commit_sync(self) -> None:
-        owner = self.owner
-        session = typing.cast(Session, self.session)
-        with owner.cleaning():
-            try:
-                session.commit()
-            except BaseException:
-                session.rollback()
-                raise
-
-    def __del__(self) -> None:
-        owner = self.owner
-        if owner.closed:
-            return
-        owner.closed = True
-        manager = self.manager
-        manager._leaks += 1
-        manager._closed(owner)
-        if owner.admitted:
-            manager._release_from_anywhere(owner)
-        warnings.warn(
-            f"a database session of {redact_principal(owner.principal)} was garbage-collected "
-            "without being closed; its scope's finalizer never ran",
-            ResourceWarning,
-            stacklevel=1,
-        )
-
-
-@final
-class _Block:
-    """One ``async with manager.session()`` block, or ``with`` for a sync engine (single use)."""
-
-    __slots__ = ("_held", "_key", "_manager", "_nested")
-
-    def __init__(self, manager: SessionManager, *, unrestricted: bool = False) -> None:
-        self._manager = manager
-        # The scope's storage key: an unrestricted session is a second one of the scope.
-        self._key: object = manager._unrestricted_key if unrestricted else manager
-        self._held: _Held | None = None
-        self._nested: Any = None  # the SAVEPOINT of a nested block: async or sync
-
-    def __enter__(self) -> Session:
-        manager = self._manager
-        if not manager._sync:
-            raise UsageError(
-                "this SessionManager has an AsyncEngine: open its sessions with "
-                "`async with manager.session()`",
-                hint="Give the manager a sync sqlalchemy Engine for `with manager.session()`",
-            )
-        scope = current_scope()
-        if manager._closing:
-            raise UsageError(
-                "this SessionManager is closed",
-                hint="Open sessions before close() is called, or enter `with manager:` again",
-            )
-        unrestricted = self._key is not manager
-        if unrestricted:
-            manager._allow_unrestricted(scope)
-        data, lock = scope._storage()
-        with lock:  # a request's threads may open it at once (FastAPI's thread pool)
-            held: _Held | None = data.get(self._key)
-            if held is None:
-                held = manager._new_held(scope, unrestricted=unrestricted)
-                data[self._key] = held
-            owner = held.owner
-            nested = owner.depth > 0
-            owner.depth += 1
-            if not nested:
-                owner.task = _SYNC_BLOCK
-        session = typing.cast(Session, held.session)
-        try:
-            if nested:
-                # The scope's code may move between threads (FastAPI runs a dependency and
-                # the endpoint in different ones): an inner block is a SAVEPOINT, whichever.
-                self._nested = session.begin_nested()
-            else:
-                if manager._check_pending:
-                    manager._run_startup_checks_sync()
-                manager._admit_sync(owner, scope)
-        except BaseException:
-            with lock:
-                owner.depth -= 1
-                if not nested:
-                    owner.task = None
-            raise
-        self._held = held
-        return session
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> Literal[False]:
-        held = self._held
-        if held is None:
-            return False
-        self._held = None
-        nested = self._nested
-        try:
-            if nested is not None:
-                held.owner.depth -= 1
-                held.manager._end_nested_sync(held, nested, exc)
-            else:
-                held.manager._end_outermost_sync(held, exc)
-        except DBAPIError as failure:
-            _raise_if_lost(held.owner, failure, "while committing", exc)
-            raise
-        _raise_if_lost(held.owner, exc, "inside the block", exc)
-        return False
-
-    async def __aenter__(self) -> AsyncSession:
-        manager = self._manager
-        if manager._sync:
-            raise UsageError(
-                "this SessionManager has a sync Engine: open its sessions with "
-                "`with manager.session()` (in a thread: FastAPI runs sync endpoints and "
-                "dependencies in its thread pool)",
-                hint="Give the manager an AsyncEngine for `async with manager.session()`",
-            )
-        task = _running_task()
-        scope = current_scope()
-        if manager._closing:
-            raise UsageError(
-                "this SessionManager is closed",
-                hint="Open sessions before aclose() is called, or start() it again",
-            )
-        unrestricted = self._key is not manager
-        if unrestricted:
-            manager._allow_unrestricted(scope)
-        data, _lock = scope._storage()
-        held: _Held | None = data.get(self._key)
-        if held is None:
-            held = manager._new_held(scope, unrestricted=unrestricted)
-            data[self._key] = held
-        owner = held.owner
-        session = typing.cast(AsyncSession, held.session)
-        if owner.depth:
-            if owner.task is not task:
-                raise _in_use(owner.principal)
-            owner.depth += 1
-            try:
-                self._nested = await session.begin_nested()
-            except BaseException:
-                owner.depth -= 1
-                raise
-            self._held = held
-            return session
-        # Claim the block before awaiting admission: a second task of this scope that
-        # arrives meanwhile is refused, deterministically.
-        owner.task = task
-        owner.depth = 1
-        try:
-            if manager._check_pending:
-                await manager._run_startup_checks()
-            await manager._admit(owner)
-        except BaseException:
-            owner.task = None
-            owner.depth = 0
-            raise
-        self._held = held
-        return session
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> Literal[False]:
-        held = self._held
-        if held is None:
-            return False
-        self._held = None
-        nested = self._nested
-        try:
-            if nested is not None:
-                held.owner.depth -= 1
-                await held.manager._end_nested(held, nested, exc)
-            else:
-                await held.manager._end_outermost(held, exc)
-        except DBAPIError as failure:
-            _raise_if_lost(held.owner, failure, "while committing", exc)
-            raise
-        _raise_if_lost(held.owner, exc, "inside the block", exc)
-        return False
-
-
-def _raise_if_lost(
-    owner: _Owner, failure: BaseException | None, when: str, exc: BaseException | None
-) -> None:
-    """Raise the typed error when ``failure`` is a driver error SQLAlchemy classed as a
-    disconnect: at the block's end only when the block itself raised nothing."""
-    if not isinstance(failure, DBAPIError) or not failure.connection_invalidated:
-        return
-    if when == "while committing" and exc is not None:
-        return
-    raise _connection_lost(owner, when) from failure
-
-
-def _connection_lost(owner: _Owner, when: str) -> DatabaseConnectionLostError:
-    """The typed error for a driver error that SQLAlchemy classed as a disconnect."""
-    outcome = (
-        "the commit's outcome is unknown"
-        if when == "while committing"
-        else "the block's work was rolled back"
-    )
-    return DatabaseConnectionLostError(
-        f"the database connection of a session of {redact_principal(owner.principal)} was "
-        f"lost {when} (closed by the server or the network: a restart, an idle timeout, "
-        f"a terminated backend); {outcome}, and the pool discarded its older connections",
-        hint=(
-            "Retry the request; create the engine with pool_pre_ping=True to test idle "
-            "connections before use"
-        ),
-    )
 
 
 def _pool_capacity(engine: Engine) -> int | None:
@@ -1029,42 +208,29 @@ class SessionManager:
         "__weakref__",
         "_admin_roles",
         "_admission",
-        "_check_lock",
-        "_check_pending",
+        "_checks",
         "_close_timeout",
         "_closing",
         "_commits",
         "_dirty_returns",
         "_engine",
-        "_exhausted",
-        "_hold_warning",
-        "_hold_warnings",
-        "_holding",
-        "_idle",
-        "_idle_sync",
-        "_leaks",
+        "_gate",
         "_lock",
-        "_loop",
         "_managed",
-        "_open",
-        "_open_by_principal",
         "_product",
         "_remove_return_check",
         "_return_check",
         "_rls",
-        "_rls_tables",
         "_rollbacks",
         "_session_class",
+        "_sessions",
         "_sync",
-        "_sync_check_lock",
         "_sync_engine",
         "_tenancy",
-        "_timeout",
         "_unrestricted",
         "_unrestricted_key",
         "_unrestricted_refused",
         "_watchdog",
-        "_watchdog_interval",
     )
 
     def __init__(
@@ -1109,7 +275,7 @@ class SessionManager:
         self._product: type[Any] = (
             (Session if self._sync else AsyncSession) if session_class is None else session_class
         )
-        self._session_class = _owned_class(self._product, is_async=not self._sync)
+        self._session_class = owned_class(self._product, is_async=not self._sync)
         capacity = _pool_capacity(sync_engine)
         if max_sessions is not None:
             if (
@@ -1139,12 +305,12 @@ class SessionManager:
         # the option the unmanaged-connection guard lets through inside a scope.
         self._managed: AsyncEngine | Engine = engine.execution_options(**{_unmanaged.MANAGED: True})
         _unmanaged.install(sync_engine, _unmanaged.check_mode(unmanaged))
-        _install_connection_guard(sync_engine)
-        self._timeout = _positive("acquire_timeout", acquire_timeout)
-        self._hold_warning = _positive("hold_warning", hold_warning)
+        install_connection_guard(sync_engine)
+        timeout = _positive("acquire_timeout", acquire_timeout)
+        hold_warning = _positive("hold_warning", hold_warning)
         self._close_timeout = _positive("close_timeout", close_timeout)
-        self._watchdog_interval = (
-            min(self._hold_warning / 2, 5.0)
+        watchdog_interval = (
+            min(hold_warning / 2, 5.0)
             if watchdog_interval is None
             else _positive("watchdog_interval", watchdog_interval)
         )
@@ -1156,31 +322,23 @@ class SessionManager:
             self._rls = binding_for(row_level_security, rls_key, rls_schema)
             if self._rls is not None:
                 self._rls.unrestricted = bool(self._admin_roles)
-        self._rls_tables = tuple(rls_tables)
         if isinstance(rls_tables, str):
             raise ConfigurationError("rls_tables takes a list of table names, not one string")
         self._return_check = float(return_check)
         self._remove_return_check: Callable[[], None] | None = None
         self._tenancy: Tenancy | None = None
-        self._check_pending = self._rls is not None
-        self._check_lock: asyncio.Lock | None = None
+        self._checks = StartChecks(self._rls, self._managed, rls_tables)
         # The sync face's: admission, counters and the startup check, across threads.
         self._lock = threading.Lock()
-        self._sync_check_lock = threading.Lock()
-        self._idle_sync = threading.Condition(self._lock)
+        self._gate = Gate(self._admission, timeout=timeout, sync=self._sync, lock=self._lock)
+        self._watchdog = Watchdog(
+            self._gate.held_now, hold_warning=hold_warning, interval=watchdog_interval
+        )
         self._closing = False
-        self._holding: set[_Owner] = set()
-        self._idle: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._watchdog: asyncio.Task[None] | None = None
-        self._open = 0
+        self._sessions = OpenSessions(self._lock)
         _MANAGERS.add(self)
-        self._open_by_principal: dict[Principal, int] = {}
         self._commits = 0
         self._rollbacks = 0
-        self._leaks = 0
-        self._exhausted = 0
-        self._hold_warnings = 0
         self._dirty_returns = 0
         if self._rls is not None:
             from isolation.sessions.postgres import _install_pool_hooks as install_pool_hooks
@@ -1218,7 +376,7 @@ class SessionManager:
         """The global bound (``None``: unbounded)."""
         return self._admission.capacity
 
-    def session(self, *, unrestricted: bool = False) -> _Block:
+    def session(self, *, unrestricted: bool = False) -> Block:
         """Open the current scope's session: ``async with manager.session() as s``
         (``with`` for a sync engine).
 
@@ -1246,7 +404,7 @@ class SessionManager:
         from every method and property before doing anything; from a copy of its
         scope that has ended (an escaped task), :class:`~isolation.ScopeEndedError`.
         """
-        return _Block(self, unrestricted=unrestricted)
+        return Block(self, unrestricted=unrestricted)
 
     def provide_to(self, registry: Registry) -> None:
         """Register this manager's session as the ``AsyncSession`` product of ``registry``.
@@ -1337,20 +495,19 @@ class SessionManager:
             self._tenancy = tenancy
         else:
             self._tenancy.protect(model, user_column, tenant_column)
-        if self._rls:
-            self._check_pending = True
+        self._checks.again(self._tenancy)
 
     def stats(self) -> SessionStats:
         """Return a frozen snapshot of the sessions and counters."""
         return SessionStats(
-            open_sessions=self._open,
-            open_sessions_by_principal=types.MappingProxyType(dict(self._open_by_principal)),
+            open_sessions=self._sessions.count,
+            open_sessions_by_principal=types.MappingProxyType(dict(self._sessions.by_principal)),
             checked_out=self._admission.in_use,
             commits=self._commits,
             rollbacks=self._rollbacks,
-            leaks=self._leaks,
-            exhausted=self._exhausted,
-            hold_warnings=self._hold_warnings,
+            leaks=self._sessions.leaks,
+            exhausted=self._gate.exhausted,
+            hold_warnings=self._watchdog.warnings,
             dirty_returns=self._dirty_returns,
             unmanaged=_unmanaged.count(self._sync_engine),
             unrestricted=self._unrestricted,
@@ -1368,24 +525,23 @@ class SessionManager:
             ConfigurationError: Row-level security would not restrict the role.
             UnsupportedBackendError: Not running under asyncio.
         """
-        _running_task()
+        running_task()
         self._reopen()
-        self._loop = asyncio.get_running_loop()
-        if self._check_pending:
+        loop = self._gate.loop = asyncio.get_running_loop()
+        if self._checks.pending:
             if self._sync:
-                await anyio.to_thread.run_sync(self._run_startup_checks_sync)
+                await anyio.to_thread.run_sync(self._checks.run_sync)
             else:
-                await self._run_startup_checks()
-        if self._watchdog is None:
-            # A fresh context: the watchdog must not keep the caller's scope alive.
-            self._watchdog = self._loop.create_task(self._watch(), context=contextvars.Context())
+                await self._checks.run()
+        self._watchdog.start(loop)
 
     def _reopen(self) -> None:
         """Admit sessions again after a close, with the loop-bound members made anew."""
         if not self._closing:
             return
         self._closing = False
-        self._idle = self._check_lock = None
+        self._gate.idle = None
+        self._checks.new_loop()
         if self._rls is not None and self._remove_return_check is None:
             from isolation.sessions.postgres import _install_pool_hooks as install_pool_hooks
 
@@ -1405,17 +561,12 @@ class SessionManager:
             if not await anyio.to_thread.run_sync(self._wait_idle_sync):
                 self._log_close_timeout()
         elif self._admission.in_use:
-            idle = self._idle = asyncio.Event()
+            idle = self._gate.idle = asyncio.Event()
             with anyio.move_on_after(self._close_timeout) as bound:
                 await idle.wait()
             if bound.cancelled_caught:
                 self._log_close_timeout()
-        watchdog, self._watchdog = self._watchdog, None
-        if watchdog is not None:
-            watchdog.cancel()
-            with anyio.CancelScope(shield=True):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watchdog
+        await self._watchdog.stop()
         if self._remove_return_check is not None:
             self._remove_return_check()
             self._remove_return_check = None
@@ -1435,10 +586,7 @@ class SessionManager:
         )
 
     def _wait_idle_sync(self) -> bool:
-        with self._lock:
-            return self._idle_sync.wait_for(
-                lambda: not self._admission.in_use, timeout=self._close_timeout
-            )
+        return self._gate.wait_idle_sync(self._close_timeout)
 
     def close(self) -> None:
         """The sync face's :meth:`aclose`: stop admitting, wait up to ``close_timeout``
@@ -1461,8 +609,8 @@ class SessionManager:
                 "this SessionManager has an AsyncEngine", hint="Use `async with manager:`"
             )
         self._reopen()
-        if self._check_pending:
-            self._run_startup_checks_sync()
+        if self._checks.pending:
+            self._checks.run_sync()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -1479,7 +627,7 @@ class SessionManager:
 
     def _allow_unrestricted(self, scope: Scope) -> None:
         """Refuse an unrestricted block to a context without an admin role; log every one."""
-        ctx = scope._ctx
+        ctx = scope.context
         allowed = bool(ctx.roles & self._admin_roles)
         with self._lock:
             if allowed:
@@ -1506,9 +654,9 @@ class SessionManager:
                 ),
             )
 
-    def _new_held(self, scope: Scope, *, unrestricted: bool = False) -> _Held:
-        principal = scope._ctx.principal
-        owner = _Owner(
+    def _new_held(self, scope: Scope, *, unrestricted: bool = False) -> Held:
+        principal = scope.context.principal
+        owner = Owner(
             scope, principal, self._tenancy, self._rls, sync=self._sync, unrestricted=unrestricted
         )
         session: Session | AsyncSession
@@ -1524,465 +672,32 @@ class SessionManager:
                     "awaits",
                     hint="Enter the scope with `async with`, not `with`",
                 )
-            if self._loop is None:
-                self._loop = asyncio.get_running_loop()
+            if self._gate.loop is None:
+                self._gate.loop = asyncio.get_running_loop()
             session = self._session_class(
                 self._managed, isolation_owner=owner, expire_on_commit=False
             )
-        held = _Held(self, owner, session)
+        held = Held(self, owner, session)
         scope.on_close(held.finalize)
         scope.on_finish(held.commit_now)
-        with self._lock:
-            self._open += 1
-            self._open_by_principal[principal] = self._open_by_principal.get(principal, 0) + 1
+        self._sessions.opened(principal)
         return held
-
-    def _closed(self, owner: _Owner) -> None:
-        principal = owner.principal
-        with self._lock:
-            self._open -= 1
-            left = self._open_by_principal.get(principal, 0) - 1
-            if left > 0:
-                self._open_by_principal[principal] = left
-            else:
-                self._open_by_principal.pop(principal, None)
-
-    # -- admission ------------------------------------------------------------------
-
-    async def _admit(self, owner: _Owner) -> None:
-        admission = self._admission
-        principal = owner.principal
-        if not admission.try_admit(principal):
-            await self._wait_for_slot(principal)
-        owner.admitted = True
-        owner.started = _clock._now()
-        owner.warned = False
-        self._holding.add(owner)
-
-    async def _wait_for_slot(self, principal: Principal) -> None:
-        admission = self._admission
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiter = Waiter(principal, future)
-        admission.enqueue(waiter)
-        started = time.monotonic()
-        try:
-            with anyio.move_on_after(self._timeout):
-                await future
-                return
-        except BaseException:
-            # Cancelled (the scope's deadline, or from outside) while waiting.
-            if not admission.withdraw(waiter):
-                self._release_principal(principal)
-            raise
-        if not admission.withdraw(waiter):
-            return  # granted in the same instant the timeout fired: keep it
-        self._exhausted += 1
-        raise self._exhausted_error(
-            principal, admission.held_by(principal), time.monotonic() - started
-        )
-
-    def _release(self, owner: _Owner) -> None:
-        owner.admitted = False
-        if self._sync:
-            with self._lock:
-                self._holding.discard(owner)
-                for waiter in self._admission.release(owner.principal):
-                    event_: threading.Event = waiter.token  # type: ignore[assignment]
-                    event_.set()
-                if not self._admission.in_use:
-                    self._idle_sync.notify_all()
-            return
-        self._holding.discard(owner)
-        self._release_principal(owner.principal)
-
-    def _admit_sync(self, owner: _Owner, scope: Scope) -> None:
-        """Admission for a sync block: wait in this thread, bounded by ``acquire_timeout``
-        and by the scope's deadline (no cancellation reaches a thread)."""
-        admission = self._admission
-        principal = owner.principal
-        with self._lock:
-            admitted = admission.try_admit(principal)
-            if not admitted:
-                waiter = Waiter(principal, threading.Event())
-                admission.enqueue(waiter)
-        if not admitted:
-            started = time.monotonic()
-            limit = self._timeout
-            deadline = scope._deadline
-            expires = deadline is not None and deadline - _clock._now() < limit
-            if deadline is not None:
-                limit = max(0.0, min(limit, deadline - _clock._now()))
-            granted: threading.Event = waiter.token  # type: ignore[assignment]
-            if not granted.wait(limit):
-                with self._lock:
-                    withdrawn = admission.withdraw(waiter)
-                    if withdrawn and not expires:
-                        self._exhausted += 1
-                    held = admission.held_by(principal)
-                if withdrawn:
-                    if expires:
-                        raise ContextExpiredError(
-                            f"the context of {redact_principal(principal)} expired while its "
-                            "session block waited for a database connection"
-                        )
-                    raise self._exhausted_error(principal, held, time.monotonic() - started)
-        owner.admitted = True
-        owner.started = _clock._now()
-        owner.warned = False
-        with self._lock:
-            self._holding.add(owner)
-
-    def _exhausted_error(
-        self, principal: Principal, held: int, waited: float
-    ) -> PoolExhaustedError:
-        admission = self._admission
-        per_user = held >= admission.per_principal
-        if per_user:
-            which = f"it holds {held} sessions, its per-user limit of {admission.per_principal}"
-        else:
-            which = f"all {admission.capacity} connections of the pool are in use"
-        return PoolExhaustedError(
-            f"no database session for {redact_principal(principal)} after waiting "
-            f"{waited:.3f} s (acquire_timeout {self._timeout:g} s): {which}",
-            hint=(
-                "End session blocks before slow awaits (streaming, calls to other services), "
-                "raise per_user_limit or the pool size, or retry later"
-            ),
-            limit="per_user" if per_user else "pool",
-            held=held,
-            capacity=admission.per_principal if per_user else admission.capacity,
-            waited=waited,
-            timeout=self._timeout,
-        )
-
-    def _release_principal(self, principal: Principal) -> None:
-        for waiter in self._admission.release(principal):
-            future: asyncio.Future[None] = waiter.token  # type: ignore[assignment]
-            if not future.done():
-                future.set_result(None)
-        if not self._admission.in_use and self._idle is not None:
-            self._idle.set()
-
-    def _release_from_anywhere(self, owner: _Owner) -> None:
-        """Release from ``__del__``, which may run outside the loop's thread."""
-        if self._sync:
-            self._release(owner)
-            return
-        loop = self._loop
-        try:
-            if loop is not None and not loop.is_closed():
-                loop.call_soon_threadsafe(self._release, owner)
-            else:
-                self._release(owner)
-        except Exception:  # noqa: S110 - the loop is gone; nothing waits on it any more
-            pass
 
     # -- ending blocks ----------------------------------------------------------------
 
-    async def _end_nested(
-        self, held: _Held, nested: AsyncSessionTransaction, exc: BaseException | None
-    ) -> None:
-        with held.owner.cleaning():
-            if nested_outcome(exc) is Outcome.COMMIT and not held.owner.closed:
-                try:
-                    if nested.is_active:
-                        await nested.commit()
-                    return
-                except BaseException:
-                    await self._rollback_nested(held, nested)
-                    raise
-            await self._rollback_nested(held, nested)
-
-    async def _rollback_nested(self, held: _Held, nested: AsyncSessionTransaction) -> None:
-        error: BaseException | None = None
-        with anyio.move_on_after(self._cleanup_time(held), shield=True) as bound:
-            try:
-                # A flush that failed inside the savepoint leaves it inactive but not yet
-                # rolled back: only a closed one is left alone.
-                sync = nested.sync_transaction
-                if sync is not None and sync._state is not SessionTransactionState.CLOSED:
-                    await nested.rollback()
-            except Exception as failure:
-                error = failure
-        if bound.cancelled_caught or error is not None:
-            self._savepoint_failed(held, error)
-
-    @staticmethod
-    def _savepoint_failed(held: _Held, error: BaseException | None) -> None:
-        # The savepoint's work may still be in the transaction: never commit it.
-        held.owner.poisoned = True
-        logger.error(
-            "rolling back a nested session block failed; the whole transaction will roll back",
-            exc_info=error,
-            extra={"event": "savepoint_rollback_failed"},
-        )
-
-    def _end_nested_sync(
-        self, held: _Held, nested: SessionTransaction, exc: BaseException | None
-    ) -> None:
-        with held.owner.cleaning():
-            if nested_outcome(exc) is Outcome.COMMIT and not held.owner.closed:
-                try:
-                    if nested.is_active:
-                        nested.commit()
-                    return
-                except BaseException:
-                    self._rollback_nested_sync(held, nested)
-                    raise
-            self._rollback_nested_sync(held, nested)
-
-    def _rollback_nested_sync(self, held: _Held, nested: SessionTransaction) -> None:
-        try:
-            if nested._state is not SessionTransactionState.CLOSED:
-                nested.rollback()
-        except Exception as failure:
-            self._savepoint_failed(held, failure)
-
-    def _end_outermost_sync(self, held: _Held, exc: BaseException | None) -> None:
-        """The sync face's end of a block: the decisions of :meth:`_end_outermost`; no
-        shield or time bound (a thread is not cancelled; the driver's own timeouts hold)."""
-        owner = held.owner
-        scope = owner.scope_ref()
-        expired = scope is None or (
-            scope._deadline is not None and _clock._now() >= scope._deadline
-        )
-        outcome = outermost_outcome(
-            exc, expired=expired, cancelled=False, scope_closed=owner.closed
-        )
-        poisoned = owner.poisoned
-        if poisoned:
-            outcome = Outcome.ROLLBACK
-        session = typing.cast(Session, held.session)
-        committed = False
-        commit_error: Exception | None = None
-        cleanup_error: Exception | None = None
-        try:
-            with owner.cleaning():
-                try:
-                    if outcome is Outcome.COMMIT:
-                        try:
-                            session.commit()
-                            committed = True
-                        except Exception as failure:
-                            commit_error = failure
-                    if not committed:
-                        session.rollback()
-                    session.close()
-                except Exception as failure:
-                    cleanup_error = failure
-            if after_cleanup(finished=True, error=cleanup_error) is Cleanup.INVALIDATE:
-                self._invalidate_sync(held, cleanup_error)
-        except BaseException as interrupt:
-            self._invalidate_sync(held, interrupt)
-            raise
-        finally:
-            owner.depth = 0
-            owner.task = None
-            owner.poisoned = False
+    def _count_end(self, *, committed: bool) -> None:
+        """Count an outermost block's end (the sync face's from threads, under the lock)."""
+        if self._sync:
             with self._lock:
                 if committed:
                     self._commits += 1
                 else:
                     self._rollbacks += 1
-            self._release(owner)
-        if commit_error is not None:
-            raise commit_error
-        if exc is None and not committed:
-            raise self._uncommitted(owner, poisoned=poisoned)
-
-    def _invalidate_sync(self, held: _Held, error: BaseException | None) -> None:
-        logger.error(
-            "a session's cleanup failed; its connection is invalidated, never reused",
-            exc_info=error,
-            extra={"event": "session_invalidated"},
-        )
-        with held.owner.cleaning():
-            try:
-                typing.cast(Session, held.session).invalidate()
-            except Exception:
-                logger.exception("invalidating a session's connection failed")
-
-    @staticmethod
-    def _uncommitted(owner: _Owner, *, poisoned: bool) -> IsolationError:
-        """Why a block that raised nothing was rolled back."""
-        if poisoned:
-            return SessionError(
-                "a nested session block could not be rolled back, so the whole "
-                "transaction was rolled back",
-                hint="See the logged error of the nested block",
-            )
-        if owner.closed:
-            return ScopeEndedError(
-                f"the scope of {redact_principal(owner.principal)} ended while its "
-                "session block ran; the block's work was rolled back"
-            )
-        return ContextExpiredError(
-            f"the context of {redact_principal(owner.principal)} expired inside a session "
-            "block; its work was rolled back"
-        )
-
-    @staticmethod
-    def _cleanup_time(held: _Held) -> float:
-        scope = held.owner.scope_ref()
-        return DEFAULT_CLEANUP_TIMEOUT if scope is None else scope._cleanup_timeout
-
-    async def _end_outermost(self, held: _Held, exc: BaseException | None) -> None:
-        owner = held.owner
-        if not owner.admitted:
-            # The scope's finalizer already cut this block off.
-            owner.depth = 0
-            owner.task = None
-            if exc is None:
-                raise ScopeEndedError(
-                    f"the scope of {redact_principal(owner.principal)} ended while its session "
-                    "block ran; the block's work was rolled back"
-                )
             return
-        scope = owner.scope_ref()
-        expired = scope is None or (
-            scope._deadline is not None and _clock._now() >= scope._deadline
-        )
-        cancel_scope = None if scope is None else scope._cancel_scope
-        cancelled = cancel_scope is not None and cancel_scope.cancel_called
-        outcome = outermost_outcome(
-            exc, expired=expired, cancelled=cancelled, scope_closed=owner.closed
-        )
-        poisoned = owner.poisoned
-        if poisoned:
-            outcome = Outcome.ROLLBACK
-        session = typing.cast(AsyncSession, held.session)
-        committed = False
-        commit_error: Exception | None = None
-        cleanup_error: BaseException | None = None
-        finished = False
-        try:
-            with owner.cleaning(), anyio.move_on_after(self._cleanup_time(held), shield=True):
-                try:
-                    if outcome is Outcome.COMMIT:
-                        try:
-                            await session.commit()
-                            committed = True
-                        except Exception as failure:
-                            commit_error = failure
-                    if not committed:
-                        await session.rollback()
-                    await session.close()
-                    finished = True
-                except Exception as failure:
-                    cleanup_error = failure
-                    finished = True
-            if after_cleanup(finished=finished, error=cleanup_error) is Cleanup.INVALIDATE:
-                await self._invalidate(held, cleanup_error, finished=finished)
-        except BaseException as interrupt:
-            # Not a cancellation (we were shielded): KeyboardInterrupt or similar.
-            await self._invalidate(held, interrupt, finished=False)
-            raise
-        finally:
-            owner.depth = 0
-            owner.task = None
-            owner.poisoned = False
-            if committed:
-                self._commits += 1
-            else:
-                self._rollbacks += 1
-            self._release(owner)
-        if commit_error is not None:
-            raise commit_error
-        if not finished and not committed:
-            if exc is not None:
-                # The block's own exception says what went wrong; keep it.
-                exc.add_note(
-                    "isolation: the rollback did not finish; the connection was invalidated"
-                )
-                return
-            raise SessionError(
-                f"{'commit' if outcome is Outcome.COMMIT else 'rollback'} of the session of "
-                f"{redact_principal(owner.principal)} did not finish within the cleanup time; "
-                "the connection was invalidated"
-                + ("; the commit's outcome is unknown" if outcome is Outcome.COMMIT else ""),
-                hint="Give the scope a longer cleanup_timeout, or keep transactions short",
-            )
-        if exc is None and not committed:
-            raise self._uncommitted(owner, poisoned=poisoned)
-
-    async def _invalidate(
-        self, held: _Held, error: BaseException | None, *, finished: bool
-    ) -> None:
-        logger.error(
-            "a session's cleanup %s; its connection is invalidated, never reused",
-            "was cut short" if not finished else "failed",
-            exc_info=error,
-            extra={"event": "session_invalidated"},
-        )
-        with held.owner.cleaning(), anyio.move_on_after(self._cleanup_time(held), shield=True):
-            try:
-                await typing.cast(AsyncSession, held.session).invalidate()
-            except Exception:
-                logger.exception("invalidating a session's connection failed")
-
-    # -- startup checks and the watchdog --------------------------------------------------
-
-    async def _run_startup_checks(self) -> None:
-        # A refusal leaves the check pending: every later session runs it again and is
-        # refused again (fail closed), until the role or the tables are fixed.
-        if self._check_lock is None:
-            self._check_lock = asyncio.Lock()
-        async with self._check_lock:
-            if not self._check_pending:
-                return
-            if self._rls:
-                from isolation.sessions.postgres import check_role
-
-                self._rls.user_only_tables = await check_role(
-                    typing.cast(AsyncEngine, self._managed),
-                    self._checked_tables(),
-                    binding=self._rls,
-                )
-            self._check_pending = False
-
-    def _run_startup_checks_sync(self) -> None:
-        with self._sync_check_lock:
-            if not self._check_pending:
-                return
-            if self._rls:
-                from isolation.sessions.postgres import check_role_sync
-
-                self._rls.user_only_tables = check_role_sync(
-                    typing.cast(Engine, self._managed), self._checked_tables(), binding=self._rls
-                )
-            self._check_pending = False
-
-    def _checked_tables(self) -> set[str]:
-        tables = set(self._rls_tables)
-        if self._tenancy is not None:
-            tables.update(table.fullname for table in self._tenancy.tables)
-        return tables
-
-    async def _watch(self) -> None:
-        while True:
-            await anyio.sleep(self._watchdog_interval)
-            self._check_holds()
-
-    def _check_holds(self) -> int:
-        """One watchdog pass: log and count blocks held past ``hold_warning``."""
-        now = _clock._now()
-        found = 0
-        with self._lock:  # the sync face adds and removes from threads
-            holding = list(self._holding)
-        for owner in holding:
-            if owner.warned or now - owner.started < self._hold_warning:
-                continue
-            owner.warned = True
-            found += 1
-            self._hold_warnings += 1
-            logger.warning(
-                "a session block of %s has been open for %.1f s (hold_warning %g s)",
-                redact_principal(owner.principal),
-                now - owner.started,
-                self._hold_warning,
-                extra={"event": "session_held", "held_seconds": now - owner.started},
-            )
-        return found
+        if committed:
+            self._commits += 1
+        else:
+            self._rollbacks += 1
 
     def _dirty_return(self, values: tuple[Any, Any]) -> None:
         self._dirty_returns += 1

@@ -104,14 +104,14 @@ def _bound_user_id() -> str:
     scope = _scope._current.get()
     if scope is None:
         raise NoContextError("a protected model was queried with no isolation scope bound")
-    return scope._ctx.user_id
+    return scope.context.user_id
 
 
 def _bound_tenant_id() -> str | None:
     scope = _scope._current.get()
     if scope is None:
         raise NoContextError("a protected model was queried with no isolation scope bound")
-    return scope._ctx.tenant_id
+    return scope.context.tenant_id
 
 
 def _python_type(model: type[Any], key: str) -> type | None:

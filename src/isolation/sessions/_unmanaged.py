@@ -89,7 +89,7 @@ def _on_connect(conn: Connection) -> None:
         _seen[engine] = _seen.get(engine, 0) + 1
     if mode == "allow":
         return
-    who = redact_principal(current._ctx.principal)
+    who = redact_principal(current.context.principal)
     if mode == "warn":
         logger.warning(
             "a database connection was opened inside the scope of %s by something other "

@@ -1,7 +1,7 @@
 """The context core against a raw ContextVar and contextvars-extras (issue: foundation).
 
 Targets (ratios from one run): ``with scope(ctx): current_context()`` at most
-6x a raw ContextVar set + get + reset; ``current_context()`` at most 2x a plain
+3x a raw ContextVar set + get + reset (issue 19; was 6x); ``current_context()`` at most 2x a plain
 function returning ``var.get()`` (4x with a deadline); ``UserContext.new`` at
 most 1.3x ``uuid.uuid4()``. Run: ``pytest benchmarks/bench_context.py``.
 """

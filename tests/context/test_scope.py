@@ -33,6 +33,7 @@ from isolation import (
     scope,
     scope_stats,
 )
+from isolation._counters import open_resources
 from isolation.testing import FakeClock
 
 READERS: tuple[Callable[[], object], ...] = (
@@ -831,6 +832,45 @@ class TestStorage:
                 assert child._storage()[0] is not data
         with pytest.raises(ScopeEndedError):
             parent._storage()
+
+
+class TestFastExit:
+    """The common exit (no deadline, no finalizer) skips _unbind's questions, not its work."""
+
+    @staticmethod
+    def _fields(s: Scope) -> dict[str, object]:
+        fields = {name: getattr(s, name) for name in Scope.__slots__ if name != "__weakref__"}
+        fields["_lock"] = type(fields["_lock"])  # each scope has its own lock
+        return fields
+
+    def test_ends_like_unbind(self) -> None:
+        """A plain `with` leaves the scope, and the binding, as _unbind leaves them."""
+        ctx = alice()
+        ended: list[dict[str, object]] = []
+        for fast in (True, False):
+            before = open_resources()["scopes"]
+            s = scope(ctx)
+            s.__enter__()
+            s._storage()  # per-scope values and a finish hook: both let go at the end
+            s.on_finish(lambda: None)
+            if fast:
+                assert s.__exit__(None, None, None) is False
+            else:
+                assert s._unbind() is None
+            assert current_context_or_none() is None
+            assert open_resources()["scopes"] == before
+            assert s.ended
+            ended.append(self._fields(s))
+        assert ended[0] == ended[1]
+
+    def test_exit_in_another_context_refused(self) -> None:
+        """A scope entered in a copied context and exited here is refused, not a ValueError."""
+        s = scope(alice())
+        contextvars.copy_context().run(s.__enter__)
+        with pytest.raises(UsageError, match="exited out of place"):
+            s.__exit__(None, None, None)
+        assert s.ended
+        assert current_context_or_none() is None
 
 
 class TestStats:

@@ -258,6 +258,9 @@ _counts = {"finalizer_failures": 0, "escapes_detected": 0, "expired": 0}
 _opened = Counter()
 _closed = Counter()
 _opened_increment = _opened.increment
+_closed_increment = _closed.increment
+_get_current = _current.get
+_set_current = _current.set
 # The C lock itself: threading.RLock is a Python function in front of it.
 _RLock: Final[Callable[[], threading.RLock]] = _thread.RLock
 # Enum members, looked up once: Lifetime.REQUEST costs a metaclass lookup each time.
@@ -758,7 +761,7 @@ class Scope:
         self._cancel_scope = None
         if token is None:
             return None
-        _closed.increment()
+        _closed_increment()
         if self._held is None:
             try:
                 _current.reset(token)
@@ -809,16 +812,11 @@ class Scope:
         frame = _getframe(1)
         if frame.f_code.co_flags & _YIELDS or frame.f_globals is _CONTEXTLIB:
             self._note_holder(frame)
-        if (
-            _current.get() is None
-            and self._state == _NEW
-            and self._ctx.expires_at is None
-            and self._held is None
-        ):
-            # The common case, _bind's outcome without its questions: no enclosing
-            # scope, no deadline.
+        elif self._state == _NEW and self._ctx.expires_at is None and _get_current() is None:
+            # The common case, _bind's outcome without its questions: not entered
+            # before (so not held), no enclosing scope, no deadline.
             self._fast = self._ctx
-            self._token = _current.set(self)
+            self._token = _set_current(self)
             self._state = _ACTIVE
             _opened_increment()
             return self
@@ -865,6 +863,21 @@ class Scope:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> Literal[False]:
+        if self._fast is not None and self._finalizers is None:
+            # The common case, _unbind's work without its questions: bound here by
+            # this scope (_fast: not re-entered, not held, no deadline, so no
+            # cancel scope and no _timed), no finalizers.
+            token, self._token = self._token, None
+            self._state = _ENDED
+            self._fast = None
+            self._finishers = None
+            self._data = None
+            _closed_increment()
+            try:
+                _current.reset(token)  # type: ignore[arg-type]
+            except ValueError:  # the token was made in another Context
+                raise self._exited_elsewhere(token) from exc  # type: ignore[arg-type]
+            return False
         if self._reentered is not None:
             self._state = _ENDED
             return False
@@ -1149,7 +1162,7 @@ def current_context() -> UserContext:
         ScopeEndedError: The scope bound here has ended (the caller escaped it).
         ContextExpiredError: The context's deadline has passed.
     """
-    scope = _current.get()
+    scope = _get_current()
     if scope is not None:
         ctx = scope._fast
         if ctx is not None:
@@ -1166,7 +1179,7 @@ def current_context_or_none() -> UserContext | None:
     Fails closed like :func:`current_context` for a scope that has ended or
     expired: those raise, never return ``None``.
     """
-    scope = _current.get()
+    scope = _get_current()
     if scope is None:
         return None
     ctx = scope._fast

@@ -605,7 +605,6 @@ def walk(
     *,
     max_depth: int = DEFAULT_MAX_DEPTH,
     max_objects: int = DEFAULT_MAX_OBJECTS,
-    is_shareable: Callable[[object], bool] | None = None,
 ) -> WalkResult:
     """Walk what ``root`` reaches, breadth first and bounded; return the mutable objects.
 
@@ -615,8 +614,6 @@ def walk(
             declared shareable.
         max_depth: Edges from ``root`` the walk follows.
         max_objects: Objects the walk visits before it stops.
-        is_shareable: An extra test: objects for which it returns true are
-            treated as declared with :func:`isolation.shareable`.
 
     Returns:
         The :class:`WalkResult`; ``truncated`` says whether a bound was hit.
@@ -633,17 +630,10 @@ def walk(
             )
         return info
 
-    def skipped(obj: object) -> bool:
-        if any_declared and declared(obj):
-            return True
-        return is_shareable is not None and is_shareable(obj)
-
-    check_skipped = any_declared or is_shareable is not None
-
     nodes: dict[int, tuple[object, int, int, object]] = {}
     mutable: list[int] = []
     root_info = info_of(type(root))
-    if root_info.kind == _SKIP or skipped(root):
+    if root_info.kind == _SKIP or (any_declared and declared(root)):
         return WalkResult(root, nodes, mutable, 0, None)
     nodes[id(root)] = (root, -1, _E_ROOT, None)
     mutable.append(id(root))
@@ -662,7 +652,7 @@ def walk(
                 continue
             child_info = info_of(type(child))
             kind = child_info.kind
-            if kind == _SKIP or (check_skipped and skipped(child)):
+            if kind == _SKIP or (any_declared and declared(child)):
                 continue
             if child_depth > max_depth:
                 truncated = truncated or f"the depth bound of {max_depth} edges"

@@ -135,12 +135,12 @@ def _pool_capacity(engine: Engine) -> int | None:
     return None
 
 
-def _positive(name: str, value: object, *, allow_inf: bool = False) -> float:
+def _positive(name: str, value: object) -> float:
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
         or not value > 0
-        or (math.isinf(value) and not allow_inf)
+        or math.isinf(value)
         or math.isnan(value)
     ):
         raise ConfigurationError(f"{name} must be a number of seconds > 0, got {value!r}")

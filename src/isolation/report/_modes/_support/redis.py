@@ -49,16 +49,13 @@ _KEY: Final = b"isolation-report-redis-envelopes!"  # a throwaway key for the re
 
 
 class RouterPair:
-    """Routers ``a`` and ``b`` on one Redis namespace, with their backends and B's barrier."""
+    """Routers ``a`` and ``b`` on one Redis namespace, with B's backend and barrier."""
 
-    __slots__ = ("_barrier", "_marks", "a", "b", "backend_a", "backend_b")
+    __slots__ = ("_barrier", "_marks", "a", "b", "backend_b")
 
-    def __init__(
-        self, a: Any, b: Any, backend_a: RedisBackend, backend_b: RedisBackend, barrier: Any
-    ) -> None:
+    def __init__(self, a: Any, b: Any, backend_b: RedisBackend, barrier: Any) -> None:
         self.a = a
         self.b = b
-        self.backend_a = backend_a
         self.backend_b = backend_b
         self._barrier = barrier
         self._marks = 0
@@ -115,7 +112,7 @@ async def two_routers(
         for backend in backends:
             routers.append(make(backend=backend, **options))
         barrier = await routers[1].connect(UserContext.new(BARRIER[1], tenant_id=BARRIER[0]))
-        yield RouterPair(routers[0], routers[1], backends[0], backends[1], barrier)
+        yield RouterPair(routers[0], routers[1], backends[1], barrier)
     finally:
         for router in routers:
             await router.aclose()

@@ -271,22 +271,21 @@ async def _outcome(
 async def probe(
     leaked: Leaked,
     *,
-    refused_with: type[BaseException] | None = None,
     only: Callable[[str], bool] | None = None,
 ) -> list[str]:
     """Call every public member of the kept session and its sync session; name those not refused.
 
     Members missing from :data:`ASYNC_CALLS` / :data:`SYNC_CALLS` (added by a newer
     SQLAlchemy) are called with no arguments: a checked method refuses first.
-    ``refused_with`` is the error expected (default ``CrossContextAccessError``);
-    ``only`` keeps the members it accepts.
+    A member is refused with ``CrossContextAccessError``; ``only`` keeps the members
+    it accepts.
     """
     from sqlalchemy.ext.asyncio import AsyncSession
     from sqlalchemy.orm import Session
 
     from isolation._errors import CrossContextAccessError
 
-    expected = refused_with or CrossContextAccessError
+    expected = CrossContextAccessError
     found: list[str] = []
     for label, cls, calls, target in (
         ("AsyncSession", AsyncSession, ASYNC_CALLS, leaked.session),

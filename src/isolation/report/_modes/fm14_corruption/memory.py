@@ -27,7 +27,8 @@ from isolation.events._model import CloseReason, Event, RouterStats, make_event
 from isolation.events._router import EventRouter
 from isolation.events._snapshot import thaw
 from isolation.report._modes._support.events import drain_all, principal_of
-from isolation.report._registry import Backend, Check, ModeRegistry, Settings
+from isolation.report._modes._support.registration import add_check
+from isolation.report._registry import ModeRegistry, Settings
 from isolation.testing._unsafe import unsafe_corrupt_routing
 
 __all__ = ["check_corrupted_routes_refused", "register"]
@@ -149,17 +150,15 @@ def _corrupt_unchecked(router: _UncheckedRouter, **kwargs: Any) -> None:
 
 def register(registry: ModeRegistry) -> None:
     """Register FM14's check."""
-    registry.register(
+    add_check(
+        registry,
         14,
-        Check(
-            name="corrupted-routes-refused",
-            backend=Backend.MEMORY,
-            run=check_corrupted_routes_refused,
-            library=lambda: (EventRouter, unsafe_corrupt_routing),
-            mutant=lambda: (_UncheckedRouter, _corrupt_unchecked),
-            description=(
-                "6 sessions, routing entries corrupted on purpose: 0 events misdelivered, "
-                "every refusal counted"
-            ),
+        "corrupted-routes-refused",
+        check_corrupted_routes_refused,
+        library=lambda: (EventRouter, unsafe_corrupt_routing),
+        mutant=lambda: (_UncheckedRouter, _corrupt_unchecked),
+        description=(
+            "6 sessions, routing entries corrupted on purpose: 0 events misdelivered, "
+            "every refusal counted"
         ),
     )

@@ -33,7 +33,8 @@ from isolation.context._model import UserContext
 from isolation.events._model import Envelope, PublishResult
 from isolation.events._router import EventRouter
 from isolation.events.backends import MemoryBackend
-from isolation.report._registry import Backend, Check, ModeRegistry, Settings
+from isolation.report._modes._support.registration import add_check
+from isolation.report._registry import Backend, ModeRegistry, Settings
 
 __all__ = ["check_ticket_at_expiry", "check_ticket_at_expiry_redis", "register"]
 
@@ -261,32 +262,29 @@ def _pre_fix_redis_router(*, backend: Any, **options: Any) -> EventRouter:
 
 def register(registry: ModeRegistry) -> None:
     """Register FM16's ticket-at-expiry checks (memory, and Redis)."""
-    registry.register(
+    add_check(
+        registry,
         16,
-        Check(
-            name="ticket-at-expiry",
-            backend=Backend.MEMORY,
-            run=check_ticket_at_expiry,
-            library=lambda: EventRouter,
-            mutant=lambda: _pre_fix_router,
-            description=(
-                "6 users, a clock that moves on every reading: replays placed around the "
-                "ticket's expiry and expiry + leeway open nothing, used records never re-claimed"
-            ),
+        "ticket-at-expiry",
+        check_ticket_at_expiry,
+        library=lambda: EventRouter,
+        mutant=lambda: _pre_fix_router,
+        description=(
+            "6 users, a clock that moves on every reading: replays placed around the "
+            "ticket's expiry and expiry + leeway open nothing, used records never re-claimed"
         ),
     )
-    registry.register(
+    add_check(
+        registry,
         16,
-        Check(
-            name="ticket-at-expiry-redis",
-            backend=Backend.REDIS,
-            run=check_ticket_at_expiry_redis,
-            library=lambda: EventRouter,
-            mutant=lambda: _pre_fix_redis_router,
-            requires=("redis",),
-            description=(
-                "6 users, claimed on router A at the last accepted instant by A's clock: "
-                "the record outlives the leeway a process behind A still accepts"
-            ),
+        "ticket-at-expiry-redis",
+        check_ticket_at_expiry_redis,
+        library=lambda: EventRouter,
+        mutant=lambda: _pre_fix_redis_router,
+        backend=Backend.REDIS,
+        requires=("redis",),
+        description=(
+            "6 users, claimed on router A at the last accepted instant by A's clock: "
+            "the record outlives the leeway a process behind A still accepts"
         ),
     )

@@ -79,6 +79,26 @@ class TestRunCheck:
         assert run_check(check, Settings()) == ["x"]
         assert run_check(check, Settings(), target="mutant") == ["y", "z"]
 
+    def test_factories_taking_an_argument_get_the_settings(self) -> None:
+        """A library or mutant factory with a parameter is given the run's Settings
+        (the FM16 Redis mutant takes its URL from them); one without is called bare."""
+        settings = Settings(redis_url="redis://example.invalid/0")
+
+        def judge(subject: tuple[str, str | None], given: Settings) -> list[str]:
+            return [] if subject == ("library", None) else [f"{subject[0]} at {subject[1]}"]
+
+        check = Check(
+            name="with-settings",
+            backend=Backend.MEMORY,
+            run=judge,
+            library=lambda: ("library", None),
+            mutant=lambda s: ("mutant", s.redis_url),
+        )
+        assert run_check(check, settings) == []
+        assert run_check(check, settings, target="mutant") == [
+            "mutant at redis://example.invalid/0"
+        ]
+
     def test_async_check(self, make_check: CheckFactory) -> None:
         """An async check function is run on an event loop of its own."""
         check = make_check(found=["late"], is_async=True)

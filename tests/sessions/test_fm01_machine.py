@@ -6,10 +6,11 @@ import pytest
 from hypothesis import Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 
+from isolation.report._modes._support.faces import session_library
 from isolation.report._modes.fm01_sessions import async_face as fm01_sessions
 from isolation.report._modes.fm01_sessions._machine import SessionMachine, machine_for, run_script
 
-LIBRARY = fm01_sessions._library()
+LIBRARY = session_library()
 CACHED = fm01_sessions._mutant_cached()
 USER_ONLY = fm01_sessions._mutant_user_only()
 

@@ -12,8 +12,9 @@ in the second, every run: that is what proves it can fail.
 from __future__ import annotations
 
 import enum
+import inspect
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, Final, final
+from typing import Any, Final, Literal, final
 
 import attrs
 
@@ -87,6 +88,8 @@ class Check:
         run: ``run(subject, settings)`` returns the violations found (sync or async).
         library: Builds the subject from the library's real code path.
         mutant: Builds the deliberately broken subject the check must catch.
+            Either factory may take one argument: it is then given the run's
+            :class:`Settings` (a mutant that needs the Redis URL, say).
         requires: Modules the check imports (an extra); missing ones mean "not run".
         description: One line: the scenario and the property.
     """
@@ -94,10 +97,26 @@ class Check:
     name: str
     backend: Backend
     run: CheckFn
-    library: Callable[[], Any]
-    mutant: Callable[[], Any]
+    library: Callable[[], Any] | Callable[[Settings], Any]
+    mutant: Callable[[], Any] | Callable[[Settings], Any]
     requires: tuple[str, ...] = ()
     description: str = ""
+
+    def subject(self, target: Literal["library", "mutant"], settings: Settings) -> Any:
+        """Build the library's subject or the mutant, passing ``settings`` to a factory
+        that takes an argument."""
+        factory = self.library if target == "library" else self.mutant
+        if _takes_argument(factory):
+            return factory(settings)  # type: ignore[call-arg]
+        return factory()  # type: ignore[call-arg]
+
+
+def _takes_argument(factory: Callable[..., Any]) -> bool:
+    """Whether ``factory`` has a positional parameter without a default."""
+    return any(
+        p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+        for p in inspect.signature(factory).parameters.values()
+    )
 
 
 @final
@@ -182,8 +201,8 @@ def register_on_databases(
     name: str,
     *,
     run_for: Callable[[str], CheckFn],
-    library: Callable[[], Any],
-    mutant: Callable[[], Any],
+    library: Callable[[], Any] | Callable[[Settings], Any],
+    mutant: Callable[[], Any] | Callable[[Settings], Any],
     requires: tuple[str, ...],
     description: str,
     postgres_requires: tuple[str, ...] = ("asyncpg",),

@@ -180,7 +180,7 @@ def run_check(
     that is a failure, and for a mutant it is not counted as caught (see
     :func:`run_report`).
     """
-    subject = (check.library if target == "library" else check.mutant)()
+    subject = check.subject(target, settings)
     if inspect.iscoroutinefunction(check.run):
         run: Callable[..., Any] = check.run
         return list(anyio.run(run, subject, settings, backend="asyncio"))

@@ -19,7 +19,8 @@ import anyio
 
 from isolation.context._model import UserContext
 from isolation.context._scope import Scope, current_context
-from isolation.report._registry import Backend, Check, ModeRegistry, Settings
+from isolation.report._modes._support.registration import add_check
+from isolation.report._registry import ModeRegistry, Settings
 
 __all__ = ["register"]
 
@@ -135,25 +136,21 @@ def _mutant() -> ScopeFactory:
 
 def register(registry: ModeRegistry) -> None:
     """Register FM6's checks."""
-    registry.register(
+    add_check(
+        registry,
         6,
-        Check(
-            name="weakrefs-dead",
-            backend=Backend.MEMORY,
-            run=check_weakrefs_dead,
-            library=_library,
-            mutant=_mutant,
-            description="10,000 scopes: weak references to every context and scope dead after gc",
-        ),
+        "weakrefs-dead",
+        check_weakrefs_dead,
+        library=_library,
+        mutant=_mutant,
+        description="10,000 scopes: weak references to every context and scope dead after gc",
     )
-    registry.register(
+    add_check(
+        registry,
         6,
-        Check(
-            name="memory-flat",
-            backend=Backend.MEMORY,
-            run=check_memory_flat,
-            library=_library,
-            mutant=_mutant,
-            description="traced memory after 10,000 scopes minus after 1,000 under 64 KiB",
-        ),
+        "memory-flat",
+        check_memory_flat,
+        library=_library,
+        mutant=_mutant,
+        description="traced memory after 10,000 scopes minus after 1,000 under 64 KiB",
     )

@@ -36,7 +36,8 @@ from isolation.context._scope import Scope, _current
 from isolation.factories._index import SharedStateIndex
 from isolation.factories._owned import owned
 from isolation.factories._request_scoped import ScopedFactory, _wrap
-from isolation.report._registry import Backend, Check, ModeRegistry, Settings
+from isolation.report._modes._support.registration import add_check
+from isolation.report._registry import ModeRegistry, Settings
 
 __all__ = ["register"]
 
@@ -241,31 +242,27 @@ def _mutant_owned() -> Decorator:
 
 def register(registry: ModeRegistry) -> None:
     """Register FM11's checks."""
-    registry.register(
+    add_check(
+        registry,
         11,
-        Check(
-            name="walk-refuses",
-            backend=Backend.MEMORY,
-            run=check_walk_refuses,
-            library=_library_provider,
-            mutant=_round_robin_provider,
-            description=(
-                "6 users live at once, a factory caching 3 engines: the walk refuses every "
-                "engine handed to a second user"
-            ),
+        "walk-refuses",
+        check_walk_refuses,
+        library=_library_provider,
+        mutant=_round_robin_provider,
+        description=(
+            "6 users live at once, a factory caching 3 engines: the walk refuses every "
+            "engine handed to a second user"
         ),
     )
-    registry.register(
+    add_check(
+        registry,
         11,
-        Check(
-            name="owned-refuses",
-            backend=Backend.MEMORY,
-            run=check_owned_refuses,
-            library=_library_owned,
-            mutant=_mutant_owned,
-            description=(
-                "walk off, 3 cached engines for 6 users: @owned refuses other users, no "
-                "scope, and a later request of the same user"
-            ),
+        "owned-refuses",
+        check_owned_refuses,
+        library=_library_owned,
+        mutant=_mutant_owned,
+        description=(
+            "walk off, 3 cached engines for 6 users: @owned refuses other users, no "
+            "scope, and a later request of the same user"
         ),
     )

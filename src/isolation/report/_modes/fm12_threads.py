@@ -24,7 +24,8 @@ from isolation.context._local import ContextLocal
 from isolation.context._model import UserContext
 from isolation.context._propagation import ContextThreadPoolExecutor, to_thread
 from isolation.context._scope import Scope, current_context_or_none
-from isolation.report._registry import Backend, Check, ModeRegistry, Settings
+from isolation.report._modes._support.registration import add_check
+from isolation.report._registry import ModeRegistry, Settings
 
 __all__ = ["register"]
 
@@ -108,25 +109,21 @@ async def _run_in_bare_executor(fn: Callable[..., Any], *args: Any) -> Any:
 
 def register(registry: ModeRegistry) -> None:
     """Register FM12's checks."""
-    registry.register(
+    add_check(
+        registry,
         12,
-        Check(
-            name="executor",
-            backend=Backend.MEMORY,
-            run=check_executor,
-            library=lambda: ContextThreadPoolExecutor,
-            mutant=lambda: ThreadPoolExecutor,
-            description="8 threads x 50 operations through a shared executor see their submitter",
-        ),
+        "executor",
+        check_executor,
+        library=lambda: ContextThreadPoolExecutor,
+        mutant=lambda: ThreadPoolExecutor,
+        description="8 threads x 50 operations through a shared executor see their submitter",
     )
-    registry.register(
+    add_check(
+        registry,
         12,
-        Check(
-            name="to-thread",
-            backend=Backend.MEMORY,
-            run=check_to_thread,
-            library=lambda: to_thread,
-            mutant=lambda: _run_in_bare_executor,
-            description="8 users x 50 calls through to_thread see their caller",
-        ),
+        "to-thread",
+        check_to_thread,
+        library=lambda: to_thread,
+        mutant=lambda: _run_in_bare_executor,
+        description="8 users x 50 calls through to_thread see their caller",
     )

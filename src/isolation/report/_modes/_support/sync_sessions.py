@@ -128,7 +128,7 @@ SyncScenario = Callable[[Any, SyncDatabase, Settings], list[str]]
 def sync_check(backend: str, scenario: SyncScenario, **engine_kw: Any) -> CheckFn:
     """A check that runs ``scenario(subject, db, settings)`` in a thread, on a fresh database.
 
-    The subject is a :class:`~isolation.report._modes.fm01_sessions.async_face.SessionSubject`
+    The subject is a :class:`~isolation.report._modes._support.faces.SessionSubject`
     whose ``make(db)`` builds a manager on ``db.engine``, a sync ``Engine``.
     """
 

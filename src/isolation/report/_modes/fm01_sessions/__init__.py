@@ -7,6 +7,7 @@ in the order the report lists the checks.
 
 from __future__ import annotations
 
+from isolation.report._modes._support.registration import register_parts
 from isolation.report._modes.fm01_sessions import (
     async_face,
     leaked_session,
@@ -21,8 +22,4 @@ __all__ = ["register"]
 
 def register(registry: ModeRegistry) -> None:
     """Register mode 1's checks."""
-    async_face.register(registry)
-    sync_face.register(registry)
-    orm_paths.register(registry)
-    leaked_session.register(registry)
-    rls_policies.register(registry)
+    register_parts(registry, async_face, sync_face, orm_paths, leaked_session, rls_policies)

@@ -42,6 +42,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from isolation._counters import counted, open_resources
 from isolation.context._model import Principal, UserContext
 from isolation.context._scope import Scope
+from isolation.report._modes._support.faces import SessionSubject
 from isolation.report._modes._support.sessions import (
     TABLE,
     Database,
@@ -51,7 +52,7 @@ from isolation.report._modes._support.sessions import (
     pg_sandbox,
     role_bypasses_rls,
 )
-from isolation.report._modes.fm01_sessions.async_face import PRINCIPALS, SessionSubject
+from isolation.report._modes.fm01_sessions.async_face import PRINCIPALS
 from isolation.testing._machine import AsyncRuleBasedStateMachine
 
 __all__ = ["SessionMachine", "machine_for", "run_machine", "run_script"]

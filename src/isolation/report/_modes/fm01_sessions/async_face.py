@@ -25,11 +25,10 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-import attrs
-
 from isolation.context._principal import Principal
 from isolation.context._scope import current_context
-from isolation.report._registry import ModeRegistry, Settings, register_on_databases
+from isolation.report._modes._support.faces import SessionSubject, register_face
+from isolation.report._registry import ModeRegistry, Settings
 
 __all__ = ["SessionSubject", "register"]
 
@@ -39,27 +38,6 @@ PRINCIPALS: tuple[Principal, ...] = (
     Principal("t1", "bob"),
     Principal("t2", "carol"),
 )
-
-
-def _library_policy() -> Callable[..., Sequence[str]]:
-    # Imported when a subject is built (a check runs), not when checks register.
-    from isolation.sessions.postgres import rls_policy_sql
-
-    return rls_policy_sql
-
-
-@attrs.frozen(kw_only=True)
-class SessionSubject:
-    """What the session checks drive.
-
-    Attributes:
-        make: Builds a manager for a database (``make(db) -> manager``).
-        policy_sql: Builds the row-level security policy on PostgreSQL; the
-            library's own by default.
-    """
-
-    make: Callable[[Any], Any]
-    policy_sql: Callable[..., Sequence[str]] = attrs.field(factory=_library_policy)
 
 
 def _check(backend: str) -> Callable[[SessionSubject, Settings], list[str]]:
@@ -78,12 +56,6 @@ async def _close(manager: Any) -> None:
 
 
 # -- the library ---------------------------------------------------------------
-
-
-def _library() -> SessionSubject:
-    from isolation.report._modes._support.sessions import library_manager
-
-    return SessionSubject(make=library_manager)
 
 
 RoundRunner = Callable[[Any, Any, Any, Any, str], Any]
@@ -213,27 +185,23 @@ def _mutant_user_only() -> SessionSubject:
 
 def register(registry: ModeRegistry) -> None:
     """Register FM1's checks, on SQLite and on PostgreSQL."""
-    register_on_databases(
+    register_face(
         registry,
         1,
         "session-per-scope",
-        run_for=_check,
-        library=_library,
+        _check,
         mutant=_mutant_cached,
-        requires=("sqlalchemy", "aiosqlite", "hypothesis"),
         description=(
             "interleaved requests of 4 principals (one user id in two tenants): "
             "session objects per principal disjoint, rows read own"
         ),
     )
-    register_on_databases(
+    register_face(
         registry,
         1,
         "own-rows-only",
-        run_for=_check,
-        library=_library,
+        _check,
         mutant=_mutant_user_only,
-        requires=("sqlalchemy", "aiosqlite", "hypothesis"),
         description=(
             "the same interleavings against a filter (or policy) on the user column alone"
         ),

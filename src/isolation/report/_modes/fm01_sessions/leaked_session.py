@@ -1,6 +1,6 @@
 """FM1, DB sessions not isolated between users: a leaked session refuses every method.
 
-Subject: a :class:`~isolation.report._modes.fm01_sessions.async_face.SessionSubject` (a
+Subject: a :class:`~isolation.report._modes._support.faces.SessionSubject` (a
 manager factory). Alice's request opens its session block, writes and loads a
 row, and keeps the session (and its ``sync_session``) in a global, as a cache
 would; Bob's request, running concurrently in a task group with its own block
@@ -21,6 +21,7 @@ another scope only in ``do_orm_execute`` (the guard before this check existed):
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Final
@@ -28,8 +29,8 @@ from typing import Any, Final
 import anyio
 import attrs
 
-from isolation.report._modes.fm01_sessions.async_face import SessionSubject
-from isolation.report._registry import ModeRegistry, Settings, register_on_databases
+from isolation.report._modes._support.faces import SessionSubject, register_face
+from isolation.report._registry import ModeRegistry, Settings
 
 __all__ = [
     "ASYNC_CALLS",
@@ -457,25 +458,14 @@ class _ExecuteGuardOnlyManager:
                 await session.close()
 
 
-def _library() -> SessionSubject:
-    from isolation.report._modes._support.sessions import library_manager
-
-    return SessionSubject(make=library_manager)
-
-
-def _mutant() -> SessionSubject:
-    return SessionSubject(make=_ExecuteGuardOnlyManager)
-
-
 def register(registry: ModeRegistry) -> None:
     """Register FM1's leaked-session check, on SQLite and on PostgreSQL."""
-    register_on_databases(
+    register_face(
         registry,
         1,
         "leaked-session-refuses",
-        run_for=_check,
-        library=_library,
-        mutant=_mutant,
+        _check,
+        mutant=functools.partial(SessionSubject, make=_ExecuteGuardOnlyManager),
         requires=("sqlalchemy", "aiosqlite"),
         description=(
             "a session kept by alice's request, probed by bob's concurrent request and "

@@ -35,7 +35,8 @@ from typing import Any
 
 import attrs
 
-from isolation.report._registry import ModeRegistry, Settings, register_on_databases
+from isolation.report._modes._support.faces import register_face
+from isolation.report._registry import ModeRegistry, Settings
 
 __all__ = ["OrmSubject", "register"]
 
@@ -127,20 +128,15 @@ class _RecipeManager:
             await s.commit()
 
 
-def _mutant() -> OrmSubject:
-    return OrmSubject(make=_RecipeManager)
-
-
 def register(registry: ModeRegistry) -> None:
     """Register the check, on SQLite and on PostgreSQL (``protect()`` alone, no RLS)."""
-    register_on_databases(
+    register_face(
         registry,
         1,
         "orm-paths",
-        run_for=_check,
+        _check,
         library=_library,
-        mutant=_mutant,
-        requires=("sqlalchemy", "aiosqlite", "hypothesis"),
+        mutant=lambda: OrmSubject(make=_RecipeManager),
         description=(
             "bulk writes by primary key, legacy bulk methods, owner mass assignment, "
             "relationship loads of merged parents, refresh and forged objects, insert from "

@@ -35,7 +35,8 @@ from typing import Any, Final
 
 import attrs
 
-from isolation.report._registry import Backend, Check, ModeRegistry, Settings
+from isolation.report._modes._support.registration import add_check
+from isolation.report._registry import Backend, ModeRegistry, Settings
 
 __all__ = ["RlsSubject", "register"]
 
@@ -341,34 +342,32 @@ def _mutant_opening() -> Callable[[Any, str], Any]:
 
 def register(registry: ModeRegistry) -> None:
     """Register FM1's row-level security checks (PostgreSQL only)."""
-    registry.register(
+    add_check(
+        registry,
         1,
-        Check(
-            name="signed-binding-postgres",
-            backend=Backend.POSTGRES,
-            run=check_signed_binding,
-            library=_library_signed,
-            mutant=_mutant_signed,
-            requires=("sqlalchemy", "asyncpg"),
-            description=(
-                "4 principals, each re-binding to every other with set_config / SET, and a "
-                "SET ROLE left on a pooled connection: signed row-level security reads own "
-                "rows only"
-            ),
+        "signed-binding-postgres",
+        check_signed_binding,
+        library=_library_signed,
+        mutant=_mutant_signed,
+        backend=Backend.POSTGRES,
+        requires=("sqlalchemy", "asyncpg"),
+        description=(
+            "4 principals, each re-binding to every other with set_config / SET, and a "
+            "SET ROLE left on a pooled connection: signed row-level security reads own "
+            "rows only"
         ),
     )
-    registry.register(
+    add_check(
+        registry,
         1,
-        Check(
-            name="opening-policies-postgres",
-            backend=Backend.POSTGRES,
-            run=check_opening_policies,
-            library=_library_opening,
-            mutant=_mutant_opening,
-            requires=("sqlalchemy", "asyncpg"),
-            description=(
-                "an extra permissive policy (true, OR, tenant-only, INSERT anything) or a "
-                "user-only one: refused, or alice reads and writes her own rows only"
-            ),
+        "opening-policies-postgres",
+        check_opening_policies,
+        library=_library_opening,
+        mutant=_mutant_opening,
+        backend=Backend.POSTGRES,
+        requires=("sqlalchemy", "asyncpg"),
+        description=(
+            "an extra permissive policy (true, OR, tenant-only, INSERT anything) or a "
+            "user-only one: refused, or alice reads and writes her own rows only"
         ),
     )

@@ -1,6 +1,6 @@
 """FM1 on the sync face: threads of several principals, one ``Session`` per scope, own rows only.
 
-Subject: a :class:`~isolation.report._modes.fm01_sessions.async_face.SessionSubject` whose
+Subject: a :class:`~isolation.report._modes._support.faces.SessionSubject` whose
 manager is built on a sync ``Engine`` (``with manager.session()``). Rows of
 four principals — the same user id in two tenants among them — and of a fifth
 that makes no request are seeded first. Each round, 12 requests (3 per
@@ -35,14 +35,9 @@ import attrs
 
 from isolation.context._model import Principal, UserContext
 from isolation.context._scope import Scope
-from isolation.report._modes.fm01_sessions.async_face import PRINCIPALS, SessionSubject
-from isolation.report._registry import (
-    CheckFn,
-    ModeRegistry,
-    Settings,
-    lazy_check,
-    register_on_databases,
-)
+from isolation.report._modes._support.faces import SessionSubject, register_face, sync_run_for
+from isolation.report._modes.fm01_sessions.async_face import PRINCIPALS
+from isolation.report._registry import ModeRegistry, Settings
 
 __all__ = ["register"]
 
@@ -333,22 +328,6 @@ def _scenario(subject: SessionSubject, db: Any, settings: Settings) -> list[str]
         return leftovers(manager, db, "after every request ended")
 
 
-def _check(backend: str) -> CheckFn:
-    return lazy_check(lambda: _built_check(backend))
-
-
-def _built_check(backend: str) -> CheckFn:
-    from isolation.report._modes._support.sync_sessions import sync_check
-
-    return sync_check(backend, _scenario, pool_size=REQUESTS, max_overflow=0)
-
-
-def _library() -> SessionSubject:
-    from isolation.report._modes.fm01_sessions.async_face import _library as library
-
-    return library()
-
-
 class _SharedSessionManager:
     """Mutant: every block of every scope gets the one sync ``Session`` made first."""
 
@@ -376,21 +355,15 @@ class _SharedSessionManager:
         self._session.close()
 
 
-def _mutant() -> SessionSubject:
-    return SessionSubject(make=_SharedSessionManager)
-
-
 def register(registry: ModeRegistry) -> None:
     """Register FM1's sync-face check, on SQLite and on PostgreSQL."""
-    register_on_databases(
+    register_face(
         registry,
         1,
         "session-per-scope-sync",
-        run_for=_check,
-        library=_library,
-        mutant=_mutant,
-        requires=("sqlalchemy", "hypothesis"),
-        postgres_requires=("asyncpg", "psycopg"),
+        sync_run_for(lambda: _scenario, pool_size=REQUESTS, max_overflow=0),
+        mutant=functools.partial(SessionSubject, make=_SharedSessionManager),
+        sync=True,
         description=(
             "the sync face: 12 threads of 4 principals (one user id in two tenants) holding "
             "blocks open in drawn orders, then all at once: sessions disjoint, rows read own"

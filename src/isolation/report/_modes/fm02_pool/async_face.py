@@ -1,6 +1,6 @@
 """FM2, connection pool exhaustion under load: bounded waits, clear errors, nothing held after.
 
-Subject: a manager factory (:class:`~isolation.report._modes.fm01_sessions.async_face.SessionSubject`).
+Subject: a manager factory (:class:`~isolation.report._modes._support.faces.SessionSubject`).
 The engine has ``pool_size=5, max_overflow=0``; the manager a per-user limit
 of 2 and a short acquire timeout. Scenario (20 users x 5 concurrent sessions):
 
@@ -21,6 +21,7 @@ guard (``anyio.fail_after``) counts it as a violation.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -30,9 +31,10 @@ import anyio
 from isolation._errors import PoolExhaustedError
 from isolation.context._model import UserContext
 from isolation.context._scope import Scope
-from isolation.report._registry import ModeRegistry, Settings, register_on_databases
+from isolation.report._modes._support.faces import SessionSubject, register_face
+from isolation.report._registry import ModeRegistry, Settings
 
-__all__ = ["register"]
+__all__ = ["pool_library", "register"]
 
 USERS = 20
 SESSIONS = 5
@@ -176,9 +178,9 @@ def _check(backend: str) -> Callable[[Any, Settings], Any]:
     return check
 
 
-def _library() -> Any:
+def pool_library() -> Any:
+    """The library's subject for mode 2: managers with a per-user limit and a bounded wait."""
     from isolation.report._modes._support.sessions import library_manager
-    from isolation.report._modes.fm01_sessions.async_face import SessionSubject
 
     def make(db: Any, acquire_timeout: float = ACQUIRE_TIMEOUT) -> Any:
         return library_manager(db, per_user_limit=PER_USER, acquire_timeout=acquire_timeout)
@@ -201,21 +203,15 @@ class _UnboundedManager:
             await s.commit()
 
 
-def _mutant() -> Any:
-    from isolation.report._modes.fm01_sessions.async_face import SessionSubject
-
-    return SessionSubject(make=_UnboundedManager)
-
-
 def register(registry: ModeRegistry) -> None:
     """Register FM2's checks, on SQLite and on PostgreSQL."""
-    register_on_databases(
+    register_face(
         registry,
         2,
         "bounded-admission",
-        run_for=_check,
-        library=_library,
-        mutant=_mutant,
+        _check,
+        library=pool_library,
+        mutant=functools.partial(SessionSubject, make=_UnboundedManager),
         requires=("sqlalchemy", "aiosqlite"),
         description=(
             "20 users x 5 sessions on a pool of 5: a greedy user held at its limit, "

@@ -1,6 +1,6 @@
 """FM2 on the sync face: threads held at a per-user limit, exhaustion raised, nothing held after.
 
-Subject: a manager factory (:class:`~isolation.report._modes.fm01_sessions.async_face.SessionSubject`,
+Subject: a manager factory (:class:`~isolation.report._modes._support.faces.SessionSubject`,
 ``make(db, acquire_timeout=...)``) on a sync ``Engine`` whose pool holds 5
 connections and no overflow; the library's manager has a per-user limit of 2.
 Scenario, every request a thread of its own:
@@ -29,20 +29,16 @@ from typing import Any
 from isolation._errors import PoolExhaustedError
 from isolation.context._model import UserContext
 from isolation.context._scope import Scope
+from isolation.report._modes._support.faces import SessionSubject, register_face, sync_run_for
 from isolation.report._modes.fm02_pool.async_face import (
     ACQUIRE_TIMEOUT,
     EXHAUST_TIMEOUT,
     PER_USER,
     SESSIONS,
     USERS,
+    pool_library,
 )
-from isolation.report._registry import (
-    CheckFn,
-    ModeRegistry,
-    Settings,
-    lazy_check,
-    register_on_databases,
-)
+from isolation.report._registry import ModeRegistry, Settings
 
 __all__ = ["register"]
 
@@ -227,24 +223,6 @@ def _scenario(subject: Any, db: Any, settings: Settings) -> list[str]:
     return found
 
 
-def _check(backend: str) -> CheckFn:
-    return lazy_check(lambda: _built_check(backend))
-
-
-def _built_check(backend: str) -> CheckFn:
-    from isolation.report._modes._support.sync_sessions import sync_check
-
-    return sync_check(
-        backend, _scenario, pool_size=SESSIONS, max_overflow=0, pool_timeout=POOL_TIMEOUT
-    )
-
-
-def _library() -> Any:
-    from isolation.report._modes.fm02_pool.async_face import _library as library
-
-    return library()
-
-
 class _Unadmitted:
     """Mutant: each block takes a ``Session`` straight from the engine: no limit, no bound."""
 
@@ -260,23 +238,22 @@ class _Unadmitted:
             s.commit()
 
 
-def _mutant() -> Any:
-    from isolation.report._modes.fm01_sessions.async_face import SessionSubject
-
-    return SessionSubject(make=_Unadmitted)
-
-
 def register(registry: ModeRegistry) -> None:
     """Register FM2's sync-face check, on SQLite and on PostgreSQL."""
-    register_on_databases(
+    register_face(
         registry,
         2,
         "bounded-admission-sync",
-        run_for=_check,
-        library=_library,
-        mutant=_mutant,
+        sync_run_for(
+            lambda: _scenario,
+            pool_size=SESSIONS,
+            max_overflow=0,
+            pool_timeout=POOL_TIMEOUT,
+        ),
+        library=pool_library,
+        mutant=functools.partial(SessionSubject, make=_Unadmitted),
+        sync=True,
         requires=("sqlalchemy",),
-        postgres_requires=("asyncpg", "psycopg"),
         description=(
             "the sync face: a greedy user's threads held at its limit, exhaustion raised "
             "within the bound, 20 users x 5 threads on a pool of 5, 0 checked out after"

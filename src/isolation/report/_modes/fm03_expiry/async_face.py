@@ -1,6 +1,6 @@
 """FM3, sessions leak when user contexts expire: expiry rolls back and closes, always.
 
-Subject: a manager factory (:class:`~isolation.report._modes.fm01_sessions.async_face.SessionSubject`).
+Subject: a manager factory (:class:`~isolation.report._modes._support.faces.SessionSubject`).
 Scenario: rounds of 10 sessions; each request enters a scope with a deadline,
 opens a session, and awaits at a drawn point (before any statement, after a
 flushed write, inside a query, inside a nested block); the check then either
@@ -26,8 +26,9 @@ from isolation._clock import FakeClock
 from isolation._errors import ContextExpiredError
 from isolation.context._model import UserContext
 from isolation.context._scope import Scope
+from isolation.report._modes._support.faces import SessionSubject, register_face
 from isolation.report._modes.fm01_sessions.async_face import rounds_check
-from isolation.report._registry import ModeRegistry, Settings, register_on_databases
+from isolation.report._registry import ModeRegistry, Settings
 
 __all__ = ["register"]
 
@@ -184,12 +185,6 @@ def _check(backend: str) -> Callable[[Any, Settings], Any]:
     return rounds_check(backend, _rounds, _run_round)
 
 
-def _library() -> Any:
-    from isolation.report._modes.fm01_sessions.async_face import _library as library
-
-    return library()
-
-
 class _CloseOnNormalExit:
     """Mutant: commits and closes the session when the block ends normally, only then."""
 
@@ -211,22 +206,14 @@ class _CloseOnNormalExit:
         await s.close()
 
 
-def _mutant() -> Any:
-    from isolation.report._modes.fm01_sessions.async_face import SessionSubject
-
-    return SessionSubject(make=_CloseOnNormalExit)
-
-
 def register(registry: ModeRegistry) -> None:
     """Register FM3's checks, on SQLite and on PostgreSQL."""
-    register_on_databases(
+    register_face(
         registry,
         3,
         "expiry-closes",
-        run_for=_check,
-        library=_library,
-        mutant=_mutant,
-        requires=("sqlalchemy", "aiosqlite", "hypothesis"),
+        _check,
+        mutant=functools.partial(SessionSubject, make=_CloseOnNormalExit),
         description=(
             "10 sessions per round whose contexts expire at drawn points while user "
             "code awaits: 0 open, 0 checked out, expired work rolled back"

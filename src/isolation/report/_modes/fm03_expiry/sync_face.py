@@ -1,6 +1,6 @@
 """FM3 on the sync face: a context expires while its thread runs; its work rolls back, all closes.
 
-Subject: a manager factory (:class:`~isolation.report._modes.fm01_sessions.async_face.SessionSubject`)
+Subject: a manager factory (:class:`~isolation.report._modes._support.faces.SessionSubject`)
 on a sync ``Engine``. Scenario: rounds of 10 requests of 5 users, each a
 thread whose scope has a deadline; all 10 open their blocks at once, then
 each in turn writes and pauses at a drawn point (before any statement, after
@@ -27,8 +27,14 @@ from isolation._clock import FakeClock
 from isolation._errors import ContextExpiredError
 from isolation.context._model import UserContext
 from isolation.context._scope import Scope
+from isolation.report._modes._support.faces import (
+    register_face,
+    scope_sessions,
+    sync_rounds,
+    sync_run_for,
+)
 from isolation.report._modes.fm03_expiry.async_face import POINTS, SESSIONS, TTL
-from isolation.report._registry import CheckFn, ModeRegistry, lazy_check, register_on_databases
+from isolation.report._registry import ModeRegistry
 
 __all__ = ["register"]
 
@@ -207,41 +213,15 @@ def _run_round(
     return found
 
 
-def _check(backend: str) -> CheckFn:
-    return lazy_check(lambda: _built_check(backend))
-
-
-def _built_check(backend: str) -> CheckFn:
-    from isolation.report._modes._support.sync_sessions import rounds_scenario, sync_check
-
-    scenario = rounds_scenario(_rounds, _run_round)
-    return sync_check(backend, scenario, pool_size=SESSIONS, max_overflow=0)
-
-
-def _library() -> Any:
-    from isolation.report._modes.fm01_sessions.async_face import _library as library
-
-    return library()
-
-
-def _mutant() -> Any:
-    from isolation.report._modes._support.sync_sessions import ScopeSessions
-    from isolation.report._modes.fm01_sessions.async_face import SessionSubject
-
-    return SessionSubject(make=ScopeSessions)
-
-
 def register(registry: ModeRegistry) -> None:
     """Register FM3's sync-face check, on SQLite and on PostgreSQL."""
-    register_on_databases(
+    register_face(
         registry,
         3,
         "expiry-closes-sync",
-        run_for=_check,
-        library=_library,
-        mutant=_mutant,
-        requires=("sqlalchemy", "hypothesis"),
-        postgres_requires=("asyncpg", "psycopg"),
+        sync_run_for(sync_rounds(_rounds, _run_round), pool_size=SESSIONS, max_overflow=0),
+        mutant=scope_sessions(),
+        sync=True,
         description=(
             "the sync face: 10 threads with blocks open whose contexts expire at drawn points "
             "while they run: the next statement or the block's end refuses, 0 open after"

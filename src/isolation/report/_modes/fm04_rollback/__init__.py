@@ -6,6 +6,7 @@ in the order the report lists the checks.
 
 from __future__ import annotations
 
+from isolation.report._modes._support.registration import register_parts
 from isolation.report._modes.fm04_rollback import async_face, sync_face
 from isolation.report._registry import ModeRegistry
 
@@ -14,5 +15,4 @@ __all__ = ["register"]
 
 def register(registry: ModeRegistry) -> None:
     """Register mode 4's checks."""
-    async_face.register(registry)
-    sync_face.register(registry)
+    register_parts(registry, async_face, sync_face)

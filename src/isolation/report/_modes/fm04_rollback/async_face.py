@@ -1,6 +1,6 @@
 """FM4, transactions not rolled back on errors: the database holds exactly the clean work.
 
-Subject: a manager factory (:class:`~isolation.report._modes.fm01_sessions.async_face.SessionSubject`).
+Subject: a manager factory (:class:`~isolation.report._modes._support.faces.SessionSubject`).
 Hypothesis draws requests that write in an outer block and optionally in a
 nested block (a SAVEPOINT), with a failure injected at a drawn point: an
 exception, a cancellation, the context's expiry, or an isolation violation
@@ -15,6 +15,7 @@ The mutant commits in a ``finally``.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -26,8 +27,9 @@ from isolation._clock import FakeClock
 from isolation._errors import IsolationError
 from isolation.context._model import UserContext
 from isolation.context._scope import Scope, current_scope
+from isolation.report._modes._support.faces import SessionSubject, register_face
 from isolation.report._modes.fm01_sessions.async_face import rounds_check
-from isolation.report._registry import ModeRegistry, Settings, register_on_databases
+from isolation.report._registry import ModeRegistry, Settings
 
 __all__ = ["register"]
 
@@ -176,12 +178,6 @@ def _check(backend: str) -> Callable[[Any, Settings], Any]:
     return rounds_check(backend, _plans, _run)
 
 
-def _library() -> Any:
-    from isolation.report._modes.fm01_sessions.async_face import _library as library
-
-    return library()
-
-
 class _CommitInFinally:
     """Mutant: a session per scope with savepoints, whose outer block commits in ``finally``."""
 
@@ -220,22 +216,14 @@ class _CommitInFinally:
                 await s.close()
 
 
-def _mutant() -> Any:
-    from isolation.report._modes.fm01_sessions.async_face import SessionSubject
-
-    return SessionSubject(make=_CommitInFinally)
-
-
 def register(registry: ModeRegistry) -> None:
     """Register FM4's checks, on SQLite and on PostgreSQL."""
-    register_on_databases(
+    register_face(
         registry,
         4,
         "exactly-clean-work",
-        run_for=_check,
-        library=_library,
-        mutant=_mutant,
-        requires=("sqlalchemy", "aiosqlite", "hypothesis"),
+        _check,
+        mutant=functools.partial(SessionSubject, make=_CommitInFinally),
         description=(
             "exceptions, cancellations, expiries and violations at drawn points: the "
             "database holds exactly the work of blocks that ended cleanly"

@@ -1,6 +1,6 @@
 """FM4 on the sync face: threads whose requests fail at drawn points; exactly the clean work stays.
 
-Subject: a manager factory (:class:`~isolation.report._modes.fm01_sessions.async_face.SessionSubject`)
+Subject: a manager factory (:class:`~isolation.report._modes._support.faces.SessionSubject`)
 on a sync ``Engine``. The plans of mode 4 (:mod:`.async_face`) run all at
 once, each request as FastAPI runs a sync endpoint: one thread holds the
 request's scope (the middleware's), another runs the session block in a copy
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
 import threading
 from typing import Any
 
@@ -29,8 +28,14 @@ from isolation._clock import FakeClock
 from isolation._errors import IsolationError
 from isolation.context._model import UserContext
 from isolation.context._scope import Scope
+from isolation.report._modes._support.faces import (
+    register_face,
+    scope_sessions,
+    sync_rounds,
+    sync_run_for,
+)
 from isolation.report._modes.fm04_rollback.async_face import PRINCIPALS, TTL, Plan, _plans
-from isolation.report._registry import CheckFn, ModeRegistry, lazy_check, register_on_databases
+from isolation.report._registry import ModeRegistry
 
 __all__ = ["register"]
 
@@ -181,41 +186,15 @@ def _run(manager: Any, db: Any, clock: FakeClock, plans: list[Plan], tag: str) -
     return found
 
 
-def _check(backend: str) -> CheckFn:
-    return lazy_check(lambda: _built_check(backend))
-
-
-def _built_check(backend: str) -> CheckFn:
-    from isolation.report._modes._support.sync_sessions import rounds_scenario, sync_check
-
-    scenario = rounds_scenario(_rounds, _run)
-    return sync_check(backend, scenario, pool_size=POOL, max_overflow=0)
-
-
-def _library() -> Any:
-    from isolation.report._modes.fm01_sessions.async_face import _library as library
-
-    return library()
-
-
-def _mutant() -> Any:
-    from isolation.report._modes._support.sync_sessions import ScopeSessions
-    from isolation.report._modes.fm01_sessions.async_face import SessionSubject
-
-    return SessionSubject(make=functools.partial(ScopeSessions, commit_on_error=True))
-
-
 def register(registry: ModeRegistry) -> None:
     """Register FM4's sync-face check, on SQLite and on PostgreSQL."""
-    register_on_databases(
+    register_face(
         registry,
         4,
         "exactly-clean-work-sync",
-        run_for=_check,
-        library=_library,
-        mutant=_mutant,
-        requires=("sqlalchemy", "hypothesis"),
-        postgres_requires=("asyncpg", "psycopg"),
+        sync_run_for(sync_rounds(_rounds, _run), pool_size=POOL, max_overflow=0),
+        mutant=scope_sessions(commit_on_error=True),
+        sync=True,
         description=(
             "the sync face: requests in threads at once, failing by exceptions, a scope ending "
             "under its thread, expiries and violations at drawn points: exactly the clean work"

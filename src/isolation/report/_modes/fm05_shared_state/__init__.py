@@ -6,6 +6,7 @@ in the order the report lists the checks.
 
 from __future__ import annotations
 
+from isolation.report._modes._support.registration import register_parts
 from isolation.report._modes.fm05_shared_state import sampling, shared_state
 from isolation.report._registry import ModeRegistry
 
@@ -14,5 +15,4 @@ __all__ = ["register"]
 
 def register(registry: ModeRegistry) -> None:
     """Register mode 5's checks."""
-    shared_state.register(registry)
-    sampling.register(registry)
+    register_parts(registry, shared_state, sampling)

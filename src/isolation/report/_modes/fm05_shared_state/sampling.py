@@ -26,7 +26,8 @@ from isolation.context._model import UserContext
 from isolation.context._scope import Scope
 from isolation.factories._registry import Registry, _Provider
 from isolation.factories._sampling import Schedule
-from isolation.report._registry import Backend, Check, ModeRegistry, Settings
+from isolation.report._modes._support.registration import add_check
+from isolation.report._registry import ModeRegistry, Settings
 
 __all__ = ["register"]
 
@@ -118,17 +119,15 @@ def _mutant() -> type[Registry]:
 
 def register(registry: ModeRegistry) -> None:
     """Register FM5's sampling check."""
-    registry.register(
+    add_check(
+        registry,
         5,
-        Check(
-            name="sampled-reaches-every-provider",
-            backend=Backend.MEMORY,
-            run=check_sampled_reaches_every_provider,
-            library=_library,
-            mutant=_mutant,
-            description=(
-                "check='sampled', periodic build orders of two live users (Clean then Leaky, "
-                "sample_every=2; 4 leaky providers in turn): every leaky provider refused"
-            ),
+        "sampled-reaches-every-provider",
+        check_sampled_reaches_every_provider,
+        library=_library,
+        mutant=_mutant,
+        description=(
+            "check='sampled', periodic build orders of two live users (Clean then Leaky, "
+            "sample_every=2; 4 leaky providers in turn): every leaky provider refused"
         ),
     )

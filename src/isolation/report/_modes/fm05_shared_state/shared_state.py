@@ -28,7 +28,8 @@ import attrs
 
 from isolation.factories._graph import Path, walk
 from isolation.factories._shareable import shareable
-from isolation.report._registry import Backend, Check, ModeRegistry, Settings
+from isolation.report._modes._support.registration import add_check
+from isolation.report._registry import ModeRegistry, Settings
 
 __all__ = [
     "Case",
@@ -478,18 +479,16 @@ def _mutant() -> Walker:
 
 def register(registry: ModeRegistry) -> None:
     """Register FM5's check."""
-    registry.register(
+    add_check(
+        registry,
         5,
-        Check(
-            name="walk-finds-planted",
-            backend=Backend.MEMORY,
-            run=check_planted_shared_state,
-            library=_library,
-            mutant=_mutant,
-            requires=("hypothesis",),
-            description=(
-                "random object graphs with one planted shared object (class attributes "
-                "included): found with both paths; clean and declared-shareable graphs pass"
-            ),
+        "walk-finds-planted",
+        check_planted_shared_state,
+        library=_library,
+        mutant=_mutant,
+        requires=("hypothesis",),
+        description=(
+            "random object graphs with one planted shared object (class attributes "
+            "included): found with both paths; clean and declared-shareable graphs pass"
         ),
     )

@@ -6,6 +6,7 @@ in the order the report lists the checks.
 
 from __future__ import annotations
 
+from isolation.report._modes._support.registration import register_parts
 from isolation.report._modes.fm08_validation import confusable_ids, validation
 from isolation.report._registry import ModeRegistry
 
@@ -14,5 +15,4 @@ __all__ = ["register"]
 
 def register(registry: ModeRegistry) -> None:
     """Register mode 8's checks."""
-    validation.register(registry)
-    confusable_ids.register(registry)
+    register_parts(registry, validation, confusable_ids)

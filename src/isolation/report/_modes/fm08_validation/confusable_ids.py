@@ -21,7 +21,8 @@ from typing import Any, Final
 from isolation import tokens
 from isolation._errors import InvalidContextError
 from isolation.context._model import Principal, UserContext
-from isolation.report._registry import Backend, Check, ModeRegistry, Settings
+from isolation.report._modes._support.registration import add_check
+from isolation.report._registry import ModeRegistry, Settings
 
 __all__ = ["register"]
 
@@ -135,18 +136,16 @@ def register(registry: ModeRegistry, mode: int = 8) -> None:
     package of mode 16 registers it there too.
     """
     for name in (_NAMES[mode],):
-        registry.register(
+        add_check(
+            registry,
             mode,
-            Check(
-                name=name,
-                backend=Backend.MEMORY,
-                run=check_confusable_ids_refused,
-                library=_library,
-                mutant=_mutant,
-                requires=("hypothesis",),
-                description=(
-                    "NFC/NFD, compatibility-sign, case and fullwidth pairs: ids not NFC are "
-                    "refused, the rest stay two principals through tokens and the router"
-                ),
+            name,
+            check_confusable_ids_refused,
+            library=_library,
+            mutant=_mutant,
+            requires=("hypothesis",),
+            description=(
+                "NFC/NFD, compatibility-sign, case and fullwidth pairs: ids not NFC are "
+                "refused, the rest stay two principals through tokens and the router"
             ),
         )

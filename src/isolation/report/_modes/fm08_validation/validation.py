@@ -22,7 +22,8 @@ import attrs
 
 from isolation._errors import IsolationError
 from isolation.context._model import UserContext
-from isolation.report._registry import Backend, Check, ModeRegistry, Settings
+from isolation.report._modes._support.registration import add_check
+from isolation.report._registry import ModeRegistry, Settings
 
 __all__ = ["register"]
 
@@ -148,26 +149,22 @@ def _mutant() -> Maker:
 
 def register(registry: ModeRegistry) -> None:
     """Register FM8's checks."""
-    registry.register(
+    add_check(
+        registry,
         8,
-        Check(
-            name="no-invalid-accepted",
-            backend=Backend.MEMORY,
-            run=check_no_invalid_accepted,
-            library=_library,
-            mutant=_mutant,
-            requires=("hypothesis",),
-            description="50 Hypothesis batches, hostile ids included, from threads and tasks at once",
-        ),
+        "no-invalid-accepted",
+        check_no_invalid_accepted,
+        library=_library,
+        mutant=_mutant,
+        requires=("hypothesis",),
+        description="50 Hypothesis batches, hostile ids included, from threads and tasks at once",
     )
-    registry.register(
+    add_check(
+        registry,
         8,
-        Check(
-            name="pickling-refused",
-            backend=Backend.MEMORY,
-            run=check_pickling_refused,
-            library=_library,
-            mutant=_mutant,
-            description="a context cannot be pickled (use isolation.tokens)",
-        ),
+        "pickling-refused",
+        check_pickling_refused,
+        library=_library,
+        mutant=_mutant,
+        description="a context cannot be pickled (use isolation.tokens)",
     )

@@ -6,6 +6,7 @@ in the order the report lists the checks.
 
 from __future__ import annotations
 
+from isolation.report._modes._support.registration import register_parts
 from isolation.report._modes.fm09_state import owned_members, scope_yield, state
 from isolation.report._registry import ModeRegistry
 
@@ -14,6 +15,4 @@ __all__ = ["register"]
 
 def register(registry: ModeRegistry) -> None:
     """Register mode 9's checks."""
-    state.register(registry)
-    owned_members.register(registry)
-    scope_yield.register(registry)
+    register_parts(registry, state, owned_members, scope_yield)

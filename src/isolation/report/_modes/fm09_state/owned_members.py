@@ -26,7 +26,8 @@ from isolation._errors import CrossContextAccessError
 from isolation.context._model import UserContext
 from isolation.context._scope import Scope, _current
 from isolation.factories._owned import owned
-from isolation.report._registry import Backend, Check, ModeRegistry, Settings
+from isolation.report._modes._support.registration import add_check
+from isolation.report._registry import ModeRegistry, Settings
 
 __all__ = ["register"]
 
@@ -191,19 +192,17 @@ def _mutant() -> Decorator:
 
 def register(registry: ModeRegistry) -> None:
     """Register FM9's @owned members check."""
-    registry.register(
+    add_check(
+        registry,
         9,
-        Check(
-            name="owned-refuses-every-member",
-            backend=Backend.MEMORY,
-            run=check_owned_refuses_every_member,
-            library=_library,
-            mutant=_mutant,
-            description=(
-                "alice's @owned agent used in bob's live scope through lru_cache, a class "
-                "decorator, partialmethod, a late method, __getattr__, await, iter, call, a "
-                "cached_property after alice's read, format and ==: each refused, each still "
-                "alice's"
-            ),
+        "owned-refuses-every-member",
+        check_owned_refuses_every_member,
+        library=_library,
+        mutant=_mutant,
+        description=(
+            "alice's @owned agent used in bob's live scope through lru_cache, a class "
+            "decorator, partialmethod, a late method, __getattr__, await, iter, call, a "
+            "cached_property after alice's read, format and ==: each refused, each still "
+            "alice's"
         ),
     )

@@ -34,7 +34,8 @@ import anyio
 from isolation._errors import IsolationError
 from isolation.context._model import UserContext
 from isolation.context._scope import Scope, current_context
-from isolation.report._registry import Backend, Check, ModeRegistry, Settings
+from isolation.report._modes._support.registration import add_check
+from isolation.report._registry import ModeRegistry, Settings
 
 __all__ = ["register"]
 
@@ -226,17 +227,15 @@ class _EnteredByHelper:
 
 def register(registry: ModeRegistry) -> None:
     """Register the scope-across-yield check under FM9."""
-    registry.register(
+    add_check(
+        registry,
         9,
-        Check(
-            name="no-scope-across-yield",
-            backend=Backend.MEMORY,
-            run=check_no_scope_across_yield,
-            library=lambda: Scope,
-            mutant=lambda: _EnteredByHelper,
-            description=(
-                "5 users' job generators hold scopes across yields: consumers, pool workers "
-                "and closing tasks never run as them; exits raise typed errors only"
-            ),
+        "no-scope-across-yield",
+        check_no_scope_across_yield,
+        library=lambda: Scope,
+        mutant=lambda: _EnteredByHelper,
+        description=(
+            "5 users' job generators hold scopes across yields: consumers, pool workers "
+            "and closing tasks never run as them; exits raise typed errors only"
         ),
     )

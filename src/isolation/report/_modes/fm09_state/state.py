@@ -22,7 +22,8 @@ import anyio.to_thread
 from isolation.context._local import ContextLocal
 from isolation.context._model import UserContext
 from isolation.context._scope import Scope
-from isolation.report._registry import Backend, Check, ModeRegistry, Settings
+from isolation.report._modes._support.registration import add_check
+from isolation.report._registry import ModeRegistry, Settings
 
 __all__ = ["register"]
 
@@ -94,14 +95,12 @@ class _ThreadKeyedState:
 
 def register(registry: ModeRegistry) -> None:
     """Register FM9's check."""
-    registry.register(
+    add_check(
+        registry,
         9,
-        Check(
-            name="context-local-per-user",
-            backend=Backend.MEMORY,
-            run=check_state_per_user,
-            library=lambda: ContextLocal,
-            mutant=lambda: _ThreadKeyedState,
-            description="5 users write then read at once, in tasks and threads; new scopes start empty",
-        ),
+        "context-local-per-user",
+        check_state_per_user,
+        library=lambda: ContextLocal,
+        mutant=lambda: _ThreadKeyedState,
+        description="5 users write then read at once, in tasks and threads; new scopes start empty",
     )

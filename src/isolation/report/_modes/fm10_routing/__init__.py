@@ -6,6 +6,7 @@ in the order the report lists the checks.
 
 from __future__ import annotations
 
+from isolation.report._modes._support.registration import register_parts
 from isolation.report._modes.fm10_routing import payload_snapshot, redis, routing
 from isolation.report._registry import ModeRegistry
 
@@ -14,6 +15,4 @@ __all__ = ["register"]
 
 def register(registry: ModeRegistry) -> None:
     """Register mode 10's checks."""
-    routing.register(registry)
-    redis.register(registry)
-    payload_snapshot.register(registry)
+    register_parts(registry, routing, redis, payload_snapshot)

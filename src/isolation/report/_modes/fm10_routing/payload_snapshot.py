@@ -30,7 +30,8 @@ from isolation.events._model import Event, Overflow, make_event
 from isolation.events._router import EventRouter
 from isolation.report._modes._support.events import drain_all
 from isolation.report._modes._support.redis import BARRIER, WrappedRouter, two_routers
-from isolation.report._registry import Backend, Check, ModeRegistry, Settings
+from isolation.report._modes._support.registration import add_check
+from isolation.report._registry import Backend, ModeRegistry, Settings
 
 __all__ = [
     "DESCRIPTION",
@@ -207,26 +208,23 @@ def register(registry: ModeRegistry) -> None:
     """Register the payload-aliasing checks of mode 10 (memory, and Redis); mode 15's
     queued variant is :mod:`..fm15_overflow.payload_queued`."""
     description = DESCRIPTION
-    registry.register(
+    add_check(
+        registry,
         10,
-        Check(
-            name="payload-aliasing",
-            backend=Backend.MEMORY,
-            run=check_payload_snapshot,
-            library=lambda: EventRouter,
-            mutant=aliasing_router,
-            description=description,
-        ),
+        "payload-aliasing",
+        check_payload_snapshot,
+        library=lambda: EventRouter,
+        mutant=aliasing_router,
+        description=description,
     )
-    registry.register(
+    add_check(
+        registry,
         10,
-        Check(
-            name="payload-aliasing-redis",
-            backend=Backend.REDIS,
-            run=check_payload_snapshot_redis,
-            library=lambda: EventRouter,
-            mutant=aliasing_router,
-            requires=("redis",),
-            description=description + "; two routers on one Redis, publishing through A",
-        ),
+        "payload-aliasing-redis",
+        check_payload_snapshot_redis,
+        library=lambda: EventRouter,
+        mutant=aliasing_router,
+        backend=Backend.REDIS,
+        requires=("redis",),
+        description=description + "; two routers on one Redis, publishing through A",
     )

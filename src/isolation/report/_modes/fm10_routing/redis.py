@@ -32,7 +32,8 @@ from isolation._errors import ConnectionClosedError
 from isolation.context._model import Principal, UserContext
 from isolation.events._model import CloseReason
 from isolation.report._modes._support.events import principal_of
-from isolation.report._registry import Backend, Check, ModeRegistry, Settings
+from isolation.report._modes._support.registration import add_check
+from isolation.report._registry import Backend, ModeRegistry, Settings
 
 __all__ = ["check_two_routers", "register"]
 
@@ -214,18 +215,17 @@ class _TenantBlindRouter:
 
 def register(registry: ModeRegistry) -> None:
     """Register FM10's check across two routers on Redis."""
-    registry.register(
+    add_check(
+        registry,
         10,
-        Check(
-            name="two-routers-redis",
-            backend=Backend.REDIS,
-            run=check_two_routers,
-            library=lambda: _library,
-            mutant=lambda: _TenantBlindRouter,
-            requires=("redis",),
-            description=(
-                "two routers on one Redis, 8 user ids x 2 tenants, 4 publishers: "
-                "0 misrouted, 0 refused, 0 lost, 0 duplicated"
-            ),
+        "two-routers-redis",
+        check_two_routers,
+        library=lambda: _library,
+        mutant=lambda: _TenantBlindRouter,
+        backend=Backend.REDIS,
+        requires=("redis",),
+        description=(
+            "two routers on one Redis, 8 user ids x 2 tenants, 4 publishers: "
+            "0 misrouted, 0 refused, 0 lost, 0 duplicated"
         ),
     )

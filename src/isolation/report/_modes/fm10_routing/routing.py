@@ -45,7 +45,8 @@ from isolation.events._model import (
 )
 from isolation.events._router import EventRouter
 from isolation.report._modes._support.events import principal_of
-from isolation.report._registry import Backend, Check, ModeRegistry, Settings
+from isolation.report._modes._support.registration import add_check
+from isolation.report._registry import ModeRegistry, Settings
 
 if TYPE_CHECKING:
     from isolation.testing import RouterMachine
@@ -272,32 +273,28 @@ class _UserKeyedRouter:
 
 def register(registry: ModeRegistry) -> None:
     """Register FM10's checks."""
-    registry.register(
+    add_check(
+        registry,
         10,
-        Check(
-            name="under-load",
-            backend=Backend.MEMORY,
-            run=check_under_load,
-            library=lambda: EventRouter,
-            mutant=lambda: _UserKeyedRouter,
-            description=(
-                "200 principals (100 user ids x 2 tenants), 8 publishers, queues of 4 under "
-                "BLOCK: 0 misrouted, 0 lost, 0 duplicated"
-            ),
+        "under-load",
+        check_under_load,
+        library=lambda: EventRouter,
+        mutant=lambda: _UserKeyedRouter,
+        description=(
+            "200 principals (100 user ids x 2 tenants), 8 publishers, queues of 4 under "
+            "BLOCK: 0 misrouted, 0 lost, 0 duplicated"
         ),
     )
-    registry.register(
+    add_check(
+        registry,
         10,
-        Check(
-            name="operations",
-            backend=Backend.MEMORY,
-            run=check_operations,
-            library=lambda: EventRouter,
-            mutant=lambda: _UserKeyedRouter,
-            requires=("hypothesis",),
-            description=(
-                "Hypothesis sequences of connect, disconnect, publish, receive, cancelled "
-                "receive and expiry over 200 principals agree with a model"
-            ),
+        "operations",
+        check_operations,
+        library=lambda: EventRouter,
+        mutant=lambda: _UserKeyedRouter,
+        requires=("hypothesis",),
+        description=(
+            "Hypothesis sequences of connect, disconnect, publish, receive, cancelled "
+            "receive and expiry over 200 principals agree with a model"
         ),
     )

@@ -23,7 +23,8 @@ from isolation.context._scope import Scope
 from isolation.events._model import CloseReason, Event, PublishResult, make_event, next_event_number
 from isolation.events._router import EventRouter
 from isolation.report._modes._support.events import drain_all, principal_of
-from isolation.report._registry import Backend, Check, ModeRegistry, Settings
+from isolation.report._modes._support.registration import add_check
+from isolation.report._registry import ModeRegistry, Settings
 
 __all__ = ["check_bound_for_life", "register"]
 
@@ -199,17 +200,15 @@ class _PoolingRouter:
 
 def register(registry: ModeRegistry) -> None:
     """Register FM13's check."""
-    registry.register(
+    add_check(
+        registry,
         13,
-        Check(
-            name="bound-for-life",
-            backend=Backend.MEMORY,
-            run=check_bound_for_life,
-            library=lambda: EventRouter,
-            mutant=lambda: _PoolingRouter,
-            description=(
-                "8 users x 3 connections, two shifts: no connection reused, rebound, "
-                "or read in another user's scope"
-            ),
+        "bound-for-life",
+        check_bound_for_life,
+        library=lambda: EventRouter,
+        mutant=lambda: _PoolingRouter,
+        description=(
+            "8 users x 3 connections, two shifts: no connection reused, rebound, "
+            "or read in another user's scope"
         ),
     )

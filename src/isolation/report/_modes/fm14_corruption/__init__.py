@@ -6,6 +6,7 @@ in the order the report lists the checks.
 
 from __future__ import annotations
 
+from isolation.report._modes._support.registration import register_parts
 from isolation.report._modes.fm14_corruption import memory, redis
 from isolation.report._registry import ModeRegistry
 
@@ -14,5 +15,4 @@ __all__ = ["register"]
 
 def register(registry: ModeRegistry) -> None:
     """Register mode 14's checks."""
-    memory.register(registry)
-    redis.register(registry)
+    register_parts(registry, memory, redis)

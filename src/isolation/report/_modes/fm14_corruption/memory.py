@@ -10,24 +10,26 @@ published to each user, then the entries of half the users are corrupted
 back to themselves (a healthy route) and 5 more go out. The property: 0
 events reach a connection of another principal, the refusals counted in
 ``stats().refused`` equal the events sent down wrong routes, and every event
-on a healthy route is delivered. The mutant is the same router with a
-consumer side that skips the last-step check (reads its queue directly).
+on a healthy route is delivered. The mutant feeds the library's connections
+through a routing table of its own, handing a connection whatever its entry
+routes there, with no last-step check.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from isolation._errors import ConnectionClosedError
 from isolation.context._model import Principal, UserContext
 from isolation.events._connection import Connection
-from isolation.events._model import CloseReason, Event, RouterStats, make_event
+from isolation.events._model import Event, RouterStats, make_event
 from isolation.events._router import EventRouter
-from isolation.events._snapshot import thaw
 from isolation.report._modes._support.events import drain_all, principal_of
-from isolation.report._registry import Backend, Check, ModeRegistry, Settings
+from isolation.report._modes._support.registration import add_check
+from isolation.report._registry import ModeRegistry, Settings
 from isolation.testing._unsafe import unsafe_corrupt_routing
 
 __all__ = ["check_corrupted_routes_refused", "register"]
@@ -102,39 +104,46 @@ async def _publish_round(router: Any, principals: list[Principal], label: str) -
 
 
 class _UncheckedConnection:
-    """Mutant: hands over whatever is in the queue, without the last-step check."""
+    """Mutant: hands over whatever its routes queued for it, without the last-step check."""
 
     def __init__(self, inner: Connection) -> None:
-        self._inner = inner
+        self.inner = inner
+        self.queue: deque[Event] = deque()
 
     @property
     def principal(self) -> Principal:
-        return self._inner.principal
+        return self.inner.principal
 
     async def receive(self) -> Event:
-        inner = self._inner
-        if inner._queue:
-            packed = inner._queue.popleft()
-            return make_event(packed, thaw(inner._payloads.popleft()), inner._seqs.popleft())
-        if inner.closed:
-            raise ConnectionClosedError("closed", reason=inner.close_reason or CloseReason.CLOSED)
-        return await inner.receive()
+        if self.queue:
+            return self.queue.popleft()
+        return await self.inner.receive()  # nothing more is routed to it: waits until closed
 
     async def aclose(self) -> None:
-        await self._inner.aclose()
+        await self.inner.aclose()
 
 
 class _UncheckedRouter:
-    """Mutant router: the library's routing, delivered without the last-step check."""
+    """Mutant router: the library's connections, fed through a routing table of its own
+    whose entries nothing checks at delivery."""
 
     def __init__(self, **options: Any) -> None:
         self.inner = EventRouter(**options)
+        self.live: list[_UncheckedConnection] = []
+        self.routes: dict[Principal, list[_UncheckedConnection]] = {}
+        self.numbers = itertools.count(1)
 
     async def connect(self, ctx: UserContext) -> _UncheckedConnection:
-        return _UncheckedConnection(await self.inner.connect(ctx))
+        conn = _UncheckedConnection(await self.inner.connect(ctx))
+        self.live.append(conn)
+        self.routes.setdefault(conn.principal, []).append(conn)
+        return conn
 
     async def publish(self, to: Principal, payload: Any) -> Any:
-        return await self.inner.publish(to, payload)
+        number = next(self.numbers)
+        for conn in self.routes.get(to, ()):
+            packed = (number, to.user_id, to.tenant_id, "message", 0.0)
+            conn.queue.append(make_event(packed, payload, len(conn.queue) + 1))
 
     def stats(self) -> RouterStats:
         return self.inner.stats()
@@ -143,23 +152,23 @@ class _UncheckedRouter:
         await self.inner.aclose()
 
 
-def _corrupt_unchecked(router: _UncheckedRouter, **kwargs: Any) -> None:
-    unsafe_corrupt_routing(router.inner, **kwargs)
+def _corrupt_unchecked(
+    router: _UncheckedRouter, *, publish_to: Principal, deliver_to: Principal
+) -> None:
+    router.routes[publish_to] = [c for c in router.live if c.principal == deliver_to]
 
 
 def register(registry: ModeRegistry) -> None:
     """Register FM14's check."""
-    registry.register(
+    add_check(
+        registry,
         14,
-        Check(
-            name="corrupted-routes-refused",
-            backend=Backend.MEMORY,
-            run=check_corrupted_routes_refused,
-            library=lambda: (EventRouter, unsafe_corrupt_routing),
-            mutant=lambda: (_UncheckedRouter, _corrupt_unchecked),
-            description=(
-                "6 sessions, routing entries corrupted on purpose: 0 events misdelivered, "
-                "every refusal counted"
-            ),
+        "corrupted-routes-refused",
+        check_corrupted_routes_refused,
+        library=lambda: (EventRouter, unsafe_corrupt_routing),
+        mutant=lambda: (_UncheckedRouter, _corrupt_unchecked),
+        description=(
+            "6 sessions, routing entries corrupted on purpose: 0 events misdelivered, "
+            "every refusal counted"
         ),
     )

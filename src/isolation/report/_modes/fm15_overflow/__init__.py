@@ -6,6 +6,7 @@ in the order the report lists the checks.
 
 from __future__ import annotations
 
+from isolation.report._modes._support.registration import register_parts
 from isolation.report._modes.fm15_overflow import memory, payload_queued, redis
 from isolation.report._registry import ModeRegistry
 
@@ -14,6 +15,4 @@ __all__ = ["register"]
 
 def register(registry: ModeRegistry) -> None:
     """Register mode 15's checks."""
-    payload_queued.register(registry)
-    memory.register(registry)
-    redis.register(registry)
+    register_parts(registry, payload_queued, memory, redis)

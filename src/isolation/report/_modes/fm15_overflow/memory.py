@@ -35,7 +35,8 @@ from isolation.events._model import (
 from isolation.events._queue import burst
 from isolation.events._router import EventRouter
 from isolation.report._modes._support.events import drain_all, principal_of
-from isolation.report._registry import Backend, Check, ModeRegistry, Settings
+from isolation.report._modes._support.registration import add_check
+from isolation.report._registry import ModeRegistry, Settings
 
 __all__ = ["check_overflow_exact", "register"]
 
@@ -229,17 +230,15 @@ class _SpillingRouter:
 
 def register(registry: ModeRegistry) -> None:
     """Register FM15's check."""
-    registry.register(
+    add_check(
+        registry,
         15,
-        Check(
-            name="overflow-exact",
-            backend=Backend.MEMORY,
-            run=check_overflow_exact,
-            library=lambda: EventRouter,
-            mutant=lambda: _SpillingRouter,
-            description=(
-                "capacity 10, burst 50, every policy: exact delivered and dropped counts, "
-                "seq gaps visible, 0 misrouted"
-            ),
+        "overflow-exact",
+        check_overflow_exact,
+        library=lambda: EventRouter,
+        mutant=lambda: _SpillingRouter,
+        description=(
+            "capacity 10, burst 50, every policy: exact delivered and dropped counts, "
+            "seq gaps visible, 0 misrouted"
         ),
     )

@@ -12,8 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 from isolation.events._router import EventRouter
+from isolation.report._modes._support.registration import add_check
 from isolation.report._modes.fm10_routing import payload_snapshot
-from isolation.report._registry import Backend, Check, ModeRegistry, Settings
+from isolation.report._registry import ModeRegistry, Settings
 
 __all__ = ["check_payload_queued", "register"]
 
@@ -25,15 +26,13 @@ async def check_payload_queued(make: Callable[..., Any], settings: Settings) -> 
 
 def register(registry: ModeRegistry) -> None:
     """Register ``payload-aliasing-queued`` under mode 15."""
-    registry.register(
+    add_check(
+        registry,
         15,
-        Check(
-            name="payload-aliasing-queued",
-            backend=Backend.MEMORY,
-            run=check_payload_queued,
-            library=lambda: EventRouter,
-            mutant=payload_snapshot.aliasing_router,
-            description=payload_snapshot.DESCRIPTION
-            + "; queues of 3 under drop-oldest, mutated while queued",
-        ),
+        "payload-aliasing-queued",
+        check_payload_queued,
+        library=lambda: EventRouter,
+        mutant=payload_snapshot.aliasing_router,
+        description=payload_snapshot.DESCRIPTION
+        + "; queues of 3 under drop-oldest, mutated while queued",
     )

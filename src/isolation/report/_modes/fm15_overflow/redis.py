@@ -54,8 +54,9 @@ from isolation.report._modes._support.redis import (
     receive_side_settled,
     two_routers,
 )
+from isolation.report._modes._support.registration import add_check
 from isolation.report._modes.fm15_overflow.memory import BURST, CAPACITY, CONNECTIONS, PRINCIPALS
-from isolation.report._registry import Backend, Check, ModeRegistry, Settings
+from isolation.report._registry import Backend, ModeRegistry, Settings
 
 __all__ = ["check_overflow_across_routers", "register"]
 
@@ -296,18 +297,17 @@ class _SpillingRouter(WrappedRouter):
 
 def register(registry: ModeRegistry) -> None:
     """Register FM15's check across two routers on Redis."""
-    registry.register(
+    add_check(
+        registry,
         15,
-        Check(
-            name="overflow-exact-redis",
-            backend=Backend.REDIS,
-            run=check_overflow_across_routers,
-            library=lambda: EventRouter,
-            mutant=lambda: _SpillingRouter,
-            requires=("redis",),
-            description=(
-                "capacity 10, burst 50 through router A to connections on router B, every "
-                "policy: exact kept seq, drops and gaps on B, 0 misrouted"
-            ),
+        "overflow-exact-redis",
+        check_overflow_across_routers,
+        library=lambda: EventRouter,
+        mutant=lambda: _SpillingRouter,
+        backend=Backend.REDIS,
+        requires=("redis",),
+        description=(
+            "capacity 10, burst 50 through router A to connections on router B, every "
+            "policy: exact kept seq, drops and gaps on B, 0 misrouted"
         ),
     )

@@ -28,12 +28,13 @@ from typing import Any, Final
 
 from isolation import _clock, tokens
 from isolation._clock import FakeClock, use_clock
-from isolation._errors import ContextError, TokenError
+from isolation._errors import ConfigurationError, ContextError, TokenError
 from isolation.context._model import UserContext
 from isolation.events._model import Envelope, PublishResult
 from isolation.events._router import EventRouter
 from isolation.events.backends import MemoryBackend
-from isolation.report._registry import Backend, Check, ModeRegistry, Settings
+from isolation.report._modes._support.registration import add_check
+from isolation.report._registry import Backend, ModeRegistry, Settings
 
 __all__ = ["check_ticket_at_expiry", "check_ticket_at_expiry_redis", "register"]
 
@@ -217,10 +218,14 @@ def _pre_fix_router(*, keys: Sequence[bytes], **options: Any) -> EventRouter:
 
 
 class _PreFixRedisBackend:
-    """Mutant backend: a Redis backend whose claims live ``expiry + LEEWAY - now`` (local clock)."""
+    """Mutant backend: a Redis backend whose claims live ``expiry + LEEWAY - now`` (local clock).
 
-    def __init__(self, inner: Any) -> None:
+    Its claims go to ``url`` (the run's Redis), under the inner backend's namespace.
+    """
+
+    def __init__(self, inner: Any, url: str) -> None:
         self._inner = inner
+        self.url = url
 
     @property
     def shared(self) -> bool:
@@ -243,7 +248,7 @@ class _PreFixRedisBackend:
         import redis.asyncio as aioredis
 
         ttl_ms = max(1, math.ceil((expires_at + tokens.LEEWAY - _clock._now()) * 1000))
-        client = aioredis.Redis.from_url(self._inner._url)  # the mutant may reach in
+        client = aioredis.Redis.from_url(self.url)
         try:
             key = _record_key(self._inner.namespace, token)
             return bool(await client.set(key, b"1", nx=True, px=ttl_ms))
@@ -254,39 +259,43 @@ class _PreFixRedisBackend:
         await self._inner.aclose()
 
 
-def _pre_fix_redis_router(*, backend: Any, **options: Any) -> EventRouter:
-    """Mutant: the library's router on the pre-fix Redis ticket record."""
-    return EventRouter(backend=_PreFixRedisBackend(backend), **options)
+def _pre_fix_redis_router(settings: Settings) -> Callable[..., EventRouter]:
+    """Mutant: the library's router on the pre-fix Redis ticket record (at the run's Redis)."""
+    url = settings.redis_url
+    if url is None:  # pragma: no cover - the check runs only given a Redis URL
+        raise ConfigurationError("no Redis URL given (--redis)")
+
+    def make(*, backend: Any, **options: Any) -> EventRouter:
+        return EventRouter(backend=_PreFixRedisBackend(backend, url), **options)
+
+    return make
 
 
 def register(registry: ModeRegistry) -> None:
     """Register FM16's ticket-at-expiry checks (memory, and Redis)."""
-    registry.register(
+    add_check(
+        registry,
         16,
-        Check(
-            name="ticket-at-expiry",
-            backend=Backend.MEMORY,
-            run=check_ticket_at_expiry,
-            library=lambda: EventRouter,
-            mutant=lambda: _pre_fix_router,
-            description=(
-                "6 users, a clock that moves on every reading: replays placed around the "
-                "ticket's expiry and expiry + leeway open nothing, used records never re-claimed"
-            ),
+        "ticket-at-expiry",
+        check_ticket_at_expiry,
+        library=lambda: EventRouter,
+        mutant=lambda: _pre_fix_router,
+        description=(
+            "6 users, a clock that moves on every reading: replays placed around the "
+            "ticket's expiry and expiry + leeway open nothing, used records never re-claimed"
         ),
     )
-    registry.register(
+    add_check(
+        registry,
         16,
-        Check(
-            name="ticket-at-expiry-redis",
-            backend=Backend.REDIS,
-            run=check_ticket_at_expiry_redis,
-            library=lambda: EventRouter,
-            mutant=lambda: _pre_fix_redis_router,
-            requires=("redis",),
-            description=(
-                "6 users, claimed on router A at the last accepted instant by A's clock: "
-                "the record outlives the leeway a process behind A still accepts"
-            ),
+        "ticket-at-expiry-redis",
+        check_ticket_at_expiry_redis,
+        library=lambda: EventRouter,
+        mutant=_pre_fix_redis_router,
+        backend=Backend.REDIS,
+        requires=("redis",),
+        description=(
+            "6 users, claimed on router A at the last accepted instant by A's clock: "
+            "the record outlives the leeway a process behind A still accepts"
         ),
     )

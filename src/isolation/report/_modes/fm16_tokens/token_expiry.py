@@ -30,7 +30,8 @@ from isolation._clock import FakeClock, use_clock
 from isolation._errors import ContextExpiredError, TokenExpiredError
 from isolation.context._model import UserContext
 from isolation.context._scope import Scope, current_context
-from isolation.report._registry import Backend, Check, ModeRegistry, Settings
+from isolation.report._modes._support.registration import add_check
+from isolation.report._registry import ModeRegistry, Settings
 
 __all__ = ["check_token_expiry", "register"]
 
@@ -159,17 +160,15 @@ def _loads_dropping_exp(token: str, *, keys: Any, purpose: str) -> UserContext:
 
 def register(registry: ModeRegistry) -> None:
     """Register FM16's token-expiry check."""
-    registry.register(
+    add_check(
+        registry,
         16,
-        Check(
-            name="token-expiry",
-            backend=Backend.MEMORY,
-            run=check_token_expiry,
-            library=lambda: tokens.loads,
-            mutant=lambda: _loads_dropping_exp,
-            description=(
-                "6 users x 5 token shapes: a context from a token, and the scopes entered "
-                "with it, end at min(token expiry, context expiry)"
-            ),
+        "token-expiry",
+        check_token_expiry,
+        library=lambda: tokens.loads,
+        mutant=lambda: _loads_dropping_exp,
+        description=(
+            "6 users x 5 token shapes: a context from a token, and the scopes entered "
+            "with it, end at min(token expiry, context expiry)"
         ),
     )

@@ -25,7 +25,8 @@ from isolation.events._connection import Connection
 from isolation.events._model import CloseReason, Event
 from isolation.events._router import EventRouter
 from isolation.report._modes._support.events import drain_all, principal_of
-from isolation.report._registry import Backend, Check, ModeRegistry, Settings
+from isolation.report._modes._support.registration import add_check
+from isolation.report._registry import ModeRegistry, Settings
 
 __all__ = ["check_tokens_bound", "register"]
 
@@ -174,17 +175,15 @@ class _PrefixCachingRouter:
 
 def register(registry: ModeRegistry) -> None:
     """Register FM16's check."""
-    registry.register(
+    add_check(
+        registry,
         16,
-        Check(
-            name="tokens-bound",
-            backend=Backend.MEMORY,
-            run=check_tokens_bound,
-            library=lambda: EventRouter,
-            mutant=lambda: _PrefixCachingRouter,
-            description=(
-                "6 users: a ticket opens and re-authenticates only its own user; replayed, "
-                "foreign-purpose and expired tokens refused"
-            ),
+        "tokens-bound",
+        check_tokens_bound,
+        library=lambda: EventRouter,
+        mutant=lambda: _PrefixCachingRouter,
+        description=(
+            "6 users: a ticket opens and re-authenticates only its own user; replayed, "
+            "foreign-purpose and expired tokens refused"
         ),
     )

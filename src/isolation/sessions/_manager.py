@@ -45,6 +45,7 @@ from isolation._errors import (
     UsageError,
 )
 from isolation._redact import redact_principal
+from isolation.context._interface import is_async as scope_is_async
 from isolation.context._principal import Principal
 from isolation.context._scope import Scope, current_scope
 from isolation.sessions import _unmanaged
@@ -666,7 +667,7 @@ class SessionManager:
                 bind=self._managed, isolation_owner=owner, expire_on_commit=False
             )
         else:
-            if not scope._async:
+            if not scope_is_async(scope):
                 raise UsageError(
                     "sessions need an `async with isolation.scope(ctx)` scope: their cleanup "
                     "awaits",

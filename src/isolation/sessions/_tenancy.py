@@ -78,7 +78,7 @@ from isolation._errors import (
     UsageError,
 )
 from isolation._redact import redact, redact_principal
-from isolation.context import _scope
+from isolation.context._interface import bound_scope
 from isolation.context._principal import Principal
 from isolation.context._validate import owner_refusal, owner_value
 from isolation.sessions._coverage import Coverage, Guard
@@ -101,14 +101,14 @@ _LISTENED: weakref.WeakSet[type[Any]] = weakref.WeakSet()
 
 
 def _bound_user_id() -> str:
-    scope = _scope._current.get()
+    scope = bound_scope()
     if scope is None:
         raise NoContextError("a protected model was queried with no isolation scope bound")
     return scope.context.user_id
 
 
 def _bound_tenant_id() -> str | None:
-    scope = _scope._current.get()
+    scope = bound_scope()
     if scope is None:
         raise NoContextError("a protected model was queried with no isolation scope bound")
     return scope.context.tenant_id

@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import QueuePool, SingletonThreadPool, StaticPool
 
+from isolation._compat import max_overflow
 from isolation._counters import register_gauge
 from isolation._errors import (
     ConfigurationError,
@@ -129,7 +130,7 @@ def _pool_capacity(engine: Engine) -> int | None:
     if isinstance(pool, StaticPool | SingletonThreadPool):
         return 1
     if isinstance(pool, QueuePool):
-        overflow = int(getattr(pool, "_max_overflow", 0))
+        overflow = max_overflow(pool)
         if overflow < 0:
             return None
         return int(pool.size()) + overflow

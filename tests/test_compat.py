@@ -135,3 +135,33 @@ async def sniffio_name() -> str:
     import sniffio
 
     return str(sniffio.current_async_library())
+
+
+def test_contextvars_extras_registry_internals() -> None:
+    """contextvars-extras: a registry class's _registry_allocate_on_setattr option and
+    its _registry_var_descriptors (one ContextVarDescriptor per declared variable,
+    with the get/set that isolate() wraps)."""
+    cve = pytest.importorskip("contextvars_extras")
+
+    class Declared(cve.ContextVarsRegistry):  # type: ignore[misc]
+        _registry_allocate_on_setattr = False
+        locale: str = "en"
+        timezone: str = "UTC"
+
+    class Open(cve.ContextVarsRegistry):  # type: ignore[misc]
+        locale: str = "en"
+
+    assert _compat.cve_allocates_on_setattr(Declared) is False
+    assert _compat.cve_allocates_on_setattr(Open) is True, (
+        "contextvars-extras renamed or changed _registry_allocate_on_setattr: fix "
+        "_compat.cve_allocates_on_setattr"
+    )
+    descriptors = _compat.cve_var_descriptors(Declared)
+    assert sorted(d.name.rsplit(".", 1)[-1] for d in descriptors) == ["locale", "timezone"], (
+        "contextvars-extras moved _registry_var_descriptors: fix _compat.cve_var_descriptors"
+    )
+    for descriptor in descriptors:
+        assert callable(descriptor.get)
+        assert callable(descriptor.set)
+        assert descriptor.default in ("en", "UTC")
+        assert hasattr(descriptor, "deferred_default")

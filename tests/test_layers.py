@@ -151,17 +151,10 @@ ALLOWED_PRIVATE_READS: dict[tuple[str, str], int] = {
     # a call would cost every guarded method call.
     ("isolation.factories", "_fast"): 3,
     ("isolation.factories", "_timed"): 3,
-    # The session manager's reads of Scope (sessions/ is being split: not moved yet to
-    # isolation.context._interface, Scope's declared internal interface).
-    ("isolation.sessions", "_async"): 1,
-    ("isolation.sessions", "_cancel_scope"): 1,
-    ("isolation.sessions", "_cleanup_timeout"): 1,
     # SQLAlchemy's SessionTransaction._state (a closed SAVEPOINT), named like Scope's.
     ("isolation.sessions", "_state"): 2,
-    ("isolation.sessions", "_storage"): 1,
     ("isolation.events", "_check_keys"): 1,
     # The report's mutants and the testing machines read what they check (item 8).
-    ("isolation.report", "_storage"): 4,
     ("isolation.report", "_tasks"): 2,
     ("isolation.testing", "_index"): 1,
     ("isolation.testing", "_principal"): 1,

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from contextvars_extras import ContextVarsRegistry
 from contextvars_extras.context_var_ext import NO_DEFAULT
 
+from isolation._compat import cve_allocates_on_setattr, cve_var_descriptors
 from isolation._errors import ConfigurationError, CrossContextAccessError, NoContextError
 from isolation._redact import redact_principal
 from isolation.context._scope import Scope, current_scope
@@ -112,12 +113,12 @@ def isolate(registry: R) -> R:
         raise ConfigurationError(
             f"isolate() takes a ContextVarsRegistry subclass, got {registry!r}"
         )
-    if registry._registry_allocate_on_setattr:
+    if cve_allocates_on_setattr(registry):
         raise ConfigurationError(
             f"{registry.__name__} allocates variables on setattr, which would bypass the check",
             hint="Declare each variable with an annotation and set "
             "_registry_allocate_on_setattr = False",
         )
-    for descriptor in registry._registry_var_descriptors.values():
+    for descriptor in cve_var_descriptors(registry):
         _patch(descriptor, registry.__name__)
     return registry

@@ -35,6 +35,7 @@ from isolation._errors import (
     UsageError,
 )
 from isolation._redact import redact_principal
+from isolation.context._interface import body_cancelled, cleanup_timeout, storage
 from isolation.context._scope import DEFAULT_CLEANUP_TIMEOUT, Scope, current_scope
 from isolation.sessions._cleanup import AfterEnd, connection_lost, error_after_cleanup
 from isolation.sessions._held import Held
@@ -96,7 +97,7 @@ class Block:
             raise UsageError("this SessionManager is closed", hint=closed_hint)
         if self._key is not manager:
             manager._allow_unrestricted(scope)
-        data, lock = scope._storage()
+        data, lock = storage(scope)
         return scope, data, lock
 
     def _held_in(self, scope: Scope, data: dict[object, Any]) -> Held:
@@ -237,8 +238,7 @@ def _outcome(owner: Owner, exc: BaseException | None, *, cancellable: bool) -> O
     expired = scope is None or (scope.deadline is not None and _clock._now() >= scope.deadline)
     cancelled = False
     if cancellable:  # the async face: the scope's body may have been cancelled
-        cancel_scope = None if scope is None else scope._cancel_scope
-        cancelled = cancel_scope is not None and cancel_scope.cancel_called
+        cancelled = scope is not None and body_cancelled(scope)
     outcome = outermost_outcome(
         exc, expired=expired, cancelled=cancelled, scope_closed=owner.closed
     )
@@ -455,7 +455,7 @@ async def _end(
 
 def _cleanup_time(held: Held) -> float:
     scope = held.owner.scope_ref()
-    return DEFAULT_CLEANUP_TIMEOUT if scope is None else scope._cleanup_timeout
+    return DEFAULT_CLEANUP_TIMEOUT if scope is None else cleanup_timeout(scope)
 
 
 async def _end_nested(

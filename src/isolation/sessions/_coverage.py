@@ -30,6 +30,15 @@ from sqlalchemy.sql.selectable import AliasedReturnsRows, Join, TableClause
 from sqlalchemy.sql.util import ClauseAdapter
 from sqlalchemy.sql.visitors import cloned_traverse
 
+from isolation._compat import (
+    add_where_criteria,
+    cache_key,
+    deannotate,
+    dml_values,
+    from_objects,
+    where_criteria,
+    with_options,
+)
 from isolation._errors import UsageError
 
 __all__ = ["Coverage", "Guard"]
@@ -105,7 +114,7 @@ class Coverage:
     def verdict(self, statement: Any, dialect: Any) -> Verdict:
         """What ``statement`` reads of a protected table without the criteria (or
         ``None``), and the owners of the guards of the protected tables it reads."""
-        key = statement._generate_cache_key()
+        key = cache_key(statement)
         if key is None:
             return self._judge(statement, dialect)
         entry = (dialect, key.key)
@@ -156,7 +165,7 @@ class Coverage:
                     added.append(criteria)
             if added:
                 # A clone made by this traversal, not yet shared: extended in place.
-                element._where_criteria += tuple(added)
+                add_where_criteria(element, added)
                 changed = True
 
         def visit_dml(element: Any) -> None:
@@ -164,11 +173,11 @@ class Coverage:
             # SET values name besides the target are its extra FROMs (inner-joined).
             nonlocal changed
             target = _base(element.table)
-            values = (getattr(element, "_values", None) or {}).values()
+            values = dml_values(element).values()
             named = {
                 _base(found)
-                for clause in (*element._where_criteria, *values)
-                for found in getattr(clause, "_from_objects", ())
+                for clause in (*where_criteria(element), *values)
+                for found in from_objects(clause)
             }
             added = [
                 criteria
@@ -178,11 +187,11 @@ class Coverage:
                 if criteria is not None
             ]
             if added:
-                element._where_criteria += tuple(added)
+                add_where_criteria(element, added)
                 changed = True
 
         # Loader options are not clause elements to copy (and cannot be): kept as they are.
-        kept = {"stop_on": tuple(getattr(statement, "_with_options", ()))}
+        kept = {"stop_on": with_options(statement)}
         visitors = {"select": visit_select, "update": visit_dml, "delete": visit_dml}
         copy = cloned_traverse(statement, kept, visitors)
         return copy if changed else None
@@ -220,7 +229,7 @@ def _describe(leaf: Any) -> str:
 
 
 def _base(element: Any) -> Any:
-    return element._deannotate()
+    return deannotate(element)
 
 
 def _conjuncts(clauses: Iterable[Any]) -> Iterator[Any]:
@@ -283,7 +292,7 @@ def _recorder_for(dialect: Any) -> Any:
         *args: Any,
         **kwargs: Any,
     ) -> Any:
-        self.isolation_levels.append((select_._where_criteria, tuple(froms)))
+        self.isolation_levels.append((where_criteria(select_), tuple(froms)))
         return base._compose_select_body(
             self, text, select_, compile_state, inner_columns, froms, *args, **kwargs
         )
@@ -291,13 +300,13 @@ def _recorder_for(dialect: Any) -> Any:
     def update_from_clause(
         self: Any, statement: Any, from_table: Any, extra_froms: Any, *args: Any, **kwargs: Any
     ) -> Any:
-        self.isolation_levels.append((statement._where_criteria, tuple(extra_froms)))
+        self.isolation_levels.append((where_criteria(statement), tuple(extra_froms)))
         return base.update_from_clause(self, statement, from_table, extra_froms, *args, **kwargs)
 
     def delete_extra_from_clause(
         self: Any, statement: Any, from_table: Any, extra_froms: Any, *args: Any, **kwargs: Any
     ) -> Any:
-        self.isolation_levels.append((statement._where_criteria, tuple(extra_froms)))
+        self.isolation_levels.append((where_criteria(statement), tuple(extra_froms)))
         return base.delete_extra_from_clause(
             self, statement, from_table, extra_froms, *args, **kwargs
         )

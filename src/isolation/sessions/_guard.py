@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 
 from isolation._errors import ConfigurationError
+from isolation.context._interface import holds_itself
 from isolation.sessions._owner import Owner, current_scope_or_none
 from isolation.sessions._tenancy import TenantSession
 
@@ -56,7 +57,12 @@ def _checked(produce: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def get(self: Any) -> Any:
         owner: Owner = self._isolation_owner
         current = current_scope()
-        if current is None or current is not owner.scope_ref() or owner.closed or current._held:
+        if (
+            current is None
+            or current is not owner.scope_ref()
+            or owner.closed
+            or holds_itself(current)
+        ):
             owner.refuse(current)
         return produce(self)
 
@@ -69,7 +75,12 @@ def _checked_setter(put: Callable[[Any, Any], None]) -> Callable[[Any, Any], Non
     def set_(self: Any, value: Any) -> None:
         owner: Owner = self._isolation_owner
         current = _current_scope()
-        if current is None or current is not owner.scope_ref() or owner.closed or current._held:
+        if (
+            current is None
+            or current is not owner.scope_ref()
+            or owner.closed
+            or holds_itself(current)
+        ):
             owner.refuse(current)
         put(self, value)
 
@@ -94,7 +105,12 @@ def _checked_call(fn: Callable[..., Any]) -> Callable[..., Any]:
     def checked(self: Any, *args: Any, **kwargs: Any) -> Any:
         owner: Owner = self._isolation_owner
         current = _current_scope()
-        if current is None or current is not owner.scope_ref() or owner.closed or current._held:
+        if (
+            current is None
+            or current is not owner.scope_ref()
+            or owner.closed
+            or holds_itself(current)
+        ):
             owner.refuse(current)
         return fn(self, *args, **kwargs)
 
@@ -117,7 +133,12 @@ def _checked_property(name: str, raw: Any) -> property:
         def get(self: Any) -> Any:  # hot (identity_map): the check inline
             owner: Owner = self._isolation_owner
             current = current_scope()
-            if current is None or current is not owner.scope_ref() or owner.closed or current._held:
+            if (
+                current is None
+                or current is not owner.scope_ref()
+                or owner.closed
+                or holds_itself(current)
+            ):
                 owner.refuse(current)
             return self.__dict__[key]
 

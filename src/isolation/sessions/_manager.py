@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import QueuePool, SingletonThreadPool, StaticPool
 
+from isolation._compat import max_overflow
 from isolation._counters import register_gauge
 from isolation._errors import (
     ConfigurationError,
@@ -45,6 +46,7 @@ from isolation._errors import (
     UsageError,
 )
 from isolation._redact import redact_principal
+from isolation.context._interface import is_async as scope_is_async
 from isolation.context._principal import Principal
 from isolation.context._scope import Scope, current_scope
 from isolation.sessions import _unmanaged
@@ -128,7 +130,7 @@ def _pool_capacity(engine: Engine) -> int | None:
     if isinstance(pool, StaticPool | SingletonThreadPool):
         return 1
     if isinstance(pool, QueuePool):
-        overflow = int(getattr(pool, "_max_overflow", 0))
+        overflow = max_overflow(pool)
         if overflow < 0:
             return None
         return int(pool.size()) + overflow
@@ -666,7 +668,7 @@ class SessionManager:
                 bind=self._managed, isolation_owner=owner, expire_on_commit=False
             )
         else:
-            if not scope._async:
+            if not scope_is_async(scope):
                 raise UsageError(
                     "sessions need an `async with isolation.scope(ctx)` scope: their cleanup "
                     "awaits",

@@ -25,7 +25,7 @@ from isolation._errors import (
     UsageError,
 )
 from isolation._redact import redact_principal
-from isolation.context import _scope
+from isolation.context._interface import bound_scope, holds_itself
 from isolation.context._principal import Principal
 from isolation.context._scope import Scope
 
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["Owner", "current_scope_or_none", "in_use_error"]
 
 # The bound scope or ``None``, without current_scope()'s checks: the guard decides.
-current_scope_or_none = _scope._current.get
+current_scope_or_none = bound_scope
 _current_scope = current_scope_or_none
 
 
@@ -115,7 +115,7 @@ class Owner:
             worker = self.worker()
             if worker is not None and worker in cleaners:
                 return
-        if current is not None and current._held and current is self.scope_ref():
+        if current is not None and holds_itself(current) and current is self.scope_ref():
             if current.active and not self.closed:
                 return  # in the generator that holds its scope across a yield
             if not self.closed:

@@ -70,6 +70,16 @@ from sqlalchemy.sql.selectable import Alias, Join, TableClause
 from sqlalchemy.sql.util import find_tables
 from sqlalchemy.types import TypeDecorator
 
+from isolation._compat import (
+    deannotate,
+    from_obj,
+    multi_values,
+    of_type,
+    parent_entity,
+    raw_columns,
+    set_clause,
+    setup_joins,
+)
 from isolation._errors import (
     ConfigurationError,
     CrossContextAccessError,
@@ -78,7 +88,7 @@ from isolation._errors import (
     UsageError,
 )
 from isolation._redact import redact, redact_principal
-from isolation.context import _scope
+from isolation.context._interface import bound_scope
 from isolation.context._principal import Principal
 from isolation.context._validate import owner_refusal, owner_value
 from isolation.sessions._coverage import Coverage, Guard
@@ -101,14 +111,14 @@ _LISTENED: weakref.WeakSet[type[Any]] = weakref.WeakSet()
 
 
 def _bound_user_id() -> str:
-    scope = _scope._current.get()
+    scope = bound_scope()
     if scope is None:
         raise NoContextError("a protected model was queried with no isolation scope bound")
     return scope.context.user_id
 
 
 def _bound_tenant_id() -> str | None:
-    scope = _scope._current.get()
+    scope = bound_scope()
     if scope is None:
         raise NoContextError("a protected model was queried with no isolation scope bound")
     return scope.context.tenant_id
@@ -636,22 +646,14 @@ def _uncovered(statement: Any) -> bool:
         return True
     # Entities loaded from its columns, its joins (contains_eager: the target, or the
     # relationship's of_type()) and its FROM list.
-    joined = tuple(
-        part
-        for join in getattr(statement, "_setup_joins", ())
-        for part in join[:2]
-        if part is not None
-    )
+    joined = tuple(part for join in setup_joins(statement) for part in join[:2] if part is not None)
     for element in (
-        *getattr(statement, "_raw_columns", ()),
+        *raw_columns(statement),
         *joined,
-        *getattr(statement, "_from_obj", ()),
+        *from_obj(statement),
     ):
-        of_type = getattr(element, "_of_type", None)
-        if of_type is not None:
-            entity = inspect(of_type)
-        else:
-            entity = getattr(element, "_annotations", {}).get("parententity")
+        target = of_type(element)
+        entity = inspect(target) if target is not None else parent_entity(element)
         if entity is not None and entity.is_aliased_class:
             selectable = entity.selectable
             while isinstance(selectable, Alias):
@@ -835,7 +837,7 @@ class Tenancy:
         statement: Any = state.statement
         if (state.is_update or state.is_delete) and not state.is_orm_statement:
             target = getattr(statement, "table", None)
-            if target is not None and target._deannotate() in self.tables:
+            if target is not None and deannotate(target) in self.tables:
                 raise UsageError(
                     f"a Core {'UPDATE' if state.is_update else 'DELETE'} of the protected "
                     f"table {target.name!r} gets no owner criteria, so protect() refuses it",
@@ -888,7 +890,7 @@ class Tenancy:
         statement: Any = state.statement
         found = find_tables(statement, check_columns=True)
         # The rows of a multi-row values() are not among the children it visits.
-        for rows in getattr(statement, "_multi_values", None) or ():
+        for rows in multi_values(statement):
             for row in rows:
                 for value in row.values() if isinstance(row, dict) else row:
                     if isinstance(value, ClauseElement):
@@ -922,7 +924,8 @@ class Tenancy:
         if rule is None:
             return
         statement = state.statement
-        if state.is_update and not hasattr(statement, "_values"):
+        pairs = set_clause(statement)
+        if pairs is None and state.is_update:
             # SQLAlchemy's (private) record of the SET clause: fail closed if it moves.
             raise UsageError(
                 "protect() cannot read the SET clause of this ORM update() in this "
@@ -934,9 +937,7 @@ class Tenancy:
         if parameters:
             many = parameters if isinstance(parameters, list) else [parameters]
         names = rule.names
-        values = getattr(statement, "_values", None) or {}
-        ordered = getattr(statement, "_ordered_values", None) or ()
-        for column, value in (*values.items(), *ordered):
+        for column, value in pairs or ():
             key = rule.columns.get(column)
             if key is None:
                 continue

@@ -25,7 +25,7 @@ from sqlalchemy import event
 
 from isolation._errors import ConfigurationError, CrossContextAccessError
 from isolation._redact import redact_principal
-from isolation.context import _scope
+from isolation.context._interface import bound_scope
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -44,7 +44,7 @@ _MODES: Final = ("refuse", "warn", "allow")
 _mode: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
 _seen: weakref.WeakKeyDictionary[Engine, int] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
-_current_scope = _scope._current.get
+_current_scope = bound_scope
 
 
 def check_mode(value: object) -> Unmanaged:

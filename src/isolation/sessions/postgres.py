@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, final
 
 import attrs
 
+from isolation._compat import connect_isolation_level
 from isolation._deprecated import moved as _moved
 from isolation._errors import ConfigurationError, CrossContextAccessError
 from isolation._redact import redact_principal
@@ -1271,7 +1272,7 @@ def _check_engine(engine: Engine, binding: _Binding | None) -> None:
             hint="Use protect() for the ORM filter on other databases",
         )
     if (
-        getattr(engine.dialect, "_on_connect_isolation_level", None) == "AUTOCOMMIT"
+        connect_isolation_level(engine.dialect) == "AUTOCOMMIT"
         or engine.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
     ):
         raise ConfigurationError(

@@ -31,6 +31,7 @@ from typing import Any, Final
 
 import anyio
 
+from isolation.context._interface import storage
 from isolation.context._model import UserContext
 from isolation.context._propagation import ContextThreadPoolExecutor
 from isolation.context._scope import Scope, current_scope
@@ -200,7 +201,7 @@ def _unlocked_scoped(factory: Callable[..., Any], event_factory: EventFactory) -
     if anyio_is_async(factory):
 
         async def get_async() -> Any:
-            data = current_scope()._storage()[0]
+            data = storage(current_scope())[0]
             if key not in data:
                 data[key] = await factory()
             return data[key]
@@ -208,7 +209,7 @@ def _unlocked_scoped(factory: Callable[..., Any], event_factory: EventFactory) -
         return get_async
 
     def get() -> Any:
-        data = current_scope()._storage()[0]
+        data = storage(current_scope())[0]
         if key not in data:
             data[key] = factory()
         return data[key]

@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 
 from isolation._errors import UsageError
+from isolation.context._interface import storage
 from isolation.context._model import UserContext
 from isolation.context._propagation import ContextThreadPoolExecutor
 from isolation.context._scope import Scope
@@ -148,7 +149,7 @@ class _UnlockedRegistry(Registry):
         assert fn is not None
 
         def resolve(scope: Scope) -> Any:
-            data, _ = scope._storage()
+            data, _ = storage(scope)
             product = data.get((self, key), _MISSING)
             if product is _MISSING:
                 product = fn()
@@ -166,7 +167,7 @@ class _UnlockedRegistry(Registry):
         assert fn is not None
 
         async def aresolve(scope: Scope) -> Any:
-            data, _ = scope._storage()
+            data, _ = storage(scope)
             product = data.get((self, key), _MISSING)
             if product is _MISSING:
                 product = await fn()

@@ -8,40 +8,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-__all__ = [
-    "BackendUnavailableError",
-    "CleanupTimeoutError",
-    "ConfigurationError",
-    "ConnectionClosedError",
-    "ConnectionLimitError",
-    "ContextError",
-    "ContextExpiredError",
-    "ContextSwitchError",
-    "CrossContextAccessError",
-    "DatabaseConnectionLostError",
-    "EventError",
-    "EventTooLargeError",
-    "FactoryError",
-    "InvalidContextError",
-    "IsolationError",
-    "MalformedTokenError",
-    "NoContextError",
-    "PoolExhaustedError",
-    "QueueFullError",
-    "ScopeEndedError",
-    "SessionError",
-    "SessionInUseError",
-    "SharedStateError",
-    "TokenError",
-    "TokenExpiredError",
-    "TokenPurposeError",
-    "TokenReplayedError",
-    "TokenSignatureError",
-    "UnsupportedBackendError",
-    "UsageError",
-    "WalkTruncatedWarning",
-]
-
 
 def _rebuild(cls: type[IsolationError], state: dict[str, Any]) -> IsolationError:
     err = cls.__new__(cls)
@@ -358,6 +324,7 @@ class WalkTruncatedWarning(UserWarning):
 
 
 # Every error prints and pickles under its public path, `isolation.errors.X`.
-for _name in __all__:
-    globals()[_name].__module__ = "isolation.errors"
-del _name
+for _value in list(globals().values()):
+    if isinstance(_value, type) and _value.__module__ == __name__:
+        _value.__module__ = "isolation.errors"
+del _value

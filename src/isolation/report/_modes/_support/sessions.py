@@ -61,19 +61,7 @@ def sqlite_engine(path: str, **engine_kw: Any) -> AsyncEngine:
         engine_kw["poolclass"] = AsyncAdaptedQueuePool
     engine = create_async_engine(f"sqlite+aiosqlite:///{path}", **engine_kw)
 
-    @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_connection: Any, record: Any) -> None:
-        # Let SQLAlchemy emit BEGIN itself (below), so SAVEPOINT works on pysqlite.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=10000")
-        cursor.close()
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN")
-
+    _sqlite_setup(engine.sync_engine)
     return engine
 
 
@@ -81,18 +69,7 @@ def sync_sqlite_engine(path: str, **engine_kw: Any) -> Engine:
     """A pysqlite engine on the file ``path``, as :func:`sqlite_engine` (the sync face's)."""
     engine = create_engine(f"sqlite:///{path}", **engine_kw)
 
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, record: Any) -> None:
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=10000")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN")
-
+    _sqlite_setup(engine)
     Base.metadata.create_all(engine)
     return engine
 
@@ -341,3 +318,19 @@ def generate(strategy: Any, count: int, explicit: Sequence[Any] = ()) -> list[An
 
     collect()
     return drawn[: len(explicit) + count]
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    # Let SQLAlchemy emit BEGIN itself (below), so SAVEPOINT works on pysqlite;
+    # WAL and a busy timeout let the checks' concurrent sessions share the file.
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN")

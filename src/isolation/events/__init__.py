@@ -11,11 +11,15 @@ Connections have bounded queues with an explicit :class:`Overflow` policy, and
 each event is checked against the connection's principal and expiry at the
 last step before the consumer gets it. See the explanation page "Delivery
 guarantees, overflow, gaps and expiry" and the how-to "Tickets and
-re-authentication".
+re-authentication". With ``EventRouter(history=History(...))`` events carry an
+offset and an epoch, and ``connect(ctx, resume=ResumePoint(...))`` replays what
+a client missed (the how-to "Recover missed events after a reconnect").
 """
 
 from isolation._deprecated import moved
 from isolation.events._connection import Connection as Connection
+from isolation.events._history import History as History
+from isolation.events._history import ResumePoint as ResumePoint
 from isolation.events._model import CloseReason as CloseReason
 from isolation.events._model import Event as Event
 from isolation.events._model import Overflow as Overflow
@@ -28,8 +32,10 @@ __all__ = [
     "Connection",
     "Event",
     "EventRouter",
+    "History",
     "Overflow",
     "PublishResult",
+    "ResumePoint",
     "TICKET_PURPOSE",
 ]
 

@@ -122,6 +122,7 @@ class Connection:
         "_dropped",
         "_expires_at",
         "_group",
+        "_holding",
         "_id",
         "_park",
         "_payloads",
@@ -168,6 +169,7 @@ class Connection:
     _dropped: int
     _refused: int
     _group: set[Connection] | None
+    _holding: list[tuple[Packed, Any]] | None
     _id: str
 
     def __init__(self) -> None:
@@ -215,6 +217,7 @@ class Connection:
         self._dropped = 0
         self._refused = 0
         self._group = None
+        self._holding = None
         return self
 
     def _opened(self) -> None:
@@ -227,7 +230,11 @@ class Connection:
         ``_room`` is the capacity while the connection is open and no publisher
         waits, else 0, so the router's hot path needs one comparison.
         """
-        self._room = self._capacity if self._state is _OPEN and not self._putters else 0
+        self._room = (
+            self._capacity
+            if self._state is _OPEN and not self._putters and self._holding is None
+            else 0
+        )
 
     # -- what a connection tells ------------------------------------------------
 
@@ -496,6 +503,11 @@ class Connection:
         """
         if self._state is not _OPEN:
             return False
+        holding = self._holding
+        if holding is not None:
+            if not any(held[0][3] == GAP for held in holding):
+                holding.append((packed, payload))
+            return True
         if any(queued[3] == GAP for queued in self._queue) or any(
             putter.packed[3] == GAP for putter in self._putters
         ):
@@ -510,6 +522,42 @@ class Connection:
         self._seqs.append(seq)
         self._wake_consumer()
         return True
+
+    # -- resuming (a connection opened with a resume point) ------------------------------
+
+    def _hold(self) -> None:
+        """Until :meth:`_resumed`: keep live events aside, while the history is read."""
+        self._holding = []
+        self._room = 0
+
+    def _held(self, packed: Packed, payload: Any) -> None:
+        """A live event published while the history is read (the router's fan-out)."""
+        assert self._holding is not None
+        self._holding.append((packed, payload))
+
+    def _resumed(self, first: list[tuple[Packed, Any]], epoch: str, seen: int) -> tuple[int, int]:
+        """Queue ``first`` (the gap or the replay), then the live events kept aside.
+
+        A live event of stream ``epoch`` with an offset up to ``seen`` was read
+        from the history already, or is older than what the connection resumes
+        after: it is dropped here, so nothing arrives twice across the seam.
+        Everything is queued whatever the capacity (the replay is bounded by the
+        history's ``size``): it was accepted when published. Returns
+        ``(queued, dropped at the seam)``.
+        """
+        held, self._holding = self._holding or [], None
+        queue, payloads, seqs = self._queue, self._payloads, self._seqs
+        fresh = [item for item in held if not _seen(item[0], epoch, seen)]
+        duplicates = len(held) - len(fresh)
+        queued = 0
+        for packed, payload in (*first, *fresh):
+            self._seq += 1
+            queue.append(packed)
+            payloads.append(payload)
+            seqs.append(self._seq)
+            queued += 1
+        self._refresh_room()
+        return queued, duplicates
 
     def _wake_consumer(self) -> None:
         waiter = self._waiter
@@ -603,6 +651,14 @@ class Connection:
             raise self._closed_error()
         self._ctx = ctx
         self._router._set_expiry(self, expires_at)
+
+
+def _seen(packed: Packed, epoch: str, seen: int) -> bool:
+    """Whether ``packed`` is an event of stream ``epoch`` with an offset up to ``seen``."""
+    if len(packed) < 7 or packed[6] != epoch:
+        return False
+    offset = packed[5]
+    return offset is not None and offset <= seen
 
 
 Connection.__module__ = "isolation.events"

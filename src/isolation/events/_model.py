@@ -132,11 +132,25 @@ class Envelope:
     kind: str
     created_at: float
     payload: Any
+    offset: int | None = None
+    """The event's offset in its principal's history (``None`` without history)."""
+    epoch: str | None = None
+    """The epoch of that history (``None`` without history)."""
 
 
 class _EventSlots:
     # The mutable layout an Event is filled in through; see make_event().
-    __slots__ = ("_id", "created_at", "kind", "payload", "recipient", "seq", "tenant_id")
+    __slots__ = (
+        "_id",
+        "created_at",
+        "epoch",
+        "kind",
+        "offset",
+        "payload",
+        "recipient",
+        "seq",
+        "tenant_id",
+    )
 
 
 @final
@@ -156,6 +170,13 @@ class Event(_EventSlots):
         payload: This recipient's own copy of the payload as it was published,
             in its JSON form: mutating it, or the published object, changes
             nothing another recipient gets.
+        offset: With a router ``history``: the event's place in its principal's
+            stream, 1 for the first, up by exactly one per event of that
+            principal (the same on every connection, assigned before any
+            overflow decision); ``None`` without history and on ``"gap"`` events.
+        epoch: With a router ``history``: the stream's epoch, an opaque string
+            that changes whenever the history may have been lost; ``None`` without.
+            ``ResumePoint(event.epoch, event.offset)`` resumes after this event.
     """
 
     __slots__ = ()
@@ -167,6 +188,8 @@ class Event(_EventSlots):
     seq: int
     created_at: float
     payload: Any
+    offset: int | None
+    epoch: str | None
 
     def __init__(
         self,
@@ -178,6 +201,8 @@ class Event(_EventSlots):
         seq: int,
         created_at: float,
         payload: Any,
+        offset: int | None = None,
+        epoch: str | None = None,
     ) -> None:
         if type(id) is not str or not id:
             raise UsageError(f"Event id must be a non-empty str, got {type(id).__name__}")
@@ -191,7 +216,13 @@ class Event(_EventSlots):
             raise UsageError(f"Event seq must be an int >= 1, got {seq!r}")
         if not isinstance(created_at, int | float) or not math.isfinite(created_at):
             raise UsageError("Event created_at must be finite epoch seconds")
+        if offset is not None and (type(offset) is not int or offset < 1):
+            raise UsageError(f"Event offset must be an int >= 1 or None, got {offset!r:.40}")
+        if epoch is not None and (type(epoch) is not str or not epoch):
+            raise UsageError("Event epoch must be a non-empty str or None")
         _fill(self, id, recipient, tenant_id, kind, seq, float(created_at), payload)
+        object.__setattr__(self, "offset", offset)
+        object.__setattr__(self, "epoch", epoch)
 
     @property
     def id(self) -> str:
@@ -219,6 +250,8 @@ class Event(_EventSlots):
             and self.kind == other.kind
             and self.created_at == other.created_at
             and self.payload == other.payload
+            and self.offset == other.offset
+            and self.epoch == other.epoch
         )
 
     def __hash__(self) -> int:
@@ -229,7 +262,8 @@ class Event(_EventSlots):
         tenant = "None" if self.tenant_id is None else repr(redact(self.tenant_id))
         return (
             f"isolation.events.Event(id={self.id!r}, recipient={redact(self.recipient)!r}, "
-            f"tenant_id={tenant}, kind={self.kind!r}, seq={self.seq!r}, payload=...)"
+            f"tenant_id={tenant}, kind={self.kind!r}, seq={self.seq!r}, "
+            f"offset={self.offset!r}, payload=...)"
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -243,6 +277,8 @@ class Event(_EventSlots):
                 self.seq,
                 self.created_at,
                 self.payload,
+                self.offset,
+                self.epoch,
             ),
         )
 
@@ -258,6 +294,8 @@ def _rebuild_event(
     seq: int,
     created_at: float,
     payload: Any,
+    offset: int | None = None,
+    epoch: str | None = None,
 ) -> Event:
     return Event(
         id=id,
@@ -267,6 +305,8 @@ def _rebuild_event(
         seq=seq,
         created_at=created_at,
         payload=payload,
+        offset=offset,
+        epoch=epoch,
     )
 
 
@@ -290,8 +330,9 @@ def _fill(
     osa(event, "payload", payload)
 
 
-Packed = tuple["int | str", str, "str | None", str, float]
-"""An envelope without its payload, as queued: ``(id, recipient, tenant_id, kind, created_at)``.
+Packed = tuple[Any, ...]
+"""An envelope without its payload, as queued: ``(id, recipient, tenant_id, kind, created_at)``,
+and with a router ``history`` two more, ``offset`` and ``epoch``.
 
 One per publish, shared by every connection of the recipient; each connection
 keeps the payload and its own ``seq`` beside it and builds the :class:`Event`
@@ -317,7 +358,19 @@ def make_event(
     attribute stores, where ``object.__setattr__`` per field costs twice as much.
     """
     event = _new(_mutable)
-    event._id, event.recipient, event.tenant_id, event.kind, event.created_at = packed
+    if len(packed) == 5:
+        event._id, event.recipient, event.tenant_id, event.kind, event.created_at = packed
+        event.offset = event.epoch = None
+    else:
+        (
+            event._id,
+            event.recipient,
+            event.tenant_id,
+            event.kind,
+            event.created_at,
+            event.offset,
+            event.epoch,
+        ) = packed
     event.payload = payload
     event.seq = seq
     event.__class__ = _event

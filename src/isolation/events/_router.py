@@ -54,6 +54,13 @@ from isolation.context._model import (
 from isolation.context._principal import trusted_principal
 from isolation.context._scope import Scope, current_context_or_none, current_scope
 from isolation.events._connection import Connection, Putter, _Blocked
+from isolation.events._history import (
+    RESUME_ATTRIBUTE,
+    History,
+    ResumePoint,
+    resume_from_attribute,
+    resume_to_attribute,
+)
 from isolation.events._model import (
     GAP,
     MESSAGE,
@@ -71,6 +78,7 @@ from isolation.events._model import (
 from isolation.events._snapshot import freeze, thaw
 from isolation.events._wake import current_backend, for_backend
 from isolation.events.backends import EventBackend
+from isolation.events.backends._history import HistoryStore, Replay
 from isolation.events.backends._memory import MemoryBackend
 
 __all__ = [
@@ -159,6 +167,11 @@ class EventRouter:
         authenticate: ``authenticate(token)`` (sync or async) returns the
             :class:`~isolation.UserContext` of a token that is not a ticket.
         keys: Signing keys for tickets (:meth:`issue_ticket`); the first signs.
+        history: If set, a :class:`~isolation.events.History`: every event gets
+            an ``offset`` in its principal's stream and the stream's ``epoch``,
+            the recent events are kept (also for principals with no live
+            connection), and ``connect(..., resume=...)`` replays what a client
+            missed. The backend provides the storage (``open_history``).
 
     Raises:
         ConfigurationError: A setting is out of range.
@@ -175,6 +188,7 @@ class EventRouter:
         max_event_bytes: int | None = None,
         authenticate: Authenticate | None = None,
         keys: Sequence[bytes] | None = None,
+        history: History | None = None,
     ) -> None:
         self._queue_size = _positive_int("queue_size", queue_size)
         try:
@@ -200,6 +214,10 @@ class EventRouter:
             )
         self._backend = backend
         self._shared = bool(backend.shared)
+        self._history_setting = history
+        self._history: HistoryStore | None = None
+        if history is not None:
+            self._history = _open_history(backend, history)
         backend.attach(_Inbox(self))
 
         # principal -> its live connections; replaced whole, never edited in place.
@@ -259,6 +277,11 @@ class EventRouter:
         return self._max_event_bytes
 
     @property
+    def history(self) -> History | None:
+        """The history setting, or ``None`` (events carry no offset then)."""
+        return self._history_setting
+
+    @property
     def backend(self) -> EventBackend:
         """The backend."""
         return self._backend
@@ -271,7 +294,11 @@ class EventRouter:
     # -- connecting ---------------------------------------------------------------
 
     async def connect(
-        self, ctx: UserContext | None = None, *, token: str | bytes | None = None
+        self,
+        ctx: UserContext | None = None,
+        *,
+        token: str | bytes | None = None,
+        resume: ResumePoint | None = None,
     ) -> Connection:
         """Open a connection bound to one principal for life.
 
@@ -285,8 +312,21 @@ class EventRouter:
         ``expires_at`` and, when opened from a ticket, the ticket's expiry,
         whichever is first, unless :meth:`Connection.reauthenticate` extends it.
 
+        ``resume`` (a router with ``history`` only), or the resume point a
+        ticket carries: the connection first receives, in offset order and
+        once, every event of **its own** principal's stream after
+        ``resume.offset`` that the history still holds, then live events, with
+        no gap or duplicate between the two. If ``resume.epoch`` is not the
+        stream's current epoch it gets one ``"gap"`` event instead, with
+        ``payload["reason"] == "history_lost"``; if the history no longer
+        holds the event after ``resume.offset``, one with ``"too_old"``. A
+        gap's payload also has ``"epoch"`` and ``"offset"``: the point to
+        resume from once the client has reloaded its state.
+
         Raises:
-            UsageError: Both ``ctx`` and ``token`` were given.
+            UsageError: Both ``ctx`` and ``token`` were given; ``resume`` is
+                not a ``ResumePoint``, is given with a ticket that carries one,
+                or is beyond the end of the stream under its current epoch.
             NoContextError: Neither was given and no scope is bound.
             ContextSwitchError: ``ctx`` or the token is for another principal
                 than the bound scope's.
@@ -307,8 +347,18 @@ class EventRouter:
                 "connect() takes a context or a token, not both",
                 hint="Pass exactly one source of identity",
             )
+        if resume is not None:
+            self._check_resume(resume)
         if token is not None:
-            ctx, ticket_expiry = await self._resolve_token(token)
+            ctx, ticket_expiry, signed = await self._resolve_token(token)
+            if signed is not None:
+                if resume is not None:
+                    raise UsageError(
+                        "the ticket carries a resume point; connect() was given another",
+                        hint="Sign the resume point into the ticket, or pass it, not both",
+                    )
+                self._check_resume(signed)
+                resume = signed
         elif ctx is not None:
             if type(ctx) is not UserContext:
                 raise UsageError(
@@ -350,6 +400,8 @@ class EventRouter:
             park=park,
             wake=wake,
         )
+        if resume is not None:
+            conn._hold()
         self._register(conn, principal)
         if self._shared:
             # A shared backend confirms the subscription before connect() returns
@@ -361,9 +413,72 @@ class EventRouter:
             except BaseException:
                 conn._close(CloseReason.CLOSED)
                 raise
+        if resume is not None:
+            try:
+                await self._resume(conn, principal, resume)
+            except BaseException:
+                conn._close(CloseReason.CLOSED)
+                raise
         if scope is not None:
             self._bind_to_scope(conn, scope)
         return conn
+
+    def _check_resume(self, resume: object) -> None:
+        if type(resume) is not ResumePoint:
+            raise UsageError(
+                f"resume must be an isolation.events.ResumePoint, got {type(resume).__name__}"
+            )
+        if self._history is None:
+            raise ConfigurationError(
+                "a resume point was given to a router without history",
+                hint="Make the router with history=isolation.events.History(size=..., ttl=...)",
+            )
+
+    async def _resume(self, conn: Connection, principal: Principal, resume: ResumePoint) -> None:
+        """Replay the bound principal's stream after ``resume`` into ``conn``, then go live.
+
+        The connection already receives live events (held aside) when the
+        history is read, so nothing published meanwhile is missed; what the
+        read returned is dropped from the held events by offset.
+        """
+        assert self._history is not None
+        # Always the connection's own principal: nothing in ``resume`` names a stream.
+        replay = await self._history.read(principal, resume.offset)
+        if conn._state is not _OPEN:
+            raise conn._closed_error()
+        if resume.epoch != replay.epoch:
+            first = [self._resume_gap(principal, "history_lost", replay)]
+        elif resume.offset > replay.last:
+            logger.warning(
+                "resume point refused for %s: offset %d is beyond the stream's end %d",
+                redact_principal(principal),
+                resume.offset,
+                replay.last,
+                extra={"event": "resume_refused", "connection_id": conn._id},
+            )
+            raise UsageError(
+                f"the resume offset {resume.offset} is beyond the end of the stream "
+                f"({replay.last}) under its current epoch",
+                hint="Resume from the epoch and offset of the last event received",
+            )
+        elif resume.offset < replay.first - 1:
+            first = [self._resume_gap(principal, "too_old", replay)]
+        else:
+            first = [item for item in replay.events if item[0][5] > resume.offset]
+        conn._resumed(first, replay.epoch, replay.last)
+
+    def _resume_gap(self, principal: Principal, reason: str, replay: Replay) -> tuple[Packed, Any]:
+        tenant_id, user_id = principal
+        packed: Packed = (
+            next_event_number(),
+            user_id,
+            tenant_id,
+            GAP,
+            _clock._now(),
+            None,
+            replay.epoch,
+        )
+        return packed, freeze({"reason": reason, "epoch": replay.epoch, "offset": replay.last})
 
     def _check_open(self) -> None:
         if self._closed:
@@ -461,7 +576,11 @@ class EventRouter:
     # -- tickets and tokens -----------------------------------------------------------
 
     def issue_ticket(
-        self, ctx: UserContext | None = None, *, ttl: float = DEFAULT_TICKET_TTL
+        self,
+        ctx: UserContext | None = None,
+        *,
+        ttl: float = DEFAULT_TICKET_TTL,
+        resume: ResumePoint | None = None,
     ) -> str:
         """Return a single-use ticket that opens one connection for ``ctx``.
 
@@ -471,8 +590,14 @@ class EventRouter:
         Hand it to the client (for example in the WebSocket URL) and redeem it
         with ``connect(token=ticket)``: the first redemption consumes it.
 
+        ``resume`` (a router with ``history``) is signed into the ticket: the
+        connection it opens resumes from it, as with ``connect(ctx,
+        resume=...)``, always on the ticket's own principal's stream.
+
         Raises:
-            ConfigurationError: The router has no ``keys``, or a bad ``ttl``.
+            ConfigurationError: The router has no ``keys``, or a bad ``ttl``;
+                ``resume`` on a router without history.
+            UsageError: ``resume`` is not a ``ResumePoint``.
             NoContextError: ``ctx`` is ``None`` and no scope is bound.
             ContextExpiredError: The context has expired.
         """
@@ -489,17 +614,26 @@ class EventRouter:
             raise UsageError(
                 f"issue_ticket() takes an isolation.UserContext, got {type(ctx).__name__}"
             )
+        # Only this method writes the resume attribute: one the context carries is dropped.
+        attributes = dict(ctx.attributes)
+        attributes.pop(RESUME_ATTRIBUTE, None)
+        if resume is not None:
+            self._check_resume(resume)
+            attributes[RESUME_ATTRIBUTE] = resume_to_attribute(resume)
         # A copy has a fresh random request id, which the token carries: no two
         # tickets are the same string, even for one context at one instant.
         return tokens.dumps(
-            attrs.evolve(ctx),
+            attrs.evolve(ctx, attributes=attributes),
             key=self._keys[0],
             purpose=TICKET_PURPOSE,
             ttl=_positive_seconds("ttl", ttl),
         )
 
-    async def _resolve_token(self, token: str | bytes) -> tuple[UserContext, float | None]:
-        """Return the token's context and, for a ticket, its expiry (not yet claimed)."""
+    async def _resolve_token(
+        self, token: str | bytes
+    ) -> tuple[UserContext, float | None, ResumePoint | None]:
+        """Return the token's context, for a ticket its expiry (not yet claimed) and
+        the resume point it carries (removed from the context)."""
         if self._keys is not None:
             try:
                 ctx = tokens.loads(token, keys=self._keys, purpose=TICKET_PURPOSE)
@@ -508,7 +642,14 @@ class EventRouter:
                     raise
             else:
                 text = token.decode("ascii") if isinstance(token, bytes) else token
-                return ctx, _ticket_expiry(text)
+                expiry = _ticket_expiry(text)
+                signed = ctx.attributes.get(RESUME_ATTRIBUTE)
+                if signed is None:
+                    return ctx, expiry, None
+                attributes = dict(ctx.attributes)
+                del attributes[RESUME_ATTRIBUTE]
+                point = resume_from_attribute(signed)
+                return attrs.evolve(ctx, attributes=attributes), expiry, point
         if self._authenticate is None:
             raise ConfigurationError(
                 "a token was given, but the router has neither keys (tickets) nor authenticate",
@@ -522,7 +663,7 @@ class EventRouter:
                 f"authenticate() must return an isolation.UserContext or raise, "
                 f"got {type(result).__name__}"
             )
-        return result, None
+        return result, None, None
 
     async def _claim(self, token: str | bytes, expires_at: float) -> None:
         text = token.decode("ascii") if isinstance(token, bytes) else token
@@ -539,7 +680,8 @@ class EventRouter:
 
         Returns the context and when the connection it re-authenticates expires.
         """
-        ctx, ticket_expiry = await self._resolve_token(token)
+        # A resume point in a re-authenticating ticket is ignored: nothing is replayed here.
+        ctx, ticket_expiry, _ = await self._resolve_token(token)
         if ctx.principal != principal:
             raise ContextSwitchError(
                 f"a token of {redact_principal(ctx.principal)} cannot re-authenticate a "
@@ -628,6 +770,8 @@ class EventRouter:
             snapshot = payload
         else:
             snapshot = freeze(payload)
+        if self._history is not None and not self._shared:
+            return await self._publish_recorded(principal, kind, snapshot)
         if self._shared:
             self._check_open()
             envelope = Envelope(
@@ -653,6 +797,27 @@ class EventRouter:
             return result
         return await self._wait_for_room(result)
 
+    async def _publish_recorded(
+        self, principal: Principal, kind: str, snapshot: Any
+    ) -> PublishResult:
+        """Publish with history: record the event (its offset) first, then fan it out."""
+        self._check_open()
+        assert self._history is not None
+        packed = self._history.append(
+            principal,
+            (next_event_number(), principal[1], principal[0], kind, _clock._now()),
+            snapshot,
+        )
+        conns = self._routes.get(principal)
+        if conns is None:
+            self._undeliverable += 1
+            return _NOTHING
+        self._published += 1
+        result = self._fanout(conns, packed, snapshot)
+        if type(result) is PublishResult:
+            return result
+        return await self._wait_for_room(result)
+
     async def _deliver(self, envelope: Envelope) -> PublishResult:
         """Fan an envelope from the backend out to this router's connections."""
         result = self._offer(envelope)
@@ -667,17 +832,26 @@ class EventRouter:
             self._undeliverable += 1
             return _NOTHING
         self._published += 1
-        result = self._fanout(
-            conns,
+        packed: Packed = (
             (
                 envelope.id,
                 envelope.recipient,
                 envelope.tenant_id,
                 envelope.kind,
                 envelope.created_at,
-            ),
-            freeze(envelope.payload),
+            )
+            if envelope.offset is None
+            else (
+                envelope.id,
+                envelope.recipient,
+                envelope.tenant_id,
+                envelope.kind,
+                envelope.created_at,
+                envelope.offset,
+                envelope.epoch,
+            )
         )
+        result = self._fanout(conns, packed, freeze(envelope.payload))
         if type(result) is PublishResult:
             return result
         return self._wait_for_room(result)
@@ -730,6 +904,10 @@ class EventRouter:
                 continue
             if now >= conn._alive_until:
                 conn._close(CloseReason.EXPIRED)
+                continue
+            if conn._holding is not None:  # resuming: kept aside while the history is read
+                conn._held(packed, payload)
+                delivered += 1
                 continue
             seq = conn._seq + 1
             conn._seq = seq
@@ -941,6 +1119,27 @@ class _Waiting:
         self.delivered = delivered
         self.dropped = dropped
         self.waits = waits
+
+
+def _open_history(backend: EventBackend, history: object) -> HistoryStore:
+    """The backend's history store for the router's ``history`` setting."""
+    if type(history) is not History:
+        raise ConfigurationError(
+            f"history must be an isolation.events.History or None, got {type(history).__name__}"
+        )
+    open_history = getattr(backend, "open_history", None)
+    if open_history is None:
+        raise ConfigurationError(
+            f"{type(backend).__name__} cannot keep event history (it has no open_history())",
+            hint="Use the in-memory backend, or a backend that provides a HistoryStore",
+        )
+    store = open_history(history)
+    if not isinstance(store, HistoryStore):
+        raise ConfigurationError(
+            f"{type(backend).__name__}.open_history() returned {type(store).__name__}, "
+            "not a HistoryStore"
+        )
+    return store
 
 
 def _until(ctx: UserContext, ticket_expiry: float | None) -> float | None:

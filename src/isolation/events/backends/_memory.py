@@ -11,7 +11,9 @@ from typing import Final, final
 from isolation import _clock
 from isolation._errors import ConfigurationError
 from isolation.context._model import Principal
+from isolation.events._history import History
 from isolation.events._model import Envelope, PublishResult
+from isolation.events.backends._history import MemoryHistory
 from isolation.events.backends._tickets import RECORD_SLACK, check_claimable
 
 __all__ = ["MemoryBackend"]
@@ -63,6 +65,10 @@ class MemoryBackend:
             raise ConfigurationError("this MemoryBackend is not attached to a router")
         result: PublishResult = await deliver(envelope)  # type: ignore[operator]
         return result
+
+    def open_history(self, history: History) -> MemoryHistory:
+        """The store of a router with ``history``: a bounded ring per principal, in this process."""
+        return MemoryHistory(history)
 
     def watch(self, principal: Principal) -> None:
         """Nothing to do: every event is published in this process."""

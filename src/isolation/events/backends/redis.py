@@ -43,7 +43,7 @@ import random
 import urllib.parse
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final, TypeVar, final, overload
+from typing import Any, Final, NoReturn, TypeVar, final, overload
 
 try:
     import redis.asyncio as aioredis
@@ -357,6 +357,17 @@ class RedisBackend:
             self._reopen()
         self._attached = True
         self._deliver = deliver
+
+    def open_history(self, history: object) -> NoReturn:
+        """Not yet: a router with ``history`` on Redis is refused (a later release keeps it).
+
+        Raises:
+            ConfigurationError: Always.
+        """
+        raise ConfigurationError(
+            "history on Redis is not supported yet",
+            hint="Use EventRouter(history=...) with the in-memory backend for now",
+        )
 
     def _reopen(self) -> None:
         """Forget what a closed backend held on its event loop; the replay window is kept."""

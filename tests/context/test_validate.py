@@ -20,11 +20,9 @@ from isolation.context._validate import (
     owner_value,
 )
 from isolation.testing.strategies import _HOSTILE_CHARACTERS as HOSTILE_CHARACTERS
-from isolation.testing.strategies import (
-    hostile_ids,
-    invalid_context_kwargs,
-    valid_context_kwargs,
-)
+from isolation.testing.strategies import _invalid_context_kwargs as invalid_context_kwargs
+from isolation.testing.strategies import _valid_context_kwargs as valid_context_kwargs
+from isolation.testing.strategies import hostile_ids
 
 ID_FIELDS = ("user_id", "tenant_id")
 

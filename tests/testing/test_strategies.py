@@ -13,13 +13,13 @@ from isolation import InvalidContextError, Principal, UserContext
 from isolation.testing import strategies as iso_st
 
 
-@given(iso_st.valid_context_kwargs())
+@given(iso_st._valid_context_kwargs())
 def test_valid_kwargs_always_construct(kwargs: dict[str, object]) -> None:
     """Every generated valid input makes a context."""
     UserContext.new(**kwargs)  # type: ignore[arg-type]
 
 
-@given(iso_st.invalid_context_kwargs())
+@given(iso_st._invalid_context_kwargs())
 def test_invalid_kwargs_never_construct(kwargs: dict[str, object]) -> None:
     """Every generated invalid input is refused with InvalidContextError."""
     with pytest.raises(isolation.InvalidContextError):

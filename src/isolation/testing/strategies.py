@@ -23,9 +23,7 @@ __all__ = [
     "contexts",
     "hostile_ids",
     "interleavings",
-    "invalid_context_kwargs",
     "principals",
-    "valid_context_kwargs",
 ]
 
 # Names that left the surface (issue 19): they warn for one release.
@@ -36,10 +34,12 @@ __getattr__ = _moved(
         for name in (
             "CONFUSABLE_SPELLINGS",
             "HOSTILE_CHARACTERS",
+            "invalid_context_kwargs",
             "LOOKALIKES",
             "lookalike_pairs",
             "tenant_ids",
             "user_ids",
+            "valid_context_kwargs",
         )
     },
 )
@@ -100,7 +100,7 @@ def hostile_ids(max_length: int = MAX_ID_LENGTH) -> st.SearchStrategy[Any]:
     )
 
 
-def valid_context_kwargs() -> st.SearchStrategy[dict[str, Any]]:
+def _valid_context_kwargs() -> st.SearchStrategy[dict[str, Any]]:
     """Keyword arguments that ``UserContext.new`` must accept."""
     return st.fixed_dictionaries(
         {"user_id": _user_ids()},
@@ -113,7 +113,7 @@ def valid_context_kwargs() -> st.SearchStrategy[dict[str, Any]]:
     )
 
 
-def invalid_context_kwargs() -> st.SearchStrategy[dict[str, Any]]:
+def _invalid_context_kwargs() -> st.SearchStrategy[dict[str, Any]]:
     """Keyword arguments that ``UserContext.new`` must refuse: one field broken."""
     bad_ttl = st.sampled_from([0, -1.0, float("nan"), float("inf"), float("-inf"), "10", True])
     return st.one_of(
@@ -226,7 +226,7 @@ def confusable_pairs() -> st.SearchStrategy[tuple[str, str]]:
 
 def contexts() -> st.SearchStrategy[UserContext]:
     """Valid contexts, built through ``UserContext.new`` (so always validated)."""
-    return valid_context_kwargs().map(lambda kwargs: UserContext.new(**kwargs))
+    return _valid_context_kwargs().map(lambda kwargs: UserContext.new(**kwargs))
 
 
 def principals(*, min_size: int = 2, max_size: int = 8) -> st.SearchStrategy[list[Principal]]:

@@ -38,11 +38,11 @@ def generate_batches(count: int, examples: int) -> list[Batch]:
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import strategies as st
 
-    from isolation.testing.strategies import invalid_context_kwargs, valid_context_kwargs
+    from isolation.testing.strategies import _invalid_context_kwargs, _valid_context_kwargs
 
     item = st.one_of(
-        st.tuples(st.just(False), invalid_context_kwargs()),
-        st.tuples(st.just(True), valid_context_kwargs()),
+        st.tuples(st.just(False), _invalid_context_kwargs()),
+        st.tuples(st.just(True), _valid_context_kwargs()),
     )
     batches: list[Batch] = []
 

@@ -22,6 +22,7 @@ from isolation import (
     ConfigurationError,
     ContextExpiredError,
     ContextSwitchError,
+    Lifetime,
     NoContextError,
     Scope,
     ScopeEndedError,
@@ -862,6 +863,22 @@ class TestFastExit:
             assert s.ended
             ended.append(self._fields(s))
         assert ended[0] == ended[1]
+
+    def test_common_scope_stores_no_defaults(self) -> None:
+        """A plain scope keeps its options' defaults at class level; set ones are its own."""
+        plain = scope(alice())
+        with plain:
+            assert current_context() is plain.context
+        assert vars(plain) == {}
+        assert plain.lifetime is Lifetime.REQUEST
+        assert plain.parent is None
+        other = scope(alice(), lifetime=Lifetime.CONNECTION, cleanup_timeout=1, allow_switch=True)
+        assert vars(other) == {
+            "_lifetime": Lifetime.CONNECTION,
+            "_cleanup_timeout": 1,
+            "_allow_switch": True,
+        }
+        assert vars(scope(alice())) == {}
 
     def test_exit_in_another_context_refused(self) -> None:
         """A scope entered in a copied context and exited here is refused, not a ValueError."""

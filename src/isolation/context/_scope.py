@@ -349,12 +349,15 @@ class Scope:
         ContextExpiredError: The context (or the enclosing one) has expired.
     """
 
+    # The fields every scope writes or its hot paths read are slots, set in
+    # __init__; the rest (what a deadline, a child scope, a non-default option
+    # or a generator's body needs) are class-level defaults, written to the
+    # instance's __dict__ only when they differ: a common scope stores 13
+    # fields, not 20.
     __slots__ = (
+        "__dict__",
         "__weakref__",
-        "_allow_switch",
         "_async",
-        "_cancel_scope",
-        "_cleanup_timeout",
         "_ctx",
         "_data",
         "_deadline",
@@ -362,16 +365,23 @@ class Scope:
         "_finalizers",
         "_finishers",
         "_held",
-        "_lifetime",
         "_lock",
-        "_over",
-        "_parent",
-        "_reentered",
         "_registry",
         "_state",
         "_timed",
         "_token",
     )
+
+    _lifetime: Lifetime = _REQUEST
+    _allow_switch: bool = False
+    _cleanup_timeout: float = DEFAULT_CLEANUP_TIMEOUT
+    # The enclosing scope of the same principal (a child scope's).
+    _parent: Scope | None = None
+    # The enclosing scope this one stands for, when re-entered.
+    _reentered: Scope | None = None
+    _cancel_scope: anyio.CancelScope | None = None
+    # The held scope this one was opened over, out of its generator's sight (see _seen).
+    _over: Scope | None = None
 
     def __init__(
         self,
@@ -387,49 +397,53 @@ class Scope:
                 f"scope() takes an isolation.UserContext, got {type(ctx).__name__}",
                 hint="Build one with isolation.UserContext.new(user_id)",
             )
-        if lifetime is not _REQUEST and lifetime is not _CONNECTION:
-            raise UsageError(
-                f"a scope's lifetime is Lifetime.REQUEST or Lifetime.CONNECTION, got {lifetime!r}",
-                hint="APP products live in the Registry, not in a scope",
-            )
-        if cleanup_timeout != DEFAULT_CLEANUP_TIMEOUT and (
-            isinstance(cleanup_timeout, bool)
-            or not isinstance(cleanup_timeout, int | float)
-            or not 0 < cleanup_timeout < math.inf
-        ):
-            raise ConfigurationError(
-                f"cleanup_timeout must be finite and > 0 seconds, got {cleanup_timeout!r}"
-            )
+        if lifetime is not _REQUEST:
+            if lifetime is not _CONNECTION:
+                raise UsageError(
+                    "a scope's lifetime is Lifetime.REQUEST or Lifetime.CONNECTION, "
+                    f"got {lifetime!r}",
+                    hint="APP products live in the Registry, not in a scope",
+                )
+            self._lifetime = lifetime
+        if cleanup_timeout is not DEFAULT_CLEANUP_TIMEOUT:
+            if cleanup_timeout != DEFAULT_CLEANUP_TIMEOUT and (
+                isinstance(cleanup_timeout, bool)
+                or not isinstance(cleanup_timeout, int | float)
+                or not 0 < cleanup_timeout < math.inf
+            ):
+                raise ConfigurationError(
+                    f"cleanup_timeout must be finite and > 0 seconds, got {cleanup_timeout!r}"
+                )
+            self._cleanup_timeout = cleanup_timeout
         if registry is not None:
             _check_registry(registry)
-        if allow_switch is not False and allow_switch is not True:
-            raise UsageError(f"allow_switch takes a bool, got {type(allow_switch).__name__}")
+        if allow_switch is not False:
+            if allow_switch is not True:
+                raise UsageError(f"allow_switch takes a bool, got {type(allow_switch).__name__}")
+            self._allow_switch = True
         self._ctx = ctx
-        self._registry = registry
-        self._lifetime = lifetime
-        self._allow_switch = allow_switch
-        self._cleanup_timeout = cleanup_timeout
         self._state = _NEW
-        self._parent: Scope | None = None
-        self._reentered: Scope | None = None
         self._token: Token[Scope | None] | None = None
-        self._deadline: float | None = None
         # The context while active with no deadline: the fast path of current_context().
         self._fast: UserContext | None = None
         # The deadline while active with one: the fast path's expiry check.
         self._timed: float | None = None
+        self._deadline: float | None = None
         self._finalizers: list[Finalizer] | None = None
         self._finishers: list[FinishHook] | None = None
-        self._cancel_scope: anyio.CancelScope | None = None
         self._async = False
         # Set when a generator's body entered this scope (see _seen).
         self._held: _Hold | None = None
-        # The held scope this one was opened over, out of its generator's sight (see _seen).
-        self._over: Scope | None = None
         # Per-scope values (ContextLocal, scoped instances): made on first use,
         # or now for a registry's scope, which will need them.
-        self._data: dict[object, Any] | None = None if registry is None else {}
-        self._lock: threading.RLock | None = None if registry is None else _RLock()
+        if registry is None:
+            self._registry: Registry | None = None
+            self._data: dict[object, Any] | None = None
+            self._lock: threading.RLock | None = None
+        else:
+            self._registry = registry
+            self._data = {}
+            self._lock = _RLock()
 
     @classmethod
     def from_token(
@@ -754,11 +768,13 @@ class Scope:
         token, self._token = self._token, None
         self._state = _ENDED
         self._fast = None
-        self._timed = None
         self._finalizers = None
         self._finishers = None
         self._data = None
-        self._cancel_scope = None
+        self._timed = None
+        # A class-level default, cleared only where set (a store makes the __dict__).
+        if self._cancel_scope is not None:
+            self._cancel_scope = None
         if token is None:
             return None
         _closed_increment()

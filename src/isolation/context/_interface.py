@@ -25,7 +25,9 @@ changes this module, not its callers:
 * :func:`body_cancelled`: whether the scope's deadline cancelled its body;
 * :func:`cleanup_timeout`: the scope's ``cleanup_timeout=``;
 * :func:`bound_scope`: the scope bound here or ``None``, without
-  :func:`current_scope`'s checks (a guard that decides itself what to refuse).
+  :func:`current_scope`'s checks (a guard that decides itself what to refuse);
+* :func:`context_of`: a scope's context, without the property's lookup (the
+  event connection's per-receive check).
 
 ``is_plain`` is also read inline, as ``scope._fast is not None or scope._timed
 is not None``, by ``@owned``'s per-call guard, where a function call would cost
@@ -39,6 +41,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from isolation.context._model import UserContext
 from isolation.context._once import EventFactory, ain_current, aonce, in_current, once
 from isolation.context._scope import _ACTIVE, Finalizer, Scope, _current
 
@@ -50,6 +53,7 @@ __all__ = [
     "body_cancelled",
     "bound_scope",
     "cleanup_timeout",
+    "context_of",
     "holds_itself",
     "in_current",
     "is_async",
@@ -113,6 +117,11 @@ def holds_itself(scope: Scope) -> bool:
 def body_cancelled(scope: Scope) -> bool:
     """Whether ``scope``'s deadline cancelled its body (an ``async with`` scope's only)."""
     return (cancel_scope := scope._cancel_scope) is not None and cancel_scope.cancel_called
+
+
+def context_of(scope: Scope) -> UserContext:
+    """``scope``'s context (what :attr:`Scope.context` returns)."""
+    return scope._ctx
 
 
 def cleanup_timeout(scope: Scope) -> float:

@@ -25,8 +25,8 @@ from isolation._errors import (
     UsageError,
 )
 from isolation._redact import redact_principal
+from isolation.context._interface import bound_scope, context_of
 from isolation.context._model import Principal, UserContext
-from isolation.context._scope import _current
 from isolation.events._model import (
     GAP,
     CloseReason,
@@ -316,9 +316,9 @@ class Connection:
             CrossContextAccessError: Called inside the scope of another principal.
             UsageError: Another task is already waiting on this connection.
         """
-        scope = _current.get()
+        scope = bound_scope()
         if scope is not None:
-            bound = scope._ctx
+            bound = context_of(scope)
             if bound.user_id != self._user_id or bound.tenant_id != self._tenant_id:
                 raise self._foreign_scope(bound)
         queue = self._queue

@@ -70,10 +70,10 @@ class ContextFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from isolation.context._interface import is_held
-        from isolation.context._scope import _current, current_scope
+        from isolation.context._interface import bound_scope, is_held
+        from isolation.context._scope import current_scope
 
-        scope = _current.get()
+        scope = bound_scope()
         ctx = None
         if scope is not None:
             try:

@@ -38,8 +38,8 @@ from typing import Any, Final, TypeVar
 
 from isolation._errors import CrossContextAccessError, NoContextError, UsageError
 from isolation._redact import redact_principal
-from isolation.context._interface import is_held, is_live
-from isolation.context._scope import Scope, _current, current_scope
+from isolation.context._interface import bound_scope, is_held, is_live
+from isolation.context._scope import Scope, current_scope
 
 __all__ = ["OWNER_ATTRIBUTE", "owned", "owner_of"]
 
@@ -188,7 +188,7 @@ def _check_slow(instance: object, current: Scope | None, owner: Scope | None) ->
 
 
 def _check_weak(instance: object) -> None:
-    current = _current.get()
+    current = bound_scope()
     owner = owner_of(instance)
     if (
         current is owner
@@ -200,7 +200,7 @@ def _check_weak(instance: object) -> None:
 
 
 def _check_attribute(instance: object) -> None:
-    current = _current.get()
+    current = bound_scope()
     try:
         owner = instance.__isolation_owner__  # type: ignore[attr-defined]
     except AttributeError:
@@ -246,7 +246,7 @@ def _guard_function(fn: Callable[..., Any], weak: bool) -> Callable[..., Any]:
 
         wrapper = guarded_gen
     else:
-        get_current = _current.get
+        get_current = bound_scope
 
         def guarded(self: Any, /, *args: Any, **kwargs: Any) -> Any:
             # The common case: one ContextVar read and an identity compare (an
@@ -690,7 +690,7 @@ def owned(cls: C) -> C:
     original_new: Any = cls.__new__
 
     def __new__(klass: type, /, *args: Any, **kwargs: Any) -> Any:  # noqa: N807
-        current = _current.get()
+        current = bound_scope()
         if current is not None and is_held(current):
             current = current_scope()  # held across a yield: refused, or the scope seen here
         if current is None or not is_live(current):

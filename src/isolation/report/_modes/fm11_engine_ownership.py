@@ -30,9 +30,10 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from isolation._errors import CrossContextAccessError, IsolationError, SharedStateError
+from isolation.context._interface import bound_scope
 from isolation.context._model import UserContext
 from isolation.context._propagation import ContextThreadPoolExecutor
-from isolation.context._scope import Scope, _current
+from isolation.context._scope import Scope
 from isolation.factories._index import SharedStateIndex
 from isolation.factories._owned import owned
 from isolation.factories._request_scoped import ScopedFactory, _wrap
@@ -211,14 +212,14 @@ def _owned_by_user(cls: type) -> type:
     original_init: Any = cls.__init__  # type: ignore[misc]
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:  # noqa: N807
-        scope = _current.get()
+        scope = bound_scope()
         self._owner_principal = None if scope is None else scope.context.principal
         original_init(self, *args, **kwargs)
 
     def guard(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
-            scope = _current.get()
+            scope = bound_scope()
             if scope is None or scope.context.principal != self._owner_principal:
                 raise CrossContextAccessError("used by another user")
             return fn(self, *args, **kwargs)

@@ -23,8 +23,9 @@ from typing import Any
 import anyio.lowlevel
 
 from isolation._errors import CrossContextAccessError
+from isolation.context._interface import bound_scope
 from isolation.context._model import UserContext
-from isolation.context._scope import Scope, _current
+from isolation.context._scope import Scope
 from isolation.factories._owned import owned
 from isolation.report._modes._support.registration import add_check
 from isolation.report._registry import ModeRegistry, Settings
@@ -163,13 +164,13 @@ def _functions_only(cls: type) -> type:
     original_init: Any = cls.__init__  # type: ignore[misc]
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:  # noqa: N807
-        object.__setattr__(self, "_fm9_owner", _current.get())
+        object.__setattr__(self, "_fm9_owner", bound_scope())
         original_init(self, *args, **kwargs)
 
     def guard(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def guarded(self: Any, /, *args: Any, **kwargs: Any) -> Any:
-            if _current.get() is not self._fm9_owner:
+            if bound_scope() is not self._fm9_owner:
                 raise CrossContextAccessError("used outside its owner scope")
             return fn(self, *args, **kwargs)
 

@@ -318,6 +318,26 @@ def test_exit_in_another_context_is_typed() -> None:
         assert _who() == "bob"
 
 
+@pytest.mark.parametrize("nested", [True, False], ids=["child-scope", "root-scope"])
+def test_exit_in_another_context_keeps_that_contexts_user(nested: bool) -> None:
+    """A scope of alice's exited (out of place) where bob's scope is bound: refused, and
+    bob's code goes on as bob, never as what was bound before alice's scope where it
+    was entered (alice's enclosing scope, for a child scope)."""
+    entered_in = contextvars.Context()
+    if nested:
+        entered_in.run(isolation.scope(ALICE).__enter__)
+    entered = isolation.scope(UserContext.new("alice"))
+    entered_in.run(entered.__enter__)
+
+    def bobs_request() -> str:
+        with isolation.scope(UserContext.new("bob")):
+            with pytest.raises(UsageError, match="exited out of place"):
+                entered.__exit__(None, None, None)
+            return _who()
+
+    assert contextvars.Context().run(bobs_request) == "bob"
+
+
 # -- second review: resumed under another scope, helpers, lineage, fixtures, owners --
 
 

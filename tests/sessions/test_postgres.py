@@ -6,8 +6,9 @@ from collections.abc import AsyncIterator
 
 import anyio
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Integer, String, create_engine, text
 from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.orm import DeclarativeBase, mapped_column
 
 import isolation
 from _support.databases import Note, Sandbox, checked_out, pg_sandbox
@@ -262,3 +263,59 @@ async def test_concurrent_first_use_runs_the_check_once(box: Sandbox) -> None:
             for i in range(3):
                 tg.start_soon(request, i)
     assert done == 3
+
+
+class _GhostBase(DeclarativeBase):
+    """A model protected while the start check runs: its table has no policy (none exists)."""
+
+
+class Ghost(_GhostBase):
+    __tablename__ = "isolation_no_such_table_protected_late"
+    id = mapped_column(Integer, primary_key=True)
+    owner = mapped_column(String(50), nullable=False)
+
+
+@pytest.mark.parametrize("face", ["async", "sync"])
+async def test_protect_during_the_start_check_is_checked(
+    box: Sandbox, monkeypatch: pytest.MonkeyPatch, face: str
+) -> None:
+    """protect() called while the start check runs (another thread's first session) adds a
+    table that check did not see: the check is owed again, so the table without a policy
+    is refused, never skipped because the earlier check passed."""
+    import isolation.sessions.postgres as postgres
+
+    if face == "async":
+        manager = manager_for(box)
+        real = postgres.check_role
+
+        async def check_role(*args: object, **kwargs: object) -> object:
+            manager.protect(Ghost, user_column="owner")  # arrives while the check runs
+            return await real(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(postgres, "check_role", check_role)
+        with pytest.raises(ConfigurationError, match=Ghost.__tablename__):
+            async with isolation.scope(UserContext.new("alice", tenant_id="t")):
+                async with manager.session():
+                    pass
+        return
+    sync_url = box.engine.url.set(drivername="postgresql+psycopg")
+    engine = create_engine(sync_url, pool_size=1, max_overflow=0)
+    try:
+        manager = SessionManager(engine, row_level_security=True, rls_tables=[box.table])
+        real_sync = postgres.check_role_sync
+
+        def check_role_sync(*args: object, **kwargs: object) -> object:
+            manager.protect(Ghost, user_column="owner")
+            return real_sync(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(postgres, "check_role_sync", check_role_sync)
+
+        def first_session() -> None:
+            with isolation.scope(UserContext.new("alice", tenant_id="t")):
+                with manager.session():
+                    pass
+
+        with pytest.raises(ConfigurationError, match=Ghost.__tablename__):
+            await anyio.to_thread.run_sync(first_session)
+    finally:
+        engine.dispose()

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Uuid,
     bindparam,
+    delete,
     insert,
     select,
     text,
@@ -445,6 +446,34 @@ class TestFromStatement:
         assert len(got) == len(ALICE_ITEMS)
         assert await item(db, ALICE_ITEMS[0]) == ("alice", "updated")
         assert not await rows(db, f"SELECT id FROM isolation_orm_items WHERE id = {ALICE_ITEMS[1]}")
+
+
+class TestAliasedWriteTarget:
+    """An UPDATE or DELETE whose target is an alias of a protected table (ORM
+    ``update(aliased(Model))``, Core ``update(table.alias())``): the criteria name the
+    table, not the alias, so the statement would write every row of the alias (another
+    user's included); it is refused, and nothing changes."""
+
+    @pytest.mark.parametrize("verb", ["update", "delete"])
+    @pytest.mark.parametrize("face", ["orm", "core"])
+    async def test_is_refused(
+        self, db: OrmDatabase, manager: SessionManager, verb: str, face: str
+    ) -> None:
+        if face == "orm":
+            entity: Any = aliased(Item)
+            target, key = entity, entity.id
+        else:
+            target = Item.__table__.alias()
+            key = target.c.id
+        stmt: Any = (
+            update(target).where(key == BOB_ITEM).values(body="overwritten by alice")
+            if verb == "update"
+            else delete(target).where(key == BOB_ITEM)
+        )
+        stmt = stmt.execution_options(synchronize_session=False)
+        with pytest.raises(UsageError, match="alias"):
+            await as_user(manager, lambda s: s.execute(stmt))
+        assert await item(db, BOB_ITEM) == ("bob", "bob/item/00")
 
 
 class TestTypedOwnerGivenAsText:

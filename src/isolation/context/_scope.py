@@ -802,7 +802,9 @@ class Scope:
     def _exited_elsewhere(self, token: Token[Scope | None], *, reset: bool = True) -> UsageError:
         previous = token.old_value
         before = None if previous is Token.MISSING else previous
-        if reset:
+        if reset and _current.get() is self:
+            # Only where this scope is bound (a copy of its Context): a scope bound
+            # here on top (another user's) keeps this Context as that user's.
             _current.set(before)
         what = (
             "it was exited in another context than the one it was entered in"

@@ -4,7 +4,8 @@ With ``row_level_security``, the role the sessions connect as must not bypass
 the policies, and every table the manager filters or was told about must have
 them (``postgres.check_role`` / ``check_role_sync``). The check runs before the
 first session (or at ``start()``), and again after :meth:`SessionManager.protect`
-adds tables. A refusal leaves it pending: every later session runs it again and
+adds tables (also while the check runs: it then runs again before any session
+proceeds). A refusal leaves it pending: every later session runs it again and
 is refused again (fail closed), until the role or the tables are fixed.
 """
 
@@ -37,6 +38,7 @@ class StartChecks:
         "_rls_tables",
         "_sync_lock",
         "_tenancy",
+        "_version",
         "pending",
     )
 
@@ -49,6 +51,8 @@ class StartChecks:
         self._rls_tables = tuple(rls_tables)
         self._tenancy: Tenancy | None = None
         self.pending = binding is not None
+        # Bumped by again(): a check that ran while tables were added is owed again.
+        self._version = 0
         self._async_lock: asyncio.Lock | None = None  # made on the running loop
         self._sync_lock = threading.Lock()
 
@@ -57,6 +61,7 @@ class StartChecks:
         self._tenancy = tenancy
         if self._binding:
             self.pending = True
+            self._version += 1
 
     def _tables(self) -> set[str]:
         tables = set(self._rls_tables)
@@ -73,27 +78,27 @@ class StartChecks:
         if self._async_lock is None:
             self._async_lock = asyncio.Lock()
         async with self._async_lock:
-            if not self.pending:
-                return
-            binding = self._binding
-            if binding:
-                from isolation.sessions.postgres import check_role
+            while self.pending:  # again, if protect() added tables while it ran
+                version = self._version
+                binding = self._binding
+                if binding:
+                    from isolation.sessions.postgres import check_role
 
-                binding.user_only_tables = await check_role(
-                    typing.cast("AsyncEngine", self._engine), self._tables(), binding=binding
-                )
-            self.pending = False
+                    binding.user_only_tables = await check_role(
+                        typing.cast("AsyncEngine", self._engine), self._tables(), binding=binding
+                    )
+                self.pending = self._version != version
 
     def run_sync(self) -> None:
         """Run the check if it is owed (the sync face, in the calling thread)."""
         with self._sync_lock:
-            if not self.pending:
-                return
-            binding = self._binding
-            if binding:
-                from isolation.sessions.postgres import check_role_sync
+            while self.pending:  # again, if protect() added tables while it ran
+                version = self._version
+                binding = self._binding
+                if binding:
+                    from isolation.sessions.postgres import check_role_sync
 
-                binding.user_only_tables = check_role_sync(
-                    typing.cast("Engine", self._engine), self._tables(), binding=binding
-                )
-            self.pending = False
+                    binding.user_only_tables = check_role_sync(
+                        typing.cast("Engine", self._engine), self._tables(), binding=binding
+                    )
+                self.pending = self._version != version

@@ -829,12 +829,33 @@ class Tenancy:
             state.update_execution_options(**{_UNCOVERED: True})
             self._check_covered(state, principal)
 
+    def _refuse_aliased_target(self, state: ORMExecuteState) -> None:
+        """Refuse an UPDATE or DELETE of an alias of a protected table (ORM
+        ``update(aliased(Model))``, Core ``delete(table.alias())``): the owner criteria
+        name the table, so the database would join it to the alias and write every row
+        of the alias, other users' included."""
+        target = getattr(state.statement, "table", None)
+        if target is None:
+            return
+        plain = deannotate(target)
+        if plain in self.tables or not any(plain.is_derived_from(t) for t in self.tables):
+            return
+        verb = "UPDATE" if state.is_update else "DELETE"
+        raise UsageError(
+            f"an {verb} of an alias of a protected table gets the owner criteria on the "
+            "table, not on the alias it writes, so protect() refuses it",
+            hint=f"Write the {verb} on the mapped class itself (update(Model), delete(Model)); "
+            "use an alias only inside its WHERE clause",
+        )
+
     def _check_covered(self, state: ORMExecuteState, principal: Principal) -> None:
         """Refuse a statement that would read a protected table without the criteria
         (see :mod:`._coverage`), or a Core UPDATE or DELETE of one; then refuse the
         principal to the rules of the tables it reads (a model named only inside
         ``exists()`` is not among the statement's mappers)."""
         statement: Any = state.statement
+        if state.is_update or state.is_delete:
+            self._refuse_aliased_target(state)
         if (state.is_update or state.is_delete) and not state.is_orm_statement:
             target = getattr(statement, "table", None)
             if target is not None and deannotate(target) in self.tables:

@@ -355,6 +355,14 @@ class Allowance:
     blocked_distributions: frozenset[str]
 
 
+# Distributions whose top-level module is not their name, for when they are not installed.
+_NAMESPACE_MODULES = {
+    "opentelemetry-api": "opentelemetry",
+    "opentelemetry-sdk": "opentelemetry",
+    "opentelemetry-exporter-prometheus": "opentelemetry",
+}
+
+
 def allowance(named: Named) -> Allowance:
     """What installing the project with ``named.extras``, plus ``named.distributions``, gives."""
     distributions = installed_closure(
@@ -362,8 +370,15 @@ def allowance(named: Named) -> Allowance:
     )
     provided = _modules_of_distributions()
     allowed = {m for m, dists in provided.items() if dists & distributions}
-    # A named package that is not installed here still names its module (alembic -> alembic).
+    # A named package that is not installed here still names its module (alembic -> alembic);
+    # OpenTelemetry's distributions (the otel extra's, and those a page names) share the
+    # namespace package `opentelemetry`.
     allowed |= {d.replace("-", "_") for d in named.distributions}
+    allowed |= {
+        _NAMESPACE_MODULES[d]
+        for d in distributions | named.distributions
+        if d in _NAMESPACE_MODULES
+    }
     allowed |= set(sys.stdlib_module_names) | PROJECT_MODULES
     blocked = {m for m in provided if m not in allowed}
     blocked_distributions = {d for m in blocked for d in provided[m]} - distributions
@@ -519,7 +534,10 @@ def test_page_runs_with_only_what_it_names(page: Path) -> None:
     blocked = sorted(allowed.blocked)
     blocks = [(b.first_line, b.source) for b in _code_blocks(page) if b.language == "python"]
     src = Path(isolation.__file__).resolve().parent.parent  # the code under test
-    env = {**os.environ, "PYTHONPATH": str(src)}
+    # The code under test first; the rest of PYTHONPATH (packages installed beside the
+    # environment) stays: the import blocker, not the path, decides what the page may use.
+    path = [str(src), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
     done = subprocess.run(
         [
             sys.executable,

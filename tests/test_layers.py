@@ -8,7 +8,7 @@ Layers, lowest first::
       <- context
       <- tokens, factories, logging
       <- sessions, events
-      <- testing, integrations
+      <- testing, integrations, telemetry
       <- report, the CLI (_cli, __main__), the pytest plugin, the package itself
 
 A module may import its own part and the layers below; every import counts, a
@@ -44,6 +44,7 @@ LAYERS = {
     "isolation.events": 3,
     "isolation.testing": 4,
     "isolation.integrations": 4,
+    "isolation.telemetry": 4,  # reads every part's counters, like the integrations
     "isolation.report": 5,
     "isolation._cli": 5,
     "isolation.__main__": 5,

@@ -25,6 +25,7 @@ DISTRIBUTION = "isolation-primitives"
 USER_EXTRAS = {
     "contextvars-extras",
     "fastapi",
+    "otel",  # issue 21: opentelemetry-api only
     "postgres",
     "redis",
     "report",

@@ -282,17 +282,24 @@ class ScopeStats:
         finalizer_failures: Finalizers that raised or overran their cleanup time.
         escapes_detected: Reads of a context from a scope that had ended.
         expired: Scopes that ended by their deadline.
+        opened: Scopes entered since the process started (a child scope counts;
+            a re-entered one does not).
+        open: Scopes entered and not yet exited, now.
     """
 
     finalizer_failures: int
     escapes_detected: int
     expired: int
+    opened: int = 0
+    open: int = 0
 
 
 def scope_stats() -> ScopeStats:
     """Return a snapshot of the context core's counters."""
+    closed = _closed.value  # read before opened: ``open`` is never negative
+    opened = _opened.value
     with _counter_lock:
-        return ScopeStats(**_counts)
+        return ScopeStats(**_counts, opened=opened, open=opened - closed)
 
 
 def _check_registry(registry: object) -> None:

@@ -26,7 +26,7 @@ import anyio
 import attrs
 
 from isolation import _clock, tokens
-from isolation._counters import register_gauge
+from isolation._counters import EVENT_ROUTERS, register_gauge, track, tracked
 from isolation._errors import (
     ConfigurationError,
     ConnectionClosedError,
@@ -93,9 +93,9 @@ __all__ = [
 
 logger = logging.getLogger("isolation.events")
 
-# Every live router, weakly: the "connections" gauge of --isolation-strict sums them.
-_ROUTERS: weakref.WeakSet[EventRouter] = weakref.WeakSet()
-register_gauge("connections", lambda: sum(len(router._live) for router in list(_ROUTERS)))
+# Every live router is tracked (weakly) (isolation._counters.track): the "connections" gauge of
+# --isolation-strict sums them, and isolation.telemetry's callbacks read their stats.
+register_gauge("connections", lambda: sum(len(router._live) for router in tracked(EVENT_ROUTERS)))
 
 DEFAULT_QUEUE_SIZE: Final = 100
 """Events each connection queues before its overflow policy applies."""
@@ -240,7 +240,7 @@ class EventRouter:
         self._refused_now = 0
         self._expired = 0
         self._overflow_disconnects = 0
-        _ROUTERS.add(self)
+        track(EVENT_ROUTERS, self)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -978,7 +978,10 @@ class EventRouter:
     def stats(self) -> RouterStats:
         """Return a snapshot of the router's counters (connections past expiry close first)."""
         self._sweep_expired()
-        live = self._live
+        return self._stats_now()
+
+    def _stats_now(self) -> RouterStats:
+        live = tuple(self._live)  # one C-level copy: a reader in another thread sees a whole set
         return RouterStats(
             connections=len(live),
             principals=len({c._principal for c in live}),
@@ -1153,6 +1156,16 @@ def _until(ctx: UserContext, ticket_expiry: float | None) -> float | None:
     if ticket_expiry is None:
         return expires_at
     return ticket_expiry if expires_at is None else min(expires_at, ticket_expiry)
+
+
+def counters(router: EventRouter) -> RouterStats:
+    """``router.stats()`` without the expiry sweep: reads only, never closes a connection.
+
+    For ``isolation.telemetry``'s callbacks, which run in whatever thread the metric
+    reader collects in (a router is used from one event loop): a connection past
+    its expiry counts as live until the router's own next sweep.
+    """
+    return router._stats_now()
 
 
 def _check_ticket_live(ticket_expiry: float | None, expires_at: float) -> None:

@@ -20,7 +20,6 @@ import logging
 import math
 import threading
 import types
-import weakref
 from collections.abc import (
     AsyncIterator,
     Callable,
@@ -39,7 +38,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import QueuePool, SingletonThreadPool, StaticPool
 
 from isolation._compat import max_overflow
-from isolation._counters import register_gauge
+from isolation._counters import SESSION_MANAGERS, register_gauge, track, tracked
 from isolation._errors import (
     ConfigurationError,
     CrossContextAccessError,
@@ -67,12 +66,12 @@ if TYPE_CHECKING:
 
 __all__ = ["SessionManager", "SessionStats"]
 
-# Every live manager, weakly: the "sessions" gauge of --isolation-strict sums them.
-_MANAGERS: weakref.WeakSet[SessionManager] = weakref.WeakSet()
+# Every live manager is tracked (weakly) (isolation._counters.track): the "sessions" gauge of
+# --isolation-strict sums them, and isolation.telemetry's callbacks read their stats().
 
 
 def _open_sessions() -> int:
-    return sum(manager.stats().open_sessions for manager in list(_MANAGERS))
+    return sum(manager.stats().open_sessions for manager in tracked(SESSION_MANAGERS))
 
 
 register_gauge("sessions", _open_sessions)
@@ -109,6 +108,9 @@ class SessionStats:
         unrestricted: Unrestricted (admin) blocks opened.
         unrestricted_refused: Unrestricted blocks refused to a context without
             an admin role.
+
+        waiting: Blocks waiting for admission now (a free connection, or the
+            user's per-user limit).
     """
 
     open_sessions: int
@@ -123,6 +125,7 @@ class SessionStats:
     unmanaged: int = 0
     unrestricted: int = 0
     unrestricted_refused: int = 0
+    waiting: int = 0
 
 
 def _pool_capacity(engine: Engine) -> int | None:
@@ -338,7 +341,7 @@ class SessionManager:
         )
         self._closing = False
         self._sessions = OpenSessions(self._lock)
-        _MANAGERS.add(self)
+        track(SESSION_MANAGERS, self)
         self._commits = 0
         self._rollbacks = 0
         self._dirty_returns = 0
@@ -514,6 +517,7 @@ class SessionManager:
             unmanaged=_unmanaged.count(self._sync_engine),
             unrestricted=self._unrestricted,
             unrestricted_refused=self._unrestricted_refused,
+            waiting=len(self._admission.waiters),
         )
 
     async def start(self) -> None:

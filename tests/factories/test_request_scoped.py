@@ -18,7 +18,7 @@ import isolation
 from isolation import UserContext
 from isolation._redact import set_redactor
 from isolation.factories._index import SharedStateIndex
-from isolation.factories._request_scoped import ScopedFactory, _wrap, scoped_factory_of
+from isolation.factories._request_scoped import ScopedFactory, scoped_factory_of, wrap_scoped
 from isolation.report._modes.fm07_exactly_once import exactly_once as fm07
 
 
@@ -27,7 +27,7 @@ def private(fn: Callable[..., Any], **options: Any) -> Callable[[], Any]:
     index = options.pop("index", None)
     if index is None:
         index = SharedStateIndex()
-    return _wrap(ScopedFactory(fn, index=index, **options))
+    return wrap_scoped(ScopedFactory(fn, index=index, **options))
 
 
 class Engine:

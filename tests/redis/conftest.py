@@ -54,12 +54,13 @@ async def routers(live_redis: str, namespace: str) -> AsyncIterator[Callable[...
         url: str | None = None,
         keys: list[bytes] | None = None,
         backend_options: dict[str, Any] | None = None,
+        wrap: Callable[[Any], Any] | None = None,
         **options: Any,
     ) -> EventRouter:
         backend = RedisBackend(
             url or live_redis, keys=keys or [KEY], namespace=namespace, **(backend_options or {})
         )
-        router = EventRouter(backend=backend, **options)
+        router = EventRouter(backend=backend if wrap is None else wrap(backend), **options)
         made.append(router)
         return router
 

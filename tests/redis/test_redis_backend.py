@@ -16,7 +16,7 @@ from isolation import Principal, UserContext
 from isolation.events import EventRouter, Overflow, PublishResult
 from isolation.events.backends import EventBackend
 from isolation.events.backends.redis import RedisBackend
-from isolation.report._modes._support.redis import receive_side_settled
+from isolation.report._modes._support.redis import SettlingBackend
 
 pytestmark = pytest.mark.anyio
 
@@ -180,7 +180,9 @@ class TestDelivery:
 class TestReceivingOverflow:
     async def test_block_never_stalls_the_listener(self, routers: Make) -> None:
         """A full BLOCK connection waits on its own; others keep receiving; past the timeout a gap."""
-        receiver = routers(queue_size=2, overflow=Overflow.BLOCK, publish_timeout=0.3)
+        receiver = routers(
+            queue_size=2, overflow=Overflow.BLOCK, publish_timeout=0.3, wrap=SettlingBackend
+        )
         sender = routers()
         stuck = await receiver.connect(UserContext.new("slow"))
         fast = await receiver.connect(UserContext.new("fast"))
@@ -193,10 +195,11 @@ class TestReceivingOverflow:
         # The slow connection's blocked events time out on the receiving side, each
         # in a wait task of its own (the fast events came after them, so all three
         # waits have started); room must not be made until they ended: await them.
-        backend = receiver.backend
-        assert isinstance(backend, RedisBackend)
+        waits = receiver.backend
+        assert isinstance(waits, SettlingBackend)
+        backend = waits.inner
         with anyio.fail_after(5):
-            await receive_side_settled(backend)
+            await waits.settled()
         assert backend.stats().dropped["overflow"] == 3
         # ...and it reads its first two, then one gap (the later timeouts share it).
         events = [await stuck.receive() for _ in range(3)]

@@ -43,6 +43,7 @@ __all__ = [
     "request_scoped",
     "scoped_factory_of",
     "shared_state_error",
+    "wrap_scoped",
 ]
 
 P = ParamSpec("P")
@@ -337,7 +338,13 @@ def _check_options(
             raise ConfigurationError(f"{name} must be an int >= 1, got {value!r}")
 
 
-def _wrap(factory: ScopedFactory[Any]) -> Callable[[], Any]:
+def wrap_scoped(factory: ScopedFactory[Any]) -> Callable[[], Any]:
+    """The callable ``@request_scoped`` returns for ``factory``.
+
+    Declared for the report's checks and the tests, which build a
+    ``ScopedFactory`` with options the decorator does not take (an own
+    ``index=``, ``event_factory=``).
+    """
     # The cache hit: one ContextVar read and one dict lookup (isolation.context._once).
     wrapper: Callable[[], Any] = (
         ain_current(factory, factory._resolve)
@@ -405,7 +412,7 @@ def request_scoped(
     _check_options(check, sample_every, max_depth, max_objects)
 
     def decorate(factory: Callable[..., Any]) -> Callable[[], Any]:
-        return _wrap(
+        return wrap_scoped(
             ScopedFactory(
                 factory,
                 check=check,

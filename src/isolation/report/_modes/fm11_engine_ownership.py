@@ -36,7 +36,7 @@ from isolation.context._propagation import ContextThreadPoolExecutor
 from isolation.context._scope import Scope
 from isolation.factories._index import SharedStateIndex
 from isolation.factories._owned import owned
-from isolation.factories._request_scoped import ScopedFactory, _wrap
+from isolation.factories._request_scoped import ScopedFactory, wrap_scoped
 from isolation.report._modes._support.registration import add_check
 from isolation.report._registry import ModeRegistry, Settings
 
@@ -128,7 +128,7 @@ def check_walk_refuses(provide: Provider, settings: Settings) -> list[str]:
 
 def _library_provider() -> Provider:
     def provide(factory: Callable[[], Any]) -> Callable[[], Any]:
-        return _wrap(ScopedFactory(factory, check="full", index=SharedStateIndex()))
+        return wrap_scoped(ScopedFactory(factory, check="full", index=SharedStateIndex()))
 
     return provide
 
@@ -166,7 +166,7 @@ def _engine_class(decorate: Decorator) -> type:
 def check_owned_refuses(decorate: Decorator, settings: Settings) -> list[str]:
     """With the walk off: engines work for their owner scope only, never a later request."""
     engine_class = _engine_class(decorate)
-    get_engine = _wrap(
+    get_engine = wrap_scoped(
         ScopedFactory(_EngineCache(engine_class), check="off", index=SharedStateIndex())
     )
     found: list[str] = []

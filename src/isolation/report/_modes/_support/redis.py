@@ -15,16 +15,17 @@ ends on the marker, with a hang guard.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
-from isolation._errors import ConfigurationError, ConnectionClosedError
+from isolation._errors import ConfigurationError, ConnectionClosedError, QueueFullError
 from isolation.context._model import Principal, UserContext
+from isolation.events import PublishResult
+from isolation.events.backends import Deliver, Envelope
 from isolation.report._modes._support.events import principal_of
 from isolation.report._registry import Backend, Check, ModeRegistry, Settings
 
@@ -35,8 +36,8 @@ __all__ = [
     "BARRIER",
     "HANG_GUARD",
     "RouterPair",
+    "SettlingBackend",
     "WrappedRouter",
-    "receive_side_settled",
     "register_redis_twin",
     "two_routers",
 ]
@@ -49,14 +50,19 @@ _KEY: Final = b"isolation-report-redis-envelopes!"  # a throwaway key for the re
 
 
 class RouterPair:
-    """Routers ``a`` and ``b`` on one Redis namespace, with B's backend and barrier."""
+    """Routers ``a`` and ``b`` on one Redis namespace, with B's backend and barrier.
 
-    __slots__ = ("_barrier", "_marks", "a", "b", "backend_b")
+    ``waits_b`` is what router B was given as its backend: ``backend_b`` seen
+    through :class:`SettlingBackend`, which counts B's receive-side ``BLOCK`` waits.
+    """
 
-    def __init__(self, a: Any, b: Any, backend_b: RedisBackend, barrier: Any) -> None:
+    __slots__ = ("_barrier", "_marks", "a", "b", "backend_b", "waits_b")
+
+    def __init__(self, a: Any, b: Any, waits_b: SettlingBackend, barrier: Any) -> None:
         self.a = a
         self.b = b
-        self.backend_b = backend_b
+        self.waits_b = waits_b
+        self.backend_b = waits_b.inner
         self._barrier = barrier
         self._marks = 0
 
@@ -97,6 +103,8 @@ async def two_routers(
 ) -> AsyncIterator[RouterPair]:
     """Routers ``make(backend=..., **options)`` A and B on one fresh namespace; closed at exit.
 
+    B's backend is given to ``make`` seen through :class:`SettlingBackend`.
+
     Raises:
         ConfigurationError: ``settings`` has no Redis URL.
     """
@@ -106,13 +114,15 @@ async def two_routers(
     if url is None:
         raise ConfigurationError("no Redis URL given (--redis)")
     namespace = f"isolation-report-{os.urandom(6).hex()}"
-    backends = [RedisBackend(url, keys=[_KEY], namespace=namespace) for _ in range(2)]
+    backend_a = RedisBackend(url, keys=[_KEY], namespace=namespace)
+    waits_b = SettlingBackend(RedisBackend(url, keys=[_KEY], namespace=namespace))
+    backends: list[Any] = [backend_a, waits_b]
     routers: list[Any] = []
     try:
         for backend in backends:
             routers.append(make(backend=backend, **options))
         barrier = await routers[1].connect(UserContext.new(BARRIER[1], tenant_id=BARRIER[0]))
-        yield RouterPair(routers[0], routers[1], backends[1], barrier)
+        yield RouterPair(routers[0], routers[1], waits_b, barrier)
     finally:
         for router in routers:
             await router.aclose()
@@ -120,16 +130,109 @@ async def two_routers(
             await backend.aclose()
 
 
-async def receive_side_settled(backend: RedisBackend) -> None:
-    """Wait until every receive-side ``BLOCK`` wait ``backend`` started has ended.
+class SettlingBackend:
+    """A backend seen through its public surface, counting its receive-side ``BLOCK`` waits.
 
-    A full ``BLOCK`` connection makes the backend wait for room in a task of its
-    own (``RedisBackend._tasks``); each ends when the event is admitted, or
-    dropped past the router's ``publish_timeout``, with a gap queued. Awaited,
-    not polled.
+    It passes every :class:`~isolation.events.backends.EventBackend` call to
+    ``inner`` and wraps the router's :class:`~isolation.events.backends.Deliver`
+    given to :meth:`attach`: an ``offer()`` that returns an awaitable (some
+    ``BLOCK`` connection is full) is a *pending* wait until that awaitable ends;
+    one that ends in :class:`~isolation.QueueFullError` owes a gap until the
+    backend queues it (``gap(reason="overflow")``). :meth:`settled` waits until
+    neither is left. ``RedisBackend`` is final, so this wraps rather than subclasses;
+    what is not the protocol's (``namespace``, ``stats()``, ...) is ``inner``'s.
     """
-    while backend._tasks:
-        await asyncio.gather(*tuple(backend._tasks), return_exceptions=True)
+
+    def __init__(self, inner: RedisBackend) -> None:
+        self.inner = inner
+        self.pending = 0
+        self.owed_gaps = 0
+        self._idle: anyio.Event | None = None
+
+    @property
+    def shared(self) -> bool:
+        return self.inner.shared
+
+    def attach(self, deliver: Deliver) -> None:
+        self.inner.attach(_CountingDeliver(deliver, self))
+
+    async def publish(self, envelope: Envelope) -> PublishResult:
+        return await self.inner.publish(envelope)
+
+    def watch(self, principal: Principal) -> Awaitable[None] | None:
+        return self.inner.watch(principal)
+
+    def unwatch(self, principal: Principal) -> None:
+        self.inner.unwatch(principal)
+
+    async def claim_ticket(self, token: str, *, expires_at: float) -> bool:
+        return await self.inner.claim_ticket(token, expires_at=expires_at)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    def __getattr__(self, name: str) -> Any:
+        """The rest of the backend's surface (``namespace``, ``channel``, ``stats``) is inner's."""
+        if name == "inner":  # not set yet: no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def busy(self) -> bool:
+        """Whether a receive-side wait is pending or a gap it owes is not queued yet."""
+        return bool(self.pending or self.owed_gaps)
+
+    def _changed(self) -> None:
+        if not self.busy() and self._idle is not None:
+            self._idle.set()
+
+    async def settled(self) -> None:
+        """Wait until every receive-side ``BLOCK`` wait ended and its gap (if any) is queued.
+
+        Each wait ends when the event is admitted, or dropped past the router's
+        ``publish_timeout`` with a gap queued. Awaited, not polled.
+        """
+        while self.busy():
+            self._idle = anyio.Event()
+            await self._idle.wait()
+
+
+class _CountingDeliver:
+    """The router's ``Deliver``, counting the waits its ``offer()`` hands out."""
+
+    def __init__(self, inner: Deliver, counts: SettlingBackend) -> None:
+        self._inner = inner
+        self._counts = counts
+
+    def __call__(self, envelope: Envelope) -> Awaitable[PublishResult]:
+        return self._inner(envelope)
+
+    def offer(self, envelope: Envelope) -> PublishResult | Awaitable[PublishResult]:
+        result = self._inner.offer(envelope)
+        if isinstance(result, PublishResult):
+            return result
+        self._counts.pending += 1
+        return self._tracked(result)
+
+    async def _tracked(self, waiting: Awaitable[PublishResult]) -> PublishResult:
+        counts = self._counts
+        try:
+            return await waiting
+        except QueueFullError:
+            counts.owed_gaps += 1  # before the wait counts as ended: never idle in between
+            raise
+        finally:
+            counts.pending -= 1
+            counts._changed()
+
+    def gap(
+        self, principal: Principal, *, reason: str, connections: Sequence[Any] | None = None
+    ) -> int:
+        queued = self._inner.gap(principal, reason=reason, connections=connections)
+        counts = self._counts
+        if reason == "overflow" and counts.owed_gaps:
+            counts.owed_gaps -= 1
+            counts._changed()
+        return queued
 
 
 class WrappedRouter:

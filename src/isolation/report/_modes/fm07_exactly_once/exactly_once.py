@@ -36,7 +36,7 @@ from isolation.context._model import UserContext
 from isolation.context._propagation import ContextThreadPoolExecutor
 from isolation.context._scope import Scope, current_scope
 from isolation.factories._index import SharedStateIndex
-from isolation.factories._request_scoped import ScopedFactory, _wrap
+from isolation.factories._request_scoped import ScopedFactory, wrap_scoped
 from isolation.report._registry import Backend, Check, ModeRegistry, Settings
 
 __all__ = ["Scoped", "register", "run_tasks", "run_threads"]
@@ -192,7 +192,9 @@ def check_exactly_once(scoped: Scoped, settings: Settings) -> list[str]:
 
 
 def _library_scoped(factory: Callable[..., Any], event_factory: EventFactory) -> Callable[[], Any]:
-    return _wrap(ScopedFactory(factory, index=SharedStateIndex(), event_factory=event_factory))
+    return wrap_scoped(
+        ScopedFactory(factory, index=SharedStateIndex(), event_factory=event_factory)
+    )
 
 
 def _unlocked_scoped(factory: Callable[..., Any], event_factory: EventFactory) -> Callable[[], Any]:

@@ -13,8 +13,9 @@ got the same object. The mutant resolves without a lock.
 
 from __future__ import annotations
 
+import inspect
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import anyio
@@ -24,7 +25,7 @@ from isolation.context._interface import storage
 from isolation.context._model import UserContext
 from isolation.context._propagation import ContextThreadPoolExecutor
 from isolation.context._scope import Scope
-from isolation.factories._registry import _MISSING, Registry, _Kind, _Provider
+from isolation.factories._registry import Registry
 from isolation.report._registry import Backend, Check, ModeRegistry, Settings
 
 __all__ = ["CountingEvent", "register"]
@@ -139,43 +140,86 @@ def check_registry_exactly_once(registry_class: type[Registry], settings: Settin
 
 
 class _UnlockedRegistry(Registry):
-    """Mutant: resolves without a lock (check the cache, build, store)."""
+    """Mutant: resolves plain providers without a lock (check the scope's cache, build, store).
 
-    def _make_resolver(self, key: Any) -> Callable[[Scope], Any]:
-        provider: _Provider = self._provider(key)
-        if provider.kind is not _Kind.SYNC:
-            raise UsageError("this mutant resolves plain sync providers only")
-        fn = provider.fn
-        assert fn is not None
+    Written against the Registry's public ``provide`` and its declared interface
+    to ``Scope.get`` and ``Scope.aget`` (``__isolation_resolvers__`` and
+    ``__isolation_aresolvers__``: how each key resolves), not its private tables.
+    """
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._fns: dict[Any, Callable[[], Any]] = {}
+        self.__isolation_resolvers__ = _ByKey(self._resolver)
+        self.__isolation_aresolvers__ = _ByKey(self._aresolver)
+
+    def provide(self, fn: Any = None, /, **options: Any) -> Any:
+        """Register as the library does; remember ``fn`` under the type it returns."""
+        if fn is None:
+            return lambda f: self.provide(f, **options)
+        self._fns[inspect.signature(fn, eval_str=True).return_annotation] = fn
+        return super().provide(fn, **options)
+
+    def _fn(self, key: Any) -> Callable[[], Any]:
+        fn = self._fns.get(key)
+        if fn is None:
+            raise UsageError(f"this mutant resolves only what it was given, not {key!r}")
+        return fn
+
+    def _resolver(self, key: Any) -> Callable[[Scope], Any]:
+        fn = self._fn(key)
+        if inspect.iscoroutinefunction(fn):
+            raise UsageError("this mutant resolves async providers through aget() only")
 
         def resolve(scope: Scope) -> Any:
             data, _ = storage(scope)
-            product = data.get((self, key), _MISSING)
-            if product is _MISSING:
+            product = data.get((self, key), _NOTHING)
+            if product is _NOTHING:
                 product = fn()
                 data[(self, key)] = product
             return product
 
-        self._resolvers[key] = resolve
         return resolve
 
-    def _make_aresolver(self, key: Any) -> tuple[bool, Callable[[Scope], Any], None]:
-        provider: _Provider = self._provider(key)
-        if provider.kind is not _Kind.ASYNC:
-            return (False, self._make_resolver(key), None)
-        fn = provider.fn
-        assert fn is not None
+    def _aresolver(self, key: Any) -> tuple[bool, Callable[[Scope], Any], None]:
+        fn = self._fn(key)
+        if not inspect.iscoroutinefunction(fn):
+            return (False, self._resolver(key), None)
 
         async def aresolve(scope: Scope) -> Any:
             data, _ = storage(scope)
-            product = data.get((self, key), _MISSING)
-            if product is _MISSING:
+            product = data.get((self, key), _NOTHING)
+            if product is _NOTHING:
                 product = await fn()
                 data[(self, key)] = product
             return product
 
-        self._aresolvers[key] = (True, aresolve, None)
         return (True, aresolve, None)
+
+
+_NOTHING: Any = object()
+"""The mutant's "not built in this scope yet"."""
+
+
+class _ByKey(Mapping[Any, Any]):
+    """A read-only table whose entry for a key is made on first lookup (``make(key)``)."""
+
+    def __init__(self, make: Callable[[Any], Any]) -> None:
+        self._make = make
+        self._made: dict[Any, Any] = {}
+
+    def __getitem__(self, key: Any) -> Any:
+        try:
+            return self._made[key]
+        except KeyError:
+            entry = self._made[key] = self._make(key)
+            return entry
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._made)
+
+    def __len__(self) -> int:
+        return len(self._made)
 
 
 def _library() -> Callable[[], Registry]:

@@ -51,7 +51,6 @@ from isolation.report._modes._support.redis import (
     HANG_GUARD,
     RouterPair,
     WrappedRouter,
-    receive_side_settled,
     two_routers,
 )
 from isolation.report._modes._support.registration import add_check
@@ -114,7 +113,7 @@ async def _burst_across(pair: RouterPair, policy: Overflow, violations: list[str
     all_arrived = [s.dropped == 0 and s.waiting == BURST - CAPACITY for s in _stats(conns)]
     if policy is Overflow.BLOCK:
         with anyio.move_on_after(HANG_GUARD) as guard:
-            await receive_side_settled(pair.backend_b)
+            await pair.waits_b.settled()
         if guard.cancelled_caught:
             violations.append(f"B's BLOCK waits did not end within {HANG_GUARD:.0f} s")
     model = burst(policy, CAPACITY, range(1, BURST + 1))

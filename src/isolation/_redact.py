@@ -60,6 +60,11 @@ def redact(value: str | None) -> str:
     return shown if type(shown) is str else UNREDACTABLE
 
 
+def redact_tenant_repr(tenant_id: str | None) -> str:
+    """A tenant id as a ``repr`` shows it, redacted (``None`` for a single-tenant one)."""
+    return "None" if tenant_id is None else repr(redact(tenant_id))
+
+
 def redact_principal(principal: tuple[str | None, str]) -> str:
     """Render a ``(tenant_id, user_id)`` pair for messages, redacted."""
     tenant, user = principal

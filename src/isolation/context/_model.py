@@ -19,7 +19,7 @@ import attrs
 
 from isolation import _clock
 from isolation._errors import InvalidContextError, UsageError
-from isolation._redact import redact
+from isolation._redact import redact, redact_tenant_repr
 from isolation.context._principal import Principal
 from isolation.context._validate import (
     check_attributes,
@@ -208,7 +208,7 @@ class UserContext:
         return max(0.0, self.expires_at - _clock._now())
 
     def __repr__(self) -> str:
-        tenant = "None" if self.tenant_id is None else repr(redact(self.tenant_id))
+        tenant = redact_tenant_repr(self.tenant_id)
         return (
             f"isolation.UserContext(user_id={redact(self.user_id)!r}, tenant_id={tenant}, "
             f"request_id={self.request_id!r}, roles={sorted(self.roles)!r}, "

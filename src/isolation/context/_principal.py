@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, NamedTuple, final
 
-from isolation._redact import redact
+from isolation._redact import redact, redact_tenant_repr
 from isolation.context._validate import check_text
 
 __all__ = ["Principal", "trusted_principal"]
@@ -69,7 +69,7 @@ class Principal(_Fields):
         return cls(tenant_id, user_id)
 
     def __repr__(self) -> str:
-        tenant = "None" if self.tenant_id is None else repr(redact(self.tenant_id))
+        tenant = redact_tenant_repr(self.tenant_id)
         return f"isolation.Principal(tenant_id={tenant}, user_id={redact(self.user_id)!r})"
 
 

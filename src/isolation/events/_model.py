@@ -17,7 +17,7 @@ from typing import Any, Final, NoReturn, final
 import attrs
 
 from isolation._errors import UsageError
-from isolation._redact import redact
+from isolation._redact import redact, redact_tenant_repr
 
 __all__ = [
     "CloseReason",
@@ -259,7 +259,7 @@ class Event(_EventSlots):
 
     def __repr__(self) -> str:
         # The payload is left out: reprs end up in logs, payloads are the user's data.
-        tenant = "None" if self.tenant_id is None else repr(redact(self.tenant_id))
+        tenant = redact_tenant_repr(self.tenant_id)
         return (
             f"isolation.events.Event(id={self.id!r}, recipient={redact(self.recipient)!r}, "
             f"tenant_id={tenant}, kind={self.kind!r}, seq={self.seq!r}, "

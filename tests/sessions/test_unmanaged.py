@@ -75,7 +75,8 @@ class TestSyncEngine:
         previous = isolation.logging.set_redactor(lambda _: "<redacted>")
         try:
             with isolation.scope(ctx()), caplog.at_level(logging.WARNING, "isolation.sessions"):
-                assert Session(sync_engine).execute(text("SELECT 1")).scalar() == 1
+                with Session(sync_engine) as session:  # closed: its connection goes back
+                    assert session.execute(text("SELECT 1")).scalar() == 1
         finally:
             isolation.logging.set_redactor(previous)
         assert manager.stats().unmanaged == 1

@@ -118,6 +118,17 @@ def _refuse_ended(scope: Scope, data: dict[object, Any], key: object, pending: _
     raise _ended(scope)
 
 
+def _store(scope: Scope, data: dict[object, Any], key: object, pending: _Pending, value: T) -> T:
+    """Keep a finished build's ``value`` for the scope and wake its waiters; a scope
+    that ended during the build gets nothing stored (``ScopeEndedError``)."""
+    if scope._state != _ACTIVE:
+        _refuse_ended(scope, data, key, pending)
+    data[key] = value
+    if pending.done is not None or pending.done_elsewhere is not None:
+        pending.wake()
+    return value
+
+
 def once(
     key: object,
     build: Callable[[Scope], T],
@@ -161,12 +172,7 @@ def once(
         finally:
             if token is not None:
                 _current.reset(token)
-        if scope._state != _ACTIVE:
-            _refuse_ended(scope, data, key, pending)
-        data[key] = value
-        if pending.done is not None or pending.done_elsewhere is not None:
-            pending.wake()
-        return value
+        return _store(scope, data, key, pending, value)
 
     return resolve
 
@@ -212,12 +218,7 @@ def aonce(
         finally:
             if token is not None:
                 _current.reset(token)
-        if scope._state != _ACTIVE:
-            _refuse_ended(scope, data, key, pending)
-        data[key] = value
-        if pending.done is not None or pending.done_elsewhere is not None:
-            pending.wake()
-        return value
+        return _store(scope, data, key, pending, value)
 
     return aresolve
 
